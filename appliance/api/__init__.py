@@ -1,0 +1,7 @@
+"""The REST API under /api/v1: one module per resource, all registered on one :class:`Api`."""
+
+from .endpoint import Api
+
+api = Api()
+
+from . import audit, auth, meetings, users  # noqa: E402,F401  (modules register their endpoints)

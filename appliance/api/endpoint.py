@@ -1,0 +1,163 @@
+"""Declaring API endpoints once: the route, its authorisation, its request and response models.
+
+Each endpoint is registered on Sanic and recorded for the OpenAPI document, so the document can
+never drift from what the server accepts. Request bodies are parsed as JSON and validated with
+pydantic in strict mode (no silent type coercion); query strings are validated leniently (they
+are always text).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, empty, json
+
+from .errors import ApiError
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Call:
+    """What a handler gets besides the path parameters."""
+
+    request: Request
+    principal: Any = None
+    body: Any = None
+    query: Any = None
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str  # OpenAPI style: /api/v1/meetings/{meeting_id}
+    handler: Handler
+    summary: str
+    tag: str
+    auth: str | None  # None (public), "user" (any signed-in principal), "admin"
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    errors: tuple[int, ...]
+    description: str = ""
+    path_params: list[str] = field(default_factory=list)
+
+    @property
+    def sanic_path(self) -> str:
+        return re.sub(r"\{(\w+)\}", r"<\1:str>", self.path)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) if loc else ""
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors(include_url=False)[0]
+    where = _field_of(first.get("loc", ()))
+    message = first.get("msg", "invalid value")
+    return ApiError(422, "invalid", f"{where}: {message}" if where else message, where or None)
+
+
+def parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    raw = request.body or b""
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "the request needs a JSON object body")
+    try:
+        data = jsonlib.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object")
+    try:  # JSON may escape lone UTF-16 surrogates ("\\ud800"), which no text column can store
+        jsonlib.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "malformed_json", "the body contains invalid Unicode (a lone surrogate)") from None
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
+    data = {key: values[-1] for key, values in request.args.items()}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class Api:
+    """A collection of endpoints; ``mount(app)`` registers them all."""
+
+    def __init__(self) -> None:
+        self.endpoints: list[Endpoint] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        tag: str,
+        auth: str | None = "user",
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        errors: tuple[int, ...] = (),
+    ) -> Callable[[Handler], Handler]:
+        def decorate(fn: Handler) -> Handler:
+            params = re.findall(r"\{(\w+)\}", path)
+            implied: set[int] = set(errors)
+            if body is not None:
+                implied |= {400, 413, 422}
+            if query is not None:
+                implied.add(422)
+            if auth:
+                implied.add(401)
+            if auth == "admin":
+                implied.add(403)
+            if params:
+                implied.add(404)
+            self.endpoints.append(Endpoint(
+                method=method.upper(), path=path, handler=fn, summary=summary, tag=tag, auth=auth,
+                body=body, query=query, response=response, status=status,
+                errors=tuple(sorted(implied)), description=(fn.__doc__ or "").strip(), path_params=params,
+            ))
+            return fn
+
+        return decorate
+
+    def mount(self, app: Sanic) -> None:
+        for ep in self.endpoints:
+            app.add_route(_make_view(ep), ep.sanic_path, methods=[ep.method],
+                          name=f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}")
+
+
+def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
+    async def view(request: Request, **params: str) -> HTTPResponse:
+        call = Call(request)
+        if ep.auth:
+            call.principal = await request.app.ctx.accounts.authenticate(request, admin=ep.auth == "admin")
+        if ep.body is not None:
+            call.body = parse_body(request, ep.body)
+        if ep.query is not None:
+            call.query = parse_query(request, ep.query)
+        result = await ep.handler(call, **params)
+        if result is None:
+            return empty(status=204)
+        if ep.response is not None and not isinstance(result, BaseModel):
+            result = ep.response.model_validate(result)
+        if isinstance(result, BaseModel):
+            result = result.model_dump(mode="json")
+        return json(result, status=ep.status)
+
+    view.__name__ = ep.handler.__name__
+    return view

@@ -1,0 +1,54 @@
+"""Meetings: /api/v1/meetings."""
+
+from __future__ import annotations
+
+from . import api
+from .endpoint import Call
+from .models import Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
+
+
+@api.route("POST", "/api/v1/meetings", summary="Create a meeting", tag="meetings",
+           body=MeetingCreate, response=Meeting, status=201, errors=(403,))
+async def create_meeting(call: Call) -> dict:
+    """You become its host. The reply carries the join `code` and `join_url` to share."""
+    b = call.body
+    return await call.request.app.ctx.meetings.create(
+        call.principal, b.title, b.starts_at, b.password, b.lobby, b.allow_guests)
+
+
+@api.route("GET", "/api/v1/meetings", summary="Meetings you host or have a role in", tag="meetings",
+           query=Page, response=MeetingList)
+async def my_meetings(call: Call) -> dict:
+    return await call.request.app.ctx.meetings.mine(call.principal, call.query.limit, call.query.offset)
+
+
+@api.route("GET", "/api/v1/meetings/{meeting_id}", summary="A meeting by id", tag="meetings",
+           response=Meeting)
+async def get_meeting(call: Call, meeting_id: str) -> dict:
+    return await call.request.app.ctx.meetings.get(call.principal, meeting_id=meeting_id)
+
+
+@api.route("GET", "/api/v1/meetings/by-code/{code}", summary="A meeting by its join code",
+           tag="meetings", response=Meeting)
+async def get_meeting_by_code(call: Call, code: str) -> dict:
+    return await call.request.app.ctx.meetings.get(call.principal, code=code.lower())
+
+
+@api.route("PATCH", "/api/v1/meetings/{meeting_id}", summary="Change a meeting (host)", tag="meetings",
+           body=MeetingPatch, response=Meeting, errors=(403,))
+async def patch_meeting(call: Call, meeting_id: str) -> dict:
+    return await call.request.app.ctx.meetings.update(
+        call.principal, meeting_id, call.body.model_dump(exclude_unset=True))
+
+
+@api.route("DELETE", "/api/v1/meetings/{meeting_id}", summary="Delete a meeting (host)", tag="meetings",
+           status=204, errors=(403,))
+async def delete_meeting(call: Call, meeting_id: str) -> None:
+    await call.request.app.ctx.meetings.delete(call.principal, meeting_id)
+
+
+@api.route("POST", "/api/v1/meetings/{meeting_id}/end", summary="End a meeting for everyone",
+           tag="meetings", response=Meeting, errors=(403,))
+async def end_meeting(call: Call, meeting_id: str) -> dict:
+    """The host or a moderator ends it; everyone still in it is disconnected."""
+    return await call.request.app.ctx.meetings.end(call.principal, meeting_id)

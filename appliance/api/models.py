@@ -1,0 +1,169 @@
+"""Request and response bodies of the REST API (they also make its OpenAPI document)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+def _strip_nonblank(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+Email = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254,
+                                         pattern=EMAIL_PATTERN)]
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+Name = Annotated[str, Field(max_length=200), AfterValidator(_strip_nonblank)]
+MeetingPassword = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _utc_text(value: dt.datetime) -> str:
+    if value.tzinfo is None:  # the database keeps naive UTC
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+UtcDatetime = Annotated[dt.datetime, PlainSerializer(_utc_text, return_type=str)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(BaseModel):
+    class Body(BaseModel):
+        code: str
+        message: str
+        field: str | None = None
+
+    error: Body
+
+
+class LoginRequest(Strict):
+    email: Email
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class RefreshRequest(Strict):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="seconds until the access token expires")
+
+
+class RegisterRequest(Strict):
+    email: Email
+    password: Password
+    name: Name | None = None
+
+
+class SetupRequest(Strict):
+    token: Annotated[str, Field(min_length=1, max_length=512)]
+    email: Email
+    password: Password
+    name: Name | None = None
+
+
+class UserCreate(Strict):
+    email: Email
+    password: Password
+    name: Name | None = None
+    role: Literal["admin", "member"] = "member"
+
+
+class UserPatch(Strict):
+    name: Name | None = None
+    role: Literal["admin", "member"] | None = None
+    active: bool | None = None
+
+
+class User(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: Literal["admin", "member"]
+    active: bool
+    created_at: UtcDatetime
+
+
+class UserList(BaseModel):
+    users: list[User]
+    total: int
+
+
+class Page(Strict):
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+
+
+class MeetingCreate(Strict):
+    title: Name
+    starts_at: dt.datetime | None = None
+    password: MeetingPassword | None = None
+    lobby: bool = False
+    allow_guests: bool = False
+
+
+class MeetingPatch(Strict):
+    title: Name | None = None
+    starts_at: dt.datetime | None = None
+    password: MeetingPassword | None = Field(None, description="set a password; null leaves it unchanged")
+    clear_password: bool = Field(False, description="remove the meeting's password")
+    lobby: bool | None = None
+    allow_guests: bool | None = None
+    locked: bool | None = None
+
+
+MeetingRoleName = Literal["host", "moderator", "participant", "guest"]
+
+
+class Meeting(BaseModel):
+    id: str
+    code: str
+    title: str
+    owner_id: str
+    starts_at: UtcDatetime | None
+    has_password: bool
+    lobby: bool
+    allow_guests: bool
+    locked: bool
+    status: Literal["scheduled", "live", "ended"]
+    created_at: UtcDatetime
+    ended_at: UtcDatetime | None
+    join_url: str
+    my_role: MeetingRoleName | None = Field(None, description="your role in this meeting, if any")
+
+
+class MeetingList(BaseModel):
+    meetings: list[Meeting]
+    total: int
+
+
+class AuditEvent(BaseModel):
+    id: int
+    at: UtcDatetime
+    actor_id: str | None
+    meeting_id: str | None
+    action: str
+    detail: dict
+
+
+class AuditList(BaseModel):
+    events: list[AuditEvent]
+    total: int
+
+
+class AuditQuery(Page):
+    meeting_id: Annotated[str, Field(max_length=64)] | None = None
+    action: Annotated[str, Field(max_length=64)] | None = None

@@ -1,0 +1,65 @@
+"""Users: /api/v1/users (administrators) and /api/v1/users/me."""
+
+from __future__ import annotations
+
+from ..stores.relational import AuditEvent, User as UserRow
+from . import api
+from .endpoint import Call
+from .errors import ApiError, not_found
+from .models import Page, User, UserCreate, UserList, UserPatch
+
+
+def user_view(user: UserRow) -> User:
+    return User(id=user.id, email=user.email, name=user.name, role=user.role, active=user.active,
+                created_at=user.created_at)
+
+
+@api.route("GET", "/api/v1/users/me", summary="The signed-in user", tag="users", response=User)
+async def me(call: Call) -> User:
+    user = await call.request.app.ctx.db.run(UserRow.get_by_id, call.principal.id)
+    return user_view(user)
+
+
+@api.route("GET", "/api/v1/users", summary="List users", tag="users", auth="admin",
+           query=Page, response=UserList)
+async def list_users(call: Call) -> UserList:
+    def page() -> UserList:
+        query = UserRow.select().order_by(UserRow.created_at, UserRow.email)
+        rows = query.limit(call.query.limit).offset(call.query.offset)
+        return UserList(users=[user_view(u) for u in rows], total=query.count())
+
+    return await call.request.app.ctx.db.run(page)
+
+
+@api.route("POST", "/api/v1/users", summary="Create a user", tag="users", auth="admin",
+           body=UserCreate, response=User, status=201, errors=(409,))
+async def create_user(call: Call) -> User:
+    body = call.body
+    user = await call.request.app.ctx.accounts.create_user(
+        body.email, body.password, body.name, body.role, actor=call.principal.id)
+    return user_view(user)
+
+
+@api.route("PATCH", "/api/v1/users/{user_id}", summary="Change a user's name, role, or disable them",
+           tag="users", auth="admin", body=UserPatch, response=User, errors=(409,))
+async def patch_user(call: Call, user_id: str) -> User:
+    """`{"active": false}` disables an account: its sessions stop working at once."""
+    changes = call.body.model_dump(exclude_none=True)
+    actor = call.principal
+
+    def patch() -> User:
+        with call.request.app.ctx.db.atomic():
+            user = UserRow.get_or_none(UserRow.id == user_id)
+            if user is None:
+                raise not_found("user")
+            if user.id == actor.id and (changes.get("active") is False or changes.get("role") == "member"):
+                raise ApiError(409, "conflict", "you cannot disable or demote yourself; ask another administrator")
+            for key, value in changes.items():
+                setattr(user, key, value)
+            user.save()
+            AuditEvent.create(actor=actor.id, action="user.updated", detail={"user_id": user.id, **changes})
+            return user_view(user)
+
+    user = await call.request.app.ctx.db.run(patch)
+    call.request.app.ctx.accounts.forget(user_id=user_id)
+    return user

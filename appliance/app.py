@@ -1,0 +1,86 @@
+"""The appliance: one Sanic app holding the API, the operations endpoints and the web client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, file, html, json
+from swagger_ui_bundle import swagger_ui_path
+
+from .accounts import Accounts
+from .api import api
+from .api.errors import install_error_handlers
+from .api.openapi import build_openapi
+from .cors import install_cors
+from .meetings import Meetings
+from .ops import install_ops
+from .security import TokenIssuer
+from .settings import Settings, ensure_secrets
+from .stores import open_stores
+
+log = logging.getLogger("confmeet")
+WEB = Path(__file__).parent / "web"
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>confmeet API</title>
+<link rel="stylesheet" href="/api/docs/static/swagger-ui.css"></head>
+<body><div id="docs"></div>
+<script src="/api/docs/static/swagger-ui-bundle.js"></script>
+<script src="/api/docs/init.js"></script></body></html>"""
+DOCS_INIT = "SwaggerUIBundle({url: '/api/v1/openapi.json', dom_id: '#docs'});"
+
+
+def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
+    ensure_secrets(settings)
+    app = Sanic(name, configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = settings.max_request_bytes
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.ctx.settings = settings
+
+    install_error_handlers(app)
+    install_ops(app)
+    install_cors(app, settings.cors_origins)
+    api.mount(app)
+    openapi = build_openapi(api)
+
+    @app.get("/api/v1/openapi.json", name="openapi")
+    async def openapi_doc(request: Request) -> HTTPResponse:
+        return json(openapi)
+
+    @app.get("/api/docs", name="api_docs")
+    async def api_docs(request: Request) -> HTTPResponse:
+        return html(DOCS_PAGE)
+
+    @app.get("/api/docs/init.js", name="api_docs_init")
+    async def api_docs_init(request: Request) -> HTTPResponse:
+        return HTTPResponse(DOCS_INIT, content_type="text/javascript")
+
+    app.static("/api/docs/static", str(swagger_ui_path), name="api_docs_static")
+    app.static("/static", str(WEB), name="web_static")
+
+    @app.get("/", name="home")
+    async def home(request: Request) -> HTTPResponse:
+        return await file(WEB / "index.html")
+
+    @app.before_server_start
+    async def open_everything(app: Sanic) -> None:
+        stores = await open_stores(settings)
+        app.ctx.stores = stores
+        app.ctx.db = stores.db
+        issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
+        app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days))
+        app.ctx.meetings = Meetings(stores.db, stores.bus, settings.base_url)
+        if await app.ctx.accounts.user_count() == 0:
+            token = app.ctx.accounts.begin_setup()
+            print(f"No users yet. Create the first administrator at {settings.base_url}/#setup={token}\n"
+                  "  or run: confmeet user add EMAIL --admin", flush=True)
+
+    @app.after_server_stop
+    async def close_everything(app: Sanic) -> None:
+        await app.ctx.stores.close()
+
+    return app

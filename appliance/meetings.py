@@ -1,0 +1,186 @@
+"""Meetings: creation with a human-friendly join code, the host's controls, per-meeting roles."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from typing import Any
+
+import peewee as pw
+
+from .accounts import Principal
+from .api.errors import forbidden, not_found
+from .security import hash_password
+from .stores.bus import EventBus
+from .stores.relational import (AuditEvent, Meeting, MeetingRole, Prepared, Relational, model_from_row,
+                                utcnow)
+
+CODE_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # no l/o: they read as 1/0
+EDITABLE = ("title", "starts_at", "lobby", "allow_guests", "locked")
+
+
+
+
+def _meeting_and_role(column: pw.Field) -> Prepared:
+    """The look-up every join and page load makes: a meeting and the caller's role in it, in one
+    statement, compiled once (see Prepared)."""
+    return Prepared(
+        lambda key, user: Meeting.select(Meeting, MeetingRole.role)
+        .join(MeetingRole, pw.JOIN.LEFT_OUTER,
+              on=(MeetingRole.meeting == Meeting.id) & (MeetingRole.user == user))
+        .where(column == key).limit(1),
+        "key", "user")
+
+
+MEETING_BY_ID = _meeting_and_role(Meeting.id)
+MEETING_BY_CODE = _meeting_and_role(Meeting.code)
+
+
+def new_code() -> str:
+    """A code like ``kfd-qwrt-mza``: easy to read aloud, 24^10 possibilities."""
+    letters = "".join(secrets.choice(CODE_ALPHABET) for _ in range(10))
+    return f"{letters[:3]}-{letters[3:7]}-{letters[7:]}"
+
+
+def to_utc_naive(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def channel(meeting_id: str) -> str:
+    return f"meeting.{meeting_id}"
+
+
+class Meetings:
+    def __init__(self, db: Relational, bus: EventBus, base_url: str) -> None:
+        self.db = db
+        self.bus = bus
+        self.base_url = base_url
+
+    def view(self, meeting: Meeting, my_role: str | None) -> dict[str, Any]:
+        return {
+            "id": meeting.id, "code": meeting.code, "title": meeting.title,
+            "owner_id": meeting.owner_id, "starts_at": meeting.starts_at,
+            "has_password": meeting.password_hash is not None, "lobby": meeting.lobby,
+            "allow_guests": meeting.allow_guests, "locked": meeting.locked, "status": meeting.status,
+            "created_at": meeting.created_at, "ended_at": meeting.ended_at,
+            "join_url": f"{self.base_url}/m/{meeting.code}", "my_role": my_role,
+        }
+
+    @staticmethod
+    def _load(principal: Principal, meeting_id: str | None = None,
+              code: str | None = None) -> tuple[Meeting, str | None]:
+        query = MEETING_BY_ID if meeting_id else MEETING_BY_CODE
+        rows = query.rows(key=meeting_id or code, user=principal.id if principal.kind == "user" else "")
+        meeting = model_from_row(Meeting, rows[0]) if rows else None
+        role = rows[0][-1] if rows else None
+        if principal.kind == "guest":
+            role = "guest" if meeting and principal.meeting_id == meeting.id else None
+        # Any signed-in member may look a meeting up (that is how they join it); a guest only theirs.
+        if meeting is None or (principal.kind == "guest" and role is None):
+            raise not_found("meeting")
+        return meeting, role
+
+    async def create(self, principal: Principal, title: str, starts_at: dt.datetime | None,
+                     password: str | None, lobby: bool, allow_guests: bool) -> dict[str, Any]:
+        if principal.kind != "user":
+            raise forbidden("guests cannot create meetings")
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+
+        def create() -> dict[str, Any]:
+            for _ in range(5):
+                try:
+                    with self.db.atomic():
+                        meeting = Meeting.create(
+                            code=new_code(), title=title, owner=principal.id,
+                            starts_at=to_utc_naive(starts_at), password_hash=password_hash,
+                            lobby=lobby, allow_guests=allow_guests)
+                        MeetingRole.create(meeting=meeting, user=principal.id, role="host")
+                        AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.created",
+                                          detail={"title": title})
+                        return self.view(meeting, "host")
+                except pw.IntegrityError:
+                    continue  # a code collision: draw another
+            raise RuntimeError("could not draw a free meeting code")
+
+        return await self.db.run(create)
+
+    async def get(self, principal: Principal, meeting_id: str | None = None,
+                  code: str | None = None) -> dict[str, Any]:
+        def get() -> dict[str, Any]:
+            meeting, role = self._load(principal, meeting_id, code)
+            return self.view(meeting, role)
+
+        return await self.db.run(get)
+
+    async def mine(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
+        def mine() -> dict[str, Any]:
+            query = (Meeting.select(Meeting, MeetingRole)
+                     .join(MeetingRole)
+                     .where(MeetingRole.user == principal.id))
+            total = query.count()
+            rows = query.order_by(Meeting.created_at.desc()).limit(limit).offset(offset)
+            return {"meetings": [self.view(m, m.meetingrole.role) for m in rows], "total": total}
+
+        return await self.db.run(mine)
+
+    def _require_host(self, principal: Principal, meeting_id: str,
+                      allowed: tuple[str, ...] = ("host",)) -> tuple[Meeting, str | None]:
+        meeting, role = self._load(principal, meeting_id)
+        if role not in allowed and not principal.is_admin:
+            raise forbidden(f"only the meeting's {' or '.join(allowed)} (or an administrator) can do this")
+        return meeting, role
+
+    async def update(self, principal: Principal, meeting_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        password = changes.pop("password", None)
+        clear_password = changes.pop("clear_password", False)
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+
+        def update() -> dict[str, Any]:
+            with self.db.atomic():
+                meeting, role = self._require_host(principal, meeting_id)
+                for key in EDITABLE:
+                    if changes.get(key) is not None:
+                        value = changes[key]
+                        setattr(meeting, key, to_utc_naive(value) if key == "starts_at" else value)
+                if clear_password:
+                    meeting.password_hash = None
+                elif password_hash:
+                    meeting.password_hash = password_hash
+                meeting.save()
+                AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.updated",
+                                  detail={"fields": sorted(k for k, v in changes.items() if v is not None)
+                                          + (["password"] if password_hash or clear_password else [])})
+                return self.view(meeting, role)
+
+        result = await self.db.run(update)
+        await self.bus.publish(channel(meeting_id), {"type": "meeting_updated", "meeting": meeting_id})
+        return result
+
+    async def end(self, principal: Principal, meeting_id: str) -> dict[str, Any]:
+        def end() -> dict[str, Any]:
+            with self.db.atomic():
+                meeting, role = self._require_host(principal, meeting_id, ("host", "moderator"))
+                if meeting.status != "ended":
+                    meeting.status = "ended"
+                    meeting.ended_at = utcnow()
+                    meeting.save()
+                    AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.ended", detail={})
+                return self.view(meeting, role)
+
+        result = await self.db.run(end)
+        await self.bus.publish(channel(meeting_id), {"type": "meeting_ended", "meeting": meeting_id})
+        return result
+
+    async def delete(self, principal: Principal, meeting_id: str) -> None:
+        def delete() -> None:
+            with self.db.atomic():
+                meeting, _ = self._require_host(principal, meeting_id)
+                AuditEvent.create(actor=principal.id, meeting=None, action="meeting.deleted",
+                                  detail={"meeting_id": meeting.id, "title": meeting.title})
+                meeting.delete_instance(recursive=True)
+
+        await self.db.run(delete)
+        await self.bus.publish(channel(meeting_id), {"type": "meeting_ended", "meeting": meeting_id})

@@ -1,0 +1,235 @@
+"""The appliance's settings: one TOML file, overridden by CONFMEET_* environment variables.
+
+With nothing configured every backing service is embedded under the data directory, and the
+secrets are generated once and kept in ``<data_dir>/secrets.toml`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG = Path("/etc/confmeet/confmeet.toml")
+ENV_PREFIX = "CONFMEET_"
+SECRET_FIELDS = ("secret_key", "turn_secret")
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/confmeet")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "confmeet"
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8800
+    public_url: str = ""
+    # Backing services, each a URL; empty means the embedded default under data_dir.
+    database: str = ""
+    bus: str = "memory://"
+    documents: str = ""
+    objects: str = ""
+    inference: str = "local://"
+    # Secrets: generated and kept under data_dir when not configured.
+    secret_key: str = ""
+    turn_secret: str = ""
+    # HTTP
+    cors_origins: list[str] = field(default_factory=list)
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_request_bytes: int = 1_000_000
+    # Accounts
+    allow_registration: bool = False
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    log_level: str = "INFO"
+    # Where the values came from (file path or "defaults"); not a setting itself.
+    source: str = "defaults"
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'confmeet.db'}"
+
+    @property
+    def documents_url(self) -> str:
+        return self.documents or f"sqlite:///{self.data_dir / 'documents.db'}"
+
+    @property
+    def objects_url(self) -> str:
+        return self.objects or f"file://{self.data_dir / 'objects'}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def effective(self, mask_secrets: bool = True) -> dict[str, Any]:
+        """The settings as an operator sees them: embedded defaults spelled out, secrets masked."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "source":
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("database", "documents", "objects"):
+                value = getattr(self, f"{f.name}_url")
+            if isinstance(value, Path):
+                value = str(value)
+            if mask_secrets and f.name in SECRET_FIELDS:
+                value = "********" if value else "(not set)"
+            elif mask_secrets and isinstance(value, str) and "://" in value:
+                value = mask_url_password(value)
+            out[f.name] = value
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        checks = {
+            "database": (self.database_url, {"sqlite", "postgresql", "postgres"}),
+            "bus": (self.bus, {"memory", "redis"}),
+            "documents": (self.documents_url, {"sqlite", "mongodb"}),
+            "objects": (self.objects_url, {"file", "s3"}),
+            "inference": (self.inference, {"local", "triton"}),
+        }
+        for name, (url, schemes) in checks.items():
+            scheme = urlsplit(url).scheme
+            if scheme not in schemes:
+                allowed = ", ".join(f"{s}://" for s in sorted(schemes))
+                raise SettingsError(
+                    f"setting '{name}' = {mask_url_password(url)!r} is not a URL confmeet knows; "
+                    f"use one of {allowed} (set it in the config file or {ENV_PREFIX}{name.upper()})"
+                )
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"setting 'port' = {self.port} must be between 1 and 65535")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("set both 'tls_cert' and 'tls_key', or neither")
+        for path_name in ("tls_cert", "tls_key"):
+            path = getattr(self, path_name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"setting '{path_name}' names {path}, which does not exist")
+
+
+def mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if "bool" in kind:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if "int" in kind:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if "list" in kind:
+            if isinstance(raw, list):
+                return [str(item) for item in raw]
+            return [item.strip() for item in str(raw).split(",") if item.strip()]
+        if "Path" in kind:
+            return Path(str(raw)).expanduser()
+        if not isinstance(raw, (str, int, float)):
+            raise ValueError(raw)
+        return str(raw)
+    except ValueError:
+        raise SettingsError(f"setting '{name}' has the wrong type: {raw!r} ({kind} expected)") from None
+
+
+def load_settings(
+    config: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML file (if any), then CONFMEET_* variables, then explicit overrides.
+
+    ``config`` may also come from CONFMEET_CONFIG. A missing default file is fine (embedded
+    defaults); a missing file that was asked for by name is an error.
+    """
+    env = dict(os.environ if env is None else env)
+    kinds = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "source"}
+    values: dict[str, Any] = {}
+    source = "defaults"
+
+    explicit = config or env.get(f"{ENV_PREFIX}CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except PermissionError:
+            raise SettingsError(f"cannot read {path}: run as root or a user in the confmeet group") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path} is not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - set(kinds))
+        if unknown:
+            raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; see 'confmeet config show'")
+        values.update({k: _coerce(k, v, kinds[k]) for k, v in data.items()})
+        source = str(path)
+    elif explicit:
+        raise SettingsError(f"config file {path} does not exist")
+
+    for name, kind in kinds.items():
+        key = f"{ENV_PREFIX}{name.upper()}"
+        if key in env:
+            values[name] = _coerce(name, env[key], kind)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in kinds:
+                raise SettingsError(f"unknown setting '{name}'")
+            values[name] = _coerce(name, value, kinds[name])
+
+    settings = Settings(**values, source=source)
+    settings.validate()
+    return settings
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """Fill unset secrets from ``<data_dir>/secrets.toml``, generating that file on first use."""
+    missing = [name for name in SECRET_FIELDS if not getattr(settings, name)]
+    if not missing:
+        return settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "secrets.toml"
+    stored: dict[str, str] = {}
+    if path.exists():
+        with path.open("rb") as fh:
+            stored = {k: str(v) for k, v in tomllib.load(fh).items()}
+    changed = False
+    for name in SECRET_FIELDS:
+        if not stored.get(name):
+            stored[name] = secrets.token_urlsafe(48)
+            changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(f'{k} = "{v}"\n' for k, v in stored.items())
+        os.replace(tmp, path)
+    for name in missing:
+        setattr(settings, name, stored[name])
+    return settings

@@ -1,0 +1,2 @@
+class StoreUnavailable(Exception):
+    """A backing service cannot be reached or used; the message names it and the fix."""

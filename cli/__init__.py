@@ -1,0 +1,1 @@
+"""The confmeet command line."""

@@ -1,0 +1,71 @@
+"""Start the real ``confmeet serve`` in a subprocess for tests, the way an operator would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from conftest import free_port, stop
+
+CONFMEET = [sys.executable, "-m", "cli"]
+
+
+@dataclass
+class Appliance:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen
+    log: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*CONFMEET, *args], env=self.env, input=input, capture_output=True,
+                              text=True, timeout=60)
+
+    @property
+    def secret_key(self) -> str:
+        with (self.data_dir / "secrets.toml").open("rb") as fh:
+            return tomllib.load(fh)["secret_key"]
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def appliance_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")}
+    config = data_dir / "confmeet.toml"  # empty: never read the host's /etc/confmeet
+    config.touch()
+    env.update({"CONFMEET_DATA_DIR": str(data_dir), "CONFMEET_PORT": str(port),
+                "CONFMEET_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
+    env.update({f"CONFMEET_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def start_appliance(data_dir: Path, timeout: float = 30.0, **settings: str) -> Appliance:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = appliance_env(data_dir, port, **settings)
+    log = data_dir / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CONFMEET, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"confmeet serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return Appliance(url, data_dir, env, proc, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"confmeet serve not ready after {timeout}s:\n{log.read_text()}")

@@ -1,0 +1,57 @@
+"""Property-based run of the API against its own OpenAPI document (schemathesis + hypothesis).
+
+Every generated request, valid or not, must get an answer that is not a 5xx, has a status the
+document lists, and a body that matches the documented schema; invalid input must be refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
+                                               response_schema_conformance, status_code_conformance)
+
+from appliance_server import Appliance, start_appliance
+from conftest import stop
+
+ADMIN = ("fuzz-admin@example.com", "fuzz admin password")
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, negative_data_rejection]
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, str]]:
+    app = start_appliance(tmp_path_factory.mktemp("fuzz"))
+    assert app.cli("user", "add", ADMIN[0], "--admin", "--password-stdin", input=ADMIN[1] + "\n").returncode == 0
+    token = httpx.post(f"{app.url}/api/v1/auth/login",
+                       json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
+    # Something for the id-based operations to find.
+    httpx.post(f"{app.url}/api/v1/meetings", json={"title": "fuzz target"},
+               headers={"Authorization": f"Bearer {token}"})
+    yield app, token
+    stop(app.proc)
+    log = app.output()
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_api_conforms_to_its_openapi_document(fuzzed: tuple[Appliance, str], mode: GenerationMode) -> None:
+    app, token = fuzzed
+    schema = schemathesis.openapi.from_url(f"{app.url}/api/v1/openapi.json")
+    operations = [result.ok() for result in schema.exclude(path="/api/v1/auth/logout").get_all_operations()]
+    assert len(operations) >= 12
+
+    for operation in operations:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def run(case) -> None:
+            case.call_and_validate(base_url=app.url, headers={"Authorization": f"Bearer {token}"},
+                                   checks=CHECKS)
+
+        run()
