@@ -43,12 +43,6 @@ def new_code() -> str:
     return f"{letters[:3]}-{letters[3:7]}-{letters[7:]}"
 
 
-def to_utc_naive(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
-
-
 def channel(meeting_id: str) -> str:
     return f"meeting.{meeting_id}"
 
@@ -95,7 +89,7 @@ class Meetings:
                     with self.db.atomic():
                         meeting = Meeting.create(
                             code=new_code(), title=title, owner=principal.id,
-                            starts_at=to_utc_naive(starts_at), password_hash=password_hash,
+                            starts_at=starts_at, password_hash=password_hash,
                             lobby=lobby, allow_guests=allow_guests)
                         MeetingRole.create(meeting=meeting, user=principal.id, role="host")
                         AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.created",
@@ -143,8 +137,7 @@ class Meetings:
                 meeting, role = self._require_host(principal, meeting_id)
                 for key in EDITABLE:
                     if changes.get(key) is not None:
-                        value = changes[key]
-                        setattr(meeting, key, to_utc_naive(value) if key == "starts_at" else value)
+                        setattr(meeting, key, changes[key])
                 if clear_password:
                     meeting.password_hash = None
                 elif password_hash:

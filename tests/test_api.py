@@ -245,6 +245,7 @@ def test_non_host_cannot_change_a_meeting(admin: httpx.Client, member: httpx.Cli
     (b'{"title": "' + b"x" * 201 + b'"}', 422, "invalid", "title"),
     (b'{"title": "ok", "lobby": "yes"}', 422, "invalid", "lobby"),
     (b'{"title": "ok", "starts_at": "tomorrow"}', 422, "invalid", "starts_at"),
+    (b'{"title": "ok", "starts_at": "0001-01-01T00:00:00+01:00"}', 422, "invalid", "starts_at"),
     (b'{"title": "ok", "colour": "red"}', 422, "invalid", "colour"),
     (b'{}', 422, "invalid", "title"),
 ])
@@ -268,3 +269,8 @@ def test_unknown_things(admin: httpx.Client) -> None:
     assert_error(admin.put("/api/v1/meetings"), 405, "method_not_allowed")
     assert_error(admin.get("/api/v1/users", params={"limit": "many"}), 422, "invalid", "limit")
     assert_error(admin.get("/api/v1/users", params={"limit": "0"}), 422, "invalid", "limit")
+
+
+def test_blank_query_values_are_refused(admin: httpx.Client) -> None:
+    assert_error(admin.get("/api/v1/users?limit="), 422, "invalid", "limit")
+    assert_error(admin.get("/api/v1/users", params={"sort": "name"}), 422, "invalid", "sort")

@@ -86,7 +86,8 @@ def parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
 
 
 def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
-    data = {key: values[-1] for key, values in request.args.items()}
+    args = request.get_args(keep_blank_values=True)  # "?limit=" is a wrong limit, not an absent one
+    data = {key: values[-1] for key, values in args.items()}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

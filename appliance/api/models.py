@@ -30,6 +30,16 @@ def _utc_text(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    if not 1970 <= value.year <= 9998:
+        raise ValueError("must be between the years 1970 and 9998")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+# A time sent to the API: ISO 8601, with an offset or taken as UTC; kept as naive UTC.
+When = Annotated[dt.datetime, AfterValidator(_naive_utc)]
 UtcDatetime = Annotated[dt.datetime, PlainSerializer(_utc_text, return_type=str)]
 
 
@@ -109,7 +119,7 @@ class Page(Strict):
 
 class MeetingCreate(Strict):
     title: Name
-    starts_at: dt.datetime | None = None
+    starts_at: When | None = None
     password: MeetingPassword | None = None
     lobby: bool = False
     allow_guests: bool = False
@@ -117,7 +127,7 @@ class MeetingCreate(Strict):
 
 class MeetingPatch(Strict):
     title: Name | None = None
-    starts_at: dt.datetime | None = None
+    starts_at: When | None = None
     password: MeetingPassword | None = Field(None, description="set a password; null leaves it unchanged")
     clear_password: bool = Field(False, description="remove the meeting's password")
     lobby: bool | None = None

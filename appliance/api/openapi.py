@@ -68,6 +68,11 @@ def _operation(ep: Endpoint, ref_of: dict[type[BaseModel], dict]) -> dict[str, A
     if ep.query is not None:
         schema = ep.query.model_json_schema(ref_template=REF)
         for name, prop in schema.get("properties", {}).items():
+            # An absent query parameter is how a query string says "none": drop the null branch.
+            variants = [v for v in prop.get("anyOf", []) if v.get("type") != "null"]
+            if len(variants) == 1:
+                prop = {**{k: v for k, v in prop.items() if k != "anyOf"}, **variants[0]}
+                prop.pop("default", None)
             params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
                            "schema": prop})
     if params:

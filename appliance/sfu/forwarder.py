@@ -1,0 +1,264 @@
+"""RTP passthrough: one publisher track (up) fanned out to its subscribers' senders (down).
+
+Nothing is decoded or encoded. Each packet arriving at the publisher's receiver is rewritten per
+subscriber — SSRC, payload type, sequence number, timestamp, MID and abs-send-time as that
+subscriber's session negotiated them — and written through the subscriber's sender, which keeps
+it for NACK/RTX and counts it in its sender reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
+from aiortc.utils import uint16_gt
+
+from . import internals
+from .keyframes import KeyframeRequester, is_keyframe_start
+from .stats import SfuStats
+
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+# After this many sequence numbers past a (re)start, stop dropping packets older than it.
+REORDER_HORIZON = 0x4000
+
+
+def _initial_sequence_number() -> int:
+    # The lower half, as aiortc does, so that SRTP's rollover counter is not hit early.
+    return random.randrange(SEQ_MOD // 2)
+
+
+@dataclass
+class RtpRewriter:
+    """Maps the sequence numbers and timestamps of one source onto a subscriber's own, so the
+    subscriber sees one continuous stream even when the source restarts or is switched."""
+
+    clock_rate: int
+    seq_offset: int = 0
+    ts_offset: int = 0
+    last_seq: int = field(default_factory=_initial_sequence_number)
+    last_ts: int = field(default_factory=lambda: random.randrange(TS_MOD))
+    last_time: float | None = None
+    start_seq: int | None = None
+    highest_seq: int = 0
+
+    def restart(self, seq: int, ts: int, now: float) -> None:
+        """Make (seq, ts) — the next packet, from a new or restarted source — follow the last
+        packet sent, with the timestamp advanced by the wall-clock time in between."""
+        elapsed = 0.0 if self.last_time is None else now - self.last_time
+        self.seq_offset = (self.last_seq + 1 - seq) % SEQ_MOD
+        self.ts_offset = (self.last_ts + max(1, int(elapsed * self.clock_rate)) - ts) % TS_MOD
+        self.start_seq = seq
+        self.highest_seq = seq
+
+    def rewrite(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
+        """The subscriber's (seq, ts) for a source packet; None for a packet older than the
+        restart (it would land on sequence numbers already used)."""
+        if self.start_seq is not None:
+            if uint16_gt(self.start_seq, seq):
+                return None
+            if uint16_gt(seq, self.highest_seq):
+                self.highest_seq = seq
+                if (seq - self.start_seq) % SEQ_MOD > REORDER_HORIZON:
+                    self.start_seq = None
+        out_seq = (seq + self.seq_offset) % SEQ_MOD
+        out_ts = (ts + self.ts_offset) % TS_MOD
+        if self.last_time is None or uint16_gt(out_seq, self.last_seq):
+            self.last_seq, self.last_ts, self.last_time = out_seq, out_ts, now
+        return out_seq, out_ts
+
+
+class ForwardedTrack(MediaStreamTrack):
+    """The track a downstream sender is created with: it names the sender's msid and never yields
+    a frame, so the sender's encoder stays idle while RTP is written past it."""
+
+    def __init__(self, kind: str, track_id: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._id = track_id
+
+    async def recv(self) -> None:  # type: ignore[override]
+        await asyncio.get_running_loop().create_future()
+
+
+class UpTrack:
+    """A track a participant publishes: it receives the RTP and fans it out to down tracks."""
+
+    def __init__(self, publisher: str, track_id: str, source: str, transceiver: RTCRtpTransceiver,
+                 stats: SfuStats, on_audio_level: Callable[[int], None] | None = None) -> None:
+        self.publisher = publisher
+        self.track_id = track_id
+        self.source = source
+        self.kind: str = transceiver.kind
+        self.receiver: RTCRtpReceiver = transceiver.receiver
+        negotiated = internals.codecs(transceiver)
+        self.codec: RTCRtpCodecParameters = next(c for c in negotiated if c.name != "rtx")
+        self.payload_type = cast(int, self.codec.payloadType)  # negotiated codecs always have one
+        self.rtx_payload_types = {c.payloadType for c in negotiated
+                                  if c.name == "rtx" and c.parameters.get("apt") == self.payload_type}
+        self.stats = stats
+        self.on_audio_level = on_audio_level
+        self.keyframes = KeyframeRequester(self._send_pli) if self.kind == "video" else None
+        self.downs: tuple[DownTrack, ...] = ()
+        self.media_ssrc: int | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.keyframes_seen = 0
+        self.closed = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.publisher, self.track_id
+
+    def describe(self) -> dict[str, str]:
+        """The track as signaling announces it; ``stream_id`` is the msid stream id the
+        subscribers' receivers report (the publisher's participant id)."""
+        return {"subject": self.publisher, "track_id": self.track_id, "kind": self.kind,
+                "source": self.source, "stream_id": self.publisher, "codec": self.codec.mimeType}
+
+    def add(self, down: DownTrack) -> None:
+        if not self.closed and down not in self.downs:
+            self.downs += (down,)
+
+    def discard(self, down: DownTrack) -> None:
+        self.downs = tuple(d for d in self.downs if d is not down)
+
+    def request_keyframe(self) -> None:
+        if self.keyframes is not None and not self.closed:
+            self.keyframes.request()
+
+    def keyframe_requested_downstream(self) -> None:
+        self.stats.keyframe_requests += 1
+        self.request_keyframe()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.keyframes is not None:
+            self.keyframes.close()
+        for down in self.downs:
+            down.started = False
+        self.downs = ()
+
+    async def _send_pli(self) -> bool:
+        if self.media_ssrc is None or self.closed:
+            return False
+        await internals.send_pli(self.receiver, self.media_ssrc)
+        self.stats.plis_sent += 1
+        return True
+
+    async def on_rtp(self, packet: RtpPacket) -> None:
+        if packet.payload_type == self.payload_type:
+            self.media_ssrc = packet.ssrc
+        elif (packet.payload_type in self.rtx_payload_types and len(packet.payload) > 2
+              and self.media_ssrc is not None):
+            packet = unwrap_rtx(packet, payload_type=self.payload_type, ssrc=self.media_ssrc)
+        else:  # padding-only RTX, or a payload type this track did not negotiate
+            return
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        level = packet.extensions.audio_level
+        if level is not None and self.on_audio_level is not None:
+            self.on_audio_level(level[1])
+        keyframe = self.keyframes is not None and is_keyframe_start(self.codec.name, packet.payload)
+        if keyframe:
+            self.keyframes_seen += 1
+            self.keyframes.keyframe_received()  # type: ignore[union-attr]
+        if self.downs:
+            now = time.monotonic()
+            ntp_time = internals.current_ntp_time()
+            for down in self.downs:
+                await down.write(packet, keyframe, now, ntp_time)
+
+
+class DownTrack:
+    """One subscriber's copy of an up track, written through one of its senders."""
+
+    def __init__(self, subscriber: str, up: UpTrack, transceiver: RTCRtpTransceiver,
+                 stats: SfuStats) -> None:
+        self.subscriber = subscriber
+        self.up = up
+        self.kind = up.kind
+        self.transceiver = transceiver
+        self.sender = transceiver.sender
+        self.ssrc: int = transceiver.sender._ssrc
+        self.stats = stats
+        self.rewriter = RtpRewriter(up.codec.clockRate)
+        self.payload_type = 0
+        self.mid: str | None = None
+        self.extensions = HeaderExtensionsMap()
+        self.source_ssrc: int | None = None
+        self.accepted = False
+        self.started = False
+        self.packets = 0
+        self.bytes = 0
+
+    @property
+    def gated(self) -> bool:
+        """Video waiting for a keyframe before anything is forwarded."""
+        return self.kind == "video" and self.source_ssrc is None
+
+    def accept_negotiation(self) -> bool:
+        """Take the payload type, MID and header extension IDs the subscriber's answer agreed
+        on; False when it declined the track."""
+        if self.transceiver.currentDirection not in ("sendonly", "sendrecv"):
+            return False
+        codec = next((c for c in internals.codecs(self.transceiver)
+                      if is_codec_compatible(c, self.up.codec)), None)
+        if codec is None:
+            return False
+        self.payload_type = cast(int, codec.payloadType)
+        self.mid = self.transceiver.mid
+        self.extensions = internals.header_extensions_map(self.transceiver)
+        self.accepted = True
+        return True
+
+    def start(self) -> None:
+        """Begin forwarding; video waits for a keyframe, which is requested now."""
+        if self.started or self.up.closed:
+            return
+        self.started = True
+        self.up.add(self)
+        self.up.request_keyframe()
+
+    def stop(self) -> None:
+        self.started = False
+        self.up.discard(self)
+
+    async def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
+        if not self.started:
+            return
+        if packet.ssrc != self.source_ssrc:
+            if self.kind == "video" and not keyframe:  # new, or the source restarted mid-stream
+                self.source_ssrc = None
+                if not self.up.keyframes.wanted:  # type: ignore[union-attr]
+                    self.up.request_keyframe()
+                return
+            self.source_ssrc = packet.ssrc
+            self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
+        mapped = self.rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
+        if mapped is None:
+            return
+        out = RtpPacket(payload_type=self.payload_type, marker=packet.marker,
+                        sequence_number=mapped[0], timestamp=mapped[1], ssrc=self.ssrc,
+                        payload=packet.payload)
+        out.csrc = packet.csrc
+        out.padding_size = packet.padding_size
+        out.extensions.mid = self.mid
+        out.extensions.abs_send_time = (ntp_time >> 14) & 0xFFFFFF
+        out.extensions.audio_level = packet.extensions.audio_level
+        try:
+            await internals.send_forwarded(self.sender, out, out.serialize(self.extensions), ntp_time)
+        except ConnectionError:  # the subscriber's transport closed under us
+            return
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        self.stats.count_forwarded(self.kind, len(packet.payload))

@@ -1,0 +1,210 @@
+"""The room host: the SFU's only interface. Signaling sends it JSON-serialisable messages and
+reads its events; no SFU object crosses it, so rooms can later live in worker processes.
+
+Requests (``await host.request(room, message)``), each answered by one reply dict:
+
+=====================================================================  ==============================
+message                                                                reply
+=====================================================================  ==============================
+``{"type": "join", "participant", "name"?}``                           ``{"type": "joined", ...}``
+``{"type": "offer", "participant", "sdp", "tracks"?}``                 ``{"type": "answer", "sdp"}``
+``{"type": "answer", "participant", "sdp"}``                           ``{"type": "ok"}``
+``{"type": "candidate", "participant", "candidate": {...} | null}``    ``{"type": "ok"}``
+``{"type": "leave", "participant"}``                                   ``{"type": "left"}``
+``{"type": "stats", "participant"}``                                   ``{"type": "stats", ...}``
+=====================================================================  ==============================
+
+Any failure is ``{"type": "error", "code", "message"}`` (codes in ``errors.SfuError``). Events
+are dicts with ``type``, ``room`` and ``participant`` (the addressee, or None for the room).
+
+Ordering: one participant's requests are handled one at a time, in the order ``request`` was
+called. The client makes the first offer; the server offers (event ``offer``) only after it has
+answered that, and an offer caused by a request is emitted after that request's reply. The
+server is the impolite peer: a client offer arriving while the server's offer waits for its
+answer gets ``{"type": "error", "code": "glare"}``; the client rolls back, answers, and offers
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import SfuError
+from .ice import CandidateGatherer, IceSettings
+from .peer import SOURCES
+from .room import Room
+from .speaker import SpeakerSettings
+from .stats import SfuStats
+
+log = logging.getLogger("confmeet.sfu")
+
+Handler = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class EventStream:
+    """The host's events, in order, for one reader: ``async for event in stream``."""
+
+    def __init__(self, on_close: Callable[[EventStream], None]) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._on_close = on_close
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+        self._on_close(self)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+def _text(message: dict[str, Any], field: str, required: bool = True) -> str:
+    value = message.get(field)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise SfuError("bad_message", f"{field!r} must be a non-empty string")
+    return value
+
+
+def _track_labels(message: dict[str, Any]) -> list[dict[str, str]]:
+    labels = message.get("tracks", [])
+    if not isinstance(labels, list):
+        raise SfuError("bad_message", "'tracks' must be a list")
+    for label in labels:
+        if not (isinstance(label, dict) and label.get("source") in SOURCES
+                and isinstance(label.get("mid") or label.get("track_id"), str)):
+            raise SfuError("bad_message", "each of 'tracks' must name a 'mid' or 'track_id' and a "
+                                          f"'source' among {', '.join(SOURCES)}")
+    return labels
+
+
+def _candidate(message: dict[str, Any]) -> str:
+    candidate = message.get("candidate")
+    if candidate is None:
+        return ""
+    if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate", ""), str):
+        raise SfuError("bad_message", "'candidate' must be null or an object with a 'candidate' string")
+    return candidate.get("candidate", "")
+
+
+class RoomHost:
+    """Hosts every room of this process (see the module doc for the messages)."""
+
+    def __init__(self, ice: IceSettings | None = None, speaker: SpeakerSettings | None = None,
+                 quality_interval: float = 2.0) -> None:
+        self.ice = ice or IceSettings()
+        self.speaker = speaker or SpeakerSettings()
+        self.quality_interval = quality_interval
+        self.stats = SfuStats()
+        self._gatherer = CandidateGatherer(self.ice)
+        self._rooms: dict[str, Room] = {}
+        self._streams: set[EventStream] = set()
+        self._closed = False
+        self._handlers: dict[str, Handler] = {
+            "join": self._join, "offer": self._offer, "answer": self._answer,
+            "candidate": self._add_candidate, "leave": self._leave, "stats": self._stats,
+        }
+
+    async def request(self, room: str, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if self._closed:
+                raise SfuError("closed", "the SFU is shutting down")
+            if not isinstance(room, str) or not room:
+                raise SfuError("bad_message", "the room must be a non-empty string")
+            if not isinstance(message, dict):
+                raise SfuError("bad_message", "a message must be an object")
+            handler = self._handlers.get(message.get("type"))  # type: ignore[arg-type]
+            if handler is None:
+                raise SfuError("unknown_type", f"unknown message type {message.get('type')!r}; "
+                                               f"expected one of {', '.join(self._handlers)}")
+            return await handler(room, _text(message, "participant"), message)
+        except SfuError as exc:
+            return exc.reply()
+        except Exception:
+            kind = message.get("type") if isinstance(message, dict) else type(message).__name__
+            log.exception("room %s: a %r request failed", room, kind)
+            return SfuError("internal", "the SFU failed to handle this request; see the server log").reply()
+
+    def subscribe_events(self) -> EventStream:
+        stream = EventStream(self._streams.discard)
+        self._streams.add(stream)
+        return stream
+
+    async def close(self) -> None:
+        self._closed = True
+        for room in list(self._rooms.values()):
+            await room.close()
+        for stream in list(self._streams):
+            stream.close()
+
+    @property
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    # ------------------------------------------------------------------ handlers
+    def _room(self, name: str) -> Room:
+        room = self._rooms.get(name)
+        if room is None:
+            raise SfuError("unknown_participant", f"nobody has joined room {name!r}")
+        return room
+
+    async def _join(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        name = _text(message, "name", required=False)
+        room = self._rooms.get(room_name)
+        if room is None:
+            room = Room(room_name, self._gatherer, self.ice.rtc_configuration(), self._emit,
+                        self._room_empty, self.stats, self.speaker, self.quality_interval)
+            self._rooms[room_name] = room
+            self.stats.rooms += 1
+        return await room.join(participant, name, self.ice.client_ice_servers())
+
+    async def _offer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        sdp, labels = _text(message, "sdp"), _track_labels(message)
+        peer = self._room(room_name).peer(participant)
+        reply = await peer.call(peer.handle_offer, sdp, labels)
+        # Queued only now, so that an offer of the server is emitted after this reply.
+        peer.post(peer.sync_downstream)
+        return reply
+
+    async def _answer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        sdp = _text(message, "sdp")
+        peer = self._room(room_name).peer(participant)
+        reply = await peer.call(peer.handle_answer, sdp)
+        peer.post(peer.sync_downstream)
+        return reply
+
+    async def _add_candidate(self, room_name: str, participant: str,
+                             message: dict[str, Any]) -> dict[str, Any]:
+        candidate = _candidate(message)
+        peer = self._room(room_name).peer(participant)
+        return await peer.call(peer.add_candidate, candidate)
+
+    async def _leave(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        await self._room(room_name).leave(participant, "left")
+        return {"type": "left"}
+
+    async def _stats(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        peer = self._room(room_name).peer(participant)
+        return {**await peer.call(peer.describe_stats), "participant": participant}
+
+    # ------------------------------------------------------------------ room callbacks
+    def _emit(self, event: dict[str, Any]) -> None:
+        for stream in self._streams:
+            stream.put(event)
+
+    def _room_empty(self, room: Room) -> None:
+        if self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+            self.stats.rooms -= 1
+        room.stop()

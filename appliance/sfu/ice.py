@@ -1,0 +1,234 @@
+"""ICE for the SFU's peer connections: which servers, which addresses, which UDP ports.
+
+aioice gathers host candidates on every non-loopback address with a random UDP port, and aiortc
+uses a public STUN server unless told otherwise. An appliance needs the opposite: no outside
+servers unless configured, ports inside a firewall-friendly range, the public address of a 1:1
+NAT announced instead of the private one, and (for tests) loopback candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+from aioice import Candidate, Connection
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.turn import UDP_SOCKET_BUFFER_SIZE
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+)
+from aiortc import sdp as aiortc_sdp
+
+from . import internals
+
+log = logging.getLogger("confmeet.sfu")
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server, as both aiortc and browsers take it."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def for_client(self) -> dict[str, Any]:
+        """The RTCIceServer dictionary a browser's RTCPeerConnection takes."""
+        server: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            server["username"] = self.username
+        if self.credential is not None:
+            server["credential"] = self.credential
+        return server
+
+    def for_aiortc(self) -> RTCIceServer:
+        return RTCIceServer(urls=list(self.urls), username=self.username, credential=self.credential)
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """ICE configuration of the SFU.
+
+    ``announced_addresses``: public IPs of a 1:1 NAT; they replace the IP of every host candidate
+    of the same address family in the SDP the server sends. ``udp_port_min``/``udp_port_max``:
+    the inclusive range host candidates bind in (0/0: any port). ``ice_servers``: given to the
+    clients and used by the server; empty by default, never a public server. ``loopback``: gather
+    on 127.0.0.1 only (tests; aioice skips loopback otherwise).
+    """
+
+    announced_addresses: tuple[str, ...] = ()
+    udp_port_min: int = 0
+    udp_port_max: int = 0
+    ice_servers: tuple[IceServer, ...] = ()
+    loopback: bool = False
+
+    def __post_init__(self) -> None:
+        for address in self.announced_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"announced address {address!r} is not an IP address") from None
+        if (self.udp_port_min, self.udp_port_max) != (0, 0) and not (
+                1024 <= self.udp_port_min <= self.udp_port_max <= 65535):
+            raise ValueError(
+                f"UDP port range {self.udp_port_min}-{self.udp_port_max} is invalid: set "
+                "1024 <= udp_port_min <= udp_port_max <= 65535, or both to 0 for any port")
+
+    @property
+    def port_range(self) -> range | None:
+        if self.udp_port_min == 0:
+            return None
+        return range(self.udp_port_min, self.udp_port_max + 1)
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        # An explicit (possibly empty) server list: aiortc's default is a public STUN server.
+        return RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers],
+                                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+    def client_ice_servers(self) -> list[dict[str, Any]]:
+        return [s.for_client() for s in self.ice_servers]
+
+
+class UdpPorts:
+    """Hands out the ports of a range round-robin, so closed sessions' ports rest a while."""
+
+    def __init__(self, ports: range) -> None:
+        self.ports = ports
+        self._next = 0
+
+    def order(self) -> Iterator[int]:
+        """Every port of the range once, starting after the last one taken."""
+        for i in range(len(self.ports)):
+            yield self.ports[(self._next + i) % len(self.ports)]
+
+    def taken(self, port: int) -> None:
+        self._next = (self.ports.index(port) + 1) % len(self.ports)
+
+
+class CandidateGatherer:
+    """Applies IceSettings to peer connections: where host candidates bind, and what the SDP
+    the server sends announces."""
+
+    def __init__(self, settings: IceSettings) -> None:
+        self.settings = settings
+        ports = settings.port_range
+        self._ports = UdpPorts(ports) if ports is not None else None
+        self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def prepare(self, pc: RTCPeerConnection) -> None:
+        """Call before each setLocalDescription: it takes over host-candidate gathering of any
+        transport that has not gathered yet."""
+        if not self.settings.loopback and self._ports is None:
+            return
+        for connection in internals.ice_connections(pc):
+            if connection not in self._prepared:
+                self._prepared.add(connection)
+                internals.wrap_component_gathering(connection, partial(self._bind_gathering, connection))
+
+    def _bind_gathering(self, connection: Connection,
+                        original: internals.ComponentGatherer) -> internals.ComponentGatherer:
+        return partial(self._gather_component, connection, original)
+
+    async def _gather_component(self, connection: Connection, original: internals.ComponentGatherer,
+                                component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
+        if self.settings.loopback:
+            addresses = [LOOPBACK]
+        protocols = [p for p in [await self._bind(connection, component, a) for a in addresses] if p]
+        internals.add_host_protocols(connection, protocols)
+        candidates: list[Candidate] = [p.local_candidate for p in protocols]
+        lookups = []
+        if connection.stun_server is not None:
+            lookups = [asyncio.ensure_future(server_reflexive_candidate(p, connection.stun_server))
+                       for p in protocols if ipaddress.ip_address(p.local_candidate.host).version == 4]
+        # The original, given no addresses, only allocates on the TURN server (if any).
+        relayed = asyncio.ensure_future(original(component, [], timeout))
+        if lookups:
+            done, pending = await asyncio.wait(lookups, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            candidates += [t.result()[0] for t in done if t.exception() is None]
+        return candidates + await relayed
+
+    async def _bind(self, connection: Connection, component: int, address: str) -> StunProtocol | None:
+        loop = asyncio.get_running_loop()
+        for port in self._ports.order() if self._ports is not None else [0]:
+            try:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: StunProtocol(connection), local_addr=(address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and self._ports is not None:
+                    continue
+                log.warning("ICE: cannot bind UDP on %s: %s", address, exc)
+                return None
+            if self._ports is not None:
+                self._ports.taken(port)
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
+            host, bound_port = transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host), component=component,
+                transport="udp", priority=candidate_priority(component, "host"), host=host,
+                port=bound_port, type="host")
+            return protocol
+        log.error("ICE: every UDP port in %d-%d is in use on %s: widen udp_port_min/udp_port_max",
+                  self.settings.udp_port_min, self.settings.udp_port_max, address)
+        return None
+
+    def announce(self, sdp: str) -> str:
+        """The SDP with host candidates' IPs replaced by the announced addresses (1:1 NAT)."""
+        announced = [ipaddress.ip_address(a) for a in self.settings.announced_addresses]
+        if not announced:
+            return sdp
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+        for media in description.media:
+            candidates: list[RTCIceCandidate] = []
+            for candidate in media.ice_candidates:
+                version = ipaddress.ip_address(candidate.ip).version
+                public = [a for a in announced if candidate.type == "host" and a.version == version]
+                if not public:
+                    candidates.append(candidate)
+                for i, address in enumerate(public):
+                    foundation = f"{candidate.foundation}{i}" if i else candidate.foundation
+                    candidates.append(replace(candidate, ip=str(address), priority=candidate.priority - i,
+                                              foundation=foundation))
+            media.ice_candidates = candidates
+            if candidates:
+                media.host = candidates[0].ip
+        return str(description)
+
+
+def is_mdns_candidate(candidate: str) -> bool:
+    """Whether an SDP candidate ("candidate:..." or its value) names a ``.local`` mDNS host."""
+    bits = candidate.split()
+    return len(bits) > 4 and bits[4].lower().endswith(".local")
+
+
+def drop_mdns_candidates(sdp: str) -> str:
+    """Browsers hide host IPs behind ``<uuid>.local`` names; resolving them costs aioice about a
+    second per name and fails on a server anyway, so they are dropped."""
+    lines = [line for line in sdp.splitlines()
+             if not (line.startswith("a=candidate:") and is_mdns_candidate(line))]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def parse_candidate(value: str) -> RTCIceCandidate:
+    """An RTCIceCandidate from a trickled ``candidate:...`` string; ValueError if malformed."""
+    try:
+        return aiortc_sdp.candidate_from_sdp(value.removeprefix("candidate:"))
+    except (AssertionError, ValueError, IndexError) as exc:
+        raise ValueError(f"malformed ICE candidate {value!r}") from exc

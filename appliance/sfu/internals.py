@@ -1,0 +1,173 @@
+"""The aiortc and aioice internals the SFU reads or replaces, all in one place.
+
+aiortc has no API for forwarding RTP without decoding and re-encoding, for fixing payload types
+across a BUNDLE group, or for choosing UDP ports. Everything below leans on private attributes of
+aiortc 1.16 / aioice 0.13: after upgrading either, check this module first
+(``tests/sfu/test_internals.py`` fails when one of these attributes moves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+
+from aioice import Connection
+from aioice.ice import StunProtocol
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    clock,
+)
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+
+RtpHandler = Callable[[RtpPacket], Awaitable[None]]
+
+
+# ---------------------------------------------------------------- receivers (upstream)
+def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
+    """Hand every RTP packet the receiver gets to ``on_rtp`` first, then to aiortc's own handling
+    (statistics, receiver reports, NACK, REMB, PLI on loss) — and never decode: the receiver's
+    decoder thread is stopped as soon as aiortc starts it, so assembled frames go nowhere."""
+    handle_rtp = receiver._handle_rtp_packet
+    receive = receiver.receive
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        await on_rtp(packet)
+        await handle_rtp(packet, arrival_time_ms)
+
+    async def receive_without_decoder(parameters: RTCRtpReceiveParameters) -> None:
+        await receive(parameters)
+        receiver._RTCRtpReceiver__stop_decoder()  # type: ignore[attr-defined]
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+    receiver.receive = receive_without_decoder  # type: ignore[method-assign]
+
+
+def receiver_decodes(receiver: RTCRtpReceiver) -> bool:
+    return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+# ---------------------------------------------------------------- senders (downstream)
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` instead of forcing a keyframe out of the (unused) encoder when the
+    remote side sends a PLI or FIR for this sender."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+def on_sender_started(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once aiortc has started the sender: its transport is connected and
+    RTCP for its SSRC is routed to it."""
+    send = sender.send
+
+    async def send_then_notify(parameters: RTCRtpSendParameters) -> None:
+        await send(parameters)
+        callback()
+
+    sender.send = send_then_notify  # type: ignore[method-assign]
+
+
+def sender_encodes(sender: RTCRtpSender) -> bool:
+    return sender._RTCRtpSender__encoder is not None  # type: ignore[attr-defined]
+
+
+async def send_forwarded(sender: RTCRtpSender, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
+    """Write an already serialised packet through the sender's transport and account for it as
+    if the sender had produced it: RTP history (so NACKs are answered, over RTX when negotiated)
+    and the packet/octet counts and timestamps of its sender reports."""
+    await sender.transport._send_rtp(data)
+    history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+    history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
+    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = packet.timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+
+def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:
+    """(packets, octets) as the sender's next sender report will state them."""
+    return (sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
+            sender._RTCRtpSender__octet_count)  # type: ignore[attr-defined]
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """The msid stream id the remote side sees for this sender's track."""
+    sender._stream_id = stream_id
+
+
+def current_ntp_time() -> int:
+    return clock.current_ntp_time()
+
+
+# ---------------------------------------------------------------- transceivers (negotiation)
+def codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs aiortc negotiated (or is about to offer) for the transceiver, in order."""
+    return transceiver._codecs
+
+
+def set_codecs(transceiver: RTCRtpTransceiver, value: list[RTCRtpCodecParameters]) -> None:
+    transceiver._codecs = value
+
+
+def header_extensions(transceiver: RTCRtpTransceiver) -> list[RTCRtpHeaderExtensionParameters]:
+    return transceiver._headerExtensions
+
+
+def set_header_extensions(transceiver: RTCRtpTransceiver,
+                          value: list[RTCRtpHeaderExtensionParameters]) -> None:
+    transceiver._headerExtensions = value
+
+
+def header_extensions_map(transceiver: RTCRtpTransceiver) -> HeaderExtensionsMap:
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=transceiver._headerExtensions))
+    return extensions
+
+
+def offered_direction(transceiver: RTCRtpTransceiver) -> str | None:
+    """The direction the remote offer asks of us (``recvonly`` when the remote side sends)."""
+    return transceiver._offerDirection
+
+
+def mline_index(transceiver: RTCRtpTransceiver) -> int | None:
+    return transceiver._get_mline_index()
+
+
+def is_bundled(transceiver: RTCRtpTransceiver) -> bool:
+    """True for a transceiver riding on another one's transport (all but the first)."""
+    return transceiver._bundled
+
+
+# ---------------------------------------------------------------- ICE
+def ice_connections(pc: RTCPeerConnection) -> Iterator[Connection]:
+    """The aioice connections behind the peer connection's transports."""
+    for transceiver in pc.getTransceivers():
+        yield transceiver.receiver.transport.transport.iceGatherer._connection
+    if pc.sctp is not None:
+        yield pc.sctp.transport.transport.iceGatherer._connection
+
+
+ComponentGatherer = Callable[[int, list[str], int], Awaitable[list]]
+
+
+def wrap_component_gathering(connection: Connection,
+                             wrap: Callable[[ComponentGatherer], ComponentGatherer]) -> None:
+    """Replace how the connection gathers candidates for one component by ``wrap(original)``."""
+    connection.get_component_candidates = wrap(  # type: ignore[method-assign,assignment]
+        connection.get_component_candidates)
+
+
+def add_host_protocols(connection: Connection, protocols: list[StunProtocol]) -> None:
+    """Make the connection check and receive on sockets bound outside aioice."""
+    connection._protocols += protocols

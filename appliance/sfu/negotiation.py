@@ -1,0 +1,177 @@
+"""The SFU's half of a participant's session: aiortc's RTCPeerConnection, made to negotiate
+what passthrough forwarding needs.
+
+* Upstream, exactly one codec the SFU can forward per published track (VP8 before H.264 for
+  video, Opus for audio), so a publisher cannot switch codecs under its subscribers.
+* Downstream, the server's offers keep every payload type and header-extension ID the session
+  already uses: aiortc would otherwise re-offer its own numbering, which collides inside the
+  BUNDLE group with the browser's (Chrome rejects such an offer) and would re-map the
+  publisher's own m-lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
+
+from . import internals
+from .errors import SfuError
+
+FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
+DYNAMIC_PAYLOAD_TYPES = (*range(96, 128), *range(35, 64))
+EXTENSION_IDS = range(1, 15)
+
+
+def _is_forwardable(kind: str, codec: RTCRtpCodecParameters) -> bool:
+    return codec.mimeType.lower() in (m.lower() for m in FORWARDABLE.get(kind, ()))
+
+
+def parse_description(sdp: str) -> aiortc_sdp.SessionDescription:
+    """Parse SDP, turning aiortc's assorted parse failures into one typed error."""
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise SfuError("invalid_sdp", "the SDP must be a string starting with 'v=0'")
+    try:
+        return aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises assertion, value, key and index errors alike
+        raise SfuError("invalid_sdp", f"the SDP cannot be parsed: {exc!r}") from None
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse an offer the SFU could only half apply: aiortc changes its state before it finds
+    out that a sending m-line has no codec it knows."""
+    for media in parse_description(sdp).media:
+        sends = media.direction in (None, "sendrecv", "sendonly") and media.port != 0
+        if media.kind in FORWARDABLE and sends and not any(
+                _is_forwardable(media.kind, c) for c in media.rtp.codecs if c.payloadType in media.fmt):
+            raise SfuError("unsupported_codec",
+                           f"the {media.kind} section (mid {media.rtp.muxId}) offers none of "
+                           f"{', '.join(FORWARDABLE[media.kind])}, the codecs the SFU forwards")
+
+
+def codec_preferences(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """Codec preferences that make a downstream transceiver offer exactly the publisher's codec
+    (and RTX for video)."""
+    capabilities = RTCRtpSender.getCapabilities(codec.mimeType.split("/")[0]).codecs
+    same = next(c for c in capabilities if is_codec_compatible(c, codec)  # type: ignore[arg-type]
+                and c.parameters == codec.parameters)
+    return [same, *(c for c in capabilities if c.name == "rtx")]
+
+
+class SessionPayloads:
+    """Payload types and header-extension IDs a session already uses, to number new m-lines."""
+
+    def __init__(self, descriptions: Iterable[str]) -> None:
+        self.codecs: list[RTCRtpCodecParameters] = []
+        self.extension_ids: dict[str, int] = {}
+        for sdp in descriptions:
+            for media in aiortc_sdp.SessionDescription.parse(sdp).media:
+                self.codecs += media.rtp.codecs
+                for extension in media.rtp.headerExtensions:
+                    self.extension_ids.setdefault(extension.uri, extension.id)
+        self._used_payload_types = {c.payloadType for c in self.codecs}
+        self._used_extension_ids = set(self.extension_ids.values())
+
+    def number_codecs(self, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
+        """Copies of ``codecs`` with the session's payload types, or free ones if new to it."""
+        numbered: dict[int | None, RTCRtpCodecParameters] = {}
+        for codec in codecs:
+            if codec.name != "rtx":
+                known = next((k for k in self.codecs
+                              if k.name != "rtx" and is_codec_compatible(k, codec)), None)
+                numbered[codec.payloadType] = copy = dataclasses.replace(
+                    codec, payloadType=known.payloadType if known else self._free_payload_type(),
+                    parameters=dict(codec.parameters))
+                if known is None:  # later m-lines of the same offer reuse it
+                    self.codecs.append(copy)
+        result = []
+        for codec in codecs:
+            if codec.name != "rtx":
+                result.append(numbered[codec.payloadType])
+                continue
+            apt = codec.parameters.get("apt")
+            base = numbered.get(apt) if isinstance(apt, int) else None
+            if base is None:
+                continue
+            known = next((k for k in self.codecs
+                          if k.name == "rtx" and k.parameters.get("apt") == base.payloadType), None)
+            copy = dataclasses.replace(
+                codec, payloadType=known.payloadType if known else self._free_payload_type(),
+                parameters={"apt": base.payloadType})
+            if known is None:
+                self.codecs.append(copy)
+            result.append(copy)
+        return result
+
+    def number_extensions(self, extensions: list[RTCRtpHeaderExtensionParameters]
+                          ) -> list[RTCRtpHeaderExtensionParameters]:
+        result = []
+        for extension in extensions:
+            ext_id = self.extension_ids.get(extension.uri)
+            if ext_id is None:
+                ext_id = next((i for i in EXTENSION_IDS if i not in self._used_extension_ids), None)
+                if ext_id is None:
+                    continue
+                self.extension_ids[extension.uri] = ext_id
+                self._used_extension_ids.add(ext_id)
+            result.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=extension.uri))
+        return result
+
+    def _free_payload_type(self) -> int:
+        for payload_type in DYNAMIC_PAYLOAD_TYPES:
+            if payload_type not in self._used_payload_types:
+                self._used_payload_types.add(payload_type)
+                return payload_type
+        raise SfuError("internal", "the session has run out of dynamic RTP payload types")
+
+
+class SfuPeerConnection(RTCPeerConnection):
+    """An RTCPeerConnection whose negotiation suits passthrough forwarding (see module doc)."""
+
+    async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
+        await super().setRemoteDescription(sessionDescription)
+        if sessionDescription.type == "offer":
+            self._choose_upstream_codecs()
+
+    def _choose_upstream_codecs(self) -> None:
+        for transceiver in self.getTransceivers():
+            if internals.offered_direction(transceiver) not in ("recvonly", "sendrecv"):
+                continue
+            negotiated = internals.codecs(transceiver)
+            chosen = next((c for mime in FORWARDABLE[transceiver.kind] for c in negotiated
+                           if c.mimeType.lower() == mime.lower()), None)
+            if chosen is None:
+                continue
+            rtx = [c for c in negotiated if c.name == "rtx" and c.parameters.get("apt") == chosen.payloadType]
+            internals.set_codecs(transceiver, [chosen, *rtx])
+
+    async def createOffer(self) -> RTCSessionDescription:
+        negotiated = {t: (internals.codecs(t), internals.header_extensions(t))
+                      for t in self.getTransceivers() if t.mid is not None}
+        offer = await super().createOffer()
+        payloads = SessionPayloads(d.sdp for d in (self.remoteDescription, self.localDescription) if d)
+        by_index = {internals.mline_index(t): t for t in self.getTransceivers()}
+        description = aiortc_sdp.SessionDescription.parse(offer.sdp)
+        for index, media in enumerate(description.media):
+            transceiver = by_index.get(index)
+            if transceiver is None or media.kind not in FORWARDABLE:
+                continue
+            if transceiver in negotiated:
+                codecs, extensions = negotiated[transceiver]
+            else:
+                codecs = payloads.number_codecs(internals.codecs(transceiver))
+                extensions = payloads.number_extensions(internals.header_extensions(transceiver))
+            internals.set_codecs(transceiver, codecs)
+            internals.set_header_extensions(transceiver, extensions)
+            media.rtp.codecs = codecs
+            media.fmt = [c.payloadType for c in codecs]
+            media.rtp.headerExtensions = extensions
+        return RTCSessionDescription(sdp=str(description), type="offer")

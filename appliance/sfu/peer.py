@@ -1,0 +1,354 @@
+"""One participant's session with the SFU: its peer connection, the tracks it publishes (up) and
+the tracks it receives (down).
+
+A peer is an actor: everything that changes its state — the participant's own signaling and the
+room's requests alike — is queued to one task and runs in order, so negotiation never
+interleaves. Only the media path (RTP arriving at a receiver) runs outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from aiortc import (
+    RTCConfiguration,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import (
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+    OperationError,
+)
+from aiortc.rtp import RtpPacket
+
+from . import internals
+from .errors import SfuError
+from .forwarder import DownTrack, ForwardedTrack, UpTrack
+from .ice import (
+    CandidateGatherer,
+    drop_mdns_candidates,
+    is_mdns_candidate,
+    parse_candidate,
+)
+from .negotiation import (
+    SfuPeerConnection,
+    check_offer,
+    codec_preferences,
+    parse_description,
+)
+from .quality import Quality
+from .stats import SfuStats
+
+log = logging.getLogger("confmeet.sfu")
+
+SOURCES = ("camera", "microphone", "screen")
+DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
+RECEIVING = ("recvonly", "sendrecv")
+T = TypeVar("T")
+
+
+class RoomLink(Protocol):
+    """What a peer may ask of its room."""
+
+    stats: SfuStats
+
+    def emit(self, participant: str | None, event: dict[str, Any]) -> None: ...
+
+    def track_published(self, up: UpTrack) -> None: ...
+
+    def track_unpublished(self, up: UpTrack) -> None: ...
+
+    def audio_level(self, participant: str, level: int) -> None: ...
+
+    def connection_lost(self, participant: str, reason: str) -> None: ...
+
+
+class Peer:
+    def __init__(self, participant: str, name: str, room: RoomLink, gatherer: CandidateGatherer,
+                 configuration: RTCConfiguration) -> None:
+        self.participant = participant
+        self.name = name
+        self.room = room
+        self.gatherer = gatherer
+        self.pc = SfuPeerConnection(configuration)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self.ups: dict[RTCRtpTransceiver, UpTrack] = {}
+        self.downs: dict[tuple[str, str], DownTrack] = {}
+        self.wanted: dict[tuple[str, str], UpTrack] = {}
+        self.labels: dict[str, str] = {}
+        self.negotiated = False
+        self.quality: Quality | None = None
+        self.closed = False
+        self._up_by_receiver: dict[RTCRtpReceiver, UpTrack] = {}
+        self._tapped: set[RTCRtpReceiver] = set()
+        self._offer_needed = False
+        self._sync_queued = False
+        self._uplink_counts: dict[RTCRtpReceiver, tuple[int, int]] = {}
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any] | None]] = (
+            asyncio.Queue())
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # ------------------------------------------------------------------ the actor
+    async def call(self, action: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``action(*args)`` in the peer's task and return its result."""
+        if self.closed:
+            raise SfuError("unknown_participant", f"participant {self.participant!r} has left")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((partial(action, *args), future))
+        return await future
+
+    def post(self, action: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Queue ``action(*args)`` to the peer's task without waiting for it."""
+        if not self.closed:
+            self._queue.put_nowait((partial(action, *args), None))
+
+    async def _run(self) -> None:
+        while not self.closed:
+            action, future = await self._queue.get()
+            try:
+                result = await action()
+            except Exception as exc:
+                if future is None:
+                    log.exception("participant %s: %s failed", self.participant, action)
+                elif not future.done():
+                    future.set_exception(exc)
+            else:
+                if future is not None and not future.done():
+                    future.set_result(result)
+        gone = SfuError("unknown_participant", f"participant {self.participant!r} has left")
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if future is not None and not future.done():
+                future.set_exception(gone)
+
+    async def close(self) -> None:
+        await self.call(self._shutdown)
+        await self._task
+
+    async def _shutdown(self) -> None:
+        self.closed = True
+        for transceiver in list(self.ups):
+            self._unpublish(transceiver)
+        for down in self.downs.values():
+            down.stop()
+        self.downs.clear()
+        self.wanted.clear()
+        await self.pc.close()
+
+    def _on_connection_state(self) -> None:
+        # "closed" without our asking: the client shut DTLS down (closed its peer connection).
+        if self.pc.connectionState in ("failed", "closed") and not self.closed:
+            self.room.connection_lost(self.participant, f"connection_{self.pc.connectionState}")
+
+    # ------------------------------------------------------------------ the participant's signaling
+    async def handle_offer(self, sdp: str, tracks: list[dict[str, str]]) -> dict[str, Any]:
+        if self.pc.signalingState == "have-local-offer":
+            raise SfuError("glare", "the server's offer is waiting for your answer: answer it "
+                                    "(rolling back your own offer first), then offer again")
+        check_offer(sdp)
+        for label in tracks:
+            self.labels[label.get("mid") or label["track_id"]] = label["source"]
+        await self._set_remote(sdp, "offer")
+        self._tap_receivers()
+        answer = await self.pc.createAnswer()
+        self.gatherer.prepare(self.pc)
+        await self.pc.setLocalDescription(answer)
+        self._update_publications()
+        self.negotiated = True
+        return {"type": "answer", "sdp": self.gatherer.announce(self.pc.localDescription.sdp)}
+
+    async def handle_answer(self, sdp: str) -> dict[str, Any]:
+        if self.pc.signalingState != "have-local-offer":
+            raise SfuError("invalid_state", "no offer of the server is waiting for an answer")
+        parse_description(sdp)
+        await self._set_remote(sdp, "answer")
+        for key, down in list(self.downs.items()):
+            if not down.accepted and not down.accept_negotiation():
+                log.info("participant %s declined track %s", self.participant, key)
+                down.stop()
+                del self.downs[key]
+                self.wanted.pop(key, None)
+        return {"type": "ok"}
+
+    async def add_candidate(self, candidate: str) -> dict[str, Any]:
+        """Add a trickled candidate; an empty string means end-of-candidates."""
+        if self.pc.remoteDescription is None:
+            raise SfuError("invalid_state", "send your offer before your ICE candidates")
+        if not candidate:
+            await self.pc.addIceCandidate(None)
+        elif not is_mdns_candidate(candidate):
+            try:
+                ice_candidate = parse_candidate(candidate)
+            except ValueError as exc:
+                raise SfuError("invalid_candidate", str(exc)) from None
+            # Every m-line is bundled on the first transport; route the candidate there.
+            ice_candidate.sdpMid = self._primary_mid()
+            await self.pc.addIceCandidate(ice_candidate)
+        return {"type": "ok"}
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        description = RTCSessionDescription(sdp=drop_mdns_candidates(sdp), type=kind)
+        try:
+            await self.pc.setRemoteDescription(description)
+        except (ValueError, InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
+            raise SfuError("invalid_sdp", f"the {kind} was refused: {exc}") from None
+
+    def _primary_mid(self) -> str | None:
+        mid = next((t.mid for t in self.pc.getTransceivers() if not internals.is_bundled(t)), None)
+        if mid is None and self.pc.sctp is not None:
+            mid = self.pc.sctp.mid
+        return mid
+
+    # ------------------------------------------------------------------ publishing (up)
+    def _tap_receivers(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if internals.offered_direction(transceiver) in RECEIVING and receiver not in self._tapped:
+                internals.tap_receiver(receiver, partial(self._on_rtp, receiver))
+                self._tapped.add(receiver)
+
+    async def _on_rtp(self, receiver: RTCRtpReceiver, packet: RtpPacket) -> None:
+        up = self._up_by_receiver.get(receiver)
+        if up is not None:
+            await up.on_rtp(packet)
+
+    def _update_publications(self) -> None:
+        remote = parse_description(self.pc.remoteDescription.sdp)
+        by_mid = {t.mid: t for t in self.pc.getTransceivers()}
+        for media in remote.media:
+            transceiver = by_mid.get(media.rtp.muxId)
+            if transceiver is None or media.kind not in DEFAULT_SOURCE:
+                continue
+            receiving = transceiver.currentDirection in RECEIVING
+            msid = (media.msid or "").split()
+            track_id = msid[1] if len(msid) == 2 else f"{self.participant}-{transceiver.mid}"
+            up = self.ups.get(transceiver)
+            if up is not None and (not receiving or up.track_id != track_id):
+                self._unpublish(transceiver)
+            if receiving and transceiver not in self.ups:
+                self._publish(transceiver, track_id)
+
+    def _publish(self, transceiver: RTCRtpTransceiver, track_id: str) -> None:
+        source = (self.labels.get(transceiver.mid or "") or self.labels.get(track_id)
+                  or DEFAULT_SOURCE[transceiver.kind])
+        on_level = partial(self.room.audio_level, self.participant) if transceiver.kind == "audio" else None
+        up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level)
+        self.ups[transceiver] = up
+        self._up_by_receiver[transceiver.receiver] = up
+        self.room.track_published(up)
+
+    def _unpublish(self, transceiver: RTCRtpTransceiver) -> None:
+        up = self.ups.pop(transceiver)
+        self._up_by_receiver.pop(transceiver.receiver, None)
+        up.close()
+        self.room.track_unpublished(up)
+
+    # ------------------------------------------------------------------ subscribing (down)
+    async def subscribe(self, up: UpTrack) -> None:
+        if not up.closed:
+            self.wanted[up.key] = up
+            self._request_sync()
+
+    async def unsubscribe(self, key: tuple[str, str]) -> None:
+        self.wanted.pop(key, None)
+        down = self.downs.pop(key, None)
+        if down is not None:
+            down.stop()
+            down.transceiver.direction = "inactive"
+            await down.sender.stop()
+            self._offer_needed = True
+        self._request_sync()
+
+    def _request_sync(self) -> None:
+        if not self._sync_queued:
+            self._sync_queued = True
+            self.post(self.sync_downstream)
+
+    async def sync_downstream(self) -> None:
+        """Offer the participant what it should receive now, unless a negotiation is under way
+        (then this runs again once the participant has answered)."""
+        self._sync_queued = False
+        if self.closed or not self.negotiated or self.pc.signalingState != "stable":
+            return
+        for key, up in self.wanted.items():
+            if key not in self.downs and not up.closed:
+                self.downs[key] = self._add_down(up)
+                self._offer_needed = True
+        if not self._offer_needed:
+            return
+        self._offer_needed = False
+        offer = await self.pc.createOffer()
+        self.gatherer.prepare(self.pc)
+        await self.pc.setLocalDescription(offer)
+        tracks = [{"mid": down.transceiver.mid, **down.up.describe()} for down in self.downs.values()]
+        self.room.emit(self.participant, {"type": "offer", "tracks": tracks,
+                                          "sdp": self.gatherer.announce(self.pc.localDescription.sdp)})
+
+    def _add_down(self, up: UpTrack) -> DownTrack:
+        transceiver = self.pc.addTransceiver(ForwardedTrack(up.kind, up.track_id), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(up.codec))
+        internals.set_stream_id(transceiver.sender, up.publisher)
+        down = DownTrack(self.participant, up, transceiver, self.room.stats)
+        internals.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
+        internals.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
+        return down
+
+    async def _start_down(self, down: DownTrack) -> None:
+        if self.downs.get(down.up.key) is not down:
+            # Unsubscribed while its offer was out; aiortc started the sender all the same.
+            await down.sender.stop()
+        elif down.accepted:
+            down.start()
+
+    # ------------------------------------------------------------------ measurements
+    async def report_quality(self) -> None:
+        """Grade the connection from RTCP receiver reports (downlink) and the server's own
+        reception statistics (uplink); tell the room when the grade changes."""
+        loss, jitter_ms, measured = 0.0, 0.0, False
+        for down in self.downs.values():
+            for stats in (await down.sender.getStats()).values():
+                if stats.type == "remote-inbound-rtp":
+                    measured = True
+                    loss = max(loss, stats.fractionLost / 256)
+                    jitter_ms = max(jitter_ms, 1000 * stats.jitter / down.up.codec.clockRate)
+        for up in self.ups.values():
+            for stats in (await up.receiver.getStats()).values():
+                if stats.type == "inbound-rtp":
+                    lost, received = stats.packetsLost, stats.packetsReceived
+                    last_lost, last_received = self._uplink_counts.get(up.receiver, (0, 0))
+                    self._uplink_counts[up.receiver] = (lost, received)
+                    expected = (lost - last_lost) + (received - last_received)
+                    if expected > 0:
+                        measured = True
+                        loss = max(loss, max(0, lost - last_lost) / expected)
+                        jitter_ms = max(jitter_ms, 1000 * stats.jitter / up.codec.clockRate)
+        if not measured:
+            return
+        quality = Quality.grade(loss, jitter_ms)
+        if self.quality is None or quality.level != self.quality.level:
+            self.room.emit(None, {"type": "connection_quality", "subject": self.participant,
+                                  **quality.describe()})
+        self.quality = quality
+
+    async def describe_stats(self) -> dict[str, Any]:
+        return {
+            "type": "stats",
+            "connection_state": self.pc.connectionState,
+            "published": [{"track_id": up.track_id, "kind": up.kind, "source": up.source,
+                           "codec": up.codec.mimeType, "packets": up.packets, "bytes": up.bytes,
+                           "keyframes": up.keyframes_seen,
+                           "plis_sent": up.keyframes.sent if up.keyframes else 0}
+                          for up in self.ups.values()],
+            "subscribed": [{"track_id": down.up.track_id, "publisher": down.up.publisher,
+                            "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
+                            "forwarding": down.started, "waiting_for_keyframe": down.gated}
+                           for down in self.downs.values()],
+            "quality": self.quality.describe() if self.quality else None,
+        }

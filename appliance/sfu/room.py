@@ -1,0 +1,137 @@
+"""A room: its peers, the tracks published in it, and who is speaking.
+
+The room routes between peers only by queueing actions to them (subscribe, unsubscribe,
+report_quality); it never negotiates on a peer's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCConfiguration
+
+from .errors import SfuError
+from .forwarder import UpTrack
+from .ice import CandidateGatherer
+from .peer import Peer
+from .speaker import ActiveSpeakerDetector, SpeakerSettings
+from .stats import SfuStats
+
+log = logging.getLogger("confmeet.sfu")
+
+SPEAKER_INTERVAL = 0.2
+
+
+class Room:
+    def __init__(self, name: str, gatherer: CandidateGatherer, configuration: RTCConfiguration,
+                 emit: Callable[[dict[str, Any]], None], on_empty: Callable[[Room], None],
+                 stats: SfuStats, speaker: SpeakerSettings, quality_interval: float) -> None:
+        self.name = name
+        self.gatherer = gatherer
+        self.configuration = configuration
+        self.stats = stats
+        self.peers: dict[str, Peer] = {}
+        self.tracks: dict[tuple[str, str], UpTrack] = {}
+        self.speaker = ActiveSpeakerDetector(speaker)
+        self.quality_interval = quality_interval
+        self._emit = emit
+        self._on_empty = on_empty
+        self._leaving: set[str] = set()
+        self._departures: set[asyncio.Task[None]] = set()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def emit(self, participant: str | None, event: dict[str, Any]) -> None:
+        """Send an event to one participant, or to the whole room when ``participant`` is None."""
+        self._emit({**event, "room": self.name, "participant": participant})
+
+    def peer(self, participant: str) -> Peer:
+        peer = self.peers.get(participant)
+        if peer is None or participant in self._leaving:
+            raise SfuError("unknown_participant",
+                           f"participant {participant!r} is not in room {self.name!r}: join first")
+        return peer
+
+    async def join(self, participant: str, name: str, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
+        if participant in self.peers:
+            raise SfuError("already_joined", f"participant {participant!r} is already in room {self.name!r}")
+        others = [{"participant": p.participant, "name": p.name} for p in self.peers.values()]
+        peer = Peer(participant, name, self, self.gatherer, self.configuration)
+        self.peers[participant] = peer
+        self.stats.active_peers += 1
+        for up in self.tracks.values():
+            peer.post(peer.subscribe, up)
+        self.emit(None, {"type": "participant_joined", "subject": participant, "name": name})
+        return {"type": "joined", "ice_servers": ice_servers, "participants": others,
+                "tracks": [up.describe() for up in self.tracks.values()]}
+
+    async def leave(self, participant: str, reason: str) -> None:
+        peer = self.peer(participant)
+        self._leaving.add(participant)
+        try:
+            await peer.close()
+        finally:
+            self._leaving.discard(participant)
+            del self.peers[participant]
+            self.stats.active_peers -= 1
+            self.speaker.forget(participant)
+        self.emit(None, {"type": "participant_left", "subject": participant, "reason": reason})
+        if not self.peers:
+            self._on_empty(self)
+
+    async def close(self) -> None:
+        for participant in list(self.peers):
+            if participant not in self._leaving:
+                await self.leave(participant, "closed")
+        await asyncio.gather(*self._departures)
+        self.stop()
+
+    def stop(self) -> None:
+        self._ticker.cancel()
+
+    # ------------------------------------------------------------------ called by peers
+    def track_published(self, up: UpTrack) -> None:
+        self.tracks[up.key] = up
+        self.emit(None, {"type": "track_published", **up.describe()})
+        for peer in self.peers.values():
+            if peer.participant != up.publisher:
+                peer.post(peer.subscribe, up)
+
+    def track_unpublished(self, up: UpTrack) -> None:
+        self.tracks.pop(up.key, None)
+        self.emit(None, {"type": "track_unpublished", **up.describe()})
+        for peer in self.peers.values():
+            if peer.participant != up.publisher:
+                peer.post(peer.unsubscribe, up.key)
+
+    def audio_level(self, participant: str, level: int) -> None:
+        self.speaker.add_level(participant, level, time.monotonic())
+
+    def connection_lost(self, participant: str, reason: str) -> None:
+        if participant in self.peers and participant not in self._leaving:
+            log.info("room %s: participant %s left: %s", self.name, participant, reason)
+            task = asyncio.get_running_loop().create_task(self.leave(participant, reason))
+            self._departures.add(task)
+            task.add_done_callback(self._departures.discard)
+
+    # ------------------------------------------------------------------ periodic work
+    async def _tick(self) -> None:
+        next_quality = time.monotonic() + self.quality_interval
+        while True:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            now = time.monotonic()
+            try:
+                change = self.speaker.update(now)
+            except Exception:
+                log.exception("room %s: active-speaker detection failed", self.name)
+                change = None
+            if change is not None:
+                self.emit(None, {"type": "active_speaker", "subject": change.participant,
+                                 "level_dbov": change.level_dbov})
+            if now >= next_quality:
+                next_quality = now + self.quality_interval
+                for peer in self.peers.values():
+                    peer.post(peer.report_quality)

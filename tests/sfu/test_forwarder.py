@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpTransceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    wrap_rtx,
+)
+
+from appliance.sfu import internals
+from appliance.sfu.forwarder import DownTrack, RtpRewriter, UpTrack
+from appliance.sfu.stats import SfuStats
+
+VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame tag with P=0
+VP8_DELTA = b"\x10\x01\x00\x00\x00"
+VP8_MORE = b"\x00\x00\x00\x00\x00"  # continuation of a frame
+
+
+def test_rewriter_continues_numbering_across_restarts() -> None:
+    rewriter = RtpRewriter(clock_rate=90000, last_seq=1000, last_ts=5000)
+    rewriter.restart(seq=65534, ts=4_294_967_000, now=10.0)
+    assert rewriter.rewrite(65534, 4_294_967_000, 10.0) == (1001, 5001)
+    assert rewriter.rewrite(65535, 4_294_967_000, 10.0) == (1002, 5001)
+    assert rewriter.rewrite(0, 704, 10.1) == (1003, 5001 + 1000)  # both numbers wrapped
+    assert rewriter.rewrite(1, 704, 10.1) == (1004, 5001 + 1000)
+    assert rewriter.rewrite(65533, 4_294_966_000, 10.1) is None  # older than the restart
+    # The source restarts 0.5 s later with unrelated numbers: the subscriber sees no jump.
+    rewriter.restart(seq=42, ts=777, now=10.6)
+    assert rewriter.rewrite(42, 777, 10.6) == (1005, 5001 + 1000 + 45000)
+    assert rewriter.rewrite(41, 700, 10.6) is None
+
+
+def test_rewriter_stops_dropping_old_numbers_once_far_past_the_restart() -> None:
+    rewriter = RtpRewriter(clock_rate=48000, last_seq=0, last_ts=0)
+    rewriter.restart(seq=100, ts=0, now=0.0)
+    for seq in range(100, 100 + 0x4002):
+        assert rewriter.rewrite(seq % 65536, seq * 960, 0.0) is not None
+    assert rewriter.start_seq is None
+    assert rewriter.rewrite(99, 0, 0.0) is not None  # a late packet is now just late
+
+
+class Wire:
+    """A connected transport that records what is written to it."""
+
+    state = "connected"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    @property
+    def transport(self) -> Wire:
+        return self
+
+    async def stop(self) -> None:
+        self.state = "closed"
+
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+RTX = RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96})
+MID = RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid")
+ABS_SEND_TIME = RTCRtpHeaderExtensionParameters(
+    id=2, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")
+
+
+def _transceiver(pc: RTCPeerConnection, codecs: list[RTCRtpCodecParameters], mid: str, direction: str,
+                 wire: Wire) -> RTCRtpTransceiver:
+    transceiver = pc.addTransceiver("video", direction=direction)
+    internals.set_codecs(transceiver, codecs)
+    internals.set_header_extensions(transceiver, [MID, ABS_SEND_TIME])
+    transceiver._set_mid(mid)
+    transceiver._setCurrentDirection(direction)
+    transceiver.sender.setTransport(wire)  # type: ignore[arg-type]
+    transceiver.receiver.setTransport(wire)  # type: ignore[arg-type]
+    transceiver.receiver._set_rtcp_ssrc(123)
+    return transceiver
+
+
+def _packet(seq: int, ts: int, payload: bytes, ssrc: int = 1111, pt: int = 96) -> RtpPacket:
+    return RtpPacket(payload_type=pt, sequence_number=seq, timestamp=ts, ssrc=ssrc, payload=payload)
+
+
+@pytest.fixture
+async def pair() -> Any:
+    pc = RTCPeerConnection()
+    upstream, downstream = Wire(), Wire()
+    stats = SfuStats()
+    up = UpTrack("pub", "track-1", "camera", _transceiver(pc, [VP8, RTX], "0", "recvonly", upstream), stats)
+    sub_vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=100)
+    down = DownTrack("sub", up, _transceiver(pc, [sub_vp8], "3", "sendonly", downstream), stats)
+    yield up, down, upstream, downstream, stats
+    up.close()
+    await pc.close()
+
+
+async def test_video_waits_for_a_keyframe_then_flows_rewritten(pair: Any) -> None:
+    up, down, upstream, downstream, stats = pair
+    assert down.accept_negotiation() and (down.payload_type, down.mid) == (100, "3")
+    down.start()
+    assert up.downs == (down,) and up.keyframes.wanted
+    await up.on_rtp(_packet(10, 9000, VP8_DELTA))
+    await asyncio.sleep(0.01)
+    assert downstream.sent == [] and down.gated
+    pli = [p for data in upstream.sent for p in RtcpPacket.parse(data)]
+    assert isinstance(pli[0], RtcpPsfbPacket) and pli[0].media_ssrc == 1111 and stats.plis_sent == 1
+
+    for seq, payload in [(11, VP8_KEY), (12, VP8_MORE), (13, VP8_DELTA)]:
+        await up.on_rtp(_packet(seq, 12000 + (seq - 11) * 3000, payload))
+    extensions = HeaderExtensionsMap()
+    extensions.configure(type("P", (), {"headerExtensions": [MID, ABS_SEND_TIME]})())
+    out = [RtpPacket.parse(data, extensions) for data in downstream.sent]
+    assert [p.payload for p in out] == [VP8_KEY, VP8_MORE, VP8_DELTA]
+    assert {p.payload_type for p in out} == {100} and {p.ssrc for p in out} == {down.ssrc}
+    assert {p.extensions.mid for p in out} == {"3"} and out[0].extensions.abs_send_time is not None
+    assert [p.sequence_number - out[0].sequence_number for p in out] == [0, 1, 2]
+    assert [p.timestamp - out[0].timestamp for p in out] == [0, 3000, 6000]
+    await asyncio.sleep(0.01)
+    assert not up.keyframes.wanted and not down.gated
+    history = down.sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+    assert {p.sequence_number for p in history.values()} == {p.sequence_number for p in out}
+    assert internals.sender_counts(down.sender) == (3, 3 * len(VP8_KEY))
+    assert stats.forwarded_packets["video"] == 3
+
+    # A retransmission (RTX) of packet 12 goes out as packet 12 did.
+    rtx = wrap_rtx(_packet(12, 15000, VP8_MORE), payload_type=97, sequence_number=500, ssrc=2222)
+    await up.on_rtp(rtx)
+    again = RtpPacket.parse(downstream.sent[-1], extensions)
+    assert (again.sequence_number, again.payload) == (out[1].sequence_number, VP8_MORE)
+
+    # The publisher restarts with a new SSRC: gated again, then numbering continues.
+    await up.on_rtp(_packet(7000, 1, VP8_DELTA, ssrc=3333))
+    assert down.gated and len(downstream.sent) == 4
+    await up.on_rtp(_packet(7001, 3001, VP8_KEY, ssrc=3333))
+    restarted = RtpPacket.parse(downstream.sent[-1], extensions)
+    assert restarted.sequence_number == (out[-1].sequence_number + 1) % 65536
+    assert 0 < (restarted.timestamp - out[-1].timestamp) % 2**32 < 90000
+
+
+async def test_a_stopped_down_track_receives_nothing(pair: Any) -> None:
+    up, down, _, downstream, _ = pair
+    down.accept_negotiation()
+    down.start()
+    await up.on_rtp(_packet(1, 0, VP8_KEY))
+    down.stop()
+    await up.on_rtp(_packet(2, 3000, VP8_DELTA))
+    assert len(downstream.sent) == 1 and up.downs == ()
+
+
+async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair: Any) -> None:
+    up, down, upstream, downstream, stats = pair
+    internals.on_keyframe_request(down.sender, up.keyframe_requested_downstream)
+    down.accept_negotiation()
+    down.start()
+    for seq, payload in [(1, VP8_KEY), (2, VP8_MORE), (3, VP8_DELTA)]:
+        await up.on_rtp(_packet(seq, seq * 3000, payload))
+    sent = [RtpPacket.parse(data) for data in downstream.sent]
+    await asyncio.sleep(0.01)
+    plis_before = len(upstream.sent)
+
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=99, media_ssrc=down.ssrc)
+    nack.lost = [sent[1].sequence_number]
+    await down.sender._handle_rtcp_packet(nack)
+    resent = RtpPacket.parse(downstream.sent[-1])
+    assert (resent.sequence_number, resent.payload) == (sent[1].sequence_number, VP8_MORE)
+    assert resent.ssrc == down.ssrc
+
+    await down.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=99, media_ssrc=down.ssrc))
+    await asyncio.sleep(0.35)  # past the 300 ms between two PLIs to one publisher
+    pli = RtcpPacket.parse(upstream.sent[-1])[0]
+    assert len(upstream.sent) == plis_before + 1 and isinstance(pli, RtcpPsfbPacket)
+    assert (pli.fmt, pli.media_ssrc) == (RTCP_PSFB_PLI, 1111)
+    # The request made at start was served by the first packet, a keyframe: no PLI for it.
+    assert stats.keyframe_requests == 1 and stats.plis_sent == 1

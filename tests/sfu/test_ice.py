@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+from aiortc import RTCBundlePolicy
+from aiortc import sdp as aiortc_sdp
+
+from appliance.sfu import IceServer, IceSettings
+from appliance.sfu.ice import (
+    CandidateGatherer,
+    UdpPorts,
+    drop_mdns_candidates,
+    is_mdns_candidate,
+    parse_candidate,
+)
+
+from .chrome_sdp import CHROME_OFFER
+
+ANSWER = "\r\n".join([
+    "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0",
+    "m=audio 50000 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 10.0.0.5",
+    "a=mid:0", "a=recvonly", "a=rtcp:9 IN IP4 0.0.0.0", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
+    "a=candidate:a1 1 udp 2130706431 10.0.0.5 50000 typ host",
+    "a=candidate:b1 1 udp 2130706431 fd00::5 50002 typ host",
+    "a=candidate:c1 1 udp 1694498815 198.51.100.1 61000 typ srflx raddr 10.0.0.5 rport 50000",
+    "a=end-of-candidates", "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+    "a=fingerprint:sha-256 " + ":".join(["CD"] * 32), "a=setup:active",
+]) + "\r\n"
+
+
+def test_defaults_use_no_ice_server_at_all() -> None:
+    settings = IceSettings()
+    configuration = settings.rtc_configuration()
+    assert configuration.iceServers == []  # not None: aiortc would use a public STUN server
+    assert configuration.bundlePolicy == RTCBundlePolicy.MAX_BUNDLE
+    assert settings.client_ice_servers() == []
+    assert settings.port_range is None
+
+
+def test_configured_servers_reach_both_clients_and_aiortc() -> None:
+    turn = IceServer(urls=("turn:turn.example.org:3478?transport=udp",), username="u", credential="p")
+    settings = IceSettings(ice_servers=(IceServer(urls=("stun:stun.example.org",)), turn))
+    assert settings.client_ice_servers() == [
+        {"urls": ["stun:stun.example.org"]},
+        {"urls": ["turn:turn.example.org:3478?transport=udp"], "username": "u", "credential": "p"}]
+    servers = settings.rtc_configuration().iceServers or []
+    assert [s.urls for s in servers] == [list(s.urls) for s in settings.ice_servers]
+    assert servers[1].username == "u" and servers[1].credential == "p"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"udp_port_min": 50000}, {"udp_port_min": 50010, "udp_port_max": 50000},
+    {"udp_port_min": 80, "udp_port_max": 90}, {"announced_addresses": ("my.host.example",)}])
+def test_wrong_settings_are_refused_with_the_fix(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        IceSettings(**kwargs)
+
+
+def test_ports_are_handed_out_round_robin() -> None:
+    ports = UdpPorts(range(40000, 40004))
+    assert list(ports.order()) == [40000, 40001, 40002, 40003]
+    ports.taken(40001)
+    assert list(ports.order()) == [40002, 40003, 40000, 40001]
+    ports.taken(40003)
+    assert next(ports.order()) == 40000
+
+
+def test_announced_addresses_replace_host_candidates_of_their_family() -> None:
+    gatherer = CandidateGatherer(IceSettings(announced_addresses=("203.0.113.7",)))
+    media = aiortc_sdp.SessionDescription.parse(gatherer.announce(ANSWER)).media[0]
+    assert [(c.type, c.ip, c.port) for c in media.ice_candidates] == [
+        ("host", "203.0.113.7", 50000), ("host", "fd00::5", 50002), ("srflx", "198.51.100.1", 61000)]
+    assert media.host == "203.0.113.7"
+    assert CandidateGatherer(IceSettings()).announce(ANSWER) == ANSWER
+
+
+def test_two_announced_addresses_give_two_candidates() -> None:
+    gatherer = CandidateGatherer(IceSettings(announced_addresses=("203.0.113.7", "2001:db8::7")))
+    media = aiortc_sdp.SessionDescription.parse(gatherer.announce(ANSWER)).media[0]
+    assert [(c.ip, c.port) for c in media.ice_candidates if c.type == "host"] == [
+        ("203.0.113.7", 50000), ("2001:db8::7", 50002)]
+
+
+def test_mdns_candidates_are_dropped() -> None:
+    cleaned = drop_mdns_candidates(CHROME_OFFER)
+    assert ".local" in CHROME_OFFER and ".local" not in cleaned
+    assert cleaned.count("a=candidate:") == CHROME_OFFER.count("a=candidate:") - 1
+    assert is_mdns_candidate("candidate:2 1 udp 1 abc.local 5000 typ host")
+    assert not is_mdns_candidate("candidate:2 1 udp 1 10.0.0.1 5000 typ host")
+
+
+def test_trickled_candidates_are_parsed_or_refused() -> None:
+    candidate = parse_candidate("candidate:842163049 1 udp 1677729535 198.51.100.9 61234 typ srflx "
+                                "raddr 10.0.0.9 rport 61234 generation 0 ufrag abcd")
+    assert (candidate.ip, candidate.port, candidate.type, candidate.relatedPort) == (
+        "198.51.100.9", 61234, "srflx", 61234)
+    with pytest.raises(ValueError):
+        parse_candidate("candidate:1 1 udp")
+    with pytest.raises(ValueError):
+        parse_candidate("candidate:1 one udp 5 1.2.3.4 5 typ host")

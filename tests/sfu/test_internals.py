@@ -1,0 +1,41 @@
+"""The aiortc/aioice internals appliance.sfu.internals relies on still exist and mean the same."""
+
+from __future__ import annotations
+
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from appliance.sfu import internals
+
+
+async def test_private_attributes_used_by_the_sfu_exist() -> None:
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        sender, receiver = transceiver.sender, transceiver.receiver
+        assert internals.sender_counts(sender) == (0, 0)
+        assert internals.sender_encodes(sender) is False
+        assert receiver._RTCRtpReceiver__decoder_thread is None  # type: ignore[attr-defined]
+        assert internals.receiver_decodes(receiver) is False
+        assert callable(receiver._RTCRtpReceiver__stop_decoder)  # type: ignore[attr-defined]
+        assert sender._RTCRtpSender__rtp_history == {}  # type: ignore[attr-defined]
+        assert isinstance(sender._RTCRtpSender__ntp_timestamp, int)  # type: ignore[attr-defined]
+        assert isinstance(sender._RTCRtpSender__rtp_timestamp, int)  # type: ignore[attr-defined]
+        assert internals.codecs(transceiver) == []
+        assert internals.header_extensions(transceiver) == []
+        assert internals.offered_direction(transceiver) is None
+        assert internals.mline_index(transceiver) is None
+        assert internals.is_bundled(transceiver) is False
+        connections = list(internals.ice_connections(pc))
+        assert len(connections) == 1 and connections[0]._protocols == []
+        assert callable(connections[0].get_component_candidates)
+        assert callable(RTCRtpSender._send_keyframe) and callable(receiver._handle_rtp_packet)
+    finally:
+        await pc.close()
+
+
+@pytest.mark.parametrize("name", ["_send_rtcp_pli", "_handle_rtp_packet", "receive"])
+def test_receiver_methods_the_tap_wraps_exist(name: str) -> None:
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    assert callable(getattr(RTCRtpReceiver, name))
