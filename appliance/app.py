@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
+from typing import Any
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, html, json
@@ -16,9 +17,12 @@ from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
 from .cors import install_cors
 from .meetings import Meetings
-from .ops import install_ops
+from .ops import install_ops, install_sfu_metrics
 from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
+from .sfu.host import RoomHost
+from .sfu.ice import IceServer, IceSettings
+from .signaling import Signaling
 from .stores import open_stores
 
 log = logging.getLogger("confmeet")
@@ -33,12 +37,23 @@ DOCS_PAGE = """<!doctype html>
 DOCS_INIT = "SwaggerUIBundle({url: '/api/v1/openapi.json', dom_id: '#docs'});"
 
 
+def media_ice_settings(settings: Settings) -> IceSettings:
+    """The SFU's ICE configuration. The SFU itself only uses STUN; TURN is for clients."""
+    stun = tuple(IceServer((url,)) for url in settings.ice_servers if url.startswith("stun"))
+    return IceSettings(announced_addresses=tuple(settings.announced_addresses),
+                       udp_port_min=settings.media_udp_min, udp_port_max=settings.media_udp_max,
+                       ice_servers=stun, loopback=settings.media_loopback)
+
+
 def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     ensure_secrets(settings)
     app = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = settings.max_request_bytes
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.WEBSOCKET_MAX_SIZE = 1 << 20
+    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.ctx.settings = settings
 
     install_error_handlers(app)
@@ -66,6 +81,14 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     async def home(request: Request) -> HTTPResponse:
         return await file(WEB / "index.html")
 
+    @app.get("/m/<code:str>", name="meeting_page")
+    async def meeting_page(request: Request, code: str) -> HTTPResponse:
+        return await file(WEB / "meeting.html")
+
+    @app.websocket("/ws/signaling", name="signaling")
+    async def signaling(request: Request, ws: Any) -> None:
+        await request.app.ctx.signaling.serve(request, ws)
+
     @app.before_server_start
     async def open_everything(app: Sanic) -> None:
         stores = await open_stores(settings)
@@ -74,10 +97,20 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
         app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days))
         app.ctx.meetings = Meetings(stores.db, stores.bus, settings.base_url)
+        app.ctx.sfu = RoomHost(media_ice_settings(settings))
+        install_sfu_metrics(app.ctx.sfu)
+        app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
+                                      stores.db, stores.bus)
+        await app.ctx.signaling.start()
         if await app.ctx.accounts.user_count() == 0:
             token = app.ctx.accounts.begin_setup()
             print(f"No users yet. Create the first administrator at {settings.base_url}/#setup={token}\n"
                   "  or run: confmeet user add EMAIL --admin", flush=True)
+
+    @app.before_server_stop
+    async def close_meetings(app: Sanic) -> None:
+        await app.ctx.signaling.close()
+        await app.ctx.sfu.close()
 
     @app.after_server_stop
     async def close_everything(app: Sanic) -> None:

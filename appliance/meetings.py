@@ -127,6 +127,11 @@ class Meetings:
             raise forbidden(f"only the meeting's {' or '.join(allowed)} (or an administrator) can do this")
         return meeting, role
 
+    async def require_role(self, principal: Principal, meeting_id: str, roles: tuple[str, ...]) -> str | None:
+        """Raise 403/404 unless the principal has one of ``roles`` in the meeting (or is an admin)."""
+        _, role = await self.db.run(self._require_host, principal, meeting_id, roles)
+        return role
+
     async def update(self, principal: Principal, meeting_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         password = changes.pop("password", None)
         clear_password = changes.pop("clear_password", False)

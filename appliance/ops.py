@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
@@ -15,6 +16,41 @@ REQUESTS = Counter("confmeet_http_requests_total", "HTTP requests answered",
 LATENCY = Histogram("confmeet_http_request_duration_seconds", "HTTP request latency",
                     ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+class SfuCollector:
+    """Exports the SFU's own counters at scrape time (the SFU keeps plain numbers)."""
+
+    def __init__(self, host) -> None:
+        self.host = host
+
+    def collect(self):
+        snap = self.host.stats.snapshot()
+        packets = CounterMetricFamily("confmeet_sfu_forwarded_packets", "RTP packets forwarded to subscribers",
+                                      labels=["kind"])
+        octets = CounterMetricFamily("confmeet_sfu_forwarded_bytes", "RTP bytes forwarded to subscribers",
+                                     labels=["kind"])
+        for kind in ("audio", "video"):
+            packets.add_metric([kind], snap["forwarded_packets"].get(kind, 0))
+            octets.add_metric([kind], snap["forwarded_bytes"].get(kind, 0))
+        yield packets
+        yield octets
+        yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
+                                  value=snap["plis_sent"])
+        yield GaugeMetricFamily("confmeet_sfu_active_peers", "participants with a peer connection",
+                                value=snap["active_peers"])
+        yield GaugeMetricFamily("confmeet_sfu_rooms", "rooms with media", value=len(self.host.rooms))
+
+
+_sfu_collector: SfuCollector | None = None
+
+
+def install_sfu_metrics(host) -> None:
+    global _sfu_collector
+    if _sfu_collector is not None:
+        REGISTRY.unregister(_sfu_collector)
+    _sfu_collector = SfuCollector(host)
+    REGISTRY.register(_sfu_collector)
 
 
 def install_ops(app: Sanic) -> None:

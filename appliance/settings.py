@@ -55,6 +55,15 @@ class Settings:
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     log_level: str = "INFO"
+    # Media (WebRTC): UDP ports the SFU binds, addresses to announce behind 1:1 NAT, the STUN/TURN
+    # servers handed to clients (never a public server by default), and a loopback-only mode
+    # for tests on one machine.
+    media_udp_min: int = 40000
+    media_udp_max: int = 40999
+    announced_addresses: list[str] = field(default_factory=list)
+    ice_servers: list[str] = field(default_factory=list)
+    turn_credential_hours: int = 12
+    media_loopback: bool = False
     # Where the values came from (file path or "defaults"); not a setting itself.
     source: str = "defaults"
 
@@ -115,6 +124,12 @@ class Settings:
                 )
         if not 0 < self.port < 65536:
             raise SettingsError(f"setting 'port' = {self.port} must be between 1 and 65535")
+        if not (1024 <= self.media_udp_min <= self.media_udp_max <= 65535):
+            raise SettingsError(f"media UDP ports {self.media_udp_min}-{self.media_udp_max}: set "
+                                "1024 <= media_udp_min <= media_udp_max <= 65535")
+        for server in self.ice_servers:
+            if urlsplit(server).scheme not in ("stun", "stuns", "turn", "turns"):
+                raise SettingsError(f"ice_servers entry {server!r}: use stun:HOST:PORT or turn:HOST:PORT")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("set both 'tls_cert' and 'tls_key', or neither")
         for path_name in ("tls_cert", "tls_key"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import api
 from .endpoint import Call
-from .models import Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
+from .models import LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
 
 
 @api.route("POST", "/api/v1/meetings", summary="Create a meeting", tag="meetings",
@@ -52,3 +52,13 @@ async def delete_meeting(call: Call, meeting_id: str) -> None:
 async def end_meeting(call: Call, meeting_id: str) -> dict:
     """The host or a moderator ends it; everyone still in it is disconnected."""
     return await call.request.app.ctx.meetings.end(call.principal, meeting_id)
+
+
+@api.route("GET", "/api/v1/meetings/{meeting_id}/live", summary="Who is in the meeting now, with media counters",
+           tag="meetings", response=LiveMeeting, errors=(403,))
+async def live_meeting(call: Call, meeting_id: str) -> dict:
+    """For the host, moderators and administrators: each participant's connection state, microphone
+    level and the packets of every track they publish."""
+    ctx = call.request.app.ctx
+    await ctx.meetings.require_role(call.principal, meeting_id, ("host", "moderator"))
+    return {"participants": await ctx.signaling.live(meeting_id)}

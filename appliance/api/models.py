@@ -177,3 +177,26 @@ class AuditList(BaseModel):
 class AuditQuery(Page):
     meeting_id: Annotated[str, Field(max_length=64)] | None = None
     action: Annotated[str, Field(max_length=64)] | None = None
+
+
+class LiveTrack(BaseModel):
+    track_id: str
+    kind: str
+    source: str | None = None
+    packets: int
+    bytes: int
+
+
+class LiveParticipant(BaseModel):
+    id: str
+    name: str
+    role: str
+    connected: bool
+    connection_state: str | None
+    audio_level_dbov: float | None = Field(None, description="mean microphone level over the last second; -127 is silence")
+    published: list[LiveTrack]
+    quality: dict | None = None
+
+
+class LiveMeeting(BaseModel):
+    participants: list[LiveParticipant]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -195,8 +196,11 @@ class RoomHost:
         return {"type": "left"}
 
     async def _stats(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
-        peer = self._room(room_name).peer(participant)
-        return {**await peer.call(peer.describe_stats), "participant": participant}
+        room = self._room(room_name)
+        peer = room.peer(participant)
+        level = round(room.speaker.level(participant, time.monotonic()), 1)
+        return {**await peer.call(peer.describe_stats), "participant": participant,
+                "audio_level_dbov": level}
 
     # ------------------------------------------------------------------ room callbacks
     def _emit(self, event: dict[str, Any]) -> None:

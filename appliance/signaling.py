@@ -1,0 +1,432 @@
+"""WebSocket signaling (``/ws/signaling``): seats in meetings, SDP/ICE relay to the SFU, events.
+
+The protocol is documented message by message in docs/protocol.md. Signaling talks to the SFU only
+through :class:`appliance.sfu.host.RoomHost` messages. Each seat (a participant's place in a
+meeting) outlives its WebSocket for ``RESUME_SECONDS`` so that a client can reconnect without the
+others seeing it leave. Seat changes are published on the event bus (``meeting.<id>``) so that a
+second process can follow the room state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sanic import Request
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from .accounts import Accounts, Principal
+from .api.errors import ApiError
+from .meetings import Meetings, channel
+from .security import verify_password
+from .settings import Settings
+from .sfu.host import RoomHost
+from .stores.bus import EventBus
+from .stores.relational import Meeting, Participant, Relational, utcnow
+
+log = logging.getLogger("confmeet.signaling")
+
+RESUME_SECONDS = 30.0
+IDLE_SECONDS = 30.0
+MAX_MESSAGE = 256 * 1024
+SFU_REQUESTS = {"offer", "answer", "candidate"}
+CLOSE_LEFT, CLOSE_UNAUTHORIZED, CLOSE_IDLE, CLOSE_ENDED, CLOSE_REPLACED = 1000, 4001, 4002, 4010, 4011
+
+
+class SignalingError(Exception):
+    """A request that cannot be served: sent to the client as an ``error`` message."""
+
+    def __init__(self, code: str, message: str, close: int | None = None, re: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close = close
+        self.re = re
+
+
+@dataclass(eq=False)
+class Connection:
+    """One WebSocket. Everything sent to it goes through its outbox, drained by one task."""
+
+    ws: WebsocketImplProtocol
+    principal: Principal
+    outbox: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    seat: Seat | None = None
+    close_code: int | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.outbox.put_nowait(None)
+
+    async def drain(self) -> None:
+        while (message := await self.outbox.get()) is not None:
+            await self.ws.send(json.dumps(message, separators=(",", ":")))
+        with contextlib.suppress(Exception):
+            await self.ws.close(self.close_code or CLOSE_LEFT)
+
+
+@dataclass(eq=False)
+class Seat:
+    id: str
+    meeting_id: str
+    meeting: dict[str, str]
+    user_id: str
+    name: str
+    role: str
+    session: str
+    connection: Connection | None = None
+    release: asyncio.TimerHandle | None = None
+
+    def view(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "role": self.role}
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.connection is not None:
+            self.connection.send(message)
+
+
+def turn_credentials(secret: str, user: str, hours: int) -> tuple[str, str]:
+    """coturn's time-limited credentials (use-auth-secret): ``expiry:user`` and its HMAC-SHA1."""
+    username = f"{int(time.time()) + hours * 3600}:{user}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+class Signaling:
+    def __init__(self, settings: Settings, host: RoomHost, accounts: Accounts, meetings: Meetings,
+                 db: Relational, bus: EventBus) -> None:
+        self.settings = settings
+        self.host = host
+        self.accounts = accounts
+        self.meetings = meetings
+        self.db = db
+        self.bus = bus
+        self.seats: dict[str, Seat] = {}
+        self.sessions: dict[str, Seat] = {}
+        self.connections: set[Connection] = set()
+        # Tracks published in each meeting, by track id, as clients see them.
+        self.tracks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._sfu_events(), name="signaling-sfu-events"),
+                       asyncio.create_task(self._bus_events(), name="signaling-bus-events")]
+
+    async def close(self) -> None:
+        for seat in list(self.seats.values()):
+            await self._release(seat, "left", close=CLOSE_LEFT)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def in_meeting(self, meeting_id: str) -> list[Seat]:
+        return [seat for seat in self.seats.values() if seat.meeting_id == meeting_id]
+
+    # ------------------------------------------------------------------ one WebSocket
+    async def serve(self, request: Request, ws: WebsocketImplProtocol) -> None:
+        token = request.args.get("token", "")
+        try:
+            principal = await self.accounts.principal_for_token(token)
+        except ApiError as exc:
+            await ws.send(json.dumps({"type": "error", "code": "unauthorized", "message": exc.message}))
+            await ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return
+        conn = Connection(ws, principal)
+        self.connections.add(conn)
+        writer = asyncio.create_task(conn.drain(), name="signaling-writer")
+        try:
+            await self._read(conn)
+        finally:
+            self.connections.discard(conn)
+            seat = conn.seat
+            if seat is not None and seat.connection is conn:
+                self._connection_lost(seat)
+            conn.close(conn.close_code or CLOSE_LEFT)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+
+    async def _read(self, conn: Connection) -> None:
+        while conn.close_code is None:
+            try:
+                raw = await conn.ws.recv(timeout=IDLE_SECONDS)
+            except (Exception, asyncio.CancelledError):  # the socket closed under us
+                return
+            if raw is None:  # silent for too long: treated like a dropped connection
+                conn.send({"type": "error", "code": "idle", "message": f"nothing received for {IDLE_SECONDS:.0f} s"})
+                conn.close(CLOSE_IDLE)
+                return
+            reply_to = None
+            try:
+                message = self._parse(raw)
+                reply_to = message.get("id")
+                reply = await self._dispatch(conn, message)
+            except SignalingError as exc:
+                error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+                if reply_to is not None or exc.re is not None:
+                    error["re"] = reply_to if reply_to is not None else exc.re
+                conn.send(error)
+                if exc.close is not None:
+                    conn.close(exc.close)
+                continue
+            except Exception:
+                log.exception("signaling message failed")
+                conn.send({"type": "error", "code": "internal", "message": "internal error; see the server log",
+                           **({"re": reply_to} if reply_to is not None else {})})
+                continue
+            if reply is not None:
+                if reply_to is not None:
+                    reply["re"] = reply_to
+                conn.send(reply)
+
+    @staticmethod
+    def _parse(raw: str | bytes) -> dict[str, Any]:
+        if len(raw) > MAX_MESSAGE:
+            raise SignalingError("bad_message", f"messages are limited to {MAX_MESSAGE // 1024} KiB")
+        try:
+            message = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise SignalingError("bad_message", "a message must be a JSON object") from None
+        if not isinstance(message, dict):
+            raise SignalingError("bad_message", "a message must be a JSON object")
+        reply_to = message.get("id")
+        if reply_to is not None and (not isinstance(reply_to, (str, int)) or isinstance(reply_to, bool)):
+            raise SignalingError("bad_message", "'id' must be a string or a number")
+        if not isinstance(message.get("type"), str):
+            raise SignalingError("bad_message", "a message needs a string 'type'", re=reply_to)
+        return message
+
+    async def _dispatch(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any] | None:
+        kind = message["type"]
+        if kind == "ping":
+            return {"type": "pong"}
+        if kind == "join":
+            return await self._join(conn, message)
+        if kind not in SFU_REQUESTS | {"leave"}:
+            raise SignalingError("unknown_type", f"unknown message type {kind!r}")
+        seat = conn.seat
+        if seat is None or seat.connection is not conn:
+            raise SignalingError("not_joined", f"send 'join' before {kind!r}")
+        if kind == "leave":
+            await self._release(seat, "left")
+            reply = {"type": "left", **({"re": message["id"]} if "id" in message else {})}
+            conn.send(reply)
+            conn.close(CLOSE_LEFT)
+            return None
+        forwarded = {k: v for k, v in message.items() if k in ("type", "sdp", "tracks", "candidate")}
+        reply = await self.host.request(seat.meeting_id, {**forwarded, "participant": seat.id})
+        if reply.get("type") == "error":
+            raise SignalingError(reply.get("code", "internal"), reply.get("message", "media negotiation failed"))
+        return reply
+
+    # ------------------------------------------------------------------ join / resume / leave
+    async def _join(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        if conn.seat is not None:
+            raise SignalingError("already_joined", "this connection has already joined a meeting")
+        resume = message.get("resume")
+        if resume is not None:
+            return self._resume(conn, resume)
+        principal = conn.principal
+        ref = message.get("meeting")
+        if not isinstance(ref, str) or not 1 <= len(ref) <= 64:
+            raise SignalingError("bad_message", "'meeting' must be the meeting's join code or id")
+        name = message.get("name", principal.name)
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
+            raise SignalingError("bad_message", "'name' must be 1 to 100 characters")
+        password = message.get("password")
+        if password is not None and not isinstance(password, str):
+            raise SignalingError("bad_message", "'password' must be a string")
+
+        meeting, role = await self.db.run(self._find_meeting, principal, ref)
+        if meeting is None:
+            raise SignalingError("not_found", "no such meeting")
+        if meeting.status == "ended":
+            raise SignalingError("meeting_ended", "this meeting has ended", close=CLOSE_ENDED)
+        if meeting.password_hash and role != "host":
+            ok = await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
+            if not ok:
+                if principal.kind == "guest":
+                    raise SignalingError("not_found", "no such meeting")
+                raise SignalingError("wrong_password", "this meeting needs its password")
+
+        seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
+                    meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
+                    user_id=principal.id, name=name.strip(), role=role or "participant",
+                    session=secrets.token_urlsafe(24))
+        reply = await self.host.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
+        if reply.get("type") == "error":
+            raise SignalingError(reply.get("code", "internal"), reply.get("message", "the SFU refused the join"))
+        others = self.in_meeting(meeting.id)
+        self.seats[seat.id] = seat
+        self.sessions[seat.session] = seat
+        self._attach(seat, conn)
+        for other in others:
+            other.send({"type": "participant_joined", "participant": seat.view()})
+        await self.db.run(self._record_join, seat, principal)
+        await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
+                                                     "participant": seat.view()})
+        return self._joined(seat, resumed=False)
+
+    def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
+        seat = self.sessions.get(session) if isinstance(session, str) else None
+        if seat is None or seat.user_id != conn.principal.id:
+            raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
+        if seat.connection is not None:
+            seat.connection.send({"type": "error", "code": "replaced",
+                                  "message": "this seat was taken over by a newer connection"})
+            seat.connection.close(CLOSE_REPLACED)
+        self._attach(seat, conn)
+        return self._joined(seat, resumed=True)
+
+    def _attach(self, seat: Seat, conn: Connection) -> None:
+        if seat.release is not None:
+            seat.release.cancel()
+            seat.release = None
+        seat.connection = conn
+        conn.seat = seat
+
+    def _joined(self, seat: Seat, resumed: bool) -> dict[str, Any]:
+        return {
+            "type": "joined", "meeting": seat.meeting, "participant": seat.view(), "session": seat.session,
+            "resumed": resumed, "ice_servers": self.client_ice_servers(seat.user_id),
+            "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
+            "tracks": [t for t in self.tracks.get(seat.meeting_id, {}).values() if t["participant"] != seat.id],
+        }
+
+    def client_ice_servers(self, user: str) -> list[dict[str, Any]]:
+        servers: list[dict[str, Any]] = []
+        stun = [url for url in self.settings.ice_servers if url.startswith("stun")]
+        turn = [url for url in self.settings.ice_servers if url.startswith("turn")]
+        if stun:
+            servers.append({"urls": stun})
+        if turn:
+            username, credential = turn_credentials(self.settings.turn_secret, user,
+                                                    self.settings.turn_credential_hours)
+            servers.append({"urls": turn, "username": username, "credential": credential})
+        return servers
+
+    @staticmethod
+    def _find_meeting(principal: Principal, ref: str) -> tuple[Meeting | None, str | None]:
+        try:
+            return Meetings._load(principal, code=ref.lower()) if "-" in ref else Meetings._load(principal, ref)
+        except ApiError:
+            return None, None
+
+    @staticmethod
+    def _record_join(seat: Seat, principal: Principal) -> None:
+        Participant.create(id=seat.id, meeting=seat.meeting_id,
+                           user=principal.id if principal.kind == "user" else None,
+                           display_name=seat.name, role=seat.role)
+        Meeting.update(status="live").where(Meeting.id == seat.meeting_id, Meeting.status == "scheduled").execute()
+
+    def _connection_lost(self, seat: Seat) -> None:
+        """The WebSocket dropped without 'leave': keep the seat a while for a resume."""
+        seat.connection = None
+        loop = asyncio.get_running_loop()
+        seat.release = loop.call_later(
+            RESUME_SECONDS, lambda: asyncio.ensure_future(self._release(seat, "disconnected")))
+
+    async def _release(self, seat: Seat, reason: str, close: int | None = None) -> None:
+        """The seat ends: leave the SFU, tell the others, record it."""
+        if self.seats.pop(seat.id, None) is None:
+            return
+        self.sessions.pop(seat.session, None)
+        if seat.release is not None:
+            seat.release.cancel()
+        if seat.connection is not None and close is not None:
+            seat.connection.close(close)
+        await self.host.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
+        for track_id in [t for t, track in self.tracks.get(seat.meeting_id, {}).items()
+                         if track["participant"] == seat.id]:
+            self.tracks[seat.meeting_id].pop(track_id, None)
+        if not self.tracks.get(seat.meeting_id):
+            self.tracks.pop(seat.meeting_id, None)
+        for other in self.in_meeting(seat.meeting_id):
+            other.send({"type": "participant_left", "participant_id": seat.id, "reason": reason})
+        await self.db.run(lambda: Participant.update(left_at=utcnow()).where(Participant.id == seat.id).execute())
+        await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
+                                                          "participant_id": seat.id, "reason": reason})
+
+    # ------------------------------------------------------------------ events
+    async def _sfu_events(self) -> None:
+        async for event in self.host.subscribe_events():
+            try:
+                await self._sfu_event(event)
+            except Exception:
+                log.exception("handling SFU event %s failed", event.get("type"))
+
+    async def _sfu_event(self, event: dict[str, Any]) -> None:
+        kind, meeting_id, addressee = event["type"], event["room"], event.get("participant")
+        if kind == "participant_left":
+            seat = self.seats.get(event["subject"])
+            if seat is not None and event.get("reason") != "left":
+                # The media connection closed or failed (a closed tab, a dead network).
+                await self._release(seat, "disconnected", close=CLOSE_LEFT)
+            return
+        if kind == "participant_joined":
+            return  # signaling announces seats itself, with their roles
+        message = self._translate(event)
+        if kind == "track_published":
+            self.tracks.setdefault(meeting_id, {})[message["track"]["track_id"]] = message["track"]
+        elif kind == "track_unpublished":
+            self.tracks.get(meeting_id, {}).pop(message["track"]["track_id"], None)
+        if addressee is not None:
+            seat = self.seats.get(addressee)
+            if seat is not None:
+                seat.send(message)
+            return
+        for seat in self.in_meeting(meeting_id):
+            if kind in ("track_published", "track_unpublished") and message["track"]["participant"] == seat.id:
+                continue
+            seat.send(message)
+
+    @staticmethod
+    def _translate(event: dict[str, Any]) -> dict[str, Any]:
+        """An SFU event as the protocol says it: publishers are ``participant`` there."""
+        kind = event["type"]
+
+        def track(t: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in t.items() if k not in ("subject", "type", "room", "participant")}
+            out["participant"] = t["subject"]
+            return out
+
+        if kind == "offer":
+            return {"type": "offer", "sdp": event["sdp"], "tracks": [track(t) for t in event.get("tracks", [])]}
+        if kind in ("track_published", "track_unpublished"):
+            return {"type": kind, "track": track(event)}
+        body = {k: v for k, v in event.items() if k not in ("type", "room", "participant", "subject")}
+        return {"type": kind, "participant_id": event.get("subject"), **body}
+
+    async def _bus_events(self) -> None:
+        async with self.bus.subscribe("meeting.*") as events:
+            async for _, event in events:
+                if event.get("type") == "meeting_ended":
+                    for seat in self.in_meeting(event["meeting"]):
+                        seat.send({"type": "meeting_ended"})
+                        await self._release(seat, "left", close=CLOSE_ENDED)
+
+    # ------------------------------------------------------------------ operators
+    async def live(self, meeting_id: str) -> list[dict[str, Any]]:
+        """Who is in the meeting now, with their media counters (for hosts and operators)."""
+        out = []
+        for seat in self.in_meeting(meeting_id):
+            stats = await self.host.request(meeting_id, {"type": "stats", "participant": seat.id})
+            out.append({**seat.view(), "connected": seat.connection is not None,
+                        "connection_state": stats.get("connection_state"),
+                        "audio_level_dbov": stats.get("audio_level_dbov"),
+                        "published": stats.get("published", []), "subscribed": stats.get("subscribed", []),
+                        "quality": stats.get("quality")})
+        return out

@@ -1,0 +1,242 @@
+"""The signaling protocol against the real appliance, with aiortc clients (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+
+from appliance_server import Appliance, start_appliance
+from conftest import stop
+from sfu.participants import ColourTrack, ToneTrack
+from signaling_client import SignalingClient
+
+USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1"),
+         "linus": ("linus@example.com", "linus password 1")}
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    app = start_appliance(tmp_path_factory.mktemp("signaling"), media_loopback="true")
+    for i, (email, password) in enumerate(USERS.values()):
+        args = ["user", "add", email, "--password-stdin"] + (["--admin"] if i == 0 else [])
+        assert app.cli(*args, input=password + "\n").returncode == 0
+    yield app
+    stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()
+
+
+def token(app: Appliance, who: str) -> str:
+    email, password = USERS[who]
+    return httpx.post(f"{app.url}/api/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+
+
+def new_meeting(app: Appliance, **fields) -> dict:
+    r = httpx.post(f"{app.url}/api/v1/meetings", json={"title": "signaling test", **fields},
+                   headers={"Authorization": f"Bearer {token(app, 'ada')}"})
+    assert r.status_code == 201
+    return r.json()
+
+
+def live(app: Appliance, meeting: dict) -> list[dict]:
+    r = httpx.get(f"{app.url}/api/v1/meetings/{meeting['id']}/live",
+                  headers={"Authorization": f"Bearer {token(app, 'ada')}"})
+    assert r.status_code == 200
+    return r.json()["participants"]
+
+
+async def client(app: Appliance, who: str) -> SignalingClient:
+    c = SignalingClient(app.url, token(app, who))
+    await c.connect()
+    return c
+
+
+async def publishing(app: Appliance, who: str, meeting: dict, rgb=(200, 30, 30)) -> SignalingClient:
+    c = await client(app, who)
+    assert (await c.join(meeting["code"], who.title()))["type"] == "joined"
+    c.publish(ToneTrack())
+    c.publish(ColourTrack(rgb))
+    assert (await c.offer())["type"] == "answer"
+    return c
+
+
+async def test_two_participants_see_and_hear_each_other(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    ada = await publishing(appliance, "ada", meeting)
+    grace = await publishing(appliance, "grace", meeting, rgb=(30, 30, 200))
+    try:
+        ada_id, grace_id = ada.joined["participant"]["id"], grace.joined["participant"]["id"]
+        assert ada.joined["participant"]["role"] == "host" and grace.joined["participant"]["role"] == "participant"
+        assert [p["id"] for p in grace.joined["participants"]] == [ada_id]
+        await ada.wait_until(lambda: ada.events_of("participant_joined"))
+        assert ada.events_of("participant_joined")[0]["participant"] == grace.joined["participant"]
+
+        for me, other in ((ada, grace_id), (grace, ada_id)):
+            await me.wait_until(lambda: me.frames_from(other, "video") >= 10 and me.frames_from(other, "audio") >= 20,
+                                timeout=15)
+            video = next(r for r in me.received if r.stream_id == other and r.track.kind == "video")
+            audio = next(r for r in me.received if r.stream_id == other and r.track.kind == "audio")
+            assert video.sizes == {(640, 480)}
+            assert audio.peak > 5000  # the tone, not silence
+        assert not ada.failures and not grace.failures
+
+        people = {p["id"]: p for p in live(appliance, meeting)}
+        assert set(people) == {ada_id, grace_id}
+        for person in people.values():
+            kinds = {t["kind"]: t for t in person["published"]}
+            assert kinds["audio"]["packets"] > 0 and kinds["video"]["packets"] > 0
+        metrics = httpx.get(f"{appliance.url}/metrics").text
+        assert 'confmeet_sfu_forwarded_packets_total{kind="video"}' in metrics
+    finally:
+        await ada.close()
+        await grace.close()
+
+
+async def test_publishing_a_track_mid_call_renegotiates(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    ada = await client(appliance, "ada")
+    await ada.join(meeting["code"])
+    ada.publish(ColourTrack())
+    await ada.offer()
+    grace = await client(appliance, "grace")
+    await grace.join(meeting["code"])
+    await grace.offer()  # receives only
+    try:
+        ada_id = ada.joined["participant"]["id"]
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "video") >= 5, timeout=15)
+        assert grace.frames_from(ada_id, "audio") == 0
+        ada.publish(ToneTrack())  # the microphone comes on later
+        assert (await ada.offer())["type"] == "answer"
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "audio") >= 10, timeout=15)
+        # the camera was there when grace joined; the microphone came as an event
+        assert [t["kind"] for t in grace.joined["tracks"]] == ["video"]
+        published = [e["track"] for e in grace.events_of("track_published")]
+        assert [t["kind"] for t in published] == ["audio"]
+        assert all(t["participant"] == ada_id for t in published + grace.joined["tracks"])
+    finally:
+        await ada.close()
+        await grace.close()
+
+
+async def test_reconnect_resumes_the_seat_unseen(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    ada = await publishing(appliance, "ada", meeting)
+    grace = await publishing(appliance, "grace", meeting)
+    try:
+        ada_id = ada.joined["participant"]["id"]
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "video") >= 5, timeout=15)
+        await ada.drop()
+        await asyncio.sleep(1.5)
+        assert not grace.events_of("participant_left")
+        resumed = await ada.resume()
+        assert resumed["type"] == "joined" and resumed["resumed"] is True
+        assert resumed["participant"]["id"] == ada_id
+        before = grace.frames_from(ada_id, "video")
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "video") >= before + 10, timeout=10)
+        assert (await ada.request({"type": "ping"}))["type"] == "pong"
+        assert not grace.events_of("participant_left")
+        # the session is personal: someone else cannot take the seat
+        linus = await client(appliance, "linus")
+        stolen = await linus.request({"type": "join", "resume": ada.joined["session"]})
+        assert stolen["type"] == "error" and stolen["code"] == "session_expired"
+        await linus.close()
+    finally:
+        await ada.close()
+        await grace.close()
+
+
+async def test_leave_and_closed_peer_free_the_seat(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    ada = await publishing(appliance, "ada", meeting)
+    grace = await publishing(appliance, "grace", meeting)
+    linus = await publishing(appliance, "linus", meeting)
+    try:
+        grace_id, linus_id = grace.joined["participant"]["id"], linus.joined["participant"]["id"]
+        assert (await grace.request({"type": "leave"}))["type"] == "left"
+        await ada.wait_until(lambda: any(e["participant_id"] == grace_id for e in ada.events_of("participant_left")), 2)
+        assert ada.events_of("participant_left")[0]["reason"] == "left"
+        await grace.wait_until(lambda: grace.closed_with is not None, 2)
+        assert grace.closed_with == 1000
+
+        # A closed tab: socket and peer connection vanish without 'leave'.
+        started = time.monotonic()
+        await linus.close()
+        await ada.wait_until(lambda: any(e["participant_id"] == linus_id for e in ada.events_of("participant_left")), 5)
+        assert time.monotonic() - started < 5
+        assert [p["id"] for p in live(appliance, meeting)] == [ada.joined["participant"]["id"]]
+    finally:
+        await ada.close()
+        await grace.close()
+
+
+async def test_unauthorised_connections_are_refused(appliance: Appliance) -> None:
+    claims = jwt.decode(token(appliance, "grace"), options={"verify_signature": False})
+    expired = jwt.encode({**claims, "exp": int(time.time()) - 5}, appliance.secret_key, "HS256")
+    for bad in ("", "nonsense", expired, jwt.encode(claims, "wrong-secret-wrong-secret-wrong-secret", "HS256")):
+        c = SignalingClient(appliance.url, bad)
+        await c.connect()
+        await c.wait_until(lambda: c.closed_with is not None, 5)
+        assert c.closed_with == 4001
+        assert c.events[0]["type"] == "error" and c.events[0]["code"] == "unauthorized"
+        await c.close()
+
+
+async def test_malformed_and_out_of_order_messages_get_typed_errors(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance, password="letmein")
+    c = await client(appliance, "grace")
+    try:
+        await c.send_raw("{not json")
+        await c.wait_until(lambda: c.events_of("error"), 5)
+        assert c.events_of("error")[0]["code"] == "bad_message"
+        cases = [
+            ({"type": 42}, "bad_message"),
+            ({"type": "dance"}, "unknown_type"),
+            ({"type": "offer", "sdp": "v=0"}, "not_joined"),
+            ({"type": "candidate", "candidate": None}, "not_joined"),
+            ({"type": "leave"}, "not_joined"),
+            ({"type": "join"}, "bad_message"),
+            ({"type": "join", "meeting": "zzz-zzzz-zzz"}, "not_found"),
+            ({"type": "join", "meeting": meeting["code"], "name": "x" * 101}, "bad_message"),
+            ({"type": "join", "meeting": meeting["code"]}, "wrong_password"),
+            ({"type": "join", "meeting": meeting["code"], "password": "guess"}, "wrong_password"),
+            ({"type": "join", "resume": "not-a-session"}, "session_expired"),
+        ]
+        for message, code in cases:
+            reply = await c.request(message)
+            assert (reply["type"], reply.get("code")) == ("error", code), (message, reply)
+        assert (await c.join(meeting["code"], password="letmein"))["type"] == "joined"
+        assert (await c.request({"type": "join", "meeting": meeting["code"]}))["code"] == "already_joined"
+        assert (await c.request({"type": "offer", "sdp": "nonsense"}))["code"] == "invalid_sdp"
+        assert (await c.request({"type": "answer", "sdp": "v=0\r\n"}))["type"] == "error"
+        big = json.dumps({"type": "ping", "id": 999, "pad": "x" * 300_000})
+        await c.send_raw(big)
+        await c.wait_until(lambda: any("KiB" in e["message"] for e in c.events_of("error")), 5)
+        # the connection is still good, and so is the server
+        assert (await c.request({"type": "ping"}))["type"] == "pong"
+        assert c.closed_with is None
+        c.publish(ColourTrack())
+        assert (await c.offer())["type"] == "answer"
+    finally:
+        await c.close()
+
+
+async def test_ending_the_meeting_closes_everyone(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    grace = await client(appliance, "grace")
+    await grace.join(meeting["code"])
+    r = httpx.post(f"{appliance.url}/api/v1/meetings/{meeting['id']}/end",
+                   headers={"Authorization": f"Bearer {token(appliance, 'ada')}"})
+    assert r.status_code == 200
+    await grace.wait_until(lambda: grace.closed_with is not None, 5)
+    assert grace.closed_with == 4010 and grace.events_of("meeting_ended")
+    late = await client(appliance, "linus")
+    reply = await late.join(meeting["code"])
+    assert reply["code"] == "meeting_ended"
+    await late.wait_until(lambda: late.closed_with == 4010, 5)
+    await grace.close()
+    await late.close()
