@@ -17,6 +17,7 @@ from .security import (TokenError, TokenIssuer, hash_password, hash_refresh_toke
 from .stores.relational import AuditEvent, AuthSession, Prepared, Relational, User, utcnow
 
 RECENT_SECONDS = 5.0
+GUEST_HOURS = 12
 RECENT_TOKENS = 10_000
 
 
@@ -153,9 +154,13 @@ class Accounts:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            claims = self.issuer.verify(token, "access")
+            claims = self.issuer.verify(token, "access", "guest")
         except TokenError as exc:
             raise unauthorized(str(exc)) from None
+        if claims["typ"] == "guest":
+            # A guest has no account: the token itself names them and their one meeting.
+            return Principal("guest", claims["sub"], claims.get("name", "Guest"), role="guest",
+                             meeting_id=claims.get("mid", ""))
         principal = await self.db.run(self._live_session, claims.get("sid", ""), claims["sub"])
         if principal is None:
             raise unauthorized("the session has ended (signed out or account disabled); sign in again")
@@ -164,6 +169,12 @@ class Accounts:
         lifetime = min(RECENT_SECONDS, claims["exp"] - time.time())
         self._recent[token] = (now + lifetime, principal)
         return principal
+
+    def guest_token(self, meeting_id: str, name: str) -> Tokens:
+        """A token that lets someone without an account into one meeting (GUEST_HOURS long)."""
+        ttl = dt.timedelta(hours=GUEST_HOURS)
+        token = self.issuer.issue("guest", f"g-{secrets.token_hex(8)}", ttl, mid=meeting_id, name=name)
+        return Tokens(token, "", int(ttl.total_seconds()))
 
     def forget(self, user_id: str | None = None, session_id: str | None = None) -> None:
         """Drop remembered tokens of a user or session that changed (signed out, disabled, new role)."""

@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse, file, html, json
 from swagger_ui_bundle import swagger_ui_path
 
 from .accounts import Accounts
-from .api import api
+from .api import api, files
 from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
 from .cors import install_cors
@@ -48,7 +48,8 @@ def media_ice_settings(settings: Settings) -> IceSettings:
 def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     ensure_secrets(settings)
     app = Sanic(name, configure_logging=False)
-    app.config.REQUEST_MAX_SIZE = settings.max_request_bytes
+    # Uploads stream up to max_upload_bytes; JSON bodies are held to max_request_bytes (endpoint.py).
+    app.config.REQUEST_MAX_SIZE = max(settings.max_request_bytes, settings.max_upload_bytes)
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.WEBSOCKET_MAX_SIZE = 1 << 20
@@ -85,6 +86,8 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     async def meeting_page(request: Request, code: str) -> HTTPResponse:
         return await file(WEB / "meeting.html")
 
+    app.add_route(files.download, "/files/<token:str>", methods=["GET"], name="file_download")
+
     @app.websocket("/ws/signaling", name="signaling")
     async def signaling(request: Request, ws: Any) -> None:
         await request.app.ctx.signaling.serve(request, ws)
@@ -100,7 +103,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.sfu = RoomHost(media_ice_settings(settings))
         install_sfu_metrics(app.ctx.sfu)
         app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
-                                      stores.db, stores.bus)
+                                      stores.db, stores.bus, stores.documents)
         await app.ctx.signaling.start()
         if await app.ctx.accounts.user_count() == 0:
             token = app.ctx.accounts.begin_setup()

@@ -11,9 +11,9 @@ import peewee as pw
 
 from .accounts import Principal
 from .api.errors import forbidden, not_found
-from .security import hash_password
+from .security import hash_password, verify_password
 from .stores.bus import EventBus
-from .stores.relational import (AuditEvent, Meeting, MeetingRole, Prepared, Relational, model_from_row,
+from .stores.relational import (AuditEvent, Meeting, MeetingRole, Participant, Prepared, Relational, model_from_row,
                                 utcnow)
 
 CODE_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # no l/o: they read as 1/0
@@ -126,6 +126,31 @@ class Meetings:
         if role not in allowed and not principal.is_admin:
             raise forbidden(f"only the meeting's {' or '.join(allowed)} (or an administrator) can do this")
         return meeting, role
+
+    async def is_member(self, principal: Principal, meeting_id: str) -> bool:
+        """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin."""
+        if principal.kind == "guest":
+            return principal.meeting_id == meeting_id
+        if principal.is_admin:
+            return True
+
+        def member() -> bool:
+            return (MeetingRole.select().where(MeetingRole.meeting == meeting_id, MeetingRole.user == principal.id).exists()
+                    or Participant.select().where(Participant.meeting == meeting_id,
+                                                  Participant.user == principal.id).exists())
+
+        return await self.db.run(member)
+
+    async def admit_guest(self, code: str, password: str | None) -> dict[str, str]:
+        """The meeting a guest may enter with this code and password, or one uniform 404."""
+        rows = await self.db.run(MEETING_BY_CODE.rows, key=code, user="")
+        meeting = model_from_row(Meeting, rows[0]) if rows else None
+        ok = meeting is not None and meeting.allow_guests and meeting.status != "ended"
+        if ok and meeting.password_hash:
+            ok = await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
+        if not ok:
+            raise not_found("meeting (or the password is wrong)")
+        return {"id": meeting.id, "code": meeting.code, "title": meeting.title}
 
     async def require_role(self, principal: Principal, meeting_id: str, roles: tuple[str, ...]) -> str | None:
         """Raise 403/404 unless the principal has one of ``roles`` in the meeting (or is an admin)."""

@@ -61,7 +61,7 @@ class TokenIssuer:
         }
         return jwt.encode(payload, self.secret, algorithm=ALGORITHM)
 
-    def verify(self, token: str, kind: str) -> dict[str, Any]:
+    def verify(self, token: str, *kinds: str) -> dict[str, Any]:
         try:
             claims = jwt.decode(token, self.secret, algorithms=[ALGORITHM],
                                 options={"require": ["exp", "iat", "sub", "typ"]})
@@ -69,6 +69,6 @@ class TokenIssuer:
             raise TokenError("the token has expired; sign in again or refresh it") from None
         except jwt.PyJWTError:
             raise TokenError("the token is not valid") from None
-        if claims.get("typ") != kind:
+        if claims.get("typ") not in kinds:
             raise TokenError("the token is not valid") from None
         return claims

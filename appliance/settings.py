@@ -50,6 +50,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     max_request_bytes: int = 1_000_000
+    max_upload_bytes: int = 25 * 1024 * 1024  # files shared in a meeting's chat
     # Accounts
     allow_registration: bool = False
     access_token_minutes: int = 15

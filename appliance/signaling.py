@@ -26,11 +26,13 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from .accounts import Accounts, Principal
 from .api.errors import ApiError
+from .controls import Knock, MeetingControls
 from .meetings import Meetings, channel
 from .security import verify_password
 from .settings import Settings
 from .sfu.host import RoomHost
 from .stores.bus import EventBus
+from .stores.documents import DocumentStore
 from .stores.relational import Meeting, Participant, Relational, utcnow
 
 log = logging.getLogger("confmeet.signaling")
@@ -61,6 +63,7 @@ class Connection:
     principal: Principal
     outbox: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     seat: Seat | None = None
+    knock: Knock | None = None
     close_code: int | None = None
 
     def send(self, message: dict[str, Any]) -> None:
@@ -84,14 +87,19 @@ class Seat:
     meeting_id: str
     meeting: dict[str, str]
     user_id: str
+    principal_kind: str
     name: str
     role: str
     session: str
     connection: Connection | None = None
-    release: asyncio.TimerHandle | None = None
+    expiry: asyncio.TimerHandle | None = None  # releases the seat if nobody resumes it
+    muted: bool = False
+    camera_off: bool = False
+    hand_at: float | None = None  # when the hand went up (the order hands are taken in)
 
-    def view(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "role": self.role}
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "muted": self.muted,
+                "camera_off": self.camera_off, "hand_raised_at": self.hand_at}
 
     def send(self, message: dict[str, Any]) -> None:
         if self.connection is not None:
@@ -107,13 +115,15 @@ def turn_credentials(secret: str, user: str, hours: int) -> tuple[str, str]:
 
 class Signaling:
     def __init__(self, settings: Settings, host: RoomHost, accounts: Accounts, meetings: Meetings,
-                 db: Relational, bus: EventBus) -> None:
+                 db: Relational, bus: EventBus, documents: DocumentStore) -> None:
         self.settings = settings
         self.host = host
         self.accounts = accounts
         self.meetings = meetings
         self.db = db
         self.bus = bus
+        self.documents = documents
+        self.controls = MeetingControls(self)
         self.seats: dict[str, Seat] = {}
         self.sessions: dict[str, Seat] = {}
         self.connections: set[Connection] = set()
@@ -128,7 +138,7 @@ class Signaling:
 
     async def close(self) -> None:
         for seat in list(self.seats.values()):
-            await self._release(seat, "left", close=CLOSE_LEFT)
+            await self.release(seat, "left", close=CLOSE_LEFT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -155,6 +165,8 @@ class Signaling:
             seat = conn.seat
             if seat is not None and seat.connection is conn:
                 self._connection_lost(seat)
+            if conn.knock is not None:
+                self.controls.cancel_knock(conn.knock)
             conn.close(conn.close_code or CLOSE_LEFT)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, 5)
@@ -215,13 +227,17 @@ class Signaling:
             return {"type": "pong"}
         if kind == "join":
             return await self._join(conn, message)
-        if kind not in SFU_REQUESTS | {"leave"}:
+        control = self.controls.handlers.get(kind)
+        if control is None and kind not in SFU_REQUESTS | {"leave"}:
             raise SignalingError("unknown_type", f"unknown message type {kind!r}")
         seat = conn.seat
         if seat is None or seat.connection is not conn:
-            raise SignalingError("not_joined", f"send 'join' before {kind!r}")
+            waiting = " (you are waiting in the lobby)" if conn.knock is not None else ""
+            raise SignalingError("not_joined", f"send 'join' before {kind!r}{waiting}")
+        if control is not None:
+            return await control(seat, message)
         if kind == "leave":
-            await self._release(seat, "left")
+            await self.release(seat, "left")
             reply = {"type": "left", **({"re": message["id"]} if "id" in message else {})}
             conn.send(reply)
             conn.close(CLOSE_LEFT)
@@ -234,11 +250,11 @@ class Signaling:
 
     # ------------------------------------------------------------------ join / resume / leave
     async def _join(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
-        if conn.seat is not None:
+        if conn.seat is not None or conn.knock is not None:
             raise SignalingError("already_joined", "this connection has already joined a meeting")
         resume = message.get("resume")
         if resume is not None:
-            return self._resume(conn, resume)
+            return await self._resume(conn, resume)
         principal = conn.principal
         ref = message.get("meeting")
         if not isinstance(ref, str) or not 1 <= len(ref) <= 64:
@@ -251,7 +267,7 @@ class Signaling:
             raise SignalingError("bad_message", "'password' must be a string")
 
         meeting, role = await self.db.run(self._find_meeting, principal, ref)
-        if meeting is None:
+        if meeting is None or (principal.kind == "guest" and not meeting.allow_guests):
             raise SignalingError("not_found", "no such meeting")
         if meeting.status == "ended":
             raise SignalingError("meeting_ended", "this meeting has ended", close=CLOSE_ENDED)
@@ -262,9 +278,20 @@ class Signaling:
                     raise SignalingError("not_found", "no such meeting")
                 raise SignalingError("wrong_password", "this meeting needs its password")
 
+        role = role or "participant"
+        if meeting.locked and role not in ("host", "moderator"):
+            raise SignalingError("locked", "the meeting is locked; ask the host to unlock it")
+        knock, removed = self.controls.must_knock(meeting, principal.id, role)
+        if knock:
+            return self.controls.knock(conn, meeting, role, name.strip(), removed)
+        return await self.seat_connection(conn, meeting, role, name.strip())
+
+    async def seat_connection(self, conn: Connection, meeting: Meeting, role: str, name: str) -> dict[str, Any]:
+        """Give the connection a seat in the meeting: the SFU, the roster, the record."""
+        principal = conn.principal
         seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
                     meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
-                    user_id=principal.id, name=name.strip(), role=role or "participant",
+                    user_id=principal.id, principal_kind=principal.kind, name=name, role=role,
                     session=secrets.token_urlsafe(24))
         reply = await self.host.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
         if reply.get("type") == "error":
@@ -278,9 +305,9 @@ class Signaling:
         await self.db.run(self._record_join, seat, principal)
         await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
                                                      "participant": seat.view()})
-        return self._joined(seat, resumed=False)
+        return await self._joined(seat, resumed=False)
 
-    def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
+    async def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
         seat = self.sessions.get(session) if isinstance(session, str) else None
         if seat is None or seat.user_id != conn.principal.id:
             raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
@@ -289,22 +316,26 @@ class Signaling:
                                   "message": "this seat was taken over by a newer connection"})
             seat.connection.close(CLOSE_REPLACED)
         self._attach(seat, conn)
-        return self._joined(seat, resumed=True)
+        return await self._joined(seat, resumed=True)
 
     def _attach(self, seat: Seat, conn: Connection) -> None:
-        if seat.release is not None:
-            seat.release.cancel()
-            seat.release = None
+        if seat.expiry is not None:
+            seat.expiry.cancel()
+            seat.expiry = None
         seat.connection = conn
         conn.seat = seat
 
-    def _joined(self, seat: Seat, resumed: bool) -> dict[str, Any]:
-        return {
+    async def _joined(self, seat: Seat, resumed: bool) -> dict[str, Any]:
+        joined = {
             "type": "joined", "meeting": seat.meeting, "participant": seat.view(), "session": seat.session,
             "resumed": resumed, "ice_servers": self.client_ice_servers(seat.user_id),
             "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
             "tracks": [t for t in self.tracks.get(seat.meeting_id, {}).values() if t["participant"] != seat.id],
+            "chat": await self.controls.history(seat),
         }
+        if seat.role in ("host", "moderator"):
+            joined["waiting"] = self.controls.waiting_view(seat.meeting_id)
+        return joined
 
     def client_ice_servers(self, user: str) -> list[dict[str, Any]]:
         servers: list[dict[str, Any]] = []
@@ -336,16 +367,16 @@ class Signaling:
         """The WebSocket dropped without 'leave': keep the seat a while for a resume."""
         seat.connection = None
         loop = asyncio.get_running_loop()
-        seat.release = loop.call_later(
-            RESUME_SECONDS, lambda: asyncio.ensure_future(self._release(seat, "disconnected")))
+        seat.expiry = loop.call_later(
+            RESUME_SECONDS, lambda: asyncio.ensure_future(self.release(seat, "disconnected")))
 
-    async def _release(self, seat: Seat, reason: str, close: int | None = None) -> None:
+    async def release(self, seat: Seat, reason: str, close: int | None = None) -> None:
         """The seat ends: leave the SFU, tell the others, record it."""
         if self.seats.pop(seat.id, None) is None:
             return
         self.sessions.pop(seat.session, None)
-        if seat.release is not None:
-            seat.release.cancel()
+        if seat.expiry is not None:
+            seat.expiry.cancel()
         if seat.connection is not None and close is not None:
             seat.connection.close(close)
         await self.host.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
@@ -374,7 +405,7 @@ class Signaling:
             seat = self.seats.get(event["subject"])
             if seat is not None and event.get("reason") != "left":
                 # The media connection closed or failed (a closed tab, a dead network).
-                await self._release(seat, "disconnected", close=CLOSE_LEFT)
+                await self.release(seat, "disconnected", close=CLOSE_LEFT)
             return
         if kind == "participant_joined":
             return  # signaling announces seats itself, with their roles
@@ -416,7 +447,13 @@ class Signaling:
                 if event.get("type") == "meeting_ended":
                     for seat in self.in_meeting(event["meeting"]):
                         seat.send({"type": "meeting_ended"})
-                        await self._release(seat, "left", close=CLOSE_ENDED)
+                        await self.release(seat, "left", close=CLOSE_ENDED)
+
+    async def file_shared(self, meeting_id: str, principal: Principal, file: dict[str, Any]) -> None:
+        """Post a shared file to the meeting's chat, from the uploader's seat if they have one."""
+        seat = next((s for s in self.in_meeting(meeting_id) if s.user_id == principal.id), None)
+        await self.controls.post(meeting_id, seat.id if seat else principal.id,
+                                 seat.name if seat else principal.name, file["name"], file=file)
 
     # ------------------------------------------------------------------ operators
     async def live(self, meeting_id: str) -> list[dict[str, Any]]:

@@ -142,7 +142,7 @@ def test_missing_expired_forged_and_wrong_kind_tokens(appliance: Appliance) -> N
     assert "expired" in error["message"]
     forged = jwt.encode({**claims, "role": "admin"}, "not-the-secret", "HS256")
     assert_error(httpx.get(url, headers={"Authorization": f"Bearer {forged}"}), 401)
-    wrong_kind = jwt.encode({**claims, "typ": "guest"}, appliance.secret_key, "HS256")
+    wrong_kind = jwt.encode({**claims, "typ": "file"}, appliance.secret_key, "HS256")  # a download link
     assert_error(httpx.get(url, headers={"Authorization": f"Bearer {wrong_kind}"}), 401)
 
 

@@ -4,4 +4,4 @@ from .endpoint import Api
 
 api = Api()
 
-from . import audit, auth, meetings, users  # noqa: E402,F401  (modules register their endpoints)
+from . import audit, auth, files, meetings, users  # noqa: E402,F401  (modules register their endpoints)

@@ -40,7 +40,7 @@ class Endpoint:
     handler: Handler
     summary: str
     tag: str
-    auth: str | None  # None (public), "user" (any signed-in principal), "admin"
+    auth: str | None  # None (public), "guest" (guests too), "user" (account holders), "admin"
     body: type[BaseModel] | None
     query: type[BaseModel] | None
     response: type[BaseModel] | None
@@ -48,6 +48,7 @@ class Endpoint:
     errors: tuple[int, ...]
     description: str = ""
     path_params: list[str] = field(default_factory=list)
+    upload: bool = False  # the body is raw bytes, streamed to the handler (request.stream)
 
     @property
     def sanic_path(self) -> str:
@@ -67,6 +68,9 @@ def validation_error(exc: ValidationError) -> ApiError:
 
 def parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
     raw = request.body or b""
+    limit = request.app.ctx.settings.max_request_bytes
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request needs a JSON object body")
     try:
@@ -113,17 +117,18 @@ class Api:
         response: type[BaseModel] | None = None,
         status: int = 200,
         errors: tuple[int, ...] = (),
+        upload: bool = False,
     ) -> Callable[[Handler], Handler]:
         def decorate(fn: Handler) -> Handler:
             params = re.findall(r"\{(\w+)\}", path)
             implied: set[int] = set(errors)
-            if body is not None:
+            if body is not None or upload:
                 implied |= {400, 413, 422}
             if query is not None:
                 implied.add(422)
             if auth:
                 implied.add(401)
-            if auth == "admin":
+            if auth in ("admin", "user"):
                 implied.add(403)
             if params:
                 implied.add(404)
@@ -131,6 +136,7 @@ class Api:
                 method=method.upper(), path=path, handler=fn, summary=summary, tag=tag, auth=auth,
                 body=body, query=query, response=response, status=status,
                 errors=tuple(sorted(implied)), description=(fn.__doc__ or "").strip(), path_params=params,
+                upload=upload,
             ))
             return fn
 
@@ -138,7 +144,7 @@ class Api:
 
     def mount(self, app: Sanic) -> None:
         for ep in self.endpoints:
-            app.add_route(_make_view(ep), ep.sanic_path, methods=[ep.method],
+            app.add_route(_make_view(ep), ep.sanic_path, methods=[ep.method], stream=ep.upload,
                           name=f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}")
 
 
@@ -147,6 +153,8 @@ def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
         call = Call(request)
         if ep.auth:
             call.principal = await request.app.ctx.accounts.authenticate(request, admin=ep.auth == "admin")
+            if ep.auth != "guest" and call.principal.kind != "user":
+                raise ApiError(403, "forbidden", "guests can only join their meeting; sign in with an account")
         if ep.body is not None:
             call.body = parse_body(request, ep.body)
         if ep.query is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import api
 from .endpoint import Call
-from .models import LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
+from .models import GuestJoin, GuestToken, LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
 
 
 @api.route("POST", "/api/v1/meetings", summary="Create a meeting", tag="meetings",
@@ -23,13 +23,13 @@ async def my_meetings(call: Call) -> dict:
 
 
 @api.route("GET", "/api/v1/meetings/{meeting_id}", summary="A meeting by id", tag="meetings",
-           response=Meeting)
+           auth="guest", response=Meeting)
 async def get_meeting(call: Call, meeting_id: str) -> dict:
     return await call.request.app.ctx.meetings.get(call.principal, meeting_id=meeting_id)
 
 
 @api.route("GET", "/api/v1/meetings/by-code/{code}", summary="A meeting by its join code",
-           tag="meetings", response=Meeting)
+           tag="meetings", auth="guest", response=Meeting)
 async def get_meeting_by_code(call: Call, code: str) -> dict:
     return await call.request.app.ctx.meetings.get(call.principal, code=code.lower())
 
@@ -62,3 +62,14 @@ async def live_meeting(call: Call, meeting_id: str) -> dict:
     ctx = call.request.app.ctx
     await ctx.meetings.require_role(call.principal, meeting_id, ("host", "moderator"))
     return {"participants": await ctx.signaling.live(meeting_id)}
+
+
+@api.route("POST", "/api/v1/meetings/by-code/{code}/guest", summary="Join as a guest (a name, no account)",
+           tag="meetings", auth=None, body=GuestJoin, response=GuestToken)
+async def guest_token(call: Call, code: str) -> dict:
+    """Works when the meeting allows guests. A wrong password, a meeting without guests and an
+    unknown code all get the same 404, so guests cannot probe which meetings exist."""
+    ctx = call.request.app.ctx
+    meeting = await ctx.meetings.admit_guest(code.lower(), call.body.password)
+    tokens = ctx.accounts.guest_token(meeting["id"], call.body.name)
+    return {"guest_token": tokens.access_token, "expires_in": tokens.expires_in, "meeting": meeting}

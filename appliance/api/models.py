@@ -200,3 +200,42 @@ class LiveParticipant(BaseModel):
 
 class LiveMeeting(BaseModel):
     participants: list[LiveParticipant]
+
+
+class GuestJoin(Strict):
+    name: Annotated[str, Field(max_length=100), AfterValidator(_strip_nonblank)]
+    password: MeetingPassword | None = None
+
+
+class MeetingRef(BaseModel):
+    id: str
+    code: str
+    title: str
+
+
+class GuestToken(BaseModel):
+    guest_token: str = Field(description="use it like an access token, for this meeting only")
+    expires_in: int
+    meeting: MeetingRef
+
+
+class UploadQuery(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class SharedFile(BaseModel):
+    id: str
+    name: str
+    size: int
+    content_type: str
+    uploader_name: str
+    created_at: UtcDatetime
+
+
+class SharedFileList(BaseModel):
+    files: list[SharedFile]
+
+
+class DownloadLink(BaseModel):
+    url: str = Field(description="a link that works without a token, for expires_in seconds")
+    expires_in: int

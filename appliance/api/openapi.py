@@ -80,6 +80,9 @@ def _operation(ep: Endpoint, ref_of: dict[type[BaseModel], dict]) -> dict[str, A
     if ep.body is not None:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": ref_of[ep.body]}}}
+    if ep.upload:
+        op["requestBody"] = {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     if ep.auth:
         op["security"] = [{"bearer": []}]
     ok: dict[str, Any] = {"description": STATUS_TEXT.get(ep.status, "OK")}

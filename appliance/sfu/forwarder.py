@@ -114,6 +114,7 @@ class UpTrack:
         self.bytes = 0
         self.keyframes_seen = 0
         self.closed = False
+        self.held = False  # a moderator muted it: received, not forwarded
 
     @property
     def key(self) -> tuple[str, str]:
@@ -131,6 +132,12 @@ class UpTrack:
 
     def discard(self, down: DownTrack) -> None:
         self.downs = tuple(d for d in self.downs if d is not down)
+
+    def hold(self, held: bool) -> None:
+        """Stop (or resume) forwarding; a resumed video track starts again from a keyframe."""
+        if self.held and not held:
+            self.request_keyframe()
+        self.held = held
 
     def request_keyframe(self) -> None:
         if self.keyframes is not None and not self.closed:
@@ -172,7 +179,7 @@ class UpTrack:
         if keyframe:
             self.keyframes_seen += 1
             self.keyframes.keyframe_received()  # type: ignore[union-attr]
-        if self.downs:
+        if self.downs and not self.held:
             now = time.monotonic()
             ntp_time = internals.current_ntp_time()
             for down in self.downs:

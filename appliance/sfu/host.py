@@ -12,6 +12,7 @@ message                                                                reply
 ``{"type": "candidate", "participant", "candidate": {...} | null}``    ``{"type": "ok"}``
 ``{"type": "leave", "participant"}``                                   ``{"type": "left"}``
 ``{"type": "stats", "participant"}``                                   ``{"type": "stats", ...}``
+``{"type": "hold", "participant", "source", "held"}``                  ``{"type": "ok"}``
 =====================================================================  ==============================
 
 Any failure is ``{"type": "error", "code", "message"}`` (codes in ``errors.SfuError``). Events
@@ -115,6 +116,7 @@ class RoomHost:
         self._handlers: dict[str, Handler] = {
             "join": self._join, "offer": self._offer, "answer": self._answer,
             "candidate": self._add_candidate, "leave": self._leave, "stats": self._stats,
+            "hold": self._hold,
         }
 
     async def request(self, room: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +196,25 @@ class RoomHost:
     async def _leave(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         await self._room(room_name).leave(participant, "left")
         return {"type": "left"}
+
+    async def _hold(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Stop or resume forwarding a participant's tracks of one source (a moderator's mute).
+        The hold also applies to tracks of that source published later."""
+        source = _text(message, "source")
+        if source not in SOURCES:
+            raise SfuError("bad_message", f"'source' must be one of {', '.join(SOURCES)}")
+        held = message.get("held")
+        if not isinstance(held, bool):
+            raise SfuError("bad_message", "'held' must be true or false")
+        peer = self._room(room_name).peer(participant)
+        if held:
+            peer.held_sources.add(source)
+        else:
+            peer.held_sources.discard(source)
+        for up in peer.ups.values():
+            if up.source == source:
+                up.hold(held)
+        return {"type": "ok"}
 
     async def _stats(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         room = self._room(room_name)

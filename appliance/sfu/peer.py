@@ -80,6 +80,7 @@ class Peer:
         self.pc = SfuPeerConnection(configuration)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.ups: dict[RTCRtpTransceiver, UpTrack] = {}
+        self.held_sources: set[str] = set()  # sources a moderator muted (see RoomHost "hold")
         self.downs: dict[tuple[str, str], DownTrack] = {}
         self.wanted: dict[tuple[str, str], UpTrack] = {}
         self.labels: dict[str, str] = {}
@@ -240,6 +241,7 @@ class Peer:
                   or DEFAULT_SOURCE[transceiver.kind])
         on_level = partial(self.room.audio_level, self.participant) if transceiver.kind == "audio" else None
         up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level)
+        up.held = source in self.held_sources
         self.ups[transceiver] = up
         self._up_by_receiver[transceiver.receiver] = up
         self.room.track_published(up)

@@ -129,6 +129,20 @@ class AuditEvent(BaseModel):
     detail = JSONField(default=dict)
 
 
+class MeetingFile(BaseModel):
+    """A file shared in a meeting's chat; the bytes live in the object store under ``object_key``."""
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    meeting = pw.ForeignKeyField(Meeting, backref="files", on_delete="CASCADE")
+    uploader = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    uploader_name = pw.CharField(max_length=100)
+    name = pw.CharField(max_length=255)
+    size = pw.BigIntegerField()
+    content_type = pw.CharField(max_length=127)
+    object_key = pw.CharField(max_length=512)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
 class SchemaVersion(BaseModel):
     version = pw.IntegerField(primary_key=True)
     description = pw.CharField(max_length=200)
@@ -136,18 +150,23 @@ class SchemaVersion(BaseModel):
 
 
 MODELS: list[type[BaseModel]] = [
-    User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent,
+    User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent, MeetingFile,
 ]
 
 
 # ---------------------------------------------------------------------------- migrations
 def _m1_initial(db: pw.Database) -> None:
-    db.create_tables(MODELS)
+    db.create_tables([User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent])
+
+
+def _m2_meeting_files(db: pw.Database) -> None:
+    db.create_tables([MeetingFile])
 
 
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
+    (2, "files shared in meetings", _m2_meeting_files),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,115 @@
+"""Files shared in a meeting's chat: /api/v1/meetings/{id}/files, and signed download links."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+from sanic import Request
+from sanic.response import HTTPResponse, ResponseStream
+
+from ..security import TokenError
+from ..stores.relational import MeetingFile
+from . import api
+from .endpoint import Call
+from .errors import ApiError, forbidden, not_found
+from .models import DownloadLink, SharedFile, SharedFileList, UploadQuery
+
+LINK_TTL = dt.timedelta(minutes=10)
+SAFE_NAME = re.compile(r"[^\w.\- ]+")
+
+
+def file_view(row: MeetingFile) -> dict:
+    return {"id": row.id, "name": row.name, "size": row.size, "content_type": row.content_type,
+            "uploader_name": row.uploader_name, "created_at": row.created_at}
+
+
+async def _require_member(call: Call, meeting_id: str) -> None:
+    if not await call.request.app.ctx.meetings.is_member(call.principal, meeting_id):
+        raise forbidden("only people in this meeting can share and fetch its files")
+
+
+@api.route("POST", "/api/v1/meetings/{meeting_id}/files", summary="Share a file in the meeting's chat",
+           tag="files", auth="guest", upload=True, query=UploadQuery, response=SharedFile, status=201,
+           errors=(403,))
+async def upload_file(call: Call, meeting_id: str) -> dict:
+    """Send the file's bytes as the body (its type in Content-Type) and its name as `?name=`. It is
+    kept in the object store and posted to the chat; only people in the meeting can download it."""
+    ctx = call.request.app.ctx
+    await _require_member(call, meeting_id)
+    limit = ctx.settings.max_upload_bytes
+    request: Request = call.request
+    file_id = uuid.uuid4().hex
+    name = SAFE_NAME.sub("_", call.query.name).strip() or "file"
+    key = f"meetings/{meeting_id}/files/{file_id}"
+    received = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal received
+        while (chunk := await request.stream.read()) is not None:
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, "payload_too_large", f"files are limited to {limit // (1024 * 1024)} MiB")
+            yield chunk
+
+    content_type = (request.headers.get("content-type") or "application/octet-stream")[:127]
+    try:
+        info = await ctx.stores.objects.put(key, body(), content_type=content_type)
+    except BaseException:
+        await ctx.stores.objects.delete(key)
+        raise
+    if info.size == 0:
+        await ctx.stores.objects.delete(key)
+        raise ApiError(422, "invalid", "the file is empty", "body")
+    principal = call.principal
+    row = await ctx.db.run(lambda: MeetingFile.create(
+        id=file_id, meeting=meeting_id, uploader=principal.id if principal.kind == "user" else None,
+        uploader_name=principal.name, name=name, size=info.size, content_type=content_type, object_key=key))
+    view = file_view(row)
+    await ctx.signaling.file_shared(meeting_id, principal, {k: view[k] for k in ("id", "name", "size", "content_type")})
+    return view
+
+
+@api.route("GET", "/api/v1/meetings/{meeting_id}/files", summary="Files shared in the meeting",
+           tag="files", auth="guest", response=SharedFileList, errors=(403,))
+async def list_files(call: Call, meeting_id: str) -> dict:
+    await _require_member(call, meeting_id)
+    rows = await call.request.app.ctx.db.run(lambda: list(
+        MeetingFile.select().where(MeetingFile.meeting == meeting_id).order_by(MeetingFile.created_at)))
+    return {"files": [file_view(r) for r in rows]}
+
+
+@api.route("GET", "/api/v1/meetings/{meeting_id}/files/{file_id}", summary="A signed, expiring download link",
+           tag="files", auth="guest", response=DownloadLink, errors=(403,))
+async def file_link(call: Call, meeting_id: str, file_id: str) -> dict:
+    ctx = call.request.app.ctx
+    await _require_member(call, meeting_id)
+    row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id, MeetingFile.meeting == meeting_id))
+    if row is None:
+        raise not_found("file")
+    token = ctx.accounts.issuer.issue("file", row.id, LINK_TTL)
+    return {"url": f"{ctx.settings.base_url}/files/{token}", "expires_in": int(LINK_TTL.total_seconds())}
+
+
+async def download(request: Request, token: str) -> HTTPResponse:
+    """GET /files/<token>: the bytes of a shared file, for whoever holds a fresh signed link."""
+    ctx = request.app.ctx
+    try:
+        file_id = ctx.accounts.issuer.verify(token, "file")["sub"]
+    except TokenError as exc:
+        raise ApiError(403, "forbidden", f"this download link is not valid ({exc}); ask for a new one") from None
+    row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id))
+    if row is None:
+        raise not_found("file")
+    objects = ctx.stores.objects
+
+    async def stream(response) -> None:
+        async for chunk in objects.get(row.object_key):
+            await response.write(chunk)
+
+    disposition = f"attachment; filename=\"{row.name}\""
+    return ResponseStream(stream, content_type=row.content_type,
+                          headers={"Content-Disposition": disposition, "Content-Length": str(row.size),
+                                   "X-Content-Type-Options": "nosniff"})
