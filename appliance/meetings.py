@@ -128,14 +128,18 @@ class Meetings:
         return meeting, role
 
     async def is_member(self, principal: Principal, meeting_id: str) -> bool:
-        """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin."""
+        """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin.
+        Raises 404 when there is no such meeting (for a guest: when it is not theirs)."""
         if principal.kind == "guest":
-            return principal.meeting_id == meeting_id
-        if principal.is_admin:
+            if principal.meeting_id != meeting_id:
+                raise not_found("meeting")
             return True
 
         def member() -> bool:
-            return (MeetingRole.select().where(MeetingRole.meeting == meeting_id, MeetingRole.user == principal.id).exists()
+            if not Meeting.select().where(Meeting.id == meeting_id).exists():
+                raise not_found("meeting")
+            return (principal.is_admin
+                    or MeetingRole.select().where(MeetingRole.meeting == meeting_id, MeetingRole.user == principal.id).exists()
                     or Participant.select().where(Participant.meeting == meeting_id,
                                                   Participant.user == principal.id).exists())
 

@@ -49,7 +49,7 @@ def test_api_conforms_to_its_openapi_document(fuzzed: tuple[Appliance, str], mod
 
     for operation in operations:
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def run(case) -> None:
             # Where the generator broke the headers on purpose (a missing or malformed Authorization),
             # send them as generated; elsewhere sign the request in.

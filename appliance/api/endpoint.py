@@ -21,6 +21,7 @@ from sanic.response import HTTPResponse, empty, json
 from .errors import ApiError
 
 Handler = Callable[..., Awaitable[Any]]
+MAX_PATH_PARAM = 64  # ids and codes are shorter; the OpenAPI document says so too
 
 
 @dataclass
@@ -150,6 +151,8 @@ class Api:
 
 def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
     async def view(request: Request, **params: str) -> HTTPResponse:
+        if any(len(value) > MAX_PATH_PARAM for value in params.values()):
+            raise ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
         call = Call(request)
         if ep.auth:
             call.principal = await request.app.ctx.accounts.authenticate(request, admin=ep.auth == "admin")

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .endpoint import Api, Endpoint
+from .endpoint import MAX_PATH_PARAM, Api, Endpoint
 from .models import Error
 
 REF = "#/components/schemas/{model}"
@@ -63,7 +63,7 @@ def _operation(ep: Endpoint, ref_of: dict[type[BaseModel], dict]) -> dict[str, A
     if ep.description:
         op["description"] = ep.description
     params = [{"name": name, "in": "path", "required": True,
-               "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+               "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PATH_PARAM}}
               for name in ep.path_params]
     if ep.query is not None:
         schema = ep.query.model_json_schema(ref_template=REF)
