@@ -15,10 +15,16 @@ setup: $(BIN)/python
 run: setup
 	$(BIN)/confmeet serve
 
-# Debian packages the end-to-end tests drive (a real Chromium, wrk for benchmarks).
+# Debian packages the tests drive for real: Chromium, Docker Engine, debootstrap (image
+# stand-ins), coturn, tmux, and wrk for the benchmarks.
+SYSTEM_PACKAGES := chromium:chromium docker.io:dockerd debootstrap:debootstrap coturn:turnserver \
+                   tmux:tmux wrk:wrk
 system-packages:
-	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium wrk; fi
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "install as root:$$missing" >&2; exit 1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 test-setup: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
