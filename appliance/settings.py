@@ -59,8 +59,9 @@ class Settings:
     # Media (WebRTC): UDP ports the SFU binds, addresses to announce behind 1:1 NAT, the STUN/TURN
     # servers handed to clients (never a public server by default), and a loopback-only mode
     # for tests on one machine.
-    media_udp_min: int = 40000
-    media_udp_max: int = 40999
+    # Below Linux's ephemeral range (32768-60999), so outgoing connections never hold them.
+    media_udp_min: int = 20000
+    media_udp_max: int = 20999
     announced_addresses: list[str] = field(default_factory=list)
     ice_servers: list[str] = field(default_factory=list)
     turn_credential_hours: int = 12

@@ -165,26 +165,41 @@ class CandidateGatherer:
         return candidates + await relayed
 
     async def _bind(self, connection: Connection, component: int, address: str) -> StunProtocol | None:
+        sock = self._reserve(address)
+        if sock is None:
+            return None
         loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(lambda: StunProtocol(connection), sock=sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
+        host, bound_port = transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host), component=component,
+            transport="udp", priority=candidate_priority(component, "host"), host=host,
+            port=bound_port, type="host")
+        return protocol
+
+    def _reserve(self, address: str) -> socket.socket | None:
+        """A UDP socket bound on ``address`` in the port range. Bound here, synchronously, so
+        two gatherings running at once never race for the same port."""
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                address, 0, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+        except socket.gaierror as exc:
+            log.warning("ICE: cannot bind UDP on %s: %s", address, exc)
+            return None
         for port in self._ports.order() if self._ports is not None else [0]:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: StunProtocol(connection), local_addr=(address, port))
+                sock.bind((sockaddr[0], port, *sockaddr[2:]))
             except OSError as exc:
+                sock.close()
                 if exc.errno == errno.EADDRINUSE and self._ports is not None:
                     continue
                 log.warning("ICE: cannot bind UDP on %s: %s", address, exc)
                 return None
             if self._ports is not None:
                 self._ports.taken(port)
-            sock = transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
-            host, bound_port = transport.get_extra_info("sockname")[:2]
-            protocol.local_candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", host), component=component,
-                transport="udp", priority=candidate_priority(component, "host"), host=host,
-                port=bound_port, type="host")
-            return protocol
+            return sock
         log.error("ICE: every UDP port in %d-%d is in use on %s: widen udp_port_min/udp_port_max",
                   self.settings.udp_port_min, self.settings.udp_port_max, address)
         return None

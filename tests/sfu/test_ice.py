@@ -97,3 +97,26 @@ def test_trickled_candidates_are_parsed_or_refused() -> None:
         parse_candidate("candidate:1 1 udp")
     with pytest.raises(ValueError):
         parse_candidate("candidate:1 one udp 5 1.2.3.4 5 typ host")
+
+
+def test_busy_ports_are_skipped_and_never_handed_out_twice() -> None:
+    """Ports are bound synchronously, so busy ones are skipped whatever the event loop (uvloop
+    reports a busy port without errno) and concurrent gatherings never pick the same one."""
+    import random
+    import socket
+
+    from appliance.sfu.ice import CandidateGatherer
+
+    base = random.randrange(25000, 30000, 8)
+    gatherer = CandidateGatherer(IceSettings(udp_port_min=base, udp_port_max=base + 3, loopback=True))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", base + 1))
+        reserved = [gatherer._reserve("127.0.0.1") for _ in range(3)]
+        try:
+            assert all(s is not None for s in reserved)
+            assert sorted(s.getsockname()[1] for s in reserved) == [base, base + 2, base + 3]
+            assert gatherer._reserve("127.0.0.1") is None  # the whole range is taken
+        finally:
+            for s in reserved:
+                if s is not None:
+                    s.close()
