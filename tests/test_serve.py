@@ -77,3 +77,10 @@ def test_port_in_use_is_reported(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
     assert done.returncode != 0
     assert "choose another --port" in done.stderr + done.stdout
+
+
+def test_refuses_to_serve_a_half_restored_install(tmp_path: Path) -> None:
+    (tmp_path / "restore-state.json").write_text("{}")
+    env = appliance_env(tmp_path, free_port())
+    done = subprocess.run([*CONFMEET, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--resume" in done.stderr and "Traceback" not in done.stderr
