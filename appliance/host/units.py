@@ -1,0 +1,135 @@
+"""The systemd files confmeet ships (``systemd/`` in the source tree), rendered for one host.
+
+``confmeet.service`` runs the appliance hardened as the ``confmeet`` user (created by
+``confmeet.sysusers``); the drop-in ``confmeet.service.d/privileged-port.conf`` is added only
+when it listens below port 1024. For ``--mode native`` Debian's own units run PostgreSQL, Redis
+and coturn; confmeet only writes coturn's configuration (``turnserver.conf.in``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+APPLIANCE_UNIT = "confmeet.service"
+PRIVILEGED_PORT_DROPIN = "confmeet.service.d/privileged-port.conf"
+SYSUSERS = "confmeet.sysusers"
+TURNSERVER_TEMPLATE = "turnserver.conf.in"
+CONFMEET_BIN = "/usr/local/bin/confmeet"
+CONFIG_FILE = "/etc/confmeet/confmeet.toml"
+
+
+class UnitError(Exception):
+    """A unit cannot be rendered or enabled; the message says why and what to do."""
+
+
+def shipped(name: str) -> Path:
+    path = SYSTEMD_DIR / name
+    if not path.is_file():
+        raise UnitError(f"{path} is missing: reinstall confmeet from its source tree or bundle")
+    return path
+
+
+def _quote(word: str) -> str:
+    if re.search(r'[\s"\'\\]', word):
+        return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word
+
+
+def render_appliance_unit(confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG_FILE) -> str:
+    """confmeet.service with ExecStart running ``confmeet_bin serve --config config``."""
+    exec_start = f"ExecStart={_quote(confmeet_bin)} serve --config {_quote(config)}"
+    text, count = re.subn(r"^ExecStart=.*$", lambda _: exec_start, shipped(APPLIANCE_UNIT).read_text(),
+                          flags=re.MULTILINE)
+    if count != 1:
+        raise UnitError(f"{shipped(APPLIANCE_UNIT)} must have exactly one ExecStart= line")
+    return text
+
+
+def write_appliance_unit(unit_dir: Path, confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG_FILE,
+                         privileged_port: bool = False) -> list[Path]:
+    """Write confmeet.service (and the privileged-port drop-in when the appliance listens below
+    1024) into ``unit_dir``, e.g. /etc/systemd/system; a stale drop-in is removed."""
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    unit = unit_dir / APPLIANCE_UNIT
+    unit.write_text(render_appliance_unit(confmeet_bin, config))
+    dropin = unit_dir / PRIVILEGED_PORT_DROPIN
+    if privileged_port:
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text(shipped(PRIVILEGED_PORT_DROPIN).read_text())
+        return [unit, dropin]
+    dropin.unlink(missing_ok=True)
+    return [unit]
+
+
+def systemctl(*args: str, root: Path | None = None) -> str:
+    """Run systemctl (``--root=DIR`` works on a tree without a running systemd); UnitError with
+    systemctl's own message when it fails."""
+    argv = ["systemctl", *([f"--root={root}"] if root is not None else []), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise UnitError("systemctl is not installed: this host does not run systemd") from None
+    if done.returncode != 0 and args[0] != "is-enabled":
+        raise UnitError(f"'{' '.join(argv)}' failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip()
+
+
+def render_turnserver_conf(secret: str, realm: str, *, port: int = 3478, relay_min: int = 49152,
+                           relay_max: int = 65535, listening_ips: Sequence[str] = (),
+                           external_ips: Sequence[str] = (), allowed_peer_ips: Sequence[str] = ()) -> str:
+    """/etc/turnserver.conf for coturn with confmeet's shared secret.
+
+    ``allowed_peer_ips``: the SFU's own addresses, which coturn must relay to even when they are
+    private. ``external_ips``: ``PUBLIC`` or ``PUBLIC/PRIVATE`` behind a 1:1 NAT.
+    """
+    if not secret or any(c.isspace() for c in secret):
+        raise UnitError("the TURN secret must be set and contain no spaces (confmeet's turn_secret)")
+    if not realm or any(c.isspace() for c in realm):
+        raise UnitError(f"TURN realm {realm!r}: use the appliance's host name, without spaces")
+    if not 1024 <= relay_min <= relay_max <= 65535:
+        raise UnitError(f"TURN relay ports {relay_min}-{relay_max}: use 1024 <= min <= max <= 65535")
+    for address in [*listening_ips, *allowed_peer_ips, *(p for e in external_ips for p in e.split("/"))]:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise UnitError(f"{address!r} is not an IP address (coturn needs addresses, not names)") from None
+    lines = {
+        "@LISTENING_IPS@": [f"listening-ip={a}" for a in listening_ips],
+        "@EXTERNAL_IPS@": [f"external-ip={a}" for a in external_ips],
+        "@ALLOWED_PEER_IPS@": [f"allowed-peer-ip={a}" for a in allowed_peer_ips],
+    }
+    values = {"@TURN_PORT@": str(port), "@REALM@": realm, "@TURN_SECRET@": secret,
+              "@RELAY_MIN_PORT@": str(relay_min), "@RELAY_MAX_PORT@": str(relay_max)}
+    out = []
+    for line in shipped(TURNSERVER_TEMPLATE).read_text().splitlines():
+        if line in lines:
+            out.extend(lines[line])
+            continue
+        for placeholder, value in values.items():
+            line = line.replace(placeholder, value)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def write_turnserver_conf(path: Path, text: str, group: str = "turnserver") -> None:
+    """Write coturn's configuration readable only by root and coturn's group (it holds the secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o640)
+        fh.write(text)
+    try:
+        shutil.chown(tmp, group=group)
+    except LookupError:
+        tmp.unlink()
+        raise UnitError(f"there is no group {group!r} to let coturn read {path}: "
+                        "install coturn first (apt-get install coturn)") from None
+    os.replace(tmp, path)
