@@ -1,0 +1,166 @@
+"""``confmeet loadtest``: a real run against the real appliance, its operator errors, and its parts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import random
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import decoder_worker
+
+from appliance_server import CONFMEET, Appliance, start_appliance
+from cli.loadtest import (
+    MetricsSample,
+    count_decode_errors,
+    encode_audio_clip,
+    encode_video_clip,
+    looped_track_type,
+    sfu_figures,
+)
+from conftest import free_port, stop
+
+ADMIN = ("admin@example.com", "correct horse battery")
+PASSWORD_VAR = "CONFMEET_TEST_LOADTEST_PASSWORD"
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    # Media ports of its own, below the ephemeral range: other appliances on this machine use the
+    # default range, and clients' sockets take ephemeral ports.
+    base = random.randrange(20000, 30000, 100)
+    app = start_appliance(tmp_path_factory.mktemp("loadtest"), media_loopback="true",
+                          media_udp_min=str(base), media_udp_max=str(base + 99))
+    added = app.cli("user", "add", ADMIN[0], "--admin", "--password-stdin", input=ADMIN[1] + "\n")
+    assert added.returncode == 0, added.stderr
+    yield app
+    stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()
+
+
+def loadtest(url: str, *args: str, password: str = ADMIN[1]) -> subprocess.CompletedProcess:
+    return subprocess.run([*CONFMEET, "loadtest", "--url", url, "--email", ADMIN[0], "--password-env", PASSWORD_VAR,
+                           *args], env={**os.environ, PASSWORD_VAR: password}, capture_output=True, text=True,
+                          timeout=90)
+
+
+def test_one_publisher_two_subscribers_measured_end_to_end(appliance: Appliance) -> None:
+    run = loadtest(appliance.url, "--publishers", "1", "--subscribers", "2", "--duration", "6",
+                   "--join-rate", "2", "--json")
+    assert run.returncode == 0, run.stderr + run.stdout
+    report = json.loads(run.stdout)
+
+    summary = report["summary"]
+    assert (summary["subscribers_ok"], summary["subscribers_failed"]) == (2, 0)
+    assert summary["decode_errors"] == 0
+    assert summary["video_fps_min"] >= 25
+    assert 0 < summary["first_frame_ms_max"] <= 2000
+    for subscriber in report["subscriber_results"]:
+        assert subscriber["error"] is None and subscriber["video_tracks"] == 1
+        assert subscriber["window_s"] >= 5.5
+        assert subscriber["audio_packets"] >= 40 * subscriber["window_s"]  # Opus: 50 packets/s
+    assert report["published_media"]["video_fps_sent"][0] >= 28
+    assert 600 <= report["published_media"]["video_kbps"] <= 1000
+
+    sfu = report["sfu"]
+    assert sfu["cpu_us_per_forwarded_packet"] > 0
+    # Two subscribers of one publisher: twice the ~90 video and 50 audio packets a second.
+    assert sfu["forwarded_packets"]["video"] >= 2 * 60 * sfu["window_s"]
+    assert sfu["forwarded_packets"]["audio"] >= 2 * 40 * sfu["window_s"]
+    assert sfu["memory_per_participant_bytes"] is not None
+
+    # The meeting it created for the run is ended afterwards.
+    token = httpx.post(f"{appliance.url}/api/v1/auth/login",
+                       json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
+    meeting = httpx.get(f"{appliance.url}/api/v1/meetings/by-code/{report['meeting']}",
+                        headers={"Authorization": f"Bearer {token}"}).json()
+    assert meeting["status"] == "ended"
+
+
+@pytest.mark.parametrize("args, password, message", [
+    (["--url", f"http://127.0.0.1:{free_port()}"], ADMIN[1], "cannot reach the appliance at"),
+    (["--url", "ftp://example.org"], ADMIN[1], "is not an http:// or https:// URL"),
+    ([], "wrong password", f"cannot sign in as {ADMIN[0]}"),
+    (["--meeting", "zzz-zzzz-zzz"], ADMIN[1], "meeting 'zzz-zzzz-zzz' not found"),
+])
+def test_operator_errors_are_one_line_and_exit_non_zero(
+        appliance: Appliance, args: list[str], password: str, message: str) -> None:
+    url_args = [] if "--url" in args else ["--url", appliance.url]
+    run = subprocess.run([*CONFMEET, "loadtest", *url_args, *args, "--email", ADMIN[0], "--password-stdin",
+                          "--duration", "1"], input=password + "\n", capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert message in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_metrics_parsing_is_tolerant_and_figures_follow() -> None:
+    exposition = """# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+process_cpu_seconds_total 12.5
+process_resident_memory_bytes 1.2e+08
+confmeet_sfu_forwarded_packets_total{kind="audio"} 1000.0
+confmeet_sfu_forwarded_packets_total{kind="video",room="r"} 3000.0
+confmeet_sfu_forwarded_packets_created{kind="video"} 1.7e+09
+confmeet_http_requests_total{method="GET",route="/metrics",status="200"} 3.0
+"""
+    start = MetricsSample.parse(exposition, at=100.0)
+    assert (start.cpu_seconds, start.rss_bytes, start.forwarded) == (12.5, 1.2e8, {"audio": 1000, "video": 3000})
+    end = MetricsSample.parse(exposition.replace("12.5", "13.5").replace("1.2e+08", "1.3e+08")
+                              .replace("1000.0", "6000.0").replace("3000.0", "18000.0"), at=110.0)
+    before = MetricsSample.parse("process_resident_memory_bytes 1.1e+08\n", at=90.0)
+    assert before.forwarded is None and before.cpu_seconds is None
+
+    figures = sfu_figures(before, start, end, participants=4)
+    assert figures["forwarded_packets"] == {"audio": 5000, "video": 15000}
+    assert figures["forwarded_packets_per_s"] == 2000.0
+    assert figures["cpu_percent"] == 10.0
+    assert figures["cpu_us_per_forwarded_packet"] == 50.0  # 1 s of CPU for 20,000 packets
+    assert figures["memory_per_participant_bytes"] == 5_000_000
+    # A counter without labels, under the name without _total, still counts.
+    unlabelled = MetricsSample.parse("confmeet_sfu_forwarded_packets 42\n", at=0.0)
+    assert unlabelled.forwarded == {"all": 42}
+    assert sfu_figures(None, None, end, 4)["cpu_us_per_forwarded_packet"] is None
+
+
+async def test_looped_clips_rise_in_time_and_restart_at_the_keyframe_on_request() -> None:
+    video, audio = encode_video_clip(seconds=1), encode_audio_clip(seconds=1)
+    assert len(video.frames) == 30 and video.frames[0][0] & 0x01 == 0  # a VP8 keyframe
+    assert not any(frame[0] & 0x01 == 0 for frame in video.frames[1:])
+    assert 45 <= len(audio.frames) <= 52 and 20_000 <= audio.bitrate <= 60_000
+
+    track = looped_track_type()(video)
+    packets = [await track.recv() for _ in range(35)]  # past the end of the clip
+    assert [p.pts for p in packets] == [3000 * i for i in range(35)]
+    assert [bytes(p) for p in packets[30:]] == video.frames[:5]
+    track.request_keyframe()
+    assert bytes(await track.recv()) == video.frames[0]
+    assert bytes(await track.recv()) == video.frames[1]
+    track.stop()
+
+
+async def test_decode_errors_are_counted_where_aiortc_reports_them() -> None:
+    pc = RTCPeerConnection()
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    counter = count_decode_errors(receiver)
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    frames: queue.Queue = queue.Queue()
+    decoded: asyncio.Queue = asyncio.Queue()
+    worker = threading.Thread(target=decoder_worker, args=(
+        asyncio.get_running_loop(), frames, decoded, receiver._RTCRtpReceiver__decoder_error))
+    worker.start()
+    keyframe = encode_video_clip(seconds=0.1).frames[0]
+    frames.put((vp8, JitterFrame(data=keyframe, timestamp=0)))
+    frames.put((vp8, JitterFrame(data=keyframe[:10] + bytes(200), timestamp=3000)))  # truncated
+    frames.put(None)
+    await asyncio.to_thread(worker.join)
+    assert counter.count == 1 and counter.is_set()
+    assert await decoded.get() is not None
+    await pc.close()
