@@ -41,6 +41,7 @@ RESUME_SECONDS = 30.0
 IDLE_SECONDS = 30.0
 MAX_MESSAGE = 256 * 1024
 SFU_REQUESTS = {"offer", "answer", "candidate"}
+CLIENT_LEFT = (1000, 1001)  # close codes of a client that went away on purpose
 CLOSE_LEFT, CLOSE_UNAUTHORIZED, CLOSE_IDLE, CLOSE_ENDED, CLOSE_REPLACED = 1000, 4001, 4002, 4010, 4011
 
 
@@ -96,6 +97,7 @@ class Seat:
     muted: bool = False
     camera_off: bool = False
     hand_at: float | None = None  # when the hand went up (the order hands are taken in)
+    pending_offer: dict[str, Any] | None = None  # the SFU's offer this seat has not answered yet
 
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role, "muted": self.muted,
@@ -130,6 +132,8 @@ class Signaling:
         # Tracks published in each meeting, by track id, as clients see them.
         self.tracks: dict[str, dict[str, dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -139,9 +143,13 @@ class Signaling:
     async def close(self) -> None:
         for seat in list(self.seats.values()):
             await self.release(seat, "left", close=CLOSE_LEFT)
-        for task in self._tasks:
+        for conn in list(self.connections):
+            conn.close(1001)  # going away: the server is stopping
+        if self._writers:
+            await asyncio.wait(self._writers, timeout=5)
+        for task in [*self._tasks, *self._writers]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._writers, *self._releasing, return_exceptions=True)
 
     def in_meeting(self, meeting_id: str) -> list[Seat]:
         return [seat for seat in self.seats.values() if seat.meeting_id == meeting_id]
@@ -158,13 +166,19 @@ class Signaling:
         conn = Connection(ws, principal)
         self.connections.add(conn)
         writer = asyncio.create_task(conn.drain(), name="signaling-writer")
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
         try:
             await self._read(conn)
         finally:
             self.connections.discard(conn)
             seat = conn.seat
             if seat is not None and seat.connection is conn:
-                self._connection_lost(seat)
+                received = getattr(conn.ws.ws_proto, "close_rcvd", None)
+                if conn.close_code is None and getattr(received, "code", None) in CLIENT_LEFT:
+                    await self.release(seat, "left")  # closed on purpose (a closed tab), not a blip
+                else:
+                    self._connection_lost(seat)
             if conn.knock is not None:
                 self.controls.cancel_knock(conn.knock)
             conn.close(conn.close_code or CLOSE_LEFT)
@@ -226,7 +240,13 @@ class Signaling:
         if kind == "ping":
             return {"type": "pong"}
         if kind == "join":
-            return await self._join(conn, message)
+            reply = await self._join(conn, message)
+            pending = conn.seat.pending_offer if reply.get("resumed") and conn.seat else None
+            if pending is not None:  # an offer sent while the socket was down: after the reply
+                conn.send({**reply, **({"re": message["id"]} if "id" in message else {})})
+                conn.send(pending)
+                return None
+            return reply
         control = self.controls.handlers.get(kind)
         if control is None and kind not in SFU_REQUESTS | {"leave"}:
             raise SignalingError("unknown_type", f"unknown message type {kind!r}")
@@ -246,6 +266,8 @@ class Signaling:
         reply = await self.host.request(seat.meeting_id, {**forwarded, "participant": seat.id})
         if reply.get("type") == "error":
             raise SignalingError(reply.get("code", "internal"), reply.get("message", "media negotiation failed"))
+        if kind == "answer":
+            seat.pending_offer = None
         return reply
 
     # ------------------------------------------------------------------ join / resume / leave
@@ -371,7 +393,8 @@ class Signaling:
             RESUME_SECONDS, lambda: asyncio.ensure_future(self.release(seat, "disconnected")))
 
     async def release(self, seat: Seat, reason: str, close: int | None = None) -> None:
-        """The seat ends: leave the SFU, tell the others, record it."""
+        """The seat ends: the others are told at once; leaving the SFU and recording it finish
+        even when the caller is cancelled (a handler whose socket closed mid-leave)."""
         if self.seats.pop(seat.id, None) is None:
             return
         self.sessions.pop(seat.session, None)
@@ -379,14 +402,20 @@ class Signaling:
             seat.expiry.cancel()
         if seat.connection is not None and close is not None:
             seat.connection.close(close)
-        await self.host.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
-        for track_id in [t for t, track in self.tracks.get(seat.meeting_id, {}).items()
-                         if track["participant"] == seat.id]:
-            self.tracks[seat.meeting_id].pop(track_id, None)
-        if not self.tracks.get(seat.meeting_id):
+        tracks = self.tracks.get(seat.meeting_id, {})
+        for track_id in [t for t, track in tracks.items() if track["participant"] == seat.id]:
+            tracks.pop(track_id)
+        if not tracks:
             self.tracks.pop(seat.meeting_id, None)
         for other in self.in_meeting(seat.meeting_id):
             other.send({"type": "participant_left", "participant_id": seat.id, "reason": reason})
+        task = asyncio.create_task(self._finish_release(seat, reason), name=f"release-{seat.id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        await asyncio.shield(task)
+
+    async def _finish_release(self, seat: Seat, reason: str) -> None:
+        await self.host.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
         await self.db.run(lambda: Participant.update(left_at=utcnow()).where(Participant.id == seat.id).execute())
         await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
                                                           "participant_id": seat.id, "reason": reason})
@@ -417,6 +446,8 @@ class Signaling:
         if addressee is not None:
             seat = self.seats.get(addressee)
             if seat is not None:
+                if kind == "offer":
+                    seat.pending_offer = message  # resent after a resume if the socket is down now
                 seat.send(message)
             return
         for seat in self.in_meeting(meeting_id):

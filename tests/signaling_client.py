@@ -65,9 +65,9 @@ class SignalingClient:
         return await asyncio.wait_for(future, timeout)
 
     async def drop(self) -> None:
-        """Lose the WebSocket without saying 'leave' (a network blip); the peer connection stays."""
+        """Lose the WebSocket without a word (a network blip); the peer connection stays."""
         assert self.ws is not None
-        await self.ws.close()
+        self.ws.transport.abort()
         await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ meeting

@@ -240,3 +240,45 @@ async def test_ending_the_meeting_closes_everyone(appliance: Appliance) -> None:
     await late.wait_until(lambda: late.closed_with == 4010, 5)
     await grace.close()
     await late.close()
+
+
+async def test_leave_then_closing_at_once_still_tells_the_others(appliance: Appliance) -> None:
+    """A closing tab sends 'leave' and drops the socket in the same breath."""
+    meeting = new_meeting(appliance)
+    ada = await client(appliance, "ada")
+    await ada.join(meeting["code"])
+    try:
+        for _ in range(5):
+            grace = await client(appliance, "grace")
+            grace_id = (await grace.join(meeting["code"]))["participant"]["id"]
+            await grace.send_raw(json.dumps({"type": "leave", "id": 99}))
+            await grace.close()
+            await ada.wait_until(lambda: any(e["participant_id"] == grace_id
+                                             for e in ada.events_of("participant_left")), 3)
+        assert [p["id"] for p in live(appliance, meeting)] == [ada.joined["participant"]["id"]]
+    finally:
+        await ada.close()
+
+
+async def test_an_offer_sent_during_a_blip_arrives_after_resume(appliance: Appliance) -> None:
+    meeting = new_meeting(appliance)
+    ada = await client(appliance, "ada")
+    await ada.join(meeting["code"])
+    await ada.offer()
+    grace = await client(appliance, "grace")
+    await grace.join(meeting["code"])
+    await grace.offer()
+    try:
+        await grace.drop()
+        grace_id = grace.joined["participant"]["id"]
+        ada.publish(ColourTrack())  # published while grace's socket is down
+        assert (await ada.offer())["type"] == "answer"
+        await asyncio.sleep(0.5)
+        resumed = await grace.resume()
+        assert resumed["resumed"] is True and resumed["participant"]["id"] == grace_id
+        ada_id = ada.joined["participant"]["id"]
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "video") >= 5, 15)
+        assert not grace.failures
+    finally:
+        await ada.close()
+        await grace.close()

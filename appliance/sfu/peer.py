@@ -277,7 +277,8 @@ class Peer:
         """Offer the participant what it should receive now, unless a negotiation is under way
         (then this runs again once the participant has answered)."""
         self._sync_queued = False
-        if self.closed or not self.negotiated or self.pc.signalingState != "stable":
+        if (self.closed or not self.negotiated or self.pc.signalingState != "stable"
+                or self.pc.connectionState == "closed"):
             return
         for key, up in self.wanted.items():
             if key not in self.downs and not up.closed:
@@ -286,9 +287,12 @@ class Peer:
         if not self._offer_needed:
             return
         self._offer_needed = False
-        offer = await self.pc.createOffer()
-        self.gatherer.prepare(self.pc)
-        await self.pc.setLocalDescription(offer)
+        try:
+            offer = await self.pc.createOffer()
+            self.gatherer.prepare(self.pc)
+            await self.pc.setLocalDescription(offer)
+        except InvalidStateError:  # the connection closed while we were offering
+            return
         tracks = [{"mid": down.transceiver.mid, **down.up.describe()} for down in self.downs.values()]
         self.room.emit(self.participant, {"type": "offer", "tracks": tracks,
                                           "sdp": self.gatherer.announce(self.pc.localDescription.sdp)})
