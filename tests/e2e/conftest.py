@@ -1,0 +1,77 @@
+"""The appliance (media on loopback) with three accounts, and one Debian Chromium with a fake
+camera (a synthetic picture) and microphone (Chromium's beep), shared by the browser tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from appliance_server import Appliance, start_appliance
+from conftest import stop
+
+from .fake_camera import write_y4m
+from .meeting_page import PEOPLE
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+# A deadline for what a person waits for (a page to load, a join on a busy machine), not a timing
+# under test: those are asserted with their own numbers.
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+    # The file's path is the camera's name in the device list: keep it short.
+    camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                                 args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
+            yield browser
+            browser.close()
+    finally:
+        shutil.rmtree(camera.parent)
+
+
+@pytest.fixture(scope="package")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    app = start_appliance(tmp_path_factory.mktemp("e2e"), media_loopback="true")
+    yield app
+    stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()
+
+
+@pytest.fixture(scope="package")
+def host(appliance: Appliance) -> httpx.Client:
+    """Ada's REST client: she sets the appliance up as its first administrator, makes the others'
+    accounts and hosts the meeting."""
+    person = PEOPLE["ada"]
+    setup_token = re.search(r"#setup=(\S+)", appliance.output()).group(1)
+    r = httpx.post(f"{appliance.url}/api/v1/setup", json={"token": setup_token, "email": person.email,
+                                                          "password": person.password, "name": person.name})
+    assert r.status_code in (200, 201), r.text
+    tokens = httpx.post(f"{appliance.url}/api/v1/auth/login",
+                        json={"email": person.email, "password": person.password}).json()
+    client = httpx.Client(base_url=appliance.url, headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    for other in (PEOPLE["grace"], PEOPLE["linus"]):
+        r = client.post("/api/v1/users", json={"email": other.email, "password": other.password, "name": other.name})
+        assert r.status_code == 201, r.text
+    return client
+

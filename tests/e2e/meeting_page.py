@@ -1,0 +1,126 @@
+"""The meeting page driven as a person would, plus what a test reads back from it: the DOM and the
+page's RTCPeerConnection statistics (window.confmeet.pc)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from playwright.sync_api import Browser, Page, expect
+
+T = TypeVar("T")
+
+# Each remote tile: who, the picture's size, frames decoded and audio packets received for it.
+REMOTE_TILES = """async () => {
+  const inbound = {};
+  (await window.confmeet.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") inbound[s.trackIdentifier] = s; });
+  return [...document.querySelectorAll(".tile:not(.self)")].map((tile) => {
+    const video = tile.querySelector("video");
+    const stream = video.srcObject;
+    const v = stream?.getVideoTracks()[0], a = stream?.getAudioTracks()[0];
+    return {participant: tile.dataset.participant, name: tile.getAttribute("aria-label"),
+            width: video.videoWidth, frames: (v && inbound[v.id]?.framesDecoded) || 0,
+            audio_packets: (a && inbound[a.id]?.packetsReceived) || 0};
+  });
+}"""
+
+
+# Record (Date.now()) when a participant's tile leaves the page, to time it without polling lag.
+WATCH_TILE = """id => {
+  window.tileGoneAt ??= {};
+  const gone = () => !document.querySelector(`.tile[data-participant="${id}"]`);
+  const observer = new MutationObserver(() => {
+    if (gone()) { window.tileGoneAt[id] ??= Date.now(); observer.disconnect(); }
+  });
+  observer.observe(document.body, {childList: true, subtree: true});
+}"""
+# Record (Date.now()) when a button is clicked, as the page sees it.
+WATCH_CLICK = "button => button.addEventListener('click', () => { window.clickedAt = Date.now(); }, {capture: true})"
+
+
+@dataclass
+class Person:
+    email: str
+    password: str
+    name: str
+
+
+PEOPLE = {"ada": Person("ada@example.com", "ada password 1", "Ada Lovelace"),
+          "grace": Person("grace@example.com", "grace password 1", "Grace Hopper"),
+          "linus": Person("linus@example.com", "linus password 1", "Linus Torvalds")}
+
+
+def poll(check: Callable[[], T], what: str, timeout: float | None = None, deadline: float | None = None,
+         interval: float = 0.05) -> T:
+    """``check()``'s first truthy result, by ``deadline`` (time.monotonic) or within ``timeout`` s."""
+    started = time.monotonic()
+    deadline = deadline if deadline is not None else started + (timeout or 0)
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {time.monotonic() - started:.1f} s (last: {result!r})")
+        time.sleep(interval)
+
+
+class MeetingPage:
+    def __init__(self, browser: Browser, base_url: str, person: Person) -> None:
+        self.person = person
+        self.context = browser.new_context(viewport={"width": 1280, "height": 720}, base_url=base_url)
+        self.page: Page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def open(self, code: str) -> None:
+        """Open the meeting's link and sign in; the pre-join screen shows."""
+        self.page.goto(f"/m/{code}")
+        self.page.get_by_label("E-mail").fill(self.person.email)
+        self.page.get_by_label("Password", exact=True).fill(self.person.password)
+        self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page.get_by_role("button", name="Join")).to_be_visible()
+
+    def preview_running(self) -> bool:
+        return self.page.evaluate("document.querySelector('#preview').videoWidth > 0")
+
+    def type_name(self) -> None:
+        self.page.get_by_label("Your name").fill(self.person.name)
+
+    def click_join(self) -> None:
+        self.page.get_by_role("button", name="Join").click()
+
+    def join(self, code: str) -> None:
+        self.open(code)
+        self.type_name()
+        self.click_join()
+        expect(self.page.get_by_role("button", name="Leave")).to_be_visible()
+
+    @property
+    def participant_id(self) -> str:
+        return self.page.locator(".tile.self").get_attribute("data-participant")
+
+    def remote_tiles(self) -> list[dict]:
+        return self.page.evaluate(REMOTE_TILES)
+
+    def tile_ids(self) -> set[str]:
+        return set(self.page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.dataset.participant)"))
+
+    def watch_tile(self, participant_id: str) -> None:
+        self.page.evaluate(WATCH_TILE, participant_id)
+
+    def tile_gone_at(self, participant_id: str, timeout: float = 10) -> float:
+        """When (ms since the epoch) the participant's tile went away; fails after ``timeout``."""
+        return poll(lambda: self.page.evaluate(f"window.tileGoneAt[{participant_id!r}]"),
+                    f"{self.person.name} drops the tile of {participant_id}", timeout=timeout)
+
+    def click_timed(self, name: str) -> float:
+        """Click a button; when (ms since the epoch) the page got the click."""
+        button = self.page.get_by_role("button", name=name, exact=True)
+        button.evaluate(WATCH_CLICK)
+        button.click()
+        return self.page.evaluate("window.clickedAt")
+
+    def close(self) -> None:
+        self.context.close()
