@@ -14,12 +14,22 @@ from rich.table import Table
 
 from appliance.settings import Settings, SettingsError, load_settings
 
+from .backup import backup_app
+from .doctor import doctor
+from . import install as install_cli, status as status_cli
+from .loadtest import loadtest
+
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(config_app, name="config")
+app.add_typer(backup_app, name="backup")
+app.command("loadtest")(loadtest)
+install_cli.register(app)
+status_cli.register(app)
+app.command("doctor")(doctor)
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -72,6 +82,9 @@ def serve(
     from appliance.app import create_app
 
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    if (settings.data_dir / "restore-state.json").exists():
+        fail("a restore was interrupted and the stores are half restored: finish it with "
+             "'confmeet backup restore ARCHIVE --resume' (or start over with --force)")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("sanic.access", "aioice", "aiortc"):

@@ -13,10 +13,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+# The source tree's systemd/, or where a wheel install puts it (setup.cfg data_files).
+SYSTEMD_DIR = next((d for d in (Path(__file__).resolve().parents[2] / "systemd",
+                                Path(sys.prefix) / "share/confmeet/systemd") if d.is_dir()),
+                   Path(__file__).resolve().parents[2] / "systemd")
 APPLIANCE_UNIT = "confmeet.service"
 PRIVILEGED_PORT_DROPIN = "confmeet.service.d/privileged-port.conf"
 SYSUSERS = "confmeet.sysusers"

@@ -1,0 +1,697 @@
+"""Deploying the appliance and its components: the settings file, data directories, TLS files,
+the service user, the appliance's unit, and PostgreSQL, Redis, MongoDB, MinIO, coturn and
+Triton as containers (``bundles/components.toml``) or, for ``--mode native``, Debian's units.
+
+Everything is converged rather than created: a second install with the same options keeps what
+is there (containers whose spec did not change, volumes, secrets); a changed spec recreates the
+container and keeps its volume. A ``Journal`` remembers what one run created so that a failure
+takes exactly that back and leaves what existed before alone.
+
+Paths live under ``root`` (``/`` in production; tests install into a temporary directory).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from .. import __version__
+from . import units
+from .images import BUNDLES_DIR
+
+COMPONENTS_FILE = BUNDLES_DIR / "components.toml"
+MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+LOOPBACK = "127.0.0.1"
+APPLIANCE_PORT = 443
+COMPONENT_LABEL = "confmeet.component"
+SPEC_LABEL = "confmeet.spec"
+ROOT_LABEL = "confmeet.root"
+SERVICE_USER = "confmeet"
+RECORD_FORMAT = 1
+NATIVE_UNITS = {"postgresql": "postgresql.service", "redis": "redis-server.service", "coturn": "coturn.service"}
+NATIVE_PACKAGES = {"postgresql": "postgresql", "redis": "redis-server", "coturn": "coturn"}
+UNIT_SEARCH = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+HEALTH_INTERVAL_NS = 5_000_000_000
+STOP_TIMEOUT = 30  # seconds a server gets to shut down cleanly (PostgreSQL checkpoints) before SIGKILL
+EMBEDDED = {
+    "database": "embedded SQLite database under the data directory",
+    "bus": "in-process event bus (memory://): one appliance process only",
+    "documents": "embedded SQLite documents under the data directory",
+    "objects": "files under the data directory (file://)",
+    "inference": "in-process models (local://)",
+    "ice_servers": "no TURN server: browsers behind strict NATs cannot connect",
+}
+
+Mode = Literal["containers", "native"]
+
+
+class DeployError(Exception):
+    """A step of the installation failed; the message says what and how to fix it."""
+
+
+# ---------------------------------------------------------------------- components
+@dataclass(frozen=True)
+class Component:
+    """One table of bundles/components.toml."""
+
+    name: str
+    title: str
+    image: str
+    port: int
+    setting: str
+    url: str
+    volume: str = ""
+    command: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    healthcheck: list[str] = field(default_factory=list)
+    mounts: dict[str, str] = field(default_factory=dict)
+    extra_ports: dict[str, int] = field(default_factory=dict)
+    gpu: bool = False
+    shm_size: str = ""
+    stop_signal: str = ""
+
+    @property
+    def container(self) -> str:
+        return f"confmeet-{self.name}"
+
+    @property
+    def volume_name(self) -> str:
+        return f"confmeet-{self.name}"
+
+
+def load_components(path: Path = COMPONENTS_FILE) -> dict[str, Component]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DeployError(f"cannot read {path}: {exc}; reinstall confmeet from its source tree") from None
+    return {name: Component(name=name, **spec) for name, spec in data.items()}
+
+
+COMPONENTS = load_components()
+
+
+def image_override_from_env(name: str) -> str | None:
+    """CONFMEET_IMAGE_<COMPONENT> chooses a component's image (as --image does)."""
+    return os.environ.get(f"CONFMEET_IMAGE_{name.upper()}") or None
+
+
+# ---------------------------------------------------------------------- where things go
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc/confmeet"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "confmeet.toml"
+
+    @property
+    def record_file(self) -> Path:
+        return self.config_dir / "install.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.config_dir / "tls"
+
+    @property
+    def turnserver_conf(self) -> Path:
+        return self.config_dir / "coturn/turnserver.conf"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "var/lib/confmeet"
+
+    @property
+    def model_repository(self) -> Path:
+        return self.data_dir / "model_repository"
+
+    @property
+    def wheels_dir(self) -> Path:
+        return self.data_dir / "wheels"
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc/systemd/system"
+
+    @property
+    def is_host(self) -> bool:
+        """Installing onto this machine itself (not into a directory tree)."""
+        return self.root.resolve() == Path("/")
+
+
+# ---------------------------------------------------------------------- the install record
+@dataclass
+class InstallRecord:
+    """What was installed, kept in ``/etc/confmeet/install.json`` (0600): the next install
+    converges to it, ``status`` and ``uninstall`` read it."""
+
+    mode: Mode
+    components: list[str]
+    ports: dict[str, int]
+    images: dict[str, str]
+    secrets: dict[str, str]
+    docker_url: str
+    listen: str
+    public_host: str
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_generated: bool = True
+    version: str = __version__
+    installed_at: str = ""
+    format: int = RECORD_FORMAT
+
+    @classmethod
+    def read(cls, layout: Layout) -> InstallRecord | None:
+        try:
+            values = json.loads(layout.record_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise DeployError(f"cannot read {layout.record_file}: {exc}; run as root, or move the "
+                              "file away to install afresh") from None
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @property
+    def appliance_port(self) -> int:
+        return self.ports["appliance"]
+
+
+@dataclass
+class InstallOptions:
+    """What the operator asked for; None means "as the last install had it, else the default"."""
+
+    mode: Mode | None = None
+    components: list[str] | None = None
+    root: Path = Path("/")
+    docker_url: str | None = None
+    port_offset: int | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+    listen: str | None = None
+    public_host: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def default_docker_url() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode) -> InstallRecord:
+    """The record this install converges to: options, else the previous install's, else defaults.
+    Secrets are kept from the previous install and generated only where missing."""
+    names = options.components if options.components is not None else (
+        previous.components if previous else list(COMPONENTS))
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise DeployError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    if mode == "native":
+        names = [n for n in names if n in NATIVE_UNITS]
+    for name in [*options.ports, *options.images]:
+        if name not in COMPONENTS and name != "appliance":
+            raise DeployError(f"unknown component {name!r} in --port/--image; "
+                              f"choose from appliance, {', '.join(COMPONENTS)}")
+    defaults = {"appliance": APPLIANCE_PORT, **{n: c.port for n, c in COMPONENTS.items()}}
+    ports: dict[str, int] = {}
+    for name, default in defaults.items():
+        if name in options.ports:
+            ports[name] = options.ports[name]
+        elif options.port_offset is not None:
+            ports[name] = default + options.port_offset
+        elif previous and name in previous.ports:
+            ports[name] = previous.ports[name]
+        else:
+            ports[name] = default
+    for name, port in ports.items():
+        spread = max(COMPONENTS[name].extra_ports.values(), default=0) if name in COMPONENTS else 0
+        if not 0 < port <= 65535 - spread:
+            raise DeployError(f"port {port} for {name} is out of range; choose a port below {65536 - spread}")
+    images = {n: options.images.get(n) or image_override_from_env(n)
+              or (previous.images.get(n) if previous else None) or COMPONENTS[n].image for n in COMPONENTS}
+    kept = dict(previous.secrets) if previous else {}
+    for name in ("secret_key", "turn_secret"):
+        kept.setdefault(name, secrets.token_urlsafe(48))
+    for name in COMPONENTS:
+        kept.setdefault(name, secrets.token_urlsafe(24))
+    if (options.cert is None) != (options.key is None):
+        raise DeployError("give both --cert and --key, or neither (a private CA is made then)")
+    if options.cert is not None and options.key is not None:
+        for path in (options.cert, options.key):
+            if not path.is_file():
+                raise DeployError(f"{path} does not exist; give the certificate and key files")
+        tls = (str(options.cert.resolve()), str(options.key.resolve()), False)
+    elif previous and not previous.tls_generated:
+        tls = (previous.tls_cert, previous.tls_key, False)
+    else:
+        layout = Layout(options.root)
+        tls = (str(layout.tls_dir / "cert.pem"), str(layout.tls_dir / "key.pem"), True)
+    return InstallRecord(
+        mode=mode, components=[n for n in COMPONENTS if n in names], ports=ports, images=images,
+        secrets=kept,
+        docker_url=options.docker_url or (previous.docker_url if previous else default_docker_url()),
+        listen=options.listen or (previous.listen if previous else "0.0.0.0"),
+        public_host=options.public_host or (previous.public_host if previous else socket.getfqdn()),
+        tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2])
+
+
+# ---------------------------------------------------------------------- the settings file
+def _values(component: Component, record: InstallRecord, layout: Layout) -> dict[str, str]:
+    port = record.ports[component.name]
+    values = {"port": str(port), "bind": LOOPBACK, "password": record.secrets[component.name],
+              "public_host": record.public_host, "config_dir": str(layout.config_dir),
+              "model_repository": str(layout.model_repository)}
+    values.update({f"{name}_port": str(port + offset) for name, offset in component.extra_ports.items()})
+    return values
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return template.format(**values)
+
+
+def public_url(record: InstallRecord) -> str:
+    port = record.appliance_port
+    return f"https://{record.public_host}" + ("" if port == 443 else f":{port}")
+
+
+def native_urls(record: InstallRecord) -> dict[str, str]:
+    """Store URLs for Debian's own servers on their standard ports."""
+    urls = {}
+    if "postgresql" in record.components:
+        urls["database"] = f"postgresql://confmeet:{record.secrets['postgresql']}@{LOOPBACK}:5432/confmeet"
+    if "redis" in record.components:
+        urls["bus"] = f"redis://{LOOPBACK}:6379/0"
+    if "coturn" in record.components:
+        urls["ice_servers"] = f"turn:{record.public_host}:3478"
+    return urls
+
+
+def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
+    """The appliance's settings (confmeet.toml) for this install; stores left out stay embedded."""
+    values: dict[str, Any] = {
+        "data_dir": str(layout.data_dir), "host": record.listen, "port": record.appliance_port,
+        "public_url": public_url(record), "secret_key": record.secrets["secret_key"],
+        "turn_secret": record.secrets["turn_secret"], "tls_cert": record.tls_cert, "tls_key": record.tls_key,
+    }
+    if record.mode == "native":
+        urls = native_urls(record)
+    else:
+        urls = {COMPONENTS[n].setting: _fill(COMPONENTS[n].url, _values(COMPONENTS[n], record, layout))
+                for n in record.components}
+    for setting, url in urls.items():
+        values[setting] = [url] if setting == "ice_servers" else url
+    return values
+
+
+def embedded_settings(record: InstallRecord) -> dict[str, str]:
+    """Settings no deployed component serves, and what the appliance uses instead."""
+    served = set(native_urls(record)) if record.mode == "native" else {
+        COMPONENTS[n].setting for n in record.components}
+    return {setting: text for setting, text in EMBEDDED.items() if setting not in served}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def render_settings(record: InstallRecord, layout: Layout) -> str:
+    lines = [f"# Written by 'confmeet install' {__version__}; a second install converges to the same file.",
+             "# Secrets and store passwords live here and in install.json: keep both mode 0600."]
+    for setting, text in embedded_settings(record).items():
+        lines.append(f"# {setting}: {text}")
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings_for(record, layout).items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- the journal
+@dataclass
+class Journal:
+    """What one run created or replaced, in order, each with the way to take it back."""
+
+    entries: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+    def created(self, what: str, undo: Callable[[], None]) -> None:
+        self.entries.append((what, undo))
+
+    def rollback(self) -> tuple[list[str], list[str]]:
+        """Undo in reverse order; returns (what was removed or restored, what could not be)."""
+        done, failed = [], []
+        for what, undo in reversed(self.entries):
+            try:
+                undo()
+                done.append(what)
+            except Exception as exc:  # keep undoing the rest; report this one
+                failed.append(f"{what}: {exc}")
+        self.entries.clear()
+        return done, failed
+
+
+def write_file(path: Path, text: str | bytes, mode: int, journal: Journal, what: str) -> str:
+    """Write atomically with ``mode``; journal the previous content. Returns created/updated/kept."""
+    data = text.encode() if isinstance(text, str) else text
+    before = path.read_bytes() if path.exists() else None
+    if before == data and (path.stat().st_mode & 0o777) == mode:
+        return "kept"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write(data)
+    os.replace(tmp, path)
+    if before is None:
+        journal.created(what, lambda: path.unlink(missing_ok=True))
+        return "created"
+
+    def restore() -> None:
+        path.write_bytes(before)
+
+    journal.created(f"{what} (previous content restored)", restore)
+    return "updated"
+
+
+def make_dir(path: Path, mode: int, journal: Journal) -> str:
+    if path.is_dir():
+        return "kept"
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    path.mkdir(mode=mode, parents=True)
+    path.chmod(mode)
+    journal.created(str(top), lambda: shutil.rmtree(top, ignore_errors=True))
+    return "created"
+
+
+# ---------------------------------------------------------------------- containers
+@dataclass(frozen=True)
+class ContainerSpec:
+    component: str
+    name: str
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    volumes: dict[str, dict[str, str]]
+    healthcheck: list[str]
+    gpu: bool
+    shm_size: str
+    stop_signal: str
+    root: str
+
+    def create_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "image": self.image, "name": self.name, "command": self.command, "environment": self.environment,
+            "volumes": self.volumes, "network_mode": "host", "restart_policy": {"Name": "unless-stopped"},
+            "init": True,  # signals reach the server even where it runs as PID 1 without a handler
+            "labels": {COMPONENT_LABEL: self.component, ROOT_LABEL: self.root},
+            "log_config": docker.types.LogConfig(type="json-file", config={"max-size": "20m", "max-file": "3"}),
+            "detach": True,
+        }
+        if self.healthcheck:
+            args["healthcheck"] = {"test": self.healthcheck, "interval": HEALTH_INTERVAL_NS,
+                                   "timeout": HEALTH_INTERVAL_NS, "retries": 5,
+                                   "start_period": 12 * HEALTH_INTERVAL_NS}
+        if self.gpu:
+            args["device_requests"] = [docker.types.DeviceRequest(driver="nvidia", count=-1,
+                                                                   capabilities=[["gpu"]])]
+        if self.shm_size:
+            args["shm_size"] = self.shm_size
+        if self.stop_signal:
+            args["stop_signal"] = self.stop_signal
+        return args
+
+    def digest(self, image_id: str) -> str:
+        """Changes when anything the container is made from does (the image's content included)."""
+        spec = {k: v for k, v in asdict(self).items()}
+        return hashlib.sha256(json.dumps([spec, image_id], sort_keys=True).encode()).hexdigest()[:20]
+
+
+def container_spec(name: str, record: InstallRecord, layout: Layout, gpu: bool) -> ContainerSpec:
+    component = COMPONENTS[name]
+    values = _values(component, record, layout)
+    volumes = {}
+    if component.volume:
+        volumes[component.volume_name] = {"bind": component.volume, "mode": "rw"}
+    for source, target in component.mounts.items():
+        volumes[_fill(source, values)] = {"bind": target, "mode": "ro"}
+    return ContainerSpec(
+        component=name, name=component.container, image=record.images[name],
+        command=[_fill(word, values) for word in component.command],
+        environment={k: _fill(v, values) for k, v in component.environment.items()},
+        volumes=volumes, healthcheck=[_fill(word, values) for word in component.healthcheck],
+        gpu=component.gpu and gpu, shm_size=component.shm_size, stop_signal=component.stop_signal,
+        root=str(layout.root))
+
+
+def docker_client(url: str, timeout: int = 120) -> docker.DockerClient:
+    """A client for the engine at ``url``; DeployError with the fix when it does not answer."""
+    try:
+        client = docker.DockerClient(base_url=url, timeout=timeout)
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        if "Permission denied" in str(exc):
+            raise DeployError(f"no permission to use the Docker Engine at {url}: run as root or as "
+                              "a member of the docker group") from None
+        raise DeployError(f"no Docker Engine answers at {url}: install docker.io and start it "
+                          "(systemctl start docker), pass --docker-url, or use --mode native") from None
+
+
+@dataclass
+class ContainerPlan:
+    """What converging one component's container will do, found before anything changes."""
+
+    spec: ContainerSpec
+    action: Literal["create", "keep", "start", "recreate"]
+    image_present: bool
+    reason: str = ""
+
+
+class Engine:
+    """The Docker Engine, as the installer uses it."""
+
+    def __init__(self, client: docker.DockerClient, root: Path = Path("/")) -> None:
+        self.client = client
+        self.root = str(root)
+
+    def image_id(self, ref: str) -> str | None:
+        try:
+            return self.client.images.get(ref).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def plan(self, spec: ContainerSpec) -> ContainerPlan:
+        image_id = self.image_id(spec.image)
+        try:
+            existing = self.client.containers.get(spec.name)
+        except docker.errors.NotFound:
+            return ContainerPlan(spec, "create", image_id is not None)
+        if image_id is None or existing.labels.get(SPEC_LABEL) != spec.digest(image_id):
+            return ContainerPlan(spec, "recreate", image_id is not None, "its image or settings changed")
+        if existing.status != "running":
+            return ContainerPlan(spec, "start", True, f"it is {existing.status}")
+        return ContainerPlan(spec, "keep", True)
+
+    def ensure_image(self, ref: str, component: str) -> str:
+        image_id = self.image_id(ref)
+        if image_id is not None:
+            return image_id
+        try:
+            return self.client.images.pull(ref).id
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise DeployError(
+                f"the image {ref} for {component} is not in the engine and cannot be pulled ({exc}); "
+                f"without registry access install from an offline bundle (--bundle FILE), or choose "
+                f"another image with --image {component}=REF") from None
+
+    def converge(self, spec: ContainerSpec, journal: Journal) -> str:
+        """Make the container match its spec; returns what was done."""
+        try:
+            image_id = self.ensure_image(spec.image, spec.component)
+            plan = self.plan(spec)  # again: a bundle may have brought a new image under the same name
+            for name, volume in spec.volumes.items():
+                if "/" not in name:
+                    self._ensure_volume(name, spec.component, journal)
+            if plan.action in ("keep", "start"):
+                container = self.client.containers.get(spec.name)
+                if container.status != "running":
+                    container.start()
+                    return "started"
+                return "kept"
+            if plan.action == "recreate":
+                self.remove(spec.name)
+                journal.replaced.append(spec.name)
+            args = spec.create_args()
+            args["labels"][SPEC_LABEL] = spec.digest(image_id)
+            container = self.client.containers.create(**args)
+            journal.created(f"container {spec.name}", lambda: container.remove(force=True))
+            container.start()
+            return "recreated" if plan.action == "recreate" else "created"
+        except docker.errors.APIError as exc:
+            raise DeployError(f"Docker could not run {spec.name}: {exc.explanation or exc}") from None
+
+    def remove(self, name: str) -> None:
+        """Stop a container cleanly and remove it (its volume stays)."""
+        try:
+            container = self.client.containers.get(name)
+            container.stop(timeout=STOP_TIMEOUT)
+            container.remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise DeployError(f"Docker could not remove {name}: {exc.explanation or exc}") from None
+
+    def _ensure_volume(self, name: str, component: str, journal: Journal) -> None:
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            volume = self.client.volumes.create(name, labels={COMPONENT_LABEL: component, ROOT_LABEL: self.root})
+            journal.created(f"volume {name}", lambda: volume.remove(force=True))
+
+    def container_state(self, name: str) -> tuple[str, str, int]:
+        """(status, health or "", restart count) of a container; ("missing", "", 0) if absent."""
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return "missing", "", 0
+        state = container.attrs.get("State", {})
+        return container.status, (state.get("Health") or {}).get("Status", ""), \
+            int(container.attrs.get("RestartCount", 0))
+
+    def logs(self, name: str, lines: int = 8) -> str:
+        try:
+            return self.client.containers.get(name).logs(tail=lines).decode(errors="replace").strip()
+        except docker.errors.DockerException:
+            return ""
+
+    def installed(self) -> list[Any]:
+        """The containers this install (into its root) made."""
+        return [c for c in self.client.containers.list(all=True, filters={"label": COMPONENT_LABEL})
+                if c.labels.get(ROOT_LABEL) == self.root]
+
+    def volumes(self) -> list[Any]:
+        """The volumes this install made (the data: kept unless purged)."""
+        return [v for v in self.client.volumes.list(filters={"label": COMPONENT_LABEL})
+                if (v.attrs.get("Labels") or {}).get(ROOT_LABEL) == self.root]
+
+
+# ---------------------------------------------------------------------- host steps
+def confmeet_program() -> str:
+    """The confmeet command the appliance unit runs (this environment's)."""
+    candidate = Path(sys.executable).parent / "confmeet"
+    return str(candidate) if candidate.exists() else shutil.which("confmeet") or units.CONFMEET_BIN
+
+
+def service_user_exists() -> bool:
+    try:
+        pwd.getpwnam(SERVICE_USER)
+        return True
+    except KeyError:
+        return False
+
+
+def create_service_user() -> str:
+    """The confmeet system user (systemd-sysusers with the shipped file, else useradd)."""
+    if service_user_exists():
+        return "kept"
+    sysusers = Path("/usr/lib/sysusers.d/confmeet.conf")
+    try:
+        sysusers.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(units.shipped(units.SYSUSERS), sysusers)
+        argv = ["systemd-sysusers", str(sysusers)] if shutil.which("systemd-sysusers") else \
+            ["useradd", "--system", "--home-dir", "/var/lib/confmeet", "--shell", "/usr/sbin/nologin", SERVICE_USER]
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError, units.UnitError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise DeployError(f"cannot create the {SERVICE_USER} user: {detail.strip()}; "
+                          f"create it with 'useradd --system {SERVICE_USER}' and rerun") from None
+    return "created"
+
+
+def give_to_service_user(paths: list[Path]) -> None:
+    entry = pwd.getpwnam(SERVICE_USER)
+    for path in paths:
+        if path.exists():
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def copy_model_repository(source: Path, target: Path) -> int:
+    """Copy the shipped model repository into the data directory; returns the files copied."""
+    count = 0
+    if source.is_dir():
+        for path in source.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                destination = target / path.relative_to(source)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination)
+                count += 1
+    return count
+
+
+def unit_file(root: Path, unit: str) -> Path | None:
+    """Where ``unit`` is installed under ``root``, if it is."""
+    for directory in UNIT_SEARCH:
+        path = root / directory / unit
+        if path.exists():
+            return path
+    return None
+
+
+def systemd_running(layout: Layout) -> bool:
+    return layout.is_host and Path("/run/systemd/system").is_dir()
+
+
+def create_native_database(password: str) -> None:
+    """The confmeet role and database in Debian's PostgreSQL (as the postgres user)."""
+    statements = [
+        f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'confmeet') THEN "
+        f"CREATE ROLE confmeet LOGIN PASSWORD '{password}'; END IF; END$$;",
+    ]
+    try:
+        for sql in statements:
+            subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                           check=True, capture_output=True, text=True)
+        exists = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-tAc",
+                                 "SELECT 1 FROM pg_database WHERE datname = 'confmeet'"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        if not exists:
+            subprocess.run(["runuser", "-u", "postgres", "--", "createdb", "-O", "confmeet", "confmeet"],
+                           check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise DeployError(f"cannot create the PostgreSQL role and database: {detail.strip()}; "
+                          "start PostgreSQL (systemctl start postgresql) and rerun") from None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,367 @@
+"""``confmeet status``: every component in one table, each asked over its own protocol.
+
+The appliance through /healthz and /readyz, PostgreSQL, Redis, MongoDB and S3 through their
+client libraries, Triton through its HTTP health and repository endpoints, coturn through a
+STUN binding request, and the GPU through ``appliance.host.gpu``. Only the settings file is
+needed (a non-root user with read access to it can run this); when the install record and the
+Docker Engine are readable too, each container's own state is added.
+
+Exit status: 0 every component up, 1 something degraded, 2 something down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+from urllib.parse import unquote, urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from appliance.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings, mask_url_password
+
+State = Literal["up", "degraded", "down", "n/a"]
+TIMEOUT = 3.0
+STATE_STYLE = {"up": "green", "degraded": "yellow", "down": "bold red", "n/a": "dim"}
+EXIT_CODES = {"up": 0, "n/a": 0, "degraded": 1, "down": 2}
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Probe:
+    """One component's answer: state, version, response time and a short detail."""
+
+    state: State
+    version: str = ""
+    ms: float | None = None
+    detail: str = ""
+    component: str = ""
+    serves: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return mask_url_password(text[0]) if text else type(exc).__name__
+
+
+def timed(work: Callable[[], Probe]) -> Probe:
+    """Run a probe, filling its response time; an exception is the component being down."""
+    start = time.perf_counter()
+    try:
+        probe = work()
+    except Exception as exc:  # every failure of a client library means "does not answer"
+        return Probe("down", detail=_first_line(exc), ms=None)
+    if probe.ms is None and probe.state != "down":
+        probe.ms = round((time.perf_counter() - start) * 1000, 1)
+    return probe
+
+
+def _sqlite(path: str, what: str) -> Probe:
+    file = Path(path)
+    version = f"SQLite {sqlite3.sqlite_version}"
+    if file.exists():
+        return Probe("up", version, detail=f"embedded {what}: {file}")
+    return Probe("up", version, detail=f"embedded {what}, created at the first start: {file}")
+
+
+# ---------------------------------------------------------------------- one probe per protocol
+def probe_database(url: str) -> Probe:
+    if url.startswith("sqlite:"):
+        return _sqlite(urlsplit(url).path, "database")
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=int(TIMEOUT))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            version = cur.fetchone()[0].split()[0]
+            cur.execute("SELECT pg_size_pretty(pg_database_size(current_database()))")
+            size = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return Probe("up", f"PostgreSQL {version}", detail=f"database {urlsplit(url).path.lstrip('/')}, {size}")
+
+
+def probe_bus(url: str) -> Probe:
+    if url.startswith("memory:"):
+        return Probe("up", "in-process", detail="memory:// event bus (one appliance process)")
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        info = client.info("server")
+        clients = client.info("clients").get("connected_clients", "?")
+    finally:
+        client.close()
+    return Probe("up", f"Redis {info.get('redis_version', '?')}", detail=f"{clients} client(s) connected")
+
+
+def probe_documents(url: str) -> Probe:
+    if url.startswith("sqlite:"):
+        return _sqlite(urlsplit(url).path, "documents")
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(url, serverSelectionTimeoutMS=int(TIMEOUT * 1000),
+                              connectTimeoutMS=int(TIMEOUT * 1000))
+    try:
+        client.admin.command("ping")
+        version = client.admin.command("buildInfo").get("version", "?")
+    finally:
+        client.close()
+    return Probe("up", f"MongoDB {version}", detail=f"database {urlsplit(url).path.lstrip('/') or 'test'}")
+
+
+def probe_objects(url: str) -> Probe:
+    if url.startswith("file:"):
+        path = Path(urlsplit(url).path)
+        return Probe("up", "files", detail=f"embedded object store: {path}")
+    import urllib3
+    from minio import Minio
+
+    parts = urlsplit(url)
+    secure = "secure=true" in parts.query.lower()
+    host = parts.netloc.rpartition("@")[2]
+    bucket = parts.path.lstrip("/").split("/")[0]
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=TIMEOUT, read=TIMEOUT),
+                               retries=urllib3.Retry(total=0))
+    client = Minio(host, access_key=unquote(parts.username or ""), secret_key=unquote(parts.password or ""),
+                   secure=secure, region="us-east-1", http_client=http)
+    exists = client.bucket_exists(bucket)
+    server = http.request("GET", f"{'https' if secure else 'http'}://{host}/").headers.get("Server", "")
+    http.clear()
+    version = server or "S3"
+    if not exists:
+        return Probe("degraded", version, detail=f"bucket {bucket!r} is missing (the appliance makes it at its start)")
+    return Probe("up", version, detail=f"bucket {bucket}")
+
+
+def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body) if body else None
+    except ValueError:
+        return status, None
+
+
+def probe_inference(url: str) -> Probe:
+    if url.startswith("local:"):
+        return Probe("up", "in-process", detail="local:// models in the appliance process")
+    parts = urlsplit(url)
+    base = f"http://{parts.hostname}:{parts.port or 8000}"
+    live, _ = _http_json(f"{base}/v2/health/live")
+    ready, _ = _http_json(f"{base}/v2/health/ready")
+    _, meta = _http_json(f"{base}/v2")
+    _, index = _http_json(f"{base}/v2/repository/index", "POST")
+    models = index if isinstance(index, list) else []
+    loaded = [m.get("name", "?") for m in models if m.get("state") == "READY"]
+    failed = [m.get("name", "?") for m in models if m.get("state") not in ("READY", None)]
+    version = f"Triton {meta.get('version', '?')}" if isinstance(meta, dict) else "Triton"
+    detail = f"{len(loaded)} model(s) ready" + (f": {', '.join(loaded)}" if loaded else "")
+    if failed:
+        detail += f"; not loaded: {', '.join(failed)}"
+    if live != 200:
+        return Probe("down", version, detail=f"/v2/health/live answered {live}")
+    if ready != 200 or failed:
+        return Probe("degraded", version, detail=f"not ready; {detail}")
+    return Probe("up", version, detail=detail)
+
+
+def probe_turn(server: str) -> Probe:
+    """A STUN binding request to the TURN server's UDP port (coturn answers it without credentials)."""
+    from appliance.host.ports import stun_answers
+
+    address = server.split(":", 1)[1].split("?")[0]
+    host, colon, number = address.rpartition(":")
+    if not colon or host.endswith(":"):  # no port (an IPv6 address alone is bracketed)
+        host, number = address, "3478"
+    host, port = host.strip("[]"), int(number)
+    if stun_answers(host, port, timeout=TIMEOUT / 2):
+        return Probe("up", "STUN/TURN", detail=f"{host}:{port}/udp answers")
+    if host not in ("127.0.0.1", "localhost", "::1") and stun_answers("127.0.0.1", port, timeout=TIMEOUT / 2):
+        return Probe("degraded", "STUN/TURN", detail=f"answers on 127.0.0.1:{port} but not at {host}: "
+                                                      "check the DNS name and the firewall")
+    return Probe("down", detail=f"no STUN answer from {host}:{port}/udp")
+
+
+def probe_appliance(settings: Settings) -> Probe:
+    from appliance.host.ports import loopback_for
+
+    tls = bool(settings.tls_cert)
+    host = loopback_for(settings.host)
+    base = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # a health check on loopback; the doctor checks certificates
+    status, health = _http_json(f"{base}/healthz", context=context)
+    version = f"confmeet {health.get('version', '?')}" if isinstance(health, dict) else ""
+    if status != 200:
+        return Probe("down", version, detail=f"{base}/healthz answered {status}")
+    ready, body = _http_json(f"{base}/readyz", context=context)
+    if ready != 200:
+        stores = body.get("stores", {}) if isinstance(body, dict) else {}
+        failing = [name for name, item in stores.items() if not item.get("ok")]
+        return Probe("degraded", version, detail=f"not ready: {', '.join(failing) or ready} (see /readyz)")
+    return Probe("up", version, detail=f"{base} ready")
+
+
+def probe_gpu(docker_url: str | None) -> Probe:
+    from appliance.host import gpu
+
+    def info() -> dict[str, Any] | None:
+        if not docker_url:
+            return None
+        import docker
+
+        try:
+            client = docker.DockerClient(base_url=docker_url, timeout=3)
+            try:
+                return client.info()
+            finally:
+                client.close()
+        except Exception:  # no engine, or no permission: the GPU report says what it lacks
+            return None
+
+    report = gpu.detect(gpu.GpuProbe(docker_info=info))
+    if not report.present:
+        return Probe("n/a", "", detail=report.summary)
+    version = f"driver {report.driver_version}" if report.driver_version else ""
+    return Probe("up" if report.usable_for_containers else "degraded", version, detail=report.message)
+
+
+PROBES: dict[str, Callable[[str], Probe]] = {
+    "database": probe_database, "bus": probe_bus, "documents": probe_documents,
+    "objects": probe_objects, "inference": probe_inference, "ice_servers": probe_turn,
+}
+NAMES = {  # (scheme of the setting's URL) → component name shown
+    "postgresql": "postgresql", "postgres": "postgresql", "redis": "redis", "mongodb": "mongodb",
+    "s3": "minio", "triton": "triton", "turn": "coturn",
+}
+
+
+# ---------------------------------------------------------------------- the whole picture
+def _containers(settings_file: Path) -> tuple[dict[str, tuple[str, str, int]], str | None]:
+    """Container states from the install record next to the settings, when it and Docker can be read."""
+    from appliance.host.deploy import COMPONENTS, Engine, InstallRecord, Layout
+
+    root = settings_file.parent.parent.parent
+    try:
+        record = InstallRecord.read(Layout(root))
+    except Exception:  # unreadable (not root): the protocol answers are enough
+        return {}, None
+    if record is None or record.mode != "containers":
+        return {}, record.docker_url if record else None
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=record.docker_url, timeout=3)
+        engine = Engine(client)
+        states = {n: engine.container_state(COMPONENTS[n].container) for n in record.components}
+        client.close()
+    except Exception:  # no engine or no permission: report the protocols only
+        return {}, record.docker_url
+    return states, record.docker_url
+
+
+CLIENT_MODULES = {"postgresql": "psycopg2", "postgres": "psycopg2", "redis": "redis", "mongodb": "pymongo",
+                  "s3": "minio"}
+
+
+def collect(settings: Settings, settings_file: Path) -> list[Probe]:
+    containers, docker_url = _containers(settings_file)
+    targets: list[tuple[str, str, Callable[[], Probe]]] = [("appliance", "", lambda: probe_appliance(settings))]
+    urls = {"database": settings.database_url, "bus": settings.bus, "documents": settings.documents_url,
+            "objects": settings.objects_url, "inference": settings.inference}
+    for setting, url in urls.items():
+        scheme = urlsplit(url).scheme
+        name = NAMES.get(scheme, f"{setting} ({'embedded ' if scheme in ('sqlite', 'file') else ''}{scheme})")
+        targets.append((name, setting, lambda p=PROBES[setting], u=url: p(u)))
+    for server in settings.ice_servers:
+        if server.startswith(("turn:", "stun:")):
+            targets.append(("coturn", "ice_servers", lambda s=server: probe_turn(s)))
+    targets.append(("gpu", "", lambda: probe_gpu(docker_url)))
+    for url in urls.values():  # imported first, so that response times are the servers' own
+        if urlsplit(url).scheme in CLIENT_MODULES:
+            importlib.import_module(CLIENT_MODULES[urlsplit(url).scheme])
+    with ThreadPoolExecutor(len(targets)) as pool:
+        results = list(pool.map(lambda t: timed(t[2]), targets))
+    for (name, serves, _), probe in zip(targets, results):
+        probe.component, probe.serves = name, serves
+        if name in containers:
+            status, health, restarts = containers[name]
+            note = f"container {status}" + (f", {health}" if health and status == "running" else "") + \
+                (f", {restarts} restart(s)" if restarts else "")
+            probe.detail = f"{probe.detail.rstrip('.')}; {note}" if probe.detail else note
+            if probe.state == "up" and (status != "running" or health == "unhealthy"):
+                probe.state = "degraded"
+    return results
+
+
+def overall(probes: list[Probe]) -> State:
+    states = {p.state for p in probes}
+    return "down" if "down" in states else "degraded" if "degraded" in states else "up"
+
+
+def render(probes: list[Probe], source: str) -> Table:
+    table = Table(title=f"confmeet status ({source})")
+    for column in ("component", "state", "version", "ms", "detail"):
+        table.add_column(column, justify="right" if column == "ms" else "left")
+    for p in probes:
+        style = STATE_STYLE[p.state]
+        table.add_row(p.component, f"[{style}]{p.state}[/]", p.version or "-",
+                      f"{p.ms:.1f}" if p.ms is not None else "-", p.detail)
+    return table
+
+
+def status(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings file (TOML).",
+                                                   envvar="CONFMEET_CONFIG")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Every component with its state, version and response time (exit 0 up, 1 degraded, 2 down)."""
+    path = (config or DEFAULT_CONFIG).absolute()
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2)
+    except PermissionError:
+        err.print(f"[bold red]error:[/] cannot read {path}: run as root, or give your user read access to it")
+        raise typer.Exit(2)
+    if not path.exists() and config is None:
+        err.print(f"[yellow]note:[/] {path} does not exist: showing the embedded defaults "
+                  "(run 'confmeet install', or pass --config)")
+    probes = collect(settings, path)
+    state = overall(probes)
+    if as_json:
+        print(json.dumps({"state": state, "config": str(path),
+                          "components": [asdict(p) for p in probes]}, indent=2))
+    else:
+        console.print(render(probes, settings.source))
+        style = STATE_STYLE[state]
+        down = [p.component for p in probes if p.state in ("down", "degraded")]
+        console.print(f"overall: [{style}]{state}[/]" + (f" ({', '.join(down)})" if down else ""))
+    raise typer.Exit(EXIT_CODES[state])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

@@ -1,0 +1,491 @@
+"""confmeet install / status / uninstall / bundle against a real Docker Engine.
+
+A private ``dockerd`` (tests/dockerd.py) runs the components from local stand-in images
+(bundles/standins/recipe.toml), because no registry is reachable here: PostgreSQL, Redis and
+coturn are Debian's own servers, S3 is ``rclone serve s3``, MongoDB is ``nx-27017``, and Triton
+is a small stand-in that speaks only Triton's HTTP health and repository endpoints (the captions
+tests run the real tritonserver). The rootfs, the images and the wheels are cached in
+CONFMEET_TEST_CACHE (default /var/cache/confmeet-test), outside the repository: a cold run
+builds them (debootstrap, a few minutes), a warm one loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import psycopg2
+import pytest
+from minio import Minio
+
+import dockerd
+from appliance.host import images
+
+BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("CONFMEET_TEST_CACHE", "/var/cache/confmeet-test"))
+COMPONENTS = ["postgresql", "redis", "mongodb", "minio", "coturn", "triton"]
+ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "DOCKER_HOST": "", "CONFMEET_CONFIG": ""}
+
+
+def confmeet(*args: str, engine: dockerd.Engine | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    argv = [str(BIN / "confmeet"), *args]
+    if engine is not None:
+        argv = engine.command(argv)
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def show(done: subprocess.CompletedProcess) -> str:
+    return f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+
+
+def free_port_block(size: int = 1000) -> int:
+    """An offset that moves every default port (443 .. 27019) onto free ones."""
+    defaults = [443, 5432, 6379, 27017, 9000, 9001, 3478, 8000, 8001, 8002]
+    for offset in range(20000, 38000, size):
+        if all(_free(port + offset) for port in defaults):
+            return offset
+    raise RuntimeError("no free block of ports for the installer test")
+
+
+def _free(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+# ---------------------------------------------------------------------- fixtures
+def _start_engine(isolated: bool = False) -> dockerd.Engine:
+    try:
+        return dockerd.start(isolated=isolated)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(f"the test Docker Engine does not start: {exc}")
+
+
+class Wheelhouse:
+    """confmeet's dependencies as wheels (for the bundle), built once per setup.cfg in the
+    background while the images build (both mostly wait on the network on a cold cache)."""
+
+    def __init__(self) -> None:
+        key = hashlib.sha256((PROJECT / "setup.cfg").read_bytes()).hexdigest()[:16]
+        self.path = CACHE / f"wheelhouse-{key}"
+        self.error = ""
+        self.thread = threading.Thread(target=self._build, daemon=True)
+        self.thread.start()
+
+    def _build(self) -> None:
+        if self.path.is_dir():
+            return
+        partial = CACHE / f".{self.path.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(partial),
+                               str(PROJECT)], capture_output=True, text=True)
+        if done.returncode != 0:
+            self.error = done.stderr[-2000:]
+            return
+        for stale in CACHE.glob("wheelhouse-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial.rename(self.path)
+
+    def wait(self) -> Path:
+        self.thread.join()
+        if self.error:
+            pytest.fail(f"pip wheel for the bundle's wheelhouse failed:\n{self.error}")
+        return self.path
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Wheelhouse:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return Wheelhouse()
+
+
+@pytest.fixture(scope="session")
+def engine(wheelhouse: Wheelhouse) -> Iterator[dockerd.Engine]:
+    """A private Docker Engine holding the stand-in images."""
+    started = _start_engine()
+    try:
+        images.build_standins(started.client(), CACHE, log=lambda message: print(message, flush=True))
+    except images.ImageError as exc:
+        started.stop()
+        pytest.fail(f"the stand-in images cannot be built: {exc}")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def clean_engine(engine: dockerd.Engine) -> Iterator[dockerd.Engine]:
+    """The shared engine, emptied of containers and volumes after the test."""
+    yield engine
+    client = engine.client()
+    for container in client.containers.list(all=True):
+        container.remove(force=True)
+    client.volumes.prune()
+
+
+def standin_images() -> list[str]:
+    recipe = images.StandinRecipe.load()
+    return [arg for name in COMPONENTS for arg in ("--image", f"{name}={recipe.images[name].tag}")]
+
+
+def install_args(root: Path, engine: dockerd.Engine, offset: int) -> list[str]:
+    return ["install", "--mode", "containers", "--yes", "--root", str(root), "--docker-url", engine.url,
+            "--port-offset", str(offset), "--listen", "127.0.0.1", "--public-host", "127.0.0.1",
+            "--timeout", "120"]
+
+
+def settings_of(root: Path) -> dict:
+    with (root / "etc/confmeet/confmeet.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def status(root: Path, engine: dockerd.Engine | None = None, table: bool = False) -> tuple[int, dict, str]:
+    """``confmeet status --json`` (and the table too, when asked): exit status, rows by component."""
+    config = str(root / "etc/confmeet/confmeet.toml")
+    done = confmeet("status", "--config", config, "--json", engine=engine)
+    text = done.stdout
+    if table:
+        shown = confmeet("status", "--config", config, engine=engine)
+        assert shown.returncode == done.returncode, show(done) + show(shown)
+        text = shown.stdout
+    report = json.loads(done.stdout)
+    return done.returncode, {c["component"]: c for c in report["components"]}, text
+
+
+class Appliance:
+    """``confmeet serve`` with the installed settings: what systemd would start from the unit."""
+
+    def __init__(self, root: Path) -> None:
+        self.settings = settings_of(root)
+        self.log = root / "serve.log"
+        self.process = subprocess.Popen(
+            [str(BIN / "confmeet"), "serve", "--config", str(root / "etc/confmeet/confmeet.toml")],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ENV)
+        context = ssl.create_default_context(cafile=str(root / "etc/confmeet/tls/ca.pem"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.settings['port']}/readyz",
+                                            context=context, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"the appliance did not become ready:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_healthy(client: docker.DockerClient, names: list[str], timeout: float = 60) -> dict[str, str]:
+    """Docker's own health checks (every 5 s) pass for every container."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = {}
+        for name in names:
+            container = client.containers.get(name)
+            health[name] = container.attrs["State"].get("Health", {}).get("Status", "none")
+        if all(h == "healthy" for h in health.values()) or time.monotonic() > deadline:
+            return health
+        time.sleep(1)
+
+
+# ---------------------------------------------------------------------- tests
+@pytest.mark.docker
+def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    engine, client = clean_engine, clean_engine.client()
+    root, offset = tmp_path / "root", free_port_block()
+
+    first = confmeet(*install_args(root, engine, offset), *standin_images())
+    assert first.returncode == 0, show(first)
+    assert "install plan" in first.stdout and "preflight checks" in first.stdout
+    config = root / "etc/confmeet/confmeet.toml"
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/confmeet/install.json").stat().st_mode & 0o777 == 0o600
+    settings = settings_of(root)
+    assert settings["database"].startswith(f"postgresql://confmeet:")
+    assert f"127.0.0.1:{5432 + offset}/confmeet" in settings["database"]
+    assert settings["bus"].endswith(f"@127.0.0.1:{6379 + offset}/0")
+    assert settings["documents"] == f"mongodb://127.0.0.1:{27017 + offset}/confmeet"
+    assert settings["inference"] == f"triton://127.0.0.1:{8000 + offset}"
+    assert settings["ice_servers"] == [f"turn:127.0.0.1:{3478 + offset}"]
+    assert (root / "etc/systemd/system/multi-user.target.wants/confmeet.service").is_symlink()
+
+    containers = {c.name: c for c in client.containers.list(all=True)}
+    assert sorted(containers) == sorted(f"confmeet-{name}" for name in COMPONENTS)
+    for name in COMPONENTS:
+        container = containers[f"confmeet-{name}"]
+        assert container.labels["confmeet.component"] == name
+        assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+        assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert container.attrs["Config"]["Healthcheck"]["Test"]
+    assert containers["confmeet-postgresql"].attrs["Mounts"][0]["Name"] == "confmeet-postgresql"
+    assert not containers["confmeet-triton"].attrs["HostConfig"].get("DeviceRequests")  # no GPU here
+
+    appliance = Appliance(root)
+    try:
+        code, components, table = status(root, table=True)
+        assert code == 0, table
+        assert "overall: up" in table
+        assert set(components) == {"appliance", *COMPONENTS, "gpu"}, table
+        for name in ("appliance", *COMPONENTS):
+            assert components[name]["state"] == "up", table
+            assert components[name]["ms"] is not None, table
+        assert components["postgresql"]["version"].startswith("PostgreSQL 15")
+        assert components["appliance"]["version"].startswith("confmeet ")
+        assert components["gpu"]["state"] == "n/a"  # no GPU on the test machine
+        assert wait_healthy(client, list(containers)) == {name: "healthy" for name in containers}
+
+        # Data written before a second install survives it.
+        with psycopg2.connect(settings["database"]) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE kept (note text)")
+            cur.execute("INSERT INTO kept VALUES ('written before reinstall')")
+        s3 = settings["objects"].removeprefix("s3://").split("@")
+        key, secret = s3[0].split(":")
+        minio = Minio(s3[1].split("/")[0], access_key=key, secret_key=secret, secure=False)
+        minio.put_object("confmeet", "kept/object.txt", io.BytesIO(b"still here"), 10)
+
+        client.containers.get("confmeet-redis").stop()
+        code, components, table = status(root, table=True)
+        assert code == 2, table
+        assert components["redis"]["state"] == "down", table
+        assert "container exited" in components["redis"]["detail"]
+        assert "overall: down" in table and "redis" in table.splitlines()[-1]
+
+        again = confmeet(*install_args(root, engine, offset), *standin_images())
+        assert again.returncode == 0, show(again)
+        assert "start (it is exited)" in again.stdout
+        assert client.containers.get("confmeet-redis").status == "running"
+        assert settings_of(root) == settings  # same secrets, same URLs
+        code, components, table = status(root)
+        assert code == 0, table
+
+        # A changed spec recreates the container and keeps its volume.
+        moved = confmeet(*install_args(root, engine, offset), *standin_images(),
+                         "--port", f"postgresql={5433 + offset}")
+        assert moved.returncode == 0, show(moved)
+        assert "recreated" in moved.stdout
+    finally:
+        appliance.stop()
+    settings = settings_of(root)
+    assert f":{5433 + offset}/" in settings["database"]
+    with psycopg2.connect(settings["database"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT note FROM kept")
+        assert cur.fetchall() == [("written before reinstall",)]
+    assert minio.get_object("confmeet", "kept/object.txt").read() == b"still here"
+
+    # With the settings alone (what a non-root user can read: no install record, no Docker socket)
+    # status still asks every component over its protocol.
+    alone = tmp_path / "settings-only/etc/confmeet/confmeet.toml"
+    alone.parent.mkdir(parents=True)
+    shutil.copy(config, alone)
+    code, components, table = status(alone.parents[2])
+    assert code == 2, table  # the appliance was stopped above
+    assert components["appliance"]["state"] == "down"
+    assert all(components[name]["state"] == "up" for name in COMPONENTS), table
+    assert "container" not in components["postgresql"]["detail"]
+
+    # Leaving a component out removes its container (its volume stays) and embeds its store.
+    subset = confmeet(*install_args(root, engine, offset), *standin_images(),
+                      "--components", "postgresql,redis,minio,coturn,triton")
+    assert subset.returncode == 0, show(subset)
+    assert "remove (its volume is kept)" in subset.stdout
+    assert "confmeet-mongodb" not in {c.name for c in client.containers.list(all=True)}
+    assert "confmeet-mongodb" in {v.name for v in client.volumes.list()}
+    assert "documents" not in settings_of(root)
+    assert "# documents: embedded SQLite" in config.read_text()
+    code, components, table = status(root)
+    assert components["documents (embedded sqlite)"]["state"] == "up" and "mongodb" not in components, table
+
+    kept = confmeet("uninstall", "--yes", "--root", str(root))
+    assert kept.returncode == 0, show(kept)
+    assert client.containers.list(all=True) == []
+    assert {v.name for v in client.volumes.list()} >= {"confmeet-postgresql", "confmeet-minio"}
+    assert config.exists() and not (root / "etc/systemd/system/confmeet.service").exists()
+    purged = confmeet("uninstall", "--yes", "--purge", "--root", str(root))
+    assert purged.returncode == 0, show(purged)
+    assert [v.name for v in client.volumes.list() if v.name.startswith("confmeet-")] == []
+    assert not config.exists()
+
+
+@pytest.mark.docker
+def test_failed_install_takes_back_only_what_it_created(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    engine, client = clean_engine, clean_engine.client()
+    root, offset = tmp_path / "root", free_port_block()
+    root.mkdir()
+    (root / "existing.txt").write_text("not the installer's")
+    client.volumes.create("confmeet-postgresql")  # from an earlier install: must survive
+    recipe = images.StandinRecipe.load()
+    broken = confmeet(*install_args(root, engine, offset), "--components", "postgresql,redis,mongodb",
+                      "--image", f"postgresql={recipe.images['postgresql'].tag}",
+                      "--image", f"redis={recipe.images['redis'].tag}",
+                      "--image", f"mongodb={recipe.images['redis'].tag}")  # has no mongod: exits
+    assert broken.returncode == 2, show(broken)
+    assert "confmeet-mongodb" in broken.stderr and "run the same command again" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    assert client.containers.list(all=True) == []
+    assert {v.name for v in client.volumes.list()} == {"confmeet-postgresql"}
+    assert sorted(p.name for p in root.iterdir()) == ["existing.txt"]
+
+
+@pytest.mark.docker
+def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    done = confmeet(*install_args(root, clean_engine, free_port_block()), *standin_images(),
+                    "--components", "postgresql,redis", "--dry-run")
+    assert done.returncode == 0, show(done)
+    assert "dry run: nothing was changed" in done.stdout
+    assert "no MongoDB" in done.stdout  # documents stay embedded, and the plan says so
+    assert not root.exists()
+    assert clean_engine.client().containers.list(all=True) == []
+    plan = confmeet(*install_args(root, clean_engine, free_port_block()), *standin_images(),
+                    "--dry-run", "--json")
+    assert plan.returncode == 0, show(plan)
+    steps = json.loads(plan.stdout)["plan"]
+    assert {s["component"] for s in steps} >= {"postgresql", "triton", "appliance"}
+
+
+@pytest.mark.docker
+def test_a_taken_port_stops_the_install_before_anything_changes(clean_engine: dockerd.Engine,
+                                                               tmp_path: Path) -> None:
+    root, offset = tmp_path / "root", free_port_block()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 5432 + offset))
+        squatter.listen()
+        done = confmeet(*install_args(root, clean_engine, offset), *standin_images())
+    assert done.returncode == 2, show(done)
+    assert "PostgreSQL port" in done.stdout and "--port postgresql=PORT" in done.stdout
+    assert "preflight check(s) failed (PostgreSQL port)" in done.stderr and "--force" in done.stderr
+    assert "Exit" not in done.stderr and "Traceback" not in done.stderr
+    assert not root.exists()
+
+
+@pytest.mark.docker
+def test_offline_bundle_round_trip(engine: dockerd.Engine, wheelhouse: Wheelhouse, tmp_path: Path) -> None:
+    bundle = tmp_path / "confmeet-bundle.tar"
+    made = confmeet("bundle", "create", str(bundle), "--docker-url", engine.url,
+                    "--wheelhouse", str(wheelhouse.wait()), *standin_images())
+    assert made.returncode == 0, show(made)
+    manifest = images.read_manifest(bundle)  # install --bundle checks every sha256 itself
+    assert sorted(manifest.images) == sorted(COMPONENTS)
+    assert any(name.startswith("wheels/confmeet-") for name in manifest.files)
+
+    offline = _start_engine(isolated=True)  # a network namespace with loopback only
+    try:
+        assert offline.client().images.list() == []
+        root = tmp_path / "root"
+        done = confmeet("install", "--bundle", str(bundle), "--yes", "--root", str(root),
+                        "--docker-url", offline.url, "--port-offset", str(free_port_block()),
+                        "--listen", "127.0.0.1", "--public-host", "127.0.0.1", engine=offline)
+        assert done.returncode == 0, show(done)
+        assert "loaded 6 image(s)" in done.stdout
+        assert {tag for i in offline.client().images.list() for tag in i.tags} == \
+            {item["ref"] for item in manifest.images.values()}
+        assert any((root / "var/lib/confmeet/wheels").glob("confmeet-*.whl"))
+        code, components, table = status(root, engine=offline)
+        assert all(components[name]["state"] == "up" for name in COMPONENTS), table
+        assert components["appliance"]["state"] == "down"  # systemd would start it; nobody did here
+    finally:
+        offline.stop()
+
+
+def test_missing_dockerd_fails_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FileNotFoundError, match="install Debian's docker.io"):
+        dockerd.start()
+
+
+def test_damaged_bundle_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.tar"
+    confmeet_version = "0"
+    manifest = images.Manifest(confmeet_version=confmeet_version, created="now", images={},
+                               files={"images.tar": {"sha256": "0" * 64, "size": 3}})
+    import tarfile
+
+    with tarfile.open(bundle, "w") as tar:
+        for name, data in (("manifest.json", manifest.to_json()), ("images.tar", b"abc")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(images.ImageError, match="images.tar is damaged"):
+        images.verify_bundle(bundle)
+
+
+def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None:
+    from appliance.host.deploy import InstallOptions, Layout, container_spec, resolve
+
+    layout = Layout(tmp_path)
+    record = resolve(InstallOptions(root=tmp_path, public_host="meet.example.org"), None, "containers")
+    on_gpu = container_spec("triton", record, layout, gpu=True).create_args()
+    request = on_gpu["device_requests"][0]
+    assert (request["Driver"], request["Count"], request["Capabilities"]) == ("nvidia", -1, [["gpu"]])
+    assert on_gpu["volumes"][str(layout.model_repository)] == {"bind": "/models", "mode": "ro"}
+    assert "device_requests" not in container_spec("triton", record, layout, gpu=False).create_args()
+    assert "device_requests" not in container_spec("postgresql", record, layout, gpu=True).create_args()
+    assert on_gpu["image"] == "nvcr.io/nvidia/tritonserver:24.08-py3"  # the official image by default
+
+
+def test_status_gpu_row_says_what_triton_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an H200 host without the NVIDIA container toolkit reports (measured on one)."""
+    from appliance.host import gpu
+    from cli.status import probe_gpu
+
+    fix = "install nvidia-container-toolkit, run 'nvidia-ctk runtime configure --runtime=docker'"
+    report = gpu.GpuReport(present=True, driver_loaded=True, driver_version="580.159.04", cuda_version="13.0",
+                           devices=["NVIDIA H200"], container_runtime=False, usable_for_containers=False,
+                           triton_device="cpu", message=f"Docker cannot use the GPU: {fix}", fix=fix)
+    monkeypatch.setattr(gpu, "detect", lambda probe=None: report)
+    probe = probe_gpu(None)
+    assert (probe.state, probe.version) == ("degraded", "driver 580.159.04")
+    assert "nvidia-container-toolkit" in probe.detail
+    monkeypatch.setattr(gpu, "detect", lambda probe=None: gpu.GpuReport(
+        present=False, driver_loaded=False, driver_version=None, cuda_version=None, devices=[],
+        container_runtime=False, usable_for_containers=False, triton_device="cpu", message="no GPU",
+        summary="no NVIDIA GPU found"))
+    assert probe_gpu(None).state == "n/a"
+
+
+def test_native_mode_enables_debian_units(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for unit in ("postgresql.service", "redis-server.service", "coturn.service"):
+        path = root / "lib/systemd/system" / unit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    done = confmeet("install", "--mode", "native", "--yes", "--root", str(root),
+                    "--port-offset", str(free_port_block()), "--listen", "127.0.0.1", "--public-host", "127.0.0.1")
+    assert done.returncode == 0, show(done)
+    assert "MongoDB, MinIO, Triton" in done.stdout
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == [
+        "confmeet.service", "coturn.service", "postgresql.service", "redis-server.service"]
+    settings = settings_of(root)
+    assert settings["database"].startswith("postgresql://confmeet:") and settings["bus"].startswith("redis://")
+    assert "documents" not in settings and "objects" not in settings and "inference" not in settings
+    assert "static-auth-secret=" + settings["turn_secret"] in (root / "etc/turnserver.conf").read_text()
