@@ -193,9 +193,6 @@ def test_closed_tab_frees_its_seat_within_5_s(host: httpx.Client, room: Room) ->
     assert ada.errors == []
 
 
-@pytest.mark.xfail(strict=False, reason="server: an `offer` the SFU emits while a seat is disconnected is dropped "
-                                        "(Seat.send with no connection) and a resume does not send it again; it "
-                                        "passes only when that offer happened to wait for an answer sent after resume")
 def test_tracks_published_during_a_blip_arrive_after_resume(host: httpx.Client, proxy: FlakyProxy,
                                                             room: Room) -> None:
     ada, linus = room.pages["ada"], room.pages["linus"]
