@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sanic import Request
+from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.exceptions import ConnectionClosed
 
 from .accounts import Accounts, Principal
 from .api.errors import ApiError
@@ -76,8 +78,11 @@ class Connection:
             self.outbox.put_nowait(None)
 
     async def drain(self) -> None:
-        while (message := await self.outbox.get()) is not None:
-            await self.ws.send(json.dumps(message, separators=(",", ":")))
+        try:
+            while (message := await self.outbox.get()) is not None:
+                await self.ws.send(json.dumps(message, separators=(",", ":")))
+        except (WebsocketClosed, ConnectionClosed):
+            return  # the client is gone; the reader side releases or keeps the seat
         with contextlib.suppress(Exception):
             await self.ws.close(self.close_code or CLOSE_LEFT)
 
