@@ -38,6 +38,18 @@ class Appliance:
     def output(self) -> str:
         return self.log.read_text()
 
+    def add_user(self, email: str, password: str, admin: bool = False) -> None:
+        """Create an account the way an operator does, with `confmeet user add`."""
+        done = self.cli("user", "add", email, "--password-stdin", *(["--admin"] if admin else []),
+                        input=password + "\n")
+        assert done.returncode == 0, done.stderr
+
+    def login(self, email: str, password: str) -> dict[str, str]:
+        """The token pair of a successful sign-in."""
+        r = httpx.post(f"{self.url}/api/v1/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r.json()
+
 
 def appliance_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jwt
@@ -26,23 +25,16 @@ def appliance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "postgresql":
         pg_name, settings["database"] = make_pg_database()
     app = start_appliance(data_dir, **settings)
-    added = app.cli("user", "add", ADMIN[0], "--admin", "--password-stdin", input=ADMIN[1] + "\n")
-    assert added.returncode == 0, added.stderr
+    app.add_user(*ADMIN, admin=True)
     yield app
     stop(app.proc)
     if pg_name:
         drop_pg_database(pg_name)
 
 
-def login(app: Appliance, email: str, password: str) -> dict:
-    r = httpx.post(f"{app.url}/api/v1/auth/login", json={"email": email, "password": password})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 @pytest.fixture(scope="module")
 def admin(appliance: Appliance) -> httpx.Client:
-    tokens = login(appliance, *ADMIN)
+    tokens = appliance.login(*ADMIN)
     return httpx.Client(base_url=appliance.url, headers={"Authorization": f"Bearer {tokens['access_token']}"})
 
 
@@ -50,7 +42,7 @@ def admin(appliance: Appliance) -> httpx.Client:
 def member(appliance: Appliance, admin: httpx.Client) -> httpx.Client:
     r = admin.post("/api/v1/users", json={"email": MEMBER[0], "password": MEMBER[1], "name": "Mia Member"})
     assert r.status_code == 201, r.text
-    tokens = login(appliance, *MEMBER)
+    tokens = appliance.login(*MEMBER)
     return httpx.Client(base_url=appliance.url, headers={"Authorization": f"Bearer {tokens['access_token']}"})
 
 
@@ -100,7 +92,7 @@ def test_web_client_is_served(appliance: Appliance) -> None:
 
 # ---------------------------------------------------------------------------- auth
 def test_login_refresh_logout(appliance: Appliance) -> None:
-    tokens = login(appliance, *ADMIN)
+    tokens = appliance.login(*ADMIN)
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 15 * 60
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     assert httpx.get(f"{appliance.url}/api/v1/users/me", headers=headers).json()["email"] == ADMIN[0]
@@ -135,7 +127,7 @@ def test_missing_expired_forged_and_wrong_kind_tokens(appliance: Appliance) -> N
     assert_error(httpx.get(url, headers={"Authorization": "Basic abc"}), 401)
     assert_error(httpx.get(url, headers={"Authorization": "Bearer not.a.jwt"}), 401)
 
-    claims = jwt.decode(login(appliance, *ADMIN)["access_token"], options={"verify_signature": False})
+    claims = jwt.decode(appliance.login(*ADMIN)["access_token"], options={"verify_signature": False})
     now = int(time.time())
     expired = jwt.encode({**claims, "iat": now - 3600, "exp": now - 60}, appliance.secret_key, "HS256")
     error = assert_error(httpx.get(url, headers={"Authorization": f"Bearer {expired}"}), 401)
@@ -174,7 +166,7 @@ def test_admin_manages_users(appliance: Appliance, admin: httpx.Client, member: 
 def test_disabling_a_user_ends_their_sessions(appliance: Appliance, admin: httpx.Client) -> None:
     email, password = "leaver@example.com", "leaver password"
     created = admin.post("/api/v1/users", json={"email": email, "password": password}).json()
-    headers = {"Authorization": f"Bearer {login(appliance, email, password)['access_token']}"}
+    headers = {"Authorization": f"Bearer {appliance.login(email, password)['access_token']}"}
     assert httpx.get(f"{appliance.url}/api/v1/users/me", headers=headers).status_code == 200
 
     r = admin.patch(f"/api/v1/users/{created['id']}", json={"active": False})
@@ -212,7 +204,7 @@ def test_meeting_lifecycle(appliance: Appliance, admin: httpx.Client, member: ht
 
     # only the host (or an administrator) changes it
     other = httpx.Client(base_url=appliance.url, headers={
-        "Authorization": f"Bearer {login(appliance, *ADMIN)['access_token']}"})
+        "Authorization": f"Bearer {appliance.login(*ADMIN)['access_token']}"})
     patched = member.patch(f"/api/v1/meetings/{meeting['id']}", json={"title": "Renamed", "clear_password": True})
     assert patched.status_code == 200 and patched.json()["title"] == "Renamed"
     assert patched.json()["has_password"] is False

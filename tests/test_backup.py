@@ -289,10 +289,8 @@ def test_embedded_install_restores_into_postgresql_s3_mongodb(tmp_path: Path, po
                                                                mongo_url: str, s3_url: str) -> None:
     app = start_appliance(tmp_path / "embedded")
     try:
-        added = app.cli("user", "add", "grace@example.org", "--admin", "--password-stdin", input=PASSWORD + "\n")
-        assert added.returncode == 0, added.stderr
-        tokens = httpx.post(f"{app.url}/api/v1/auth/login",
-                            json={"email": "grace@example.org", "password": PASSWORD}).json()
+        app.add_user("grace@example.org", PASSWORD, admin=True)
+        tokens = app.login("grace@example.org", PASSWORD)
         auth = {"Authorization": f"Bearer {tokens['access_token']}"}
         meeting = httpx.post(f"{app.url}/api/v1/meetings", json={"title": "Quarterly review – Q3"},
                              headers=auth).json()

@@ -28,16 +28,14 @@ HOST_ONLY = [
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     app = start_appliance(tmp_path_factory.mktemp("controls"), media_loopback="true", max_upload_bytes="200000")
     for i, (email, password) in enumerate(USERS.values()):
-        args = ["user", "add", email, "--password-stdin"] + (["--admin"] if i == 0 else [])
-        assert app.cli(*args, input=password + "\n").returncode == 0
+        app.add_user(email, password, admin=i == 0)
     yield app
     stop(app.proc)
     assert "Traceback" not in app.output(), app.output()
 
 
 def token(app: Appliance, who: str) -> str:
-    email, password = USERS[who]
-    return httpx.post(f"{app.url}/api/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+    return app.login(*USERS[who])["access_token"]
 
 
 def api(app: Appliance, who: str | None = None, bearer: str | None = None) -> httpx.Client:

@@ -40,8 +40,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     base = random.randrange(20000, 30000, 100)
     app = start_appliance(tmp_path_factory.mktemp("loadtest"), media_loopback="true",
                           media_udp_min=str(base), media_udp_max=str(base + 99))
-    added = app.cli("user", "add", ADMIN[0], "--admin", "--password-stdin", input=ADMIN[1] + "\n")
-    assert added.returncode == 0, added.stderr
+    app.add_user(*ADMIN, admin=True)
     yield app
     stop(app.proc)
     assert "Traceback" not in app.output(), app.output()

@@ -28,9 +28,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, str]]:
     app = start_appliance(tmp_path_factory.mktemp("fuzz"))
-    assert app.cli("user", "add", ADMIN[0], "--admin", "--password-stdin", input=ADMIN[1] + "\n").returncode == 0
-    token = httpx.post(f"{app.url}/api/v1/auth/login",
-                       json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
+    app.add_user(*ADMIN, admin=True)
+    token = app.login(*ADMIN)["access_token"]
     # Something for the id-based operations to find.
     httpx.post(f"{app.url}/api/v1/meetings", json={"title": "fuzz target"},
                headers={"Authorization": f"Bearer {token}"})

@@ -24,16 +24,14 @@ USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     app = start_appliance(tmp_path_factory.mktemp("signaling"), media_loopback="true")
     for i, (email, password) in enumerate(USERS.values()):
-        args = ["user", "add", email, "--password-stdin"] + (["--admin"] if i == 0 else [])
-        assert app.cli(*args, input=password + "\n").returncode == 0
+        app.add_user(email, password, admin=i == 0)
     yield app
     stop(app.proc)
     assert "Traceback" not in app.output(), app.output()
 
 
 def token(app: Appliance, who: str) -> str:
-    email, password = USERS[who]
-    return httpx.post(f"{app.url}/api/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+    return app.login(*USERS[who])["access_token"]
 
 
 def new_meeting(app: Appliance, **fields) -> dict:
