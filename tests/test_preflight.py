@@ -30,6 +30,15 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for both UDP and TCP (TURN listens on both)."""
+    for _ in range(200):
+        port = free_udp_port()
+        if bind_error("127.0.0.1", port, "tcp") is None:
+            return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 def free_udp_range(size: int) -> int:
     """The first port of ``size`` consecutive UDP ports that are free now."""
     for _ in range(200):
@@ -50,7 +59,7 @@ def options(tmp_path: Path, **overrides: object) -> PreflightOptions:
     base = free_udp_range(20)
     values: dict = dict(os_release=os_release, meminfo=meminfo, data_dir=tmp_path / "data",
                         docker_base_url=f"unix://{tmp_path}/no-docker.sock", address="127.0.0.1",
-                        https_port=free_port(), turn_port=free_udp_port(), media_udp_min=base,
+                        https_port=free_port(), turn_port=free_udp_and_tcp_port(), media_udp_min=base,
                         media_udp_max=base + 19, cpu_count=8, gpu_probe=probe(tmp_path / "host"))
     values.update(overrides)
     return PreflightOptions(**values)
