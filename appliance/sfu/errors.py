@@ -12,7 +12,8 @@ class SfuError(Exception):
     ``unknown_participant``, ``already_joined``, ``invalid_sdp``, ``unsupported_codec``,
     ``invalid_state`` (e.g. an answer when no offer of the server waits), ``glare`` (an offer
     while the server's own offer waits for its answer), ``invalid_candidate``, ``closed``
-    (the host is shutting down), ``internal``.
+    (the host is shutting down), ``unknown_sink``, ``already_running`` and ``not_running``
+    (sink_start/sink_stop), ``internal``.
     """
 
     def __init__(self, code: str, message: str) -> None:

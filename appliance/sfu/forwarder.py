@@ -9,6 +9,7 @@ it for NACK/RTX and counts it in its sender reports.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from aiortc.utils import uint16_gt
 from . import internals
 from .keyframes import KeyframeRequester, is_keyframe_start
 from .stats import SfuStats
+
+log = logging.getLogger("confmeet.sfu")
 
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
@@ -115,6 +118,9 @@ class UpTrack:
         self.keyframes_seen = 0
         self.closed = False
         self.held = False  # a moderator muted it: received, not forwarded
+        # Observers of every packet forwarded (recording, captions); called synchronously, so
+        # they must only copy or queue the packet.
+        self.taps: tuple[Callable[[UpTrack, RtpPacket], None], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -132,6 +138,13 @@ class UpTrack:
 
     def discard(self, down: DownTrack) -> None:
         self.downs = tuple(d for d in self.downs if d is not down)
+
+    def add_tap(self, tap: Callable[[UpTrack, RtpPacket], None]) -> None:
+        if not self.closed and tap not in self.taps:
+            self.taps += (tap,)
+
+    def remove_tap(self, tap: Callable[[UpTrack, RtpPacket], None]) -> None:
+        self.taps = tuple(t for t in self.taps if t != tap)
 
     def hold(self, held: bool) -> None:
         """Stop (or resume) forwarding; a resumed video track starts again from a keyframe."""
@@ -154,6 +167,7 @@ class UpTrack:
         for down in self.downs:
             down.started = False
         self.downs = ()
+        self.taps = ()
 
     async def _send_pli(self) -> bool:
         if self.media_ssrc is None or self.closed:
@@ -179,7 +193,15 @@ class UpTrack:
         if keyframe:
             self.keyframes_seen += 1
             self.keyframes.keyframe_received()  # type: ignore[union-attr]
-        if self.downs and not self.held:
+        if self.held:
+            return
+        for tap in self.taps:
+            try:
+                tap(self, packet)
+            except Exception:
+                log.exception("a tap on track %s of %s failed; it is removed", self.track_id, self.publisher)
+                self.remove_tap(tap)
+        if self.downs:
             now = time.monotonic()
             ntp_time = internals.current_ntp_time()
             for down in self.downs:

@@ -13,7 +13,13 @@ message                                                                reply
 ``{"type": "leave", "participant"}``                                   ``{"type": "left"}``
 ``{"type": "stats", "participant"}``                                   ``{"type": "stats", ...}``
 ``{"type": "hold", "participant", "source", "held"}``                  ``{"type": "ok"}``
+``{"type": "sink_start", "participant", "sink", "options"?}``          ``{"type": "ok"}``
+``{"type": "sink_stop", "participant", "sink"}``                       ``{"type": "sink_stopped", ...}``
 =====================================================================  ==============================
+
+Sinks (a recording, the captions) are made by the factories given to the host, by name; each
+consumes the room's tracks from its start until it is stopped or the room empties. Either way the
+room emits ``{"type": "sink_stopped", "sink", "result"}`` with the sink's result.
 
 Any failure is ``{"type": "error", "code", "message"}`` (codes in ``errors.SfuError``). Events
 are dicts with ``type``, ``room`` and ``participant`` (the addressee, or None for the room).
@@ -37,13 +43,16 @@ from typing import Any
 from .errors import SfuError
 from .ice import CandidateGatherer, IceSettings
 from .peer import SOURCES
-from .room import Room
+from .room import Room, TrackSink
 from .speaker import SpeakerSettings
 from .stats import SfuStats
 
 log = logging.getLogger("confmeet.sfu")
 
 Handler = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Makes a sink for a room from the ``options`` of its ``sink_start`` message (and the room's
+# event emitter, for the sink's own events); raises SfuError("bad_message") for bad options.
+SinkFactory = Callable[[str, dict[str, Any], Callable[[str | None, dict[str, Any]], None]], TrackSink]
 
 
 class EventStream:
@@ -104,7 +113,7 @@ class RoomHost:
     """Hosts every room of this process (see the module doc for the messages)."""
 
     def __init__(self, ice: IceSettings | None = None, speaker: SpeakerSettings | None = None,
-                 quality_interval: float = 2.0) -> None:
+                 quality_interval: float = 2.0, sinks: dict[str, SinkFactory] | None = None) -> None:
         self.ice = ice or IceSettings()
         self.speaker = speaker or SpeakerSettings()
         self.quality_interval = quality_interval
@@ -113,10 +122,12 @@ class RoomHost:
         self._rooms: dict[str, Room] = {}
         self._streams: set[EventStream] = set()
         self._closed = False
+        self._sink_factories = dict(sinks or {})
+        self._stopping: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
             "join": self._join, "offer": self._offer, "answer": self._answer,
             "candidate": self._add_candidate, "leave": self._leave, "stats": self._stats,
-            "hold": self._hold,
+            "hold": self._hold, "sink_start": self._sink_start, "sink_stop": self._sink_stop,
         }
 
     async def request(self, room: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +159,8 @@ class RoomHost:
         self._closed = True
         for room in list(self._rooms.values()):
             await room.close()
+        while self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         for stream in list(self._streams):
             stream.close()
 
@@ -216,6 +229,27 @@ class RoomHost:
                 up.hold(held)
         return {"type": "ok"}
 
+    async def _sink_start(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        name = _text(message, "sink")
+        factory = self._sink_factories.get(name)
+        if factory is None:
+            raise SfuError("unknown_sink", f"no sink named {name!r}; this SFU has "
+                                           f"{', '.join(self._sink_factories) or 'none'}")
+        options = message.get("options", {})
+        if not isinstance(options, dict):
+            raise SfuError("bad_message", "'options' must be an object")
+        room = self._room(room_name)
+        room.peer(participant)  # only someone in the room starts a sink
+        if name in room.sinks:
+            raise SfuError("already_running", f"{name} is already running in room {room_name!r}")
+        room.start_sink(name, factory(room_name, options, room.emit))
+        return {"type": "ok"}
+
+    async def _sink_stop(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        name = _text(message, "sink")
+        result = await self._room(room_name).stop_sink(name)
+        return {"type": "sink_stopped", "sink": name, "result": result}
+
     async def _stats(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         room = self._room(room_name)
         peer = room.peer(participant)
@@ -233,3 +267,6 @@ class RoomHost:
             del self._rooms[room.name]
             self.stats.rooms -= 1
         room.stop()
+        task = asyncio.get_running_loop().create_task(room.wait_stopped())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)

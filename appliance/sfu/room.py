@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCConfiguration
 
@@ -24,6 +24,18 @@ from .stats import SfuStats
 log = logging.getLogger("confmeet.sfu")
 
 SPEAKER_INTERVAL = 0.2
+
+
+class TrackSink(Protocol):
+    """Something that consumes a room's published tracks as they arrive (a recording, the
+    captions): told of every track present and to come, it taps the packets it wants."""
+
+    def track_added(self, up: UpTrack) -> None: ...
+
+    def track_removed(self, up: UpTrack) -> None: ...
+
+    async def stop(self) -> dict[str, Any]:
+        """Finish; the result is what the ``sink_stopped`` event and reply carry."""
 
 
 class Room:
@@ -42,6 +54,7 @@ class Room:
         self._on_empty = on_empty
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
+        self.sinks: dict[str, TrackSink] = {}
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def emit(self, participant: str | None, event: dict[str, Any]) -> None:
@@ -88,14 +101,48 @@ class Room:
                 await self.leave(participant, "closed")
         await asyncio.gather(*self._departures)
         self.stop()
+        await self.wait_stopped()
 
     def stop(self) -> None:
+        """Stop the periodic work; sinks still attached are stopped in the background."""
         self._ticker.cancel()
+        for name in list(self.sinks):
+            task = asyncio.get_running_loop().create_task(self.stop_sink(name))
+            self._departures.add(task)
+            task.add_done_callback(self._departures.discard)
+
+    async def wait_stopped(self) -> None:
+        while self._departures:
+            await asyncio.gather(*self._departures, return_exceptions=True)
+
+    # ------------------------------------------------------------------ sinks
+    def start_sink(self, name: str, sink: TrackSink) -> None:
+        if name in self.sinks:
+            raise SfuError("already_running", f"{name} is already running in room {self.name!r}")
+        self.sinks[name] = sink
+        for up in self.tracks.values():
+            sink.track_added(up)
+
+    async def stop_sink(self, name: str) -> dict[str, Any]:
+        sink = self.sinks.pop(name, None)
+        if sink is None:
+            raise SfuError("not_running", f"{name} is not running in room {self.name!r}")
+        for up in self.tracks.values():
+            sink.track_removed(up)
+        try:
+            result = await sink.stop()
+        except Exception as exc:
+            log.exception("room %s: stopping %s failed", self.name, name)
+            result = {"error": str(exc) or type(exc).__name__}
+        self.emit(None, {"type": "sink_stopped", "sink": name, "result": result})
+        return result
 
     # ------------------------------------------------------------------ called by peers
     def track_published(self, up: UpTrack) -> None:
         self.tracks[up.key] = up
         self.emit(None, {"type": "track_published", **up.describe()})
+        for sink in self.sinks.values():
+            sink.track_added(up)
         for peer in self.peers.values():
             if peer.participant != up.publisher:
                 peer.post(peer.subscribe, up)
@@ -103,6 +150,8 @@ class Room:
     def track_unpublished(self, up: UpTrack) -> None:
         self.tracks.pop(up.key, None)
         self.emit(None, {"type": "track_unpublished", **up.describe()})
+        for sink in self.sinks.values():
+            sink.track_removed(up)
         for peer in self.peers.values():
             if peer.participant != up.publisher:
                 peer.post(peer.unsubscribe, up.key)
