@@ -161,7 +161,8 @@ class Accounts:
             # A guest has no account: the token itself names them and their one meeting.
             return Principal("guest", claims["sub"], claims.get("name", "Guest"), role="guest",
                              meeting_id=claims.get("mid", ""))
-        principal = await self.db.run(self._live_session, claims.get("sid", ""), claims["sub"])
+        principal = self._principal(await self.db.fetch(
+            LIVE_SESSION, sid=claims.get("sid", ""), uid=claims["sub"], now=utcnow()), claims.get("sid", ""))
         if principal is None:
             raise unauthorized("the session has ended (signed out or account disabled); sign in again")
         if len(self._recent) >= RECENT_TOKENS:
@@ -183,8 +184,7 @@ class Accounts:
                 del self._recent[token]
 
     @staticmethod
-    def _live_session(session_id: str, user_id: str) -> Principal | None:
-        found = LIVE_SESSION.rows(sid=session_id, uid=user_id, now=utcnow())
+    def _principal(found: list[tuple], session_id: str) -> Principal | None:
         if not found:
             return None
         uid, name, email, role = found[0]

@@ -68,6 +68,11 @@ class Meetings:
               code: str | None = None) -> tuple[Meeting, str | None]:
         query = MEETING_BY_ID if meeting_id else MEETING_BY_CODE
         rows = query.rows(key=meeting_id or code, user=principal.id if principal.kind == "user" else "")
+        return Meetings._resolve(principal, rows)
+
+    @staticmethod
+    def _resolve(principal: Principal, rows: list[tuple]) -> tuple[Meeting, str | None]:
+        """The meeting and the caller's role from MEETING_BY_ID/CODE's rows, or 404."""
         meeting = model_from_row(Meeting, rows[0]) if rows else None
         role = rows[0][-1] if rows else None
         if principal.kind == "guest":
@@ -103,11 +108,10 @@ class Meetings:
 
     async def get(self, principal: Principal, meeting_id: str | None = None,
                   code: str | None = None) -> dict[str, Any]:
-        def get() -> dict[str, Any]:
-            meeting, role = self._load(principal, meeting_id, code)
-            return self.view(meeting, role)
-
-        return await self.db.run(get)
+        query = MEETING_BY_ID if meeting_id else MEETING_BY_CODE
+        rows = await self.db.fetch(query, key=meeting_id or code,
+                                   user=principal.id if principal.kind == "user" else "")
+        return self.view(*self._resolve(principal, rows))
 
     async def mine(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
         def mine() -> dict[str, Any]:

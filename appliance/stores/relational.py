@@ -2,7 +2,8 @@
 
 SQLite for the embedded default, PostgreSQL (psycopg2) in production. peewee is a blocking
 library, so every query runs on a small thread pool through :meth:`Relational.run`; the event
-loop never waits on the database.
+loop never waits on the database. The hot single-statement reads (:class:`Prepared`) go through
+:meth:`Relational.fetch`, which on PostgreSQL waits on the socket from the loop instead (pgasync).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from playhouse.shortcuts import ReconnectMixin
 
 from ..settings import mask_url_password
 from .errors import StoreUnavailable
+from .pgasync import AsyncReader
 
 T = TypeVar("T")
 
@@ -183,8 +185,8 @@ class Prepared:
         self._names = names
         self._compiled: dict[int, tuple[str, list[tuple[str | None, Any]]]] = {}
 
-    def rows(self, **values: Any) -> list[tuple]:
-        db = database_proxy.obj
+    def bind(self, db: pw.Database, values: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL for ``db`` and its parameters for ``values``."""
         compiled = self._compiled.get(id(db))
         if compiled is None:
             marks = {f"\x00{name}\x00": name for name in self._names}
@@ -192,7 +194,11 @@ class Prepared:
             compiled = (sql, [(marks.get(arg) if isinstance(arg, str) else None, arg) for arg in args])
             self._compiled[id(db)] = compiled
         sql, slots = compiled
-        return db.execute_sql(sql, [values[name] if name else const for name, const in slots]).fetchall()
+        return sql, [values[name] if name else const for name, const in slots]
+
+    def rows(self, **values: Any) -> list[tuple]:
+        db = database_proxy.obj
+        return db.execute_sql(*self.bind(db, values)).fetchall()
 
 
 
@@ -243,6 +249,8 @@ class Relational:
         self.kind = "sqlite" if isinstance(self.db, pw.SqliteDatabase) else "postgresql"
         self.migrations_run = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._reader = (AsyncReader({"dbname": self.db.database, **self.db.connect_params})
+                        if self.kind == "postgresql" else None)
 
     def describe(self) -> str:
         return mask_url_password(self.url)
@@ -251,6 +259,12 @@ class Relational:
         """Run a blocking function using the database on the pool and return its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def fetch(self, query: Prepared, **values: Any) -> list[tuple]:
+        """The rows of a prepared read: from the loop on PostgreSQL, on the pool on SQLite."""
+        if self._reader is None:
+            return await self.run(query.rows, **values)
+        return await self._reader.fetch(*query.bind(self.db, values))
 
     def atomic(self):
         return self.db.atomic()
@@ -278,6 +292,8 @@ class Relational:
             self.db.close()
 
         await self.run(_close_all)
+        if self._reader is not None:
+            self._reader.close()
         self._executor.shutdown(wait=True)
         self.db.close()
 
