@@ -205,7 +205,7 @@ class UpTrack:
             now = time.monotonic()
             ntp_time = internals.current_ntp_time()
             for down in self.downs:
-                await down.write(packet, keyframe, now, ntp_time)
+                down.write(packet, keyframe, now, ntp_time)
 
 
 class DownTrack:
@@ -262,7 +262,7 @@ class DownTrack:
         self.started = False
         self.up.discard(self)
 
-    async def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
+    def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
         if not self.started:
             return
         if packet.ssrc != self.source_ssrc:
@@ -285,7 +285,7 @@ class DownTrack:
         out.extensions.abs_send_time = (ntp_time >> 14) & 0xFFFFFF
         out.extensions.audio_level = packet.extensions.audio_level
         try:
-            await internals.send_forwarded(self.sender, out, out.serialize(self.extensions), ntp_time)
+            internals.send_forwarded(self.sender, out, out.serialize(self.extensions), ntp_time)
         except ConnectionError:  # the subscriber's transport closed under us
             return
         self.packets += 1

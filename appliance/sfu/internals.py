@@ -19,6 +19,7 @@ from aiortc import (
     RTCRtpTransceiver,
     clock,
 )
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
@@ -82,11 +83,24 @@ def sender_encodes(sender: RTCRtpSender) -> bool:
     return sender._RTCRtpSender__encoder is not None  # type: ignore[attr-defined]
 
 
-async def send_forwarded(sender: RTCRtpSender, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
-    """Write an already serialised packet through the sender's transport and account for it as
-    if the sender had produced it: RTP history (so NACKs are answered, over RTX when negotiated)
-    and the packet/octet counts and timestamps of its sender reports."""
-    await sender.transport._send_rtp(data)
+def send_forwarded(sender: RTCRtpSender, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
+    """Encrypt an already serialised packet and hand it to the UDP socket of the selected ICE
+    pair at once — aiortc's own path awaits through five coroutines per packet — then account for
+    it as if the sender had produced it: transport statistics, RTP history (so NACKs are answered,
+    over RTX when negotiated) and the packet/octet counts and timestamps of its sender reports.
+    The SFU's candidates are its own host sockets (plus server-reflexive addresses of those), so
+    every pair sends through a plain datagram transport. Raises ConnectionError when closed."""
+    dtls = sender.transport
+    if dtls._state != DtlsState.CONNECTED:
+        raise ConnectionError("the subscriber's transport is not connected")
+    pair = dtls.transport._connection._nominated.get(1)
+    socket = pair.protocol.transport if pair is not None else None
+    if socket is None or socket.is_closing():
+        raise ConnectionError("the subscriber's ICE connection is closed")
+    protected = dtls._tx_srtp.protect(data)
+    socket.sendto(protected, pair.remote_addr)
+    dtls._RTCDtlsTransport__tx_bytes += len(protected)
+    dtls._RTCDtlsTransport__tx_packets += 1
     history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
     sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]

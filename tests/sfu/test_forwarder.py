@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import (
     RTCP_PSFB_PLI,
@@ -50,12 +52,20 @@ def test_rewriter_stops_dropping_old_numbers_once_far_past_the_restart() -> None
 
 
 class Wire:
-    """A connected transport that records what is written to it."""
+    """A connected DTLS transport that records what is written to it, in clear: RTCP through
+    ``_send_rtp``, forwarded RTP through the selected ICE pair's socket as the SFU writes it
+    (internals.send_forwarded), with SRTP that leaves packets as they are."""
 
     state = "connected"
+    _state = DtlsState.CONNECTED
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self._tx_srtp = SimpleNamespace(protect=lambda data: data)
+        self._RTCDtlsTransport__tx_bytes = self._RTCDtlsTransport__tx_packets = 0
+        socket = SimpleNamespace(sendto=lambda data, addr: self.sent.append(data), is_closing=lambda: False)
+        pair = SimpleNamespace(protocol=SimpleNamespace(transport=socket), remote_addr=("127.0.0.1", 9))
+        self._connection = SimpleNamespace(_nominated={1: pair})
 
     async def _send_rtp(self, data: bytes) -> None:
         self.sent.append(data)

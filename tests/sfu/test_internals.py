@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -39,3 +41,20 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
 def test_receiver_methods_the_tap_wraps_exist(name: str) -> None:
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
     assert callable(getattr(RTCRtpReceiver, name))
+
+
+async def test_forwarded_packets_reach_the_socket_of_the_selected_pair(
+        alice_and_bob: tuple[Any, Any]) -> None:
+    """send_forwarded writes straight to the selected pair's datagram socket; the SFU's pairs
+    are all on its own host sockets (StunProtocol), which that relies on."""
+    from aioice.ice import StunProtocol
+
+    alice, bob = alice_and_bob
+    await alice.wait_for_media("bob", video_frames=3)
+    room = alice.host._rooms["room"]
+    for peer in room.peers.values():
+        for down in peer.downs.values():
+            dtls = down.sender.transport
+            pair = dtls.transport._connection._nominated[1]
+            assert type(pair.protocol) is StunProtocol and not pair.protocol.transport.is_closing()
+            assert dtls._RTCDtlsTransport__tx_packets >= internals.sender_counts(down.sender)[0] > 0
