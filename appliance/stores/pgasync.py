@@ -28,21 +28,18 @@ async def _ready(conn: Any) -> None:
         state = conn.poll()
         if state == ext.POLL_OK:
             return
-        waiter = loop.create_future()
         if state == ext.POLL_READ:
-            loop.add_reader(fd, waiter.set_result, None)
-            try:
-                await waiter
-            finally:
-                loop.remove_reader(fd)
+            watch, unwatch = loop.add_reader, loop.remove_reader
         elif state == ext.POLL_WRITE:
-            loop.add_writer(fd, waiter.set_result, None)
-            try:
-                await waiter
-            finally:
-                loop.remove_writer(fd)
+            watch, unwatch = loop.add_writer, loop.remove_writer
         else:  # pragma: no cover - psycopg2 documents no other state
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
+        waiter = loop.create_future()
+        watch(fd, waiter.set_result, None)
+        try:
+            await waiter
+        finally:
+            unwatch(fd)
 
 
 class AsyncReader:
