@@ -18,6 +18,7 @@ from appliance.sfu.negotiation import (
 )
 
 from .chrome_sdp import CHROME_OFFER
+from .participants import ColourTrack, Meeting, Participant
 
 LOOPBACK = CandidateGatherer(IceSettings(loopback=True))
 CHROME = RTCSessionDescription(sdp=drop_mdns_candidates(CHROME_OFFER), type="offer")
@@ -100,3 +101,35 @@ def test_offers_the_sfu_cannot_forward_are_refused_before_they_change_anything()
         check_offer("hello")
     assert error.value.code == "invalid_sdp"
     check_offer(CHROME_OFFER)
+
+
+async def test_a_track_stopped_and_sent_again_on_its_transceiver_is_forwarded_again(
+        meeting: Meeting, alice_and_bob: tuple[Participant, Participant]) -> None:
+    """A browser that stops sharing sets the transceiver inactive; sharing again reuses it."""
+    alice, bob = alice_and_bob
+    await alice.wait_for_media("bob", video_frames=3)
+    await bob.wait_for_media("alice", video_frames=3)
+    screen = alice.pc.addTransceiver(ColourTrack((20, 200, 20)), direction="sendonly")
+    reply = await alice.offer(tracks=[{"track_id": screen.sender.track.id, "source": "screen"}])
+    assert reply["type"] == "answer", reply
+    await bob.wait_until(lambda: any(r.frames > 3 for r in bob.tracks_from("alice", "video")
+                                     if r.track.id != bob.tracks_from("alice", "video")[0].track.id))
+    published = len([e for e in bob.events_of("track_published") if e["source"] == "screen"])
+
+    screen.direction = "inactive"
+    assert (await alice.offer())["type"] == "answer"
+    await bob.wait_until(lambda: any(e["source"] == "screen" for e in bob.events_of("track_unpublished")))
+
+    screen.direction = "sendonly"
+    again = ColourTrack((20, 20, 200))
+    again._id = screen.sender.track.id  # Chromium keeps the msid of a transceiver's sender
+    screen.sender.replaceTrack(again)
+    reply = await alice.offer(tracks=[{"track_id": screen.sender.track.id, "source": "screen"}])
+    assert reply["type"] == "answer"
+    await bob.wait_until(lambda: len([e for e in bob.events_of("track_published")
+                                      if e["source"] == "screen"]) == published + 1)
+    shares = [e for e in bob.events_of("track_published") if e["source"] == "screen"]
+    assert shares[-1]["track_id"] == shares[-2]["track_id"] == again.id
+    before = len(bob.received)
+    await bob.wait_until(lambda: any(r.frames > 3 for r in bob.received[before:] if r.track.kind == "video"),
+                         timeout=10)
