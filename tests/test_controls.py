@@ -291,6 +291,7 @@ async def test_chat_history_private_messages_and_files(appliance: Appliance) -> 
         assert httpx.get(link.json()["url"] + "x").status_code == 403
         big = host_api.post(f"/api/v1/meetings/{m['id']}/files", params={"name": "big.bin"}, content=b"0" * 300_000)
         assert big.status_code == 413
+        assert big.json()["error"]["message"] == "files are limited to 195 KiB"
         assert [f["name"] for f in pat_api.get(f"/api/v1/meetings/{m['id']}/files").json()["files"]] == ["notes.txt"]
 
         # a late joiner gets the public history and nobody else's private messages

@@ -21,6 +21,14 @@ LINK_TTL = dt.timedelta(minutes=10)
 SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 
+def size_text(size: int) -> str:
+    """A byte count as people read it: 25 MiB, 195 KiB, 512 bytes."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
 def file_view(row: MeetingFile) -> dict:
     return {"id": row.id, "name": row.name, "size": row.size, "content_type": row.content_type,
             "uploader_name": row.uploader_name, "created_at": row.created_at}
@@ -51,7 +59,7 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
         while (chunk := await request.stream.read()) is not None:
             received += len(chunk)
             if received > limit:
-                raise ApiError(413, "payload_too_large", f"files are limited to {limit // (1024 * 1024)} MiB")
+                raise ApiError(413, "payload_too_large", f"files are limited to {size_text(limit)}")
             yield chunk
 
     content_type = (request.headers.get("content-type") or "application/octet-stream")[:127]

@@ -1,5 +1,9 @@
-// The appliance's REST API from the browser: tokens kept in localStorage, refreshed on expiry.
+// The appliance's REST API from the browser: an account's tokens kept in localStorage, refreshed
+// on expiry; a guest's token (one meeting, no account) kept in sessionStorage, so that it belongs
+// to the tab that joined and goes when the tab closes.
 const KEY = "confmeet.tokens";
+const GUEST_KEY = "confmeet.guest";
+let guest = null;  // the guest token this page acts with, when it acts for a guest (actAsGuest)
 
 export function tokens() {
   try { return JSON.parse(localStorage.getItem(KEY)) || null; } catch { return null; }
@@ -19,11 +23,14 @@ export class ApiError extends Error {
   }
 }
 
+// A Blob (a File) is sent as it is, with its own type; anything else as JSON.
 async function send(method, path, body, token) {
   const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const raw = body instanceof Blob;
+  if (body !== undefined) headers["Content-Type"] = raw ? body.type || "application/octet-stream" : "application/json";
   if (token) headers["Authorization"] = `Bearer ${token}`;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const payload = body === undefined || raw ? body : JSON.stringify(body);
+  const response = await fetch(path, { method, headers, body: payload });
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   return { response, data };
 }
@@ -38,9 +45,10 @@ async function refresh() {
 }
 
 export async function call(method, path, body) {
-  let { response, data } = await send(method, path, body, tokens()?.access_token);
-  if (response.status === 401 && tokens() && await refresh()) {
-    ({ response, data } = await send(method, path, body, tokens()?.access_token));
+  const bearer = () => guest ?? tokens()?.access_token;
+  let { response, data } = await send(method, path, body, bearer());
+  if (response.status === 401 && !guest && tokens() && await refresh()) {
+    ({ response, data } = await send(method, path, body, bearer()));
   }
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
@@ -48,8 +56,42 @@ export async function call(method, path, body) {
 
 export async function signIn(email, password) {
   saveTokens(await call("POST", "/api/v1/auth/login", { email, password }));
+  forgetGuest();
 }
 
 export async function signOut() {
   try { await call("POST", "/api/v1/auth/logout"); } finally { saveTokens(null); }
+}
+
+/** Act as the guest of meeting `code` if this tab holds an unexpired guest token for it; says whether it does. */
+export function actAsGuest(code) {
+  let stored = null;
+  try { stored = JSON.parse(sessionStorage.getItem(GUEST_KEY)); } catch { /* none kept */ }
+  guest = stored?.code === code && stored.expires_at > Date.now() ? stored.token : null;
+  return guest !== null;
+}
+
+/** The guest token this page acts with, or null when it acts for an account (or nobody). */
+export function guestToken() {
+  return guest;
+}
+
+/**
+ * Become a guest of meeting `code`: a name, and the meeting's password if it has one. Resolves with
+ * the meeting ({id, code, title}); an unknown code, a meeting without guests and a wrong password
+ * all reject with the same 404.
+ */
+export async function joinAsGuest(code, name, password) {
+  const path = `/api/v1/meetings/by-code/${encodeURIComponent(code)}/guest`;
+  const { response, data } = await send("POST", path, password ? { name, password } : { name });
+  if (!response.ok) throw new ApiError(response.status, data);
+  sessionStorage.setItem(GUEST_KEY, JSON.stringify({ code, token: data.guest_token,
+                                                     expires_at: Date.now() + data.expires_in * 1000 }));
+  guest = data.guest_token;
+  return data.meeting;
+}
+
+export function forgetGuest() {
+  sessionStorage.removeItem(GUEST_KEY);
+  guest = null;
 }

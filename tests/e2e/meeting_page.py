@@ -3,14 +3,21 @@ page's RTCPeerConnection statistics (window.confmeet.pc)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 T = TypeVar("T")
+
+# The screenshots in docs/screenshots come from the browser tests: set CONFMEET_SCREENSHOTS=docs/screenshots
+# to refresh them; otherwise they go to a scratch directory and the tree stays clean.
+SCREENSHOTS = Path(os.environ.get("CONFMEET_SCREENSHOTS") or tempfile.mkdtemp(prefix="confmeet-screenshots-"))
 
 # Each remote tile: who, the picture's size, frames decoded and audio packets received for it.
 REMOTE_TILES = """async () => {
@@ -73,14 +80,25 @@ class MeetingPage:
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.dialogs: list[str] = []  # alert(), confirm(), ...: the page never opens one
+        self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
 
     def open(self, code: str) -> None:
         """Open the meeting's link and sign in; the pre-join screen shows."""
         self.page.goto(f"/m/{code}")
+        self.page.get_by_role("button", name="Sign in").click()  # "Have an account? Sign in"
         self.page.get_by_label("E-mail").fill(self.person.email)
         self.page.get_by_label("Password", exact=True).fill(self.person.password)
         self.page.get_by_role("button", name="Sign in").click()
-        expect(self.page.get_by_role("button", name="Join")).to_be_visible()
+        expect(self.page.get_by_role("button", name="Join", exact=True)).to_be_visible()
+
+    def open_as_guest(self, code: str, password: str = "") -> None:
+        """Open the meeting's link without an account and ask to join with a name (and a password)."""
+        self.page.goto(f"/m/{code}")
+        self.type_name()
+        if password:
+            self.page.get_by_label("Meeting password").fill(password)
+        self.page.get_by_role("button", name="Join as guest").click()
 
     def preview_running(self) -> bool:
         return self.page.evaluate("document.querySelector('#preview').videoWidth > 0")
@@ -96,6 +114,58 @@ class MeetingPage:
         self.type_name()
         self.click_join()
         expect(self.page.get_by_role("button", name="Leave")).to_be_visible()
+
+    def knock(self, code: str) -> None:
+        """Ask to join a meeting with a waiting room: the page waits to be let in."""
+        self.open(code)
+        self.type_name()
+        self.click_join()
+        expect(self.page.get_by_role("button", name="Waiting to be let in…")).to_be_disabled()
+
+    def button(self, name: str) -> Locator:
+        return self.page.get_by_role("button", name=name, exact=True)
+
+    def open_panel(self, name: str) -> Locator:
+        """Open the side panel "People" or "Chat" (the button in the control bar) and return it."""
+        button = self.button(name)
+        if button.get_attribute("aria-expanded") != "true":
+            button.click()
+        panel = self.page.get_by_role("complementary", name=name, exact=True)
+        expect(panel).to_be_visible()
+        return panel
+
+    def close_panels(self) -> None:
+        for name in ("People", "Chat"):
+            if self.button(name).get_attribute("aria-expanded") == "true":
+                self.button(name).click()
+
+    def send_chat(self, text: str, to: str = "Everyone") -> None:
+        panel = self.open_panel("Chat")
+        panel.get_by_label("Send to").select_option(label=to)
+        panel.get_by_role("textbox", name="Message").fill(text)
+        panel.get_by_role("textbox", name="Message").press("Enter")
+        expect(panel.get_by_role("textbox", name="Message")).to_have_value("")
+
+    def chat_messages(self) -> list[dict]:
+        """The chat as shown: sender, the private note if any, and the message's text."""
+        return self.page.eval_on_selector_all("#chat-log > li", """items => items.map((li) => ({
+            from: li.querySelector('.chat-from').textContent,
+            private: li.querySelector('.chat-private')?.textContent ?? null,
+            text: (li.querySelector('.chat-text') ?? li.querySelector('.chat-file-name')).textContent}))""")
+
+    def people(self) -> list[str]:
+        """The participant list's names, in its order (open the People panel first)."""
+        return self.page.get_by_role("complementary", name="People", exact=True).get_by_role("listitem") \
+            .evaluate_all("items => items.map((li) => li.getAttribute('aria-label'))")
+
+    def screenshot(self, name: str) -> None:
+        """A picture for docs/screenshots (see SCREENSHOTS), once passing notices are gone."""
+        expect(self.page.locator("#notice")).to_be_hidden(timeout=6000)
+        self.page.screenshot(path=SCREENSHOTS / name)
+
+    def tile(self, name: str) -> Locator:
+        """A participant's tile on the stage (by name, "… (You)" for one's own)."""
+        return self.page.get_by_role("list", name="Participants").get_by_role("listitem", name=name, exact=True)
 
     @property
     def participant_id(self) -> str:
@@ -124,3 +194,15 @@ class MeetingPage:
 
     def close(self) -> None:
         self.context.close()
+
+
+def media_flows(me: MeetingPage, other: MeetingPage) -> None:
+    """``me`` shows ``other``'s picture and receives their sound, and both keep coming."""
+    def tile() -> dict | None:
+        return next((t for t in me.remote_tiles() if t["participant"] == other.participant_id), None)
+
+    first = poll(lambda: (t := tile()) and t["width"] > 0 and t["frames"] > 0 and t["audio_packets"] > 0 and t,
+                 f"{me.person.name} shows and hears {other.person.name}", timeout=10)
+    assert first["name"] == other.person.name
+    poll(lambda: (t := tile()) and t["frames"] > first["frames"] and t["audio_packets"] > first["audio_packets"],
+         f"{other.person.name}'s frames and audio keep arriving at {me.person.name}", timeout=5)

@@ -3,12 +3,9 @@ driving the UI, see and hear each other, come and go. The tests run in order and
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,13 +14,10 @@ from playwright.sync_api import Browser, expect
 from appliance_server import Appliance
 
 from .flaky_proxy import FlakyProxy
-from .meeting_page import PEOPLE, MeetingPage, poll
+from .meeting_page import PEOPLE, SCREENSHOTS, MeetingPage, media_flows, poll
 
 pytestmark = pytest.mark.browser
 
-# The screenshots in docs/screenshots come from these tests: set CONFMEET_SCREENSHOTS=docs/screenshots
-# to refresh them; otherwise they go to a scratch directory and the tree stays clean.
-SCREENSHOTS = Path(os.environ.get("CONFMEET_SCREENSHOTS") or tempfile.mkdtemp(prefix="confmeet-screenshots-"))
 SILENCE_DBOV = -127
 
 
@@ -64,18 +58,6 @@ def speaking(participant: dict) -> bool:
     packets = sum(t["packets"] for t in participant["published"] if t["kind"] == "audio")
     level = participant.get("audio_level_dbov")
     return packets > 0 and level is not None and level > SILENCE_DBOV
-
-
-def media_flows(me: MeetingPage, other: MeetingPage) -> None:
-    """``me`` shows ``other``'s picture and receives their sound, and both keep coming."""
-    def tile() -> dict | None:
-        return next((t for t in me.remote_tiles() if t["participant"] == other.participant_id), None)
-
-    first = poll(lambda: (t := tile()) and t["width"] > 0 and t["frames"] > 0 and t["audio_packets"] > 0 and t,
-                 f"{me.person.name} shows and hears {other.person.name}", timeout=10)
-    assert first["name"] == other.person.name
-    poll(lambda: (t := tile()) and t["frames"] > first["frames"] and t["audio_packets"] > first["audio_packets"],
-         f"{other.person.name}'s frames and audio keep arriving at {me.person.name}", timeout=5)
 
 
 def test_two_people_join_and_see_and_hear_each_other(browser: Browser, appliance: Appliance, proxy: FlakyProxy,
