@@ -161,6 +161,9 @@ def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = N
         return status, None
 
 
+CAPTION_MODELS = ("vad", "asr")  # the models the captions use (appliance.inference.models)
+
+
 def probe_inference(url: str) -> Probe:
     if url.startswith("local:"):
         return Probe("up", "in-process", detail="local:// models in the appliance process")
@@ -177,9 +180,12 @@ def probe_inference(url: str) -> Probe:
     detail = f"{len(loaded)} model(s) ready" + (f": {', '.join(loaded)}" if loaded else "")
     if failed:
         detail += f"; not loaded: {', '.join(failed)}"
+    missing = [name for name in CAPTION_MODELS if name not in loaded and name not in failed]
+    if missing:
+        detail += f"; captions need {', '.join(missing)}: run confmeet models import"
     if live != 200:
         return Probe("down", version, detail=f"/v2/health/live answered {live}")
-    if ready != 200 or failed:
+    if ready != 200 or failed or missing:
         return Probe("degraded", version, detail=f"not ready; {detail}")
     return Probe("up", version, detail=detail)
 

@@ -50,6 +50,7 @@ class Endpoint:
     description: str = ""
     path_params: list[str] = field(default_factory=list)
     upload: bool = False  # the body is raw bytes, streamed to the handler (request.stream)
+    produces: tuple[str, ...] = ()  # media types besides JSON the handler may answer with (an HTTPResponse)
 
     @property
     def sanic_path(self) -> str:
@@ -119,6 +120,7 @@ class Api:
         status: int = 200,
         errors: tuple[int, ...] = (),
         upload: bool = False,
+        produces: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def decorate(fn: Handler) -> Handler:
             params = re.findall(r"\{(\w+)\}", path)
@@ -137,7 +139,7 @@ class Api:
                 method=method.upper(), path=path, handler=fn, summary=summary, tag=tag, auth=auth,
                 body=body, query=query, response=response, status=status,
                 errors=tuple(sorted(implied)), description=(fn.__doc__ or "").strip(), path_params=params,
-                upload=upload,
+                upload=upload, produces=produces,
             ))
             return fn
 
@@ -163,6 +165,8 @@ def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
         if ep.query is not None:
             call.query = parse_query(request, ep.query)
         result = await ep.handler(call, **params)
+        if isinstance(result, HTTPResponse):
+            return result
         if result is None:
             return empty(status=204)
         if ep.response is not None and not isinstance(result, BaseModel):

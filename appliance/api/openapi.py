@@ -88,6 +88,7 @@ def _operation(ep: Endpoint, ref_of: dict[type[BaseModel], dict]) -> dict[str, A
     ok: dict[str, Any] = {"description": STATUS_TEXT.get(ep.status, "OK")}
     if ep.response is not None and ep.status != 204:
         ok["content"] = {"application/json": {"schema": ref_of[ep.response]}}
+        ok["content"].update({media: {"schema": {"type": "string"}} for media in ep.produces})
     op["responses"][str(ep.status)] = ok
     for status in ep.errors:
         op["responses"][str(status)] = {

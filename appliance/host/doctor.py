@@ -37,7 +37,7 @@ TLS_RENEW_FIX = ("rerun confmeet install (it reissues certificates from its priv
 @dataclass
 class DoctorOptions:
     """``timeout``: seconds per network check. ``model_repository``: Triton's model repository
-    (None: ``<data_dir>/model_repository``). ``required_models``: models that must be there.
+    (None: the ``model_repository`` setting). ``required_models``: models that must be there.
     ``now``: the time certificates are judged at (tests)."""
 
     timeout: float = 5.0
@@ -368,7 +368,7 @@ async def check_settings(settings: Settings, options: DoctorOptions | None = Non
     """Every check of a configuration that loaded."""
     options = options or DoctorOptions()
     now = options.now or dt.datetime.now(dt.timezone.utc)
-    repository = options.model_repository or settings.data_dir / "model_repository"
+    repository = options.model_repository or settings.model_repository_path
 
     async def inference_gpu() -> list[Finding]:
         if not settings.inference.startswith("triton"):

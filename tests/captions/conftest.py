@@ -1,0 +1,72 @@
+"""Shared by the captions tests: the models imported once from their PyPI packages, a real Triton
+serving them, and English sentences spoken by espeak-ng."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.captions.audio import decode_file
+from appliance.inference.models import import_models
+from triton_server import Triton, start_triton
+
+SCRIPT = [
+    "Good morning everyone, thank you for joining the weekly planning meeting.",
+    "Today we will review the budget for the new office and the hiring plan.",
+    "Please send your comments to the project manager before Friday afternoon.",
+]
+
+
+def speak(sentences: list[str], path: Path, pause_ms: int = 700) -> Path:
+    """A WAV of espeak-ng (US English, 150 words per minute) saying the sentences, with silence
+    between them (an utterance each) and after the last."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install -y espeak-ng (make system-packages)")
+    ssml = "<speak>" + "".join(f'{s}<break time="{pause_ms}ms"/>' for s in sentences) + "</speak>"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-m", "-w", str(path), ssml], check=True)
+    return path
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = words(reference), words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(1, len(ref))
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("models") / "model_repository"
+    import_models("packages", repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def script_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak(SCRIPT, tmp_path_factory.mktemp("speech") / "script.wav")
+
+
+@pytest.fixture(scope="session")
+def script_audio(script_wav: Path) -> np.ndarray:
+    return decode_file(script_wav.read_bytes(), 600)
+
+
+@pytest.fixture(scope="module")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    server = start_triton(model_repository, tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()

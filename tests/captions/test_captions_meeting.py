@@ -1,0 +1,174 @@
+"""Live captions in a real appliance, spoken by an aiortc participant playing espeak-ng speech:
+with Triton (a real tritonserver on CPU). Only the seats that turned
+captions on get them; the transcript API has the same words with the speaker's name. Killing
+Triton mid-meeting: the meeting goes on, captions say they are unavailable with bounded queues,
+and they come back when Triton is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiortc.contrib.media import MediaPlayer
+
+from appliance_server import Appliance, start_appliance
+from conftest import stop
+from signaling_client import SignalingClient
+from triton_server import Triton
+
+from .conftest import SCRIPT, word_error_rate
+
+USERS = {"ada": ("ada@example.com", "ada password 1", "Ada"), "grace": ("grace@example.com", "grace password 1", "Grace"),
+         "linus": ("linus@example.com", "linus password 1", "Linus")}
+
+
+@pytest.fixture(scope="module")
+def appliance(triton: Triton, model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    """With Triton; test_captions_browser.py runs captions with local:// as well."""
+    app = start_appliance(tmp_path_factory.mktemp("captions"), media_loopback="true",
+                          inference=triton.url, model_repository=str(model_repository))
+    for i, (email, password, _) in enumerate(USERS.values()):
+        app.add_user(email, password, admin=i == 0)
+    yield app
+    stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()
+
+
+def api(app: Appliance, who: str) -> httpx.Client:
+    token = app.login(*USERS[who][:2])["access_token"]
+    return httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+async def seated(app: Appliance, who: str, meeting: dict) -> SignalingClient:
+    client = SignalingClient(app.url, app.login(*USERS[who][:2])["access_token"])
+    await client.connect()
+    assert (await client.join(meeting["code"], USERS[who][2]))["type"] == "joined"
+    return client
+
+
+async def speaking(app: Appliance, who: str, meeting: dict, wav: Path, loop: bool = False) -> SignalingClient:
+    client = await seated(app, who, meeting)
+    client.publish(MediaPlayer(str(wav), loop=loop).audio)
+    assert (await client.offer())["type"] == "answer"
+    return client
+
+
+@pytest.fixture
+async def meeting(appliance: Appliance) -> AsyncIterator[dict]:
+    with api(appliance, "ada") as ada:
+        r = ada.post("/api/v1/meetings", json={"title": "captions"})
+        assert r.status_code == 201
+        yield r.json()
+
+
+def captions_of(client: SignalingClient) -> list[dict]:
+    return client.events_of("caption")
+
+
+async def test_captions_reach_the_seats_that_show_them_and_the_transcript(
+        appliance: Appliance, meeting: dict, script_wav: Path) -> None:
+    ada = await seated(appliance, "ada", meeting)
+    linus = await seated(appliance, "linus", meeting)
+    assert ada.joined["captions"] == {"enabled": False, "language": "en", "state": "off", "detail": ""}
+    denied = await linus.request({"type": "set_captions", "enabled": True})
+    assert denied["type"] == "error" and denied["code"] == "forbidden"
+    bad = await ada.request({"type": "set_captions", "enabled": True, "language": "klingon"})
+    assert bad["code"] == "bad_message"
+
+    shown = await ada.request({"type": "show_captions", "enabled": True})
+    assert shown["type"] == "captions_state" and shown["showing"] is True
+    assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
+    await linus.wait_until(lambda: any(e["enabled"] for e in linus.events_of("captions_state")))
+    assert linus.events_of("captions_state")[-1]["by"] == "Ada"
+
+    grace = await speaking(appliance, "grace", meeting, script_wav)
+    await ada.wait_until(lambda: len(captions_of(ada)) >= len(SCRIPT), timeout=45)
+    await asyncio.sleep(1.5)  # nothing more to come
+    shown_text = " ".join(c["text"] for c in captions_of(ada))
+    assert word_error_rate(" ".join(SCRIPT), shown_text) <= 0.15, shown_text
+    assert {c["name"] for c in captions_of(ada)} == {"Grace"}
+    assert {c["participant_id"] for c in captions_of(ada)} == {grace.joined["participant"]["id"]}
+    for c in captions_of(ada):
+        assert c["final"] is True and c["language"] == "en" and c["start"] < c["end"] <= time.time()
+    assert captions_of(linus) == [] and captions_of(grace) == []  # they did not turn them on
+
+    with api(appliance, "linus") as client:  # a participant reads it during the meeting
+        r = client.get(f"/api/v1/meetings/{meeting['id']}/transcript")
+        assert r.status_code == 200, r.text
+        transcript = r.json()
+        assert transcript["language"] == "en"
+        assert [s["text"] for s in transcript["segments"]] == [c["text"] for c in captions_of(ada)]
+        assert {s["name"] for s in transcript["segments"]} == {"Grace"}
+        assert word_error_rate(" ".join(SCRIPT), " ".join(s["text"] for s in transcript["segments"])) <= 0.15
+
+        vtt = client.get(f"/api/v1/meetings/{meeting['id']}/transcript", params={"format": "vtt"})
+        assert vtt.headers["content-type"].startswith("text/vtt") and vtt.text.startswith("WEBVTT\n\n")
+        assert vtt.text.count(" --> ") == len(transcript["segments"]) and "Grace: " in vtt.text
+        srt = client.get(f"/api/v1/meetings/{meeting['id']}/transcript", params={"format": "srt"}).text
+        assert srt.startswith("1\n00:00:") and ",".join(["", ""]) in srt
+        txt = client.get(f"/api/v1/meetings/{meeting['id']}/transcript", params={"format": "txt"}).text
+        assert txt.count("Grace: ") == len(transcript["segments"])
+        found = client.get(f"/api/v1/meetings/{meeting['id']}/transcript/search", params={"q": "BUDGET"}).json()
+        assert len(found["segments"]) == 1 and "budget" in found["segments"][0]["text"].lower()
+        status = client.get(f"/api/v1/meetings/{meeting['id']}/captions").json()
+        assert status["enabled"] and status["state"] == "available" and status["viewers"] == 1
+
+    await ada.request({"type": "set_captions", "enabled": False})
+    await linus.wait_until(lambda: linus.events_of("captions_state")[-1]["enabled"] is False)
+    for client in (ada, linus, grace):
+        await client.close()
+
+    with api(appliance, "ada") as client:  # and after the meeting
+        assert client.post(f"/api/v1/meetings/{meeting['id']}/end").status_code in (200, 204)
+        after = client.get(f"/api/v1/meetings/{meeting['id']}/transcript").json()
+        assert after["segments"] == transcript["segments"]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_killing_triton_mid_meeting(appliance: Appliance, meeting: dict, script_wav: Path,
+                                          triton: Triton) -> None:
+    ada = await seated(appliance, "ada", meeting)
+    await ada.offer()  # receives only
+    await ada.request({"type": "show_captions", "enabled": True})
+    await ada.request({"type": "set_captions", "enabled": True, "language": "en"})
+    grace = await speaking(appliance, "grace", meeting, script_wav, loop=True)
+    await ada.wait_until(lambda: len(captions_of(ada)) >= 1, timeout=30)
+    grace_id = grace.joined["participant"]["id"]
+
+    triton.kill()
+    try:
+        await ada.wait_until(lambda: any(e["state"] == "unavailable" for e in ada.events_of("captions_state")),
+                             timeout=15)
+        unavailable = next(e for e in ada.events_of("captions_state") if e["state"] == "unavailable")
+        assert unavailable["enabled"] and "Triton" in unavailable["detail"]
+        shown = len(captions_of(ada))
+        frames, memory = ada.frames_from(grace_id, "audio"), rss_mb(appliance.proc.pid)
+        await asyncio.sleep(6)  # Grace keeps talking while Triton is down
+        assert ada.frames_from(grace_id, "audio") > frames + 200  # the meeting goes on: her audio flows
+        with api(appliance, "ada") as client:
+            status = client.get(f"/api/v1/meetings/{meeting['id']}/captions").json()
+        queues = status["queues"]
+        assert status["state"] == "unavailable"
+        assert queues["asr"] <= queues["asr_limit"] and queues["packets"] <= queues["packets_limit"]
+        assert queues["utterance_seconds"] <= queues["utterance_seconds_limit"]
+        assert status["packets_skipped"] > 150  # nothing decoded or queued while inference is away
+        assert rss_mb(appliance.proc.pid) < memory + 30
+        assert len(captions_of(ada)) <= shown + 1  # at most one in flight when it died
+    finally:
+        triton.start()
+    await ada.wait_until(lambda: ada.events_of("captions_state")[-1]["state"] == "available", timeout=20)
+    resumed = len(captions_of(ada))
+    await ada.wait_until(lambda: len(captions_of(ada)) > resumed, timeout=30)
+    assert captions_of(ada)[-1]["name"] == "Grace"
+    await grace.close()
+    await ada.close()

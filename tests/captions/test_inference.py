@@ -1,0 +1,79 @@
+"""The inference interface against both backends: local:// in this process and a real Triton
+serving the model repository (the same model code), and Triton going away and coming back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.captions.files import utterances_of
+from appliance.inference import Inference, InferenceError, InferenceUnavailable, open_inference
+from appliance.inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
+from triton_server import Triton
+
+from .conftest import SCRIPT, word_error_rate
+
+
+@pytest.fixture(params=["local", "triton"])
+async def inference(request: pytest.FixtureRequest, model_repository: Path) -> AsyncIterator[Inference]:
+    url = request.getfixturevalue("triton").url if request.param == "triton" else "local://"
+    backend = open_inference(url, model_repository)
+    yield backend
+    await backend.close()
+
+
+async def test_voice_activity_and_transcription(inference: Inference, script_audio: np.ndarray) -> None:
+    health = await inference.health()
+    assert health.ready and health.models == {"vad": True, "asr": True}, health
+
+    silence = np.zeros(16 * VAD_CHUNK, np.float32)
+    probs, state = await inference.vad(silence, np.zeros(VAD_STATE, np.float32))
+    assert probs.shape == (16,) and state.shape == (VAD_STATE,) and probs.max() < 0.2
+
+    utterances = await utterances_of(inference, script_audio)
+    assert len(utterances) == len(SCRIPT)  # one per sentence: the pauses between them cut
+    for utterance, sentence in zip(utterances, SCRIPT):
+        result = await inference.transcribe(utterance.audio, "en")
+        assert result.language == "en"
+        assert word_error_rate(sentence, result.text) <= 0.15, (sentence, result.text)
+    detected = await inference.transcribe(utterances[0].audio, "")
+    assert detected.language == "en"
+    assert (await inference.transcribe(np.zeros(0, np.float32))).text == ""
+
+
+async def test_bad_requests_are_refused_not_retried(inference: Inference) -> None:
+    with pytest.raises(InferenceError, match="multiple of 512"):
+        await inference.vad(np.zeros(100, np.float32), np.zeros(VAD_STATE, np.float32))
+    with pytest.raises(InferenceError, match="at most 30 s"):
+        await inference.transcribe(np.zeros(31 * SAMPLE_RATE, np.float32))
+
+
+async def test_local_inference_without_models_is_unavailable(tmp_path: Path) -> None:
+    backend = open_inference("local://", tmp_path / "empty")
+    health = await backend.health()
+    assert not health.ready and health.models == {"vad": False, "asr": False}
+    assert "confmeet models import" in health.detail
+    with pytest.raises(InferenceUnavailable, match="confmeet models import"):
+        await backend.vad(np.zeros(VAD_CHUNK, np.float32), np.zeros(VAD_STATE, np.float32))
+    await backend.close()
+
+
+async def test_triton_down_is_unavailable_until_it_returns(triton: Triton, model_repository: Path) -> None:
+    backend = open_inference(triton.url, model_repository)
+    chunk, state = np.zeros(VAD_CHUNK, np.float32), np.zeros(VAD_STATE, np.float32)
+    await backend.vad(chunk, state)
+    triton.kill()
+    try:
+        with pytest.raises(InferenceUnavailable, match="unreachable"):
+            await backend.vad(chunk, state)
+        health = await backend.health()
+        assert not health.ready and "does not answer" in health.detail
+    finally:
+        triton.start()
+    assert (await backend.health()).ready
+    probs, _ = await backend.vad(chunk, state)  # the same client reconnects
+    assert probs.shape == (1,)
+    await backend.close()
