@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_migrations
 from playhouse.shortcuts import ReconnectMixin
 
 from ..settings import mask_url_password
@@ -120,6 +122,26 @@ class Recording(BaseModel):
     tracks = JSONField(default=list)
     size_bytes = pw.BigIntegerField(default=0)
     object_prefix = pw.CharField(max_length=255, default="")
+    ended_at = pw.DateTimeField(null=True)
+    stop_reason = pw.CharField(max_length=255, default="")
+    upload_error = pw.TextField(default="")  # the last failed upload, while it is retried
+
+
+class RecordingExport(BaseModel):
+    """A composite of a recording (one picture, all audio mixed), made on demand."""
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    recording = pw.ForeignKeyField(Recording, backref="exports", on_delete="CASCADE")
+    format = pw.CharField(max_length=8)  # mp4 | webm
+    layout = pw.CharField(max_length=16)  # grid | speaker
+    width = pw.IntegerField()
+    height = pw.IntegerField()
+    status = pw.CharField(max_length=16, default="queued")  # queued | running | ready | failed
+    progress = pw.FloatField(default=0.0)
+    error = pw.TextField(default="")
+    size_bytes = pw.BigIntegerField(default=0)
+    object_key = pw.CharField(max_length=512, default="")
+    created_at = pw.DateTimeField(default=utcnow)
 
 
 class AuditEvent(BaseModel):
@@ -152,7 +174,7 @@ class SchemaVersion(BaseModel):
 
 
 MODELS: list[type[BaseModel]] = [
-    User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent, MeetingFile,
+    User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent, MeetingFile, RecordingExport,
 ]
 
 
@@ -165,10 +187,22 @@ def _m2_meeting_files(db: pw.Database) -> None:
     db.create_tables([MeetingFile])
 
 
+def _m3_recording_details(db: pw.Database) -> None:
+    # A database made by _m1 from today's models has the columns already.
+    present = {column.name for column in db.get_columns("recording")}
+    fields = {"ended_at": Recording.ended_at, "stop_reason": Recording.stop_reason,
+              "upload_error": Recording.upload_error}
+    migrator = SchemaMigrator.from_database(db)
+    run_migrations(*(migrator.add_column("recording", name, field)
+                     for name, field in fields.items() if name not in present))
+    db.create_tables([RecordingExport], safe=True)
+
+
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
     (2, "files shared in meetings", _m2_meeting_files),
+    (3, "recordings: end, stop reason, upload state; composite exports", _m3_recording_details),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,320 @@
+"""Recording for the whole appliance: starting and stopping a meeting's recording over signaling,
+the SFU sink that writes it, the Recording rows, uploads, exports, deletion and retention.
+
+Flow: a host or moderator sends ``recording_start``; a Recording row is made and the SFU gets
+``sink_start`` for the ``recording`` sink (sink.py), which writes every track of the room into the
+spool directory ``<data_dir>/recordings/<id>/``. Everyone in the meeting gets ``recording``
+events, and ``joined.recording`` tells late joiners. ``recording_stop`` (or the room emptying, or
+a full disk) stops the sink; its ``sink_stopped`` event carries the tracks, which are written to
+the row, and the files are uploaded (upload.py). Messages are in docs/protocol.md ("Recording").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import av
+
+from ..controls import MODERATORS
+from ..settings import Settings
+from ..sfu.errors import SfuError
+from ..stores.objects import ObjectStore
+from ..stores.relational import AuditEvent, Participant, Recording, RecordingExport, Relational, new_id, utcnow
+from .export import Exports
+from .sink import MB, Emit, RecordingSink, read_manifest
+from .upload import Uploader
+
+if TYPE_CHECKING:
+    from ..signaling import Seat, Signaling
+
+log = logging.getLogger("confmeet.recording")
+
+SINK = "recording"
+RECORDING_ID = re.compile(r"[0-9a-f]{32}")
+RETENTION_SWEEP_S = 3600.0
+INTERRUPTED = "the appliance stopped during the recording"
+CODEC_NAMES = {"vp8": "VP8", "h264": "H264", "opus": "opus"}  # PyAV's names -> RTP's
+
+
+def _error(code: str, message: str) -> Exception:
+    from ..signaling import SignalingError
+
+    return SignalingError(code, message)
+
+
+@dataclass
+class LiveRecording:
+    id: str
+    meeting_id: str
+    started_at: dt.datetime
+    started_by: str  # the name of who started it
+    stop_reason: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
+                "started_by": self.started_by}
+
+
+class Recordings:
+    def __init__(self, settings: Settings, db: Relational, objects: ObjectStore) -> None:
+        self.db = db
+        self.objects = objects
+        self.spool = settings.data_dir / "recordings"
+        self.min_free_bytes = settings.recording_min_free_mb * MB
+        self.retention_days = settings.recording_retention_days
+        self.uploader = Uploader(db, objects, self.spool)
+        self.exports = Exports(db, objects, self.spool)
+        self.live: dict[str, LiveRecording] = {}
+        self.s: Signaling | None = None
+        self._retention: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ wiring
+    def sink(self, room: str, options: dict[str, Any], emit: Emit) -> RecordingSink:
+        """The SFU's factory for the ``recording`` sink."""
+        recording_id = options.get("recording_id")
+        if not isinstance(recording_id, str) or not RECORDING_ID.fullmatch(recording_id):
+            raise SfuError("bad_message", "'recording_id' must be a recording's id")
+        return RecordingSink(recording_id, self.spool / recording_id, emit, self.min_free_bytes)
+
+    def attach(self, signaling: Signaling) -> None:
+        self.s = signaling
+        signaling.features["recording"] = self
+        signaling.controls.handlers.update({"recording_start": self.start_recording,
+                                            "recording_stop": self.stop_recording})
+
+    async def start(self) -> None:
+        """Pick up what a previous run left: recordings cut off, uploads and exports pending."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        rows = await self.db.run(lambda: list(Recording.select().where(
+            Recording.status.in_(("recording", "uploading")))))
+        for row in rows:
+            if row.status == "uploading":
+                self.uploader.submit(row.id)
+            else:
+                await self._recover(row)
+        await self.exports.resume()
+        if self.retention_days > 0:
+            self._retention = asyncio.get_running_loop().create_task(self._sweep_forever(), name="recording-retention")
+
+    async def close(self) -> None:
+        """After the SFU has stopped: store what the sinks wrote, then stop the background work
+        (uploads not finished now are resumed at the next start)."""
+        for live in list(self.live.values()):
+            self.live.pop(live.meeting_id, None)
+            result = await asyncio.to_thread(read_manifest, self.spool / live.id)
+            if result is not None:
+                await self._store(live.id, result, INTERRUPTED)
+        if self._retention is not None:
+            self._retention.cancel()
+        await self.uploader.close()
+        await self.exports.close()
+
+    # ------------------------------------------------------------------ signaling
+    def view(self, meeting_id: str) -> dict[str, Any] | None:
+        """``joined.recording``: the meeting's recording under way, or None."""
+        live = self.live.get(meeting_id)
+        return live.view() if live is not None else None
+
+    @staticmethod
+    def handles(event: dict[str, Any]) -> bool:
+        return event["type"] in ("sink_failed", "sink_stopped") and event.get("sink") == SINK
+
+    async def sfu_event(self, event: dict[str, Any]) -> None:
+        meeting_id = event["room"]
+        if event["type"] == "sink_failed":
+            live = self.live.get(meeting_id)
+            if live is not None and live.id == event.get("recording_id"):
+                live.stop_reason = event.get("reason", "the recording failed")
+                seats = self._seats(meeting_id)
+                await self.s.host.request(meeting_id, {"type": "sink_stop", "sink": SINK,  # type: ignore[union-attr]
+                                                       "participant": seats[0].id if seats else SINK})
+            return
+        await self._finish(meeting_id, event.get("result") or {})
+
+    def _seats(self, meeting_id: str) -> list[Seat]:
+        return self.s.in_meeting(meeting_id) if self.s is not None else []
+
+    def _broadcast(self, meeting_id: str, message: dict[str, Any]) -> None:
+        for seat in self._seats(meeting_id):
+            seat.send(message)
+
+    async def start_recording(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
+        if seat.role not in MODERATORS:
+            raise _error("forbidden", "only the meeting's host or moderator can start a recording")
+        meeting_id = seat.meeting_id
+        if meeting_id in self.live:
+            raise _error("already_recording", "this meeting is already being recorded")
+        free = await asyncio.to_thread(self._free_bytes)
+        if free < self.min_free_bytes:
+            raise _error("disk_full", f"only {free // MB} MB are free on the appliance's disk; recordings "
+                                      f"need {self.min_free_bytes // MB} MB (recording_min_free_mb)")
+        live = LiveRecording(new_id(), meeting_id, dt.datetime.now(dt.UTC), seat.name)
+        self.live[meeting_id] = live
+        user = seat.user_id if seat.principal_kind == "user" else None
+        try:
+            await self.db.run(lambda: Recording.create(
+                id=live.id, meeting=meeting_id, started_by=user, started_at=live.started_at.replace(tzinfo=None),
+                object_prefix=f"recordings/{live.id}/"))
+            reply = await self.s.host.request(meeting_id, {  # type: ignore[union-attr]
+                "type": "sink_start", "participant": seat.id, "sink": SINK, "options": {"recording_id": live.id}})
+            if reply.get("type") == "error":
+                raise _error(reply.get("code", "internal"), reply.get("message", "the recording did not start"))
+        except BaseException:
+            self.live.pop(meeting_id, None)
+            await self.db.run(lambda: Recording.delete().where(Recording.id == live.id).execute())
+            raise
+        self._broadcast(meeting_id, {"type": "recording", "active": True, "recording": live.view()})
+        await self._audit(seat, "recording.started", recording=live.id)
+        return {"type": "ok", "recording": live.view()}
+
+    async def stop_recording(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
+        if seat.role not in MODERATORS:
+            raise _error("forbidden", "only the meeting's host or moderator can stop the recording")
+        live = self.live.get(seat.meeting_id)
+        if live is None:
+            raise _error("not_recording", "this meeting is not being recorded")
+        live.stop_reason = live.stop_reason or f"stopped by {seat.name}"
+        reply = await self.s.host.request(seat.meeting_id, {  # type: ignore[union-attr]
+            "type": "sink_stop", "participant": seat.id, "sink": SINK})
+        if reply.get("type") == "error" and reply.get("code") != "not_running":
+            raise _error(reply.get("code", "internal"), reply.get("message", "the recording did not stop"))
+        await self._audit(seat, "recording.stopped", recording=live.id)
+        return {"type": "ok", "recording": {"id": live.id}}
+
+    async def _audit(self, seat: Seat, action: str, **detail: Any) -> None:
+        actor = seat.user_id if seat.principal_kind == "user" else None
+        await self.db.run(lambda: AuditEvent.create(actor=actor, meeting=seat.meeting_id, action=action,
+                                                    detail={"by": seat.name, **detail}))
+
+    # ------------------------------------------------------------------ finishing
+    async def _finish(self, meeting_id: str, result: dict[str, Any]) -> None:
+        """The sink stopped (asked to, the room emptied, or it failed): store what it wrote."""
+        live = self.live.get(meeting_id)
+        recording_id = result.get("recording_id") or (live.id if live is not None else None)
+        if recording_id is None:
+            return
+        if live is not None and live.id == recording_id:
+            del self.live[meeting_id]
+        reason = result.get("error") or (live.stop_reason if live is not None else "") or "everyone left the meeting"
+        if "tracks" not in result:  # the sink failed to stop; what it wrote is on disk
+            result = await asyncio.to_thread(read_manifest, self.spool / recording_id) or {**result, "tracks": []}
+        stored = await self._store(recording_id, result, reason)
+        if live is not None:
+            self._broadcast(meeting_id, {"type": "recording", "active": False, "recording": {
+                "id": recording_id, "duration_s": stored.get("duration_s", 0.0), "reason": reason}})
+
+    async def _store(self, recording_id: str, result: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Write the tracks to the row and start their upload."""
+        tracks = [dict(t) for t in result.get("tracks", [])]
+        ids = {t["participant"] for t in tracks}
+
+        def store() -> dict[str, Any]:
+            names = {p.id: p.display_name for p in
+                     Participant.select(Participant.id, Participant.display_name).where(Participant.id.in_(ids))}
+            row = Recording.get_or_none(Recording.id == recording_id)
+            if row is None:
+                return {}
+            for track in tracks:
+                track["name"] = names.get(track["participant"], "")
+                track["key"] = f"{row.object_prefix}{track['file']}"
+            row.tracks = tracks
+            row.duration_s = float(result.get("duration_s", 0.0))
+            row.ended_at = row.started_at + dt.timedelta(seconds=row.duration_s)
+            row.size_bytes = sum(t["size"] for t in tracks)
+            row.stop_reason = reason[:255]
+            row.status = "uploading" if tracks else "ready"
+            row.save()
+            return {"duration_s": row.duration_s, "status": row.status}
+
+        stored = await self.db.run(store)
+        if stored.get("status") == "uploading":
+            self.uploader.submit(recording_id)
+        else:  # nothing was recorded, or the recording (or its meeting) was deleted meanwhile
+            await asyncio.to_thread(shutil.rmtree, self.spool / recording_id, True)
+        return stored
+
+    async def _recover(self, row: Recording) -> None:
+        """A recording the appliance stopped under: keep what reached the disk."""
+        directory = self.spool / row.id
+        result = await asyncio.to_thread(read_manifest, directory)
+        if result is None and directory.is_dir():
+            result = await asyncio.to_thread(probe_tracks, directory)
+        if result is None:
+            await self.db.run(lambda: Recording.update(status="failed", stop_reason=f"{INTERRUPTED}; its files are gone")
+                              .where(Recording.id == row.id).execute())
+            return
+        log.warning("recording %s was cut off by a stop of the appliance; its %d tracks are kept",
+                    row.id, len(result.get("tracks", [])))
+        await self._store(row.id, result, INTERRUPTED)
+
+    def _free_bytes(self) -> int:
+        self.spool.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.spool).free
+
+    # ------------------------------------------------------------------ stored recordings
+    async def delete(self, recording: Recording) -> None:
+        """The row first (so a backup never restores a row without its files), then the files."""
+        await self.uploader.cancel(recording.id)
+        await self.db.run(lambda: recording.delete_instance(recursive=True))
+        keys = [info.key async for info in self.objects.list(recording.object_prefix)]
+        for key in keys:
+            await self.objects.delete(key)
+        await asyncio.to_thread(shutil.rmtree, self.spool / recording.id, True)
+
+    async def export(self, recording: Recording, format: str, layout: str, width: int, height: int) -> RecordingExport:
+        return await self.exports.create(recording, format, layout, width, height)
+
+    async def sweep(self, now: dt.datetime | None = None) -> int:
+        """Delete the recordings older than the retention period; how many went."""
+        if self.retention_days <= 0:
+            return 0
+        cutoff = (now or utcnow()) - dt.timedelta(days=self.retention_days)
+        old = await self.db.run(lambda: list(Recording.select().where(
+            Recording.status.in_(("ready", "failed")), Recording.started_at < cutoff)))
+        for recording in old:
+            await self.delete(recording)
+            await self.db.run(lambda r=recording: AuditEvent.create(
+                meeting=r.meeting_id, action="recording.expired",
+                detail={"recording": r.id, "retention_days": self.retention_days}))
+        return len(old)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                if removed := await self.sweep():
+                    log.info("retention: %d recordings older than %d days deleted", removed, self.retention_days)
+            except Exception:
+                log.exception("the recording retention sweep failed")
+            await asyncio.sleep(RETENTION_SWEEP_S)
+
+
+def probe_tracks(directory: Path) -> dict[str, Any]:
+    """The tracks of a spool directory without a manifest (the appliance died while recording),
+    read back from the files themselves."""
+    tracks = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in (".webm", ".mkv"):
+            continue
+        participant, _, source = path.stem.rpartition("-")[0].rpartition("-")  # <participant>-<source>-<n>
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams[0]
+                kind, codec = stream.type, CODEC_NAMES.get(stream.codec_context.name, "")
+                times = [float(p.pts * p.time_base) for p in container.demux(stream) if p.pts is not None]
+        except (av.error.FFmpegError, IndexError):
+            continue
+        if not times:
+            continue
+        tracks.append({"file": path.name, "participant": participant, "track_id": "", "kind": kind,
+                       "source": source, "codec": codec,
+                       "start_s": round(min(times), 3), "end_s": round(max(times), 3), "frames": len(times),
+                       "size": path.stat().st_size})
+    duration = max((t["end_s"] for t in tracks), default=0.0)
+    return {"tracks": tracks, "duration_s": duration}

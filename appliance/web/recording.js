@@ -1,0 +1,94 @@
+// Recording in the meeting: the Record button hosts and moderators get, the indicator everyone
+// sees while a recording runs, and the notice (consent) when one starts or is running as you join.
+// Messages: recording_start / recording_stop, events `recording`, `joined.recording` (docs/protocol.md).
+import { $, el } from "/static/dom.js";
+
+const MODERATORS = ["host", "moderator"];
+
+export class Recording {
+  /** @param notify (text) shows a short message on the page. */
+  constructor(signaling, joined, notify) {
+    this.signaling = signaling;
+    this.me = joined.participant.id;
+    this.role = joined.participant.role;
+    this.notify = notify;
+    this.current = null;  // {id, started_at, started_by} while a recording runs
+    this.busy = false;
+
+    this.button = el("button", { id: "record", className: "control record", type: "button", "aria-label": "Record",
+                                 "aria-pressed": "false", title: "Record the meeting", onclick: () => this.#toggle() },
+                     el("span", { className: "record-dot", "aria-hidden": "true" }));
+    $("#leave").before(this.button);
+    this.indicator = el("span", { id: "recording-indicator", className: "recording-indicator", role: "status",
+                                  hidden: true }, el("span", { className: "record-dot", "aria-hidden": "true" }),
+                        "Recording");
+    $(".meeting-info").append(this.indicator);
+    this.text = el("p", { id: "recording-notice-text" });
+    this.notice = el("div", { id: "recording-notice", className: "prompt recording-notice", role: "alertdialog",
+                              "aria-labelledby": "recording-notice-text", hidden: true },
+                     el("span", { className: "record-dot", "aria-hidden": "true" }), this.text,
+                     el("button", { type: "button", onclick: () => { this.notice.hidden = true; } }, "OK"));
+    $("#stage").append(this.notice);
+
+    this.stop = [
+      signaling.on("recording", (m) => this.#changed(m)),
+      signaling.on("resumed", (resumed) => this.#show(resumed.recording ?? null)),
+      signaling.on("participant_updated", ({ participant }) => {
+        if (participant.id === this.me) { this.role = participant.role; this.#render(); }
+      }),
+    ];
+    this.#show(joined.recording ?? null);
+  }
+
+  #changed({ active, recording }) {
+    if (active) {
+      this.#show(recording);
+      return;
+    }
+    this.#show(null);
+    this.notice.hidden = true;
+    this.notify(`The recording stopped${recording?.reason ? `: ${recording.reason}` : ""}.`);
+  }
+
+  // A recording running (a new one, or one already running as we join) is announced once.
+  #show(recording) {
+    const isNew = recording && recording.id !== this.current?.id;
+    this.current = recording;
+    if (isNew) {
+      this.text.textContent = `This meeting is being recorded (started by ${recording.started_by}). ` +
+        "Everyone's camera, microphone and shared screen are recorded while it runs.";
+      this.notice.hidden = false;
+    }
+    this.#render();
+  }
+
+  #render() {
+    const on = Boolean(this.current);
+    this.indicator.hidden = !on;
+    this.button.hidden = !MODERATORS.includes(this.role);
+    this.button.disabled = this.busy;
+    this.button.setAttribute("aria-pressed", String(on));
+    this.button.setAttribute("aria-label", on ? "Stop recording" : "Record");
+    this.button.title = on ? "Stop recording the meeting" : "Record the meeting";
+  }
+
+  async #toggle() {
+    this.busy = true;
+    this.#render();
+    try {
+      await this.signaling.request(this.current ? "recording_stop" : "recording_start");
+    } catch (error) {
+      this.notify(error.message);
+    } finally {
+      this.busy = false;
+      this.#render();
+    }
+  }
+
+  close() {
+    for (const stop of this.stop) stop();
+    this.button.remove();
+    this.indicator.remove();
+    this.notice.remove();
+  }
+}
