@@ -16,9 +16,10 @@ run: setup
 	$(BIN)/confmeet serve
 
 # Debian packages the tests drive for real: Chromium, Docker Engine, debootstrap (image
-# stand-ins), coturn, tmux, and wrk for the benchmarks.
+# stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions), and
+# ffmpeg (ffprobe checks recordings).
 SYSTEM_PACKAGES := chromium:chromium docker.io:dockerd debootstrap:debootstrap coturn:turnserver \
-                   tmux:tmux wrk:wrk
+                   tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 		command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
@@ -28,6 +29,8 @@ system-packages:
 
 test-setup: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
+	# silero-vad's ONNX weights only: its torch requirement is for its own (unused) PyTorch path.
+	$(BIN)/pip install --quiet --no-deps 'silero-vad>=6,<7'
 
 test: test-setup
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -14,12 +14,16 @@ from sanic.response import HTTPResponse, file, html, json
 from swagger_ui_bundle import swagger_ui_path
 
 from .accounts import Accounts
-from .api import api, files
+from .api import api, files, recordings
 from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
+from .captions.files import FileJobs
+from .captions.sink import caption_sink_factory
 from .cors import install_cors
+from .inference import open_inference
 from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
+from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
 from .sfu.host import RoomHost
@@ -111,6 +115,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         return await file(WEB / "meeting.html")
 
     app.add_route(files.download, "/files/<token:str>", methods=["GET"], name="file_download")
+    app.add_route(recordings.download, "/recordings/<token:str>", methods=["GET"], name="recording_download")
 
     @app.websocket("/ws/signaling", name="signaling")
     async def signaling(request: Request, ws: Any) -> None:
@@ -125,10 +130,16 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
         app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days))
         app.ctx.meetings = Meetings(stores.db, stores.bus, settings.base_url)
-        app.ctx.sfu = RoomHost(media_ice_settings(settings))
+        app.ctx.inference = open_inference(settings.inference, settings.model_repository_path)
+        app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents)
+        app.ctx.recordings = Recordings(settings, stores.db, stores.objects)
+        app.ctx.sfu = RoomHost(media_ice_settings(settings), sinks={"captions": caption_sink_factory(app.ctx.inference),
+                                                                    "recording": app.ctx.recordings.sink})
         install_sfu_metrics(app.ctx.sfu)
         app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
                                       stores.db, stores.bus, stores.documents)
+        app.ctx.recordings.attach(app.ctx.signaling)
+        await app.ctx.recordings.start()
         await app.ctx.signaling.start()
         if await app.ctx.accounts.user_count() == 0:
             token = app.ctx.accounts.begin_setup()
@@ -139,6 +150,9 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     async def close_meetings(app: Sanic) -> None:
         await app.ctx.signaling.close()
         await app.ctx.sfu.close()
+        await app.ctx.recordings.close()
+        await app.ctx.file_jobs.close()
+        await app.ctx.inference.close()
 
     @app.after_server_stop
     async def close_everything(app: Sanic) -> None:

@@ -42,6 +42,8 @@ class Settings:
     documents: str = ""
     objects: str = ""
     inference: str = "local://"
+    # Triton's model repository, which local:// inference loads too; empty: <data_dir>/model_repository.
+    model_repository: str = ""
     # Secrets: generated and kept under data_dir when not configured.
     secret_key: str = ""
     turn_secret: str = ""
@@ -66,6 +68,10 @@ class Settings:
     ice_servers: list[str] = field(default_factory=list)
     turn_credential_hours: int = 12
     media_loopback: bool = False
+    # Recording: days a recording is kept (0: until deleted), and the free disk space under which
+    # a recording stops (it is written to <data_dir>/recordings first).
+    recording_retention_days: int = 0
+    recording_min_free_mb: int = 500
     # Where the values came from (file path or "defaults"); not a setting itself.
     source: str = "defaults"
 
@@ -81,6 +87,10 @@ class Settings:
     @property
     def objects_url(self) -> str:
         return self.objects or f"file://{self.data_dir / 'objects'}"
+
+    @property
+    def model_repository_path(self) -> Path:
+        return Path(self.model_repository).expanduser() if self.model_repository else self.data_dir / "model_repository"
 
     @property
     def base_url(self) -> str:

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sanic import Request
 from sanic.exceptions import WebsocketClosed
@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .accounts import Accounts, Principal
 from .api.errors import ApiError
+from .captions.controls import CaptionControls
 from .controls import Knock, MeetingControls
 from .meetings import Meetings, channel
 from .security import verify_password
@@ -38,6 +39,14 @@ from .stores.documents import DocumentStore
 from .stores.relational import Meeting, Participant, Relational, utcnow
 
 log = logging.getLogger("confmeet.signaling")
+
+
+class Feature(Protocol):
+    def handles(self, event: dict[str, Any]) -> bool: ...
+
+    async def sfu_event(self, event: dict[str, Any]) -> None: ...
+
+    def view(self, meeting_id: str) -> dict[str, Any] | None: ...
 
 RESUME_SECONDS = 30.0
 IDLE_SECONDS = 30.0
@@ -131,6 +140,10 @@ class Signaling:
         self.bus = bus
         self.documents = documents
         self.controls = MeetingControls(self)
+        self.captions = CaptionControls(self)
+        # Features built on SFU sinks (captions, recording; the app attaches the latter): each
+        # takes its own SFU events and adds its state, by name, to the ``joined`` reply.
+        self.features: dict[str, Feature] = {"captions": self.captions}
         self.seats: dict[str, Seat] = {}
         self.sessions: dict[str, Seat] = {}
         self.connections: set[Connection] = set()
@@ -359,6 +372,7 @@ class Signaling:
             "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
             "tracks": [t for t in self.tracks.get(seat.meeting_id, {}).values() if t["participant"] != seat.id],
             "chat": await self.controls.history(seat),
+            **{name: feature.view(seat.meeting_id) for name, feature in self.features.items()},
         }
         if seat.role in ("host", "moderator"):
             joined["waiting"] = self.controls.waiting_view(seat.meeting_id)
@@ -435,6 +449,10 @@ class Signaling:
 
     async def _sfu_event(self, event: dict[str, Any]) -> None:
         kind, meeting_id, addressee = event["type"], event["room"], event.get("participant")
+        feature = next((f for f in self.features.values() if f.handles(event)), None)
+        if feature is not None:
+            await feature.sfu_event(event)
+            return
         if kind == "participant_left":
             seat = self.seats.get(event["subject"])
             if seat is not None and event.get("reason") != "left":

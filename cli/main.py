@@ -18,6 +18,7 @@ from .backup import backup_app
 from .doctor import doctor
 from . import install as install_cli, status as status_cli
 from .loadtest import loadtest
+from .models import models_app
 
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -26,6 +27,7 @@ config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(config_app, name="config")
 app.add_typer(backup_app, name="backup")
+app.add_typer(models_app, name="models")
 app.command("loadtest")(loadtest)
 install_cli.register(app)
 status_cli.register(app)

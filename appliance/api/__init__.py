@@ -5,3 +5,5 @@ from .endpoint import Api
 api = Api()
 
 from . import audit, auth, files, meetings, users  # noqa: E402,F401  (modules register their endpoints)
+from . import ai, transcripts  # noqa: E402,F401
+from . import recordings  # noqa: E402,F401

@@ -1,22 +1,41 @@
-// The meeting page, /m/<code>: sign in, get ready (name, camera, microphone), then the meeting:
-// one RTCPeerConnection to the SFU (docs/protocol.md, spoken by signaling.js) and one tile per
-// participant. For tests and diagnostics, window.confmeet.pc is the page's RTCPeerConnection
-// (read getStats() from it); nothing else is exposed.
-import { ApiError, call, saveTokens, signIn, tokens } from "/static/api.js";
+// The meeting page, /m/<code>: sign in or join as a guest, get ready (name, camera, microphone),
+// then the meeting:
+// one RTCPeerConnection to the SFU (docs/protocol.md, spoken by signaling.js), one tile per
+// participant, screen shares shown large (screens.js), the participant list with the moderators'
+// controls (people.js) and the chat (chat.js). For tests and diagnostics, window.confmeet.pc is
+// the page's RTCPeerConnection (read getStats() from it); nothing else is exposed.
+import { actAsGuest, ApiError, call, forgetGuest, guestToken, joinAsGuest, saveTokens, signIn, tokens }
+  from "/static/api.js";
+import { Chat } from "/static/chat.js";
+import { $, el, initials, ordinal, plural, PopupMenu } from "/static/dom.js";
+import { handOrder, isModerator, People } from "/static/people.js";
+import { Captions } from "/static/captions.js";
+import { Recording } from "/static/recording.js";
+import { Screens } from "/static/screens.js";
 import { ConnectionError, Signaling } from "/static/signaling.js";
 
-const $ = (selector, root = document) => root.querySelector(selector);
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
 // The SFU forwards one stream per camera to every subscriber (no simulcast), so a camera sends
 // what suits a tile, not a full screen.
 const VIDEO = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const SOURCE = { audio: "microphone", video: "camera" };
+// A shared screen is mostly text and still pictures: sharpness before motion.
+const SCREEN = { video: { frameRate: { ideal: 15, max: 30 } }, audio: false };
+const REACTIONS = [["👍", "Thumbs up"], ["👏", "Clap"], ["😂", "Laugh"], ["❤️", "Heart"], ["🎉", "Celebrate"],
+                   ["😮", "Surprised"]];  // appliance/controls.py REACTIONS
+const REACTION_MS = 3000;
+const NOTICE_MS = 5000;
+// The server answers a stranger the same way whatever was wrong, so as not to tell which meetings exist.
+const NOT_FOR_GUESTS = "This meeting doesn’t exist, doesn’t allow guests, or the password is wrong.";
+const GUEST_EXPIRED = "Your guest pass has expired: join again.";
 
 let session = null;       // the meeting we are in, once joined
 let devicesReady = null;  // settles once the camera and microphone were asked for
 let signaling = null;     // opened on the pre-join screen, so that joining takes one round trip
 let certificate = null;   // the DTLS certificate, also made ahead of joining
+let meetingInfo = null;   // the meeting as the REST API describes it (locked, ...), from the pre-join screen
+let joiningAs = "account";  // or "guest": someone without an account, with a name only
 
 window.confmeet = Object.freeze({ get pc() { return session?.pc ?? null; } });
 
@@ -33,13 +52,6 @@ function showMessage(title, text, { rejoin = false } = {}) {
   $("#rejoin").hidden = !rejoin;
   show("message");
 }
-
-function initials(name) {
-  const words = name.trim().split(/\s+/).filter(Boolean);
-  return ((words[0]?.[0] ?? "?") + (words.length > 1 ? words.at(-1)[0] : "")).toUpperCase();
-}
-
-function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 // A device toggle: `on` is whether the device is in use; `pressedWhenOn` says what aria-pressed
 // means for this button ("Microphone" is pressed when on, "Mute" when off).
@@ -59,21 +71,31 @@ function play(video, stream) {
   video.play().catch(() => {});
 }
 
-// A valid access token for a WebSocket: one about to expire is refreshed first (any REST call does).
+// A valid token for a WebSocket: a guest's own, or an account's access token, refreshed first when
+// about to expire (any REST call does that).
 async function accessToken() {
+  const guest = guestToken();
+  if (guest) {
+    if (secondsLeft(guest) < 60) throw new ConnectionError("unauthorized", GUEST_EXPIRED);
+    return guest;
+  }
   if (secondsLeft(tokens()?.access_token) < 60) await call("GET", "/api/v1/users/me").catch(() => {});
   const token = tokens()?.access_token;
   if (!token) throw new ConnectionError("unauthorized", "Your sign-in has expired. Sign in again to rejoin.");
   return token;
 }
 
-function secondsLeft(jwt) {
+function claims(jwt) {
   try {
-    const payload = JSON.parse(atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-    return payload.exp - Date.now() / 1000;
+    const json = atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(json, (c) => c.charCodeAt(0))));
   } catch {
-    return 0;
+    return {};
   }
+}
+
+function secondsLeft(jwt) {
+  return (claims(jwt).exp ?? 0) - Date.now() / 1000;
 }
 
 // ----------------------------------------------------------------------------- local media
@@ -182,17 +204,27 @@ $("#signin-form").addEventListener("submit", async (event) => {
   }
 });
 
+$("#show-signin").addEventListener("click", () => {
+  show("signin");
+  $("#signin-form").email.focus();
+});
+$("#guest-instead").addEventListener("click", () => prepareGuest());
+
 // ----------------------------------------------------------------------------- pre-join
 async function prepare() {
-  if (!tokens()) { show("signin"); return; }
+  if (!tokens() && !actAsGuest(code)) { prepareGuest(); return; }
+  joiningAs = guestToken() ? "guest" : "account";
   let meeting, me;
   try {
     [meeting, me] = await Promise.all([
       call("GET", `/api/v1/meetings/by-code/${encodeURIComponent(code)}`),
-      call("GET", "/api/v1/users/me"),
+      joiningAs === "guest" ? { name: claims(guestToken()).name ?? "" } : call("GET", "/api/v1/users/me"),
     ]);
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) { show("signin"); return; }
+    if (error instanceof ApiError && error.status === 401) {
+      if (joiningAs === "guest") { forgetGuest(); prepareGuest(); } else show("signin");
+      return;
+    }
     if (error instanceof ApiError && error.status === 404) {
       showMessage("Meeting not found", `There is no meeting with the code “${code}”. Check the link you were given.`);
       return;
@@ -204,18 +236,48 @@ async function prepare() {
     showMessage("This meeting has ended", `“${meeting.title}” is over.`);
     return;
   }
+  meetingInfo = meeting;
   document.title = `${meeting.title} · confmeet`;
   $("#meeting-title").textContent = meeting.title;
   $("#meeting-code").textContent = `Meeting code ${meeting.code}`;
   const form = $("#join-form");
   if (!form.name.value) form.name.value = me.name;
-  const needsPassword = meeting.has_password && meeting.my_role !== "host";
-  $("#password-field").hidden = !needsPassword;
-  form.password.required = needsPassword;
+  askPassword(meeting.has_password && meeting.my_role !== "host" ? "required" : "no");
+  await getReady();
+}
+
+// Someone with neither an account's sign-in nor a guest token for this meeting: a name, and the
+// meeting's password if they were given one. Whether the meeting takes guests shows only when they
+// join: the server tells strangers nothing about which meetings exist.
+async function prepareGuest() {
+  joiningAs = "guest";
+  meetingInfo = null;
+  document.title = "Join a meeting · confmeet";
+  $("#meeting-title").textContent = "Join as a guest";
+  $("#meeting-code").textContent = `Meeting code ${code}`;
+  askPassword("optional");
+  await getReady();
+}
+
+/** The meeting password field: "no", "required", or "optional" (for a guest, who is told nothing). */
+function askPassword(need) {
+  $("#password-field").hidden = need === "no";
+  $("#password-hint").hidden = need !== "optional";
+  $("#join-form").password.required = need === "required";
+}
+
+const joinLabel = () => (joiningAs === "guest" ? "Join as guest" : "Join");
+
+/** The pre-join screen: preview, devices, and the signaling connection opened ahead of joining. */
+async function getReady() {
+  $("#join").textContent = joinLabel();
+  $("#account-offer").hidden = joiningAs !== "guest";
   show("prejoin");
   updatePreview();
-  if (signaling?.state !== "idle") signaling = new Signaling(accessToken);
-  signaling.connect().catch(() => {});  // joining tries again
+  if (tokens() || guestToken()) {  // a guest has nothing to connect with before their guest token
+    if (signaling?.state !== "idle") signaling = new Signaling(accessToken);
+    signaling.connect().catch(() => {});  // joining tries again
+  }
   certificate ??= RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" }).catch(() => null);
   devicesReady ??= media.open().then(async (notice) => {
     $("#device-notice").textContent = notice;
@@ -314,18 +376,32 @@ $("#join-form").addEventListener("submit", async (event) => {
     button.textContent = "Waiting to be let in…";
     $("#join-status").textContent = "The host knows you are here: you join as soon as they let you in.";
   };
+  const name = form.name.value.trim();
+  const password = form.password.value;
   try {
     await devicesReady;  // join with the camera and microphone, not before they are open
-    await Session.join({ name: form.name.value.trim(), password: form.password.value, waiting });
+    if (joiningAs === "guest" && !guestToken()) {
+      const meeting = await joinAsGuest(code, name, password);
+      document.title = `${meeting.title} · confmeet`;
+      $("#meeting-title").textContent = meeting.title;
+    }
+    await Session.join({ name, password, waiting });
   } catch (error) {
-    if (error.code === "unauthorized") {  // the sign-in was revoked or has run out: sign in again
+    let text = error.message;
+    if (joiningAs === "guest" && error.code === "not_found") {
+      text = NOT_FOR_GUESTS;
+    } else if (joiningAs === "guest" && error.code === "unauthorized") {  // the guest pass ran out
+      forgetGuest();
+      askPassword("optional");
+      text = GUEST_EXPIRED;
+    } else if (error.code === "unauthorized") {  // the sign-in was revoked or has run out: sign in again
       saveTokens(null);
       show("signin");
     }
-    $(".error", form).textContent = error.message;
+    $(".error", form).textContent = text;
   } finally {
     button.disabled = false;
-    button.textContent = "Join";
+    button.textContent = joinLabel();
     $("#join-status").textContent = "";
   }
 });
@@ -417,6 +493,28 @@ class Grid {
     for (const [key, tile] of this.tiles) tile.root.classList.toggle("speaking", key === id);
   }
 
+  /** A raised hand on the tile, with its place in the queue (null: the hand is down). */
+  setHand(id, order) {
+    const tile = this.tiles.get(id);
+    if (!tile) return;
+    const hand = $(".tile-hand", tile.root);
+    hand.hidden = order === null;
+    if (order === null) return;
+    $("b", hand).textContent = String(order);
+    hand.setAttribute("aria-label", `Hand raised, ${ordinal(order)}`);
+  }
+
+  /** An emoji that floats up the tile for a few seconds. */
+  react(id, emoji) {
+    const tile = this.tiles.get(id);
+    if (!tile) return;
+    const shown = el("span", { className: "tile-reaction", role: "img", "aria-label": `Reaction ${emoji}` }, emoji);
+    const box = $(".tile-reactions", tile.root);
+    while (box.childElementCount >= 4) box.firstElementChild.remove();
+    box.append(shown);
+    setTimeout(() => shown.remove(), REACTION_MS);
+  }
+
   quality(id, quality) {
     const tile = this.tiles.get(id);
     if (!tile) return;
@@ -444,6 +542,35 @@ class Grid {
 }
 
 const grid = new Grid($("#grid"));
+const menu = new PopupMenu($("#menu"));
+const screens = new Screens((presenting) => $("#stage-main").classList.toggle("presenting", presenting));
+const people = new People($("#people-list"), menu,
+                          (type, participant, fields) => session?.moderate(type, participant, fields));
+const chat = new Chat({
+  send: (text, to) => session.signaling.request("chat", to ? { text, to } : { text }),
+  me: () => session?.me ?? {},
+  meeting: () => session?.meeting.id,
+  name: (id) => session?.participants.get(id)?.name,
+});
+
+// The side panel shows the people or the chat, or nothing.
+const PANELS = { people: ["#people-panel", "#people-button"], chat: ["#chat-panel", "#chat-button"] };
+function openPanel(name) {
+  for (const [key, [panel, button]] of Object.entries(PANELS)) {
+    $(panel).hidden = key !== name;
+    $(button).setAttribute("aria-expanded", String(key === name));
+  }
+  chat.setOpen(name === "chat");
+}
+for (const [key, [panel, button]] of Object.entries(PANELS)) {
+  $(button).addEventListener("click", () => openPanel($(panel).hidden ? key : null));
+  $(`${panel} [data-close]`).addEventListener("click", () => { openPanel(null); $(button).focus(); });
+  $(panel).addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented) return;  // a menu closes first
+    openPanel(null);
+    $(button).focus();
+  });
+}
 
 // ----------------------------------------------------------------------------- the meeting
 /** The peer connection that publishes the camera and microphone, and its first offer. */
@@ -488,8 +615,12 @@ class Session {
 
   constructor(signaling, joined, publisher) {
     this.signaling = signaling;
+    this.meeting = joined.meeting;
     this.me = joined.participant;
     this.participants = new Map(joined.participants.map((p) => [p.id, p]));
+    this.locked = Boolean(meetingInfo?.locked);
+    this.screen = null;               // what we share: {track, transceiver}
+    this.removedBy = null;
     this.remoteByMid = new Map();     // mid -> {participant, kind, source, ...} from server offers
     this.sources = publisher.sources;  // our sending transceiver -> source
     this.preparedOffer = publisher.offer;
@@ -503,7 +634,7 @@ class Session {
       participant_joined: (m) => this.#joined(m.participant),
       participant_updated: (m) => this.#updated(m.participant),
       participant_left: (m) => this.#left(m.participant_id),
-      track_unpublished: (m) => grid.refresh(m.track?.participant),
+      track_unpublished: (m) => this.#unpublished(m.track),
       active_speaker: (m) => grid.speaking(m.participant_id),
       connection_quality: (m) => this.#quality(m.participant_id, m.quality),
       meeting_ended: () => this.end("This meeting has ended", "The host ended the meeting for everyone."),
@@ -513,10 +644,16 @@ class Session {
       error: (m) => this.#notify(m.message || m.code),
       muted: (m) => this.#stopped("microphone", m.by),
       camera_stopped: (m) => this.#stopped("camera", m.by),
-      unmute_request: (m) => this.#notify(`${m.by} asks you to unmute your microphone.`),
-      lobby: (m) => this.#lobby(m.waiting),
+      unmute_request: (m) => this.#askedToUnmute(m.by),
+      removed: (m) => { this.removedBy = m.by; },
+      lobby: (m) => this.#lobby(m.waiting, m.knocked),
+      meeting_updated: (m) => this.#setLocked(m.locked),
+      reaction: (m) => grid.react(m.participant_id, m.emoji),
+      chat: (m) => chat.add(m.message),
     })) signaling.on(type, handler);
 
+    this.recording = new Recording(signaling, joined, (text) => this.#notify(text));
+    this.captions = new Captions(signaling, joined, { token: accessToken, notify: (text) => this.#notify(text) });
     this.pc = this.#connect(publisher.pc, joined.ice_servers ?? []);
     // Negotiation steps run one at a time, in order; the first is under way while the stage is drawn.
     this.chain = this.#offer().catch((error) => this.#failed(error));
@@ -530,8 +667,10 @@ class Session {
     grid.add(this.me.id, this.me.name, { self: true });
     grid.attach(this.me.id, media.stream);
     for (const p of this.participants.values()) this.#updated(p);
-    this.#count();
+    chat.reset(joined.chat ?? []);
+    this.#roster();
     this.#controls();
+    this.#setLocked(this.locked);
     this.#lobby(joined.waiting ?? []);
     if (!media.microphoneOn || !media.cameraOn) this.#sendState();
     show("stage");
@@ -556,6 +695,13 @@ class Session {
       const id = streams[0]?.id ?? label?.participant;
       if (!id || id === this.me.id) return;
       if (!this.participants.has(id)) this.#joined({ id, name: label?.name ?? "Guest", role: "participant" });
+      if (label?.source === "screen") {
+        // The SFU sends all of a publisher's tracks in one stream: the tile keeps the camera.
+        streams[0]?.removeTrack(track);
+        screens.add(label.track_id, { participant: id, name: this.participants.get(id).name,
+                                      stream: new MediaStream([track]) });
+        return;
+      }
       const stream = streams[0] ?? new MediaStream([track]);
       grid.attach(id, stream);
     });
@@ -619,7 +765,10 @@ class Session {
     $("#reconnecting").hidden = true;
     const present = new Map(joined.participants.map((p) => [p.id, p]));
     for (const id of [...this.participants.keys()]) if (!present.has(id)) this.#left(id);
-    for (const p of present.values()) if (!this.participants.has(p.id)) this.#joined(p);
+    for (const p of present.values()) this.#updated(p);
+    this.#updated(joined.participant);
+    chat.merge(joined.chat ?? []);
+    if (isModerator(this.me)) this.#lobby(joined.waiting ?? []);
     this.#enqueue(async () => {
       if (this.unsentAnswer) {
         await this.signaling.request("answer", { sdp: this.unsentAnswer });
@@ -643,16 +792,58 @@ class Session {
 
   #joined(participant) {
     this.#updated(participant);
-    this.#count();
   }
 
-  // Someone's name, microphone or camera state (as they announced it with update_state).
+  // Someone's role, microphone, camera or hand (their own update_state, or a moderator's doing).
   #updated(participant) {
-    if (participant.id === this.me.id) return;
-    this.participants.set(participant.id, participant);
-    grid.add(participant.id, participant.name);
-    grid.setMuted(participant.id, Boolean(participant.muted));
-    grid.setCameraOff(participant.id, Boolean(participant.camera_off));
+    if (participant.id === this.me.id) {
+      const wasModerator = isModerator(this.me);
+      this.me = { ...this.me, ...participant };
+      if (wasModerator && !isModerator(this.me)) this.#lobby([]);
+    } else {
+      this.participants.set(participant.id, participant);
+      grid.add(participant.id, participant.name);
+      grid.setMuted(participant.id, Boolean(participant.muted));
+      grid.setCameraOff(participant.id, Boolean(participant.camera_off));
+      screens.rename(participant.id, participant.name);
+    }
+    this.#roster();
+  }
+
+  // Everything drawn from the list of people: the participant list, hands on the tiles, the
+  // chat's recipients, the count, your hand button and, for moderators, their tools.
+  #roster() {
+    const others = [...this.participants.values()];
+    const hands = handOrder([this.me, ...others]);
+    for (const id of grid.tiles.keys()) grid.setHand(id, hands.get(id) ?? null);
+    people.render(this.me, others);
+    chat.setPeople(others);
+    $("#count-text").textContent = plural(others.length + 1, "participant");
+    const raised = hands.has(this.me.id);
+    const hand = $("#hand");
+    hand.setAttribute("aria-pressed", String(raised));
+    hand.title = raised ? "Lower your hand" : "Raise your hand";
+    $("#moderation").hidden = !isModerator(this.me);
+    $("#end-tools").hidden = !isModerator(this.me);
+  }
+
+  /** A host's or moderator's action on one participant (people.js), confirmed in a notice. */
+  async moderate(type, participant, fields = {}) {
+    const done = {
+      mute: `${participant.name} is muted.`, ask_unmute: `${participant.name} was asked to unmute.`,
+      stop_camera: `${participant.name}’s camera is off.`, remove: `${participant.name} was removed.`,
+      set_role: `${participant.name} is ${fields.role === "moderator" ? "now a moderator" : "no longer a moderator"}.`,
+    }[type];
+    await this.#request(type, { participant_id: participant.id, ...fields }, done);
+  }
+
+  async #request(type, fields = {}, done = "") {
+    try {
+      await this.signaling.request(type, fields);
+      if (done) this.#notify(done);
+    } catch (error) {
+      if (error.code !== "too_fast") this.#notify(error.message);
+    }
   }
 
   // Tell the others when the microphone or camera goes on or off.
@@ -669,38 +860,98 @@ class Session {
     this.#notify(`${by} turned your ${device} off.`);
   }
 
-  // Hosts and moderators: who waits in the lobby, to let in or turn away.
-  #lobby(waiting) {
-    const list = $("#lobby-list");
-    list.replaceChildren(...waiting.map((knock) => {
-      const item = document.createElement("li");
-      const name = document.createElement("span");
-      name.className = "lobby-name";
-      name.textContent = knock.name;
-      const decide = (type, label, style) => {
-        const button = document.createElement("button");
-        button.type = "button";
-        button.className = style;
-        button.textContent = label;
-        button.setAttribute("aria-label", `${label} ${knock.name}`);
-        button.onclick = () => this.signaling.request(type, { knock_id: knock.id })
-          .catch((error) => this.#notify(error.message));
-        return button;
-      };
-      item.append(name, decide("admit", "Admit", ""), decide("deny", "Deny", "ghost"));
-      return item;
+  // Hosts and moderators: who waits in the lobby, to let in or turn away; a newcomer is announced.
+  #lobby(waiting, knocked = null) {
+    $("#lobby-list").replaceChildren(...waiting.map((knock) => {
+      const decide = (type, label, style) => el("button", {
+        type: "button", className: style, "aria-label": `${label} ${knock.name}`,
+        onclick: () => this.#request(type, { knock_id: knock.id }),
+      }, label);
+      return el("li", {}, el("span", { className: "avatar-circle small", "aria-hidden": "true" }, initials(knock.name)),
+                el("span", { className: "lobby-name", title: knock.name }, knock.name),
+                decide("admit", "Admit", ""), decide("deny", "Deny", "ghost"));
     }));
     $("#lobby").hidden = waiting.length === 0;
+    $("#lobby-count").textContent = String(waiting.length);
+    const badge = $("#people-badge");
+    badge.textContent = String(waiting.length);
+    badge.hidden = waiting.length === 0;
+    $("#people-button").title = waiting.length ? `${plural(waiting.length, "person")} waiting to join`
+      : "People in the meeting";
+    if (knocked) this.#notify(`${knocked.name} wants to join.`);
   }
 
   #left(id) {
     this.participants.delete(id);
     grid.remove(id);
-    this.#count();
+    screens.removeParticipant(id);
+    this.#roster();
   }
 
-  #count() {
-    $("#count-text").textContent = plural(this.participants.size + 1, "participant");
+  #unpublished(track) {
+    if (track?.source === "screen") screens.remove(track.track_id);
+    grid.refresh(track?.participant);
+  }
+
+  #setLocked(locked) {
+    this.locked = locked;
+    $("#locked").hidden = !locked;
+    $("#lock").lastChild.textContent = locked ? " Unlock meeting" : " Lock meeting";
+  }
+
+  // Never forced: the person decides.
+  #askedToUnmute(by) {
+    if (!media.hasMicrophone || media.microphoneOn) return;
+    $("#unmute-text").textContent = `${by} asks you to unmute your microphone.`;
+    $("#unmute-request").hidden = false;
+    $("#unmute-accept").focus();
+  }
+
+  // ------------------------------------------------------------------------- screen sharing
+  /** Share a screen, window or tab as a track of its own (source "screen"). */
+  async #share() {
+    let track;
+    try {
+      [track] = (await navigator.mediaDevices.getDisplayMedia(SCREEN)).getVideoTracks();
+    } catch (error) {
+      if (error.name !== "NotAllowedError") this.#notify(`Cannot share the screen: ${error.message}`);
+      return;
+    }
+    if (this.closed || this.screen) { track.stop(); return; }
+    track.contentHint = "detail";
+    track.addEventListener("ended", () => this.#stopSharing());  // the browser's own "Stop sharing"
+    // Each share is a new track on a new transceiver: the SFU announces it afresh to everyone.
+    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [new MediaStream([track])] });
+    this.sources.set(transceiver, "screen");
+    this.screen = { track, transceiver };
+    screens.add("self", { participant: this.me.id, name: this.me.name, self: true });
+    this.#sharing();
+    this.#renegotiate();
+  }
+
+  #stopSharing() {
+    if (!this.screen) return;
+    const { track, transceiver } = this.screen;
+    this.screen = null;
+    track.stop();
+    screens.remove("self");
+    this.#sharing();
+    if (this.closed) return;
+    transceiver.direction = "inactive";  // the SFU unpublishes the track once this is negotiated
+    transceiver.sender.replaceTrack(null).catch(() => {});
+    this.sources.delete(transceiver);
+    this.#renegotiate();
+  }
+
+  #sharing() {
+    const button = $("#share");
+    button.setAttribute("aria-pressed", String(Boolean(this.screen)));
+    button.title = this.screen ? "Stop presenting" : "Present your screen";
+  }
+
+  #renegotiate() {
+    this.needsOffer = true;
+    this.#enqueue(() => this.#offer());
   }
 
   #quality(id, quality) {
@@ -727,6 +978,7 @@ class Session {
     };
     mic.onclick = () => {
       media.setMicrophone(!media.microphoneOn);
+      if (media.microphoneOn) $("#unmute-request").hidden = true;
       update();
       this.#sendState();
     };
@@ -736,6 +988,35 @@ class Session {
       this.#sendState();
     };
     $("#leave").onclick = () => this.leave();
+    $("#share").onclick = () => (this.screen ? this.#stopSharing() : this.#share());
+    $("#stop-presenting").onclick = () => this.#stopSharing();
+    $("#hand").onclick = () => this.#request(this.me.hand_raised_at != null ? "lower_hand" : "raise_hand");
+    const react = $("#react");
+    react.onclick = () => {
+      if (menu.openFor === react) { menu.close(); return; }
+      menu.open(react, REACTIONS.map(([emoji, label]) => ({
+        text: emoji, label, action: () => this.#request("reaction", { emoji }),
+      })), { row: true, above: true, label: "Reactions" });
+    };
+    const prompt = $("#unmute-request");
+    $("#unmute-accept").onclick = () => {
+      prompt.hidden = true;
+      if (!media.microphoneOn) mic.click();
+    };
+    $("#unmute-decline").onclick = () => { prompt.hidden = true; };
+    // Moderators
+    $("#mute-all").onclick = () => this.#request("mute", { all: true }, "Everyone else is muted.");
+    $("#lock").onclick = () => this.#request("lock", { locked: !this.locked },
+                                             this.locked ? "The meeting is open again." : "Nobody else can join now.");
+    const confirmEnd = (asking) => {
+      $("#end-confirm").hidden = !asking;
+      $("#end-meeting").hidden = asking;
+      (asking ? $("#end-cancel") : $("#end-meeting")).focus();
+    };
+    $("#end-meeting").onclick = () => confirmEnd(true);
+    $("#end-cancel").onclick = () => confirmEnd(false);
+    $("#end-for-all").onclick = () => call("POST", `/api/v1/meetings/${encodeURIComponent(this.meeting.id)}/end`)
+      .catch((error) => this.#notify(error.message));
     update();
   }
 
@@ -744,7 +1025,7 @@ class Session {
     toast.textContent = text;
     toast.hidden = false;
     clearTimeout(this.toastTimer);
-    this.toastTimer = setTimeout(() => { toast.hidden = true; }, 6000);
+    this.toastTimer = setTimeout(() => { toast.hidden = true; }, NOTICE_MS);
   }
 
   #lost(error) {
@@ -754,7 +1035,9 @@ class Session {
     if (error.code === "meeting_ended") {
       showMessage("This meeting has ended", "The host ended the meeting for everyone.");
     } else if (error.code === "removed") {
-      showMessage("You were removed from the meeting", "Rejoining asks the host to let you in again.", { rejoin: true });
+      showMessage("You were removed from the meeting",
+                  `${this.removedBy ?? "A moderator"} removed you. Rejoining asks the host to let you in again.`,
+                  { rejoin: true });
     } else {
       showMessage("You are no longer in the meeting", error.message, { rejoin: true });
     }
@@ -789,6 +1072,13 @@ class Session {
     this.closed = true;
     clearInterval(this.clock);
     $("#reconnecting").hidden = true;
+    $("#unmute-request").hidden = true;
+    menu.close();
+    this.recording.close();
+    this.captions.close();
+    this.screen?.track.stop();
+    this.screen = null;
+    screens.clear();
     this.pc.close();
     if (this.signaling.state !== "closed") this.signaling.leave();  // closes the socket once `left` is in
     grid.clear();
