@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import api
 from .endpoint import Call
+from ..stores.relational import MeetingFile, Recording
 from .models import GuestJoin, GuestToken, LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
 
 
@@ -44,7 +45,20 @@ async def patch_meeting(call: Call, meeting_id: str) -> dict:
 @api.route("DELETE", "/api/v1/meetings/{meeting_id}", summary="Delete a meeting (host)", tag="meetings",
            status=204, errors=(403,))
 async def delete_meeting(call: Call, meeting_id: str) -> None:
-    await call.request.app.ctx.meetings.delete(call.principal, meeting_id)
+    """Its recordings and the files shared in its chat go too, rows first, then the objects."""
+    ctx = call.request.app.ctx
+
+    def stored() -> tuple[list[Recording], list[str]]:
+        return (list(Recording.select().where(Recording.meeting == meeting_id)),
+                [f.object_key for f in MeetingFile.select(MeetingFile.object_key)
+                 .where(MeetingFile.meeting == meeting_id)])
+
+    recordings, file_keys = await ctx.db.run(stored)
+    await ctx.meetings.delete(call.principal, meeting_id)  # 403/404 before anything goes
+    for recording in recordings:
+        await ctx.recordings.delete(recording)
+    for key in file_keys:
+        await ctx.stores.objects.delete(key)
 
 
 @api.route("POST", "/api/v1/meetings/{meeting_id}/end", summary="End a meeting for everyone",

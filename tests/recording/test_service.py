@@ -170,7 +170,15 @@ async def test_a_recording_survives_the_object_store_going_away(appliance: Appli
     assert rms_dbfs(audio_samples(out)[0]) > -35
 
     assert grace_api.delete(f"/api/v1/recordings/{recording_id}").status_code == 403  # not a moderator
-    assert ada_api.delete(f"/api/v1/recordings/{recording_id}").status_code == 204
-    assert ada_api.get(f"/api/v1/recordings/{recording_id}").status_code == 404
+    # Deleting the meeting takes its recordings (tracks, exports) and its chat's files with it.
+    shared = ada_api.post(f"/api/v1/meetings/{meeting['id']}/files", params={"name": "notes.txt"},
+                          content=b"minutes")
+    assert shared.status_code == 201, shared.text
     bucket = s3.root / s3.url.rsplit("/", 1)[1]
-    assert not [path for path in bucket.rglob("*") if path.is_file()]  # tracks and export gone
+    stored = {str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file()}
+    assert any(k.startswith("meetings/") for k in stored) and any(k.startswith("recordings/") for k in stored)
+    assert grace_api.delete(f"/api/v1/meetings/{meeting['id']}").status_code == 403  # not the host
+    assert {str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file()} == stored
+    assert ada_api.delete(f"/api/v1/meetings/{meeting['id']}").status_code == 204
+    assert ada_api.get(f"/api/v1/recordings/{recording_id}").status_code == 404
+    assert not [path for path in bucket.rglob("*") if path.is_file()]  # tracks, export and file gone
