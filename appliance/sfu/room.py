@@ -162,9 +162,14 @@ class Room:
     def connection_lost(self, participant: str, reason: str) -> None:
         if participant in self.peers and participant not in self._leaving:
             log.info("room %s: participant %s left: %s", self.name, participant, reason)
-            task = asyncio.get_running_loop().create_task(self.leave(participant, reason))
+            task = asyncio.get_running_loop().create_task(self._leave_lost(participant, reason))
             self._departures.add(task)
             task.add_done_callback(self._departures.discard)
+
+    async def _leave_lost(self, participant: str, reason: str) -> None:
+        # The participant may have left by request (or signaling released it) since the loss.
+        if participant in self.peers and participant not in self._leaving:
+            await self.leave(participant, reason)
 
     # ------------------------------------------------------------------ periodic work
     async def _tick(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from collections.abc import Iterator
@@ -211,3 +212,21 @@ async def test_closing_the_host_ends_every_session_and_the_event_streams(
     assert {e["reason"] for e in meeting.events if e["type"] == "participant_left"} == {"closed"}
     assert host.rooms == [] and host.stats.active_peers == 0
     assert (await host.request("room", {"type": "join", "participant": "carol"}))["code"] == "closed"
+
+
+async def test_a_lost_connection_after_a_leave_request_is_no_error(
+        meeting: Meeting, alice_and_bob: tuple[Participant, Participant]) -> None:
+    """The media connection closes and the participant's leave request arrives before the
+    departure that the loss scheduled has run: the participant leaves once, nothing fails."""
+    alice, bob = alice_and_bob
+    room = meeting.host._rooms["room"]
+    room.connection_lost("bob", "connection_closed")
+    departures = set(room._departures)
+    assert len(departures) == 1
+    assert await bob.request({"type": "leave"}) == {"type": "left"}
+    done, _ = await asyncio.wait(departures, timeout=5)
+    assert done == departures and all(task.exception() is None for task in done)
+    assert list(room.peers) == ["alice"]
+    await alice.wait_until(lambda: bool(alice.events_of("participant_left")))
+    await asyncio.sleep(0.1)
+    assert [e["reason"] for e in alice.events_of("participant_left")] == ["left"]
