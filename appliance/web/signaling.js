@@ -11,7 +11,7 @@ const ADMISSION = Symbol("admission");  // the pending "request" of someone wait
 
 // Close codes after which reconnecting cannot help, with what the person is told.
 const FINAL_CLOSES = {
-  4001: ["unauthorized", "Your access to this meeting has expired. Join again to continue."],
+  4001: ["unauthorized", "Your sign-in has expired. Sign in again to rejoin."],
   4010: ["meeting_ended", "The meeting has ended."],
   4011: ["replaced", "You joined this meeting again from another tab or device."],
   4013: ["removed", "A moderator removed you from the meeting."],
