@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TaskID, TextColumn, TimeElapsedColumn, TransferSpeedColumn)
 from rich.table import Table
@@ -18,20 +17,16 @@ from rich.text import Text
 
 from appliance.settings import Settings, SettingsError, load_settings
 
+from .options import ConfigOpt, DataDirOpt, JsonOpt, console, err
+
 backup_app = typer.Typer(
     help="Back up and restore the whole install: database, documents, objects, settings and secrets.",
     no_args_is_help=True)
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings file (TOML).",
-                                                   envvar="CONFMEET_CONFIG")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded stores keep data.")]
 PassphraseOpt = Annotated[Optional[Path], typer.Option(
     "--passphrase-file", envvar="CONFMEET_BACKUP_PASSPHRASE_FILE",
     help="File whose first line is the passphrase that encrypts (or decrypts) the secrets or the archive.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LocationArg = Annotated[Optional[str], typer.Argument(
     help="Directory or s3://BUCKET/PREFIX [default: DATA_DIR/backups].", envvar="CONFMEET_BACKUP_TO",
     show_default=False)]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from appliance.settings import Settings, SettingsError, load_settings
@@ -19,6 +18,7 @@ from .doctor import doctor
 from . import install as install_cli, status as status_cli
 from .loadtest import loadtest
 from .models import models_app
+from .options import ConfigOpt, DataDirOpt, console, err
 
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -33,12 +33,7 @@ install_cli.register(app)
 status_cli.register(app)
 app.command("doctor")(doctor)
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings file (TOML).",
-                                                   envvar="CONFMEET_CONFIG")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded stores keep data.")]
 
 
 def fail(message: str, code: int = 2) -> None:

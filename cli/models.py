@@ -16,23 +16,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from appliance.inference.models import MODELS, ModelError, describe, export_bundle, import_models, verify
 from appliance.settings import Settings, SettingsError, load_settings
 
+from .options import ConfigOpt, DataDirOpt, JsonOpt, console, err
+
 models_app = typer.Typer(help="Import, list and verify the AI models (captions: vad and asr).", no_args_is_help=True)
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings file (TOML).",
-                                                   envvar="CONFMEET_CONFIG")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded stores keep data.")]
 RepositoryOpt = Annotated[Optional[Path], typer.Option(
     "--repository", help="The model repository [default: the model_repository setting].")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 STATE_STYLE = {"ready": "green", "missing": "yellow", "incomplete": "bold red", "damaged": "bold red"}
 
 
