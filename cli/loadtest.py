@@ -10,7 +10,8 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   spread over worker processes (``--workers``); each worker is this module run as a child
   process, talking JSON lines on its standard input and output.
 * The appliance's ``/metrics`` is sampled before anyone joins and at the start and end of the
-  steady-state window (which opens once every subscriber has seen a frame of every publisher):
+  steady-state window (which opens ``--settle`` seconds after every subscriber has seen a frame
+  of every publisher, so that joining stays out of it):
   SFU process CPU per forwarded packet, forwarded packets per second, memory per participant.
 
 The clients follow docs/protocol.md. They offer once, first thing after joining; the server offers
@@ -59,7 +60,6 @@ CLIP_SECONDS = 5
 REQUEST_TIMEOUT = 15.0  # a signaling or HTTP reply
 CONNECT_TIMEOUT = 15.0  # ICE + DTLS
 FIRST_FRAME_TIMEOUT = 20.0  # from a subscriber's join to a frame of every publisher
-SETTLE_SECONDS = 1.0  # between the last first frame and the steady-state window
 PING_INTERVAL = 10.0
 PROGRESS_INTERVAL = 0.5
 
@@ -889,6 +889,7 @@ class Plan:
     workers: int
     duration: float
     join_rate: float
+    settle: float = 5.0  # seconds between the last first frame and the steady-state window
 
 
 @dataclass
@@ -1070,7 +1071,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
     if len(errors) == plan.subscribers:
         raise LoadTestError(f"no subscriber received media; the first said: {errors[0]}")
 
-    await asyncio.sleep(SETTLE_SECONDS)
+    await asyncio.sleep(plan.settle)
     state.phase = "measuring"
     start = await api.metrics()
     sent_at_start = [(time.monotonic(), camera.sent) for camera in cameras]
@@ -1210,6 +1211,9 @@ def loadtest(
         min=1, help="Processes the subscribers are spread over (default: min(subscribers, CPUs)).")] = None,
     duration: Annotated[float, typer.Option(min=1, help="Seconds of steady state to measure.")] = 20.0,
     join_rate: Annotated[float, typer.Option(min=0.1, help="Subscribers joining per second.")] = 10.0,
+    settle: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait after the last subscriber's first frame before measuring, so that "
+                    "joining (ICE, DTLS, bandwidth ramp-up) stays out of the steady-state figures.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON for scripts.")] = False,
 ) -> None:
     """Load a meeting with publishers and subscribers and measure the SFU (like `lk load-test`).
@@ -1222,7 +1226,7 @@ def loadtest(
         if email is None:
             raise LoadTestError("give --email (and the password) of an account of the appliance")
         plan = Plan(url, email, read_password(password_stdin, password_env), meeting, publishers,
-                    subscribers, min(workers or os.cpu_count() or 1, subscribers), duration, join_rate)
+                    subscribers, min(workers or os.cpu_count() or 1, subscribers), duration, join_rate, settle)
         quiet_media_logs()
         state = LiveState(plan)
         if as_json:

@@ -54,7 +54,7 @@ def loadtest(url: str, *args: str, password: str = ADMIN[1]) -> subprocess.Compl
 
 def test_one_publisher_two_subscribers_measured_end_to_end(appliance: Appliance) -> None:
     run = loadtest(appliance.url, "--publishers", "1", "--subscribers", "2", "--duration", "6",
-                   "--join-rate", "2", "--json")
+                   "--join-rate", "2", "--settle", "1", "--json")
     assert run.returncode == 0, run.stderr + run.stdout
     report = json.loads(run.stdout)
 
