@@ -20,7 +20,7 @@ from aiortc.rtp import (
 )
 
 from appliance.sfu import internals
-from appliance.sfu.forwarder import DownTrack, RtpRewriter, UpTrack
+from appliance.sfu.forwarder import DownTrack, HeaderTemplate, RtpRewriter, UpTrack
 from appliance.sfu.stats import SfuStats
 
 VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame tag with P=0
@@ -193,3 +193,32 @@ async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair
     assert (pli.fmt, pli.media_ssrc) == (RTCP_PSFB_PLI, 1111)
     # The request made at start was served by the first packet, a keyframe: no PLI for it.
     assert stats.keyframe_requests == 1 and stats.plis_sent == 1
+
+
+@pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
+@pytest.mark.parametrize("level", [None, (True, 30), (False, 127)])
+@pytest.mark.parametrize("ids", [(4, 2, 1), (1, 14, 0), (0, 3, 5)])
+def test_header_template_writes_what_rtp_packet_serialize_writes(
+        mid: str, level: tuple[bool, int] | None, ids: tuple[int, int, int]) -> None:
+    mid_id, abs_id, level_id = ids
+    negotiated = [RTCRtpHeaderExtensionParameters(id=i, uri=uri) for i, uri in
+                  [(mid_id, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+                   (abs_id, "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+                   (level_id, "urn:ietf:params:rtp-hdrext:ssrc-audio-level")] if i]
+    extensions = HeaderExtensionsMap()
+    extensions.configure(type("P", (), {"headerExtensions": negotiated})())
+    template = HeaderTemplate.for_subscriber(mid, negotiated)
+    assert template is not None
+    for marker, payload in [(0, VP8_KEY), (1, b"x" * 1100)]:
+        packet = RtpPacket(payload_type=111, marker=marker, sequence_number=65535, timestamp=2**32 - 1,
+                           ssrc=0xDEADBEEF, payload=payload)
+        packet.extensions.mid = mid
+        packet.extensions.abs_send_time = 0xABCDEF
+        packet.extensions.audio_level = level
+        assert template.serialize(packet) == packet.serialize(extensions)
+
+
+def test_header_template_leaves_the_two_byte_form_to_aiortc() -> None:
+    wide = [RTCRtpHeaderExtensionParameters(id=15, uri="urn:ietf:params:rtp-hdrext:sdes:mid")]
+    assert HeaderTemplate.for_subscriber("0", wide) is None
+    assert HeaderTemplate.for_subscriber("m" * 17, [MID]) is None
