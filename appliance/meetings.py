@@ -64,11 +64,16 @@ class Meetings:
         }
 
     @staticmethod
+    def _lookup(principal: Principal, meeting_id: str | None, code: str | None) -> tuple[Prepared, dict[str, Any]]:
+        """The prepared look-up (by id, else by code) and its values for this caller."""
+        return (MEETING_BY_ID if meeting_id else MEETING_BY_CODE,
+                {"key": meeting_id or code, "user": principal.id if principal.kind == "user" else ""})
+
+    @staticmethod
     def _load(principal: Principal, meeting_id: str | None = None,
               code: str | None = None) -> tuple[Meeting, str | None]:
-        query = MEETING_BY_ID if meeting_id else MEETING_BY_CODE
-        rows = query.rows(key=meeting_id or code, user=principal.id if principal.kind == "user" else "")
-        return Meetings._resolve(principal, rows)
+        query, values = Meetings._lookup(principal, meeting_id, code)
+        return Meetings._resolve(principal, query.rows(**values))
 
     @staticmethod
     def _resolve(principal: Principal, rows: list[tuple]) -> tuple[Meeting, str | None]:
@@ -108,10 +113,8 @@ class Meetings:
 
     async def get(self, principal: Principal, meeting_id: str | None = None,
                   code: str | None = None) -> dict[str, Any]:
-        query = MEETING_BY_ID if meeting_id else MEETING_BY_CODE
-        rows = await self.db.fetch(query, key=meeting_id or code,
-                                   user=principal.id if principal.kind == "user" else "")
-        return self.view(*self._resolve(principal, rows))
+        query, values = self._lookup(principal, meeting_id, code)
+        return self.view(*self._resolve(principal, await self.db.fetch(query, **values)))
 
     async def mine(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
         def mine() -> dict[str, Any]:
