@@ -117,6 +117,20 @@ def _stop(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
+def archive_operation(archive: str, passphrase_file: Path | None, config: Path | None,
+                      data_dir: Path | None) -> Iterator[tuple[Settings, Any, Any, str, bytes | None]]:
+    """What reading an archive starts with: the settings, the passphrase, and inside
+    ``operation`` the portal and the archive's location; yields those and the archive's name."""
+    from appliance.backup import open_location, split_archive
+
+    settings = load(config, data_dir)
+    passphrase = read_passphrase(passphrase_file)
+    folder, name = split_archive(archive)
+    with operation(settings) as portal:
+        yield settings, portal, open_location(folder, settings, portal), name, passphrase
+
+
+@contextlib.contextmanager
 def operation(settings: Settings) -> Iterator[Any]:
     """A portal to the stores; errors become one line and a non-zero exit, never a traceback."""
     from appliance.backup import BackupError, Portal
@@ -237,13 +251,9 @@ def verify(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Read a whole archive back: every checksum, the manifest, and every part as a restore reads it."""
-    from appliance.backup import open_location, split_archive, verify_archive
+    from appliance.backup import verify_archive
 
-    settings = load(config, data_dir)
-    passphrase = read_passphrase(passphrase_file)
-    folder, name = split_archive(archive)
-    with operation(settings) as portal:
-        location = open_location(folder, settings, portal)
+    with archive_operation(archive, passphrase_file, config, data_dir) as (_, _, location, name, passphrase):
         with RichProgress() as progress:
             verified = verify_archive(location, name, passphrase, progress)
         verified.close()
@@ -268,13 +278,10 @@ def restore(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Restore an archive into the stores the settings name (stop the appliance first)."""
-    from appliance.backup import open_location, restore_archive, split_archive
+    from appliance.backup import restore_archive
 
-    settings = load(config, data_dir)
-    passphrase = read_passphrase(passphrase_file)
-    folder, name = split_archive(archive)
-    with operation(settings) as portal:
-        location = open_location(folder, settings, portal)
+    with archive_operation(archive, passphrase_file, config, data_dir) as (settings, portal, location, name,
+                                                                             passphrase):
         with RichProgress() as progress:
             restored = restore_archive(settings, location, name, portal, passphrase=passphrase, force=force,
                                        resume=resume, progress=progress)
