@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .fsutil import write_atomically
+
 DEFAULT_CONFIG = Path("/etc/confmeet/confmeet.toml")
 ENV_PREFIX = "CONFMEET_"
 SECRET_FIELDS = ("secret_key", "turn_secret")
@@ -252,11 +254,7 @@ def ensure_secrets(settings: Settings) -> Settings:
             stored[name] = secrets.token_urlsafe(48)
             changed = True
     if changed:
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(f'{k} = "{v}"\n' for k, v in stored.items())
-        os.replace(tmp, path)
+        write_atomically(path, "".join(f'{k} = "{v}"\n' for k, v in stored.items()).encode())
     for name in missing:
         setattr(settings, name, stored[name])
     return settings

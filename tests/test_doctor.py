@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from appliance.fsutil import write_atomically
 from appliance.host import doctor, tls
 from appliance.host.doctor import DoctorOptions, diagnose, problems
 from appliance.host.preflight import Finding, exit_code
@@ -133,7 +134,7 @@ def test_certificate_expiring_soon_wrong_key_and_wrong_name(healthy: dict) -> No
     soon = doctor.check_tls(settings, NOW + dt.timedelta(days=380))
     assert soon[0].status == "warn" and "expires in" in soon[0].detail
     other_key = healthy["tls"].cert.parent / "other.key"
-    tls.write_private(other_key, healthy["tls"].ca_key.read_bytes())
+    write_atomically(other_key, healthy["tls"].ca_key.read_bytes())
     settings.tls_key, settings.public_url = str(other_key), "https://meet.example.org"
     found = {f.check: f for f in doctor.check_tls(settings, NOW)}
     assert found["TLS key"].status == "fail" and "is not the private key" in found["TLS key"].detail

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from typing import Any
 import peewee as pw
 
 from ..settings import SECRET_FIELDS, Settings
+from ..fsutil import write_atomically
 from ..stores.documents import DocumentExists, DocumentStore
 from ..stores.relational import Relational
 from .archive import INDEX, BackupError, jsonl_part, section
@@ -84,13 +84,7 @@ class Journal:
 
     def save(self, **changes: Any) -> None:
         self.state.update(changes)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.state).encode())
         self._saved = time.monotonic()
 
     def progress(self, next_part: int) -> None:
@@ -206,13 +200,7 @@ async def insert_documents(documents: DocumentStore, collection: str, docs: list
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data)
 
 
 class _Restore:

@@ -34,6 +34,7 @@ import docker.types
 import requests
 
 from .. import __version__
+from ..fsutil import write_atomically
 from . import units
 from .images import BUNDLES_DIR
 
@@ -383,13 +384,7 @@ def write_file(path: Path, text: str | bytes, mode: int, journal: Journal, what:
     before = path.read_bytes() if path.exists() else None
     if before == data and (path.stat().st_mode & 0o777) == mode:
         return "kept"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), mode)
-        fh.write(data)
-    os.replace(tmp, path)
+    write_atomically(path, data, mode)
     if before is None:
         journal.created(what, lambda: path.unlink(missing_ok=True))
         return "created"

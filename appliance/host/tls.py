@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..fsutil import write_atomically
 
 CA_DAYS = 3650
 # Apple platforms refuse TLS server certificates valid for more than 825 days; a year stays clear.
@@ -48,23 +49,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read (mode 0600), replacing any older one atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -104,8 +88,8 @@ def generate_ca(directory: Path, common_name: str = "confmeet private CA", days:
         .sign(key, hashes.SHA256())
     )
     files = CertificateFiles(cert=directory / "ca.pem", key=directory / "ca.key")
-    write_private(files.key, _key_pem(key))
-    write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(files.key, _key_pem(key))
+    write_atomically(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return files
 
 
@@ -141,9 +125,9 @@ def issue_server_certificate(directory: Path, ca: CertificateFiles, names: Seque
         .sign(ca_key, hashes.SHA256())
     )
     files = CertificateFiles(cert=directory / "cert.pem", key=directory / "key.pem")
-    write_private(files.key, _key_pem(key))
-    write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM)
-                 + ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(files.key, _key_pem(key))
+    write_atomically(files.cert, cert.public_bytes(serialization.Encoding.PEM)
+                     + ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return files
 
 

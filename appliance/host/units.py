@@ -9,13 +9,13 @@ and coturn; confmeet only writes coturn's configuration (``turnserver.conf.in``)
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..fsutil import write_atomically
 
 # The source tree's systemd/, or where a wheel install puts it (setup.cfg data_files).
 SYSTEMD_DIR = next((d for d in (Path(__file__).resolve().parents[2] / "systemd",
@@ -124,16 +124,8 @@ def render_turnserver_conf(secret: str, realm: str, *, port: int = 3478, relay_m
 
 def write_turnserver_conf(path: Path, text: str, group: str = "turnserver") -> None:
     """Write coturn's configuration readable only by root and coturn's group (it holds the secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), 0o640)
-        fh.write(text)
     try:
-        shutil.chown(tmp, group=group)
+        write_atomically(path, text.encode(), mode=0o640, group=group)
     except LookupError:
-        tmp.unlink()
         raise UnitError(f"there is no group {group!r} to let coturn read {path}: "
                         "install coturn first (apt-get install coturn)") from None
-    os.replace(tmp, path)
