@@ -25,6 +25,7 @@ from typing import Any
 
 from aiortc.rtp import RtpPacket
 
+from ..fsutil import write_atomically
 from ..sfu.forwarder import UpTrack
 from .writer import TrackInfo, TrackWriter, UnsupportedCodec, container_for
 
@@ -195,9 +196,7 @@ class RecordingSink:
 
 
 def write_manifest(directory: Path, result: dict[str, Any]) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(directory / MANIFEST)
+    write_atomically(directory / MANIFEST, json.dumps(result, indent=1).encode(), mode=0o644)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
