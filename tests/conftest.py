@@ -80,6 +80,14 @@ def postgres_url() -> Iterator[str]:
     drop_pg_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A scratch database of each kind the relational store runs on."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/t.db"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     try:

@@ -13,13 +13,6 @@ from appliance.stores.relational import (MIGRATIONS, SCHEMA_VERSION, AuditEvent,
                                          Relational, User, schema_version)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/t.db"
-    return request.getfixturevalue("postgres_url")
-
-
 async def test_migrations_run_once_and_are_versioned(db_url: str) -> None:
     db = Relational(db_url)
     await db.open()

@@ -32,13 +32,6 @@ from .accounts import add_users
 from .test_writer import VP8, feed, rtp_frames
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/t.db"
-    return request.getfixturevalue("postgres_url")
-
-
 async def test_migration_3_adds_the_recording_columns_to_an_older_schema(db_url: str) -> None:
     db = Relational(db_url)
     await db.open()
