@@ -163,6 +163,13 @@ def is_bundled(transceiver: RTCRtpTransceiver) -> bool:
     return transceiver._bundled
 
 
+def dtls_role(pc: RTCPeerConnection) -> str | None:
+    """The DTLS role of the connection's (bundled) transport: ``client``, ``server`` or ``auto``
+    while none is negotiated yet; None before the first transceiver exists."""
+    transceivers = pc.getTransceivers()
+    return transceivers[0].receiver.transport._role if transceivers else None
+
+
 # ---------------------------------------------------------------- ICE
 def ice_connections(pc: RTCPeerConnection) -> Iterator[Connection]:
     """The aioice connections behind the peer connection's transports."""

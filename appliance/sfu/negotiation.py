@@ -7,6 +7,11 @@ what passthrough forwarding needs.
   already uses: aiortc would otherwise re-offer its own numbering, which collides inside the
   BUNDLE group with the browser's (Chrome rejects such an offer) and would re-map the
   publisher's own m-lines.
+* One DTLS role for the one bundled transport, and it never changes once negotiated (RFC 8842:
+  the BUNDLE group's tagged m-line sets it). Firefox answers a renegotiation with ``a=setup``
+  per m-line (``passive`` on the old ones, ``active`` on the new); aiortc applies each m-line's
+  value to the shared transport, so the last one would turn the SFU from DTLS client into
+  server mid-handshake and the participant would get no media at all.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .errors import SfuError
 FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 DYNAMIC_PAYLOAD_TYPES = (*range(96, 128), *range(35, 64))
 EXTENSION_IDS = range(1, 15)
+# The a=setup a remote description must carry to keep the SFU's negotiated DTLS role.
+REMOTE_SETUP = {"client": "passive", "server": "active"}
 
 
 def _is_forwardable(kind: str, codec: RTCRtpCodecParameters) -> bool:
@@ -55,6 +62,37 @@ def check_offer(sdp: str) -> None:
             raise SfuError("unsupported_codec",
                            f"the {media.kind} section (mid {media.rtp.muxId}) offers none of "
                            f"{', '.join(FORWARDABLE[media.kind])}, the codecs the SFU forwards")
+
+
+def align_bundled_setup(sdp: str, own_role: str | None) -> str:
+    """``sdp`` with one ``a=setup`` value on every m-line of its BUNDLE group: the one that keeps
+    ``own_role`` (our transport's negotiated DTLS role) once there is one, else the tagged
+    (first) m-line's. Only those lines change; m-lines outside the group keep theirs."""
+    lines = sdp.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    if not starts:
+        return sdp
+    bundle = next((line.split()[1:] for line in lines[:starts[0]] if line.startswith("a=group:BUNDLE ")), [])
+    if not bundle:
+        return sdp
+    sections = [range(start, end) for start, end in zip(starts, [*starts[1:], len(lines)])]
+
+    def attribute(section: range, name: str) -> str | None:
+        return next((lines[i][len(name):].strip() for i in section if lines[i].startswith(name)), None)
+
+    bundled = [section for section in sections if attribute(section, "a=mid:") in bundle]
+    setup = REMOTE_SETUP.get(own_role or "")
+    if setup is None:
+        tagged = next((section for section in bundled if attribute(section, "a=mid:") == bundle[0]), None)
+        setup = attribute(tagged, "a=setup:") if tagged is not None else None
+        if setup is None:
+            return sdp
+    for section in bundled:
+        for i in section:
+            if lines[i].startswith("a=setup:"):
+                line_end = lines[i][len(lines[i].rstrip("\r\n")):]
+                lines[i] = f"a=setup:{setup}{line_end}"
+    return "".join(lines)
 
 
 def codec_preferences(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
@@ -137,6 +175,9 @@ class SfuPeerConnection(RTCPeerConnection):
     """An RTCPeerConnection whose negotiation suits passthrough forwarding (see module doc)."""
 
     async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
+        sessionDescription = RTCSessionDescription(
+            sdp=align_bundled_setup(sessionDescription.sdp, internals.dtls_role(self)),
+            type=sessionDescription.type)
         await super().setRemoteDescription(sessionDescription)
         if sessionDescription.type == "offer":
             self._choose_upstream_codecs()

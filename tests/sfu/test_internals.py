@@ -29,6 +29,7 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         assert internals.offered_direction(transceiver) is None
         assert internals.mline_index(transceiver) is None
         assert internals.is_bundled(transceiver) is False
+        assert internals.dtls_role(pc) == "auto"
         connections = list(internals.ice_connections(pc))
         assert len(connections) == 1 and connections[0]._protocols == []
         assert callable(connections[0].get_component_candidates)

@@ -12,6 +12,7 @@ from appliance.sfu.ice import CandidateGatherer, drop_mdns_candidates
 from appliance.sfu.negotiation import (
     SessionPayloads,
     SfuPeerConnection,
+    align_bundled_setup,
     check_offer,
     codec_preferences,
     parse_description,
@@ -75,6 +76,78 @@ async def test_server_offer_keeps_the_browsers_numbering_in_the_bundle() -> None
         assert internals.codecs(pc.getTransceivers()[3])[0].payloadType == 96
     finally:
         await pc.close()
+
+
+def _answer_like_firefox(offer: str, setups: list[str]) -> str:
+    """The browser's answer to the server's offer, written the way Firefox 153 writes one to a
+    renegotiation: its own ICE and fingerprint, directions mirrored, and ``a=setup`` per m-line
+    (``setups``) although every m-line is BUNDLEd on the first one's transport."""
+    flip = {"a=sendonly": "a=recvonly", "a=recvonly": "a=sendonly"}
+    out, section = [], -1
+    for line in offer.splitlines():
+        if line.startswith("m="):
+            section += 1
+        if line.startswith("a=candidate:") or line == "a=end-of-candidates":
+            continue
+        if line.startswith("o="):
+            line = "o=mozilla...THIS_IS_SDPARTA-153.0 4611731400430051336 1 IN IP4 0.0.0.0"
+        elif line.startswith("a=ice-ufrag:"):
+            line = "a=ice-ufrag:Abcd"
+        elif line.startswith("a=ice-pwd:"):
+            line = "a=ice-pwd:abcdefghijklmnopqrstuvwx"
+        elif line.startswith("a=fingerprint:"):
+            line = f"a=fingerprint:sha-256 {':'.join(['CD'] * 32)}"
+        elif line.startswith("a=setup:"):
+            line = f"a=setup:{setups[section]}"
+        out.append(flip.get(line, line))
+    return "\r\n".join(out) + "\r\n"
+
+
+async def test_a_renegotiation_answer_with_mixed_setup_keeps_the_dtls_role() -> None:
+    """RFC 8842: the DTLS role of a BUNDLE group is one and stays; Firefox's ``active`` on the new
+    m-lines of its answer must not turn the SFU (DTLS client since its first answer) into a
+    server, which left every late-joining Firefox without media."""
+    pc = SfuPeerConnection(IceSettings().rtc_configuration())
+    try:
+        await pc.setRemoteDescription(CHROME)
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createAnswer())
+        assert internals.dtls_role(pc) == "client"
+        for kind, upstream in zip(("audio", "video"), pc.getTransceivers()):
+            transceiver = pc.addTransceiver(ForwardedTrack(kind, f"remote-{kind}"), direction="sendonly")
+            transceiver.setCodecPreferences(codec_preferences(internals.codecs(upstream)[0]))
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = _answer_like_firefox(pc.localDescription.sdp, ["passive", "passive", "active", "active"])
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert pc.signalingState == "stable"
+        assert internals.dtls_role(pc) == "client"
+        assert {t.receiver.transport for t in pc.getTransceivers()} == {pc.getTransceivers()[0].receiver.transport}
+    finally:
+        await pc.close()
+
+
+def test_bundled_setup_follows_the_negotiated_role_then_the_tagged_mline() -> None:
+    offer = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE a b\r\n"
+             "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\na=setup:passive\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:b\r\na=setup:active\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:c\r\na=setup:active\r\n")
+
+    def setups(sdp: str) -> list[str]:
+        return [line.split(":", 1)[1] for line in sdp.split("\r\n") if line.startswith("a=setup:")]
+
+    # No role yet: the tagged (first) m-line of the group decides; c is outside the group.
+    assert setups(align_bundled_setup(offer, None)) == ["passive", "passive", "active"]
+    assert setups(align_bundled_setup(offer, "auto")) == ["passive", "passive", "active"]
+    # A negotiated role is kept whatever the m-lines say.
+    assert setups(align_bundled_setup(offer, "client")) == ["passive", "passive", "active"]
+    assert setups(align_bundled_setup(offer, "server")) == ["active", "active", "active"]
+    # Everything else is left as it was, line endings included.
+    assert align_bundled_setup(offer, "server").replace("setup:active", "setup:passive") == \
+        offer.replace("setup:active", "setup:passive")
+    unix = offer.replace("\r\n", "\n")
+    assert align_bundled_setup(unix, None) == unix.replace("mid:b\na=setup:active", "mid:b\na=setup:passive")
+    without_bundle = offer.replace("a=group:BUNDLE a b\r\n", "")
+    assert align_bundled_setup(without_bundle, "server") == without_bundle
 
 
 def test_new_codecs_get_payload_types_unused_in_the_session() -> None:
