@@ -134,8 +134,13 @@ class MeetingControls:
         self.cancel_knock(knock)
         self.removed.get(seat.meeting_id, set()).discard(knock.conn.principal.id)
         knock.conn.knock = None
-        joined = await self.s.seat_connection(knock.conn, knock.meeting, knock.role, knock.name)
-        knock.conn.send(joined)
+        knock.conn.hold()
+        try:
+            joined = await self.s.seat_connection(knock.conn, knock.meeting, knock.role, knock.name)
+        except BaseException:
+            knock.conn.release()
+            raise
+        knock.conn.release(joined)
         await self.audit(seat, "admit", name=knock.name, participant=joined["participant"]["id"])
         return {"type": "ok"}
 

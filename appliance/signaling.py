@@ -77,9 +77,28 @@ class Connection:
     seat: Seat | None = None
     knock: Knock | None = None
     close_code: int | None = None
+    held: list[dict[str, Any]] | None = None  # events that wait for the join's reply
 
     def send(self, message: dict[str, Any]) -> None:
-        self.outbox.put_nowait(message)
+        if self.held is not None:
+            self.held.append(message)
+        else:
+            self.outbox.put_nowait(message)
+
+    def hold(self) -> None:
+        """Keep what is sent from now on until :meth:`release`: a client must see its own
+        ``joined`` before any event about the meeting it joined."""
+        if self.held is None:
+            self.held = []
+
+    def release(self, *first: dict[str, Any]) -> None:
+        """Send ``first``, then what was held (less what ``first`` already carries), in order."""
+        held, self.held = self.held or [], None
+        for message in first:
+            self.outbox.put_nowait(message)
+        for message in held:
+            if not any(message is m for m in first):
+                self.outbox.put_nowait(message)
 
     def close(self, code: int) -> None:
         if self.close_code is None:
@@ -258,13 +277,21 @@ class Signaling:
         if kind == "ping":
             return {"type": "pong"}
         if kind == "join":
-            reply = await self._join(conn, message)
-            pending = conn.seat.pending_offer if reply.get("resumed") and conn.seat else None
-            if pending is not None:  # an offer sent while the socket was down: after the reply
-                conn.send({**reply, **({"re": message["id"]} if "id" in message else {})})
-                conn.send(pending)
-                return None
-            return reply
+            conn.hold()
+            try:
+                reply = await self._join(conn, message)
+            except BaseException:
+                conn.release()
+                raise
+            if conn.seat is None:  # waiting in the lobby
+                conn.release()
+                return reply
+            # The reply first, then an offer sent while the socket was down, then the events
+            # that happened meanwhile.
+            pending = conn.seat.pending_offer if reply.get("resumed") else None
+            conn.release({**reply, **({"re": message["id"]} if "id" in message else {})},
+                         *([pending] if pending is not None else []))
+            return None
         control = self.controls.handlers.get(kind)
         if control is None and kind not in SFU_REQUESTS | {"leave"}:
             raise SignalingError("unknown_type", f"unknown message type {kind!r}")
@@ -340,12 +367,14 @@ class Signaling:
         self.seats[seat.id] = seat
         self.sessions[seat.session] = seat
         self._attach(seat, conn)
+        joined = self._joined(seat, resumed=False)  # the meeting as it is at this very moment
         for other in others:
             other.send({"type": "participant_joined", "participant": seat.view()})
         await self.db.run(self._record_join, seat, principal)
         await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
                                                      "participant": seat.view()})
-        return await self._joined(seat, resumed=False)
+        joined["chat"] = await self.controls.history(seat)
+        return joined
 
     async def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
         seat = self.sessions.get(session) if isinstance(session, str) else None
@@ -356,7 +385,9 @@ class Signaling:
                                   "message": "this seat was taken over by a newer connection"})
             seat.connection.close(CLOSE_REPLACED)
         self._attach(seat, conn)
-        return await self._joined(seat, resumed=True)
+        joined = self._joined(seat, resumed=True)
+        joined["chat"] = await self.controls.history(seat)
+        return joined
 
     def _attach(self, seat: Seat, conn: Connection) -> None:
         if seat.expiry is not None:
@@ -365,13 +396,15 @@ class Signaling:
         seat.connection = conn
         conn.seat = seat
 
-    async def _joined(self, seat: Seat, resumed: bool) -> dict[str, Any]:
+    def _joined(self, seat: Seat, resumed: bool) -> dict[str, Any]:
+        """The ``joined`` reply, less the chat history: taken with no ``await`` between the seat
+        joining and this snapshot, so that every later change reaches the client as an event
+        (held behind this reply by the connection)."""
         joined = {
             "type": "joined", "meeting": seat.meeting, "participant": seat.view(), "session": seat.session,
             "resumed": resumed, "ice_servers": self.client_ice_servers(seat.user_id),
             "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
             "tracks": [t for t in self.tracks.get(seat.meeting_id, {}).values() if t["participant"] != seat.id],
-            "chat": await self.controls.history(seat),
             **{name: feature.view(seat.meeting_id) for name, feature in self.features.items()},
         }
         if seat.role in ("host", "moderator"):

@@ -23,6 +23,7 @@ class SignalingClient:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.pc.on("track", self._on_track)
         self.events: list[dict[str, Any]] = []
+        self.arrived: list[dict[str, Any]] = []  # every message, replies included, in order
         self.received: list[Received] = []
         self.failures: list[dict[str, Any]] = []
         self.joined: dict[str, Any] = {}
@@ -42,6 +43,7 @@ class SignalingClient:
         try:
             async for raw in ws:
                 message = json.loads(raw)
+                self.arrived.append(message)
                 if "re" in message and message["re"] in self._pending:
                     self._pending.pop(message["re"]).set_result(message)
                     continue

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import jwt
+import psycopg2
 import pytest
 
 from appliance_server import Appliance, start_appliance
@@ -93,6 +94,57 @@ async def test_two_participants_see_and_hear_each_other(appliance: Appliance) ->
     finally:
         await ada.close()
         await grace.close()
+
+
+@pytest.mark.postgres
+async def test_no_event_reaches_a_client_before_its_own_joined(tmp_path, postgres_url: str) -> None:
+    """Ada's join waits on the database (a table lock held by the test) after her seat exists;
+    Grace joins meanwhile. Ada must get her ``joined`` first and learn of Grace once, by name."""
+    app = start_appliance(tmp_path, media_loopback="true", database=postgres_url)
+    lock = psycopg2.connect(postgres_url)
+    try:
+        for i, who in enumerate(("ada", "grace")):
+            app.add_user(*USERS[who], admin=i == 0)
+        meeting = new_meeting(app)
+        ada, grace = await client(app, "ada"), await client(app, "grace")
+        watcher = psycopg2.connect(postgres_url)
+        watcher.autocommit = True
+
+        def joins_waiting() -> int:  # joins whose seat exists and whose database record waits
+            with watcher.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                return cur.fetchone()[0]
+
+        with lock.cursor() as cur:
+            cur.execute("LOCK TABLE participant IN EXCLUSIVE MODE")  # reads pass, the join's insert waits
+        ada_joins = asyncio.create_task(ada.join(meeting["code"], "Ada"))
+        await wait_for(lambda: joins_waiting() == 1)
+        grace_joins = asyncio.create_task(grace.join(meeting["code"], "Grace"))
+        await wait_for(lambda: joins_waiting() == 2)  # Grace's arrival was sent to Ada meanwhile
+        lock.rollback()
+        assert (await ada_joins)["type"] == "joined" and (await grace_joins)["type"] == "joined"
+        await ada.wait_until(lambda: len(ada.arrived) >= 2)
+        assert ada.arrived[0]["type"] == "joined", [m["type"] for m in ada.arrived]
+        grace_id = grace.joined["participant"]["id"]
+        seen = [p for p in ada.joined["participants"] if p["id"] == grace_id]
+        seen += [e["participant"] for e in ada.events_of("participant_joined") if e["participant"]["id"] == grace_id]
+        assert [p["name"] for p in seen] == ["Grace"]
+        assert grace.arrived[0]["type"] == "joined"
+        await ada.close()
+        await grace.close()
+        watcher.close()
+    finally:
+        lock.close()
+        stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
 
 
 async def test_publishing_a_track_mid_call_renegotiates(appliance: Appliance) -> None:
