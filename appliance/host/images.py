@@ -75,6 +75,9 @@ class ImageRecipe:
     cmd: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = ""
+    user: str = ""
+    # distribution → {file or directory inside it: path in the image} (e.g. the tritonserver binary)
+    dist_files: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -119,6 +122,9 @@ class StandinRecipe:
             for program in recipe.programs:
                 found = _program(program)
                 digest.update(f"{program}:{found.stat().st_size}".encode())
+            for name in recipe.dist_files:
+                dist = _distribution(name)
+                digest.update(f"{dist.metadata['Name']}=={dist.version}".encode())
         return digest.hexdigest()[:16]
 
 
@@ -130,6 +136,14 @@ def _program(name: str) -> Path:
     if found is None:
         raise ImageError(f"{name} is missing: install the test extras (pip install -e '.[test]')")
     return Path(found)
+
+
+def _distribution(name: str) -> metadata.Distribution:
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise ImageError(f"the Python package {name} is not installed here: "
+                         "install the test extras (pip install -e '.[test]')") from None
 
 
 def _distribution_closure(name: str) -> list[metadata.Distribution]:
@@ -247,6 +261,8 @@ def _dockerfile(base: str, recipe: ImageRecipe) -> str:
     lines += [f"ENV {key}={json.dumps(value)}" for key, value in recipe.env.items()]
     if recipe.workdir:
         lines.append(f"WORKDIR {recipe.workdir}")
+    if recipe.user:
+        lines.append(f"USER {recipe.user}")
     if recipe.entrypoint is not None:
         lines.append(f"ENTRYPOINT {json.dumps(recipe.entrypoint)}")
     if recipe.cmd is not None:
@@ -264,6 +280,10 @@ def _context(base: str, recipe: ImageRecipe, directory: Path, out: BinaryIO) -> 
             tar.add(directory / source, arcname=f"root{destination}")
         for program in recipe.programs:
             tar.add(_program(program), arcname=f"root/usr/local/bin/{program}")
+        for name, files in recipe.dist_files.items():
+            dist = _distribution(name)
+            for inside, destination in files.items():
+                tar.add(Path(str(dist.locate_file(inside))), arcname=f"root{destination}")
         for name in recipe.python:
             for dist in _distribution_closure(name):
                 for file in dist.files or []:
@@ -321,6 +341,98 @@ def build_standins(client: docker.DockerClient, cache_dir: Path, recipe: Standin
             if stale != saved:
                 stale.unlink()
     return tags
+
+
+# ---------------------------------------------------------------------- the Triton image for confmeet's models
+TRITON_REPOSITORY = "confmeet/tritonserver"
+TRITON_LABEL = "confmeet.triton"  # JSON: the base image, its id, the wheels and confmeet's version
+
+
+def triton_tag(base: str, version: str) -> str:
+    """``confmeet/tritonserver:<the base image's tag>-<confmeet's version>``."""
+    name = base.rsplit("/", 1)[-1]
+    tag = name.rsplit(":", 1)[1] if ":" in name else "latest"
+    return f"{TRITON_REPOSITORY}:{tag}-{version}"
+
+
+def triton_dockerfile(base: str, packages: list[str], wheelhouse: bool) -> str:
+    """Triton's Python backend runs model.py with the image's own Python: install the models'
+    wheels there (pinned), from the package index or from the build context's ``wheels/``.
+    PIP_BREAK_SYSTEM_PACKAGES lets pip write to a Debian-managed Python (the stand-in); pip
+    versions that do not know it (the official image's) ignore it."""
+    source = "--no-index --find-links /tmp/confmeet-wheels " if wheelhouse else ""
+    lines = [f"FROM {base}"]
+    if wheelhouse:
+        lines.append("COPY wheels/ /tmp/confmeet-wheels/")
+    lines.append(f"RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --disable-pip-version-check "
+                 f"{source}{' '.join(packages)}" + (" && rm -rf /tmp/confmeet-wheels" if wheelhouse else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _triton_label(base: str, base_id: str, packages: list[str], version: str) -> str:
+    return json.dumps({"base": base, "base_id": base_id, "packages": sorted(packages), "version": version},
+                      sort_keys=True)
+
+
+def triton_image_current(client: docker.DockerClient, base: str, packages: list[str], version: str) -> bool:
+    """Whether ``triton_tag(base)`` exists and was derived from this base (the same image, when
+    the engine holds it) with these wheels for this version of confmeet."""
+    try:
+        label = json.loads(client.images.get(triton_tag(base, version)).labels.get(TRITON_LABEL) or "{}")
+    except (docker.errors.ImageNotFound, ValueError):
+        return False
+    if (label.get("base"), label.get("packages"), label.get("version")) != (base, sorted(packages), version):
+        return False
+    try:
+        return client.images.get(base).id == label.get("base_id")
+    except docker.errors.ImageNotFound:
+        return True  # from a bundle: the base itself was not shipped
+
+
+def build_triton_image(client: docker.DockerClient, base: str, packages: list[str], version: str,
+                       wheelhouse: Path | None = None, log: Log = _quiet) -> str:
+    """Derive ``confmeet/tritonserver:<tag>-<version>`` from the Triton image ``base`` (pulled
+    when missing) through the Docker Engine API; returns its tag. ``wheelhouse``: install the
+    wheels from this directory (no package index needed; they must suit the image's Python)."""
+    tag = triton_tag(base, version)
+    try:
+        try:
+            base_id = client.images.get(base).id
+        except docker.errors.ImageNotFound:
+            log(f"pulling {base}")
+            base_id = client.images.pull(base).id
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise ImageError(f"the Triton image {base} is not in the engine and cannot be pulled ({exc}); without "
+                         "registry access install from an offline bundle (--bundle FILE), or name a local "
+                         "image with --image triton=REF") from None
+    wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse is not None else []
+    if wheelhouse is not None and not wheels:
+        raise ImageError(f"{wheelhouse} holds no wheels for the Triton image ({', '.join(packages)})")
+    log(f"building {tag} from {base} with {', '.join(packages)}" + (f" (wheels from {wheelhouse})" if wheels else ""))
+    with tempfile.TemporaryFile() as context:
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            _add_bytes(tar, "Dockerfile", triton_dockerfile(base, packages, bool(wheels)).encode())
+            for wheel in wheels:
+                tar.add(wheel, arcname=f"wheels/{wheel.name}")
+        context.seek(0)
+        try:
+            stream = client.api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+                                      decode=True, labels={TRITON_LABEL: _triton_label(base, base_id, packages,
+                                                                                       version)})
+            tail: list[str] = []
+            for chunk in stream:
+                if "error" in chunk:
+                    raise ImageError(f"building {tag} failed: {chunk['error'].strip()}\n" + "\n".join(tail[-8:])
+                                     + "\nwithout a package index, pass --wheelhouse DIR with the wheels "
+                                     "for the image's Python")
+                line = (chunk.get("stream") or "").strip()
+                if line:
+                    tail.append(line)
+                    if line.startswith(("Step ", "Successfully installed")):
+                        log(line[:160])
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise ImageError(f"building {tag} failed: {exc}") from None
+    return tag
 
 
 # ---------------------------------------------------------------------- save and load
@@ -390,12 +502,18 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_wheels(out_dir: Path, project_dir: Path, wheelhouse: Path | None = None) -> list[Path]:
-    """confmeet's wheel and its dependencies' (``pip wheel``); with ``wheelhouse`` only from there."""
+# Required by redis on Python < 3.11.3 (Debian 12 has 3.11.2): a wheelhouse made on a newer
+# Python would lack it, and the offline install on Debian would fail.
+PYTHON_MARKER_WHEELS = ("async-timeout>=4.0.3",)
+
+
+def build_wheels(out_dir: Path, requirement: str | Path, wheelhouse: Path | None = None) -> list[Path]:
+    """confmeet's wheel and its dependencies' (``pip wheel`` of a source tree, a wheel file or a
+    requirement); with ``wheelhouse`` only from there."""
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out_dir)]
     if wheelhouse is not None:
         argv += ["--no-index", "--find-links", str(wheelhouse), "--no-build-isolation"]
-    done = subprocess.run([*argv, str(project_dir)], capture_output=True, text=True)
+    done = subprocess.run([*argv, str(requirement), *PYTHON_MARKER_WHEELS], capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise ImageError(f"building the Python wheels failed:\n{tail}\n"
@@ -404,9 +522,11 @@ def build_wheels(out_dir: Path, project_dir: Path, wheelhouse: Path | None = Non
 
 
 def create_bundle(client: docker.DockerClient, images: dict[str, str], output: Path,
-                  model_repository: Path, wheels: list[Path], version: str, log: Log = _quiet) -> Manifest:
+                  model_repository: Path, wheels: list[Path], version: str, log: Log = _quiet,
+                  bases: dict[str, str] | None = None) -> Manifest:
     """Write an offline bundle: the images (pulled first when the engine lacks one), the model
-    repository and the wheels, with a manifest of sha256s."""
+    repository and the wheels, with a manifest of sha256s. ``bases``: component → the image a
+    derived one (Triton's) was built from, which the install names."""
     ids: dict[str, dict[str, str]] = {}
     for component, ref in images.items():
         try:
@@ -419,7 +539,8 @@ def create_bundle(client: docker.DockerClient, images: dict[str, str], output: P
                 raise ImageError(f"the image {ref} ({component}) is not in the engine and cannot be "
                                  f"pulled ({exc}); pull or load it first, or choose another with "
                                  f"--image {component}=REF") from None
-        ids[component] = {"ref": ref, "id": image.id}
+        ids[component] = {"ref": ref, "id": image.id, **({"base": bases[component]} if component in (bases or {})
+                                                          else {})}
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".bundle-") as tmp:
         images_tar = Path(tmp) / "images.tar"

@@ -25,7 +25,7 @@ APPLIANCE_UNIT = "confmeet.service"
 PRIVILEGED_PORT_DROPIN = "confmeet.service.d/privileged-port.conf"
 SYSUSERS = "confmeet.sysusers"
 TURNSERVER_TEMPLATE = "turnserver.conf.in"
-CONFMEET_BIN = "/usr/local/bin/confmeet"
+CONFMEET_BIN = "/opt/confmeet/current/bin/confmeet"  # appliance/host/release.py
 CONFIG_FILE = "/etc/confmeet/confmeet.toml"
 
 
@@ -85,13 +85,16 @@ def systemctl(*args: str, root: Path | None = None) -> str:
     return done.stdout.strip()
 
 
-def render_turnserver_conf(secret: str, realm: str, *, port: int = 3478, relay_min: int = 49152,
-                           relay_max: int = 65535, listening_ips: Sequence[str] = (),
-                           external_ips: Sequence[str] = (), allowed_peer_ips: Sequence[str] = ()) -> str:
-    """/etc/turnserver.conf for coturn with confmeet's shared secret.
+def render_turnserver_conf(secret: str, realm: str, *, port: int = 3478, tls_port: int = 5349, cert: str = "",
+                           pkey: str = "", relay_min: int = 49152, relay_max: int = 65535,
+                           listening_ips: Sequence[str] = (), external_ips: Sequence[str] = (),
+                           allowed_peer_ips: Sequence[str] = (), syslog: bool = True) -> str:
+    """coturn's configuration with confmeet's shared secret.
 
     ``allowed_peer_ips``: the SFU's own addresses, which coturn must relay to even when they are
-    private. ``external_ips``: ``PUBLIC`` or ``PUBLIC/PRIVATE`` behind a 1:1 NAT.
+    private. ``external_ips``: ``PUBLIC`` or ``PUBLIC/PRIVATE`` behind a 1:1 NAT. ``cert`` and
+    ``pkey``: the TLS files of TURN over TLS on ``tls_port`` (none given: no TLS listener).
+    ``syslog``: False in a container, where coturn logs to stdout.
     """
     if not secret or any(c.isspace() for c in secret):
         raise UnitError("the TURN secret must be set and contain no spaces (confmeet's turn_secret)")
@@ -109,23 +112,33 @@ def render_turnserver_conf(secret: str, realm: str, *, port: int = 3478, relay_m
         "@EXTERNAL_IPS@": [f"external-ip={a}" for a in external_ips],
         "@ALLOWED_PEER_IPS@": [f"allowed-peer-ip={a}" for a in allowed_peer_ips],
     }
-    values = {"@TURN_PORT@": str(port), "@REALM@": realm, "@TURN_SECRET@": secret,
-              "@RELAY_MIN_PORT@": str(relay_min), "@RELAY_MAX_PORT@": str(relay_max)}
+    values = {"@TURN_PORT@": str(port), "@TLS_PORT@": str(tls_port), "@CERT@": cert, "@PKEY@": pkey,
+              "@REALM@": realm, "@TURN_SECRET@": secret, "@RELAY_MIN_PORT@": str(relay_min),
+              "@RELAY_MAX_PORT@": str(relay_max)}
+    tls = bool(cert and pkey)
     out = []
     for line in shipped(TURNSERVER_TEMPLATE).read_text().splitlines():
         if line in lines:
             out.extend(lines[line])
             continue
+        if not tls and line.startswith(("tls-listening-port=", "cert=", "pkey=")):
+            continue
+        if line == "syslog" and not syslog:
+            continue
         for placeholder, value in values.items():
             line = line.replace(placeholder, value)
         out.append(line)
+    if not tls:
+        out.insert(out.index("no-dtls"), "no-tls")
     return "\n".join(out) + "\n"
 
 
-def write_turnserver_conf(path: Path, text: str, group: str = "turnserver") -> None:
-    """Write coturn's configuration readable only by root and coturn's group (it holds the secret)."""
+def write_turnserver_conf(path: Path, text: str | bytes, group: str | int = "turnserver") -> None:
+    """Write coturn's configuration (or its TLS key) readable only by root and coturn's group
+    (it holds the secret); ``group`` is a name or, for a container's user, a number."""
     try:
-        write_atomically(path, text.encode(), mode=0o640, group=group)
+        write_atomically(path, text.encode() if isinstance(text, str) else text, mode=0o640,
+                         group=group)  # type: ignore[arg-type]
     except LookupError:
         raise UnitError(f"there is no group {group!r} to let coturn read {path}: "
                         "install coturn first (apt-get install coturn)") from None

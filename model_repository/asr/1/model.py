@@ -4,12 +4,18 @@ The same code serves Triton's Python backend (``TritonPythonModel``) and confmee
 inference (``WhisperAsr``, loaded from this file by ``appliance.inference.local``). Weights: the
 CTranslate2 conversion of a Whisper model in ``whisper/`` beside this file (model.bin,
 config.json, tokenizer.json, vocabulary.json), placed by ``confmeet models import``.
+
+Where it runs comes from Triton's instance group: ``KIND_GPU`` asks CTranslate2 for CUDA
+(float16) on the instance's device, ``KIND_CPU`` for the CPU (int8). ``device`` says where the
+loaded model actually is, as CTranslate2 reports it; every response carries it in ``DEVICE``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +24,45 @@ from faster_whisper import WhisperModel
 SAMPLE_RATE = 16000
 MAX_SECONDS = 30  # Whisper's window
 WEIGHTS = "whisper"
+COMPUTE_TYPES = {"cuda": "float16", "cpu": "int8"}
+
+
+def gpu_name(index: int) -> str:
+    """The GPU's model name (NVML, else nvidia-smi), "" when neither answers."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return name.decode() if isinstance(name, bytes) else str(name)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no pynvml in this image, or no driver library: ask nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ""
+    try:
+        return subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader", f"--id={index}"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 class WhisperAsr:
-    def __init__(self, directory: Path | str, threads: int = 0) -> None:
+    def __init__(self, directory: Path | str, threads: int = 0, device: str = "cpu", device_index: int = 0) -> None:
+        if device not in COMPUTE_TYPES:
+            raise ValueError(f"device {device!r}: use cpu or cuda")
         # CTranslate2's own default is 4 threads: more than the cores of a small machine slows it down.
         threads = threads or min(4, len(os.sched_getaffinity(0)))
-        self.model = WhisperModel(str(Path(directory) / WEIGHTS), device="cpu", compute_type="int8",
-                                  cpu_threads=threads, local_files_only=True)
+        self.model = WhisperModel(str(Path(directory) / WEIGHTS), device=device, device_index=device_index,
+                                  compute_type=COMPUTE_TYPES[device], cpu_threads=threads, local_files_only=True)
+        loaded = self.model.model  # the CTranslate2 model: where it really is, not what was asked
+        where = f"cuda:{loaded.device_index[0] if isinstance(loaded.device_index, list) else loaded.device_index}" \
+            if loaded.device == "cuda" else loaded.device
+        name = gpu_name(device_index) if loaded.device == "cuda" else ""
+        self.device = " ".join(part for part in (where, name, loaded.compute_type) if part)
 
     def transcribe(self, audio: np.ndarray, language: str = "") -> tuple[str, str]:
         """The text spoken in ``audio`` (float32 16 kHz mono, at most 30 s) and its language;
@@ -46,15 +83,25 @@ def load(directory: Path | str) -> WhisperAsr:
     return WhisperAsr(directory)
 
 
+def device_of(args: dict[str, str]) -> tuple[str, int]:
+    """CTranslate2's device for Triton's instance: ("cuda", GPU id) for KIND_GPU, else ("cpu", 0)."""
+    if args.get("model_instance_kind", "CPU") == "GPU":
+        return "cuda", int(args.get("model_instance_device_id") or 0)
+    return "cpu", 0
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         threads = int(config.get("parameters", {}).get("cpu_threads", {}).get("string_value", "0") or 0)
-        self.asr = WhisperAsr(Path(args["model_repository"]) / args["model_version"], threads)
+        device, index = device_of(args)
+        self.asr = WhisperAsr(Path(args["model_repository"]) / args["model_version"], threads, device, index)
+        print(f"asr: Whisper loaded on {self.asr.device}", flush=True)
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
 
+        device = np.array([self.asr.device.encode()], dtype=np.object_)
         responses = []
         for request in requests:
             try:
@@ -64,7 +111,8 @@ class TritonPythonModel:
                 text, detected = self.asr.transcribe(audio, language)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("TEXT", np.array([text.encode()], dtype=np.object_)),
-                    pb_utils.Tensor("LANGUAGE_OUT", np.array([detected.encode()], dtype=np.object_))]))
+                    pb_utils.Tensor("LANGUAGE_OUT", np.array([detected.encode()], dtype=np.object_)),
+                    pb_utils.Tensor("DEVICE", device)]))
             except (ValueError, UnicodeDecodeError) as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses
