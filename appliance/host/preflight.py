@@ -22,7 +22,10 @@ from .ports import Protocol, bind_error, describe_bind_error, stun_answers
 
 Status = Literal["pass", "warn", "fail"]
 GiB = 1024 ** 3
-SUPPORTED_OS = {"debian": (11,), "ubuntu": (22, 4)}
+# The oldest releases whose python3 is 3.11 or later, which confmeet's release needs
+# (Debian 11 has 3.9, Ubuntu 22.04 3.10).
+SUPPORTED_OS = {"debian": (12,), "ubuntu": (24, 4)}
+OS_FIX = {"debian": "upgrade to Debian 12 (bookworm) or later", "ubuntu": "upgrade to Ubuntu 24.04 LTS or later"}
 MIN_DOCKER = (20, 10)
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -90,7 +93,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def check_os(options: PreflightOptions) -> Finding:
-    supported = "Debian 11 or later, Ubuntu 22.04 or later"
+    supported = "Debian 12 or later, Ubuntu 24.04 or later"
     try:
         release = _os_release(options.os_release)
     except OSError as exc:
@@ -101,6 +104,9 @@ def check_os(options: PreflightOptions) -> Finding:
     version = _version(release.get("VERSION_ID", ""))
     if minimum is not None and version and version >= minimum:
         return Finding("operating system", "pass", name)
+    if minimum is not None and version:
+        return Finding("operating system", "fail", f"{name} is too old: its python3 is older than 3.11, "
+                       "which confmeet needs", f"{OS_FIX[release['ID'].lower()]}, then rerun confmeet install")
     return Finding("operating system", "warn", f"{name} is not a tested system",
                    f"confmeet is tested on {supported}; other systems may work")
 
