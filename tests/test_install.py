@@ -44,6 +44,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("CONFMEET_TEST_CACHE", "/var/cache/confmeet-test"))
 COMPONENTS = ["postgresql", "redis", "mongodb", "minio", "coturn", "triton"]
 ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "DOCKER_HOST": "", "CONFMEET_CONFIG": ""}
+# An administrator's shell: nothing points Python at the source tree.
+ADMIN_ENV = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 def confmeet(*args: str, engine: dockerd.Engine | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -156,7 +158,7 @@ def release_files(wheelhouse: Wheelhouse, tmp_path_factory: pytest.TempPathFacto
     for argv in (["/usr/bin/python3", "-m", "venv", str(bootstrap)],
                  [str(bootstrap / "bin/pip"), "install", "--quiet", "--no-index", "--find-links",
                   str(wheelhouse.wait()), str(wheel)]):
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=out)
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=out, env=ADMIN_ENV)
         assert done.returncode == 0, done.stderr[-2000:]
     return {"wheel": wheel, "sdist": sdist, "confmeet": bootstrap / "bin/confmeet", "dist": out}
 
@@ -543,12 +545,12 @@ class InstalledAppliance(Appliance):
         self.root = root
         program = root / "opt/confmeet/current/bin/confmeet"
         assert program.is_file() and str(program.resolve()).startswith(str(root / "opt/confmeet/releases/"))
-        super().__init__(root, program, {**ENV, "CONFMEET_MEDIA_LOOPBACK": "true"})
+        super().__init__(root, program, {**ADMIN_ENV, "CONFMEET_MEDIA_LOOPBACK": "true"})
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.root / "opt/confmeet/current/bin/confmeet"), *args, "--config",
                                str(self.root / "etc/confmeet/confmeet.toml")], input=input, capture_output=True,
-                              text=True, env=ENV, timeout=60)
+                              text=True, env=ADMIN_ENV, timeout=60)
 
 
 def damaged_models(source: Path, into: Path) -> Path:
@@ -626,7 +628,7 @@ def test_release_installs_triton_with_the_models_and_captions_come_from_it(
     outside.mkdir()
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([confmeet_bin, *args], capture_output=True, text=True, env=ENV, timeout=600,
+        return subprocess.run([confmeet_bin, *args], capture_output=True, text=True, env=ADMIN_ENV, timeout=600,
                               cwd=outside)
 
     good = tmp_path / "good-models"
