@@ -22,10 +22,12 @@ models: setup
 run: models
 	$(BIN)/confmeet serve
 
-# Debian packages the tests drive for real: Chromium and Firefox ESR, Docker Engine, debootstrap
-# (image stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions),
-# ffmpeg (ffprobe checks recordings) and Node.js/npm (puppeteer-core drives Firefox).
-SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr docker.io:dockerd debootstrap:debootstrap \
+# Debian packages the tests drive for real: Chromium and Firefox ESR (on an Xvfb screen, so it can
+# share one, with a PulseAudio null sink, so Web Audio runs), Docker Engine, debootstrap (image
+# stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions), ffmpeg
+# (ffprobe checks recordings) and Node.js/npm (puppeteer-core drives Firefox).
+SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr xvfb:Xvfb pulseaudio:pulseaudio \
+                   docker.io:dockerd debootstrap:debootstrap \
                    coturn:turnserver tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe npm:npm
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \

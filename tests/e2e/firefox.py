@@ -1,15 +1,23 @@
 """Debian's firefox-esr in the browser tests, through tests/e2e/firefox/bridge.mjs (puppeteer-core
 over WebDriver BiDi, no driver or browser download), and the meeting page driven in it the way
-:class:`MeetingPage` drives it in Chromium."""
+:class:`MeetingPage` drives it in Chromium.
+
+Firefox runs with a window on a private Xvfb screen rather than headless: headless Firefox has
+no screen for getDisplayMedia to capture (it answers NotFoundError), and screen sharing is one
+of the things tested. It also gets an audio output, a PulseAudio server of its own with a null
+sink: with no output Web Audio never starts (an AudioContext stays "suspended"), and ALSA's null
+device is no clock (the graph then runs many times faster than real time)."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,8 @@ from typing import Any
 from .meeting_page import REMOTE_TILES, SCREENSHOTS, Person, poll
 
 FIREFOX = "/usr/bin/firefox-esr"
+XVFB = "/usr/bin/Xvfb"
+PULSEAUDIO = "/usr/bin/pulseaudio"
 BRIDGE = Path(__file__).with_name("firefox") / "bridge.mjs"
 
 
@@ -33,15 +43,31 @@ class Firefox:
     """One firefox-esr; each :meth:`new_page` is a tab in a context of its own."""
 
     def __init__(self) -> None:
-        missing = [what for what, ok in ((FIREFOX, os.access(FIREFOX, os.X_OK)),
+        missing = [what for what, ok in ((FIREFOX, os.access(FIREFOX, os.X_OK)), (XVFB, os.access(XVFB, os.X_OK)),
+                                         (PULSEAUDIO, os.access(PULSEAUDIO, os.X_OK)),
                                          ("node", shutil.which("node") is not None),
                                          ("puppeteer-core", (BRIDGE.parent / "node_modules" / "puppeteer-core").is_dir()))
                    if not ok]
         if missing:
-            raise RuntimeError(f"missing {', '.join(missing)}: run `make test-setup` (apt-get install firefox-esr, "
-                               "npm ci --prefix tests/e2e/firefox)")
+            raise RuntimeError(f"missing {', '.join(missing)}: run `make test-setup` (apt-get install firefox-esr "
+                               "xvfb pulseaudio, npm ci --prefix tests/e2e/firefox)")
+        self.screen = subprocess.Popen([XVFB, "-displayfd", "1", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        display = self.screen.stdout.readline().strip()
+        if not display:
+            raise RuntimeError(f"Xvfb exited with {self.screen.wait()} before it chose a display")
+        self.home = Path(tempfile.mkdtemp(prefix="firefox-sound-"))
+        socket = self.home / "pulse.socket"
+        self.sound = subprocess.Popen(
+            [PULSEAUDIO, "--daemonize=no", "--exit-idle-time=-1", "-n", "--use-pid-file=no",
+             "--load=module-null-sink sink_name=speakers",
+             f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1"],
+            env={**os.environ, "HOME": str(self.home), "XDG_RUNTIME_DIR": str(self.home)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        poll(socket.exists, "PulseAudio's socket", timeout=10)
+        env = {**os.environ, "DISPLAY": f":{display}", "FIREFOX_HEADLESS": "0", "PULSE_SERVER": f"unix:{socket}"}
         self.proc = subprocess.Popen(["node", str(BRIDGE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=BRIDGE.parent)
+                                     stderr=subprocess.PIPE, text=True, cwd=BRIDGE.parent, env=env)
         self._ids = itertools.count(1)
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._stderr: list[str] = []
@@ -87,6 +113,10 @@ class Firefox:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for server in (self.screen, self.sound):
+            server.terminate()
+            server.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class FirefoxPage:
@@ -96,6 +126,10 @@ class FirefoxPage:
 
     def _call(self, op: str, **args: Any) -> Any:
         return self.firefox.call(op, page=self.index, **args)
+
+    def preload(self, source: str) -> None:
+        """Run the script ``source`` before the page's own scripts, in every document it loads."""
+        self._call("preload", source=source)
 
     def goto(self, url: str) -> None:
         self._call("goto", url=url)
@@ -114,13 +148,36 @@ class FirefoxPage:
         return self._call("evaluate", source=source, arg=arg)
 
     def screenshot(self, path: Path) -> None:
-        self._call("screenshot", path=str(path))
+        self._call("screenshot", path=str(path.resolve()))
 
     def errors(self) -> list[str]:
         return self._call("errors")
 
     def close(self) -> None:
         self._call("closePage")
+
+
+# getUserMedia's microphone replaced by a WAV played in a loop through Web Audio: Firefox's fake
+# microphone is a tone, and a captions test needs speech (Chromium takes a WAV on its command line).
+SPEECH_MICROPHONE = """(() => {
+  const wav = Uint8Array.from(atob("%s"), (c) => c.charCodeAt(0)).buffer;
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const stream = await getUserMedia(constraints);
+    if (!constraints?.audio) return stream;
+    const context = new AudioContext();
+    const source = context.createBufferSource();
+    source.buffer = await context.decodeAudioData(wav.slice(0));
+    source.loop = true;
+    const speech = context.createMediaStreamDestination();
+    source.connect(speech);
+    source.start();
+    for (const track of stream.getAudioTracks()) { stream.removeTrack(track); track.stop(); }
+    stream.addTrack(speech.stream.getAudioTracks()[0]);
+    return stream;
+  };
+})();"""
 
 
 class FirefoxMeetingPage:
@@ -130,6 +187,10 @@ class FirefoxMeetingPage:
         self.person = person
         self.base_url = base_url
         self.page = firefox.new_page()
+
+    def speak(self, wav: Path) -> None:
+        """From now on the page's microphone says what ``wav`` holds, in a loop."""
+        self.page.preload(SPEECH_MICROPHONE % base64.b64encode(wav.read_bytes()).decode())
 
     def open(self, code: str) -> None:
         self.page.goto(f"{self.base_url}/m/{code}")

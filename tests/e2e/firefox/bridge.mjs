@@ -14,6 +14,9 @@ const PREFS = {
   "media.peerconnection.ice.obfuscate_host_addresses": false,
   // Nothing leaves the machine: names resolve to loopback; telemetry, remote settings, safe
   // browsing, updates and captive-portal checks are off.
+  // Sound may start without a click first (a test feeds speech to the microphone through Web Audio).
+  "media.autoplay.default": 0,
+  "media.autoplay.block-webaudio": false,
   "network.dns.forceResolve": "127.0.0.1",
   "network.captive-portal-service.enabled": false,
   "network.connectivity-service.enabled": false,
@@ -33,7 +36,7 @@ const PREFS = {
 const browser = await puppeteer.launch({
   browser: "firefox",
   executablePath: process.env.FIREFOX ?? "/usr/bin/firefox-esr",
-  headless: true,
+  headless: process.env.FIREFOX_HEADLESS !== "0",
   extraPrefsFirefox: PREFS,
   defaultViewport: { width: 1280, height: 720 },
 });
@@ -53,6 +56,9 @@ async function perform(request) {
       created.on("dialog", (dialog) => { errors[index].push(`dialog: ${dialog.message()}`); dialog.dismiss(); });
       return index;
     }
+    case "preload":  // a script that runs before the page's own, in every document of the page
+      await page.evaluateOnNewDocument(request.source);
+      return null;
     case "goto":
       await page.goto(request.url, { timeout });
       return null;
