@@ -328,6 +328,7 @@ class Installer:
         assert source is not None
         if self.bundle is not None:
             source, wheelhouse = release.Source("wheel", str(layout.wheels_dir / source.where)), layout.wheels_dir
+        make_dir(release.releases_dir(layout.opt_dir), 0o755, self.journal)  # taken back whole on failure
         with self.step(f"installing the appliance into {layout.opt_dir}") as log:
             target, action = release.install_release(layout.opt_dir, source, wheelhouse, log=log)
         if action == "created":

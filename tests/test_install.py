@@ -14,6 +14,7 @@ wheel, a few minutes), a warm one loads them.
 from __future__ import annotations
 
 import asyncio
+import grp
 import hashlib
 import io
 import json
@@ -61,7 +62,7 @@ def show(done: subprocess.CompletedProcess) -> str:
 
 def free_port_block(size: int = 1000) -> int:
     """An offset that moves every default port (443 .. 27019) onto free ones."""
-    defaults = [443, 5432, 6379, 27017, 9000, 9001, 3478, 8000, 8001, 8002]
+    defaults = [443, 5432, 6379, 27017, 9000, 9001, 3478, 5349, 8000, 8001, 8002]
     for offset in range(20000, 38000, size):
         if all(_free(port + offset) for port in defaults):
             return offset
@@ -280,7 +281,11 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
     assert settings["bus"].endswith(f"@127.0.0.1:{6379 + offset}/0")
     assert settings["documents"] == f"mongodb://127.0.0.1:{27017 + offset}/confmeet"
     assert settings["inference"] == f"triton://127.0.0.1:{8000 + offset}"
-    assert settings["ice_servers"] == [f"turn:127.0.0.1:{3478 + offset}"]
+    assert settings["ice_servers"] == [f"turn:127.0.0.1:{3478 + offset}",
+                                       f"turns:127.0.0.1:{5349 + offset}?transport=tcp"]
+    coturn_conf = root / "etc/confmeet/coturn/turnserver.conf"
+    assert (coturn_conf.stat().st_mode & 0o777, coturn_conf.stat().st_gid) == (0o640, 65534)  # nogroup only
+    assert (root / "etc/confmeet/coturn/key.pem").stat().st_mode & 0o777 == 0o640
     assert (root / "etc/systemd/system/multi-user.target.wants/confmeet.service").is_symlink()
 
     containers = {c.name: c for c in client.containers.list(all=True)}
@@ -408,6 +413,7 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
     assert done.returncode == 0, show(done)
     assert "dry run: nothing was changed" in done.stdout
     assert "no MongoDB" in done.stdout  # documents stay embedded, and the plan says so
+    assert "KIND_CPU (int8): no NVIDIA GPU found" in done.stdout  # and why asr runs on the CPU
     assert not root.exists()
     assert clean_engine.client().containers.list(all=True) == []
     plan = confmeet(*install_args(root, clean_engine, free_port_block()), *standin_images(),
@@ -441,6 +447,10 @@ def test_offline_bundle_round_trip(engine: dockerd.Engine, wheelhouse: Wheelhous
     manifest = images.read_manifest(bundle)  # install --bundle checks every sha256 itself
     assert sorted(manifest.images) == sorted(COMPONENTS)
     assert any(name.startswith("wheels/confmeet-") for name in manifest.files)
+    # The built Triton image and the weights travel in it.
+    assert manifest.images["triton"]["ref"].startswith("confmeet/tritonserver:bookworm-")
+    assert manifest.images["triton"]["base"] == "confmeet-standin/triton:bookworm"
+    assert {"model_repository/asr/1/whisper/model.bin", "model_repository/vad/1/silero_vad.onnx"} <= set(manifest.files)
 
     offline = _start_engine(isolated=True)  # a network namespace with loopback only
     try:
@@ -456,6 +466,7 @@ def test_offline_bundle_round_trip(engine: dockerd.Engine, wheelhouse: Wheelhous
         assert any((root / "var/lib/confmeet/wheels").glob("confmeet-*.whl"))
         code, components, table = status(root, engine=offline)
         assert all(components[name]["state"] == "up" for name in COMPONENTS), table
+        assert "vad, asr ready" in components["triton"]["detail"] or "asr, vad ready" in components["triton"]["detail"]
         assert components["appliance"]["state"] == "down"  # systemd would start it; nobody did here
     finally:
         offline.stop()
@@ -517,13 +528,13 @@ def test_status_gpu_row_says_what_triton_lacks(monkeypatch: pytest.MonkeyPatch) 
     assert probe_gpu(None).state == "n/a"
 
 
-def test_native_mode_enables_debian_units(tmp_path: Path) -> None:
+def test_native_mode_enables_debian_units(tmp_path: Path, wheelhouse: Wheelhouse) -> None:
     root = tmp_path / "root"
     for unit in ("postgresql.service", "redis-server.service", "coturn.service"):
         path = root / "lib/systemd/system" / unit
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
-    done = confmeet("install", "--mode", "native", "--yes", "--root", str(root),
+    done = confmeet("install", "--mode", "native", "--yes", "--root", str(root), "--wheelhouse", str(wheelhouse.wait()),
                     "--port-offset", str(free_port_block()), "--listen", "127.0.0.1", "--public-host", "127.0.0.1")
     assert done.returncode == 0, show(done)
     assert "MongoDB, MinIO, Triton" in done.stdout
@@ -533,7 +544,10 @@ def test_native_mode_enables_debian_units(tmp_path: Path) -> None:
     settings = settings_of(root)
     assert settings["database"].startswith("postgresql://confmeet:") and settings["bus"].startswith("redis://")
     assert "documents" not in settings and "objects" not in settings and "inference" not in settings
-    assert "static-auth-secret=" + settings["turn_secret"] in (root / "etc/turnserver.conf").read_text()
+    conf = root / "etc/turnserver.conf"
+    assert "static-auth-secret=" + settings["turn_secret"] in conf.read_text()
+    assert (conf.stat().st_mode & 0o777, conf.stat().st_gid) == (0o640, grp.getgrnam("turnserver").gr_gid)
+    assert (root / "opt/confmeet/current/bin/confmeet").is_file()
 
 
 # ---------------------------------------------------------------------- the release, Triton and captions
