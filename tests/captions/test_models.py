@@ -88,3 +88,14 @@ def test_bad_sources_are_explained(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     code, out = models("import", str(tmp_path / "notes.txt"), "--repository", str(tmp_path / "r"))
     assert code == 1 and "neither a directory" in out
+
+
+def test_whisper_small_only_from_a_directory(tmp_path: Path) -> None:
+    """Whisper small has no tested release and no usable package: base weights offered as small,
+    or small asked of the packages, are refused with the fix."""
+    code, out = models("import", "asr", "--asr-model", "small", "--repository", str(tmp_path / "a"))
+    assert code == 1 and "truncated" in out and "CTranslate2 conversion of Whisper small" in out, out
+    base = tmp_path / "base"
+    assert models("import", "--repository", str(base))[0] == 0
+    code, out = models("import", "asr", str(base), "--asr-model", "small", "--repository", str(tmp_path / "b"))
+    assert code == 1 and "holds Whisper base, not small" in out, out
