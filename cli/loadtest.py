@@ -5,10 +5,14 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   microphone. Both are encoded once at start and looped as packets, so sending costs no
   encoding; a keyframe request (PLI/FIR) restarts the video loop at its keyframe, as a browser
   answers one with a fresh keyframe.
-* Subscribers publish nothing, receive every publisher and decode it as a browser would, counting
-  frames and decode errors. Decoding is the load generator's real cost, so the subscribers are
-  spread over worker processes (``--workers``); each worker is this module run as a child
-  process, talking JSON lines on its standard input and output.
+* Subscribers publish nothing and receive every publisher of their room. A few per worker
+  (``--decode``) decode it as a browser would, counting frames and decode errors; the others
+  count packets, keyframes and frames (VP8 frames end at the RTP marker bit) from the RTP
+  headers without decoding, the way ``lk load-test`` does, so that the load generator does not
+  become what is measured. The subscribers are spread over worker processes (``--workers``);
+  each worker is this module run as a child process, talking JSON lines on its standard input
+  and output, and reports the CPU it used in the window beside the SFU's.
+* ``--rooms R`` loads R meetings at once, each with the publishers and subscribers asked for.
 * The appliance's ``/metrics`` is sampled before anyone joins and at the start and end of the
   steady-state window (which opens ``--settle`` seconds after every subscriber has seen a frame
   of every publisher, so that joining stays out of it):
@@ -510,17 +514,64 @@ class ReceivedTrack:
         return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
 
 
+class CountedTrack:
+    """A track a subscriber receives without decoding it: packets, keyframes and frames are
+    counted from the RTP (a VP8 frame ends at the packet with the marker bit; frames before the
+    first keyframe would not decode and are not counted). aiortc's receiver still handles every
+    packet (statistics, receiver reports, NACK, REMB); only its decoder never runs."""
+
+    decode_errors = None
+
+    def __init__(self, track: MediaStreamTrack, transceiver: RTCRtpTransceiver, on_frame: Any) -> None:
+        from appliance.sfu import internals
+
+        self.track = track
+        self.kind = track.kind
+        self.receiver = transceiver.receiver
+        self.frames = 0
+        self.keyframes = 0
+        self.first_frame_at: float | None = None
+        self._on_frame = on_frame
+        self._media_types = {c.payloadType for c in internals.codecs(transceiver) if c.name != "rtx"}
+        self._decodable = False
+        internals.tap_receiver(self.receiver, self._on_rtp)
+
+    async def _on_rtp(self, packet: Any) -> None:
+        from appliance.sfu.keyframes import is_keyframe_start
+
+        if self.kind != "video" or packet.payload_type not in self._media_types:
+            return  # audio is counted by the receiver's statistics; RTX repeats what was counted
+        if is_keyframe_start("VP8", packet.payload):
+            self.keyframes += 1
+            self._decodable = True
+        if packet.marker and self._decodable:
+            self.frames += 1
+            if self.first_frame_at is None:
+                self.first_frame_at = time.monotonic()
+                self._on_frame()
+
+    async def consume(self) -> None:
+        """Nothing to take from the track: the counting happens as packets arrive."""
+
+    async def packets_received(self) -> int:
+        stats = await self.receiver.getStats()
+        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+
+
 class Participant:
     """One participant: a signaling connection and a peer connection. A subscriber
-    (``receive``) decodes whatever the server offers; a publisher declines it."""
+    (``receive``) takes whatever the server offers, decoding it (``decode``) or only counting
+    it; a publisher declines it."""
 
-    def __init__(self, name: str, signaling: SignalingClient, loopback: bool, receive: bool) -> None:
+    def __init__(self, name: str, signaling: SignalingClient, loopback: bool, receive: bool,
+                 decode: bool = True) -> None:
         self.name = name
         self.signaling = signaling
         self.loopback = loopback
         self.receive = receive
+        self.decode = decode
         self.pc: RTCPeerConnection | None = None
-        self.received: list[ReceivedTrack] = []
+        self.received: list[ReceivedTrack | CountedTrack] = []
         self.join_sent_at = 0.0
         self.failure: str | None = None
         self.leaving = False
@@ -642,11 +693,12 @@ class Participant:
         if not self.receive or self.pc is None:
             return
         transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
-        received = ReceivedTrack(track, transceiver, self.frame_arrived.set)
+        kind = ReceivedTrack if self.decode else CountedTrack
+        received = kind(track, transceiver, self.frame_arrived.set)
         self.received.append(received)
         self._task(received.consume())
 
-    def video(self) -> list[ReceivedTrack]:
+    def video(self) -> list[ReceivedTrack | CountedTrack]:
         return [r for r in self.received if r.kind == "video"]
 
     async def wait_for_video(self, tracks: int, timeout: float) -> float:
@@ -687,6 +739,8 @@ class Participant:
 class SubscriberResult:
     name: str
     worker: int
+    room: int = 0
+    decoded: bool = True
     error: str | None = None
     first_frame_ms: float | None = None
     video_tracks: int = 0
@@ -698,8 +752,9 @@ class SubscriberResult:
 
 
 class SubscriberSession:
-    def __init__(self, name: str, worker: int) -> None:
-        self.result = SubscriberResult(name, worker)
+    def __init__(self, name: str, worker: int, room: int, meeting: str, decode: bool) -> None:
+        self.result = SubscriberResult(name, worker, room, decode)
+        self.meeting = meeting
         self.participant: Participant | None = None
         self._marked_at: float | None = None
         self._start_frames: list[int] = []
@@ -708,8 +763,9 @@ class SubscriberSession:
     async def run(self, config: dict[str, Any], emit: Any) -> None:
         try:
             signaling = await SignalingClient.connect(config["signaling_url"])
-            self.participant = Participant(self.result.name, signaling, config["loopback"], receive=True)
-            await self.participant.join(config["meeting"])
+            self.participant = Participant(self.result.name, signaling, config["loopback"], receive=True,
+                                           decode=self.result.decoded)
+            await self.participant.join(self.meeting)
             emit({"type": "joined", "subscriber": self.result.name})
             await self.participant.offer([])
             self.result.first_frame_ms = round(
@@ -759,7 +815,9 @@ class SubscriberWorker:
         self.config = config
         self.index: int = config["worker"]
         self.out = out
-        self.sessions = [SubscriberSession(name, self.index) for _, name in config["subscribers"]]
+        self.sessions = [SubscriberSession(name, self.index, room, config["meetings"][room], n < config["decode"])
+                         for n, (_, name, room) in enumerate(config["subscribers"])]
+        self._cpu_at_mark: float | None = None
 
     def emit(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps({**message, "worker": self.index}) + "\n")
@@ -780,13 +838,15 @@ class SubscriberWorker:
         if start["type"] != "start":
             return
         joins = [loop.create_task(self._join_at(session, start["at"] + position / self.config["join_rate"]))
-                 for (position, _), session in zip(self.config["subscribers"], self.sessions)]
+                 for (position, _, _), session in zip(self.config["subscribers"], self.sessions)]
         progress = loop.create_task(self._report_progress())
         while (command := await commands.get())["type"] != "stop":
             if command["type"] == "mark":
+                self._cpu_at_mark = time.process_time()
                 await asyncio.gather(*(session.mark() for session in self.sessions))
+        cpu = None if self._cpu_at_mark is None else round(time.process_time() - self._cpu_at_mark, 3)
         results = [asdict(await session.finish()) for session in self.sessions]
-        self.emit({"type": "results", "subscribers": results})
+        self.emit({"type": "results", "subscribers": results, "cpu_seconds": cpu})
         progress.cancel()
         for task in joins:
             task.cancel()
@@ -890,6 +950,12 @@ class Plan:
     duration: float
     join_rate: float
     settle: float = 5.0  # seconds between the last first frame and the steady-state window
+    rooms: int = 1
+    decode: int = 2  # subscribers per worker that decode; the others count without decoding
+
+    @property
+    def all_subscribers(self) -> int:
+        return self.subscribers * self.rooms
 
 
 @dataclass
@@ -921,8 +987,8 @@ class LiveState:
         plan = self.plan
         table = Table.grid(padding=(0, 2))
         table.add_row(Text(self.phase, style="bold"),
-                      f"subscribers joined {self.joined}/{plan.subscribers}",
-                      f"first frames {self.first_frames}/{plan.subscribers}",
+                      f"subscribers joined {self.joined}/{plan.all_subscribers}",
+                      f"first frames {self.first_frames}/{plan.all_subscribers}",
                       Text(f"failed {self.failed}", style="red" if self.failed else ""))
         fps = self.fps_now()
         window = ""
@@ -958,9 +1024,12 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
     state.phase = "signing in"
     await api.sign_in(plan.email, plan.password)
     if plan.meeting:
-        meeting, created = await api.meeting(plan.meeting), False
+        meetings, created = [await api.meeting(plan.meeting)], []
     else:
-        meeting, created = await api.create_meeting(f"confmeet loadtest {time.strftime('%Y-%m-%d %H:%M')}"), True
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        meetings = [await api.create_meeting(f"confmeet loadtest {stamp}" + (f" room {r + 1}" if plan.rooms > 1 else ""))
+                    for r in range(plan.rooms)]
+        created = meetings
     loopback = is_loopback(api.host)
     before = await api.metrics()
 
@@ -972,29 +1041,31 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
     try:
         state.phase = "publishing"
         cameras = []
-        for number in range(1, plan.publishers + 1):
-            signaling = await SignalingClient.connect(api.signaling_url())
-            publisher = Participant(f"loadtest-pub-{number}", signaling, loopback, receive=False)
-            publishers.append(publisher)
-            try:
-                await publisher.join(meeting["code"])
-            except SignalingError as exc:
-                raise LoadTestError(join_failure(meeting["code"], exc)) from None
-            try:
-                cameras.append((await publisher.publish(clips))[0])
-            except SignalingError as exc:
-                raise LoadTestError(f"the appliance refused {publisher.name}'s media: {exc}") from None
-        measured = await run_subscribers(plan, api, meeting["code"], loopback, state, workers, cameras)
+        for room, meeting in enumerate(meetings):
+            for number in range(1, plan.publishers + 1):
+                signaling = await SignalingClient.connect(api.signaling_url())
+                name = f"loadtest-pub-{number}" + (f"-room-{room + 1}" if plan.rooms > 1 else "")
+                publisher = Participant(name, signaling, loopback, receive=False)
+                publishers.append(publisher)
+                try:
+                    await publisher.join(meeting["code"])
+                except SignalingError as exc:
+                    raise LoadTestError(join_failure(meeting["code"], exc)) from None
+                try:
+                    cameras.append((await publisher.publish(clips))[0])
+                except SignalingError as exc:
+                    raise LoadTestError(f"the appliance refused {publisher.name}'s media: {exc}") from None
+        measured = await run_subscribers(plan, api, [m["code"] for m in meetings], loopback, state, workers, cameras)
     finally:
         state.phase = "leaving"
         await asyncio.gather(*(w.stop(timeout=20) for w in workers), return_exceptions=True)
         await asyncio.gather(*(p.leave() for p in publishers), return_exceptions=True)
-        if created:
+        for meeting in created:
             await api.end_meeting(meeting["id"])
     problems = [f"{p.name}: {p.failure}" for p in publishers if p.failure]
     problems += [f"worker {w.index} exited with {w.process.returncode}: " + " / ".join(list(w.stderr_tail)[-3:])
                  for w in workers if w.process.returncode]
-    return build_report(plan, meeting, clips, before, measured, problems)
+    return build_report(plan, meetings, clips, before, measured, problems)
 
 
 @dataclass
@@ -1003,9 +1074,10 @@ class Measured:
     start: MetricsSample | None
     end: MetricsSample | None
     camera_fps: list[float]  # what each publisher sent during the window
+    generator_cpu_seconds: float | None  # this process and the workers, in the window
 
 
-async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback: bool, state: LiveState,
+async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], loopback: bool, state: LiveState,
                           workers: list[WorkerProcess], cameras: list[Any]) -> Measured:
     """Start the worker processes, let the subscribers join, measure the window, collect."""
     changed = asyncio.Event()
@@ -1013,6 +1085,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
     exited: dict[int, int | None] = {}
     settled: dict[str, str | None] = {}  # subscriber -> None (media flows) or its error
     reported: dict[int, list[dict[str, Any]]] = {}
+    worker_cpu: dict[int, float | None] = {}
 
     def on_report(message: dict[str, Any]) -> None:
         kind, worker = message["type"], message["worker"]
@@ -1030,6 +1103,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
             state.add_frames(worker, message["video_frames"])
         elif kind == "results":
             reported[worker] = message["subscribers"]
+            worker_cpu[worker] = message.get("cpu_seconds")
         elif kind == "exited":
             exited[worker] = message["code"]
         changed.set()
@@ -1052,12 +1126,15 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
                 pass
 
     state.phase = "starting workers"
-    names = [f"loadtest-sub-{n}" for n in range(1, plan.subscribers + 1)]
+    total = plan.all_subscribers
+    names = [f"loadtest-sub-{n}" for n in range(1, total + 1)]
     for index in range(plan.workers):
-        mine = [[position, names[position]] for position in range(index, plan.subscribers, plan.workers)]
-        config = {"worker": index, "signaling_url": api.signaling_url(), "meeting": meeting,
+        # [join position, name, room]: rooms take turns, so every worker serves every room.
+        mine = [[position, names[position], position % len(meetings)]
+                for position in range(index, total, plan.workers)]
+        config = {"worker": index, "signaling_url": api.signaling_url(), "meetings": meetings,
                   "loopback": loopback, "publishers": plan.publishers, "subscribers": mine,
-                  "join_rate": plan.join_rate}
+                  "join_rate": plan.join_rate, "decode": plan.decode}
         workers.append(await WorkerProcess.start(index, config, on_report))
     await until(lambda: len(ready) == len(workers), 60, "starting the worker processes")
 
@@ -1065,16 +1142,17 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
     at = time.time() + 0.2
     for worker in workers:
         await worker.send({"type": "start", "at": at})
-    join_time = plan.subscribers / plan.join_rate + CONNECT_TIMEOUT + FIRST_FRAME_TIMEOUT + 10
-    await until(lambda: len(settled) == plan.subscribers, join_time, "waiting for the subscribers' first frames")
+    join_time = total / plan.join_rate + CONNECT_TIMEOUT + FIRST_FRAME_TIMEOUT + 10
+    await until(lambda: len(settled) == total, join_time, "waiting for the subscribers' first frames")
     errors = [error for error in settled.values() if error]
-    if len(errors) == plan.subscribers:
+    if len(errors) == total:
         raise LoadTestError(f"no subscriber received media; the first said: {errors[0]}")
 
     await asyncio.sleep(plan.settle)
     state.phase = "measuring"
     start = await api.metrics()
     sent_at_start = [(time.monotonic(), camera.sent) for camera in cameras]
+    cpu_at_start = time.process_time()
     for worker in workers:
         await worker.send({"type": "mark"})
     state.window_started = time.monotonic()
@@ -1082,16 +1160,19 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meeting: str, loopback:
     end = await api.metrics()
     camera_fps = [round((camera.sent - sent) / (time.monotonic() - t0), 2)
                   for camera, (t0, sent) in zip(cameras, sent_at_start)]
+    own_cpu = time.process_time() - cpu_at_start
     for worker in workers:
         await worker.send({"type": "stop"})
     state.phase = "collecting"
     await until(lambda: len(reported) == len(workers), 30, "collecting the results")
     results = sorted((SubscriberResult(**r) for rs in reported.values() for r in rs),
                      key=lambda r: names.index(r.name))
-    return Measured(results, start, end, camera_fps)
+    cpus = list(worker_cpu.values())
+    generator = None if None in cpus else round(own_cpu + sum(cpus), 3)  # type: ignore[arg-type]
+    return Measured(results, start, end, camera_fps, generator)
 
 
-def build_report(plan: Plan, meeting: dict[str, Any], clips: tuple[EncodedClip, EncodedClip],
+def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[EncodedClip, EncodedClip],
                  before: MetricsSample | None, measured: Measured, problems: list[str]) -> dict[str, Any]:
     results = measured.results
     fps = [value for r in results for value in r.video_fps]
@@ -1100,6 +1181,7 @@ def build_report(plan: Plan, meeting: dict[str, Any], clips: tuple[EncodedClip, 
     summary = {
         "subscribers_ok": sum(1 for r in results if r.error is None),
         "subscribers_failed": sum(1 for r in results if r.error is not None),
+        "subscribers_decoding": sum(1 for r in results if r.decoded),
         "video_fps_mean": round(statistics.fmean(fps), 2) if fps else None,
         "video_fps_min": min(fps) if fps else None,
         "decode_errors": sum(r.decode_errors for r in results),
@@ -1109,15 +1191,23 @@ def build_report(plan: Plan, meeting: dict[str, Any], clips: tuple[EncodedClip, 
         "audio_packets_per_s_mean": round(statistics.fmean(r.audio_packets / r.window_s for r in windows), 1)
         if windows else None,
     }
+    sfu = sfu_figures(before, measured.start, measured.end,
+                      (plan.publishers + plan.subscribers) * len(meetings))
+    window = sfu["window_s"] or plan.duration
+    generator = measured.generator_cpu_seconds
     return {
-        "url": plan.url, "meeting": meeting["code"], "publishers": plan.publishers,
-        "subscribers": plan.subscribers, "workers": plan.workers, "duration_s": plan.duration,
+        "url": plan.url, "meetings": [m["code"] for m in meetings], "rooms": len(meetings),
+        "publishers": plan.publishers, "subscribers": plan.subscribers, "workers": plan.workers,
+        "decode_per_worker": plan.decode, "duration_s": plan.duration,
         "published_media": {"video": f"VP8 {VIDEO_WIDTH}x{VIDEO_HEIGHT}@{VIDEO_FPS}",
                             "video_kbps": round(clips[0].bitrate / 1000), "audio": "Opus",
                             "audio_kbps": round(clips[1].bitrate / 1000),
                             "video_fps_sent": measured.camera_fps},
         "summary": summary,
-        "sfu": sfu_figures(before, measured.start, measured.end, plan.publishers + plan.subscribers),
+        "sfu": sfu,
+        "generator": {"cpu_seconds": generator,
+                      "cpu_percent": None if generator is None else round(100 * generator / window, 1),
+                      "cores": os.cpu_count()},
         "subscriber_results": [asdict(r) for r in results],
         "problems": problems,
     }
@@ -1129,19 +1219,22 @@ def _number(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
-    results = Table(title=f"meeting {report['meeting']}: {report['publishers']} publisher(s), "
-                          f"{report['subscribers']} subscriber(s)")
+    rooms = f"{report['rooms']} meetings ({', '.join(report['meetings'])}), each with" if report["rooms"] > 1 \
+        else f"meeting {report['meetings'][0]}:"
+    results = Table(title=f"{rooms} {report['publishers']} publisher(s), {report['subscribers']} subscriber(s)")
     results.add_column("subscriber", no_wrap=True)
-    for column in ("worker", "first frame", "fps mean / min", "decode errors", "audio packets"):
+    for column in ("room", "worker", "decodes", "first frame", "fps mean / min", "decode errors", "audio packets"):
         results.add_column(column, justify="right")
     problems = []
     for r in report["subscriber_results"]:
         fps = r["video_fps"]
         name = r["name"].removeprefix("loadtest-")
-        results.add_row(Text(name, style="red" if r["error"] else ""), str(r["worker"]),
+        results.add_row(Text(name, style="red" if r["error"] else ""), str(r["room"] + 1), str(r["worker"]),
+                        "yes" if r["decoded"] else "no",
                         _number(r["first_frame_ms"], 0, " ms"),
                         f"{statistics.fmean(fps):.1f} / {min(fps):.1f}" if fps else "n/a",
-                        Text(str(r["decode_errors"]), style="red" if r["decode_errors"] else ""),
+                        Text(str(r["decode_errors"]), style="red" if r["decode_errors"] else "")
+                        if r["decoded"] else "-",
                         f"{r['audio_packets']:,}")
         if r["error"]:
             problems.append(f"{name}: {r['error']}")
@@ -1155,7 +1248,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         ("video frames sent per second", ", ".join(f"{v:.1f}" for v in media["video_fps_sent"])),
         ("subscribers receiving / failed", f"{s['subscribers_ok']} / {s['subscribers_failed']}"),
         ("received video fps, mean / min", f"{_number(s['video_fps_mean'])} / {_number(s['video_fps_min'])}"),
-        ("decode errors", str(s["decode_errors"])),
+        ("decode errors", f"{s['decode_errors']} (in the {s['subscribers_decoding']} subscribers that decode)"),
         ("join to first frame, p50 / max",
          f"{_number(s['first_frame_ms_p50'], 0, ' ms')} / {_number(s['first_frame_ms_max'], 0, ' ms')}"),
         ("audio packets received", f"{s['audio_packets']:,} ({_number(s['audio_packets_per_s_mean'])}/s each)"),
@@ -1173,6 +1266,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         ]
     else:
         rows.append(("SFU figures", "n/a: cannot read the appliance's /metrics"))
+    generator = report["generator"]
+    rows.append(("load generator CPU (this machine)",
+                 f"{_number(generator['cpu_percent'], 1, ' % of a core')} of {generator['cores']} cores"))
     for measure, value in rows:
         summary.add_row(measure, value)
     console.print(results)
@@ -1206,7 +1302,12 @@ def loadtest(
     publishers: Annotated[int, typer.Option(
         min=1, help="Participants sending a camera (VP8 640x480, 30 fps, ~800 kbps) and a microphone.")] = 1,
     subscribers: Annotated[int, typer.Option(
-        min=1, help="Participants receiving and decoding every publisher.")] = 1,
+        min=1, help="Participants receiving every publisher (of their meeting).")] = 1,
+    rooms: Annotated[int, typer.Option(
+        min=1, help="Meetings loaded at once, each with --publishers and --subscribers.")] = 1,
+    decode: Annotated[int, typer.Option(
+        min=0, help="Subscribers per worker that decode what they receive (fps, decode errors); the "
+                    "others count frames from the RTP headers, so the generator stays light.")] = 2,
     workers: Annotated[Optional[int], typer.Option(
         min=1, help="Processes the subscribers are spread over (default: min(subscribers, CPUs)).")] = None,
     duration: Annotated[float, typer.Option(min=1, help="Seconds of steady state to measure.")] = 20.0,
@@ -1216,17 +1317,19 @@ def loadtest(
                     "joining (ICE, DTLS, bandwidth ramp-up) stays out of the steady-state figures.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON for scripts.")] = False,
 ) -> None:
-    """Load a meeting with publishers and subscribers and measure the SFU (like `lk load-test`).
+    """Load meetings with publishers and subscribers and measure the SFU (like `lk load-test`).
 
-    SFU figures come from the appliance's /metrics: load an otherwise idle appliance.
-
-    Subscribers decode what they receive: give them CPU apart from the appliance's."""
+    SFU figures come from the appliance's /metrics: load an otherwise idle appliance. The load
+    generator's own CPU is reported beside them: on the same machine, it competes with the SFU."""
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
         if email is None:
             raise LoadTestError("give --email (and the password) of an account of the appliance")
+        if meeting and rooms > 1:
+            raise LoadTestError("--meeting loads one meeting: leave it out to load --rooms new ones")
         plan = Plan(url, email, read_password(password_stdin, password_env), meeting, publishers,
-                    subscribers, min(workers or os.cpu_count() or 1, subscribers), duration, join_rate, settle)
+                    subscribers, min(workers or os.cpu_count() or 1, subscribers * rooms), duration, join_rate,
+                    settle, rooms, decode)
         quiet_media_logs()
         state = LiveState(plan)
         if as_json:

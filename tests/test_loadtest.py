@@ -52,37 +52,46 @@ def loadtest(url: str, *args: str, password: str = ADMIN[1]) -> subprocess.Compl
                           timeout=90)
 
 
-def test_one_publisher_two_subscribers_measured_end_to_end(appliance: Appliance) -> None:
-    run = loadtest(appliance.url, "--publishers", "1", "--subscribers", "2", "--duration", "6",
-                   "--join-rate", "2", "--settle", "1", "--json")
+def test_two_rooms_of_one_publisher_and_two_subscribers_measured_end_to_end(appliance: Appliance) -> None:
+    """One worker process; in it the first subscriber decodes, the three others count frames
+    from the RTP without decoding."""
+    run = loadtest(appliance.url, "--rooms", "2", "--publishers", "1", "--subscribers", "2", "--workers", "1",
+                   "--decode", "1", "--duration", "6", "--join-rate", "4", "--settle", "1", "--json")
     assert run.returncode == 0, run.stderr + run.stdout
     report = json.loads(run.stdout)
 
     summary = report["summary"]
-    assert (summary["subscribers_ok"], summary["subscribers_failed"]) == (2, 0)
+    assert (summary["subscribers_ok"], summary["subscribers_failed"], summary["subscribers_decoding"]) == (4, 0, 1)
     assert summary["decode_errors"] == 0
     assert summary["video_fps_min"] >= 25
     assert 0 < summary["first_frame_ms_max"] <= 2000
-    for subscriber in report["subscriber_results"]:
+    results = report["subscriber_results"]
+    assert [r["decoded"] for r in results] == [True, False, False, False]
+    assert sorted(r["room"] for r in results) == [0, 0, 1, 1]
+    for subscriber in results:
+        # Each sees its own room's publisher only.
         assert subscriber["error"] is None and subscriber["video_tracks"] == 1
         assert subscriber["window_s"] >= 5.5
         assert subscriber["audio_packets"] >= 40 * subscriber["window_s"]  # Opus: 50 packets/s
-    assert report["published_media"]["video_fps_sent"][0] >= 28
+    assert all(fps >= 28 for fps in report["published_media"]["video_fps_sent"])
     assert 600 <= report["published_media"]["video_kbps"] <= 1000
 
     sfu = report["sfu"]
     assert sfu["cpu_us_per_forwarded_packet"] > 0
-    # Two subscribers of one publisher: twice the ~90 video and 50 audio packets a second.
-    assert sfu["forwarded_packets"]["video"] >= 2 * 60 * sfu["window_s"]
-    assert sfu["forwarded_packets"]["audio"] >= 2 * 40 * sfu["window_s"]
+    # Four subscribers of one publisher each: four times the ~90 video and 50 audio packets a second.
+    assert sfu["forwarded_packets"]["video"] >= 4 * 60 * sfu["window_s"]
+    assert sfu["forwarded_packets"]["audio"] >= 4 * 40 * sfu["window_s"]
     assert sfu["memory_per_participant_bytes"] is not None
+    assert report["generator"]["cpu_seconds"] > 0 and report["generator"]["cores"] == os.cpu_count()
 
-    # The meeting it created for the run is ended afterwards.
+    # The meetings it created for the run are ended afterwards.
     token = httpx.post(f"{appliance.url}/api/v1/auth/login",
                        json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
-    meeting = httpx.get(f"{appliance.url}/api/v1/meetings/by-code/{report['meeting']}",
-                        headers={"Authorization": f"Bearer {token}"}).json()
-    assert meeting["status"] == "ended"
+    assert len(set(report["meetings"])) == 2
+    for code in report["meetings"]:
+        meeting = httpx.get(f"{appliance.url}/api/v1/meetings/by-code/{code}",
+                            headers={"Authorization": f"Bearer {token}"}).json()
+        assert meeting["status"] == "ended"
 
 
 @pytest.mark.parametrize("args, password, message", [
