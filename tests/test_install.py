@@ -413,7 +413,6 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
     assert done.returncode == 0, show(done)
     assert "dry run: nothing was changed" in done.stdout
     assert "no MongoDB" in done.stdout  # documents stay embedded, and the plan says so
-    assert "KIND_CPU (int8): no NVIDIA GPU found" in done.stdout  # and why asr runs on the CPU
     assert not root.exists()
     assert clean_engine.client().containers.list(all=True) == []
     plan = confmeet(*install_args(root, clean_engine, free_port_block()), *standin_images(),
@@ -421,6 +420,11 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
     assert plan.returncode == 0, show(plan)
     steps = json.loads(plan.stdout)["plan"]
     assert {s["component"] for s in steps} >= {"postgresql", "triton", "appliance"}
+    device = next(s for s in steps if s["what"] == "asr device")  # where asr runs, and why
+    assert device["action"] == "cpu" and device["where"].startswith("KIND_CPU (int8): no NVIDIA GPU found")
+    image = next(s for s in steps if s["component"] == "triton" and s["what"] == "image")
+    assert image["where"].startswith("confmeet/tritonserver:bookworm-") and image["action"] in ("build", "keep")
+    assert any(s["what"] == "release" and "/opt/confmeet/releases/" in s["where"] for s in steps)
 
 
 @pytest.mark.docker
@@ -495,6 +499,7 @@ def test_damaged_bundle_is_refused(tmp_path: Path) -> None:
 
 
 def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None:
+    import appliance
     from appliance.host.deploy import InstallOptions, Layout, container_spec, resolve
 
     layout = Layout(tmp_path)
@@ -505,7 +510,9 @@ def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None
     assert on_gpu["volumes"][str(layout.model_repository)] == {"bind": "/models", "mode": "ro"}
     assert "device_requests" not in container_spec("triton", record, layout, gpu=False).create_args()
     assert "device_requests" not in container_spec("postgresql", record, layout, gpu=True).create_args()
-    assert on_gpu["image"] == "nvcr.io/nvidia/tritonserver:24.08-py3"  # the official image by default
+    # The official image is the base; Triton runs the image derived from it with the models' wheels.
+    assert record.images["triton"] == "nvcr.io/nvidia/tritonserver:24.08-py3"
+    assert on_gpu["image"] == f"confmeet/tritonserver:24.08-py3-{appliance.__version__}"
 
 
 def test_status_gpu_row_says_what_triton_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
