@@ -23,6 +23,23 @@ class SfuStats:
         self.forwarded_packets[kind] += 1
         self.forwarded_bytes[kind] += payload_bytes
 
+    @classmethod
+    def total(cls, snapshots: list[dict[str, Any]], gauges: bool = True) -> SfuStats:
+        """The sum of several snapshots (the SFU's worker processes); ``gauges=False`` keeps only
+        the counters (a worker that died has no peers or rooms left)."""
+        total = cls()
+        for snap in snapshots:
+            for kind, count in snap["forwarded_packets"].items():
+                total.forwarded_packets[kind] = total.forwarded_packets.get(kind, 0) + count
+            for kind, count in snap["forwarded_bytes"].items():
+                total.forwarded_bytes[kind] = total.forwarded_bytes.get(kind, 0) + count
+            total.plis_sent += snap["plis_sent"]
+            total.keyframe_requests += snap["keyframe_requests"]
+            if gauges:
+                total.active_peers += snap["active_peers"]
+                total.rooms += snap["rooms"]
+        return total
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "forwarded_packets": dict(self.forwarded_packets),

@@ -1,0 +1,414 @@
+"""CPU per forwarded packet: confmeet's SFU and Janus's VideoRoom side by side, in one run.
+
+Usage: python benchmarks/sfu_vs_janus.py [--subscribers 32] [--seconds 20] [--settle 5]
+       [--repeat 2] [--targets confmeet,janus-2-loops,janus]
+
+Every target gets the same load, one after the other and repeated in turns (so that whatever
+else the machine does falls on all of them alike): one publisher sending the load test's media
+(VP8 640x480 at 30 fps, ~800 kbps, and Opus, encoded once and looped as packets, see
+cli/loadtest.py) and ``--subscribers`` aiortc subscribers on loopback that receive it without
+decoding (they count packets; aiortc still sends receiver reports, NACKs and REMB). After the
+last subscriber's first frame and ``--settle`` seconds, a window of ``--seconds``: the SFU
+process's CPU time (utime + stime from /proc) divided by the RTP packets the subscribers
+received in it (receiver statistics) is the CPU per forwarded packet. The load generator (this
+process) runs on the same 2 cores; its own CPU is printed beside.
+
+Targets:
+  confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback.
+  janus-2-loops   Janus 1.1.2 (Debian package ``janus``), VideoRoom plugin, HTTP transport,
+                  ``event_loops = 2`` (a fixed pool of two event-loop threads).
+  janus           the same with Janus's default (no ``event_loops``: a thread per handle).
+Janus never gathers a candidate on an interface flagged loopback (``ice_enforce_list = "lo"``
+does not change that), so it runs with a small LD_PRELOAD shim, compiled here with gcc, that
+clears IFF_LOOPBACK in what getifaddrs() returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from appliance.sfu.ice import CandidateGatherer, IceSettings  # noqa: E402
+from cli.loadtest import (  # noqa: E402
+    ApplianceApi,
+    CountedTrack,
+    EncodedClip,
+    Participant,
+    SignalingClient,
+    encode_audio_clip,
+    encode_video_clip,
+    looped_track_type,
+    quiet_media_logs,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+JANUS_PLUGINS = "/usr/lib/x86_64-linux-gnu/janus/plugins"
+JANUS_TRANSPORTS = "/usr/lib/x86_64-linux-gnu/janus/transports"
+ROOM = 1234
+LOOPBACK = CandidateGatherer(IceSettings(loopback=True))
+TICKS = os.sysconf("SC_CLK_TCK")
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+int getifaddrs(struct ifaddrs **ifap) {
+    static int (*real)(struct ifaddrs **) = 0;
+    if (!real) real = (int (*)(struct ifaddrs **)) dlsym(RTLD_NEXT, "getifaddrs");
+    int result = real(ifap);
+    if (result == 0)
+        for (struct ifaddrs *i = *ifap; i; i = i->ifa_next) i->ifa_flags &= ~IFF_LOOPBACK;
+    return result;
+}
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and the threads it has had, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Result:
+    target: str
+    subscribers_receiving: int
+    window_s: float
+    packets: int
+    sfu_cpu_s: float
+    generator_cpu_s: float
+    first_frame_ms: list[float] = field(default_factory=list)
+
+    @property
+    def us_per_packet(self) -> float:
+        return 1e6 * self.sfu_cpu_s / self.packets if self.packets else float("nan")
+
+
+class Subscriber:
+    """An aiortc peer that takes what it is offered and counts it (no decoding)."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.tracks: list[CountedTrack] = []
+        self.frame = asyncio.Event()
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: Any) -> None:
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        self.tracks.append(CountedTrack(track, transceiver, self.frame.set))
+
+    async def answer(self, offer: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        answer = await self.pc.createAnswer()
+        LOOPBACK.prepare(self.pc)
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    async def packets(self) -> int:
+        return sum([await t.packets_received() for t in self.tracks])
+
+    def first_frame(self) -> float | None:
+        return next((t.first_frame_at for t in self.tracks if t.kind == "video" and t.first_frame_at), None)
+
+
+async def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    for clip, mime in ((clips[0], "video/VP8"), (clips[1], "audio/opus")):
+        track = looped_track_type()(clip)
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(clip.kind).codecs
+                                         if c.mimeType == mime])
+        if clip.kind == "video":
+            transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    return pc
+
+
+# ---------------------------------------------------------------------------- confmeet
+class Confmeet:
+    name = "confmeet"
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+
+    async def start(self) -> int:
+        data = Path(tempfile.mkdtemp(dir=self.scratch, prefix="confmeet-"))
+        (data / "confmeet.toml").touch()
+        self.port = free_port()
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")},
+                    "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(self.port),
+                    "CONFMEET_CONFIG": str(data / "confmeet.toml"), "CONFMEET_MEDIA_LOOPBACK": "true",
+                    "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999"}
+        cli = [sys.executable, "-m", "cli"]
+        subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=ROOT,
+                       env=self.env, input="bench password 1\n", text=True, check=True, capture_output=True)
+        self.proc = subprocess.Popen([*cli, "serve"], cwd=ROOT, env=self.env,
+                                     stdout=open(data / "serve.log", "w"), stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        self.api = ApplianceApi(self.url)
+        await self.api.sign_in("bench@example.com", "bench password 1")
+        self.meeting = (await self.api.create_meeting("bench"))["code"]
+        self.participants: list[Participant] = []
+        return self.proc.pid
+
+    async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> None:
+        publisher = Participant("publisher", await SignalingClient.connect(self.api.signaling_url()), True, False)
+        self.participants.append(publisher)
+        await publisher.join(self.meeting)
+        await publisher.publish(clips)
+
+    async def subscribe(self) -> Any:
+        subscriber = Participant(f"sub-{len(self.participants)}", await SignalingClient.connect(self.api.signaling_url()),
+                                 True, receive=True, decode=False)
+        self.participants.append(subscriber)
+        await subscriber.join(self.meeting)
+        await subscriber.offer([])
+        return subscriber
+
+    @staticmethod
+    async def packets(subscriber: Participant) -> int:
+        return sum([await t.packets_received() for t in subscriber.received])
+
+    @staticmethod
+    def first_frame(subscriber: Participant) -> float | None:
+        return next((t.first_frame_at for t in subscriber.video() if t.first_frame_at), None)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.leave() for p in self.participants), return_exceptions=True)
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# ---------------------------------------------------------------------------- Janus
+class Janus:
+    def __init__(self, scratch: Path, event_loops: int | None) -> None:
+        self.scratch = scratch
+        self.event_loops = event_loops
+        self.name = f"janus-{event_loops}-loops" if event_loops else "janus"
+
+    def _configure(self, folder: Path) -> None:
+        loops = f"\tevent_loops = {self.event_loops}\n" if self.event_loops else ""
+        (folder / "janus.jcfg").write_text(
+            "general: {\n"
+            f'\tconfigs_folder = "{folder}"\n\tplugins_folder = "{JANUS_PLUGINS}"\n'
+            f'\ttransports_folder = "{JANUS_TRANSPORTS}"\n\tdebug_level = 2\n{loops}'
+            "\tsession_timeout = 120\n}\n"
+            "media: {\n\trtp_port_range = \"30000-30999\"\n}\n"
+            'nat: {\n\tice_enforce_list = "lo"\n\tfull_trickle = false\n}\n'
+            'plugins: {\n\tdisable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,'
+            'libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,'
+            'libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so"\n}\n'
+            'transports: {\n\tdisable = "libjanus_websockets.so,libjanus_mqtt.so,libjanus_nanomsg.so,'
+            'libjanus_pfunix.so,libjanus_rabbitmq.so"\n}\n'
+            "events: {\n\tbroadcast = false\n}\n")
+        (folder / "janus.transport.http.jcfg").write_text(
+            'general: {\n\tjson = "compact"\n\tbase_path = "/janus"\n\thttp = true\n'
+            f'\tport = {self.port}\n\tip = "127.0.0.1"\n\thttps = false\n}}\n'
+            "admin: {\n\tadmin_http = false\n}\n")
+        (folder / "janus.plugin.videoroom.jcfg").write_text(
+            f'room-{ROOM}: {{\n\tdescription = "bench"\n\tpublishers = 1\n\tbitrate = 0\n'
+            '\tfir_freq = 0\n\taudiocodec = "opus"\n\tvideocodec = "vp8"\n}\n')
+
+    def _shim(self) -> Path:
+        shim = self.scratch / "loopback-shim.so"
+        if not shim.exists():
+            source = self.scratch / "loopback-shim.c"
+            source.write_text(SHIM)
+            subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"], check=True)
+        return shim
+
+    async def start(self) -> int:
+        folder = Path(tempfile.mkdtemp(dir=self.scratch, prefix="janus-"))
+        self.port = free_port()
+        self._configure(folder)
+        self.proc = subprocess.Popen(["janus", "-F", str(folder), "-C", str(folder / "janus.jcfg")],
+                                     env={**os.environ, "LD_PRELOAD": str(self._shim())},
+                                     stdout=open(folder / "janus.log", "w"), stderr=subprocess.STDOUT)
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}/janus", timeout=35)
+        for _ in range(100):
+            try:
+                if (await self.http.post("", json={"janus": "info", "transaction": "i"})).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        reply = await self._request("", {"janus": "create"})
+        self.session = reply["data"]["id"]
+        self.events: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self.poller = asyncio.get_running_loop().create_task(self._poll())
+        self.pcs: list[RTCPeerConnection] = []
+        return self.proc.pid
+
+    async def _request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        reply = (await self.http.post(path, json={**body, "transaction": os.urandom(6).hex()})).json()
+        if reply.get("janus") == "error":
+            raise RuntimeError(f"janus: {reply['error']}")
+        return reply
+
+    async def _poll(self) -> None:
+        while True:
+            events = (await self.http.get(f"/{self.session}", params={"maxev": 20})).json()
+            for event in events if isinstance(events, list) else [events]:
+                sender = event.get("sender")
+                if sender in self.events:
+                    self.events[sender].put_nowait(event)
+
+    async def _attach(self) -> int:
+        handle = (await self._request(f"/{self.session}", {"janus": "attach",
+                                                            "plugin": "janus.plugin.videoroom"}))["data"]["id"]
+        self.events[handle] = asyncio.Queue()
+        return handle
+
+    async def _message(self, handle: int, body: dict[str, Any], jsep: dict[str, str] | None = None) -> dict[str, Any]:
+        """Send a plugin message and return the plugin's event that answers it (with its jsep)."""
+        await self._request(f"/{self.session}/{handle}", {"janus": "message", "body": body,
+                                                          **({"jsep": jsep} if jsep else {})})
+        while True:
+            event = await asyncio.wait_for(self.events[handle].get(), 30)
+            if event.get("janus") == "event":
+                data = event["plugindata"]["data"]
+                if "error" in data:
+                    raise RuntimeError(f"janus videoroom: {data['error']}")
+                return event
+
+    async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> None:
+        handle = await self._attach()
+        pc = await publisher_pc(clips)
+        self.pcs.append(pc)
+        offer = await pc.createOffer()
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(offer)
+        event = await self._message(handle, {"request": "joinandconfigure", "ptype": "publisher", "room": ROOM,
+                                             "audio": True, "video": True},
+                                    {"type": "offer", "sdp": pc.localDescription.sdp})
+        while "jsep" not in event:
+            event = await asyncio.wait_for(self.events[handle].get(), 30)
+        self.feed = event["plugindata"]["data"]["id"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=event["jsep"]["sdp"], type="answer"))
+        for _ in range(150):  # Janus offers a feed to subscribers once its media is up
+            if pc.connectionState == "connected":
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+
+    async def subscribe(self) -> Subscriber:
+        handle = await self._attach()
+        subscriber = Subscriber()
+        self.pcs.append(subscriber.pc)
+        event = await self._message(handle, {"request": "join", "ptype": "subscriber", "room": ROOM,
+                                             "streams": [{"feed": self.feed}]})
+        answer = await subscriber.answer(event["jsep"]["sdp"])
+        await self._message(handle, {"request": "start", "room": ROOM}, {"type": "answer", "sdp": answer})
+        return subscriber
+
+    @staticmethod
+    async def packets(subscriber: Subscriber) -> int:
+        return await subscriber.packets()
+
+    @staticmethod
+    def first_frame(subscriber: Subscriber) -> float | None:
+        return subscriber.first_frame()
+
+    async def stop(self) -> None:
+        self.poller.cancel()
+        await asyncio.gather(*(pc.close() for pc in self.pcs), return_exceptions=True)
+        await self.http.aclose()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# ---------------------------------------------------------------------------- the run
+async def measure(target: Any, clips: tuple[EncodedClip, EncodedClip], subscribers: int, seconds: float,
+                  settle: float) -> Result:
+    pid = await target.start()
+    try:
+        await target.publish(clips)
+        joined = []
+        started = []
+        for _ in range(subscribers):
+            started.append(time.monotonic())
+            joined.append(await target.subscribe())
+        deadline = time.monotonic() + 30
+        while any(target.first_frame(s) is None for s in joined) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        first = [1000 * (target.first_frame(s) - t0) for s, t0 in zip(joined, started) if target.first_frame(s)]
+        await asyncio.sleep(settle)
+        packets_0 = sum([await target.packets(s) for s in joined])
+        cpu_0, own_0, t_0 = cpu_seconds(pid), time.process_time(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu_1, own_1, t_1 = cpu_seconds(pid), time.process_time(), time.monotonic()
+        packets_1 = sum([await target.packets(s) for s in joined])
+        return Result(target.name, len(first), t_1 - t_0, packets_1 - packets_0, cpu_1 - cpu_0, own_1 - own_0, first)
+    finally:
+        await target.stop()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds between the last first frame and the window")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds; each round runs every target once")
+    parser.add_argument("--targets", default="confmeet,janus-2-loops,janus")
+    args = parser.parse_args()
+    quiet_media_logs()
+    if shutil.which("janus") is None or shutil.which("gcc") is None:
+        print("needs Debian's janus and gcc: apt-get install -y janus gcc", file=sys.stderr)
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="sfu-vs-janus-"))
+    makers = {"confmeet": lambda: Confmeet(scratch), "janus-2-loops": lambda: Janus(scratch, 2),
+              "janus": lambda: Janus(scratch, None)}
+    targets = args.targets.split(",")
+    clips = (encode_video_clip(), encode_audio_clip())
+    print(f"publisher: VP8 640x480@30 {clips[0].bitrate / 1000:.0f} kbps + Opus {clips[1].bitrate / 1000:.0f} kbps; "
+          f"{args.subscribers} subscribers, {args.seconds:.0f} s windows, {os.cpu_count()} cores", flush=True)
+    results: list[Result] = []
+    for round_ in range(1, args.repeat + 1):
+        for name in targets:
+            result = await measure(makers[name](), clips, args.subscribers, args.seconds, args.settle)
+            results.append(result)
+            print(f"round {round_} {name:14} {result.subscribers_receiving:3}/{args.subscribers} receiving  "
+                  f"{result.packets / result.window_s:8,.0f} pkt/s  SFU {100 * result.sfu_cpu_s / result.window_s:5.1f} %"
+                  f"  {result.us_per_packet:5.1f} µs/pkt  generator {100 * result.generator_cpu_s / result.window_s:5.1f} %"
+                  f"  first frame p50 {statistics.median(result.first_frame_ms) if result.first_frame_ms else float('nan'):4.0f} ms",
+                  flush=True)
+    print("\ntarget          µs per forwarded packet (each round)   median   vs confmeet")
+    medians = {name: statistics.median([r.us_per_packet for r in results if r.target == name]) for name in targets}
+    for name in targets:
+        runs = ", ".join(f"{r.us_per_packet:.1f}" for r in results if r.target == name)
+        ratio = medians["confmeet"] / medians[name] if "confmeet" in medians else float("nan")
+        print(f"{name:14}  {runs:36}   {medians[name]:5.1f}   confmeet/{name} = {ratio:.2f}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
