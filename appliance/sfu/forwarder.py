@@ -271,6 +271,7 @@ class DownTrack:
         self.source_ssrc: int | None = None
         self.accepted = False
         self.started = False
+        self.output: internals.ForwardingSender | None = None
         self.packets = 0
         self.bytes = 0
 
@@ -299,6 +300,7 @@ class DownTrack:
         """Begin forwarding; video waits for a keyframe, which is requested now."""
         if self.started or self.up.closed:
             return
+        self.output = internals.ForwardingSender(self.sender)
         self.started = True
         self.up.add(self)
         self.up.request_keyframe()
@@ -332,7 +334,7 @@ class DownTrack:
         data = (self.header.serialize(out) if self.header is not None and not out.csrc and not out.padding_size
                 else out.serialize(self.extensions))
         try:
-            internals.send_forwarded(self.sender, out, data, ntp_time)
+            self.output.send(out, data, ntp_time)  # type: ignore[union-attr]
         except ConnectionError:  # the subscriber's transport closed under us
             return
         self.packets += 1

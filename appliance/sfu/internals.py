@@ -83,30 +83,49 @@ def sender_encodes(sender: RTCRtpSender) -> bool:
     return sender._RTCRtpSender__encoder is not None  # type: ignore[attr-defined]
 
 
-def send_forwarded(sender: RTCRtpSender, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
-    """Encrypt an already serialised packet and hand it to the UDP socket of the selected ICE
-    pair at once — aiortc's own path awaits through five coroutines per packet — then account for
-    it as if the sender had produced it: transport statistics, RTP history (so NACKs are answered,
-    over RTX when negotiated) and the packet/octet counts and timestamps of its sender reports.
-    The SFU's candidates are its own host sockets (plus server-reflexive addresses of those), so
-    every pair sends through a plain datagram transport. Raises ConnectionError when closed."""
-    dtls = sender.transport
-    if dtls._state != DtlsState.CONNECTED:
-        raise ConnectionError("the subscriber's transport is not connected")
-    pair = dtls.transport._connection._nominated.get(1)
-    socket = pair.protocol.transport if pair is not None else None
-    if socket is None or socket.is_closing():
-        raise ConnectionError("the subscriber's ICE connection is closed")
-    protected = dtls._tx_srtp.protect(data)
-    socket.sendto(protected, pair.remote_addr)
-    dtls._RTCDtlsTransport__tx_bytes += len(protected)
-    dtls._RTCDtlsTransport__tx_packets += 1
-    history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
-    history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
-    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
-    sender._RTCRtpSender__rtp_timestamp = packet.timestamp  # type: ignore[attr-defined]
-    sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
-    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+class ForwardingSender:
+    """Writes already serialised packets through one RTCRtpSender: encrypted and handed to the
+    UDP socket of the selected ICE pair at once — aiortc's own path awaits through five
+    coroutines per packet — then accounted for as if the sender had produced them: transport
+    statistics, RTP history (so NACKs are answered, over RTX when negotiated) and the packet and
+    octet counts and timestamps of its sender reports. What does not change from packet to packet
+    (the transports, the selected pair's socket and address) is looked up once, and again only
+    when ICE selects another pair. The SFU's candidates are its own host sockets (plus
+    server-reflexive addresses of those), so every pair sends through a plain datagram transport."""
+
+    __slots__ = ("_dtls", "_connection", "_state", "_history", "_pair", "_socket", "_address")
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._dtls = sender.transport
+        self._connection = self._dtls.transport._connection
+        self._state = vars(sender)  # the sender's (name-mangled) counters and history, by name
+        self._history = self._state["_RTCRtpSender__rtp_history"]
+        self._pair = None
+        self._socket = None
+        self._address = None
+
+    def send(self, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
+        """Raises ConnectionError when the subscriber's transport is closed."""
+        dtls = self._dtls
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("the subscriber's transport is not connected")
+        pair = self._connection._nominated.get(1)
+        if pair is not self._pair:
+            if pair is None or pair.protocol.transport is None:
+                raise ConnectionError("the subscriber's ICE connection is closed")
+            self._pair, self._socket, self._address = pair, pair.protocol.transport, pair.remote_addr
+        if self._socket.is_closing():
+            raise ConnectionError("the subscriber's ICE connection is closed")
+        protected = dtls._tx_srtp.protect(data)
+        self._socket.sendto(protected, self._address)
+        dtls._RTCDtlsTransport__tx_bytes += len(protected)
+        dtls._RTCDtlsTransport__tx_packets += 1
+        self._history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
+        state = self._state
+        state["_RTCRtpSender__ntp_timestamp"] = ntp_time
+        state["_RTCRtpSender__rtp_timestamp"] = packet.timestamp
+        state["_RTCRtpSender__octet_count"] += len(packet.payload)
+        state["_RTCRtpSender__packet_count"] += 1
 
 
 def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:

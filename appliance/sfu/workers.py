@@ -31,7 +31,6 @@ import resource
 import socket
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -347,9 +346,12 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True, help="the socket to the parent")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.monotonic()
-    asyncio.run(serve_worker(args.fd))
-    log.debug("SFU worker ran %.0f s", time.monotonic() - started)
+    try:  # the event loop Sanic runs the appliance on: its datagram sends are C, not Python
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_worker(args.fd))
+    else:
+        uvloop.run(serve_worker(args.fd))
 
 
 if __name__ == "__main__":

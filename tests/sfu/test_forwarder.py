@@ -54,7 +54,7 @@ def test_rewriter_stops_dropping_old_numbers_once_far_past_the_restart() -> None
 class Wire:
     """A connected DTLS transport that records what is written to it, in clear: RTCP through
     ``_send_rtp``, forwarded RTP through the selected ICE pair's socket as the SFU writes it
-    (internals.send_forwarded), with SRTP that leaves packets as they are."""
+    (internals.ForwardingSender), with SRTP that leaves packets as they are."""
 
     state = "connected"
     _state = DtlsState.CONNECTED

@@ -46,7 +46,7 @@ def test_receiver_methods_the_tap_wraps_exist(name: str) -> None:
 
 async def test_forwarded_packets_reach_the_socket_of_the_selected_pair(
         alice_and_bob: tuple[Any, Any]) -> None:
-    """send_forwarded writes straight to the selected pair's datagram socket; the SFU's pairs
+    """ForwardingSender writes straight to the selected pair's datagram socket; the SFU's pairs
     are all on its own host sockets (StunProtocol), which that relies on."""
     from aioice.ice import StunProtocol
 
