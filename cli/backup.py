@@ -197,8 +197,8 @@ def create(
         pruned = location.prune(keep) if keep else []
     if as_json:
         print(json.dumps({"location": created.location, "archive": created.name, "size": created.size,
-                          "seconds": round(created.seconds, 3), "pruned": pruned, "manifest": created.manifest},
-                         indent=2))
+                          "seconds": round(created.seconds, 3), "pruned": pruned,
+                          "removed_partials": created.removed_partials, "manifest": created.manifest}, indent=2))
         return
     console.print(f"wrote [bold]{created.name}[/] to {created.location}: {mb(created.size)} in "
                   f"{created.seconds:.1f} s ({created.size / 1e6 / max(created.seconds, 1e-9):.1f} MB/s)",
@@ -213,11 +213,19 @@ def create(
                       "--passphrase-file[/]")
     if pruned:
         console.print(f"  deleted {len(pruned)} older archive(s): {', '.join(pruned)}", highlight=False)
+    if created.removed_partials:
+        console.print(f"  removed {len(created.removed_partials)} archive(s) left half-written by a backup "
+                      f"that stopped: {', '.join(created.removed_partials)}", highlight=False)
+
+
+PARTIAL_STATES = {True: "half-written: its backup stopped", False: "being written", None: "incomplete upload"}
 
 
 @backup_app.command("list")
 def list_archives(
     location: LocationArg = None,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help="Also list the archives being written, or left half-written by a backup that stopped.")] = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -229,16 +237,24 @@ def list_archives(
     with operation(settings) as portal:
         where = open_location(location or default_location(settings), settings, portal)
         archives = where.archives()
+        partials = where.partials() if show_all else []
     if as_json:
-        print(json.dumps([{"name": a.name, "size": a.size, "modified": a.modified.isoformat(),
-                           "encrypted": a.encrypted} for a in archives], indent=2))
+        listed = [{"name": a.name, "size": a.size, "modified": a.modified.isoformat(),
+                   "encrypted": a.encrypted} for a in archives]
+        listed += [{"name": p.name, "size": p.size, "modified": p.begun.isoformat(), "partial": True,
+                    "state": PARTIAL_STATES[p.abandoned]} for p in partials]
+        print(json.dumps(listed, indent=2))
         return
-    table = Table(title=f"{len(archives)} archive(s) in {where.describe()}")
+    title = f"{len(archives)} archive(s)" + (f" and {len(partials)} incomplete" if show_all else "")
+    table = Table(title=f"{title} in {where.describe()}")
     for column in ("archive", "size", "written", "encrypted"):
         table.add_column(column)
     for a in archives:
         table.add_row(a.name, mb(a.size), a.modified.strftime("%Y-%m-%d %H:%M:%S UTC"),
                       "whole archive" if a.encrypted else "")
+    for p in partials:
+        table.add_row(f"{p.name} ({PARTIAL_STATES[p.abandoned]})", "" if p.size is None else mb(p.size),
+                      p.begun.strftime("%Y-%m-%d %H:%M:%S UTC"), "")
     console.print(table)
 
 
@@ -303,15 +319,19 @@ def prune(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Delete all but the newest N archives."""
+    """Delete all but the newest N archives, and what backups that stopped left half-written."""
     from appliance.backup import default_location, open_location
 
     settings = load(config, data_dir)
     with operation(settings) as portal:
         where = open_location(location or default_location(settings), settings, portal)
         deleted = where.prune(keep)
+        removed = where.remove_partials()
     if as_json:
-        print(json.dumps({"deleted": deleted}))
+        print(json.dumps({"deleted": deleted, "removed_partials": removed}))
         return
     console.print(f"deleted {len(deleted)} archive(s) from {where.describe()}, kept the newest {keep}",
                   highlight=False)
+    if removed:
+        console.print(f"removed {len(removed)} archive(s) left half-written by a backup that stopped: "
+                      f"{', '.join(removed)}", highlight=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -471,7 +472,7 @@ def test_keep_and_prune_delete_the_oldest_archives(small: dict[str, Any], tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["confmeet-20240102T031500Z.tar", created["archive"], "notes.txt"])
     pruned = json.loads(install.ok("backup", "prune", str(folder), "--keep", "1", "--json").stdout)
-    assert pruned == {"deleted": ["confmeet-20240102T031500Z.tar"]}
+    assert pruned == {"deleted": ["confmeet-20240102T031500Z.tar"], "removed_partials": []}
     assert sorted(p.name for p in folder.iterdir()) == sorted([created["archive"], "notes.txt"])
 
 
@@ -618,6 +619,65 @@ def test_interrupted_restore_is_never_silently_partial_and_resumes(large: dict[s
     assert asyncio.run(user_emails(target)) == ["user0@example.org"]
     for key, sha in large["hashes"].items():
         assert file_sha256(objects / key) == sha
+
+
+def killed_create(install: Install, to: str, written: Any) -> None:
+    """Start `backup create --to TO` and kill it (SIGKILL) once ``written()`` finds part of its archive."""
+    proc = subprocess.Popen([*CONFMEET, "backup", "create", "--to", to], env=install.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not written():
+        assert proc.poll() is None and time.monotonic() < deadline, "the backup ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_killed_backup_leaves_nothing_after_the_next_create_or_prune(large: dict[str, Any], small: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    folder = tmp_path / "archives"
+    running = folder / ".confmeet-20990101T000000Z.tar.partial"  # a backup still writing, beside them
+
+    def dead_ones() -> list[Path]:
+        return [p for p in folder.glob(".confmeet-*.tar.partial") if p != running and p.stat().st_size]
+
+    killed_create(large["install"], str(folder), dead_ones)
+    [dead] = dead_ones()
+    with running.open("wb") as live:
+        fcntl.flock(live.fileno(), fcntl.LOCK_EX)
+        live.write(b"a tar under way")
+        install: Install = small["install"]
+        assert json.loads(install.ok("backup", "list", str(folder), "--json").stdout) == []
+        listed = json.loads(install.ok("backup", "list", str(folder), "--all", "--json").stdout)
+        assert {(a["name"], a["state"]) for a in listed} == {
+            (dead.name[1:-8], "half-written: its backup stopped"), (running.name[1:-8], "being written")}
+
+        created = json.loads(install.ok("backup", "create", "--to", str(folder), "--json").stdout)
+        assert created["removed_partials"] == [dead.name[1:-8]]
+        assert sorted(p.name for p in folder.iterdir()) == sorted([created["archive"], running.name])
+
+        killed_create(large["install"], str(folder), dead_ones)
+        pruned = json.loads(install.ok("backup", "prune", str(folder), "--keep", "1", "--json").stdout)
+        assert pruned["deleted"] == [] and len(pruned["removed_partials"]) == 1
+        assert sorted(p.name for p in folder.iterdir()) == sorted([created["archive"], running.name])
+
+
+def test_a_backup_killed_while_uploading_to_s3_leaves_no_part_after_the_next_create(
+        large: dict[str, Any], small: dict[str, Any], s3_server: dict, s3_url: str) -> None:
+    to = f"{s3_url}/backups"
+    bucket = s3_server["root"] / s3_url.rsplit("/", 1)[1]
+
+    def parts() -> list[Path]:
+        return list(bucket.rglob(".rclone_temp_multipart_*"))
+
+    killed_create(large["install"], to, parts)  # its first 10 MiB part is stored
+    install: Install = small["install"]
+    [listed] = json.loads(install.ok("backup", "list", to, "--all", "--json").stdout)
+    assert listed["partial"] and listed["state"] == "incomplete upload"
+    created = json.loads(install.ok("backup", "create", "--to", to, "--json").stdout)
+    assert created["removed_partials"] == [listed["name"]] and not parts()
+    assert [a["name"] for a in json.loads(install.ok("backup", "list", to, "--all", "--json").stdout)] == [
+        created["archive"]]
 
 
 async def user_emails(install: Install) -> list[str]:

@@ -7,7 +7,8 @@ import hashlib
 import io
 import random
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from appliance.stores.errors import StoreUnavailable
-from appliance.stores.objects import CHUNK, FileObjects, ObjectNotFound, ObjectStore, open_objects
+from appliance.stores.objects import CHUNK, FileObjects, ObjectNotFound, ObjectStore, iterate_on_thread, open_objects
 
 MiB = 1024 * 1024
 
@@ -264,3 +265,28 @@ async def test_s3_unreachable_raises_store_unavailable() -> None:
 def test_bad_urls_raise_store_unavailable(url: str) -> None:
     with pytest.raises(StoreUnavailable, match="file:///PATH|s3://ACCESS:SECRET@HOST:PORT/BUCKET"):
         open_objects(url)
+
+
+async def test_a_read_cancelled_mid_chunk_closes_its_source_once_the_chunk_is_read() -> None:
+    """A download whose client goes away while a chunk is read on the thread (the response task is
+    cancelled): the source is closed after that read, never during it."""
+    closed = []
+
+    def slow_source() -> Iterator[bytes]:
+        try:
+            while True:
+                time.sleep(0.3)
+                yield b"chunk"
+        finally:
+            closed.append(True)
+
+    async def consume() -> None:
+        async for _ in iterate_on_thread(slow_source(), 1):
+            pass
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await asyncio.sleep(0.45)  # the second chunk is being read
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [True]

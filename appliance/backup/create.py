@@ -51,6 +51,7 @@ class Created:
     size: int
     manifest: dict[str, Any]
     seconds: float
+    removed_partials: list[str]  # archives left half-written by backups that died, removed first
 
 
 def object_reference(model: type[BaseModel]) -> tuple[pw.Field, bool] | None:
@@ -313,6 +314,7 @@ def create_backup(settings: Settings, location: Location, portal: Portal, *, pas
                           "'confmeet backup restore ARCHIVE --resume' before backing up")
     started = time.monotonic()
     created_at = datetime.now(UTC)
+    removed_partials = location.remove_partials()
     with open_data_stores(settings, portal) as stores:
         name = location.new_name(created_at, encrypt_archive)
         sink: Sink = location.create(name)
@@ -327,4 +329,4 @@ def create_backup(settings: Settings, location: Location, portal: Portal, *, pas
         except BaseException:
             sink.abort()
             raise
-    return Created(location.describe(), name, sink.size, manifest, time.monotonic() - started)
+    return Created(location.describe(), name, sink.size, manifest, time.monotonic() - started, removed_partials)

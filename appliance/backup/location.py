@@ -4,11 +4,14 @@
 bucket and prefix with its own credentials, and the short ``s3://BUCKET[/PREFIX]`` reuses the
 endpoint and keys of the ``objects`` setting (which must then be S3). An archive appears under
 its final name only once complete: a directory gets a hidden ``.NAME.partial`` renamed at the
-end, S3 a multipart upload that is completed at the end or aborted.
+end, S3 a multipart upload that is completed at the end or aborted. A backup that dies leaves
+that partial archive behind (a hidden file; an incomplete multipart upload): ``partials`` lists
+them and ``remove_partials`` removes those no backup is writing any more.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -21,11 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..settings import Settings, mask_url_password
 from ..stores.errors import StoreUnavailable
-from ..stores.objects import FileObjects, ObjectStore, S3Objects
+from ..stores.objects import FileObjects, ObjectStore, S3Objects, remove_abandoned
 from .archive import NAME, BackupError, archive_name, name_order
 from .portal import Portal
 
 PIPE_BYTES = 4 * 1024 * 1024
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".", ".partial"  # a directory's archive being written: .NAME.partial
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,16 @@ class ArchiveInfo:
     @property
     def encrypted(self) -> bool:
         return self.name.endswith(".enc")
+
+
+@dataclass(frozen=True)
+class PartialArchive:
+    """An archive not complete: being written, or left by a backup that died."""
+
+    name: str  # the archive's name once complete
+    size: int | None  # None on S3 (the parts of a multipart upload are not listed)
+    begun: datetime
+    abandoned: bool | None  # None on S3, where a live upload cannot be told from a dead one
 
 
 class Sink(ABC):
@@ -103,6 +117,15 @@ class Location(ABC):
     @abstractmethod
     def delete(self, name: str) -> None: ...
 
+    @abstractmethod
+    def partials(self) -> list[PartialArchive]:
+        """The archives being written or left half-written here, oldest first."""
+
+    @abstractmethod
+    def remove_partials(self) -> list[str]:
+        """Remove the archives that backups which died left half-written, never one a running
+        backup writes (on S3: every upload begun before this call); their names."""
+
     def archive_keys_in(self, objects: ObjectStore) -> Callable[[str], bool]:
         """Which keys of the object store are this location's archives (a backup must neither copy
         nor wipe its own archives when they live in the store it backs up)."""
@@ -132,8 +155,9 @@ def _sorted(infos: list[ArchiveInfo]) -> list[ArchiveInfo]:
 class FileSink(Sink):
     def __init__(self, folder: Path, name: str) -> None:
         self._final = folder / name
-        self._partial = folder / f".{name}.partial"
+        self._partial = folder / f"{PARTIAL_PREFIX}{name}{PARTIAL_SUFFIX}"
         fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed or the process dies: see remove_partials
         self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
 
     def write(self, data: bytes | memoryview) -> int:
@@ -194,6 +218,34 @@ class DirectoryLocation(Location):
 
     def delete(self, name: str) -> None:
         (self.path / name).unlink(missing_ok=True)
+
+    def _partial_paths(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return [self.path / entry.name for entry in os.scandir(self.path)
+                if entry.name.startswith(PARTIAL_PREFIX) and entry.name.endswith(PARTIAL_SUFFIX)
+                and NAME.match(entry.name[len(PARTIAL_PREFIX):-len(PARTIAL_SUFFIX)]) and entry.is_file()]
+
+    def partials(self) -> list[PartialArchive]:
+        found = []
+        for path in self._partial_paths():
+            try:
+                st = path.stat()
+                with path.open("rb") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        abandoned = True
+                    except BlockingIOError:
+                        abandoned = False
+            except FileNotFoundError:  # completed or removed meanwhile
+                continue
+            name = path.name[len(PARTIAL_PREFIX):-len(PARTIAL_SUFFIX)]
+            found.append(PartialArchive(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), abandoned))
+        return sorted(found, key=lambda partial: name_order(partial.name))
+
+    def remove_partials(self) -> list[str]:
+        removed = remove_abandoned(self._partial_paths())
+        return sorted((path.name[len(PARTIAL_PREFIX):-len(PARTIAL_SUFFIX)] for path in removed), key=name_order)
 
     def archive_keys_in(self, objects: ObjectStore) -> Callable[[str], bool]:
         if not isinstance(objects, FileObjects):
@@ -325,6 +377,17 @@ class S3Location(Location):
 
     def delete(self, name: str) -> None:
         self.portal.call(self.store.delete(name))
+
+    def partials(self) -> list[PartialArchive]:
+        uploads = self.portal.call(self.store.partial_writes(""))
+        return sorted((PartialArchive(key, None, begun, None) for key, begun in uploads if NAME.match(key)),
+                      key=lambda partial: name_order(partial.name))
+
+    def remove_partials(self) -> list[str]:
+        names = [partial.name for partial in self.partials()]
+        for name in names:
+            self.portal.call(self.store.remove_partial_writes(name))
+        return names
 
     def archive_keys_in(self, objects: ObjectStore) -> Callable[[str], bool]:
         if (isinstance(objects, S3Objects) and objects.endpoint == self.store.endpoint

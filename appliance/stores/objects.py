@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import io
 import itertools
 import json
 import os
 import tempfile
+import threading
 import time
+import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import InvalidResponseError, MinioException, S3Error
 from minio.helpers import check_bucket_name
 
 from ..settings import mask_url_password
@@ -123,13 +126,24 @@ def readable(source: Source) -> Readable:
 
 
 async def iterate_on_thread(items: Generator[T, None, None], batch: int) -> AsyncIterator[T]:
-    """Advance a blocking generator on a thread, ``batch`` items at a time."""
+    """Advance a blocking generator on a thread, ``batch`` items at a time. Closing it (the
+    consumer stopped, or was cancelled) waits for a batch still being read on its thread."""
+    turn = threading.Lock()
+
+    def advance() -> list[T]:
+        with turn:
+            return list(itertools.islice(items, batch))
+
+    def close() -> None:
+        with turn:
+            items.close()
+
     try:
-        while chunk := await asyncio.to_thread(lambda: list(itertools.islice(items, batch))):
+        while chunk := await asyncio.to_thread(advance):
             for item in chunk:
                 yield item
     finally:
-        await asyncio.to_thread(items.close)
+        await asyncio.to_thread(close)
 
 
 class ObjectStore(ABC):
@@ -182,11 +196,20 @@ class ObjectStore(ABC):
         """A URL that downloads the object without credentials until ``expires`` has passed, or
         None when the store has no such URLs (the appliance then serves the object itself)."""
 
+    @abstractmethod
+    async def remove_partial_writes(self, prefix: str = "") -> int:
+        """Remove what puts of keys under ``prefix`` left when their process died: never visible
+        to readers, they only take space. S3 aborts the multipart uploads begun before this call;
+        the file store removes the temporary files no process is writing any more (they carry no
+        key, so whatever the prefix). Returns how many were removed."""
+
 
 class FileObjects(ObjectStore):
     """Objects as files under a directory: ``data/<key>`` holds the bytes, ``meta/<key>`` their
     content type and sha256, and ``tmp/`` the files being written, which are renamed into place
-    when complete. A key cannot be both an object and the folder of others ("a" and "a/b")."""
+    when complete. A writer holds a lock on its temporary file until then, so that one a dead
+    process left is told apart from one being written. A key cannot be both an object and the
+    folder of others ("a" and "a/b")."""
 
     kind = "file"
 
@@ -226,18 +249,21 @@ class FileObjects(ObjectStore):
                           modified=datetime.fromtimestamp(st.st_mtime, UTC),
                           content_type=None if listing else meta["content_type"])
 
-    def _write_temp(self, write: Callable[[BinaryIO], None]) -> str:
-        """A new file in tmp/ holding what ``write`` wrote, flushed to disk; return its path."""
+    @contextlib.contextmanager
+    def _write_temp(self, write: Callable[[BinaryIO], None]) -> Generator[str, None, None]:
+        """A new file in tmp/ holding what ``write`` wrote, flushed to disk: its path, locked
+        (see remove_partial_writes) and removed when the block ends unless moved into place."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed, or its writer dies
             with os.fdopen(fd, "wb") as out:
                 write(out)
                 out.flush()
                 os.fsync(out.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return tmp
+                yield tmp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _move_into_place(self, tmp: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -258,14 +284,11 @@ class FileObjects(ObjectStore):
             if length is not None and copied < length:
                 raise OSError(f"the source for {key!r} ended after {copied} of length={length} bytes")
 
-        data = self._write_temp(copy)
-        try:
+        with self._write_temp(copy) as data:
             meta = json.dumps({"content_type": content_type, "sha256": digest.hexdigest()}).encode()
-            self._move_into_place(self._write_temp(lambda out: out.write(meta)), self._meta / key)
+            with self._write_temp(lambda out: out.write(meta)) as meta_file:
+                self._move_into_place(meta_file, self._meta / key)
             self._move_into_place(data, self._data / key)
-        except BaseException:
-            Path(data).unlink(missing_ok=True)
-            raise
         return self._info(key, (self._data / key).stat(), listing=False)
 
     async def put(self, key: str, source: Source, *, length: int | None = None,
@@ -327,6 +350,30 @@ class FileObjects(ObjectStore):
     async def presigned_get(self, key: str, expires: timedelta) -> str | None:
         check_key(key)
         return None
+
+    async def remove_partial_writes(self, prefix: str = "") -> int:
+        check_prefix(prefix)
+        return len(await asyncio.to_thread(remove_abandoned, self._tmp.glob("*")))
+
+
+def remove_abandoned(paths: Iterable[Path]) -> list[Path]:
+    """Delete the files among ``paths`` that no process holds a lock on (their writer died); those."""
+    removed = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being written
+        else:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def read_chunks(fh: BinaryIO) -> Generator[bytes, None, None]:
@@ -460,6 +507,49 @@ class S3Objects(ObjectStore):
 
     async def presigned_get(self, key: str, expires: timedelta) -> str | None:
         return self._client.presigned_get_object(self.bucket, self._name(key), expires=expires)
+
+    def _uploads(self, prefix: str) -> Generator[tuple[str, str, datetime], None, None]:
+        """The multipart uploads under the bucket-level ``prefix`` as (name, upload id, begun),
+        walked one level at a time (delimiter "/"), which every S3 server answers alike."""
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                response = self._client._execute("GET", self.bucket, query_params={
+                    "uploads": "", "prefix": prefix, "delimiter": "/", **markers})
+            except (S3Error, InvalidResponseError) as exc:
+                # rclone answers a bucket without any upload with NoSuchUpload (in a body the
+                # SDK cannot parse): no upload, as S3 itself says with an empty list.
+                if getattr(exc, "code", None) == "NoSuchUpload" or "<Code>NoSuchUpload</Code>" in str(exc):
+                    return
+                raise
+            root = ET.fromstring(response.data)
+            for element in root.iter():
+                element.tag = element.tag.rpartition("}")[2]  # AWS and MinIO answer in a namespace
+            for upload in root.findall("Upload"):
+                begun = datetime.fromisoformat(upload.findtext("Initiated", "").replace("Z", "+00:00"))
+                yield upload.findtext("Key", ""), upload.findtext("UploadId", ""), begun
+            for common in root.findall("CommonPrefixes"):
+                yield from self._uploads(common.findtext("Prefix", ""))
+            if root.findtext("IsTruncated") != "true":
+                return
+            markers = {"key-marker": root.findtext("NextKeyMarker", ""),
+                       "upload-id-marker": root.findtext("NextUploadIdMarker", "")}
+
+    async def partial_writes(self, prefix: str = "") -> list[tuple[str, datetime]]:
+        """The puts under ``prefix`` under way or left by a process that died (multipart uploads
+        neither completed nor aborted): (key, begun)."""
+        uploads = await asyncio.to_thread(lambda: list(self._uploads(self.prefix + check_prefix(prefix))))
+        return [(name.removeprefix(self.prefix), begun) for name, _, begun in uploads]
+
+    def _remove_partial_writes(self, prefix: str) -> int:
+        now = datetime.now(UTC)
+        doomed = [(name, upload) for name, upload, begun in self._uploads(self.prefix + prefix) if begun < now]
+        for name, upload in doomed:
+            self._client._abort_multipart_upload(self.bucket, name, upload)
+        return len(doomed)
+
+    async def remove_partial_writes(self, prefix: str = "") -> int:
+        return await asyncio.to_thread(self._remove_partial_writes, check_prefix(prefix))
 
 
 def open_objects(url: str) -> ObjectStore:
