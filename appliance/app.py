@@ -23,6 +23,7 @@ from .cors import install_cors
 from .inference import open_inference
 from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
+from .reconcile import AlreadyServing, InstanceLock, reconcile
 from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
@@ -75,7 +76,14 @@ def media_ice_settings(settings: Settings) -> IceSettings:
 
 def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     ensure_secrets(settings)
+    instance = InstanceLock(settings.data_dir)  # held until the process ends
+    try:
+        instance.acquire()
+    except AlreadyServing as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     app = Sanic(name, configure_logging=False)
+    app.ctx.instance = instance
     # Uploads stream up to max_upload_bytes; JSON bodies are held to max_request_bytes (endpoint.py).
     app.config.REQUEST_MAX_SIZE = max(settings.max_request_bytes, settings.max_upload_bytes)
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -139,6 +147,8 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
                                       stores.db, stores.bus, stores.documents)
         app.ctx.recordings.attach(app.ctx.signaling)
+        await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings)
+        app.ctx.instance.start_heartbeat()
         await app.ctx.recordings.start()
         await app.ctx.signaling.start()
         if await app.ctx.accounts.user_count() == 0:
@@ -146,16 +156,25 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
             print(f"No users yet. Create the first administrator at {settings.base_url}/#setup={token}\n"
                   "  or run: confmeet user add EMAIL --admin", flush=True)
 
+    async def drain(app: Sanic) -> None:
+        app.ctx.recordings.stopping = True
+        await app.ctx.file_jobs.close()
+        await app.ctx.signaling.close()
+        await app.ctx.sfu.close()  # recordings' files finished
+        await app.ctx.recordings.close()
+        await app.ctx.inference.close()
+
     @app.before_server_stop
     async def close_meetings(app: Sanic) -> None:
-        await app.ctx.signaling.close()
-        await app.ctx.sfu.close()
-        await app.ctx.recordings.close()
-        await app.ctx.file_jobs.close()
-        await app.ctx.inference.close()
+        try:
+            await asyncio.wait_for(drain(app), settings.stop_timeout_seconds)
+        except TimeoutError:
+            log.error("stopping took longer than %d s (stop_timeout_seconds); what did not finish is "
+                      "repaired at the next start", settings.stop_timeout_seconds)
 
     @app.after_server_stop
     async def close_everything(app: Sanic) -> None:
         await app.ctx.stores.close()
+        app.ctx.instance.release()
 
     return app

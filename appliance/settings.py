@@ -74,6 +74,12 @@ class Settings:
     # a recording stops (it is written to <data_dir>/recordings first).
     recording_retention_days: int = 0
     recording_min_free_mb: int = 500
+    # How often a running recording's files are forced to the disk (fsync): what a power cut can
+    # lose of it on top of the last half second a killed process loses.
+    recording_sync_seconds: int = 1
+    # A stop (SIGTERM) finishes recordings, releases seats and checkpoints jobs within this many
+    # seconds; whatever is left is repaired at the next start. The unit's TimeoutStopSec is longer.
+    stop_timeout_seconds: int = 20
     # Where the values came from (file path or "defaults"); not a setting itself.
     source: str = "defaults"
 

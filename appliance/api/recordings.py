@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sanic import Request
 from sanic.response import HTTPResponse, ResponseStream
 
+from ..recording.service import was_interrupted
 from ..security import TokenError
 from ..stores.objects import ObjectNotFound
 from ..stores.relational import Recording, RecordingExport, User
@@ -61,9 +62,11 @@ class RecordingView(BaseModel):
     started_by_name: str
     started_at: UtcDatetime
     ended_at: UtcDatetime | None
-    duration_s: float
+    duration_s: float = Field(description="its length; of an interrupted recording, the seconds kept")
     size: int
     stop_reason: str
+    interrupted: bool = Field(description="the appliance stopped during the recording (a crash, a restart): "
+                                          "it holds what reached the disk, up to about half a second before")
     upload_error: str = Field(description="why the last upload failed, while it is retried")
     tracks: list[RecordingTrack]
     exports: list[RecordingExportView]
@@ -93,7 +96,8 @@ def recording_view(row: Recording, starter: str, exports: list[RecordingExport])
     return {"id": row.id, "meeting_id": row.meeting_id, "status": row.status, "started_by_id": row.started_by_id,
             "started_by_name": starter, "started_at": row.started_at, "ended_at": row.ended_at,
             "duration_s": round(row.duration_s, 3), "size": row.size_bytes, "stop_reason": row.stop_reason,
-            "upload_error": row.upload_error, "tracks": tracks, "exports": [export_view(e) for e in exports]}
+            "interrupted": was_interrupted(row.stop_reason), "upload_error": row.upload_error, "tracks": tracks,
+            "exports": [export_view(e) for e in exports]}
 
 
 def _views(rows: list[Recording]) -> list[dict]:

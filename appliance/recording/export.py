@@ -51,12 +51,13 @@ class Exports:
             self._tasks[export_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(export_id, None))
 
-    async def resume(self) -> None:
-        """Start again the jobs a stopped appliance left queued or running."""
+    async def resume(self) -> int:
+        """Start again the jobs a stopped appliance left queued or running; how many."""
         ids = await self.db.run(lambda: [e.id for e in RecordingExport.select(RecordingExport.id)
                                          .where(RecordingExport.status.in_(ACTIVE))])
         for export_id in ids:
             self.submit(export_id)
+        return len(ids)
 
     async def wait(self, export_id: str) -> None:
         task = self._tasks.get(export_id)

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import av
-
 from ..controls import MODERATORS
 from ..settings import Settings
 from ..sfu.errors import SfuError
 from ..stores.objects import ObjectStore
 from ..stores.relational import AuditEvent, Participant, Recording, RecordingExport, Relational, new_id, utcnow
 from .export import Exports
-from .sink import MB, Emit, RecordingSink, read_manifest
+from .sink import MB, STOPPED, Emit, RecordingSink, read_manifest, recover
 from .upload import Uploader
 
 if TYPE_CHECKING:
@@ -39,8 +37,14 @@ log = logging.getLogger("confmeet.recording")
 SINK = "recording"
 RECORDING_ID = re.compile(r"[0-9a-f]{32}")
 RETENTION_SWEEP_S = 3600.0
-INTERRUPTED = "the appliance stopped during the recording"
-CODEC_NAMES = {"vp8": "VP8", "h264": "H264", "opus": "opus"}  # PyAV's names -> RTP's
+INTERRUPTED = "the appliance stopped during the recording"  # how every interrupted one's stop_reason begins
+NOTHING_KEPT = f"{INTERRUPTED}; nothing of it had reached the disk"
+FILES_GONE = f"{INTERRUPTED}; its files are gone"
+
+
+def was_interrupted(stop_reason: str) -> bool:
+    """Whether a recording ended because the appliance stopped (a crash, a restart)."""
+    return stop_reason.startswith(INTERRUPTED)
 
 
 def _error(code: str, message: str) -> Exception:
@@ -68,11 +72,13 @@ class Recordings:
         self.objects = objects
         self.spool = settings.data_dir / "recordings"
         self.min_free_bytes = settings.recording_min_free_mb * MB
+        self.sync_seconds = settings.recording_sync_seconds
         self.retention_days = settings.recording_retention_days
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)
         self.live: dict[str, LiveRecording] = {}
         self.s: Signaling | None = None
+        self.stopping = False  # the appliance is stopping: recordings that end now end because of it
         self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ wiring
@@ -81,7 +87,8 @@ class Recordings:
         recording_id = options.get("recording_id")
         if not isinstance(recording_id, str) or not RECORDING_ID.fullmatch(recording_id):
             raise SfuError("bad_message", "'recording_id' must be a recording's id")
-        return RecordingSink(recording_id, self.spool / recording_id, emit, self.min_free_bytes)
+        return RecordingSink(recording_id, self.spool / recording_id, emit, self.min_free_bytes,
+                             sync_interval=self.sync_seconds)
 
     def attach(self, signaling: Signaling) -> None:
         self.s = signaling
@@ -89,9 +96,11 @@ class Recordings:
         signaling.controls.handlers.update({"recording_start": self.start_recording,
                                             "recording_stop": self.stop_recording})
 
-    async def start(self) -> None:
-        """Pick up what a previous run left: recordings cut off, uploads and exports pending."""
+    async def recover(self) -> dict[str, int]:
+        """At start-up (reconcile.py), what a previous run left: recordings it stopped under are
+        finished and stored as interrupted, pending uploads and exports start again. Counts."""
         self.spool.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(shutil.rmtree, self.spool / ".exports", True)  # scratch of exports cut off
         rows = await self.db.run(lambda: list(Recording.select().where(
             Recording.status.in_(("recording", "uploading")))))
         for row in rows:
@@ -99,17 +108,22 @@ class Recordings:
                 self.uploader.submit(row.id)
             else:
                 await self._recover(row)
-        await self.exports.resume()
+        exports = await self.exports.resume()
+        return {"recordings interrupted": sum(r.status == "recording" for r in rows),
+                "recording uploads resumed": sum(r.status == "uploading" for r in rows), "exports resumed": exports}
+
+    async def start(self) -> None:
         if self.retention_days > 0:
             self._retention = asyncio.get_running_loop().create_task(self._sweep_forever(), name="recording-retention")
 
     async def close(self) -> None:
         """After the SFU has stopped: store what the sinks wrote, then stop the background work
-        (uploads not finished now are resumed at the next start)."""
+        (uploads not finished now are resumed at the next start, as is a recording whose sink
+        did not get to stop)."""
         for live in list(self.live.values()):
             self.live.pop(live.meeting_id, None)
             result = await asyncio.to_thread(read_manifest, self.spool / live.id)
-            if result is not None:
+            if result is not None and result.get("state") == STOPPED:
                 await self._store(live.id, result, INTERRUPTED)
         if self._retention is not None:
             self._retention.cancel()
@@ -202,9 +216,13 @@ class Recordings:
             return
         if live is not None and live.id == recording_id:
             del self.live[meeting_id]
-        reason = result.get("error") or (live.stop_reason if live is not None else "") or "everyone left the meeting"
+        if self.stopping:
+            reason = INTERRUPTED
+        else:
+            reason = (result.get("error") or (live.stop_reason if live is not None else "")
+                      or "everyone left the meeting")
         if "tracks" not in result:  # the sink failed to stop; what it wrote is on disk
-            result = await asyncio.to_thread(read_manifest, self.spool / recording_id) or {**result, "tracks": []}
+            result = await asyncio.to_thread(recover, self.spool / recording_id) or {**result, "tracks": []}
         stored = await self._store(recording_id, result, reason)
         if live is not None:
             self._broadcast(meeting_id, {"type": "recording", "active": False, "recording": {
@@ -228,30 +246,33 @@ class Recordings:
             row.duration_s = float(result.get("duration_s", 0.0))
             row.ended_at = row.started_at + dt.timedelta(seconds=row.duration_s)
             row.size_bytes = sum(t["size"] for t in tracks)
-            row.stop_reason = reason[:255]
-            row.status = "uploading" if tracks else "ready"
+            if tracks:
+                row.status, row.stop_reason = "uploading", reason[:255]
+            elif reason == INTERRUPTED:  # media may have been received: never a ready recording of nothing
+                row.status, row.stop_reason = "failed", NOTHING_KEPT
+            else:
+                row.status, row.stop_reason = "ready", reason[:255]
             row.save()
             return {"duration_s": row.duration_s, "status": row.status}
 
         stored = await self.db.run(store)
         if stored.get("status") == "uploading":
             self.uploader.submit(recording_id)
-        else:  # nothing was recorded, or the recording (or its meeting) was deleted meanwhile
+        elif stored.get("status") != "failed":  # nothing was recorded, or the row was deleted meanwhile
             await asyncio.to_thread(shutil.rmtree, self.spool / recording_id, True)
         return stored
 
     async def _recover(self, row: Recording) -> None:
-        """A recording the appliance stopped under: keep what reached the disk."""
-        directory = self.spool / row.id
-        result = await asyncio.to_thread(read_manifest, directory)
-        if result is None and directory.is_dir():
-            result = await asyncio.to_thread(probe_tracks, directory)
+        """A recording the appliance stopped under: every track file finished up to its last
+        complete frame and uploaded; the recording stored as interrupted."""
+        result = await asyncio.to_thread(recover, self.spool / row.id)
         if result is None:
-            await self.db.run(lambda: Recording.update(status="failed", stop_reason=f"{INTERRUPTED}; its files are gone")
+            await self.db.run(lambda: Recording.update(status="failed", stop_reason=FILES_GONE)
                               .where(Recording.id == row.id).execute())
+            log.error("recording %s was cut off by a stop of the appliance and its files are gone", row.id)
             return
-        log.warning("recording %s was cut off by a stop of the appliance; its %d tracks are kept",
-                    row.id, len(result.get("tracks", [])))
+        log.warning("recording %s was cut off by a stop of the appliance; %d tracks, %.1f s kept",
+                    row.id, len(result["tracks"]), result["duration_s"])
         await self._store(row.id, result, INTERRUPTED)
 
     def _free_bytes(self) -> int:
@@ -293,28 +314,3 @@ class Recordings:
             except Exception:
                 log.exception("the recording retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_S)
-
-
-def probe_tracks(directory: Path) -> dict[str, Any]:
-    """The tracks of a spool directory without a manifest (the appliance died while recording),
-    read back from the files themselves."""
-    tracks = []
-    for path in sorted(directory.iterdir()):
-        if path.suffix not in (".webm", ".mkv"):
-            continue
-        participant, _, source = path.stem.rpartition("-")[0].rpartition("-")  # <participant>-<source>-<n>
-        try:
-            with av.open(str(path)) as container:
-                stream = container.streams[0]
-                kind, codec = stream.type, CODEC_NAMES.get(stream.codec_context.name, "")
-                times = [float(p.pts * p.time_base) for p in container.demux(stream) if p.pts is not None]
-        except (av.error.FFmpegError, IndexError):
-            continue
-        if not times:
-            continue
-        tracks.append({"file": path.name, "participant": participant, "track_id": "", "kind": kind,
-                       "source": source, "codec": codec,
-                       "start_s": round(min(times), 3), "end_s": round(max(times), 3), "frames": len(times),
-                       "size": path.stat().st_size})
-    duration = max((t["end_s"] for t in tracks), default=0.0)
-    return {"tracks": tracks, "duration_s": duration}

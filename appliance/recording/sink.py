@@ -6,6 +6,12 @@ queue to a worker thread every ``interval`` seconds, so reassembly, muxing and d
 hold up forwarding. When the disk fills (or its free space falls under the configured minimum)
 the sink stops writing and emits ``{"type": "sink_failed", "sink": "recording", "reason"}`` so
 that the service stops the recording and says why; the files written so far are kept.
+
+What survives a crash: the manifest (``manifest.json``) is written when the recording starts and
+again whenever a track appears, before its file is created, with ``"state": "recording"``; each
+file is valid up to its last cluster (writer.py) and the files and their directory are synced
+every ``sync_interval`` seconds. ``recover`` turns such a directory back into a stopped
+recording's manifest. A stopped sink writes the final manifest, ``"state": "stopped"``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import datetime as dt
 import errno
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,12 +34,14 @@ from aiortc.rtp import RtpPacket
 
 from ..fsutil import write_atomically
 from ..sfu.forwarder import UpTrack
-from .writer import TrackInfo, TrackWriter, UnsupportedCodec, container_for
+from .writer import SUFFIX_FORMATS, TrackInfo, TrackWriter, UnsupportedCodec, container_for, finish_interrupted
 
 log = logging.getLogger("confmeet.recording")
 
 MANIFEST = "manifest.json"
+RECORDING, STOPPED = "recording", "stopped"  # the manifest's state
 DRAIN_INTERVAL = 0.2
+SYNC_INTERVAL = 1.0
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 MB = 1024 * 1024
 
@@ -47,11 +56,12 @@ class DiskFull(Exception):
 
 class RecordingSink:
     def __init__(self, recording_id: str, directory: Path, emit: Emit, min_free_bytes: int = 0,
-                 interval: float = DRAIN_INTERVAL) -> None:
+                 interval: float = DRAIN_INTERVAL, sync_interval: float = SYNC_INTERVAL) -> None:
         self.recording_id = recording_id
         self.directory = directory
         self.min_free_bytes = min_free_bytes
         self.interval = interval
+        self.sync_interval = sync_interval
         self.started = time.monotonic()
         self.started_at = dt.datetime.now(dt.UTC)
         self.failure: str | None = None
@@ -61,6 +71,8 @@ class RecordingSink:
         self._writers: dict[tuple[str, str], TrackWriter] = {}
         self._all: list[TrackWriter] = []
         self._numbers: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._listed = -1  # how many tracks the manifest on disk lists (-1: none written yet)
+        self._synced = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         directory.mkdir(parents=True, exist_ok=True)
@@ -109,8 +121,10 @@ class RecordingSink:
 
     # ------------------------------------------------------------------ the worker thread
     def _drain(self) -> None:
+        self._list_new_tracks()
         while self._queue:
             writer, arrival, ssrc, seq, timestamp, payload = self._queue.popleft()
+            self._list_new_tracks()  # the packet's track may be newer than the manifest
             try:
                 if arrival is None:
                     writer.close()
@@ -138,8 +152,31 @@ class RecordingSink:
             raise DiskFull(f"only {free // MB} MB are free on the disk holding {self.directory} "
                            f"(recordings stop under {self.min_free_bytes // MB} MB)")
 
+    def _list_new_tracks(self) -> None:
+        """(Re)write the manifest of the recording under way when tracks were added since it was
+        written: what recover() needs to find the tracks, on disk before their files are."""
+        if self._listed == len(self._all):
+            return
+        writers = list(self._all)
+        write_manifest(self.directory, {**self._header(), "state": RECORDING,
+                                        "tracks": [writer_entry(w) for w in writers]})
+        self._listed = len(writers)
+
+    def _sync(self) -> None:
+        for writer in self._all:
+            if not writer.closed:
+                writer.sync()
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._synced = time.monotonic()
+
     def _drain_and_check(self) -> None:
         self._drain()
+        if time.monotonic() - self._synced >= self.sync_interval:
+            self._sync()
         self._check_space()
 
     async def _drain_loop(self) -> None:
@@ -179,20 +216,26 @@ class RecordingSink:
             except Exception:
                 log.exception("recording %s: closing %s failed", self.recording_id, writer.path.name)
         tracks = [track for writer in self._all if (track := writer.describe()) is not None]
-        result: dict[str, Any] = {
-            "recording_id": self.recording_id,
-            "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
-            "duration_s": round(time.monotonic() - self.started, 3),
-            "tracks": tracks,
-        }
+        result: dict[str, Any] = {**self._header(), "duration_s": round(time.monotonic() - self.started, 3),
+                                  "tracks": tracks}
         if self.failure is not None:
             result["error"] = self.failure
         try:
-            write_manifest(self.directory, result)
+            write_manifest(self.directory, {**result, "state": STOPPED})
         except OSError as exc:
             log.error("recording %s: its manifest could not be written (%s); the files are kept",
                       self.recording_id, exc)
         return result
+
+    def _header(self) -> dict[str, Any]:
+        return {"recording_id": self.recording_id, "started_at": self.started_at.isoformat().replace("+00:00", "Z")}
+
+
+def writer_entry(writer: TrackWriter) -> dict[str, Any]:
+    """A track as the manifest of a recording under way lists it (its file may not exist yet)."""
+    info = writer.info
+    return {"file": writer.path.name, "participant": info.participant, "track_id": info.track_id,
+            "kind": info.kind, "source": info.source, "codec": info.codec_name}
 
 
 def write_manifest(directory: Path, result: dict[str, Any]) -> None:
@@ -204,3 +247,29 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         return json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def recover(directory: Path) -> dict[str, Any] | None:
+    """The stopped recording's manifest of a spool directory a dead process left: a recording it
+    had stopped as it was; one under way with every track file finished up to its last complete
+    frame (writer.finish_interrupted), its duration the end of the longest track. None when the
+    directory is gone. The result is written as the directory's manifest, so this runs once."""
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest.get("state") == STOPPED:
+        return manifest
+    if not directory.is_dir():
+        return None
+    listed = {track["file"]: track for track in (manifest or {}).get("tracks", [])}
+    for path in sorted(directory.iterdir()):
+        if path.suffix in SUFFIX_FORMATS and path.name not in listed:  # written before the manifest
+            participant, _, source = path.stem.rpartition("-")[0].rpartition("-")  # <participant>-<source>-<n>
+            listed[path.name] = {"file": path.name, "participant": participant, "track_id": "", "source": source}
+    tracks = []
+    for name, track in listed.items():
+        finished = finish_interrupted(directory / name) if (directory / name).is_file() else None
+        if finished is not None:
+            tracks.append({**track, **finished})
+    result = {"recording_id": directory.name, **(manifest or {}),
+              "duration_s": max((t["end_s"] for t in tracks), default=0.0), "tracks": tracks, "state": STOPPED}
+    write_manifest(directory, result)
+    return result

@@ -2,6 +2,12 @@
 reassembled into the encoded frames the publisher sent (aiortc's depayloaders and jitter buffer)
 and muxed with PyAV. Nothing is decoded.
 
+Crash safety: the muxer closes a Matroska cluster after at most ``CLUSTER_MS`` of media and writes
+each one through to the file as it closes, so the file on disk is a valid (if unfinished) WebM or
+Matroska at every cluster boundary; ``sync`` forces it to the disk (the sink calls it on a
+cadence). A file the process left unfinished is made whole by ``finish_interrupted``: its
+clusters are remuxed into a file with an index and a duration, up to the last complete frame.
+
 Timing: a file's clock is the recording's. Each run of packets from one SSRC is anchored at the
 arrival of its first packet (seconds since the recording started) and follows the publisher's RTP
 clock from there, so network jitter never reaches the timestamps, and tracks that start late,
@@ -11,6 +17,7 @@ pause or restart line up with the others.
 from __future__ import annotations
 
 import fractions
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,11 @@ FORMATS = {"VP8": ("webm", "vp8", ".webm"), "H264": ("matroska", "h264", ".mkv")
 AUDIO_PACKETS = 16
 VIDEO_PACKETS = 128
 KEYFRAME_MEMORY = 64  # timestamps of keyframe starts remembered while their frames assemble
+# A cluster holds at most this much media; each is written to the file when it closes.
+CLUSTER_MS = 500
+MUXER_OPTIONS = {"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"}
+CODEC_NAMES = {"vp8": "VP8", "h264": "H264", "opus": "opus"}  # PyAV's names -> RTP's
+SUFFIX_FORMATS = {suffix: container for container, _, suffix in FORMATS.values()}
 
 
 class UnsupportedCodec(ValueError):
@@ -187,7 +199,7 @@ class TrackWriter:
             options = {"width": size[0], "height": size[1]}
         else:
             options = {"rate": self.info.clock_rate}
-        container = av.open(str(self.path), "w", format=self.format)
+        container = av.open(str(self.path), "w", format=self.format, options=MUXER_OPTIONS)
         try:
             self._stream = container.add_mux_stream(self.codec_name, **options)
             self._stream.time_base = self.time_base
@@ -198,14 +210,20 @@ class TrackWriter:
         return True
 
     # ------------------------------------------------------------------ the end
+    def sync(self) -> None:
+        """Force what was written so far to the disk (fsync)."""
+        if self._container is not None:
+            sync_file(self.path)
+
     def close(self) -> None:
-        """Finish the file (its index and duration); raises OSError when the disk refuses."""
+        """Finish the file (its index and duration) and sync it; raises OSError when the disk refuses."""
         if self.closed:
             return
         self.closed = True
         if self._container is not None:
             container, self._container = self._container, None
             container.close()
+            sync_file(self.path)
 
     def describe(self) -> dict[str, Any] | None:
         """The track as the recording's manifest lists it; None when nothing was written."""
@@ -220,6 +238,64 @@ class TrackWriter:
         if self.size is not None:
             track["width"], track["height"] = self.size
         return track
+
+
+def sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finish_interrupted(path: Path) -> dict[str, Any] | None:
+    """Make a track file a process left unfinished whole: its frames, up to the last complete one,
+    remuxed into a file with an index and a duration that replaces it. Returns what the manifest
+    lists of a track's file (kind, codec, start_s, end_s, frames, size, and a video's width and
+    height), or None when no frame of it can be read."""
+    scratch = path.with_name(f".{path.name}.finishing")
+    try:
+        source = av.open(str(path))
+    except (av.error.FFmpegError, OSError):
+        return None
+    try:
+        with source:
+            if not source.streams:
+                return None
+            stream = source.streams[0]
+            pts = _remux(source, stream, scratch, SUFFIX_FORMATS.get(path.suffix, "matroska"))
+            time_base, kind, codec = stream.time_base, stream.type, CODEC_NAMES.get(stream.codec_context.name, "")
+            size = (stream.codec_context.width, stream.codec_context.height) if kind == "video" else None
+        if not pts:
+            return None
+        sync_file(scratch)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    step = (pts[-1] - pts[0]) / (len(pts) - 1) if len(pts) > 1 else 0
+    track: dict[str, Any] = {"kind": kind, "codec": codec, "start_s": round(float(pts[0] * time_base), 3),
+                             "end_s": round(float((pts[-1] + step) * time_base), 3),
+                             "frames": len(pts), "size": path.stat().st_size}
+    if size is not None:
+        track["width"], track["height"] = size
+    return track
+
+
+def _remux(source: Any, stream: Any, target: Path, format: str) -> list[int]:
+    """Copy the stream's frames into ``target`` until the first that cannot be read; their pts."""
+    pts: list[int] = []
+    with av.open(str(target), "w", format=format) as out:
+        copy = out.add_stream_from_template(stream)
+        try:
+            for packet in source.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                pts.append(packet.pts)
+                packet.stream = copy
+                out.mux(packet)
+        except av.error.FFmpegError:
+            pass  # a cluster cut short by the crash: the frames before it are kept
+    return pts
 
 
 # ---------------------------------------------------------------------------- bitstream headers

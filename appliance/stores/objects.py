@@ -21,7 +21,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
@@ -45,7 +44,6 @@ T = TypeVar("T")
 CHUNK = 1024 * 1024
 PART_SIZE = 10 * 1024 * 1024
 LIST_BATCH = 500
-STALE_TEMP_SECONDS = 24 * 3600
 
 Source = BinaryIO | AsyncIterator[bytes] | bytes
 
@@ -223,9 +221,6 @@ class FileObjects(ObjectStore):
     def _open(self) -> None:
         for folder in (self._data, self._meta, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        for left in self._tmp.iterdir():  # partial writes of a process that died
-            if left.stat().st_mtime < time.time() - STALE_TEMP_SECONDS:
-                left.unlink(missing_ok=True)
 
     async def open(self) -> None:
         try:

@@ -58,6 +58,16 @@ async function render(meeting, panel) {
   }
 }
 
+/** Why a recording failed, or what an interrupted one kept. */
+function note(recording) {
+  if (recording.status === "failed") return recording.stop_reason;
+  if (recording.interrupted) {
+    return `Interrupted: the appliance stopped during this recording; ${duration(recording.duration_s)} ` +
+           "were kept, up to about half a second before it stopped.";
+  }
+  return "";
+}
+
 function recordingItem(meeting, recording, refresh) {
   const base = `/api/v1/recordings/${encodeURIComponent(recording.id)}`;
   const when = new Date(recording.started_at).toLocaleString();
@@ -68,6 +78,7 @@ function recordingItem(meeting, recording, refresh) {
       el("strong", {}, when), el("span", { className: "muted" },
         `${duration(recording.duration_s)} · ${size(recording.size)}${recording.started_by_name ? ` · by ${recording.started_by_name}` : ""}`),
       status ? el("span", { className: "muted" }, status) : null),
+    note(recording) ? el("p", { className: "muted recording-note" }, note(recording)) : null,
     recording.upload_error ? el("p", { className: "error" }, recording.upload_error) : null);
   if (recording.status === "ready") {
     const files = el("div", { className: "row" }, el("span", { className: "muted" }, "Tracks:"));

@@ -5,6 +5,7 @@ and carries both microphones."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -12,12 +13,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
+from appliance.recording.service import INTERRUPTED
+from appliance.stores.relational import Recording, Relational
 from appliance_server import Appliance, start_appliance
 from conftest import stop
 from e2e.conftest import CHROMIUM, CHROMIUM_ARGS
@@ -199,3 +203,38 @@ def test_a_recorded_meeting_plays_back_per_track_and_as_a_composite(
     assert sum(a and b for a, b in seen) > 0.8 * len(seen), "both participants' cameras are not in the picture"
     samples, _ = audio_samples(out)
     assert rms_dbfs(samples) > -45
+
+
+def test_the_home_page_says_what_an_interrupted_recording_kept(appliance: Appliance, cameras: dict[str, Browser]) -> None:
+    ada_person = PEOPLE["ada"]
+    tokens = appliance.login(ada_person.email, ada_person.password)
+    api = httpx.Client(base_url=appliance.url, headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    meeting = api.post("/api/v1/meetings", json={"title": "Cut off"}).json()
+
+    async def stored() -> None:  # as start-up recovery stores a recording the appliance died under
+        db = Relational(f"sqlite:///{appliance.data_dir / 'confmeet.db'}")
+        await db.open()
+        await db.run(lambda: Recording.create(
+            meeting=meeting["id"], status="ready", duration_s=39.5, stop_reason=INTERRUPTED, tracks=[{
+                "file": "p-camera-1.webm", "key": "recordings/r/p-camera-1.webm", "participant": "p", "name": "Ada",
+                "kind": "video", "source": "camera", "codec": "VP8", "start_s": 0.2, "end_s": 39.5, "size": 1}]))
+        await db.close()
+
+    with ThreadPoolExecutor(1) as thread:  # Playwright's event loop runs on this one
+        thread.submit(asyncio.run, stored()).result()
+    [listed] = api.get(f"/api/v1/meetings/{meeting['id']}/recordings").json()["recordings"]
+    assert listed["interrupted"] is True
+    home = MeetingPage(cameras["red"], appliance.url, ada_person)
+    try:
+        home.page.goto("/")
+        signin = home.page.locator("#signin-form")
+        signin.get_by_label("E-mail").fill(ada_person.email)
+        signin.get_by_label("Password", exact=True).fill(ada_person.password)
+        signin.get_by_role("button", name="Sign in").click()
+        home.page.get_by_role("button", name="Recordings of Cut off").click()
+        panel = home.page.get_by_role("listitem", name="Recordings of Cut off")
+        expect(panel.get_by_text("Interrupted: the appliance stopped during this recording; 0:40 were kept")
+               ).to_be_visible(timeout=TIMEOUT_MS)
+        assert not home.errors
+    finally:
+        home.close()

@@ -4,6 +4,7 @@ track lands in its own file, as received, on one clock shared by all tracks."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,7 +58,7 @@ async def test_each_track_is_written_as_received_on_the_recordings_clock(
     assert abs(result["duration_s"] - length) < 0.3
     tracks = {(t["participant"], t["kind"]): t for t in result["tracks"]}
     assert set(tracks) == {(p, k) for p in ("alice", "bob") for k in ("audio", "video")}
-    assert read_manifest(tmp_path / "rec1") == result
+    assert read_manifest(tmp_path / "rec1") == {**result, "state": "stopped"}
 
     for (who, kind), track in tracks.items():
         path = tmp_path / "rec1" / track["file"]
@@ -81,6 +82,35 @@ async def test_each_track_is_written_as_received_on_the_recordings_clock(
             colour = frames[len(frames) // 2][1][400:470, 20:620].reshape(-1, 3).mean(axis=0)
             expected = (200, 30, 30) if who == "alice" else (30, 30, 200)
             assert all(abs(c - e) < 40 for c, e in zip(colour, expected)), (who, colour)
+
+
+async def test_a_recording_under_way_is_listed_and_forced_to_disk_on_its_cadence(
+        recorded: tuple[Meeting, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[tuple[float, str]] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append((time.monotonic(), os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    meeting, made = recorded
+    alice = await join_publishing(meeting, "alice", 0.5, (200, 30, 30))
+    assert await alice.request({"type": "sink_start", "sink": "recording",
+                                "options": {"sync_interval": 1.0}}) == {"type": "ok"}
+    await asyncio.sleep(3.5)
+
+    running = read_manifest(tmp_path / "rec1")  # what start-up recovery finds if the process dies now
+    assert running is not None and running["state"] == "recording"
+    assert sorted((t["participant"], t["kind"], t["codec"]) for t in running["tracks"]) == [
+        ("alice", "audio", "opus"), ("alice", "video", "VP8")]
+    for track in running["tracks"]:
+        times = [when for when, path in synced if path == str(tmp_path / "rec1" / track["file"])]
+        assert len(times) >= 2, (track["file"], synced)
+        assert all(0.9 < later - earlier < 1.6 for earlier, later in zip(times, times[1:])), times
+    assert sum(path == str(tmp_path / "rec1") for _, path in synced) >= 2  # the directory's entries too
+    result = (await alice.request({"type": "sink_stop", "sink": "recording"}))["result"]
+    assert read_manifest(tmp_path / "rec1") == {**result, "state": "stopped"}
 
 
 async def test_an_h264_track_is_stored_in_matroska(recorded: tuple[Meeting, dict[str, Any]], tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.recording.service import Recordings
-from appliance.recording.writer import TrackInfo, TrackWriter
+from appliance.recording.service import Recordings, was_interrupted
+from appliance.recording.sink import write_manifest
 from appliance.settings import Settings
 from appliance.sfu import IceSettings, RoomHost
 from appliance.stores.objects import FileObjects
@@ -29,7 +31,8 @@ from sfu.participants import Meeting as SfuMeeting
 from sfu.participants import ToneTrack
 
 from .accounts import add_users
-from .test_writer import VP8, feed, rtp_frames
+from .media import ffprobe
+from .test_writer import KILLED_WRITER, TESTS
 
 
 async def test_migration_3_adds_the_recording_columns_to_an_older_schema(db_url: str) -> None:
@@ -78,27 +81,58 @@ def new_recording(status: str, started_at: dt.datetime | None = None) -> Recordi
     return recording
 
 
-async def test_a_recording_cut_off_by_a_crash_is_kept_and_uploaded(recordings: Recordings) -> None:
+def killed_writer(directory: Path, stem: str, kind: str, seconds: float) -> None:
+    """Leave a track file as a recording process killed after ``seconds`` of it leaves it."""
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(TESTS), str(TESTS.parent), kind, str(seconds),
+                    str(directory / stem)], check=True, timeout=120)
+
+
+async def test_a_recording_cut_off_by_a_crash_is_finished_and_uploaded_as_interrupted(
+        recordings: Recordings) -> None:
     row = await recordings.db.run(new_recording, "recording")
     directory = recordings.spool / row.id
     directory.mkdir(parents=True)
-    # What the sink had written when the process died: a track file and no manifest.
-    writer = TrackWriter(directory / "p-0123456789abcdef-camera-1", TrackInfo("p-0123456789abcdef", "t", "video",
-                                                                                "camera", VP8), lambda: None)
-    feed(writer, rtp_frames(VP8, 20), ssrc=1, seq=0, ts=0, arrival=1.0)
-    writer.close()
-    written = writer.path.read_bytes()
+    # What the sink had written when the process died: its manifest under way and unfinished files.
+    participant = "0123456789abcdef0123456789abcdef"
+    killed_writer(directory, f"{participant}-camera-1", "video", 6.0)
+    killed_writer(directory, f"{participant}-microphone-1", "audio", 6.0)
+    listed = [{"file": f"{participant}-{source}-1.webm", "participant": participant, "track_id": f"t-{kind}",
+               "kind": kind, "source": source, "codec": codec}
+              for kind, source, codec in (("video", "camera", "VP8"), ("audio", "microphone", "opus"))]
+    write_manifest(directory, {"recording_id": row.id, "started_at": "2026-01-01T00:00:00Z", "state": "recording",
+                               "tracks": listed})
 
-    await recordings.start()
+    await recordings.recover()
     await recordings.uploader.wait(row.id)
     row = await recordings.db.run(Recording.get_by_id, row.id)
-    assert row.status == "ready" and row.stop_reason == "the appliance stopped during the recording"
-    [track] = row.tracks
-    assert (track["participant"], track["kind"], track["source"], track["codec"]) == \
-        ("p-0123456789abcdef", "video", "camera", "VP8")
-    assert track["start_s"] == pytest.approx(1.0, abs=0.01) and track["size"] == len(written)
-    stored = b"".join([chunk async for chunk in recordings.objects.get(track["key"])])
-    assert stored == written and not directory.exists()
+    assert row.status == "ready" and was_interrupted(row.stop_reason)
+    assert [(t["kind"], t["track_id"], t["codec"]) for t in row.tracks] == [("video", "t-video", "VP8"),
+                                                                             ("audio", "t-audio", "opus")]
+    assert all(5.0 <= t["end_s"] <= 6.0 for t in row.tracks)
+    assert row.duration_s == max(t["end_s"] for t in row.tracks)
+    for track in row.tracks:
+        stored = recordings.spool / "stored.webm"
+        stored.write_bytes(b"".join([chunk async for chunk in recordings.objects.get(track["key"])]))
+        assert len(stored.read_bytes()) == track["size"]
+        assert float(ffprobe(stored)["format"]["duration"]) == pytest.approx(track["end_s"], abs=0.1)
+    assert not directory.exists()  # removed once everything is stored
+
+
+async def test_a_crash_before_anything_reached_the_disk_is_a_failure_not_an_empty_recording(
+        recordings: Recordings) -> None:
+    row = await recordings.db.run(new_recording, "recording")
+    directory = recordings.spool / row.id
+    directory.mkdir(parents=True)
+    write_manifest(directory, {"recording_id": row.id, "state": "recording", "tracks": [
+        {"file": "p-camera-1.webm", "participant": "p", "track_id": "t", "kind": "video", "source": "camera",
+         "codec": "VP8"}]})
+    (directory / "p-camera-1.webm").write_bytes(b"\x1aE\xdf\xa3")  # the header under way
+
+    await recordings.recover()
+    row = await recordings.db.run(Recording.get_by_id, row.id)
+    assert (row.status, row.tracks) == ("failed", [])
+    assert was_interrupted(row.stop_reason) and "nothing of it had reached the disk" in row.stop_reason
+    assert (directory / "p-camera-1.webm").exists()  # the evidence stays until the recording is deleted
 
 
 async def test_retention_deletes_recordings_past_their_time(recordings: Recordings) -> None:

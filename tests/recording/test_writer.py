@@ -1,9 +1,12 @@
-"""The track writer alone: bitstream headers, timestamps across a source restart, a full disk."""
+"""The track writer alone: bitstream headers, timestamps across a source restart, a full disk, and
+what a process killed while writing leaves on disk."""
 
 from __future__ import annotations
 
 import errno
 import fractions
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -12,12 +15,14 @@ import pytest
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from appliance.recording.writer import TrackInfo, TrackWriter, h264_dimensions, vp8_dimensions
+from appliance.recording.writer import TrackInfo, TrackWriter, finish_interrupted, h264_dimensions, vp8_dimensions
 
-from .media import video_frames
+from .media import decode_all, ffprobe, video_frames
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+TESTS = Path(__file__).parents[1]
 
 
 def rtp_frames(codec: RTCRtpCodecParameters, count: int, size: tuple[int, int] = (320, 240)) -> list[list[bytes]]:
@@ -29,6 +34,20 @@ def rtp_frames(codec: RTCRtpCodecParameters, count: int, size: tuple[int, int] =
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = i * 6000, fractions.Fraction(1, 90000)
         payloads, _ = encoder.encode(frame, force_keyframe=i == 0)
+        frames.append(payloads)
+    return frames
+
+
+def rtp_audio(count: int) -> list[list[bytes]]:
+    """``count`` 20 ms Opus frames of a tone, each as its RTP payloads."""
+    encoder = get_encoder(OPUS)
+    frames = []
+    for i in range(count):
+        t = (np.arange(960) + i * 960) / 48000
+        samples = (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
+        payloads, _ = encoder.encode(frame)
         frames.append(payloads)
     return frames
 
@@ -84,3 +103,47 @@ def test_a_full_disk_raises_enospc(tmp_path: Path) -> None:
         feed(writer, rtp_frames(VP8, 60, (640, 480)), ssrc=1, seq=0, ts=0, arrival=0.0)
         writer.close()
     assert caught.value.errno == errno.ENOSPC
+
+
+KILLED_WRITER = """
+import os, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from pathlib import Path
+from appliance.recording.writer import TrackInfo, TrackWriter
+from recording.test_writer import OPUS, VP8, rtp_audio, rtp_frames
+kind, seconds, stem = sys.argv[3], float(sys.argv[4]), Path(sys.argv[5])
+rate, codec = (15, VP8) if kind == "video" else (50, OPUS)
+frames = rtp_frames(VP8, int(seconds * rate)) if kind == "video" else rtp_audio(int(seconds * rate))
+source = "camera" if kind == "video" else "microphone"
+writer = TrackWriter(stem, TrackInfo("p", "t", kind, source, codec), lambda: None)
+seq = 0
+for i, payloads in enumerate(frames):
+    for payload in payloads:
+        writer.write(i / rate, 1, seq & 0xFFFF, i * (codec.clockRate // rate), payload)
+        seq += 1
+os._exit(0)  # dies with the file open, as under kill -9
+"""
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_a_writer_killed_mid_file_leaves_all_but_its_last_second_playable(tmp_path: Path, kind: str) -> None:
+    seconds = 10.0
+    stem = tmp_path / kind
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(TESTS), str(TESTS.parent), kind, str(seconds), str(stem)],
+                   check=True, timeout=120)
+    [path] = tmp_path.iterdir()
+    assert ffprobe(path)["streams"][0]["codec_type"] == kind  # readable as the killed process left it
+
+    track = finish_interrupted(path)
+    assert track is not None and track["kind"] == kind and track["start_s"] == 0.0
+    assert seconds - 1.2 <= track["end_s"] <= seconds  # the cluster under way (at most a second) is lost
+    assert float(ffprobe(path)["format"]["duration"]) == pytest.approx(track["end_s"], abs=0.1)
+    assert decode_all(path)[kind] == track["frames"]
+    assert track["size"] == path.stat().st_size and not list(tmp_path.glob(".*"))
+
+
+def test_finishing_a_file_without_a_frame_keeps_nothing(tmp_path: Path) -> None:
+    header_only = tmp_path / "p-camera-1.webm"
+    header_only.write_bytes(b"\x1aE\xdf\xa3")  # cut inside the EBML header
+    assert finish_interrupted(header_only) is None
+    assert finish_interrupted(tmp_path / "missing.webm") is None
