@@ -139,7 +139,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days))
         app.ctx.meetings = Meetings(stores.db, stores.bus, settings.base_url)
         app.ctx.inference = open_inference(settings.inference, settings.model_repository_path)
-        app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents)
+        app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents, stores.objects)
         app.ctx.recordings = Recordings(settings, stores.db, stores.objects)
         app.ctx.sfu = RoomHost(media_ice_settings(settings), sinks={"captions": caption_sink_factory(app.ctx.inference),
                                                                     "recording": app.ctx.recordings.sink})
@@ -147,7 +147,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
                                       stores.db, stores.bus, stores.documents)
         app.ctx.recordings.attach(app.ctx.signaling)
-        await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings)
+        await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings, app.ctx.file_jobs)
         app.ctx.instance.start_heartbeat()
         await app.ctx.recordings.start()
         await app.ctx.signaling.start()
@@ -158,7 +158,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
 
     async def drain(app: Sanic) -> None:
         app.ctx.recordings.stopping = True
-        await app.ctx.file_jobs.close()
+        await app.ctx.file_jobs.close()  # each job marked interrupted, to resume at the next start
         await app.ctx.signaling.close()
         await app.ctx.sfu.close()  # recordings' files finished
         await app.ctx.recordings.close()

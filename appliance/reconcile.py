@@ -6,6 +6,8 @@ rule, and none reports a loss as a success:
   alive;
 - recordings under way: every track file finished up to its last complete frame, the recording
   stored as interrupted (recording/service.py); pending recording uploads and exports resumed;
+- transcription jobs queued, running or interrupted: resumed from their last utterance, or failed
+  with the reason (captions/files.py);
 - partial writes in the object store (temporary files, incomplete multipart uploads): removed;
 - archives a backup left half-written in the default backup directory: removed.
 
@@ -25,6 +27,7 @@ import os
 from pathlib import Path
 
 from .backup.location import DirectoryLocation, default_location
+from .captions.files import FileJobs
 from .recording.service import Recordings
 from .settings import Settings
 from .stores import Stores
@@ -35,7 +38,7 @@ log = logging.getLogger("confmeet.reconcile")
 LOCK_FILE = "confmeet.lock"
 HEARTBEAT_S = 30.0
 # The object keys the appliance writes: files shared in meetings (api/files.py), recordings and
-# their exports (recording/), transcription inputs (the ai/ keys). Backups that run beside
+# their exports (recording/), transcription inputs (captions/files.py). Backups that run beside
 # the appliance and write into its bucket use other keys, and clean up after themselves.
 APPLIANCE_KEYS = ("meetings/", "recordings/", "ai/")
 
@@ -88,13 +91,15 @@ class InstanceLock:
             self._fd = None
 
 
-async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, recordings: Recordings) -> dict[str, int]:
+async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, recordings: Recordings,
+                    file_jobs: FileJobs) -> dict[str, int]:
     """Repair what a previous process left (see the module docstring); what was repaired, counted."""
     repaired: dict[str, int] = {}
     left_at = min(lock.last_alive, utcnow()) if lock.last_alive is not None else utcnow()
     repaired["participants closed"] = await stores.db.run(
         lambda: Participant.update(left_at=left_at).where(Participant.left_at.is_null()).execute())
     repaired |= await recordings.recover()
+    repaired |= await file_jobs.resume()
     partial = 0
     for prefix in APPLIANCE_KEYS:
         partial += await stores.objects.remove_partial_writes(prefix)

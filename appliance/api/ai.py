@@ -36,7 +36,8 @@ class TextSegment(SpeechSegment):
 class TranscriptionJob(BaseModel):
     id: str
     name: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "interrupted", "done", "failed"] = Field(
+        description="interrupted: the appliance stopped during the job; it continues when it starts again")
     progress: float  # 0 to 1: the share of the file's speech transcribed
     language: str
     duration: float
@@ -94,7 +95,8 @@ async def file_voice_activity(call: Call) -> dict:
            errors=(429,))
 async def start_transcription(call: Call) -> dict:
     """Send any audio file FFmpeg reads as the body; `language` is its ISO 639-1 code (empty:
-    detect it). The job runs in the background: poll it for `progress` and the text."""
+    detect it). The file is stored before the answer, so the job survives a restart of the
+    appliance. The job runs in the background: poll it for `progress` and the text."""
     language = call.query.language
     if language and language not in LANGUAGES:
         raise ApiError(422, "invalid", "language must be an ISO 639-1 code Whisper knows, or empty", "language")
@@ -106,7 +108,7 @@ async def start_transcription(call: Call) -> dict:
         audio = await decode_audio(data)
     except AudioFileError as exc:
         raise ApiError(422, "invalid", str(exc), "body") from None
-    job = await jobs.submit(call.principal.id, audio, call.query.name, language)
+    job = await jobs.submit(call.principal.id, data, audio, call.query.name, language)
     return _job_view(job)
 
 
