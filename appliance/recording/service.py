@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..controls import MODERATORS
 from ..settings import Settings
-from ..sfu.errors import SfuError
 from ..stores.objects import ObjectStore
 from ..stores.relational import AuditEvent, Participant, Recording, RecordingExport, Relational, new_id, utcnow
 from .export import Exports
-from .sink import MB, STOPPED, Emit, RecordingSink, read_manifest, recover
+from .sink import MB, STOPPED, read_manifest, recording_sink_factory, recover
 from .upload import Uploader
 
 if TYPE_CHECKING:
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("confmeet.recording")
 
 SINK = "recording"
-RECORDING_ID = re.compile(r"[0-9a-f]{32}")
 RETENTION_SWEEP_S = 3600.0
 INTERRUPTED = "the appliance stopped during the recording"  # how every interrupted one's stop_reason begins
 NOTHING_KEPT = f"{INTERRUPTED}; nothing of it had reached the disk"
@@ -72,7 +69,7 @@ class Recordings:
         self.objects = objects
         self.spool = settings.data_dir / "recordings"
         self.min_free_bytes = settings.recording_min_free_mb * MB
-        self.sync_seconds = settings.recording_sync_seconds
+        self.sink = recording_sink_factory(settings)  # the SFU's, wherever it runs
         self.retention_days = settings.recording_retention_days
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)
@@ -82,14 +79,6 @@ class Recordings:
         self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ wiring
-    def sink(self, room: str, options: dict[str, Any], emit: Emit) -> RecordingSink:
-        """The SFU's factory for the ``recording`` sink."""
-        recording_id = options.get("recording_id")
-        if not isinstance(recording_id, str) or not RECORDING_ID.fullmatch(recording_id):
-            raise SfuError("bad_message", "'recording_id' must be a recording's id")
-        return RecordingSink(recording_id, self.spool / recording_id, emit, self.min_free_bytes,
-                             sync_interval=self.sync_seconds)
-
     def attach(self, signaling: Signaling) -> None:
         self.s = signaling
         signaling.features["recording"] = self

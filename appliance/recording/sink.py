@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from typing import Any
 from aiortc.rtp import RtpPacket
 
 from ..fsutil import write_atomically
+from ..settings import Settings
+from ..sfu.errors import SfuError
 from ..sfu.forwarder import UpTrack
 from .writer import SUFFIX_FORMATS, TrackInfo, TrackWriter, UnsupportedCodec, container_for, finish_interrupted
 
@@ -46,12 +49,28 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 MB = 1024 * 1024
 
 Emit = Callable[[str | None, dict[str, Any]], None]
+RECORDING_ID = re.compile(r"[0-9a-f]{32}")
 # (writer, arrival seconds or None to close it, ssrc, sequence number, timestamp, payload)
 Item = tuple[TrackWriter, float | None, int, int, int, bytes]
 
 
 class DiskFull(Exception):
     """The disk holding the spool directory is full, or under the minimum free space."""
+
+
+def recording_sink_factory(settings: Settings) -> Callable[[str, dict[str, Any], Emit], RecordingSink]:
+    """The SFU's ``recording`` sink; its options: ``{"recording_id": "<32 hex digits>"}``. Made
+    from the settings alone, so that an SFU worker process makes the same sinks as the appliance."""
+    spool = settings.data_dir / "recordings"
+
+    def make(room: str, options: dict[str, Any], emit: Emit) -> RecordingSink:
+        recording_id = options.get("recording_id")
+        if not isinstance(recording_id, str) or not RECORDING_ID.fullmatch(recording_id):
+            raise SfuError("bad_message", "'recording_id' must be a recording's id")
+        return RecordingSink(recording_id, spool / recording_id, emit, settings.recording_min_free_mb * MB,
+                             sync_interval=settings.recording_sync_seconds)
+
+    return make
 
 
 class RecordingSink:
