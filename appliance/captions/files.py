@@ -13,6 +13,7 @@ import numpy as np
 
 from ..inference import Inference, InferenceError, InferenceUnavailable
 from ..inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
+from ..inference.languages import join as join_texts
 from ..stores.documents import DocumentStore
 from ..stores.objects import ObjectStore
 from .audio import AudioFileError, decode_file
@@ -145,7 +146,7 @@ class FileJobs:
                                                                "transcribed_until": utterance.end})
                 await self.documents.update(JOBS, job_id, {
                     "status": "done", "progress": 1.0, "segments": segments,
-                    "text": " ".join(s["text"] for s in segments), "finished_at": round(time.time(), 3)})
+                    "text": join_texts([s["text"] for s in segments]), "finished_at": round(time.time(), 3)})
             except asyncio.CancelledError:
                 await self.documents.update(JOBS, job_id, {"status": "interrupted"})
                 raise

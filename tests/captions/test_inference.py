@@ -1,5 +1,6 @@
 """The inference interface against both backends: local:// in this process and a real Triton
-serving the model repository (the same model code), and Triton going away and coming back."""
+serving the model repository (the same model code), and Triton going away and coming back;
+Mandarin in the script its language tag asks for."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from opencc import OpenCC
 
 from appliance.captions.files import utterances_of
 from appliance.inference import Inference, InferenceError, InferenceUnavailable, open_inference
 from appliance.inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
 from triton_server import Triton
 
-from .conftest import SCRIPT, word_error_rate
+from .conftest import MANDARIN, SCRIPT, character_error_rate, mandarin_audio, word_error_rate
 
 
 @pytest.fixture(params=["local", "triton"])
@@ -77,3 +79,27 @@ async def test_triton_down_is_unavailable_until_it_returns(triton: Triton, model
     probs, _ = await backend.vad(chunk, state)  # the same client reconnects
     assert probs.shape == (1,)
     await backend.close()
+
+
+async def test_mandarin_in_the_script_its_tag_asks_for(inference: Inference) -> None:
+    """zh and zh-CN write Simplified characters, zh-TW Traditional ones (Whisper itself writes
+    Traditional more often than not), each within 10 % of the characters of the sentences read."""
+    heard: dict[str, list[str]] = {"zh": [], "zh-CN": [], "zh-TW": []}
+    for item in MANDARIN:
+        [utterance] = await utterances_of(inference, mandarin_audio(item["name"]))
+        for tag in heard:
+            result = await inference.transcribe(utterance.audio, tag)
+            assert result.language == tag
+            heard[tag].append(result.text)
+    simplified = "".join(item["zh-CN"] for item in MANDARIN)
+    for tag in ("zh", "zh-CN"):
+        text = "".join(heard[tag])
+        assert OpenCC("t2s").convert(text) == text, text  # not one Traditional character
+        assert character_error_rate(simplified, text) <= 0.10, (simplified, text)
+        assert " " not in text and "," not in text, text  # written as a Chinese reader expects
+    traditional = "".join(item["zh-TW"] for item in MANDARIN)
+    assert character_error_rate(traditional, "".join(heard["zh-TW"])) <= 0.10, heard["zh-TW"]
+    detected = await inference.transcribe(mandarin_audio(MANDARIN[0]["name"]), "")
+    assert detected.language == "zh" and OpenCC("t2s").convert(detected.text) == detected.text
+    with pytest.raises(InferenceError, match="not a caption language"):
+        await inference.transcribe(mandarin_audio(MANDARIN[0]["name"]), "zh-XX")
