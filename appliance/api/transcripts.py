@@ -20,6 +20,7 @@ class TranscriptSegment(BaseModel):
     start: float  # seconds since the epoch
     end: float
     language: str = ""
+    gap: bool = False  # speech that was never transcribed (text "[…]"): the server fell too far behind
 
 
 class Transcript(BaseModel):
@@ -43,8 +44,9 @@ class SegmentList(BaseModel):
 
 
 class CaptionQueues(BaseModel):
-    asr: int = 0
-    asr_limit: int = 0
+    asr: int = 0  # final utterances waiting for speech recognition
+    asr_seconds: float = 0.0  # their audio
+    asr_seconds_limit: float = 0.0
     packets: int = 0
     packets_limit: int = 0
     utterance_seconds: float = 0.0
@@ -56,11 +58,17 @@ class CaptionStatus(BaseModel):
     language: str
     state: Literal["off", "available", "degraded", "unavailable"]
     detail: str
+    interim: bool = True  # interim captions run (off by themselves while the server is too busy)
+    interim_detail: str = ""
+    speakers: dict[str, str] = Field(default_factory=dict)  # participant → the language they speak
     viewers: int
     captions: int = 0
+    interim_captions: int = 0
     utterances: int = 0
     merged: int = 0
     dropped: int = 0
+    gaps: int = 0  # "[…]" in the transcript: speech skipped
+    dropped_seconds: float = 0.0
     packets_decoded: int = 0
     packets_skipped: int = 0
     packets_overflowed: int = 0
@@ -99,7 +107,8 @@ async def get_transcript(call: Call, meeting_id: str) -> dict | HTTPResponse:
 @api.route("GET", "/api/v1/meetings/{meeting_id}/transcript/search", summary="Search the meeting's transcript",
            tag="transcripts", auth="guest", query=SearchQuery, response=SegmentList, errors=(403,))
 async def search_transcript(call: Call, meeting_id: str) -> dict:
-    """The captions whose text contains `q` (ignoring case), in time order."""
+    """The captions whose text contains `q`, in time order: ignoring case, full- or half-width
+    forms, and the Chinese script (a Simplified word finds a Traditional transcript)."""
     transcripts = await _member(call, meeting_id)
     return {"segments": await transcripts.search(meeting_id, call.query.q, call.query.limit)}
 
@@ -107,8 +116,9 @@ async def search_transcript(call: Call, meeting_id: str) -> dict:
 @api.route("GET", "/api/v1/meetings/{meeting_id}/captions", summary="Live captions: state and load",
            tag="transcripts", auth="guest", response=CaptionStatus, errors=(403,))
 async def caption_status(call: Call, meeting_id: str) -> dict:
-    """Whether captions are on, whether inference keeps up (`available`, `degraded` when speech
-    is merged or skipped, `unavailable` when the inference server is down), the counters, and
-    the fill of every bounded queue against its limit."""
+    """Whether captions are on, whether inference keeps up (`available`, `degraded` when
+    captions fall behind the speech or speech was skipped, `unavailable` when the inference
+    server is down), whether interim captions run, the counters, and the fill of every bounded
+    queue against its limit."""
     await _member(call, meeting_id)
     return call.request.app.ctx.signaling.captions.status(meeting_id)

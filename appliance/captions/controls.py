@@ -1,17 +1,21 @@
-"""Captions over signaling: the host turns them on for the meeting and picks the language; each
-participant chooses to see them; caption events from the SFU go only to the seats that chose to,
-and into the meeting's transcript. Messages are documented in docs/protocol.md ("Captions").
+"""Captions over signaling: the host turns them on for the meeting and picks its language; each
+participant may say which language they speak (or leave it to detection), and chooses to see
+captions; caption events from the SFU go only to the seats that chose to, and final ones into
+the meeting's transcript. Captions the host left on come back by themselves when a meeting that
+emptied fills again. Messages: docs/meetings.md ("Captions") and docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..controls import MODERATORS
+from ..inference.languages import canonical, is_tag
 from ..stores.relational import Participant
-from .sink import LANGUAGES
+from . import metrics
 from .transcripts import Transcripts
 
 if TYPE_CHECKING:
@@ -20,21 +24,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("confmeet.captions")
 SINK = "captions"
 EVENTS = ("caption", "captions_status")
+BAD_LANGUAGE = ("'language' must be a caption language: an ISO 639-1 code (\"en\", \"de\", ...), zh-CN or "
+                "zh-Hans (Simplified Chinese), zh-TW, zh-HK or zh-Hant (Traditional), or \"\" to detect it")
 
 
 @dataclass
 class MeetingCaptions:
-    enabled: bool = False
+    enabled: bool = False  # the host's choice: it stays while the meeting is empty
     language: str = "en"
+    speakers: dict[str, str] = field(default_factory=dict)  # participant → the language they speak
     state: str = "off"  # off | available | degraded | unavailable
     detail: str = ""
+    interim: bool = True  # interim captions run (they turn themselves off on a busy CPU)
+    interim_detail: str = ""
     status: dict[str, Any] = field(default_factory=dict)  # the sink's latest counters and queues
     viewers: set[str] = field(default_factory=set)  # seats that show captions
     names: dict[str, str] = field(default_factory=dict)  # speakers' names, kept after they leave
-    stops_requested: int = 0  # sink_stopped events to come that a host's request caused
+    run: int = 0  # the sink started last (its sink_stopped event says which run it ends)
+    running: bool = False
+    interim_of: dict[str, str] = field(default_factory=dict)  # participant → utterance of their last interim
 
     def view(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "language": self.language, "state": self.state, "detail": self.detail}
+        return {"enabled": self.enabled, "language": self.language, "state": self.state, "detail": self.detail,
+                "interim": self.interim, "interim_detail": self.interim_detail, "speakers": dict(self.speakers)}
 
 
 class CaptionControls:
@@ -42,7 +54,8 @@ class CaptionControls:
         self.s = signaling
         self.transcripts = Transcripts(signaling.documents)
         self.meetings: dict[str, MeetingCaptions] = {}
-        signaling.controls.handlers.update({"set_captions": self.set_captions, "show_captions": self.show_captions})
+        signaling.controls.handlers.update({"set_captions": self.set_captions, "show_captions": self.show_captions,
+                                            "caption_language": self.caption_language})
 
     def view(self, meeting_id: str) -> dict[str, Any]:
         return self.meetings.get(meeting_id, MeetingCaptions()).view()
@@ -50,8 +63,24 @@ class CaptionControls:
     def status(self, meeting_id: str) -> dict[str, Any]:
         """The captions of a meeting for the API: state, and the sink's counters and queues."""
         captions = self.meetings.get(meeting_id, MeetingCaptions())
+        skip = ("type", "state", "detail", "language", "interim", "interim_detail")
         return {**captions.view(), "viewers": len(captions.viewers),
-                **{k: v for k, v in captions.status.items() if k not in ("type", "state", "detail", "language")}}
+                **{k: v for k, v in captions.status.items() if k not in skip}}
+
+    # ------------------------------------------------------------------ the sink
+    async def _start(self, meeting_id: str, participant: str) -> dict[str, Any]:
+        captions = self.meetings[meeting_id]
+        captions.run += 1
+        reply = await self.s.host.request(meeting_id, {
+            "type": "sink_start", "participant": participant, "sink": SINK,
+            "options": {"language": captions.language, "speakers": captions.speakers, "run": captions.run}})
+        captions.running = reply.get("type") == "ok" or reply.get("code") == "already_running"
+        return reply
+
+    async def _stop(self, meeting_id: str, participant: str) -> None:
+        captions = self.meetings[meeting_id]
+        captions.running = False
+        await self.s.host.request(meeting_id, {"type": "sink_stop", "participant": participant, "sink": SINK})
 
     # ------------------------------------------------------------------ messages from seats
     async def set_captions(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
@@ -64,26 +93,43 @@ class CaptionControls:
             raise SignalingError("bad_message", "'enabled' must be true or false")
         captions = self.meetings.setdefault(seat.meeting_id, MeetingCaptions())
         language = message.get("language", captions.language)
-        if not isinstance(language, str) or (language and language not in LANGUAGES):
-            raise SignalingError("bad_message", "'language' must be an ISO 639-1 code (\"en\", \"de\", ...) "
-                                                "or \"\" to detect it")
-        if captions.enabled and (not enabled or language != captions.language):
-            reply = await self.s.host.request(seat.meeting_id, {"type": "sink_stop", "participant": seat.id,
-                                                                "sink": SINK})
-            captions.stops_requested += reply.get("type") == "sink_stopped"
-            captions.enabled = False
-        if enabled and not captions.enabled:
-            reply = await self.s.host.request(seat.meeting_id, {"type": "sink_start", "participant": seat.id,
-                                                                "sink": SINK, "options": {"language": language}})
+        if not is_tag(language):
+            raise SignalingError("bad_message", BAD_LANGUAGE)
+        language = canonical(language) if language else ""
+        if captions.running and (not enabled or language != captions.language):
+            await self._stop(seat.meeting_id, seat.id)
+        captions.enabled, captions.language = enabled, language
+        if enabled and not captions.running:
+            reply = await self._start(seat.meeting_id, seat.id)
             if reply.get("type") == "error" and reply.get("code") != "already_running":
+                captions.enabled = False
                 raise SignalingError(reply.get("code", "internal"), reply.get("message", "captions did not start"))
             await self.transcripts.started(seat.meeting_id, language)
-        captions.enabled, captions.language = enabled, language
         captions.state = "available" if enabled else "off"
         captions.detail = ""
         self._announce(seat.meeting_id, by=seat.name)
         await self.s.controls.audit(seat, "captions_on" if enabled else "captions_off", language=language)
         return {"type": "ok"}
+
+    async def caption_language(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
+        """Anyone seated says which language they speak (``null``: the meeting's; ``""``: detect it)."""
+        from ..signaling import SignalingError
+
+        language = message.get("language")
+        if language is not None and not is_tag(language):
+            raise SignalingError("bad_message", BAD_LANGUAGE)
+        captions = self.meetings.setdefault(seat.meeting_id, MeetingCaptions())
+        before = captions.speakers.get(seat.id)
+        if language is None:
+            captions.speakers.pop(seat.id, None)
+        else:
+            captions.speakers[seat.id] = canonical(language) if language else ""
+        if captions.speakers.get(seat.id) != before:
+            if captions.running:  # the sink takes its languages when it starts
+                await self._stop(seat.meeting_id, seat.id)
+                await self._start(seat.meeting_id, seat.id)
+            self._announce(seat.meeting_id)
+        return {"type": "captions_state", **captions.view(), "showing": seat.id in captions.viewers}
 
     async def show_captions(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
         from ..signaling import SignalingError
@@ -106,39 +152,69 @@ class CaptionControls:
             seat.send({**message, "showing": seat.id in self.meetings[meeting_id].viewers})
 
     # ------------------------------------------------------------------ events from the SFU
-    @staticmethod
-    def handles(event: dict[str, Any]) -> bool:
+    def handles(self, event: dict[str, Any]) -> bool:
+        if event["type"] == "participant_joined":  # someone back in a meeting whose captions were left on
+            captions = self.meetings.get(event["room"])
+            return captions is not None and captions.enabled and not captions.running
         return event["type"] in EVENTS or (event["type"] == "sink_stopped" and event.get("sink") == SINK)
 
     async def sfu_event(self, event: dict[str, Any]) -> None:
         meeting_id = event["room"]
         captions = self.meetings.setdefault(meeting_id, MeetingCaptions())
-        if event["type"] == "sink_stopped":  # the host turned them off, or the room emptied
-            if captions.stops_requested:
-                captions.stops_requested -= 1
-            elif not self.s.in_meeting(meeting_id):
+        if event["type"] == "participant_joined":
+            await self._restart(meeting_id, event["subject"])
+            return
+        if event["type"] == "sink_stopped":  # the host turned them off, a restart, or the room emptied
+            if (event.get("result") or {}).get("run", captions.run) != captions.run:
+                return  # a run already replaced
+            captions.running = False
+            if not captions.enabled and not self.s.in_meeting(meeting_id):
                 self.meetings.pop(meeting_id, None)
-            elif captions.enabled:
-                captions.enabled, captions.state, captions.detail = False, "off", ""
+            elif captions.enabled:  # left on: they restart when someone is in the room again
+                captions.state, captions.detail = "off", ""
                 self._announce(meeting_id)
             return
         if event["type"] == "captions_status":
             captions.status = event
-            if not captions.enabled or (event["state"], event["detail"]) == (captions.state, captions.detail):
+            interim = event.get("interim", True)
+            if interim != captions.interim and not interim:
+                metrics.interim_turned_off()
+            changed = (event["state"], event["detail"], interim, event.get("interim_detail", "")) != (
+                captions.state, captions.detail, captions.interim, captions.interim_detail)
+            captions.interim, captions.interim_detail = interim, event.get("interim_detail", "")
+            if not captions.enabled or not changed:
                 return
             captions.state, captions.detail = event["state"], event["detail"]
             self._announce(meeting_id)
             return
-        participant = event["subject"]
+        await self._caption(meeting_id, captions, event)
+
+    async def _restart(self, meeting_id: str, participant: str) -> None:
+        reply = await self._start(meeting_id, participant)
+        if reply.get("type") == "error" and reply.get("code") != "already_running":
+            log.warning("captions of meeting %s did not restart: %s", meeting_id, reply.get("message"))
+            return
+        captions = self.meetings[meeting_id]
+        captions.state, captions.detail = "available", ""
+        log.info("captions of meeting %s restarted: the host had left them on", meeting_id)
+        self._announce(meeting_id)
+
+    async def _caption(self, meeting_id: str, captions: MeetingCaptions, event: dict[str, Any]) -> None:
+        participant, final = event["subject"], event.get("final", True)
         caption = {"participant": participant, "name": await self._name(captions, participant), "text": event["text"],
-                   "start": event["start"], "end": event["end"], "language": event.get("language", "")}
-        message = {"type": "caption", "participant_id": participant, **{k: v for k, v in caption.items()
-                                                                         if k != "participant"},
-                   "final": event.get("final", True), "merged": event.get("merged", 1)}
+                   "start": event["start"], "end": event["end"], "language": event.get("language", ""),
+                   **({"gap": True} if event.get("gap") else {})}
+        message = {"type": "caption", "id": event.get("id", ""), "participant_id": participant,
+                   **{k: v for k, v in caption.items() if k != "participant"},
+                   "final": final, "merged": event.get("merged", 1)}
         for seat in self.s.in_meeting(meeting_id):
             if seat.id in captions.viewers:
                 seat.send(message)
-        if event.get("final", True):
+        first_interim = not final and captions.interim_of.get(participant) != event.get("id")
+        if not final:
+            captions.interim_of[participant] = event.get("id", "")
+        metrics.caption_sent(event, time.time(), first_interim)
+        if final and caption["text"]:  # interim text is never stored; an empty final only clears it
             try:
                 await self.transcripts.add(meeting_id, caption)
             except Exception:

@@ -1,10 +1,13 @@
-"""Cutting a speaker's audio into utterances with the VAD, and the bounded queue of utterances
-waiting for speech recognition (which merges or drops rather than grow when ASR falls behind)."""
+"""Cutting a speaker's audio into utterances with the VAD, and what waits for speech recognition
+in a meeting: final utterances first, then drafts of speech still going on (at a pause, the
+final-to-be; while someone talks, interim text). When ASR falls behind, captions come later
+(merging a speaker's consecutive utterances saves calls); an utterance is dropped only past
+the bounds, and the caller marks the gap."""
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,7 +20,7 @@ CHUNK_SECONDS = VAD_CHUNK / SAMPLE_RATE
 class CutSettings:
     start_threshold: float = 0.5  # a chunk this likely to be speech starts an utterance
     end_threshold: float = 0.35  # chunks below this count as silence
-    min_silence: float = 0.3  # seconds of silence that end an utterance
+    min_silence: float = 0.4  # seconds of silence that end an utterance
     min_speech: float = 0.25  # shorter utterances are dropped (coughs, clicks)
     max_utterance: float = 15.0  # longer speech is cut here (and goes on in a new utterance)
     pad: float = 0.1  # seconds kept before the start and after the end of speech
@@ -31,10 +34,21 @@ class Utterance:
     end: float  # of the end of speech
     merged: int = 1  # how many utterances this one stands for
     queued_at: float = 0.0  # monotonic
+    cut_at: float = 0.0  # wall clock: when the cutter ended it (or took this draft of it)
 
     @property
     def seconds(self) -> float:
         return self.audio.size / SAMPLE_RATE
+
+    @property
+    def id(self) -> str:
+        """Names the utterance across its interim drafts and its final text."""
+        return f"{self.participant}-{round(self.start * 1000)}"
+
+    @property
+    def key(self) -> tuple[str, float, int]:
+        """Equal for a draft and a final of the very same audio."""
+        return self.participant, self.start, self.audio.size
 
 
 class UtteranceCutter:
@@ -58,6 +72,11 @@ class UtteranceCutter:
     @property
     def buffered_seconds(self) -> float:
         return len(self._chunks) * CHUNK_SECONDS
+
+    @property
+    def silence_seconds(self) -> float:
+        """How long the speaker has been silent within the utterance going on."""
+        return (len(self._chunks) - self._last_speech) * CHUNK_SECONDS if self.speaking else 0.0
 
     def feed(self, audio: np.ndarray, probs: np.ndarray, times: list[float]) -> list[Utterance]:
         done = []
@@ -83,6 +102,17 @@ class UtteranceCutter:
                 done += self._finish(keep_speaking=True, next_start=at + CHUNK_SECONDS)
         return done
 
+    def draft(self, at_pause: bool) -> Utterance | None:
+        """The utterance going on, as it is now, without ending it. ``at_pause``: cut as the
+        final would be if the silence now begun lasts (the same audio, so the same ``key``);
+        otherwise everything heard so far (for interim text)."""
+        if not self.speaking:
+            return None
+        cut = min(len(self._chunks), self._last_speech + self._pad) if at_pause else len(self._chunks)
+        if cut < self._min_chunks + self._pad:
+            return None
+        return Utterance(self.participant, np.concatenate(self._chunks[:cut]), self._start, self._last_speech_end)
+
     def flush(self) -> list[Utterance]:
         """The stream stopped (silence, mute, a gap): end what is being said."""
         self._before.clear()
@@ -99,49 +129,91 @@ class UtteranceCutter:
 
 
 @dataclass
+class Draft:
+    """A request for text of speech still going on: ``pause`` (the speaker paused: the final
+    text if the pause lasts) or ``interim``."""
+
+    utterance: Utterance
+    kind: str
+
+
+@dataclass
 class QueueCounters:
     merged: int = 0
     dropped: int = 0
+    dropped_seconds: float = 0.0
 
 
-class UtteranceQueue:
-    """Utterances waiting for ASR, at most ``limit`` of them. When full, a new utterance joins
-    the newest waiting one of the same speaker if the two fit in ``max_seconds`` (one ASR call
-    instead of two), else the oldest waiting utterance is dropped. Either way the counters say so."""
+@dataclass
+class AsrQueue:
+    """What waits for ASR in one meeting. ``take`` gives final utterances first, oldest first,
+    then drafts at a pause, then interim drafts; a speaker has one draft at most (a newer one
+    replaces it, and a final of that speaker supersedes it).
 
-    def __init__(self, limit: int, max_seconds: float) -> None:
-        self.limit = limit
-        self.max_seconds = max_seconds
-        self._items: deque[Utterance] = deque()
-        self.counters = QueueCounters()
+    Finals never wait silently forever: a final joins the one before it when both are the same
+    speaker's and fit in ``max_utterance`` seconds (one call instead of two, nothing lost); past
+    ``max_seconds`` of audio waiting, the oldest is dropped, and so is one that waited over
+    ``max_wait`` seconds (``stale``). Dropped utterances are returned for the gap to be marked."""
+
+    max_seconds: float = 60.0
+    max_utterance: float = 15.0
+    max_wait: float = 30.0
+    finals: deque[Utterance] = field(default_factory=deque)
+    drafts: dict[str, Draft] = field(default_factory=dict)
+    counters: QueueCounters = field(default_factory=QueueCounters)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.finals)
 
-    def put(self, utterance: Utterance) -> str:
-        """Queue it; returns "queued", "merged" or "dropped" (an older one made room)."""
-        if len(self._items) < self.limit:
-            self._items.append(utterance)
-            return "queued"
-        for waiting in reversed(self._items):
-            if waiting.participant == utterance.participant:
-                if waiting.seconds + utterance.seconds <= self.max_seconds:
-                    gap = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)
-                    waiting.audio = np.concatenate([waiting.audio, gap, utterance.audio])
-                    waiting.end = utterance.end
-                    waiting.merged += utterance.merged
-                    self.counters.merged += 1
-                    return "merged"
-                break
-        self._items.popleft()
-        self._items.append(utterance)
-        self.counters.dropped += 1
-        return "dropped"
+    @property
+    def waiting_seconds(self) -> float:
+        return sum(u.seconds for u in self.finals)
 
-    def get(self) -> Utterance | None:
-        return self._items.popleft() if self._items else None
+    def put_final(self, utterance: Utterance) -> list[Utterance]:
+        """Queue a final utterance; returns those dropped to keep within ``max_seconds``."""
+        self.drafts.pop(utterance.participant, None)
+        last = self.finals[-1] if self.finals else None
+        if last is not None and last.participant == utterance.participant \
+                and last.seconds + 0.2 + utterance.seconds <= self.max_utterance:
+            gap = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)
+            last.audio = np.concatenate([last.audio, gap, utterance.audio])
+            last.end, last.merged, last.cut_at = utterance.end, last.merged + utterance.merged, utterance.cut_at
+            self.counters.merged += 1
+        else:
+            self.finals.append(utterance)
+        dropped = []
+        while self.waiting_seconds > self.max_seconds and len(self.finals) > 1:
+            dropped.append(self._drop(self.finals.popleft()))
+        return dropped
 
-    def clear(self) -> int:
-        count = len(self._items)
-        self._items.clear()
-        return count
+    def put_draft(self, draft: Draft) -> None:
+        self.drafts[draft.utterance.participant] = draft
+
+    def take(self) -> Utterance | Draft | None:
+        if self.finals:
+            return self.finals.popleft()
+        for kind in ("pause", "interim"):
+            waiting = [d for d in self.drafts.values() if d.kind == kind]
+            if waiting:
+                draft = min(waiting, key=lambda d: d.utterance.cut_at)
+                del self.drafts[draft.utterance.participant]
+                return draft
+        return None
+
+    def stale(self, now: float) -> list[Utterance]:
+        """Finals that waited over ``max_wait`` (monotonic ``now``): dropped."""
+        dropped = []
+        while self.finals and now - self.finals[0].queued_at > self.max_wait:
+            dropped.append(self._drop(self.finals.popleft()))
+        return dropped
+
+    def clear(self) -> list[Utterance]:
+        self.drafts.clear()
+        dropped = [self._drop(u) for u in self.finals]
+        self.finals.clear()
+        return dropped
+
+    def _drop(self, utterance: Utterance) -> Utterance:
+        self.counters.dropped += utterance.merged
+        self.counters.dropped_seconds += utterance.seconds
+        return utterance
