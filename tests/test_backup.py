@@ -712,9 +712,9 @@ def test_systemd_units_pass_verify(tmp_path: Path) -> None:
     binary = Path(sys.executable).parent / "confmeet"
     assert binary.exists(), "install the package (pip install -e .) so the confmeet command exists"
     service = (units / "confmeet-backup.service").read_text()
-    assert "ExecStart=/usr/local/bin/confmeet backup create --keep 7\n" in service
+    assert "ExecStart=/opt/confmeet/current/bin/confmeet backup create --keep 7\n" in service
     (tmp_path / "confmeet-backup.service").write_text(
-        service.replace("ExecStart=/usr/local/bin/confmeet ", f"ExecStart={binary} "))
+        service.replace("ExecStart=/opt/confmeet/current/bin/confmeet ", f"ExecStart={binary} "))
     shutil.copy(units / "confmeet-backup.timer", tmp_path)
     checked = subprocess.run(["systemd-analyze", "verify", "confmeet-backup.service", "confmeet-backup.timer"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
