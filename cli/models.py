@@ -27,7 +27,7 @@ models_app = typer.Typer(help="Import, list and verify the AI models (captions: 
 
 
 RepositoryOpt = Annotated[Optional[Path], typer.Option(
-    "--repository", help="The model repository [default: the model_repository setting].")]
+    "--repository", help="The model repository \\[default: the model_repository setting].")]
 STATE_STYLE = {"ready": "green", "missing": "yellow", "incomplete": "bold red", "damaged": "bold red"}
 
 

@@ -54,17 +54,19 @@ class Source:
 
 def running_source() -> Source:
     """Where the running confmeet was installed from."""
+    own_tree = Path(__file__).resolve().parents[2]  # the source tree this code runs from, if it is one
     try:
         dist = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        return Source("tree", str(Path(__file__).resolve().parents[2]))
+        return Source("tree", str(own_tree))
     direct = dist.read_text("direct_url.json")
     if direct:
         info = json.loads(direct)
         parts = urlsplit(info.get("url", ""))
         path = Path(unquote(parts.path))
         if parts.scheme == "file" and "dir_info" in info and path.is_dir():
-            return Source("tree", str(path))
+            # An editable install: the tree whose code runs (PYTHONPATH may name another copy).
+            return Source("tree", str(own_tree if (own_tree / "setup.cfg").is_file() else path))
         if parts.scheme == "file" and path.is_file() and path.name.endswith(".whl"):
             return Source("wheel", str(path))
     return Source("index", f"{DISTRIBUTION}=={dist.version}")
@@ -120,7 +122,9 @@ def program(opt_dir: Path, root: Path = Path("/")) -> str:
 
 def _run(argv: list[str], what: str, log: Log) -> None:
     log(f"{what}: {' '.join(argv[:6])}{' …' if len(argv) > 6 else ''}")
-    done = subprocess.run(argv, capture_output=True, text=True)
+    # The release's own interpreter and pip only: nothing of the caller's Python environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
         raise ReleaseError(f"{what} failed:\n{tail}")

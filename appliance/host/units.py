@@ -33,8 +33,9 @@ class UnitError(Exception):
     """A unit cannot be rendered or enabled; the message says why and what to do."""
 
 
-def shipped(name: str) -> Path:
-    path = SYSTEMD_DIR / name
+def shipped(name: str, systemd_dir: Path | None = None) -> Path:
+    """A file of ``systemd_dir`` (another release's ``share/confmeet/systemd``), else this one's."""
+    path = (systemd_dir or SYSTEMD_DIR) / name
     if not path.is_file():
         raise UnitError(f"{path} is missing: reinstall confmeet from its source tree or bundle")
     return path
@@ -46,27 +47,30 @@ def _quote(word: str) -> str:
     return word
 
 
-def render_appliance_unit(confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG_FILE) -> str:
-    """confmeet.service with ExecStart running ``confmeet_bin serve --config config``."""
+def render_appliance_unit(confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG_FILE,
+                          systemd_dir: Path | None = None) -> str:
+    """confmeet.service (from ``systemd_dir``, default this release's) with ExecStart running
+    ``confmeet_bin serve --config config``."""
     exec_start = f"ExecStart={_quote(confmeet_bin)} serve --config {_quote(config)}"
-    text, count = re.subn(r"^ExecStart=.*$", lambda _: exec_start, shipped(APPLIANCE_UNIT).read_text(),
-                          flags=re.MULTILINE)
+    source = shipped(APPLIANCE_UNIT, systemd_dir)
+    text, count = re.subn(r"^ExecStart=.*$", lambda _: exec_start, source.read_text(), flags=re.MULTILINE)
     if count != 1:
-        raise UnitError(f"{shipped(APPLIANCE_UNIT)} must have exactly one ExecStart= line")
+        raise UnitError(f"{source} must have exactly one ExecStart= line")
     return text
 
 
 def write_appliance_unit(unit_dir: Path, confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG_FILE,
-                         privileged_port: bool = False) -> list[Path]:
+                         privileged_port: bool = False, systemd_dir: Path | None = None) -> list[Path]:
     """Write confmeet.service (and the privileged-port drop-in when the appliance listens below
-    1024) into ``unit_dir``, e.g. /etc/systemd/system; a stale drop-in is removed."""
+    1024) into ``unit_dir``, e.g. /etc/systemd/system; a stale drop-in is removed. ``systemd_dir``:
+    the files of the release the unit runs (``<release>/share/confmeet/systemd``)."""
     unit_dir.mkdir(parents=True, exist_ok=True)
     unit = unit_dir / APPLIANCE_UNIT
-    unit.write_text(render_appliance_unit(confmeet_bin, config))
+    unit.write_text(render_appliance_unit(confmeet_bin, config, systemd_dir))
     dropin = unit_dir / PRIVILEGED_PORT_DROPIN
     if privileged_port:
         dropin.parent.mkdir(exist_ok=True)
-        dropin.write_text(shipped(PRIVILEGED_PORT_DROPIN).read_text())
+        dropin.write_text(shipped(PRIVILEGED_PORT_DROPIN, systemd_dir).read_text())
         return [unit, dropin]
     dropin.unlink(missing_ok=True)
     return [unit]
@@ -80,7 +84,7 @@ def systemctl(*args: str, root: Path | None = None) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise UnitError("systemctl is not installed: this host does not run systemd") from None
-    if done.returncode != 0 and args[0] != "is-enabled":
+    if done.returncode != 0 and args[0] not in ("is-enabled", "is-active"):  # they answer with their status
         raise UnitError(f"'{' '.join(argv)}' failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout.strip()
 
