@@ -168,6 +168,10 @@ class RoomHost:
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
+    def room_reports(self) -> dict[str, dict[str, Any]]:
+        """Each room's figures for the metrics (see Room.report)."""
+        return {name: room.report() for name, room in self._rooms.items()}
+
     # ------------------------------------------------------------------ handlers
     def _room(self, name: str) -> Room:
         room = self._rooms.get(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -54,6 +55,15 @@ RECEIVING = ("recvonly", "sendrecv")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Downlink:
+    """What a subscriber's receiver reports say of one down track."""
+
+    loss: float  # fraction of packets lost since the previous report, 0..1
+    jitter_s: float
+    rtt_s: float | None  # round trip SFU -> subscriber -> SFU (RFC 3550 LSR/DLSR)
+
+
 class RoomLink(Protocol):
     """What a peer may ask of its room."""
 
@@ -68,6 +78,8 @@ class RoomLink(Protocol):
     def audio_level(self, participant: str, level: int) -> None: ...
 
     def connection_lost(self, participant: str, reason: str) -> None: ...
+
+    def down_stopped(self, down: DownTrack) -> None: ...
 
 
 class Peer:
@@ -86,6 +98,7 @@ class Peer:
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
+        self.downlinks: list[Downlink] = []  # from the latest receiver reports, one per down track
         self.closed = False
         self._up_by_receiver: dict[RTCRtpReceiver, UpTrack] = {}
         self._tapped: set[RTCRtpReceiver] = set()
@@ -139,6 +152,7 @@ class Peer:
             self._unpublish(transceiver)
         for down in self.downs.values():
             down.stop()
+            self.room.down_stopped(down)
         self.downs.clear()
         self.wanted.clear()
         await self.pc.close()
@@ -174,6 +188,7 @@ class Peer:
             if not down.accepted and not down.accept_negotiation():
                 log.info("participant %s declined track %s", self.participant, key)
                 down.stop()
+                self.room.down_stopped(down)
                 del self.downs[key]
                 self.wanted.pop(key, None)
         return {"type": "ok"}
@@ -263,6 +278,7 @@ class Peer:
         down = self.downs.pop(key, None)
         if down is not None:
             down.stop()
+            self.room.down_stopped(down)
             down.transceiver.direction = "inactive"
             await down.sender.stop()
             self._offer_needed = True
@@ -318,12 +334,17 @@ class Peer:
         """Grade the connection from RTCP receiver reports (downlink) and the server's own
         reception statistics (uplink); tell the room when the grade changes."""
         loss, jitter_ms, measured = 0.0, 0.0, False
+        downlinks: list[Downlink] = []
         for down in self.downs.values():
             for stats in (await down.sender.getStats()).values():
                 if stats.type == "remote-inbound-rtp":
                     measured = True
-                    loss = max(loss, stats.fractionLost / 256)
-                    jitter_ms = max(jitter_ms, 1000 * stats.jitter / down.up.codec.clockRate)
+                    link = Downlink(stats.fractionLost / 256, stats.jitter / down.up.codec.clockRate,
+                                    stats.roundTripTime)
+                    downlinks.append(link)
+                    loss = max(loss, link.loss)
+                    jitter_ms = max(jitter_ms, 1000 * link.jitter_s)
+        self.downlinks = downlinks
         for up in self.ups.values():
             for stats in (await up.receiver.getStats()).values():
                 if stats.type == "inbound-rtp":

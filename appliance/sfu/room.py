@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from aiortc import RTCConfiguration
 
 from .errors import SfuError
-from .forwarder import UpTrack
+from .forwarder import DownTrack, UpTrack
 from .ice import CandidateGatherer
 from .peer import Peer
 from .speaker import ActiveSpeakerDetector, SpeakerSettings
@@ -55,6 +55,9 @@ class Room:
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
         self.sinks: dict[str, TrackSink] = {}
+        # Bytes of tracks gone from the room, so that its totals never go down.
+        self._received_gone = 0
+        self._forwarded_gone = 0
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def emit(self, participant: str | None, event: dict[str, Any]) -> None:
@@ -149,12 +152,33 @@ class Room:
 
     def track_unpublished(self, up: UpTrack) -> None:
         self.tracks.pop(up.key, None)
+        self._received_gone += up.bytes
         self.emit(None, {"type": "track_unpublished", **up.describe()})
         for sink in self.sinks.values():
             sink.track_removed(up)
         for peer in self.peers.values():
             if peer.participant != up.publisher:
                 peer.post(peer.unsubscribe, up.key)
+
+    def down_stopped(self, down: DownTrack) -> None:
+        self._forwarded_gone += down.bytes
+
+    def report(self) -> dict[str, Any]:
+        """The room for the metrics: who is in it, its media bytes in and out since it opened, and
+        what the subscribers' receiver reports say of their downlinks (means over down tracks;
+        None before the first reports)."""
+        downlinks = [link for peer in self.peers.values() for link in peer.downlinks]
+        rtts = [link.rtt_s for link in downlinks if link.rtt_s is not None]
+        return {
+            "participants": len(self.peers),
+            "tracks": len(self.tracks),
+            "received_bytes": self._received_gone + sum(up.bytes for up in self.tracks.values()),
+            "forwarded_bytes": self._forwarded_gone + sum(
+                down.bytes for peer in self.peers.values() for down in peer.downs.values()),
+            "downlink_loss": sum(link.loss for link in downlinks) / len(downlinks) if downlinks else None,
+            "downlink_jitter_seconds": sum(link.jitter_s for link in downlinks) / len(downlinks) if downlinks else None,
+            "rtt_seconds": sum(rtts) / len(rtts) if rtts else None,
+        }
 
     def audio_level(self, participant: str, level: int) -> None:
         self.speaker.add_level(participant, level, time.monotonic())

@@ -111,6 +111,7 @@ class Worker:
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     rooms: dict[str, set[str]] = field(default_factory=dict)  # room -> participants
     stats: dict[str, Any] = field(default_factory=lambda: SfuStats().snapshot())
+    room_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     alive: bool = True
     task: asyncio.Task[None] | None = None
@@ -220,6 +221,10 @@ class SfuWorkers:
     def stats(self) -> SfuStats:
         return SfuStats.total([*(w.stats for w in self.workers), *(s.snapshot() for s in self._dead.values())])
 
+    def room_reports(self) -> dict[str, dict[str, Any]]:
+        """Each room's figures, as its worker last reported them (at most a second old)."""
+        return {room: report for w in self.workers if w.alive for room, report in w.room_reports.items()}
+
     def worker_cpu_seconds(self) -> dict[int, float]:
         return {w.index: w.cpu_seconds for w in self.workers}
 
@@ -267,6 +272,7 @@ class SfuWorkers:
                 self._emit(event)
             elif "stats" in frame:
                 worker.stats, worker.cpu_seconds = frame["stats"], frame["cpu_seconds"]
+                worker.room_reports = frame["rooms"]
         await self._lost(worker)
 
     async def _lost(self, worker: Worker) -> None:
@@ -320,7 +326,8 @@ async def serve_worker(fd: int) -> None:
     async def report() -> None:
         while True:
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            await send({"stats": host.stats.snapshot(), "cpu_seconds": usage.ru_utime + usage.ru_stime})
+            await send({"stats": host.stats.snapshot(), "rooms": host.room_reports(),
+                        "cpu_seconds": usage.ru_utime + usage.ru_stime})
             await asyncio.sleep(REPORT_INTERVAL)
 
     async def answer(frame: dict[str, Any]) -> None:

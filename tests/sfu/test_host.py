@@ -230,3 +230,29 @@ async def test_a_lost_connection_after_a_leave_request_is_no_error(
     await alice.wait_until(lambda: bool(alice.events_of("participant_left")))
     await asyncio.sleep(0.1)
     assert [e["reason"] for e in alice.events_of("participant_left")] == ["left"]
+
+
+async def test_room_reports_count_bytes_and_what_receivers_report(
+        meeting: Meeting, alice_and_bob: tuple[Participant, Participant]) -> None:
+    alice, bob = alice_and_bob
+    await alice.wait_for_media("bob", video_frames=5, audio_frames=10)
+    await bob.wait_for_media("alice", video_frames=5, audio_frames=10)
+    # Receiver reports (aiortc sends one about every second) reach the quality tick (0.5 s here).
+    for _ in range(100):
+        report = meeting.host.room_reports()["room"]
+        if report["rtt_seconds"] is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert report["participants"] == 2 and report["tracks"] == 4
+    assert report["received_bytes"] > 0 and report["forwarded_bytes"] > 0
+    assert report["downlink_loss"] == 0.0  # loopback
+    assert 0 <= report["downlink_jitter_seconds"] < 0.05
+    assert 0 < report["rtt_seconds"] < 0.2
+    before = meeting.host.room_reports()["room"]
+    assert await bob.request({"type": "leave"}) == {"type": "left"}
+    await alice.wait_until(lambda: bool(alice.events_of("participant_left")))
+    after = meeting.host.room_reports()["room"]
+    assert after["participants"] == 1
+    # Totals never go down when tracks go (they are Prometheus counters).
+    assert after["received_bytes"] >= before["received_bytes"]
+    assert after["forwarded_bytes"] >= before["forwarded_bytes"]

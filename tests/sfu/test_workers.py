@@ -61,6 +61,9 @@ async def test_rooms_spread_over_workers_and_a_dead_worker_takes_only_its_rooms(
     assert stats["rooms"] == 2 and stats["active_peers"] == 4
     assert stats["forwarded_packets"]["video"] > 0 and stats["forwarded_packets"]["audio"] > 0
     assert all(seconds > 0 for seconds in pool.worker_cpu_seconds().values())
+    reports = pool.room_reports()
+    assert set(reports) == {"red-room", "green-room"}
+    assert all(r["participants"] == 2 and r["forwarded_bytes"] > 0 for r in reports.values())
 
     os.kill(red.process.pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -84,6 +87,8 @@ async def test_rooms_spread_over_workers_and_a_dead_worker_takes_only_its_rooms(
     took = time.monotonic() - killed_at
     assert took < 10, f"media back {took:.1f} s after the kill"
     assert pool.restarts == 1 and len(pool.workers) == 2 and all(w.alive for w in pool.workers)
+    await asyncio.sleep(1.5)
+    assert set(pool.room_reports()) == {"red-room", "green-room"}
     # Counters of the dead worker stay in the totals (they are Prometheus counters).
     assert pool.stats.snapshot()["forwarded_packets"]["video"] >= stats["forwarded_packets"]["video"]
 
