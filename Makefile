@@ -25,13 +25,19 @@ run: models
 # Debian packages the tests drive for real: Chromium and Firefox ESR (on an Xvfb screen, so it can
 # share one, with a PulseAudio null sink, so Web Audio runs), Docker Engine, debootstrap (image
 # stand-ins), coturn, tmux, wrk for the benchmarks, espeak-ng (speech for the captions), ffmpeg
-# (ffprobe checks recordings) and Node.js/npm (puppeteer-core drives Firefox).
+# (ffprobe checks recordings), Node.js/npm (puppeteer-core drives Firefox), python3-venv (the
+# release in /opt/confmeet and the bootstrap are virtualenvs of the system's python3) and Podman
+# (a real systemd as PID 1 in a container: tests/test_systemd.py). PACKAGE:COMMAND, or PACKAGE:
+# for a package without a command of its own.
 SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr xvfb:Xvfb pulseaudio:pulseaudio \
                    docker.io:dockerd debootstrap:debootstrap \
-                   coturn:turnserver tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe npm:npm
+                   coturn:turnserver tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe npm:npm \
+                   python3-venv: podman:podman
 system-packages:
-	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-		command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command=$${pair#*:}; \
+		if [ -n "$$command" ]; then command -v $$command >/dev/null; \
+		else dpkg-query -W -f='$${Status}' $${pair%%:*} 2>/dev/null | grep -q 'ok installed'; fi \
+		|| missing="$$missing $${pair%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "install as root:$$missing" >&2; exit 1; fi; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
