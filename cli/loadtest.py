@@ -175,7 +175,13 @@ class ApplianceApi:
 # ---------------------------------------------------------------------------- /metrics
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _KIND = re.compile(r'kind="([^"]*)"')
+_ROOM = re.compile(r'room="([^"]*)"')
 FORWARDED = ("confmeet_sfu_forwarded_packets_total", "confmeet_sfu_forwarded_packets")
+WORKER_CPU = ("confmeet_sfu_worker_cpu_seconds_total", "confmeet_sfu_worker_cpu_seconds")
+ROOM_SERIES = {"confmeet_room_forwarded_bytes_total": "forwarded_bytes",
+               "confmeet_room_downlink_loss_ratio": "downlink_loss",
+               "confmeet_room_downlink_jitter_seconds": "downlink_jitter_seconds",
+               "confmeet_room_rtt_seconds": "rtt_seconds"}
 
 
 @dataclass
@@ -184,6 +190,8 @@ class MetricsSample:
     cpu_seconds: float | None = None
     rss_bytes: float | None = None
     forwarded: dict[str, float] | None = None  # packets by kind; None: no such counter
+    worker_cpu_seconds: float = 0.0  # the SFU's worker processes, all together
+    rooms: dict[str, dict[str, float]] = field(default_factory=dict)  # room -> ROOM_SERIES values
 
     @classmethod
     def parse(cls, text: str, at: float) -> MetricsSample:
@@ -202,6 +210,12 @@ class MetricsSample:
                 sample.cpu_seconds = value
             elif name == "process_resident_memory_bytes":
                 sample.rss_bytes = value
+            elif name in WORKER_CPU:
+                sample.worker_cpu_seconds += value
+            elif name in ROOM_SERIES:
+                room = _ROOM.search(labels or "")
+                if room:
+                    sample.rooms.setdefault(room.group(1), {})[ROOM_SERIES[name]] = value
             elif name in FORWARDED:
                 kind = _KIND.search(labels or "")
                 forwarded = sample.forwarded if sample.forwarded is not None else {}
@@ -227,7 +241,8 @@ def sfu_figures(before: MetricsSample | None, start: MetricsSample | None, end: 
     window = end.at - start.at
     figures["window_s"] = round(window, 3)
     if start.cpu_seconds is not None and end.cpu_seconds is not None:
-        cpu = end.cpu_seconds - start.cpu_seconds
+        # The appliance's process and its SFU worker processes.
+        cpu = end.cpu_seconds + end.worker_cpu_seconds - start.cpu_seconds - start.worker_cpu_seconds
         figures["cpu_seconds"] = round(cpu, 3)
         figures["cpu_percent"] = round(100 * cpu / window, 1) if window > 0 else None
     if start.forwarded is not None and end.forwarded is not None:
@@ -483,6 +498,47 @@ def count_decode_errors(receiver: RTCRtpReceiver) -> DecodeErrorCounter:
     return counter
 
 
+@dataclass
+class LinkSample:
+    """A received track's link as its receiver sees it, at one moment."""
+
+    packets: int = 0
+    lost: int = 0
+    payload_bytes: int = 0
+    jitter_s: float = 0.0
+
+
+class Link:
+    """Counts a receiver's media bytes (aiortc's statistics have no byte count) and reads its
+    packet, loss and jitter statistics: the subscriber's view of its downlink."""
+
+    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        from appliance.sfu import internals
+
+        self.receiver = transceiver.receiver
+        media = [c for c in internals.codecs(transceiver) if c.name != "rtx"]
+        self._media_types = {c.payloadType for c in media}
+        self._clock_rate = media[0].clockRate if media else 90000
+        self.payload_bytes = 0
+        handle = self.receiver._handle_rtp_packet
+
+        async def counted(packet: Any, arrival_time_ms: int) -> None:
+            if packet.payload_type in self._media_types:
+                self.payload_bytes += len(packet.payload)
+            await handle(packet, arrival_time_ms)
+
+        self.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
+
+    async def sample(self) -> LinkSample:
+        sample = LinkSample(payload_bytes=self.payload_bytes)
+        for stats in (await self.receiver.getStats()).values():
+            if stats.type == "inbound-rtp":
+                sample.packets += stats.packetsReceived
+                sample.lost += stats.packetsLost
+                sample.jitter_s = max(sample.jitter_s, stats.jitter / self._clock_rate)
+        return sample
+
+
 class ReceivedTrack:
     """A track a subscriber receives, decoded and counted as a browser would play it."""
 
@@ -492,6 +548,7 @@ class ReceivedTrack:
         self.kind = track.kind
         self.receiver = transceiver.receiver
         self.decode_errors = count_decode_errors(transceiver.receiver) if self.kind == "video" else None
+        self.link = Link(transceiver)
         self.frames = 0
         self.first_frame_at: float | None = None
         self._on_frame = on_frame
@@ -535,6 +592,7 @@ class CountedTrack:
         self._media_types = {c.payloadType for c in internals.codecs(transceiver) if c.name != "rtx"}
         self._decodable = False
         internals.tap_receiver(self.receiver, self._on_rtp)
+        self.link = Link(transceiver)
 
     async def _on_rtp(self, packet: Any) -> None:
         from appliance.sfu.keyframes import is_keyframe_start
@@ -749,6 +807,11 @@ class SubscriberResult:
     decode_errors: int = 0  # since joining
     audio_packets: int = 0  # in the window
     window_s: float = 0.0
+    # The downlink as the subscriber's receivers saw it in the window, all tracks together.
+    packets_lost: int = 0
+    packets_received: int = 0
+    payload_bytes: int = 0
+    jitter_ms: float | None = None  # the largest of its tracks', at the end
 
 
 class SubscriberSession:
@@ -759,6 +822,7 @@ class SubscriberSession:
         self._marked_at: float | None = None
         self._start_frames: list[int] = []
         self._start_audio = 0
+        self._start_links: list[LinkSample] = []
 
     async def run(self, config: dict[str, Any], emit: Any) -> None:
         try:
@@ -789,6 +853,7 @@ class SubscriberSession:
         self._marked_at = time.monotonic()
         self._start_frames = [r.frames for r in self.participant.video()]
         self._start_audio = await self._audio_packets()
+        self._start_links = [await r.link.sample() for r in self.participant.received]
 
     async def finish(self) -> SubscriberResult:
         result = self.result
@@ -803,6 +868,12 @@ class SubscriberSession:
         result.video_frames = sum(r.frames - start for r, start in zip(video, starts))
         result.decode_errors = sum(r.decode_errors.count for r in video if r.decode_errors)
         result.audio_packets = await self._audio_packets() - self._start_audio
+        ends = [await r.link.sample() for r in self.participant.received]
+        starts_link = self._start_links + [LinkSample()] * (len(ends) - len(self._start_links))
+        result.packets_lost = sum(max(0, e.lost - b.lost) for e, b in zip(ends, starts_link))
+        result.packets_received = sum(e.packets - b.packets for e, b in zip(ends, starts_link))
+        result.payload_bytes = sum(e.payload_bytes - b.payload_bytes for e, b in zip(ends, starts_link))
+        result.jitter_ms = round(1000 * max(e.jitter_s for e in ends), 3) if ends else None
         if result.error is None and self.participant.failure:
             result.error = self.participant.failure
         return result
@@ -1193,6 +1264,8 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
     }
     sfu = sfu_figures(before, measured.start, measured.end,
                       (plan.publishers + plan.subscribers) * len(meetings))
+    rooms = [room_figures(index, meeting, results, measured.start, measured.end)
+             for index, meeting in enumerate(meetings)]
     window = sfu["window_s"] or plan.duration
     generator = measured.generator_cpu_seconds
     return {
@@ -1205,12 +1278,38 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
                             "video_fps_sent": measured.camera_fps},
         "summary": summary,
         "sfu": sfu,
+        "rooms": rooms,
         "generator": {"cpu_seconds": generator,
                       "cpu_percent": None if generator is None else round(100 * generator / window, 1),
                       "cores": os.cpu_count()},
         "subscriber_results": [asdict(r) for r in results],
         "problems": problems,
     }
+
+
+def room_figures(index: int, meeting: dict[str, Any], results: list[SubscriberResult],
+                 start: MetricsSample | None, end: MetricsSample | None) -> dict[str, Any]:
+    """One room's downlink as its subscribers measured it, beside what the appliance's metrics
+    say of the same room (None where a series is missing)."""
+    mine = [r for r in results if r.room == index and r.window_s > 0]
+    window = statistics.fmean(r.window_s for r in mine) if mine else None
+    expected = sum(r.packets_received + r.packets_lost for r in mine)
+    jitters = [r.jitter_ms for r in mine if r.jitter_ms is not None]
+    measured = {
+        "loss": round(sum(r.packets_lost for r in mine) / expected, 4) if expected else None,
+        "jitter_ms": round(statistics.fmean(jitters), 3) if jitters else None,
+        "kbps": round(8 * sum(r.payload_bytes for r in mine) / window / 1000, 1) if window else None,
+    }
+    reported: dict[str, float | None] = {"loss": None, "jitter_ms": None, "rtt_ms": None, "kbps": None}
+    first, last = (start.rooms.get(meeting["id"], {}) if start else {}), (end.rooms.get(meeting["id"], {}) if end else {})
+    if last:
+        reported["loss"] = last.get("downlink_loss")
+        jitter, rtt = last.get("downlink_jitter_seconds"), last.get("rtt_seconds")
+        reported["jitter_ms"] = None if jitter is None else round(1000 * jitter, 3)
+        reported["rtt_ms"] = None if rtt is None else round(1000 * rtt, 3)
+        if "forwarded_bytes" in first and "forwarded_bytes" in last and start and end and end.at > start.at:
+            reported["kbps"] = round(8 * (last["forwarded_bytes"] - first["forwarded_bytes"]) / (end.at - start.at) / 1000, 1)
+    return {"meeting": meeting["code"], "room": meeting["id"], "subscribers": measured, "appliance": reported}
 
 
 # ---------------------------------------------------------------------------- output
@@ -1271,8 +1370,19 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                  f"{_number(generator['cpu_percent'], 1, ' % of a core')} of {generator['cores']} cores"))
     for measure, value in rows:
         summary.add_row(measure, value)
+    links = Table(title="each room's downlink: the subscribers' receivers / the appliance's metrics")
+    for column in ("meeting", "loss", "jitter", "round trip (appliance)", "media kbit/s"):
+        links.add_column(column, justify="right")
+    for room in report["rooms"]:
+        ours, theirs = room["subscribers"], room["appliance"]
+        links.add_row(room["meeting"],
+                      f"{_number(ours['loss'], 4)} / {_number(theirs['loss'], 4)}",
+                      f"{_number(ours['jitter_ms'], 2, ' ms')} / {_number(theirs['jitter_ms'], 2, ' ms')}",
+                      _number(theirs["rtt_ms"], 2, " ms"),
+                      f"{_number(ours['kbps'], 0)} / {_number(theirs['kbps'], 0)}")
     console.print(results)
     console.print(summary)
+    console.print(links)
     for problem in problems + report["problems"]:
         console.print(f"[bold yellow]problem:[/] {problem}", highlight=False)
 

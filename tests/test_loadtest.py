@@ -83,6 +83,11 @@ def test_two_rooms_of_one_publisher_and_two_subscribers_measured_end_to_end(appl
     assert sfu["forwarded_packets"]["audio"] >= 4 * 40 * sfu["window_s"]
     assert sfu["memory_per_participant_bytes"] is not None
     assert report["generator"]["cpu_seconds"] > 0 and report["generator"]["cores"] == os.cpu_count()
+    # Each room's downlink as its two subscribers' receivers saw it: ~850 kbit/s of media each.
+    for room in report["rooms"]:
+        assert room["subscribers"]["loss"] == 0.0  # loopback
+        assert 1400 <= room["subscribers"]["kbps"] <= 2200, room
+        assert 0 <= room["subscribers"]["jitter_ms"] < 50
 
     # The meetings it created for the run are ended afterwards.
     token = httpx.post(f"{appliance.url}/api/v1/auth/login",
