@@ -71,7 +71,7 @@ def report(outcome: Outcome, title: str, as_json: bool) -> None:
         raise typer.Exit(2)
 
 
-def _host(root: Path, quiet: bool) -> Host:
+def _host(root: Path) -> Host:
     from appliance.host.deploy import Layout
 
     try:
@@ -111,7 +111,7 @@ def upgrade(
     back automatically when it does not come up."""
     if as_json and not yes:
         fail("--json cannot ask for confirmation: add --yes")
-    host = _host(root, as_json)
+    host = _host(root)
     try:
         old = host.current
     except UpgradeError as exc:
@@ -142,8 +142,9 @@ def upgrade(
         if not yes and not typer.confirm("Upgrade?", default=False):
             fail("nothing was changed", code=1)
     try:
-        with host.locked(), release_source(source, wheelhouse.absolute() if wheelhouse else None,
-                                           lambda message: None) as (found, house):
+        say = (lambda message: None) if as_json else (lambda message: console.print(f"  {message}"))
+        with host.locked(), release_source(source, wheelhouse.absolute() if wheelhouse else None, say) as (
+                found, house):
             outcome = run_upgrade(host, found, house, backup_to, timeout, stepper(as_json))
     except (UpgradeError, release.ReleaseError) as exc:
         fail(str(exc))
@@ -163,7 +164,7 @@ def rollback(
     when the upgrade moved the database schema)."""
     if as_json and not yes:
         fail("--json cannot ask for confirmation: add --yes")
-    host = _host(root, as_json)
+    host = _host(root)
     try:
         plan = plan_rollback(host)
     except UpgradeError as exc:
@@ -227,7 +228,7 @@ def migrate(
     finally:
         db.close()
     if check:
-        found = {"url": url, "database": before, "release": SCHEMA_VERSION, "compatible": before <= SCHEMA_VERSION}
+        found = {"url": url, "schema": before, "release": SCHEMA_VERSION, "compatible": before <= SCHEMA_VERSION}
         if as_json:
             print(json.dumps(found))
         else:

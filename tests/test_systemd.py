@@ -136,7 +136,7 @@ class Machine:
     def schema(self) -> int:
         done = self.appliance_cli("migrate", "--check", "--json")
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)["database"]
+        return json.loads(done.stdout)["schema"]
 
     def users(self) -> list[str]:
         done = self.appliance_cli("user", "list", "--json")

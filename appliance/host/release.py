@@ -8,8 +8,7 @@ the package index; its dependencies come from the index, or from a directory of 
 offline bundle's ``wheels/``). The virtualenv uses the system's ``/usr/bin/python3``: an
 interpreter under /root or /home would be hidden from the unit by ``ProtectHome=``.
 
-``upgrade`` installs a new release beside the running one, backs the database up, migrates,
-switches ``current`` and restarts; ``rollback`` switches back and restores that backup.
+``confmeet upgrade`` and ``confmeet rollback`` (upgrade.py) make and switch releases with these.
 """
 
 from __future__ import annotations

@@ -398,9 +398,9 @@ def upgrade(host: Host, source: release.Source, wheelhouse: Path | None, backup_
     except UpgradeError:
         drop_new_release()
         raise
-    if schema["database"] > schema["release"]:
+    if schema["schema"] > schema["release"]:
         drop_new_release()
-        raise UpgradeError(f"the database's schema is version {schema['database']}, newer than confmeet "
+        raise UpgradeError(f"the database's schema is version {schema['schema']}, newer than confmeet "
                            f"{new_version} knows ({schema['release']}): it cannot run on it; choose a newer "
                            "release, or 'confmeet rollback' if the database moved at the last upgrade")
     since = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -474,7 +474,7 @@ def go_back(host: Host, record: UpgradeRecord, outcome: Outcome, log: Log, timeo
         raise UpgradeError(f"the release {old} is gone: install {record.from_version} again with its "
                            f"wheel ('confmeet upgrade confmeet-{record.from_version}-py3-none-any.whl')")
     host.stop()
-    if host.schema(old)["database"] != record.schema_before:
+    if host.schema(old)["schema"] != record.schema_before:
         archive = f"{record.backup_location.rstrip('/')}/{record.backup_archive}"
         log(f"verifying {record.backup_archive}")
         host.release_command(old, "backup", "verify", archive, what="checking the backup")
@@ -523,19 +523,19 @@ def plan_rollback(host: Host) -> RollbackPlan:
         raise UpgradeError(f"the release to go back to ({record.from_release}) is gone; install it again with "
                            f"'confmeet upgrade confmeet-{record.from_version}-py3-none-any.whl'")
     schema = host.schema(Path(record.from_release))
-    restore = schema["database"] != record.schema_before
+    restore = schema["schema"] != record.schema_before
     present: bool | None = None
     if "://" not in record.backup_location:
         present = Path(record.backup_location, record.backup_archive).is_file()
     if restore and present is False:
         raise UpgradeError(
-            f"the upgrade moved the database schema from {record.schema_before} to {schema['database']}, so "
+            f"the upgrade moved the database schema from {record.schema_before} to {schema['schema']}, so "
             f"confmeet {record.from_version} cannot run on it, and the backup taken then "
             f"({Path(record.backup_location, record.backup_archive)}) is gone: put that archive back (from "
             "your copies) and run rollback again, or restore an older archive yourself (confmeet backup restore "
             f"ARCHIVE --force, with releases/{Path(record.from_release).name}/bin/confmeet) — or stay on "
             f"{record.to_version}")
-    return RollbackPlan(record, restore, schema["database"], present)
+    return RollbackPlan(record, restore, schema["schema"], present)
 
 
 def rollback(host: Host, plan: RollbackPlan, step: Step, timeout: float) -> Outcome:
