@@ -500,6 +500,40 @@ def test_damaged_bundle_is_refused(tmp_path: Path) -> None:
         images.verify_bundle(bundle)
 
 
+def test_upgrade_takes_its_release_from_a_bundle_it_checked(tmp_path: Path) -> None:
+    """``confmeet upgrade BUNDLE``: the bundle's confmeet wheel, its wheels as the dependencies,
+    and nothing from a bundle whose files differ from its manifest."""
+    import tarfile
+
+    from appliance.host.upgrade import UpgradeError, release_source
+
+    members = {"wheels/confmeet-9.9.9-py3-none-any.whl": b"the release", "wheels/numpy-1-cp311.whl": b"a dependency",
+               "model_repository/vad/config.pbtxt": b"a model"}
+
+    def bundle(name: str, damaged: str = "") -> Path:
+        path = tmp_path / name
+        files = {member: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                 for member, data in members.items()}
+        manifest = images.Manifest(confmeet_version="9.9.9", created="now", images={}, files=files)
+        with tarfile.open(path, "w") as tar:
+            for member, data in (("manifest.json", manifest.to_json()), *members.items()):
+                data = b"changed" if member == damaged else data
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    with release_source(bundle("good.tar"), None, lambda message: None) as (source, wheelhouse):
+        assert (source.kind, Path(source.where).name) == ("wheel", "confmeet-9.9.9-py3-none-any.whl")
+        assert Path(source.where).read_bytes() == b"the release"
+        assert wheelhouse is not None
+        assert sorted(p.name for p in wheelhouse.iterdir()) == ["confmeet-9.9.9-py3-none-any.whl", "numpy-1-cp311.whl"]
+    assert not wheelhouse.exists()  # unpacked for the upgrade only
+    with pytest.raises(UpgradeError, match="numpy-1-cp311.whl is damaged"):
+        with release_source(bundle("bad.tar", damaged="wheels/numpy-1-cp311.whl"), None, lambda message: None):
+            pass
+
+
 def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None:
     import appliance
     from appliance.host.deploy import InstallOptions, Layout, container_spec, resolve
