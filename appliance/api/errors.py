@@ -8,6 +8,8 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
+from ..throttle import Throttled
+
 log = logging.getLogger("confmeet.api")
 
 
@@ -48,6 +50,7 @@ def conflict(message: str, field: str | None = None) -> ApiError:
 
 
 # Sanic's own exceptions (unknown route, wrong method, oversized body ...) keep their status.
+# Throttling (appliance/throttle.py) is 429 with Retry-After.
 _SANIC_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                 408: "request_timeout", 413: "payload_too_large", 416: "range_not_satisfiable"}
 
@@ -57,6 +60,10 @@ def install_error_handlers(app: Sanic) -> None:
     async def _api_error(request: Request, exc: ApiError) -> HTTPResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return json(error_body(exc.code, exc.message, exc.field), status=exc.status, headers=headers)
+
+    @app.exception(Throttled)
+    async def _throttled(request: Request, exc: Throttled) -> HTTPResponse:
+        return json(error_body(exc.code, exc.message), status=429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception(SanicException)
     async def _sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
