@@ -7,18 +7,26 @@ import datetime as dt
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import peewee as pw
 from sanic import Request
 
 from .api.errors import ApiError, conflict, forbidden, unauthorized
+from .fsutil import write_atomically
 from .security import (TokenError, TokenIssuer, hash_password, hash_refresh_token, new_refresh_token,
-                       verify_password)
-from .stores.relational import AuditEvent, AuthSession, Prepared, Relational, User, utcnow
+                       refresh_token_session, verify_password)
+from .stores.bus import EventBus
+from .stores.relational import AuditEvent, AuthSession, Prepared, Relational, User, new_id, utcnow
 
 RECENT_SECONDS = 5.0
 GUEST_HOURS = 12
 RECENT_TOKENS = 10_000
+# A refresh token presented again within this time of its rotation, while its successor is unused
+# (two tabs refreshing at once), gets the same successor; otherwise it is taken for a stolen copy
+# and ends the whole session.
+REUSE_GRACE_SECONDS = 10.0
+ACCOUNTS_CHANNEL = "accounts"  # bus channel: sessions that ended, accounts disabled
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class Principal:
     email: str = ""
     session_id: str = ""
     meeting_id: str = ""
+    expires_at: float = 0.0  # a guest's: when the guest token runs out (seconds since the epoch)
 
     @property
     def is_admin(self) -> bool:
@@ -46,12 +55,17 @@ class Tokens:
 
 
 async def create_user(db: Relational, email: str, password: str, name: str | None = None,
-                      role: str = "member", actor: str | None = None) -> User:
-    """Create an account (audited); 409 when the e-mail is taken."""
+                      role: str = "member", actor: str | None = None, first: bool = False) -> User:
+    """Create an account (audited); 409 when the e-mail is taken, or with ``first`` when any
+    account exists already (checked and created in one transaction that no other insert passes)."""
     password_hash = await asyncio.to_thread(hash_password, password)
 
     def create() -> User:
         with db.atomic():
+            if first:
+                lock_users(db.db)
+                if User.select().exists():
+                    raise conflict("confmeet is already set up; sign in instead")
             try:
                 user = User.create(email=email, password_hash=password_hash,
                                    name=name or email.split("@", 1)[0], role=role)
@@ -64,16 +78,60 @@ async def create_user(db: Relational, email: str, password: str, name: str | Non
     return await db.run(create)
 
 
+def lock_users(db: pw.Database) -> None:
+    """Within a transaction: no other transaction adds a user until this one ends."""
+    if isinstance(db, pw.PostgresqlDatabase):
+        db.execute_sql('LOCK TABLE "user" IN SHARE ROW EXCLUSIVE MODE')
+    else:  # SQLite: take the write lock now rather than at the first write
+        db.execute_sql('UPDATE "user" SET id = id WHERE 0')
+
+
+class SetupLink:
+    """The one-time link that creates the first administrator. It works for ``ttl`` seconds and
+    only while no account exists. It is written to a file only the appliance's user reads (0600),
+    deleted when the link is used or expires, and printed only to a terminal: never to a log that
+    outlives it."""
+
+    def __init__(self, path: Path, base_url: str, ttl: float) -> None:
+        self.path = path
+        self.token = secrets.token_urlsafe(24)
+        self.url = f"{base_url}/#setup={self.token}"
+        self.expires_at = time.monotonic() + ttl
+        self.ttl = ttl
+        write_atomically(path, (self.url + "\n").encode())
+        self._timer = asyncio.get_running_loop().call_later(ttl, self.close)
+
+    def announce(self, terminal: bool) -> str:
+        minutes = max(1, round(self.ttl / 60))
+        where = self.url if terminal else f"the link in {self.path} (readable by this user only)"
+        return (f"No users yet. Create the first administrator within {minutes} min: open {where}\n"
+                "  or run: confmeet user add EMAIL --admin")
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires_at
+
+    def matches(self, token: str) -> bool:
+        return secrets.compare_digest(token.encode("utf-8", "surrogatepass"), self.token.encode())
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.path.unlink(missing_ok=True)
+
+
 class Accounts:
-    def __init__(self, db: Relational, issuer: TokenIssuer, refresh_ttl: dt.timedelta) -> None:
+    def __init__(self, db: Relational, issuer: TokenIssuer, refresh_ttl: dt.timedelta, bus: EventBus) -> None:
         self.db = db
         self.issuer = issuer
         self.refresh_ttl = refresh_ttl
-        self.setup_token: str | None = None  # one-time token to create the first admin
+        self.bus = bus
+        self.setup: SetupLink | None = None  # while no account exists
         # Tokens verified recently, with their principal: saves the signature check and a database
         # round trip on every request. Sign-out and account changes made through this process
         # take effect at once; others (another process, the CLI) within RECENT_SECONDS.
         self._recent: dict[str, tuple[float, Principal]] = {}
+        # Refresh tokens rotated lately (their hash) -> (until when, the successor pair).
+        self._rotated: dict[str, tuple[float, Tokens]] = {}
 
     # ------------------------------------------------------------------ users
     async def create_user(self, email: str, password: str, name: str | None = None,
@@ -83,19 +141,32 @@ class Accounts:
     async def user_count(self) -> int:
         return await self.db.run(User.select().count)
 
-    def begin_setup(self) -> str:
-        self.setup_token = secrets.token_urlsafe(24)
-        return self.setup_token
+    def begin_setup(self, path: Path, base_url: str, ttl: float) -> SetupLink:
+        self.setup = SetupLink(path, base_url, ttl)
+        return self.setup
 
     async def complete_setup(self, token: str, email: str, password: str, name: str | None) -> User:
-        if self.setup_token is None or not secrets.compare_digest(token.encode("utf-8", "surrogatepass"),
-                                                                     self.setup_token.encode()):
+        link = self.setup
+        if link is None or not link.matches(token):
             if await self.user_count():
                 raise conflict("confmeet is already set up; sign in instead")
-            raise forbidden("the setup token is wrong; use the link the appliance printed at start")
-        user = await self.create_user(email, password, name, role="admin")
-        self.setup_token = None
+            raise forbidden("the setup token is wrong; use the link the appliance wrote at start")
+        if link.expired:
+            raise forbidden("the setup link has expired: restart confmeet for a new one, "
+                            "or run 'confmeet user add EMAIL --admin'")
+        try:
+            user = await create_user(self.db, email, password, name, role="admin", first=True)
+        except ApiError as exc:
+            if exc.status == 409 and exc.field is None:  # an account exists (made another way): the link is spent
+                self.end_setup()
+            raise
+        self.end_setup()
         return user
+
+    def end_setup(self) -> None:
+        if self.setup is not None:
+            self.setup.close()
+            self.setup = None
 
     # ------------------------------------------------------------------ sessions
     async def login(self, email: str, password: str) -> Tokens:
@@ -106,36 +177,86 @@ class Accounts:
         return await self.db.run(self._start_session, user)
 
     def _start_session(self, user: User) -> Tokens:
-        refresh, refresh_hash = new_refresh_token()
-        session = AuthSession.create(user=user, refresh_hash=refresh_hash,
-                                     expires_at=utcnow() + self.refresh_ttl)
-        return self._tokens(user, session.id, refresh)
+        session_id = new_id()
+        refresh, refresh_hash = new_refresh_token(session_id)
+        AuthSession.create(id=session_id, user=user, refresh_hash=refresh_hash,
+                           expires_at=utcnow() + self.refresh_ttl)
+        return self._tokens(user, session_id, refresh)
 
     def _tokens(self, user: User, session_id: str, refresh: str) -> Tokens:
         access = self.issuer.issue("access", user.id, sid=session_id, role=user.role)
         return Tokens(access, refresh, int(self.issuer.access_ttl.total_seconds()))
 
     async def refresh(self, refresh_token: str) -> Tokens:
-        def rotate() -> Tokens:
+        presented = hash_refresh_token(refresh_token)
+
+        def rotate() -> Tokens | str:
             with self.db.atomic():
                 session = (AuthSession.select(AuthSession, User).join(User)
-                           .where(AuthSession.refresh_hash == hash_refresh_token(refresh_token))
-                           .first())
-                if (session is None or session.revoked_at is not None
-                        or session.expires_at < utcnow() or not session.user.active):
+                           .where(AuthSession.refresh_hash == presented).first())
+                if session is None:
+                    return self._presented_again(refresh_token, presented)
+                if session.revoked_at is not None or session.expires_at < utcnow() or not session.user.active:
                     raise ApiError(401, "invalid_refresh_token",
                                    "the refresh token is unknown, used, revoked or expired; sign in again")
-                refresh, refresh_hash = new_refresh_token()
+                refresh, refresh_hash = new_refresh_token(session.id)
                 session.refresh_hash = refresh_hash
                 session.save()
                 return self._tokens(session.user, session.id, refresh)
 
-        return await self.db.run(rotate)
+        result = await self.db.run(rotate)
+        if isinstance(result, str):  # a rotated token came back: end its session everywhere
+            await self.session_ended(result)
+            raise ApiError(401, "invalid_refresh_token", "this refresh token was already used, so it may have "
+                           "been copied: the session is ended everywhere; sign in again")
+        now = time.monotonic()
+        if presented not in self._rotated and len(self._rotated) >= RECENT_TOKENS:
+            self._rotated = {k: v for k, v in self._rotated.items() if v[0] > now}
+        self._rotated[presented] = (now + REUSE_GRACE_SECONDS, result)
+        return result
+
+    def _presented_again(self, refresh_token: str, presented: str) -> Tokens | str:
+        """A refresh token that is not its session's current one. Presented again moments after
+        its rotation while its successor is still unused (two tabs refreshing at once), it gets
+        that successor again; otherwise it is an old token of the session, or a copy: the session
+        is revoked and its id returned. A token naming no live session gets 401."""
+        session_id = refresh_token_session(refresh_token)
+        session = AuthSession.get_or_none(AuthSession.id == session_id) if session_id else None
+        if session is None or session.revoked_at is not None:
+            raise ApiError(401, "invalid_refresh_token",
+                           "the refresh token is unknown, used, revoked or expired; sign in again")
+        until, successor = self._rotated.get(presented, (0.0, None))
+        if (successor is not None and until > time.monotonic()
+                and session.refresh_hash == hash_refresh_token(successor.refresh_token)):
+            return successor
+        session.revoked_at = utcnow()
+        session.save()
+        AuditEvent.create(actor=session.user_id, action="session.refresh_reused", detail={"session_id": session.id})
+        return session.id
 
     async def logout(self, principal: Principal) -> None:
-        self.forget(session_id=principal.session_id)
         await self.db.run(lambda: AuthSession.update(revoked_at=utcnow())
                           .where(AuthSession.id == principal.session_id).execute())
+        await self.session_ended(principal.session_id)
+
+    async def session_ended(self, session_id: str) -> None:
+        """A session was revoked: its tokens stop working here at once, and every process closes
+        its connections (signaling listens on the bus)."""
+        self.forget(session_id=session_id)
+        await self.bus.publish(ACCOUNTS_CHANNEL, {"type": "session_ended", "session_id": session_id})
+
+    async def user_changed(self, user_id: str, active: bool) -> None:
+        """An account was changed by an administrator; disabled, its connections close everywhere."""
+        self.forget(user_id=user_id)
+        if not active:
+            await self.bus.publish(ACCOUNTS_CHANNEL, {"type": "user_disabled", "user_id": user_id})
+
+    async def still_signed_in(self, principal: Principal) -> bool:
+        """Whether a principal authenticated earlier may still act: the account active and the
+        session live; a guest's token not run out."""
+        if principal.kind == "guest":
+            return time.time() < principal.expires_at
+        return bool(await self.db.fetch(LIVE_SESSION, sid=principal.session_id, uid=principal.id, now=utcnow()))
 
     # ------------------------------------------------------------------ authentication
     async def authenticate(self, request: Request, admin: bool = False) -> Principal:
@@ -160,7 +281,7 @@ class Accounts:
         if claims["typ"] == "guest":
             # A guest has no account: the token itself names them and their one meeting.
             return Principal("guest", claims["sub"], claims.get("name", "Guest"), role="guest",
-                             meeting_id=claims.get("mid", ""))
+                             meeting_id=claims.get("mid", ""), expires_at=float(claims["exp"]))
         principal = self._principal(await self.db.fetch(
             LIVE_SESSION, sid=claims.get("sid", ""), uid=claims["sub"], now=utcnow()), claims.get("sid", ""))
         if principal is None:
@@ -171,11 +292,21 @@ class Accounts:
         self._recent[token] = (now + lifetime, principal)
         return principal
 
-    def guest_token(self, meeting_id: str, name: str) -> Tokens:
+    def guest_token(self, meeting_id: str, name: str, guest_id: str) -> Tokens:
         """A token that lets someone without an account into one meeting (GUEST_HOURS long)."""
         ttl = dt.timedelta(hours=GUEST_HOURS)
-        token = self.issuer.issue("guest", f"g-{secrets.token_hex(8)}", ttl, mid=meeting_id, name=name)
+        token = self.issuer.issue("guest", guest_id, ttl, mid=meeting_id, name=name)
         return Tokens(token, "", int(ttl.total_seconds()))
+
+    def guest_id(self, browser_token: str | None, ttl: dt.timedelta) -> tuple[str, str]:
+        """The guest id of a browser, from its signed cookie (``browser_token``) or a new one, and
+        the cookie to set (valid ``ttl``): a browser keeps its guest id across guest passes, so that
+        being removed from a meeting holds for its next pass too."""
+        try:
+            guest_id = self.issuer.verify(browser_token or "", "browser")["sub"]
+        except TokenError:
+            guest_id = f"g-{secrets.token_hex(8)}"
+        return guest_id, self.issuer.issue("browser", guest_id, ttl)
 
     def forget(self, user_id: str | None = None, session_id: str | None = None) -> None:
         """Drop remembered tokens of a user or session that changed (signed out, disabled, new role)."""

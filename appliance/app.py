@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ from .accounts import Accounts
 from .api import api, files, recordings
 from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
+from .captions.audio import DECODE_SLOTS
 from .captions.files import FileJobs
 from .captions.sink import caption_sink_factory
 from .cors import install_cors
+from .security_headers import install_security_headers
 from .inference import open_inference
 from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
@@ -30,6 +33,7 @@ from .settings import Settings, ensure_secrets
 from .sfu.host import RoomHost
 from .sfu.ice import IceServer, IceSettings
 from .signaling import Signaling
+from .throttle import appliance_throttle
 from .stores import open_stores
 
 log = logging.getLogger("confmeet")
@@ -91,11 +95,14 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     app.config.WEBSOCKET_MAX_SIZE = 1 << 20
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
+    app.config.PROXIES_COUNT = settings.forwarded_proxies  # whose X-Forwarded-For names the client
     app.ctx.settings = settings
+    DECODE_SLOTS.limit = settings.ai_concurrent_decodes
 
     install_error_handlers(app)
     install_ops(app)
     install_cors(app, settings.cors_origins)
+    install_security_headers(app, settings)
     api.mount(app)
     openapi = build_openapi(api)
 
@@ -136,8 +143,9 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.stores = stores
         app.ctx.db = stores.db
         issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
-        app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days))
-        app.ctx.meetings = Meetings(stores.db, stores.bus, settings.base_url)
+        app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days), stores.bus)
+        app.ctx.meetings = Meetings(stores.db, stores.bus, stores.documents, settings.base_url)
+        app.ctx.throttle = appliance_throttle(settings, stores.db)
         app.ctx.inference = open_inference(settings.inference, settings.model_repository_path)
         app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents, stores.objects)
         app.ctx.recordings = Recordings(settings, stores.db, stores.objects)
@@ -145,16 +153,16 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
                                                                     "recording": app.ctx.recordings.sink})
         install_sfu_metrics(app.ctx.sfu)
         app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
-                                      stores.db, stores.bus, stores.documents)
+                                      stores.db, stores.bus, stores.documents, app.ctx.throttle)
         app.ctx.recordings.attach(app.ctx.signaling)
         await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings, app.ctx.file_jobs)
         app.ctx.instance.start_heartbeat()
         await app.ctx.recordings.start()
         await app.ctx.signaling.start()
         if await app.ctx.accounts.user_count() == 0:
-            token = app.ctx.accounts.begin_setup()
-            print(f"No users yet. Create the first administrator at {settings.base_url}/#setup={token}\n"
-                  "  or run: confmeet user add EMAIL --admin", flush=True)
+            link = app.ctx.accounts.begin_setup(settings.data_dir / "setup-link", settings.base_url,
+                                                settings.setup_link_seconds)
+            print(link.announce(terminal=sys.stdout.isatty()), flush=True)
 
     async def drain(app: Sanic) -> None:
         app.ctx.recordings.stopping = True
@@ -175,6 +183,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     @app.after_server_stop
     async def close_everything(app: Sanic) -> None:
         await app.ctx.stores.close()
+        app.ctx.accounts.end_setup()
         app.ctx.instance.release()
 
     return app

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from .stores.relational import AuditEvent, Meeting, MeetingRole
 
 if TYPE_CHECKING:
+    from .accounts import Principal
     from .signaling import Connection, Seat, Signaling
 
 MODERATORS = ("host", "moderator")
 REACTIONS = ("👍", "👏", "😂", "❤️", "🎉", "😮")
-REACTION_INTERVAL = 0.5
 MAX_CHAT = 4000
 CHAT_HISTORY = 200
 CLOSE_REMOVED, CLOSE_DENIED = 4013, 4014
@@ -65,8 +65,6 @@ class MeetingControls:
     def __init__(self, signaling: Signaling) -> None:
         self.s = signaling
         self.lobby: dict[str, dict[str, Knock]] = {}
-        self.removed: dict[str, set[str]] = {}
-        self._last_reaction: dict[str, float] = {}
         self.handlers: dict[str, Handler] = {
             "admit": self.admit, "deny": self.deny, "set_role": self.set_role, "lock": self.lock,
             "mute": self.mute, "ask_unmute": self.ask_unmute, "stop_camera": self.stop_camera,
@@ -89,12 +87,21 @@ class MeetingControls:
         self.broadcast(seat.meeting_id, {"type": "participant_updated", "participant": seat.view()})
 
     # ------------------------------------------------------------------ lobby
-    def must_knock(self, meeting: Any, principal_id: str, role: str) -> tuple[bool, bool]:
-        """(knock?, removed?) for someone about to enter."""
-        removed = principal_id in self.removed.get(meeting.id, set())
-        return (removed or (meeting.lobby and role not in MODERATORS)), removed
+    async def must_knock(self, meeting: Any, principal: Principal, role: str) -> tuple[bool, bool]:
+        """(knock?, removed?) for someone about to enter. Someone removed waits in the lobby until
+        let back in; once anyone was removed, so does every guest (a removed guest may come back
+        as a "new" one from another browser)."""
+        removed = await self.s.meetings.is_removed(meeting.id, principal.id)
+        if removed or (meeting.lobby and role not in MODERATORS):
+            return True, removed
+        return principal.kind == "guest" and await self.s.meetings.anyone_removed(meeting.id), False
 
     def knock(self, conn: Connection, meeting: Any, role: str, name: str, removed: bool) -> dict[str, Any]:
+        from .signaling import SignalingError
+
+        most = self.s.settings.max_waiting_per_meeting
+        if len(self.lobby.get(meeting.id, {})) >= most:
+            raise SignalingError("lobby_full", f"{most} people are waiting to be let in already; try again later")
         knock = Knock(f"k-{uuid.uuid4().hex[:12]}", conn, meeting, role, name, removed)
         conn.knock = knock
         self.lobby.setdefault(meeting.id, {})[knock.id] = knock
@@ -131,8 +138,9 @@ class MeetingControls:
     async def admit(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
         _moderator(seat, "let people in")
         knock = self._knock_of(seat, message)
+        self.s.check_name(seat.meeting_id, knock.conn.principal, knock.name)
         self.cancel_knock(knock)
-        self.removed.get(seat.meeting_id, set()).discard(knock.conn.principal.id)
+        await self.s.meetings.let_back(seat.meeting_id, knock.conn.principal.id)
         knock.conn.knock = None
         knock.conn.hold()
         try:
@@ -231,9 +239,11 @@ class MeetingControls:
         target = _target(self.s, seat, message)
         if target.role == "host":
             raise SignalingError("forbidden", "the host cannot be removed")
-        self.removed.setdefault(seat.meeting_id, set()).add(target.user_id)
-        target.send({"type": "removed", "by": seat.name})
-        await self.s.release(target, "removed", close=CLOSE_REMOVED)
+        await self.s.meetings.remove(seat.meeting_id, target.user_id)
+        # every seat the same person holds in the meeting (another tab, another device) goes too
+        for gone in [s for s in self.s.in_meeting(seat.meeting_id) if s.user_id == target.user_id]:
+            gone.send({"type": "removed", "by": seat.name})
+            await self.s.release(gone, "removed", close=CLOSE_REMOVED)
         await self.audit(seat, "remove", participant=target.id, name=target.name)
         return {"type": "ok"}
 
@@ -276,10 +286,9 @@ class MeetingControls:
         emoji = message.get("emoji")
         if emoji not in REACTIONS:
             raise SignalingError("bad_message", f"'emoji' must be one of {' '.join(REACTIONS)}")
-        now = time.monotonic()
-        if now - self._last_reaction.get(seat.id, 0.0) < REACTION_INTERVAL:
-            raise SignalingError("too_fast", "one reaction per half second")
-        self._last_reaction[seat.id] = now
+        limit = (self.s.throttle.limits.reaction, seat.id)
+        self.s.throttle.check(limit)
+        await self.s.throttle.record(limit)
         self.broadcast(seat.meeting_id, {"type": "reaction", "participant_id": seat.id, "emoji": emoji})
         return {"type": "ok"}
 
@@ -293,6 +302,9 @@ class MeetingControls:
         recipient = None
         if to is not None:
             recipient = _target(self.s, seat, {"participant_id": to})
+        limit = (self.s.throttle.limits.chat, seat.id)
+        self.s.throttle.check(limit)
+        await self.s.throttle.record(limit)
         entry = await self.post(seat.meeting_id, seat.id, seat.name, text, to=recipient.id if recipient else None)
         return {"type": "ok", "message": entry}
 

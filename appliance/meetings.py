@@ -13,13 +13,13 @@ from .accounts import Principal
 from .api.errors import forbidden, not_found
 from .security import hash_password, verify_password
 from .stores.bus import EventBus
+from .stores.documents import DocumentExists, DocumentStore
 from .stores.relational import (AuditEvent, Meeting, MeetingRole, Participant, Prepared, Relational, model_from_row,
                                 utcnow)
 
 CODE_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # no l/o: they read as 1/0
 EDITABLE = ("title", "starts_at", "lobby", "allow_guests", "locked")
-
-
+REMOVALS = "meeting_removals"  # documents: who was removed from which meeting, until let back in
 
 
 def _meeting_and_role(column: pw.Field) -> Prepared:
@@ -48,10 +48,32 @@ def channel(meeting_id: str) -> str:
 
 
 class Meetings:
-    def __init__(self, db: Relational, bus: EventBus, base_url: str) -> None:
+    def __init__(self, db: Relational, bus: EventBus, documents: DocumentStore, base_url: str) -> None:
         self.db = db
         self.bus = bus
+        self.documents = documents
         self.base_url = base_url
+
+    # ------------------------------------------------------------------ removal
+    # The one place that says whether someone is out of a meeting: signaling asks it before seating
+    # anyone, and every REST path of the meeting (files, download links, recordings, transcript)
+    # through is_member. A removal holds (in the document store, for every process) until a host
+    # or moderator lets the person back in from the lobby.
+    async def is_removed(self, meeting_id: str, principal_id: str) -> bool:
+        return await self.documents.get(REMOVALS, f"{meeting_id}/{principal_id}") is not None
+
+    async def anyone_removed(self, meeting_id: str) -> bool:
+        return await self.documents.count(REMOVALS, {"meeting_id": meeting_id}) > 0
+
+    async def remove(self, meeting_id: str, principal_id: str) -> None:
+        try:
+            await self.documents.insert(REMOVALS, {"_id": f"{meeting_id}/{principal_id}", "meeting_id": meeting_id,
+                                                   "principal_id": principal_id, "at": utcnow().isoformat()})
+        except DocumentExists:
+            pass
+
+    async def let_back(self, meeting_id: str, principal_id: str) -> None:
+        await self.documents.delete(REMOVALS, f"{meeting_id}/{principal_id}")
 
     def view(self, meeting: Meeting, my_role: str | None) -> dict[str, Any]:
         return {
@@ -135,12 +157,13 @@ class Meetings:
         return meeting, role
 
     async def is_member(self, principal: Principal, meeting_id: str) -> bool:
-        """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin.
-        Raises 404 when there is no such meeting (for a guest: when it is not theirs)."""
+        """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin;
+        and not removed from it. Raises 404 when there is no such meeting (for a guest: when it is
+        not theirs)."""
         if principal.kind == "guest":
             if principal.meeting_id != meeting_id:
                 raise not_found("meeting")
-            return True
+            return not await self.is_removed(meeting_id, principal.id)
 
         def member() -> bool:
             if not Meeting.select().where(Meeting.id == meeting_id).exists():
@@ -150,7 +173,7 @@ class Meetings:
                     or Participant.select().where(Participant.meeting == meeting_id,
                                                   Participant.user == principal.id).exists())
 
-        return await self.db.run(member)
+        return await self.db.run(member) and (principal.is_admin or not await self.is_removed(meeting_id, principal.id))
 
     async def admit_guest(self, code: str, password: str | None) -> dict[str, str]:
         """The meeting a guest may enter with this code and password, or one uniform 404."""

@@ -1,7 +1,9 @@
-"""Operations endpoints: /healthz (alive), /readyz (every store checked), /metrics (Prometheus)."""
+"""Operations endpoints: /healthz (alive), /readyz (every store checked), /metrics (Prometheus,
+for the monitoring server only)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -10,6 +12,8 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
 from . import __version__
+from .api.errors import ApiError
+from .throttle import client_address
 
 REQUESTS = Counter("confmeet_http_requests_total", "HTTP requests answered",
                    ["method", "route", "status"])
@@ -82,4 +86,13 @@ def install_ops(app: Sanic) -> None:
 
     @app.get("/metrics", name="metrics")
     async def metrics(request: Request) -> HTTPResponse:
+        """For Prometheus only: the addresses in ``metrics_addresses`` (loopback by default), or
+        whoever sends ``Authorization: Bearer <metrics_token>``."""
+        settings = request.app.ctx.settings
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        bearer_ok = bool(settings.metrics_token) and scheme.lower() == "bearer" and secrets.compare_digest(
+            token.strip().encode("utf-8", "surrogateescape"), settings.metrics_token.encode())
+        if not bearer_ok and client_address(request) not in settings.metrics_addresses:
+            raise ApiError(403, "forbidden", "metrics are for the monitoring server: scrape from an address in "
+                           "'metrics_addresses', or send 'Authorization: Bearer <metrics_token>'")
         return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -31,10 +31,18 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-def new_refresh_token() -> tuple[str, str]:
-    """A fresh refresh token and the hash to store (only the hash is ever kept)."""
-    token = secrets.token_urlsafe(32)
+def new_refresh_token(session_id: str) -> tuple[str, str]:
+    """A fresh refresh token of a session and the hash to store (only the hash is ever kept). The
+    token names its session, so that an old token presented again can end the session it was
+    rotated out of (reuse detection)."""
+    token = f"{session_id}.{secrets.token_urlsafe(32)}"
     return token, hash_refresh_token(token)
+
+
+def refresh_token_session(token: str) -> str | None:
+    """The session a refresh token names, if it names one."""
+    session_id, dot, _ = token.partition(".")
+    return session_id if dot and session_id else None
 
 
 def hash_refresh_token(token: str) -> str:

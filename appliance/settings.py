@@ -20,6 +20,13 @@ from .fsutil import write_atomically
 DEFAULT_CONFIG = Path("/etc/confmeet/confmeet.toml")
 ENV_PREFIX = "CONFMEET_"
 SECRET_FIELDS = ("secret_key", "turn_secret")
+MASKED_FIELDS = (*SECRET_FIELDS, "metrics_token")  # never shown by ``config show``
+POSITIVE_FIELDS = ("setup_link_seconds", "session_check_seconds", "throttle_window_seconds", "lockout_seconds",
+                   "lockout_max_seconds", "login_failures_per_account", "login_failures_per_address",
+                   "password_failures_per_meeting", "password_failures_per_address", "guest_tokens_per_address",
+                   "chat_messages_per_10s", "max_tracks_per_participant", "max_waiting_per_meeting",
+                   "ai_concurrent_decodes", "turn_credential_minutes", "recording_sync_seconds",
+                   "stop_timeout_seconds")
 
 
 class SettingsError(Exception):
@@ -55,11 +62,36 @@ class Settings:
     tls_key: str = ""
     max_request_bytes: int = 1_000_000
     max_upload_bytes: int = 25 * 1024 * 1024  # files shared in a meeting's chat
+    # Reverse proxies in front of the appliance whose X-Forwarded-For names the client (0: none):
+    # the per-address limits below count the client, not the proxy.
+    forwarded_proxies: int = 0
+    # /metrics answers these addresses, and anyone with the bearer token metrics_token (if set).
+    metrics_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    metrics_token: str = ""
     # Accounts
     allow_registration: bool = False
     access_token_minutes: int = 15
     refresh_token_days: int = 30
+    setup_link_seconds: int = 3600  # how long the first-start setup link works
+    session_check_seconds: int = 60  # how often an open WebSocket's sign-in is checked again
     log_level: str = "INFO"
+    # Throttling (appliance/throttle.py): attempts counted over throttle_window_seconds; past the
+    # limit, the key is locked out for lockout_seconds, doubling with each lockout in a row up to
+    # lockout_max_seconds.
+    throttle_window_seconds: int = 600
+    lockout_seconds: int = 60
+    lockout_max_seconds: int = 3600
+    login_failures_per_account: int = 10
+    login_failures_per_address: int = 30
+    password_failures_per_meeting: int = 30  # meeting passwords: guest tokens and signaling joins
+    password_failures_per_address: int = 10
+    guest_tokens_per_address: int = 30
+    # Meetings
+    chat_messages_per_10s: int = 10  # per participant
+    max_tracks_per_participant: int = 4  # tracks one participant publishes (microphone, camera, screen, its audio)
+    max_waiting_per_meeting: int = 50  # knocks waiting in a lobby
+    # Uploaded audio decoded at once for /api/v1/ai/* (a 3 h file is ~700 MB of samples)
+    ai_concurrent_decodes: int = 2
     # Media (WebRTC): UDP ports the SFU binds, addresses to announce behind 1:1 NAT, the STUN/TURN
     # servers handed to clients (never a public server by default), and a loopback-only mode
     # for tests on one machine.
@@ -68,7 +100,7 @@ class Settings:
     media_udp_max: int = 20999
     announced_addresses: list[str] = field(default_factory=list)
     ice_servers: list[str] = field(default_factory=list)
-    turn_credential_hours: int = 12
+    turn_credential_minutes: int = 10  # TURN credentials are made per join (per seat) and open relays this long
     media_loopback: bool = False
     # Recording: days a recording is kept (0: until deleted), and the free disk space under which
     # a recording stops (it is written to <data_dir>/recordings first).
@@ -118,7 +150,7 @@ class Settings:
                 value = getattr(self, f"{f.name}_url")
             if isinstance(value, Path):
                 value = str(value)
-            if mask_secrets and f.name in SECRET_FIELDS:
+            if mask_secrets and f.name in MASKED_FIELDS:
                 value = "********" if value else "(not set)"
             elif mask_secrets and isinstance(value, str) and "://" in value:
                 value = mask_url_password(value)
@@ -147,6 +179,11 @@ class Settings:
         if not (1024 <= self.media_udp_min <= self.media_udp_max <= 65535):
             raise SettingsError(f"media UDP ports {self.media_udp_min}-{self.media_udp_max}: set "
                                 "1024 <= media_udp_min <= media_udp_max <= 65535")
+        for name in POSITIVE_FIELDS:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"setting '{name}' = {getattr(self, name)} must be 1 or more")
+        if self.forwarded_proxies < 0:
+            raise SettingsError(f"setting 'forwarded_proxies' = {self.forwarded_proxies} must be 0 or more")
         for server in self.ice_servers:
             if urlsplit(server).scheme not in ("stun", "stuns", "turn", "turns"):
                 raise SettingsError(f"ice_servers entry {server!r}: use stun:HOST:PORT or turn:HOST:PORT")

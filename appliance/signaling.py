@@ -26,10 +26,11 @@ from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
-from .accounts import Accounts, Principal
+from .accounts import ACCOUNTS_CHANNEL, Accounts, Principal
 from .api.errors import ApiError
 from .captions.controls import CaptionControls
 from .controls import Knock, MeetingControls
+from .display_names import name_problem
 from .meetings import Meetings, channel
 from .security import verify_password
 from .settings import Settings
@@ -37,6 +38,7 @@ from .sfu.host import RoomHost
 from .stores.bus import EventBus
 from .stores.documents import DocumentStore
 from .stores.relational import Meeting, Participant, Relational, utcnow
+from .throttle import Throttle, Throttled, client_address
 
 log = logging.getLogger("confmeet.signaling")
 
@@ -59,12 +61,14 @@ CLOSE_LEFT, CLOSE_UNAUTHORIZED, CLOSE_IDLE, CLOSE_ENDED, CLOSE_REPLACED = 1000, 
 class SignalingError(Exception):
     """A request that cannot be served: sent to the client as an ``error`` message."""
 
-    def __init__(self, code: str, message: str, close: int | None = None, re: Any = None) -> None:
+    def __init__(self, code: str, message: str, close: int | None = None, re: Any = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.close = close
         self.re = re
+        self.retry_after = retry_after
 
 
 @dataclass(eq=False)
@@ -73,6 +77,7 @@ class Connection:
 
     ws: WebsocketImplProtocol
     principal: Principal
+    address: str = ""  # the client's IP address (for the per-address limits)
     outbox: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     seat: Seat | None = None
     knock: Knock | None = None
@@ -120,8 +125,7 @@ class Seat:
     id: str
     meeting_id: str
     meeting: dict[str, str]
-    user_id: str
-    principal_kind: str
+    principal: Principal
     name: str
     role: str
     session: str
@@ -132,29 +136,54 @@ class Seat:
     hand_at: float | None = None  # when the hand went up (the order hands are taken in)
     pending_offer: dict[str, Any] | None = None  # the SFU's offer this seat has not answered yet
 
+    @property
+    def user_id(self) -> str:
+        return self.principal.id
+
+    @property
+    def principal_kind(self) -> str:
+        return self.principal.kind
+
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role, "muted": self.muted,
-                "camera_off": self.camera_off, "hand_raised_at": self.hand_at}
+        return {"id": self.id, "name": self.name, "role": self.role, "guest": self.principal.kind == "guest",
+                "muted": self.muted, "camera_off": self.camera_off, "hand_raised_at": self.hand_at}
 
     def send(self, message: dict[str, Any]) -> None:
         if self.connection is not None:
             self.connection.send(message)
 
 
-def turn_credentials(secret: str, user: str, hours: int) -> tuple[str, str]:
+def turn_credentials(secret: str, user: str, minutes: int) -> tuple[str, str]:
     """coturn's time-limited credentials (use-auth-secret): ``expiry:user`` and its HMAC-SHA1."""
-    username = f"{int(time.time()) + hours * 3600}:{user}"
+    username = f"{int(time.time()) + minutes * 60}:{user}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return username, base64.b64encode(digest).decode()
 
 
+def _storable(value: Any) -> bool:
+    """No text anywhere in a parsed message holds what JSON may escape but no text column stores:
+    a lone UTF-16 surrogate ("\\ud800") or NUL."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
+
+
 class Signaling:
     def __init__(self, settings: Settings, host: RoomHost, accounts: Accounts, meetings: Meetings,
-                 db: Relational, bus: EventBus, documents: DocumentStore) -> None:
+                 db: Relational, bus: EventBus, documents: DocumentStore, throttle: Throttle) -> None:
         self.settings = settings
         self.host = host
         self.accounts = accounts
         self.meetings = meetings
+        self.throttle = throttle
         self.db = db
         self.bus = bus
         self.documents = documents
@@ -175,7 +204,9 @@ class Signaling:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._sfu_events(), name="signaling-sfu-events"),
-                       asyncio.create_task(self._bus_events(), name="signaling-bus-events")]
+                       asyncio.create_task(self._bus_events(), name="signaling-bus-events"),
+                       asyncio.create_task(self._account_events(), name="signaling-account-events"),
+                       asyncio.create_task(self._check_sign_ins(), name="signaling-sign-in-checks")]
 
     async def close(self) -> None:
         for seat in list(self.seats.values()):
@@ -191,6 +222,10 @@ class Signaling:
     def in_meeting(self, meeting_id: str) -> list[Seat]:
         return [seat for seat in self.seats.values() if seat.meeting_id == meeting_id]
 
+    def seat_of(self, meeting_id: str, principal_id: str) -> Seat | None:
+        """The seat someone holds in a meeting now, if any."""
+        return next((s for s in self.in_meeting(meeting_id) if s.user_id == principal_id), None)
+
     # ------------------------------------------------------------------ one WebSocket
     async def serve(self, request: Request, ws: WebsocketImplProtocol) -> None:
         token = request.args.get("token", "")
@@ -200,7 +235,7 @@ class Signaling:
             await ws.send(json.dumps({"type": "error", "code": "unauthorized", "message": exc.message}))
             await ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
             return
-        conn = Connection(ws, principal)
+        conn = Connection(ws, principal, client_address(request))
         self.connections.add(conn)
         writer = asyncio.create_task(conn.drain(), name="signaling-writer")
         self._writers.add(writer)
@@ -219,8 +254,19 @@ class Signaling:
             if conn.knock is not None:
                 self.controls.cancel_knock(conn.knock)
             conn.close(conn.close_code or CLOSE_LEFT)
+            leftovers = asyncio.create_task(self._discard_incoming(conn.ws), name="signaling-leftovers")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, 5)
+            leftovers.cancel()
+
+    @staticmethod
+    async def _discard_incoming(ws: WebsocketImplProtocol) -> None:
+        """Read and drop what the client sent after the server stopped reading (messages behind a
+        ``leave``): Sanic hands frames over one at a time, so unread ones would hold back the
+        client's closing frame, and the close would end in a timeout instead of a handshake."""
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.recv()
 
     async def _read(self, conn: Connection) -> None:
         while conn.close_code is None:
@@ -237,8 +283,12 @@ class Signaling:
                 message = self._parse(raw)
                 reply_to = message.get("id")
                 reply = await self._dispatch(conn, message)
-            except SignalingError as exc:
+            except (SignalingError, Throttled) as exc:
+                if isinstance(exc, Throttled):
+                    exc = SignalingError(exc.code, exc.message, retry_after=exc.retry_after)
                 error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+                if exc.retry_after is not None:
+                    error["retry_after"] = exc.retry_after
                 if reply_to is not None or exc.re is not None:
                     error["re"] = reply_to if reply_to is not None else exc.re
                 conn.send(error)
@@ -261,10 +311,17 @@ class Signaling:
             raise SignalingError("bad_message", f"messages are limited to {MAX_MESSAGE // 1024} KiB")
         try:
             message = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise SignalingError("bad_message", "a message must be a JSON object") from None
         if not isinstance(message, dict):
             raise SignalingError("bad_message", "a message must be a JSON object")
+        try:
+            storable = _storable(message)
+        except RecursionError:  # nested deeper than any message of the protocol
+            storable = False
+        if not storable:
+            raise SignalingError("bad_message", "the message is nested too deep, or holds a lone surrogate "
+                                 "or a NUL character")
         reply_to = message.get("id")
         if reply_to is not None and (not isinstance(reply_to, (str, int)) or isinstance(reply_to, bool)):
             raise SignalingError("bad_message", "'id' must be a string or a number")
@@ -307,6 +364,8 @@ class Signaling:
             conn.send(reply)
             conn.close(CLOSE_LEFT)
             return None
+        if kind == "offer":
+            self._check_published(message)
         forwarded = {k: v for k, v in message.items() if k in ("type", "sdp", "tracks", "candidate")}
         reply = await self.host.request(seat.meeting_id, {**forwarded, "participant": seat.id})
         if reply.get("type") == "error":
@@ -339,8 +398,12 @@ class Signaling:
         if meeting.status == "ended":
             raise SignalingError("meeting_ended", "this meeting has ended", close=CLOSE_ENDED)
         if meeting.password_hash and role != "host":
+            limits = self.throttle.limits
+            attempt = ((limits.password_address, conn.address), (limits.password_meeting, meeting.code))
+            self.throttle.check(*attempt)
             ok = await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
             if not ok:
+                await self.throttle.record(*attempt)
                 if principal.kind == "guest":
                     raise SignalingError("not_found", "no such meeting")
                 raise SignalingError("wrong_password", "this meeting needs its password")
@@ -348,18 +411,41 @@ class Signaling:
         role = role or "participant"
         if meeting.locked and role not in ("host", "moderator"):
             raise SignalingError("locked", "the meeting is locked; ask the host to unlock it")
-        knock, removed = self.controls.must_knock(meeting, principal.id, role)
+        self.check_name(meeting.id, principal, name.strip())
+        knock, removed = await self.controls.must_knock(meeting, principal, role)
         if knock:
             return self.controls.knock(conn, meeting, role, name.strip(), removed)
         return await self.seat_connection(conn, meeting, role, name.strip())
 
+    def check_name(self, meeting_id: str, principal: Principal, name: str) -> None:
+        """Refuse a display name that poses as a role or as someone else in the meeting."""
+        problem = name_problem(name, [s.name for s in self.in_meeting(meeting_id) if s.user_id != principal.id])
+        if problem:
+            raise SignalingError("bad_name", problem)
+
+    def _check_published(self, offer: dict[str, Any]) -> None:
+        """Refuse an offer that would publish more tracks than one participant may."""
+        sdp = offer.get("sdp")
+        if not isinstance(sdp, str):
+            return  # the SFU says what is wrong with it
+        published = 0
+        for section in sdp.split("\nm=")[1:]:
+            media, _, rest = section.partition(" ")
+            port = rest.split(" ", 1)[0]
+            if media in ("audio", "video") and port != "0" and not any(
+                    f"a={d}" in section for d in ("recvonly", "inactive")):
+                published += 1
+        most = self.settings.max_tracks_per_participant
+        if published > most:
+            raise SignalingError("too_many_tracks", f"one participant may publish at most {most} tracks")
+
     async def seat_connection(self, conn: Connection, meeting: Meeting, role: str, name: str) -> dict[str, Any]:
         """Give the connection a seat in the meeting: the SFU, the roster, the record."""
         principal = conn.principal
+        self.check_name(meeting.id, principal, name)  # again: others may have joined while it waited
         seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
                     meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
-                    user_id=principal.id, principal_kind=principal.kind, name=name, role=role,
-                    session=secrets.token_urlsafe(24))
+                    principal=principal, name=name, role=role, session=secrets.token_urlsafe(24))
         reply = await self.host.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
         if reply.get("type") == "error":
             raise SignalingError(reply.get("code", "internal"), reply.get("message", "the SFU refused the join"))
@@ -402,7 +488,7 @@ class Signaling:
         (held behind this reply by the connection)."""
         joined = {
             "type": "joined", "meeting": seat.meeting, "participant": seat.view(), "session": seat.session,
-            "resumed": resumed, "ice_servers": self.client_ice_servers(seat.user_id),
+            "resumed": resumed, "ice_servers": self.client_ice_servers(seat.id),
             "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
             "tracks": [t for t in self.tracks.get(seat.meeting_id, {}).values() if t["participant"] != seat.id],
             **{name: feature.view(seat.meeting_id) for name, feature in self.features.items()},
@@ -411,15 +497,17 @@ class Signaling:
             joined["waiting"] = self.controls.waiting_view(seat.meeting_id)
         return joined
 
-    def client_ice_servers(self, user: str) -> list[dict[str, Any]]:
+    def client_ice_servers(self, seat_id: str) -> list[dict[str, Any]]:
+        """STUN servers, and TURN servers with credentials made for this seat alone, that open new
+        relays for turn_credential_minutes: someone removed cannot go on making relays."""
         servers: list[dict[str, Any]] = []
         stun = [url for url in self.settings.ice_servers if url.startswith("stun")]
         turn = [url for url in self.settings.ice_servers if url.startswith("turn")]
         if stun:
             servers.append({"urls": stun})
         if turn:
-            username, credential = turn_credentials(self.settings.turn_secret, user,
-                                                    self.settings.turn_credential_hours)
+            username, credential = turn_credentials(self.settings.turn_secret, seat_id,
+                                                    self.settings.turn_credential_minutes)
             servers.append({"urls": turn, "username": username, "credential": credential})
         return servers
 
@@ -536,11 +624,48 @@ class Signaling:
                         seat.send({"type": "meeting_ended"})
                         await self.release(seat, "left", close=CLOSE_ENDED)
 
-    async def file_shared(self, meeting_id: str, principal: Principal, file: dict[str, Any]) -> None:
-        """Post a shared file to the meeting's chat, from the uploader's seat if they have one."""
-        seat = next((s for s in self.in_meeting(meeting_id) if s.user_id == principal.id), None)
-        await self.controls.post(meeting_id, seat.id if seat else principal.id,
-                                 seat.name if seat else principal.name, file["name"], file=file)
+    async def file_shared(self, seat: Seat, file: dict[str, Any]) -> None:
+        """Post a shared file to the meeting's chat from the uploader's seat."""
+        await self.controls.post(seat.meeting_id, seat.id, seat.name, file["name"], file=file)
+
+    # ------------------------------------------------------------------ sign-outs
+    async def _account_events(self) -> None:
+        """Sessions ended and accounts disabled, in any process: their connections close at once."""
+        async with self.bus.subscribe(ACCOUNTS_CHANNEL) as events:
+            async for _, event in events:
+                try:
+                    if event.get("type") == "session_ended":
+                        self.accounts.forget(session_id=event["session_id"])
+                        await self.sign_out(lambda p, sid=event["session_id"]: p.kind == "user" and p.session_id == sid)
+                    elif event.get("type") == "user_disabled":
+                        self.accounts.forget(user_id=event["user_id"])
+                        await self.sign_out(lambda p, uid=event["user_id"]: p.kind == "user" and p.id == uid)
+                except Exception:
+                    log.exception("handling account event %s failed", event.get("type"))
+
+    async def _check_sign_ins(self) -> None:
+        """Every session_check_seconds, each open connection's sign-in is checked again (a change
+        made where no event reaches this process, a guest pass that ran out)."""
+        while True:
+            await asyncio.sleep(self.settings.session_check_seconds)
+            principals = {c.principal for c in self.connections} | {s.principal for s in self.seats.values()}
+            for principal in principals:
+                try:
+                    if not await self.accounts.still_signed_in(principal):
+                        await self.sign_out(lambda p, gone=principal: p == gone)
+                except Exception:
+                    log.exception("checking a connection's sign-in failed")
+
+    async def sign_out(self, match: Any) -> None:
+        """Close every connection, and release every seat, of the principals ``match`` accepts."""
+        notice = {"type": "error", "code": "unauthorized",
+                  "message": "you were signed out (the session ended or the account was disabled); sign in again"}
+        for seat in [s for s in self.seats.values() if match(s.principal)]:
+            seat.send(notice)
+            await self.release(seat, "left", close=CLOSE_UNAUTHORIZED)
+        for conn in [c for c in self.connections if match(c.principal) and c.close_code is None]:
+            conn.send(notice)
+            conn.close(CLOSE_UNAUTHORIZED)
 
     # ------------------------------------------------------------------ operators
     async def live(self, meeting_id: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -79,6 +80,13 @@ def serve(
     from appliance.app import create_app
 
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    os.umask(0o077)  # the database, documents, objects and secrets are for this user alone
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.chmod(0o700)
+    except OSError as exc:
+        fail(f"cannot use the data directory {settings.data_dir}: {exc.strerror or exc}; "
+             "run as its owner or choose another with --data-dir")
     if (settings.data_dir / "restore-state.json").exists():
         fail("a restore was interrupted and the stores are half restored: finish it with "
              "'confmeet backup restore ARCHIVE --resume' (or start over with --force)")

@@ -101,9 +101,9 @@ def test_login_refresh_logout(appliance: Appliance) -> None:
     assert r.status_code == 200
     renewed = r.json()
     assert renewed["refresh_token"] != tokens["refresh_token"]
-    # a refresh token works once
-    reuse = httpx.post(f"{appliance.url}/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
-    assert_error(reuse, 401, "invalid_refresh_token")
+    # a refresh token gives one successor: presented again at once (two tabs), the same one
+    again = httpx.post(f"{appliance.url}/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert again.status_code == 200 and again.json()["refresh_token"] == renewed["refresh_token"]
 
     new_headers = {"Authorization": f"Bearer {renewed['access_token']}"}
     assert httpx.post(f"{appliance.url}/api/v1/auth/logout", headers=new_headers).status_code == 204
@@ -185,7 +185,7 @@ def test_admin_cannot_lock_themselves_out(admin: httpx.Client) -> None:
 # ---------------------------------------------------------------------------- meetings
 def test_meeting_lifecycle(appliance: Appliance, admin: httpx.Client, member: httpx.Client) -> None:
     r = member.post("/api/v1/meetings", json={"title": "Weekly sync", "starts_at": "2026-12-01T09:00:00+01:00",
-                                              "password": "s3cret", "lobby": True})
+                                              "password": "s3cret pass", "lobby": True})
     assert r.status_code == 201, r.text
     meeting = r.json()
     assert re.fullmatch(r"[a-z]{3}-[a-z]{4}-[a-z]{3}", meeting["code"])

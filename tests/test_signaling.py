@@ -237,7 +237,7 @@ async def test_unauthorised_connections_are_refused(appliance: Appliance) -> Non
 
 
 async def test_malformed_and_out_of_order_messages_get_typed_errors(appliance: Appliance) -> None:
-    meeting = new_meeting(appliance, password="letmein")
+    meeting = new_meeting(appliance, password="let me in")
     c = await client(appliance, "grace")
     try:
         await c.send_raw("{not json")
@@ -259,7 +259,7 @@ async def test_malformed_and_out_of_order_messages_get_typed_errors(appliance: A
         for message, code in cases:
             reply = await c.request(message)
             assert (reply["type"], reply.get("code")) == ("error", code), (message, reply)
-        assert (await c.join(meeting["code"], password="letmein"))["type"] == "joined"
+        assert (await c.join(meeting["code"], password="let me in"))["type"] == "joined"
         assert (await c.request({"type": "join", "meeting": meeting["code"]}))["code"] == "already_joined"
         assert (await c.request({"type": "offer", "sdp": "nonsense"}))["code"] == "invalid_sdp"
         assert (await c.request({"type": "answer", "sdp": "v=0\r\n"}))["type"] == "error"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ..api.errors import forbidden
+from ..throttle import client_address
 from . import api
 from .endpoint import Call
+from .errors import ApiError, forbidden
 from .models import LoginRequest, RefreshRequest, RegisterRequest, SetupRequest, TokenPair, User
 from .users import user_view
 
@@ -15,18 +16,31 @@ def _pair(tokens) -> TokenPair:
 
 
 @api.route("POST", "/api/v1/auth/login", summary="Sign in with e-mail and password", tag="auth",
-           auth=None, body=LoginRequest, response=TokenPair, errors=(401,))
+           auth=None, body=LoginRequest, response=TokenPair, errors=(401, 429))
 async def login(call: Call) -> TokenPair:
     """Returns a short-lived access token and a refresh token. Send the access token as
-    `Authorization: Bearer <token>`; when it expires, exchange the refresh token for a new pair."""
-    accounts = call.request.app.ctx.accounts
-    return _pair(await accounts.login(call.body.email, call.body.password))
+    `Authorization: Bearer <token>`; when it expires, exchange the refresh token for a new pair.
+    Too many failures for one account or from one address lock them out for a while (429 with
+    `Retry-After`, doubling with each lockout)."""
+    ctx = call.request.app.ctx
+    throttle, limits = ctx.throttle, ctx.throttle.limits
+    attempt = ((limits.login_account, call.body.email), (limits.login_address, client_address(call.request)))
+    throttle.check(*attempt)
+    try:
+        tokens = await ctx.accounts.login(call.body.email, call.body.password)
+    except ApiError as exc:
+        if exc.status == 401:
+            await throttle.record(*attempt)
+        raise
+    throttle.clear(limits.login_account, call.body.email)
+    return _pair(tokens)
 
 
 @api.route("POST", "/api/v1/auth/refresh", summary="Exchange a refresh token for a new token pair",
            tag="auth", auth=None, body=RefreshRequest, response=TokenPair, errors=(401,))
 async def refresh(call: Call) -> TokenPair:
-    """Refresh tokens rotate: each can be used once, and the reply carries its successor."""
+    """Refresh tokens rotate: each can be used once, and the reply carries its successor. A used
+    one presented again (a stolen copy) ends the whole session."""
     return _pair(await call.request.app.ctx.accounts.refresh(call.body.refresh_token))
 
 
@@ -49,7 +63,8 @@ async def register(call: Call) -> User:
 @api.route("POST", "/api/v1/setup", summary="Create the first administrator with the one-time setup token",
            tag="auth", auth=None, body=SetupRequest, response=User, status=201, errors=(403, 409))
 async def setup(call: Call) -> User:
-    """Works once, on an appliance with no users, with the token printed at its first start."""
+    """Works once, on an appliance with no users, for `setup_link_seconds` after it started, with
+    the token of the link it wrote to `DATA_DIR/setup-link`."""
     body = call.body
     user = await call.request.app.ctx.accounts.complete_setup(body.token, body.email, body.password, body.name)
     return user_view(user)

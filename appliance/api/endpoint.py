@@ -22,6 +22,7 @@ from .errors import ApiError
 
 Handler = Callable[..., Awaitable[Any]]
 MAX_PATH_PARAM = 64  # ids and codes are shorter; the OpenAPI document says so too
+ANONYMOUS_MAX_BODY = 16 * 1024  # nobody needs more to sign in, refresh, register or ask for a guest pass
 
 
 @dataclass
@@ -70,9 +71,6 @@ def validation_error(exc: ValidationError) -> ApiError:
 
 def parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
     raw = request.body or b""
-    limit = request.app.ctx.settings.max_request_bytes
-    if len(raw) > limit:
-        raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request needs a JSON object body")
     try:
@@ -150,6 +148,14 @@ class Api:
             app.add_route(_make_view(ep), ep.sanic_path, methods=[ep.method], stream=ep.upload,
                           name=f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}")
 
+        @app.signal("http.routing.after")
+        async def limit_body(request: Request, route: Any, kwargs: dict[str, Any], handler: Any) -> None:
+            """Hold each route to its own body limit before Sanic reads the body: a body announced
+            larger is refused (413) from its headers, and one sent larger is cut off there. The app's
+            own limit is the largest (uploads); an upload's handler counts what it streams."""
+            if request.stream is not None:
+                request.stream.request_max_size = getattr(handler, "max_body", None) or request.app.ctx.settings.max_request_bytes
+
 
 def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
     async def view(request: Request, **params: str) -> HTTPResponse:
@@ -176,4 +182,6 @@ def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
         return json(result, status=ep.status)
 
     view.__name__ = ep.handler.__name__
+    if not ep.upload:
+        view.max_body = ANONYMOUS_MAX_BODY if ep.auth is None else None  # type: ignore[attr-defined]
     return view

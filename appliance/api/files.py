@@ -44,9 +44,12 @@ async def _require_member(call: Call, meeting_id: str) -> None:
            errors=(403,))
 async def upload_file(call: Call, meeting_id: str) -> dict:
     """Send the file's bytes as the body (its type in Content-Type) and its name as `?name=`. It is
-    kept in the object store and posted to the chat; only people in the meeting can download it."""
+    kept in the object store and posted to the chat from your seat: only people in the meeting now
+    can share files, and only people who belong to it can download them."""
     ctx = call.request.app.ctx
     await _require_member(call, meeting_id)
+    if ctx.signaling.seat_of(meeting_id, call.principal.id) is None:
+        raise forbidden("join the meeting to share a file in its chat")
     limit = ctx.settings.max_upload_bytes
     request: Request = call.request
     file_id = uuid.uuid4().hex
@@ -72,11 +75,15 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
         await ctx.stores.objects.delete(key)
         raise ApiError(422, "invalid", "the file is empty", "body")
     principal = call.principal
+    seat = ctx.signaling.seat_of(meeting_id, principal.id)
+    if seat is None:  # left, or was removed, while the file came in
+        await ctx.stores.objects.delete(key)
+        raise forbidden("you are no longer in the meeting; the file was not shared")
     row = await ctx.db.run(lambda: MeetingFile.create(
         id=file_id, meeting=meeting_id, uploader=principal.id if principal.kind == "user" else None,
-        uploader_name=principal.name, name=name, size=info.size, content_type=content_type, object_key=key))
+        uploader_name=seat.name, name=name, size=info.size, content_type=content_type, object_key=key))
     view = file_view(row)
-    await ctx.signaling.file_shared(meeting_id, principal, {k: view[k] for k in ("id", "name", "size", "content_type")})
+    await ctx.signaling.file_shared(seat, {k: view[k] for k in ("id", "name", "size", "content_type")})
     return view
 
 
@@ -97,17 +104,21 @@ async def file_link(call: Call, meeting_id: str, file_id: str) -> dict:
     row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id, MeetingFile.meeting == meeting_id))
     if row is None:
         raise not_found("file")
-    token = ctx.accounts.issuer.issue("file", row.id, LINK_TTL)
+    token = ctx.accounts.issuer.issue("file", row.id, LINK_TTL, mid=meeting_id, by=call.principal.id)
     return {"url": f"{ctx.settings.base_url}/files/{token}", "expires_in": int(LINK_TTL.total_seconds())}
 
 
 async def download(request: Request, token: str) -> HTTPResponse:
-    """GET /files/<token>: the bytes of a shared file, for whoever holds a fresh signed link."""
+    """GET /files/<token>: the bytes of a shared file, for whoever holds a fresh signed link that
+    was not given to someone removed from the meeting since."""
     ctx = request.app.ctx
     try:
-        file_id = ctx.accounts.issuer.verify(token, "file")["sub"]
+        claims = ctx.accounts.issuer.verify(token, "file")
     except TokenError as exc:
         raise ApiError(403, "forbidden", f"this download link is not valid ({exc}); ask for a new one") from None
+    if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
+        raise forbidden("this download link was given to someone who has since been removed from the meeting")
+    file_id = claims["sub"]
     row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id))
     if row is None:
         raise not_found("file")

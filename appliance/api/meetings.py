@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from sanic.response import HTTPResponse, json
+
+from ..stores.relational import MeetingFile, Recording
+from ..throttle import client_address
 from . import api
 from .endpoint import Call
-from ..stores.relational import MeetingFile, Recording
+from .errors import ApiError
 from .models import GuestJoin, GuestToken, LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
+
+GUEST_COOKIE = "confmeet_guest"  # a browser's signed guest id
+GUEST_COOKIE_TTL = dt.timedelta(days=30)
 
 
 @api.route("POST", "/api/v1/meetings", summary="Create a meeting", tag="meetings",
@@ -79,11 +88,29 @@ async def live_meeting(call: Call, meeting_id: str) -> dict:
 
 
 @api.route("POST", "/api/v1/meetings/by-code/{code}/guest", summary="Join as a guest (a name, no account)",
-           tag="meetings", auth=None, body=GuestJoin, response=GuestToken)
-async def guest_token(call: Call, code: str) -> dict:
+           tag="meetings", auth=None, body=GuestJoin, response=GuestToken, errors=(429,))
+async def guest_token(call: Call, code: str) -> HTTPResponse:
     """Works when the meeting allows guests. A wrong password, a meeting without guests and an
-    unknown code all get the same 404, so guests cannot probe which meetings exist."""
+    unknown code all get the same 404, so guests cannot probe which meetings exist. Wrong answers
+    are limited per address and per meeting, and guest passes per address (429 with `Retry-After`).
+    The reply sets a cookie that keeps this browser's guest id across passes: someone removed from
+    the meeting stays removed with a new pass."""
     ctx = call.request.app.ctx
-    meeting = await ctx.meetings.admit_guest(code.lower(), call.body.password)
-    tokens = ctx.accounts.guest_token(meeting["id"], call.body.name)
-    return {"guest_token": tokens.access_token, "expires_in": tokens.expires_in, "meeting": meeting}
+    code = code.lower()
+    throttle, limits, address = ctx.throttle, ctx.throttle.limits, client_address(call.request)
+    attempt = ((limits.password_address, address), (limits.password_meeting, code))
+    throttle.check(*attempt, (limits.guest_tokens, address))
+    try:
+        meeting = await ctx.meetings.admit_guest(code, call.body.password)
+    except ApiError as exc:
+        if exc.status == 404:
+            await throttle.record(*attempt)
+        raise
+    await throttle.record((limits.guest_tokens, address))
+    guest_id, cookie = ctx.accounts.guest_id(call.request.cookies.get(GUEST_COOKIE), GUEST_COOKIE_TTL)
+    tokens = ctx.accounts.guest_token(meeting["id"], call.body.name, guest_id)
+    body = GuestToken(guest_token=tokens.access_token, expires_in=tokens.expires_in, meeting=meeting)
+    response = json(body.model_dump(mode="json"))
+    response.add_cookie(GUEST_COOKIE, cookie, path="/api/v1/meetings", httponly=True, samesite="Strict",
+                        secure=ctx.settings.base_url.startswith("https:"), max_age=int(GUEST_COOKIE_TTL.total_seconds()))
+    return response

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
+from ..display_names import name_problem
+
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
@@ -20,8 +22,18 @@ def _strip_nonblank(value: str) -> str:
 Email = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254,
                                          pattern=EMAIL_PATTERN)]
 Password = Annotated[str, Field(min_length=8, max_length=256)]
+def _no_role_in_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Name = Annotated[str, Field(max_length=200), AfterValidator(_strip_nonblank)]
-MeetingPassword = Annotated[str, Field(min_length=1, max_length=128)]
+MIN_MEETING_PASSWORD = 8
+MeetingPassword = Annotated[str, Field(min_length=MIN_MEETING_PASSWORD, max_length=128,
+                                       description=f"at least {MIN_MEETING_PASSWORD} characters")]
+PasswordAttempt = Annotated[str, Field(min_length=1, max_length=128)]  # what someone types to get in
 
 
 def _utc_text(value: dt.datetime) -> str:
@@ -203,8 +215,8 @@ class LiveMeeting(BaseModel):
 
 
 class GuestJoin(Strict):
-    name: Annotated[str, Field(max_length=100), AfterValidator(_strip_nonblank)]
-    password: MeetingPassword | None = None
+    name: Annotated[str, Field(max_length=100), AfterValidator(_strip_nonblank), AfterValidator(_no_role_in_name)]
+    password: PasswordAttempt | None = None
 
 
 class MeetingRef(BaseModel):

@@ -157,11 +157,12 @@ async def delete_recording(call: Call, recording_id: str) -> None:
     await ctx.recordings.delete(row)
 
 
-async def _link(call: Call, key: str, name: str) -> dict:
+async def _link(call: Call, row: Recording, key: str, name: str) -> dict:
     ctx = call.request.app.ctx
     url = await ctx.stores.objects.presigned_get(key, LINK_TTL)
     if url is None:
-        token = ctx.accounts.issuer.issue("recording", key, LINK_TTL, name=name)
+        token = ctx.accounts.issuer.issue("recording", key, LINK_TTL, name=name, mid=row.meeting_id,
+                                          by=call.principal.id)
         url = f"{ctx.settings.base_url}/recordings/{token}"
     return {"url": url, "expires_in": int(LINK_TTL.total_seconds())}
 
@@ -176,7 +177,7 @@ async def track_link(call: Call, recording_id: str, file: str) -> dict:
         raise not_found("file")
     if row.status != "ready":
         raise conflict(f"the recording is {row.status}; its files can be downloaded once it is ready")
-    return await _link(call, track["key"], track["file"])
+    return await _link(call, row, track["key"], track["file"])
 
 
 @api.route("POST", "/api/v1/recordings/{recording_id}/exports", summary="Start a composite export",
@@ -193,28 +194,28 @@ async def start_export(call: Call, recording_id: str) -> dict:
     return export_view(export)
 
 
-async def _export(call: Call, recording_id: str, export_id: str) -> RecordingExport:
-    await _recording(call, recording_id)
+async def _export(call: Call, recording_id: str, export_id: str) -> tuple[Recording, RecordingExport]:
+    row = await _recording(call, recording_id)
     export = await call.request.app.ctx.db.run(
         RecordingExport.get_or_none, RecordingExport.id == export_id, RecordingExport.recording == recording_id)
     if export is None:
         raise not_found("export")
-    return export
+    return row, export
 
 
 @api.route("GET", "/api/v1/recordings/{recording_id}/exports/{export_id}", summary="An export and its progress",
            tag="recordings", response=RecordingExportView, errors=(403,))
 async def get_export(call: Call, recording_id: str, export_id: str) -> dict:
-    return export_view(await _export(call, recording_id, export_id))
+    return export_view((await _export(call, recording_id, export_id))[1])
 
 
 @api.route("GET", "/api/v1/recordings/{recording_id}/exports/{export_id}/download",
            summary="A download link for an export", tag="recordings", response=DownloadLink, errors=(403, 409))
 async def export_link(call: Call, recording_id: str, export_id: str) -> dict:
-    export = await _export(call, recording_id, export_id)
+    row, export = await _export(call, recording_id, export_id)
     if export.status != "ready":
         raise conflict(f"the export is {export.status}" + (f": {export.error}" if export.error else ""))
-    return await _link(call, export.object_key, f"recording-{recording_id[:8]}.{export.format}")
+    return await _link(call, row, export.object_key, f"recording-{recording_id[:8]}.{export.format}")
 
 
 async def download(request: Request, token: str) -> HTTPResponse:
@@ -224,6 +225,8 @@ async def download(request: Request, token: str) -> HTTPResponse:
         claims = ctx.accounts.issuer.verify(token, "recording")
     except TokenError as exc:
         raise ApiError(403, "forbidden", f"this download link is not valid ({exc}); ask for a new one") from None
+    if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
+        raise forbidden("this download link was given to someone who has since been removed from the meeting")
     objects = ctx.stores.objects
     info = await objects.stat(claims["sub"])
     if info is None:

@@ -61,5 +61,5 @@ async def patch_user(call: Call, user_id: str) -> User:
             return user_view(user)
 
     user = await call.request.app.ctx.db.run(patch)
-    call.request.app.ctx.accounts.forget(user_id=user_id)
+    await call.request.app.ctx.accounts.user_changed(user_id, user.active)
     return user

@@ -417,7 +417,7 @@ class Grid {
     new ResizeObserver(() => this.layout()).observe(element);
   }
 
-  add(id, name, { self = false } = {}) {
+  add(id, name, { self = false, guest = false } = {}) {
     let tile = this.tiles.get(id);
     if (!tile) {
       const root = $("#tile-template").content.firstElementChild.cloneNode(true);
@@ -430,7 +430,8 @@ class Grid {
       this.tiles.set(id, tile);
       this.element.append(root);
     }
-    const label = tile.self ? `${name} (You)` : name;
+    // Guests are marked: a name alone cannot pass for someone with an account.
+    const label = tile.self ? `${name} (You)` : guest ? `${name} (guest)` : name;
     $(".tile-name", tile.root).textContent = label;
     $(".avatar-circle", tile.root).textContent = initials(name);
     tile.root.setAttribute("aria-label", label);
@@ -802,7 +803,7 @@ class Session {
       if (wasModerator && !isModerator(this.me)) this.#lobby([]);
     } else {
       this.participants.set(participant.id, participant);
-      grid.add(participant.id, participant.name);
+      grid.add(participant.id, participant.name, { guest: Boolean(participant.guest) });
       grid.setMuted(participant.id, Boolean(participant.muted));
       grid.setCameraOff(participant.id, Boolean(participant.camera_off));
       screens.rename(participant.id, participant.name);

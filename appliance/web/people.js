@@ -1,6 +1,6 @@
-// The participant list: names, roles, microphone, camera and raised hands (in the order they went
-// up), with the moderators' actions beside each name for hosts and moderators. The server decides
-// who may do what; this only leaves out the buttons that would be refused.
+// The participant list: names (guests marked), roles, microphone, camera and raised hands (in the
+// order they went up), with the moderators' actions beside each name for hosts and moderators.
+// The server decides who may do what; this only leaves out the buttons that would be refused.
 import { el, icon, initials, ordinal } from "/static/dom.js";
 
 export const MODERATORS = ["host", "moderator"];
@@ -38,7 +38,7 @@ export class People {
       let row = this.rows.get(p.id);
       if (!row) this.rows.set(p.id, row = el("li", { className: "person" }));
       if (this.menu.openFor && row.contains(this.menu.openFor)) this.menu.close();
-      row.setAttribute("aria-label", p.id === me.id ? `${p.name} (You)` : p.name);
+      row.setAttribute("aria-label", p.id === me.id ? `${p.name} (You)` : p.guest ? `${p.name} (guest)` : p.name);
       row.replaceChildren(...this.#content(p, me, hands.get(p.id)));
     }
     const present = new Set(everyone.map((p) => p.id));
@@ -63,7 +63,8 @@ export class People {
     return [
       el("span", { className: "avatar-circle small", "aria-hidden": "true" }, initials(p.name)),
       el("div", { className: "person-text" },
-        el("span", { className: "person-name" }, p.name, self && el("span", { className: "you" }, " (You)")),
+        el("span", { className: "person-name" }, p.name, self && el("span", { className: "you" }, " (You)"),
+           !self && p.guest && el("span", { className: "guest-mark" }, " (guest)")),
         el("span", { className: "person-role" }, ROLES[p.role] ?? p.role)),
       state,
       moderating && this.#more(p, me),

@@ -46,8 +46,9 @@ def test_a_guest_waits_in_the_lobby_is_admitted_and_shown_as_a_guest(browser: Br
 
         media_flows(ada, guest)
         media_flows(guest, ada)
-        row = ada.open_panel("People").get_by_role("listitem", name=GUEST.name, exact=True)
+        row = ada.open_panel("People").get_by_role("listitem", name=GUEST.shown_as, exact=True)
         expect(row.locator(".person-role")).to_have_text("Guest")
+        expect(row.locator(".person-name")).to_have_text(GUEST.shown_as)  # marked beside the name too
 
         # The guest shares a file in the chat and downloads it back, both with the guest token.
         content = b"guest notes\n" + os.urandom(2048)
@@ -75,7 +76,7 @@ def test_a_guest_waits_in_the_lobby_is_admitted_and_shown_as_a_guest(browser: Br
 def test_a_stranger_gets_one_answer_whatever_was_wrong(browser: Browser, appliance: Appliance,
                                                          host: httpx.Client) -> None:
     created = {}
-    for title, fields in (("Board", {"allow_guests": True, "password": "sesame"}), ("Staff only", {})):
+    for title, fields in (("Board", {"allow_guests": True, "password": "sesame seed"}), ("Staff only", {})):
         r = host.post("/api/v1/meetings", json={"title": title, **fields})
         assert r.status_code == 201, r.text
         created[title] = r.json()["code"]
@@ -89,7 +90,7 @@ def test_a_stranger_gets_one_answer_whatever_was_wrong(browser: Browser, applian
             expect(stranger.page.get_by_role("button", name="Join as guest")).to_be_enabled()
 
         # The right password lets the guest in, at once in a meeting without a waiting room.
-        stranger.open_as_guest(created["Board"], "sesame")
+        stranger.open_as_guest(created["Board"], "sesame seed")
         expect(stranger.page.get_by_role("button", name="Leave")).to_be_visible()
         expect(stranger.tile(f"{GUEST.name} (You)")).to_be_visible()
         assert stranger.errors == []
