@@ -75,6 +75,11 @@ class Meetings:
     async def let_back(self, meeting_id: str, principal_id: str) -> None:
         await self.documents.delete(REMOVALS, f"{meeting_id}/{principal_id}")
 
+    async def _refuse_removed(self, principal: Principal, meeting_id: str) -> None:
+        """403 for someone removed from the meeting (a moderator too), administrators excepted."""
+        if not principal.is_admin and await self.is_removed(meeting_id, principal.id):
+            raise forbidden("you were removed from this meeting; a host or moderator can let you back in")
+
     def view(self, meeting: Meeting, my_role: str | None) -> dict[str, Any]:
         return {
             "id": meeting.id, "code": meeting.code, "title": meeting.title,
@@ -187,8 +192,10 @@ class Meetings:
         return {"id": meeting.id, "code": meeting.code, "title": meeting.title}
 
     async def require_role(self, principal: Principal, meeting_id: str, roles: tuple[str, ...]) -> str | None:
-        """Raise 403/404 unless the principal has one of ``roles`` in the meeting (or is an admin)."""
+        """Raise 403/404 unless the principal has one of ``roles`` in the meeting (or is an admin)
+        and was not removed from it."""
         _, role = await self.db.run(self._require_host, principal, meeting_id, roles)
+        await self._refuse_removed(principal, meeting_id)
         return role
 
     async def update(self, principal: Principal, meeting_id: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +224,8 @@ class Meetings:
         return result
 
     async def end(self, principal: Principal, meeting_id: str) -> dict[str, Any]:
+        await self._refuse_removed(principal, meeting_id)
+
         def end() -> dict[str, Any]:
             with self.db.atomic():
                 meeting, role = self._require_host(principal, meeting_id, ("host", "moderator"))

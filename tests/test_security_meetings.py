@@ -76,7 +76,11 @@ async def test_a_removed_account_loses_the_meeting_until_let_back(appliance: App
         shared = pat_api.post(f"/api/v1/meetings/{m['id']}/files", params={"name": "a.txt"}, content=b"agenda")
         assert shared.status_code == 201, shared.text
         link = pat_api.get(f"/api/v1/meetings/{m['id']}/files/{shared.json()['id']}").json()["url"]
-        for path in meeting_paths(m):
+        # pat is a moderator: a role that opens host paths too
+        promoted = await host.request({"type": "set_role", "participant_id": pat.joined["participant"]["id"],
+                                       "role": "moderator"})
+        assert promoted["type"] == "ok"
+        for path in meeting_paths(m) + [f"/api/v1/meetings/{m['id']}/live"]:
             assert pat_api.get(path).status_code == 200, path
 
         reply = await host.request({"type": "remove", "participant_id": pat.joined["participant"]["id"]})
@@ -85,9 +89,11 @@ async def test_a_removed_account_loses_the_meeting_until_let_back(appliance: App
         assert (pat.closed_with, pat_tab.closed_with) == (4013, 4013)
 
         # every REST path of the meeting, the download link given before, and the chat by upload
-        for path in meeting_paths(m) + [f"/api/v1/meetings/{m['id']}/files/{shared.json()['id']}"]:
+        for path in meeting_paths(m) + [f"/api/v1/meetings/{m['id']}/files/{shared.json()['id']}",
+                                        f"/api/v1/meetings/{m['id']}/live"]:
             r = pat_api.get(path)
             assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (path, r.text)
+        assert pat_api.post(f"/api/v1/meetings/{m['id']}/end").status_code == 403
         assert httpx.get(link).status_code == 403
         chat_before = len(host.events_of("chat"))
         r = pat_api.post(f"/api/v1/meetings/{m['id']}/files", params={"name": "spam.txt"}, content=b"spam")
