@@ -149,8 +149,8 @@ def upgrade(
     except (UpgradeError, release.ReleaseError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail("interrupted: check 'confmeet status'; if the new release is current but does not serve, "
-             "run 'confmeet rollback'", 130)
+        fail("interrupted half-way: 'confmeet rollback' goes back to the release that ran before (and to the "
+             "backup taken, if the schema moved)", 130)
     report(outcome, f"upgrade {outcome.from_version} → {outcome.to_version}", as_json)
 
 
@@ -171,7 +171,8 @@ def rollback(
         fail(str(exc))
     record = plan.record
     if not as_json:
-        table = Table(title=f"rollback plan: confmeet {record.to_version} → {record.from_version}")
+        table = Table(title=f"rollback plan: confmeet {record.to_version} → {record.from_version}"
+                      + (" (an upgrade that stopped half-way)" if plan.interrupted else ""))
         table.add_column("step")
         table.add_column("what", overflow="fold")
         table.add_row("stop", "confmeet.service (the meetings in progress end)" if host.systemd else "-")

@@ -292,6 +292,30 @@ def test_upgrade_migrates_goes_back_by_itself_and_rolls_back(machine: Machine, t
     assert "99.0.2" not in machine.sh("ls /opt/confmeet/releases")
     assert machine.users() == ["after@example.com", "before@example.com"]  # nothing restored: schema unchanged
 
+    # An upgrade killed half-way (after its backup): rollback finishes going back.
+    upgrading = subprocess.Popen([*machine.podman.base, "exec", CONTAINER, "sh", "-c",
+                                  f"echo $$ > /run/upgrade.pid && exec {machine.bootstrap}/bin/confmeet upgrade "
+                                  f"{broken} --wheelhouse {WHEELHOUSE} --yes --timeout 300"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while machine.exec("test", "-e", "/etc/confmeet/upgrade.interrupted.json").returncode != 0:
+            assert upgrading.poll() is None and time.monotonic() < deadline, "the upgrade never got past its backup"
+            time.sleep(0.2)
+        machine.sh("kill -KILL $(cat /run/upgrade.pid)")
+    finally:
+        upgrading.wait(30)
+    done = machine.confmeet("rollback", "--yes", "--json")
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert (json.loads(done.stdout)["from"], json.loads(done.stdout)["to"]) == ("99.0.2", "99.0.1"), done.stdout
+    assert machine.current() == "releases/99.0.1"
+    assert machine.wait_ready()[2]["version"] == "99.0.1"
+
+    # A release older than the database's schema cannot run on it: refused before anything stops.
+    older = machine.confmeet("upgrade", str(machine.wheels[old]), "--wheelhouse", WHEELHOUSE, "--yes")
+    assert older.returncode == 2 and f"newer than confmeet {old} knows" in older.stderr, older.stderr
+    assert machine.current() == "releases/99.0.1" and old in machine.sh("ls /opt/confmeet/releases")
+
     # The upgrade to 99.0.1 (the last that succeeded) is what rollback undoes. It moved the
     # schema: without the backup taken then, rollback refuses and says what to do.
     machine.sh(f"mv {archive} /root/kept-archive")

@@ -42,7 +42,8 @@ from urllib.parse import unquote, urlsplit
 from . import release, units
 from .deploy import InstallRecord, Layout, SERVICE_USER, service_user_exists, systemd_running
 
-UPGRADE_FILE = "upgrade.json"
+UPGRADE_FILE = "upgrade.json"  # the last upgrade that succeeded
+INTERRUPTED_FILE = "upgrade.interrupted.json"  # one under way, or stopped before it finished or went back
 LOCK_FILE = ".upgrade.lock"
 UNIT_UMASK = 0o027  # confmeet.service's UMask=
 RELEASE_COMMAND_TIMEOUT = 3600  # a backup or restore of a large install takes long
@@ -84,8 +85,8 @@ class UpgradeRecord:
         return self.schema_after != self.schema_before
 
     @classmethod
-    def read(cls, layout: Layout) -> UpgradeRecord | None:
-        path = layout.config_dir / UPGRADE_FILE
+    def read(cls, layout: Layout, name: str = UPGRADE_FILE) -> UpgradeRecord | None:
+        path = layout.config_dir / name
         try:
             values = json.loads(path.read_text())
             return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
@@ -95,11 +96,14 @@ class UpgradeRecord:
             raise UpgradeError(f"cannot read {path} ({exc}): run as root; if it is damaged, move it away "
                                "(rollback then has nothing to undo)") from None
 
-    def write(self, layout: Layout) -> None:
+    def write(self, layout: Layout, name: str = UPGRADE_FILE) -> None:
         from ..fsutil import write_atomically
 
-        write_atomically(layout.config_dir / UPGRADE_FILE, json.dumps(asdict(self), indent=2).encode() + b"\n",
-                         mode=0o600)
+        write_atomically(layout.config_dir / name, json.dumps(asdict(self), indent=2).encode() + b"\n", mode=0o600)
+
+
+def _forget_interrupted(layout: Layout) -> None:
+    (layout.config_dir / INTERRUPTED_FILE).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- a release's own commands
@@ -413,13 +417,16 @@ def upgrade(host: Host, source: release.Source, wheelhouse: Path | None, backup_
                                           what="the backup")
     except UpgradeError as exc:
         drop_new_release()
-        with step("starting the old release again"):
-            host.start()
-        raise UpgradeError(f"{exc}; nothing was changed, {old_version} runs again") from None
+        if was_running:
+            with step("starting the old release again"):
+                host.start()
+        raise UpgradeError(f"{exc}; nothing was changed" + (f", {old_version} runs again" if was_running else "")
+                           ) from None
     outcome.done("backup", f"{backup['archive']} in {backup['location']} ({backup['size'] / 1e6:.1f} MB)")
     before = int(backup["manifest"]["schema_version"])
     record = UpgradeRecord(old_version, str(old), new_version, str(target), before, before,
                            backup_to or backup["location"], backup["archive"], _now())
+    record.write(layout, INTERRUPTED_FILE)  # if this run stops half-way, rollback finishes going back
     problem = ""
     try:
         with step(f"migrating the database with confmeet {new_version}"):
@@ -449,6 +456,7 @@ def upgrade(host: Host, source: release.Source, wheelhouse: Path | None, backup_
         problem = str(exc)
     if not problem:
         record.write(layout)
+        _forget_interrupted(layout)
         outcome.ok = True
         outcome.notes.append(f"'confmeet rollback' goes back to {old_version}" + (
             f" (restoring {record.backup_archive}: the schema moved)" if record.schema_moved else ""))
@@ -461,6 +469,7 @@ def upgrade(host: Host, source: release.Source, wheelhouse: Path | None, backup_
         outcome.error += f"\nand going back failed too: {exc}"
         return outcome
     drop_new_release()
+    _forget_interrupted(layout)
     outcome.notes.append(f"nothing changed: confmeet {old_version} runs as before; fix the cause above and "
                          "upgrade again")
     return outcome
@@ -504,11 +513,12 @@ class RollbackPlan:
     record: UpgradeRecord
     restore: bool  # the schema moved: the backup must be restored
     schema_now: int
-    archive_present: bool | None  # None: in object storage, checked by the restore itself
+    interrupted: bool  # an upgrade that stopped half-way (its process killed, the host down)
 
 
 def plan_rollback(host: Host) -> RollbackPlan:
-    record = UpgradeRecord.read(host.layout)
+    interrupted = UpgradeRecord.read(host.layout, INTERRUPTED_FILE)
+    record = interrupted or UpgradeRecord.read(host.layout)
     if record is None:
         raise UpgradeError(f"no upgrade to roll back ({host.layout.config_dir / UPGRADE_FILE} is missing): "
                            "rollback undoes the last 'confmeet upgrade'")
@@ -516,7 +526,8 @@ def plan_rollback(host: Host) -> RollbackPlan:
         raise UpgradeError(f"the upgrade from {record.from_version} to {record.to_version} was rolled back "
                            f"already ({record.rolled_back_at}); to run {record.to_version} again, upgrade to it")
     current = host.current
-    if str(current) != record.to_release:
+    allowed = [record.to_release, record.from_release] if interrupted else [record.to_release]
+    if str(current) not in allowed:
         raise UpgradeError(f"the running release is {current}, not {record.to_release} (the last upgrade's): "
                            "rollback only undoes the last upgrade")
     if not Path(record.from_release, "bin/confmeet").exists():
@@ -524,10 +535,8 @@ def plan_rollback(host: Host) -> RollbackPlan:
                            f"'confmeet upgrade confmeet-{record.from_version}-py3-none-any.whl'")
     schema = host.schema(Path(record.from_release))
     restore = schema["schema"] != record.schema_before
-    present: bool | None = None
-    if "://" not in record.backup_location:
-        present = Path(record.backup_location, record.backup_archive).is_file()
-    if restore and present is False:
+    if restore and "://" not in record.backup_location and not Path(record.backup_location,
+                                                                     record.backup_archive).is_file():
         raise UpgradeError(
             f"the upgrade moved the database schema from {record.schema_before} to {schema['schema']}, so "
             f"confmeet {record.from_version} cannot run on it, and the backup taken then "
@@ -535,7 +544,7 @@ def plan_rollback(host: Host) -> RollbackPlan:
             "your copies) and run rollback again, or restore an older archive yourself (confmeet backup restore "
             f"ARCHIVE --force, with releases/{Path(record.from_release).name}/bin/confmeet) — or stay on "
             f"{record.to_version}")
-    return RollbackPlan(record, restore, schema["schema"], present)
+    return RollbackPlan(record, restore, schema["schema"], interrupted is not None)
 
 
 def rollback(host: Host, plan: RollbackPlan, step: Step, timeout: float) -> Outcome:
@@ -543,8 +552,11 @@ def rollback(host: Host, plan: RollbackPlan, step: Step, timeout: float) -> Outc
     outcome = Outcome(False, record.to_version, record.from_version)
     with step(f"going back to confmeet {record.from_version}") as log:
         go_back(host, record, outcome, log, timeout)
-    record.rolled_back_at = _now()
-    record.write(host.layout)
+    if plan.interrupted:
+        _forget_interrupted(host.layout)  # upgrade.json still holds the last upgrade that succeeded
+    else:
+        record.rolled_back_at = _now()
+        record.write(host.layout)
     outcome.ok = True
     outcome.notes.append(f"releases/{Path(record.to_release).name} is kept: 'confmeet upgrade' to it again, "
                          f"or delete it ({record.to_release})")
