@@ -653,9 +653,12 @@ async def captions_through(url: str, ca: Path, users: dict[str, tuple[str, str]]
         assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
         grace.publish(MediaPlayer(str(speech)).audio)
         assert (await grace.offer())["type"] == "answer"
-        await ada.wait_until(lambda: len(ada.events_of("caption")) >= 2, timeout=90)
+        def final() -> list[str]:  # interim captions come and are replaced while someone speaks
+            return [c["text"] for c in ada.events_of("caption") if c.get("final", True) and c["text"]]
+
+        await ada.wait_until(lambda: len(final()) >= 2, timeout=90)
         await asyncio.sleep(3)
-        return [c["text"] for c in ada.events_of("caption")]
+        return final()
     finally:
         await ada.close()
         await grace.close()
