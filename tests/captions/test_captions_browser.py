@@ -35,16 +35,19 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+def playwright() -> Iterator[Playwright]:
+    """One Playwright for the module: each test launches the browsers it needs (a fake microphone
+    file is a browser's launch option)."""
+    with sync_playwright() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     # A long pause after the last sentence, so that the loop's restart is an utterance boundary.
-    wav = speak(SCRIPT, tmp_path_factory.mktemp("mic") / "speech.wav", pause_ms=1500)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"])
-        yield browser
-        browser.close()
+    browser = launch(playwright, speak(SCRIPT, tmp_path_factory.mktemp("mic") / "speech.wav", pause_ms=1500))
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="module", params=["triton", "local"])
@@ -142,6 +145,7 @@ WATCH_CAPTIONS = """(() => {
   window.WebSocket = class extends Native {
     constructor(...args) {
       super(...args);
+      window.signalingSocket = this;
       this.addEventListener("message", (event) => {
         if (typeof event.data !== "string" || !event.data.includes('"caption"')) return;
         const message = JSON.parse(event.data);
@@ -215,142 +219,146 @@ def finals(page: MeetingPage) -> list[dict]:
 
 
 def test_interim_text_is_replaced_by_the_final_and_the_transcript_is_searched_in_the_page(
-        local_appliance: Appliance, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    with sync_playwright() as playwright:
-        browser = launch(playwright, speak(SCRIPT, tmp_path / "speech.wav", pause_ms=1500))
-        api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Interim captions")
-        try:
-            poll(lambda: len(finals(ada)) >= len(SCRIPT) + 1, "a full script of final captions", timeout=60,
-                 interval=0.5)
-            # On the caption line, an utterance's interim text came first, lighter, and its final
-            # text took its place.
-            lines = ada.page.evaluate("window.captionLines")
-            replaced = [m["id"] for m in finals(ada)
-                        if any(m["id"] in dict(s["interim"]) for s in lines)
-                        and any(m["id"] in dict(s["final"]) and m["id"] not in dict(s["interim"]) for s in lines)]
-            assert len(replaced) >= len(SCRIPT), (replaced, lines[-5:])
-            first_seen = {k: i for i, s in reversed(list(enumerate(lines))) for k in dict(s["interim"])}
-            final_seen = {k: i for i, s in reversed(list(enumerate(lines))) for k in dict(s["final"])}
-            assert all(first_seen[k] < final_seen[k] for k in replaced)
-            interim = ada.page.locator("#caption-line .caption.interim").first
-            interim.wait_for(timeout=10_000)
-            style = interim.evaluate("p => [getComputedStyle(p).color, getComputedStyle(p).fontStyle]")
-            normal = ada.page.evaluate("""() => { const p = document.createElement("p"); p.className = "caption";
-                document.querySelector("#caption-line").append(p); const c = getComputedStyle(p).color; p.remove(); return c; }""")
-            assert style[0] != normal and style[1] == "italic", (style, normal)  # a lighter style
-            ada.page.screenshot(path=SCREENSHOTS / "captions-interim.png")
+        local_appliance: Appliance, playwright: Playwright, tmp_path: Path) -> None:
+    browser = launch(playwright, speak(SCRIPT, tmp_path / "speech.wav", pause_ms=1500))
+    api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Interim captions")
+    try:
+        poll(lambda: len(finals(ada)) >= len(SCRIPT) + 1, "a full script of final captions", timeout=60,
+             interval=0.5)
+        # On the caption line, an utterance's interim text came first, lighter, and its final
+        # text took its place.
+        lines = ada.page.evaluate("window.captionLines")
+        replaced = [m["id"] for m in finals(ada)
+                    if any(m["id"] in dict(s["interim"]) for s in lines)
+                    and any(m["id"] in dict(s["final"]) and m["id"] not in dict(s["interim"]) for s in lines)]
+        assert len(replaced) >= len(SCRIPT), (replaced, lines[-5:])
+        first_seen = {k: i for i, s in reversed(list(enumerate(lines))) for k in dict(s["interim"])}
+        final_seen = {k: i for i, s in reversed(list(enumerate(lines))) for k in dict(s["final"])}
+        assert all(first_seen[k] < final_seen[k] for k in replaced)
+        interim = ada.page.locator("#caption-line .caption.interim").first
+        interim.wait_for(timeout=10_000)
+        style = interim.evaluate("p => [getComputedStyle(p).color, getComputedStyle(p).fontStyle]")
+        normal = ada.page.evaluate("""() => { const p = document.createElement("p"); p.className = "caption";
+            document.querySelector("#caption-line").append(p); const c = getComputedStyle(p).color; p.remove(); return c; }""")
+        assert style[0] != normal and style[1] == "italic", (style, normal)  # a lighter style
+        ada.page.screenshot(path=SCREENSHOTS / "captions-interim.png")
+        # A busy server turns interim text off: the page says so (the state as signaling sends it).
+        ada.page.evaluate("""() => window.signalingSocket.dispatchEvent(new MessageEvent("message", {data: JSON.stringify({
+            type: "captions_state", enabled: true, language: "en", state: "available", detail: "", interim: false,
+            interim_detail: "the server is too busy for interim captions; final captions go on", speakers: {}})}))""")
+        expect(ada.page.locator("#captions-status")).to_contain_text("Live text while people speak is paused")
+        expect(ada.page.locator("#captions-status")).to_have_attribute("data-state", "interim-off")
 
-            # The stored transcript has the final text only.
-            stored = api.get(f"/api/v1/meetings/{meeting['id']}/transcript").json()["segments"]
-            final_texts = [m["text"] for m in finals(ada)]
-            interim_only = {m["text"] for m in heard(ada) if not m["final"]} - set(final_texts)
-            assert interim_only and [s["text"] for s in stored] == final_texts[:len(stored)]
-            assert not interim_only & {s["text"] for s in stored}
+        # The stored transcript has the final text only.
+        stored = api.get(f"/api/v1/meetings/{meeting['id']}/transcript").json()["segments"]
+        final_texts = [m["text"] for m in finals(ada)]
+        interim_only = {m["text"] for m in heard(ada) if not m["final"]} - set(final_texts)
+        assert interim_only and [s["text"] for s in stored] == final_texts[:len(stored)]
+        assert not interim_only & {s["text"] for s in stored}
 
-            # Search in the meeting page, jump to the time, download.
-            ada.page.get_by_role("button", name="Transcript").click()
-            ada.page.get_by_label("Search the transcript").fill("budget")
-            ada.page.get_by_label("Search the transcript").press("Enter")
-            expect(ada.page.locator("#transcript-matches")).to_contain_text("with “budget”")
-            matches = ada.page.locator("#transcript-list li")
-            expect(matches.first).to_contain_text("budget")
-            assert all("budget" in t.lower() for t in matches.all_inner_texts())
-            expect(matches.first.locator("mark")).to_have_text(re.compile("budget", re.I))
-            matches.first.locator(".transcript-time").click()
-            current = ada.page.locator("#transcript-list li.current")
-            expect(current).to_contain_text("budget")
-            assert ada.page.locator("#transcript-list li").count() > 1  # the whole transcript again, at that moment
-            assert current.evaluate("li => { const r = li.getBoundingClientRect(), p = li.parentElement.getBoundingClientRect();"
-                                    " return r.top >= p.top && r.bottom <= p.bottom; }")
-            with ada.page.expect_download() as download:
-                ada.page.locator(".transcript-downloads button[data-format=vtt]").click()
-            vtt = Path(download.value.path()).read_text(encoding="utf-8")
-            assert vtt.startswith("WEBVTT") and "Grace Hopper: " in vtt and "budget" in vtt
-            assert not ada.errors and not grace.errors, ada.errors + grace.errors
-        finally:
-            ada.close()
-            grace.close()
+        # Search in the meeting page, jump to the time, download.
+        ada.page.get_by_role("button", name="Transcript").click()
+        ada.page.get_by_label("Search the transcript").fill("budget")
+        ada.page.get_by_label("Search the transcript").press("Enter")
+        expect(ada.page.locator("#transcript-matches")).to_contain_text("with “budget”")
+        matches = ada.page.locator("#transcript-list li")
+        expect(matches.first).to_contain_text("budget")
+        assert all("budget" in t.lower() for t in matches.all_inner_texts())
+        expect(matches.first.locator("mark")).to_have_text(re.compile("budget", re.I))
+        matches.first.locator(".transcript-time").click()
+        current = ada.page.locator("#transcript-list li.current")
+        expect(current).to_contain_text("budget")
+        assert ada.page.locator("#transcript-list li").count() > 1  # the whole transcript again, at that moment
+        assert current.evaluate("li => { const r = li.getBoundingClientRect(), p = li.parentElement.getBoundingClientRect();"
+                                " return r.top >= p.top && r.bottom <= p.bottom; }")
+        with ada.page.expect_download() as download:
+            ada.page.locator(".transcript-downloads button[data-format=vtt]").click()
+        vtt = Path(download.value.path()).read_text(encoding="utf-8")
+        assert vtt.startswith("WEBVTT") and "Grace Hopper: " in vtt and "budget" in vtt
+        assert not ada.errors and not grace.errors, ada.errors + grace.errors
+    finally:
+        ada.close()
+        grace.close()
 
-        # After the meeting, on the home page: the meeting's transcript, searched, with a time to jump to.
-        assert api.post(f"/api/v1/meetings/{meeting['id']}/end").status_code in (200, 204)
-        home = MeetingPage(browser, local_appliance.url, PEOPLE["ada"])
-        try:
-            home.page.goto("/")
-            signin = home.page.locator("#signin-form")
-            signin.get_by_label("E-mail").fill(PEOPLE["ada"].email)
-            signin.get_by_label("Password", exact=True).fill(PEOPLE["ada"].password)
-            signin.get_by_role("button", name="Sign in").click()
-            home.page.get_by_role("button", name="Transcript of Interim captions").click()
-            panel = home.page.get_by_label("Transcript of Interim captions", exact=True).last
-            expect(panel.locator("li").first).to_contain_text("Grace Hopper:")
-            total = panel.locator(".transcript-list li").count()
-            panel.get_by_label("Search the transcript").fill("FRIDAY")
-            panel.get_by_role("button", name="Search").click()
-            expect(panel.locator(".transcript-matches")).to_contain_text("with “FRIDAY”")
-            expect(panel.locator(".transcript-list li").first).to_contain_text("Friday")
-            panel.locator(".transcript-list li .transcript-time").first.click()
-            expect(panel.locator(".transcript-list li.current")).to_contain_text("Friday")
-            assert panel.locator(".transcript-list li").count() == total
-            home.page.screenshot(path=SCREENSHOTS / "transcript-after-the-meeting.png")
-            assert not home.errors, home.errors
-        finally:
-            home.close()
-            api.close()
-            browser.close()
+    # After the meeting, on the home page: the meeting's transcript, searched, with a time to jump to.
+    assert api.post(f"/api/v1/meetings/{meeting['id']}/end").status_code in (200, 204)
+    home = MeetingPage(browser, local_appliance.url, PEOPLE["ada"])
+    try:
+        home.page.goto("/")
+        signin = home.page.locator("#signin-form")
+        signin.get_by_label("E-mail").fill(PEOPLE["ada"].email)
+        signin.get_by_label("Password", exact=True).fill(PEOPLE["ada"].password)
+        signin.get_by_role("button", name="Sign in").click()
+        home.page.get_by_role("button", name="Transcript of Interim captions").click()
+        panel = home.page.get_by_label("Transcript of Interim captions", exact=True).last
+        expect(panel.locator("li").first).to_contain_text("Grace Hopper:")
+        total = panel.locator(".transcript-list li").count()
+        panel.get_by_label("Search the transcript").fill("FRIDAY")
+        panel.get_by_role("button", name="Search").click()
+        expect(panel.locator(".transcript-matches")).to_contain_text("with “FRIDAY”")
+        expect(panel.locator(".transcript-list li").first).to_contain_text("Friday")
+        panel.locator(".transcript-list li .transcript-time").first.click()
+        expect(panel.locator(".transcript-list li.current")).to_contain_text("Friday")
+        assert panel.locator(".transcript-list li").count() == total
+        home.page.screenshot(path=SCREENSHOTS / "transcript-after-the-meeting.png")
+        assert not home.errors, home.errors
+    finally:
+        home.close()
+        api.close()
+        browser.close()
 
 
-def test_mandarin_captions_in_the_page(local_appliance: Appliance, tmp_path: Path) -> None:
+def test_mandarin_captions_in_the_page(local_appliance: Appliance, playwright: Playwright, tmp_path: Path) -> None:
     """Grace says she speaks Simplified Chinese; Ada's page shows her captions in Simplified
     characters, in a font that has them, and finds a two-character word in the transcript."""
     if "Noto Sans CJK" not in subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout:
         pytest.fail("no Chinese font for the screenshots: apt-get install -y fonts-noto-cjk (make system-packages)")
-    with sync_playwright() as playwright:
-        browser = launch(playwright, mandarin_wav(tmp_path / "mandarin.wav", pause=1.2))
-        api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "普通话会议")
-        try:
-            grace.page.get_by_label("I speak").select_option("zh-CN")
-            expect(ada.page.locator("#caption-line .caption[lang=zh-Hans]").first).to_be_visible(timeout=30_000)
-            poll(lambda: len(finals(ada)) >= 4, "four Mandarin captions", timeout=60, interval=0.5)
-            texts = [m["text"] for m in finals(ada)]
-            assert {m["language"] for m in finals(ada)} == {"zh-CN"}
-            assert all(OpenCC("t2s").convert(t) == t for t in texts), texts  # Simplified
-            font = ada.page.locator("#caption-line .caption").first.evaluate("p => getComputedStyle(p).fontFamily")
-            assert "Noto Sans CJK SC" in font and "Microsoft YaHei" in font and "PingFang SC" in font, font
-            ada.page.get_by_role("button", name="Transcript").click()
-            poll(lambda: any("预算" in t for t in [m["text"] for m in finals(ada)]), "the sentence with 预算", timeout=60,
-                 interval=0.5)
-            ada.page.get_by_label("Search the transcript").fill("预算")
-            ada.page.get_by_label("Search the transcript").press("Enter")
-            expect(ada.page.locator("#transcript-list li").first).to_contain_text("预算")
-            expect(ada.page.locator("#transcript-list li mark").first).to_have_text("预算")
-            ada.page.screenshot(path=SCREENSHOTS / "captions-mandarin.png")
-            assert not ada.errors and not grace.errors, ada.errors + grace.errors
-        finally:
-            ada.close()
-            grace.close()
-            api.close()
-            browser.close()
+    browser = launch(playwright, mandarin_wav(tmp_path / "mandarin.wav", pause=1.2))
+    api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "普通话会议")
+    try:
+        grace.page.get_by_label("I speak").select_option("zh-CN")
+        expect(ada.page.locator("#caption-line .caption[lang=zh-Hans]").first).to_be_visible(timeout=30_000)
+        poll(lambda: len(finals(ada)) >= 4, "four Mandarin captions", timeout=60, interval=0.5)
+        texts = [m["text"] for m in finals(ada)]
+        assert {m["language"] for m in finals(ada)} == {"zh-CN"}
+        assert all(OpenCC("t2s").convert(t) == t for t in texts), texts  # Simplified
+        font = ada.page.locator("#caption-line .caption").first.evaluate("p => getComputedStyle(p).fontFamily")
+        assert "Noto Sans CJK SC" in font and "Microsoft YaHei" in font and "PingFang SC" in font, font
+        ada.page.get_by_role("button", name="Transcript").click()
+        poll(lambda: any("预算" in t for t in [m["text"] for m in finals(ada)]), "the sentence with 预算", timeout=60,
+             interval=0.5)
+        ada.page.get_by_label("Search the transcript").fill("预算")
+        ada.page.get_by_label("Search the transcript").press("Enter")
+        expect(ada.page.locator("#transcript-list li").first).to_contain_text("预算")
+        expect(ada.page.locator("#transcript-list li mark").first).to_have_text("预算")
+        ada.page.screenshot(path=SCREENSHOTS / "captions-mandarin.png")
+        assert not ada.errors and not grace.errors, ada.errors + grace.errors
+    finally:
+        ada.close()
+        grace.close()
+        api.close()
+        browser.close()
 
 
-def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, tmp_path: Path) -> None:
+def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, playwright: Playwright,
+                                                 tmp_path: Path) -> None:
     """A process keeps one of the two cores busy while Grace reads eight sentences nobody tuned
     the captions on: the words come out within 8 % WER, and anything not transcribed is marked."""
     wav = speak(HELD_OUT, tmp_path / "held-out.wav", pause_ms=1200)
     hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
     try:
-        with sync_playwright() as playwright:
-            browser = launch(playwright, wav)
-            api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Busy machine")
-            try:
-                loop = wave.open(str(wav)).getnframes() / wave.open(str(wav)).getframerate()
-                poll(lambda: len(finals(ada)) >= len(HELD_OUT) + 2, "a loop of the sentences", timeout=loop * 2 + 30,
-                     interval=0.5)
-                said = [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:len(HELD_OUT) + 1]
-            finally:
-                ada.close()
-                grace.close()
-                api.close()
-                browser.close()
+        browser = launch(playwright, wav)
+        api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Busy machine")
+        try:
+            loop = wave.open(str(wav)).getnframes() / wave.open(str(wav)).getframerate()
+            poll(lambda: len(finals(ada)) >= len(HELD_OUT) + 2, "a loop of the sentences", timeout=loop * 2 + 30,
+                 interval=0.5)
+            said = [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:len(HELD_OUT) + 1]
+        finally:
+            ada.close()
+            grace.close()
+            api.close()
+            browser.close()
     finally:
         hog.kill()
         hog.wait()
