@@ -141,6 +141,12 @@ async def test_captions_reach_the_seats_that_show_them_and_the_transcript(
         assert len(found["segments"]) == 1 and "budget" in found["segments"][0]["text"].lower()
         status = client.get(f"/api/v1/meetings/{meeting['id']}/captions").json()
         assert status["enabled"] and status["state"] == "available" and status["viewers"] == 1
+    metrics = httpx.get(f"{appliance.url}/metrics").text  # the stages of each final, and the latencies
+    for stage in ("endpoint", "queue", "asr", "fanout"):
+        assert f'confmeet_captions_stage_seconds_count{{stage="{stage}"}} ' in metrics, stage
+    counts = {line.split("{")[1].split("}")[0]: float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("confmeet_captions_latency_seconds_count")}
+    assert counts['kind="final"'] >= len(SCRIPT) and counts['kind="first_interim"'] >= len(SCRIPT), counts
 
     await ada.request({"type": "set_captions", "enabled": False})
     await linus.wait_until(lambda: linus.events_of("captions_state")[-1]["enabled"] is False)
@@ -235,6 +241,8 @@ async def test_mandarin_per_speaker_simplified_and_traditional(appliance: Applia
     assert character_error_rate(sentences, simplified) <= 0.10, simplified
     assert character_error_rate("".join(item["zh-TW"] for item in MANDARIN), traditional) <= 0.10, traditional
     assert " " not in simplified and "," not in simplified
+    print(f"CER through the meeting: zh-CN {character_error_rate(sentences, simplified):.3f}, zh-TW "
+          f"{character_error_rate(''.join(item['zh-TW'] for item in MANDARIN), traditional):.3f}")
 
     with api(appliance, "ada") as client:
         vtt = client.get(f"/api/v1/meetings/{meeting['id']}/transcript", params={"format": "vtt"})
@@ -292,3 +300,5 @@ def test_mandarin_through_the_file_api(appliance: Appliance, tmp_path: Path) -> 
     assert character_error_rate("".join(item["zh-CN"] for item in MANDARIN), simplified) <= 0.10, simplified
     assert character_error_rate("".join(item["zh-TW"] for item in MANDARIN), done["zh-TW"]["text"]) <= 0.10
     assert done["zh-CN"]["language"] == "zh-CN" and len(done["zh-CN"]["segments"]) == len(MANDARIN)
+    print(f"CER through the file API: zh-CN {character_error_rate(''.join(i['zh-CN'] for i in MANDARIN), simplified):.3f}, "
+          f"zh-TW {character_error_rate(''.join(i['zh-TW'] for i in MANDARIN), done['zh-TW']['text']):.3f}")
