@@ -28,7 +28,7 @@ PassphraseOpt = Annotated[Optional[Path], typer.Option(
     "--passphrase-file", envvar="CONFMEET_BACKUP_PASSPHRASE_FILE",
     help="File whose first line is the passphrase that encrypts (or decrypts) the secrets or the archive.")]
 LocationArg = Annotated[Optional[str], typer.Argument(
-    help="Directory or s3://BUCKET/PREFIX [default: DATA_DIR/backups].", envvar="CONFMEET_BACKUP_TO",
+    help="Directory or s3://BUCKET/PREFIX \\[default: DATA_DIR/backups].", envvar="CONFMEET_BACKUP_TO",
     show_default=False)]
 ArchiveArg = Annotated[str, typer.Argument(help="Archive file, or s3://BUCKET/PREFIX/NAME.")]
 
@@ -172,7 +172,7 @@ def create(
     to: Annotated[Optional[str], typer.Option(
         "--to", envvar="CONFMEET_BACKUP_TO", show_default=False,
         help="Directory or s3://BUCKET/PREFIX (or s3://KEY:SECRET@HOST:PORT/BUCKET/PREFIX) "
-             "[default: DATA_DIR/backups].")] = None,
+             "\\[default: DATA_DIR/backups].")] = None,
     passphrase_file: PassphraseOpt = None,
     encrypt_archive: Annotated[bool, typer.Option(
         "--encrypt-archive", help="Encrypt the whole archive, not only the settings and secrets.")] = False,

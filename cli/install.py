@@ -293,7 +293,7 @@ class Installer:
 
     def run(self) -> None:
         layout, record = self.layout, self.record
-        for directory, mode in ((layout.config_dir, 0o750), (layout.data_dir, 0o750), (layout.tls_dir, 0o750)):
+        for directory, mode in ((layout.config_dir, 0o750), (layout.data_dir, 0o700), (layout.tls_dir, 0o750)):
             make_dir(directory, mode, self.journal)
         if layout.is_host and _is_root():
             self.done["service user"] = create_service_user()

@@ -85,12 +85,13 @@ class SignalingError(Exception):
 class ApplianceApi:
     """The REST calls a load test needs, with stdlib HTTP (no proxies: the media cannot use them)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, metrics_token: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise LoadTestError(f"--url {url!r} is not an http:// or https:// URL")
         self.url = url.rstrip("/")
         self.token: str | None = None
+        self.metrics_token = metrics_token
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     @property
@@ -103,17 +104,18 @@ class ApplianceApi:
                                         parts.path + "/ws/signaling",
                                         urllib.parse.urlencode({"token": self.token or ""}), ""))
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        return await asyncio.to_thread(self._call, method, path, body)
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                   token: str | None = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(self._call, method, path, body, token or self.token)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, token: str | None) -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with self._opener.open(request, timeout=REQUEST_TIMEOUT) as response:
@@ -166,7 +168,8 @@ class ApplianceApi:
 
     async def metrics(self) -> MetricsSample | None:
         """The appliance's own counters now; None when it exports none."""
-        status, text = await self.call("GET", "/metrics")
+        # /metrics is for the monitoring server: from loopback, or with its bearer token.
+        status, text = await self.call("GET", "/metrics", token=self.metrics_token)
         if status != 200 or not isinstance(text, str):
             return None
         return MetricsSample.parse(text, time.monotonic())
@@ -1021,6 +1024,7 @@ class Plan:
     duration: float
     join_rate: float
     settle: float = 5.0  # seconds between the last first frame and the steady-state window
+    metrics_token: str | None = None
     rooms: int = 1
     decode: int = 2  # subscribers per worker that decode; the others count without decoding
 
@@ -1091,7 +1095,7 @@ def join_failure(meeting: str, exc: SignalingError) -> str:
 
 
 async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
-    api = ApplianceApi(plan.url)
+    api = ApplianceApi(plan.url, plan.metrics_token)
     state.phase = "signing in"
     await api.sign_in(plan.email, plan.password)
     if plan.meeting:
@@ -1269,7 +1273,7 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
     window = sfu["window_s"] or plan.duration
     generator = measured.generator_cpu_seconds
     return {
-        "url": plan.url, "meetings": [m["code"] for m in meetings], "rooms": len(meetings),
+        "url": plan.url, "meetings": [m["code"] for m in meetings],
         "publishers": plan.publishers, "subscribers": plan.subscribers, "workers": plan.workers,
         "decode_per_worker": plan.decode, "duration_s": plan.duration,
         "published_media": {"video": f"VP8 {VIDEO_WIDTH}x{VIDEO_HEIGHT}@{VIDEO_FPS}",
@@ -1318,7 +1322,8 @@ def _number(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
-    rooms = f"{report['rooms']} meetings ({', '.join(report['meetings'])}), each with" if report["rooms"] > 1 \
+    rooms = f"{len(report['meetings'])} meetings ({', '.join(report['meetings'])}), each with" \
+        if len(report["meetings"]) > 1 \
         else f"meeting {report['meetings'][0]}:"
     results = Table(title=f"{rooms} {report['publishers']} publisher(s), {report['subscribers']} subscriber(s)")
     results.add_column("subscriber", no_wrap=True)
@@ -1364,7 +1369,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                      else sfu["memory_per_participant_bytes"] / 1e6, 2, " MB")),
         ]
     else:
-        rows.append(("SFU figures", "n/a: cannot read the appliance's /metrics"))
+        rows.append(("SFU figures", "n/a: cannot read the appliance's /metrics (from another machine: "
+                                    "--metrics-token-env)"))
     generator = report["generator"]
     rows.append(("load generator CPU (this machine)",
                  f"{_number(generator['cpu_percent'], 1, ' % of a core')} of {generator['cores']} cores"))
@@ -1425,6 +1431,10 @@ def loadtest(
     settle: Annotated[float, typer.Option(
         min=0, help="Seconds to wait after the last subscriber's first frame before measuring, so that "
                     "joining (ICE, DTLS, bandwidth ramp-up) stays out of the steady-state figures.")] = 5.0,
+    metrics_token_env: Annotated[Optional[str], typer.Option(
+        "--metrics-token-env", metavar="VAR",
+        help="Read the appliance's metrics_token from this environment variable (needed for its /metrics "
+             "unless this machine's address is in its metrics_addresses).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON for scripts.")] = False,
 ) -> None:
     """Load meetings with publishers and subscribers and measure the SFU (like `lk load-test`).
@@ -1437,9 +1447,14 @@ def loadtest(
             raise LoadTestError("give --email (and the password) of an account of the appliance")
         if meeting and rooms > 1:
             raise LoadTestError("--meeting loads one meeting: leave it out to load --rooms new ones")
+        metrics_token = None
+        if metrics_token_env:
+            metrics_token = os.environ.get(metrics_token_env)
+            if metrics_token is None:
+                raise LoadTestError(f"the environment variable {metrics_token_env} (--metrics-token-env) is not set")
         plan = Plan(url, email, read_password(password_stdin, password_env), meeting, publishers,
                     subscribers, min(workers or os.cpu_count() or 1, subscribers * rooms), duration, join_rate,
-                    settle, rooms, decode)
+                    settle, metrics_token, rooms, decode)
         quiet_media_logs()
         state = LiveState(plan)
         if as_json:

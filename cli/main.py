@@ -71,8 +71,8 @@ def run_with_stores(settings: Settings, work: Any) -> Any:
 def serve(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on [default: 8800].")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on \\[default: 127.0.0.1].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on \\[default: 8800].")] = None,
 ) -> None:
     """Run the appliance in the foreground (Ctrl-C stops it cleanly)."""
     import logging

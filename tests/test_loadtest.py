@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import queue
@@ -17,10 +18,12 @@ from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import decoder_worker
+from rich.console import Console
 
 from appliance_server import CONFMEET, Appliance, start_appliance
 from cli.loadtest import (
     MetricsSample,
+    render_report,
     count_decode_errors,
     encode_audio_clip,
     encode_video_clip,
@@ -88,6 +91,13 @@ def test_two_rooms_of_one_publisher_and_two_subscribers_measured_end_to_end(appl
         assert room["subscribers"]["loss"] == 0.0  # loopback
         assert 1400 <= room["subscribers"]["kbps"] <= 2200, room
         assert 0 <= room["subscribers"]["jitter_ms"] < 50
+
+    # What an operator reads: the subscribers, the results, each room's downlink.
+    out = io.StringIO()
+    render_report(report, Console(file=out, width=220))
+    printed = out.getvalue()
+    assert f"2 meetings ({', '.join(report['meetings'])}), each with 1 publisher(s), 2 subscriber(s)" in printed
+    assert "each room's downlink" in printed and "load generator CPU" in printed
 
     # The meetings it created for the run are ended afterwards.
     token = httpx.post(f"{appliance.url}/api/v1/auth/login",

@@ -77,9 +77,10 @@ def _job_view(job: dict) -> dict:
 
 
 @api.route("POST", "/api/v1/ai/voice-activity", summary="Where an audio file has speech",
-           tag="ai", upload=True, response=VoiceActivity, errors=(503,))
+           tag="ai", upload=True, response=VoiceActivity, errors=(429, 503))
 async def file_voice_activity(call: Call) -> dict:
-    """Send any audio file FFmpeg reads as the body. The answer lists the stretches of speech
+    """Send an audio file as the body: WAV, Ogg (Opus, Vorbis), WebM/Matroska, MP4/MOV/M4A, MP3, FLAC or AAC (other formats, and
+    playlists or lists of files, are refused with 422). The answer lists the stretches of speech
     that the VAD model finds, in seconds from the start."""
     data = await _read_upload(call)
     try:
@@ -94,12 +95,13 @@ async def file_voice_activity(call: Call) -> dict:
            tag="ai", upload=True, query=TranscriptionQuery, response=TranscriptionJob, status=202,
            errors=(429,))
 async def start_transcription(call: Call) -> dict:
-    """Send any audio file FFmpeg reads as the body; `language` is its ISO 639-1 code (empty:
-    detect it). The file is stored before the answer, so the job survives a restart of the
+    """Send an audio file as the body: WAV, Ogg (Opus, Vorbis), WebM/Matroska, MP4/MOV/M4A, MP3, FLAC or AAC; `language` is
+    its language tag (`en`, `de`, `zh-CN` for Simplified Chinese, `zh-TW` for Traditional, ...;
+    empty: detect it). The file is stored before the answer, so the job survives a restart of the
     appliance. The job runs in the background: poll it for `progress` and the text."""
     language = call.query.language
     if language and language not in LANGUAGES:
-        raise ApiError(422, "invalid", "language must be an ISO 639-1 code Whisper knows, or empty", "language")
+        raise ApiError(422, "invalid", "language must be a language tag Whisper knows (en, de, zh-CN, zh-TW, ...), or empty", "language")
     jobs = call.request.app.ctx.file_jobs
     if jobs.busy:
         raise ApiError(429, "busy", "too many transcriptions are waiting; try again when one has finished")

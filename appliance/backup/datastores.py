@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -60,21 +59,6 @@ def describe_contents(stores: DataStores, portal: Portal, skip: Callable[[str], 
             held.append("objects")
             break
     return "; ".join(held) or None
-
-
-def wipe_documents_and_objects(stores: DataStores, portal: Portal, skip: Callable[[str], bool]) -> None:
-    """Delete every document and every object except the archives ``skip`` names."""
-    for collection in portal.call(stores.documents.collections()):
-        portal.call(stores.documents.delete_many(collection, {}))
-    while True:  # a fresh listing per batch: never delete under a listing's feet
-        listing = portal.iterate(stores.objects.list(""), LIST_BATCH)
-        try:
-            batch = list(itertools.islice((info.key for info in listing if not skip(info.key)), LIST_BATCH))
-        finally:
-            listing.close()
-        if not batch:
-            return
-        portal.call(delete_objects(stores.objects, batch))
 
 
 async def delete_objects(objects: ObjectStore, keys: list[str], concurrency: int = 8) -> None:
