@@ -21,6 +21,7 @@ from .api.openapi import build_openapi
 from .captions.audio import DECODE_SLOTS
 from .captions.files import FileJobs
 from .captions.sink import caption_sink_factory
+from .captions.transcripts import Transcripts
 from .cors import install_cors
 from .security_headers import install_security_headers
 from .inference import open_inference
@@ -32,7 +33,7 @@ from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
 from .sfu.host import RoomHost
 from .sfu.ice import IceServer, IceSettings
-from .signaling import Signaling
+from .signaling import Captions, Chat, Lobby, Moderation, Recording, Signaling
 from .throttle import appliance_throttle
 from .stores import open_stores
 
@@ -152,9 +153,14 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.sfu = RoomHost(media_ice_settings(settings), sinks={"captions": caption_sink_factory(app.ctx.inference),
                                                                     "recording": app.ctx.recordings.sink})
         install_sfu_metrics(app.ctx.sfu)
-        app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
-                                      stores.db, stores.bus, stores.documents, app.ctx.throttle)
-        app.ctx.recordings.attach(app.ctx.signaling)
+        signaling = app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
+                                                  stores.db, stores.bus, app.ctx.throttle)
+        room = signaling.room
+        lobby = Lobby(room, app.ctx.meetings, settings.max_waiting_per_meeting)
+        app.ctx.chat = Chat(room, stores.documents, app.ctx.throttle)
+        app.ctx.captions = Captions(room, Transcripts(stores.documents), stores.db)
+        signaling.use(lobby, Moderation(room, app.ctx.meetings, stores.db, app.ctx.throttle, lobby), app.ctx.chat,
+                      app.ctx.captions, Recording(room, app.ctx.recordings))
         await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings, app.ctx.file_jobs)
         app.ctx.instance.start_heartbeat()
         await app.ctx.recordings.start()

@@ -10,7 +10,8 @@ from typing import Any
 import peewee as pw
 
 from .accounts import Principal
-from .api.errors import forbidden, not_found
+from .api.errors import ApiError, forbidden, not_found
+from .errors import NotFound
 from .security import hash_password, verify_password
 from .stores.bus import EventBus
 from .stores.documents import DocumentExists, DocumentStore
@@ -89,6 +90,18 @@ class Meetings:
             "created_at": meeting.created_at, "ended_at": meeting.ended_at,
             "join_url": f"{self.base_url}/m/{meeting.code}", "my_role": my_role,
         }
+
+    async def find_for_join(self, principal: Principal, ref: str) -> tuple[Meeting, str | None]:
+        """The meeting a join code or id names, and the caller's role in it. NotFound for none, for
+        a guest whose pass is for another meeting, and for a meeting without guests."""
+        try:
+            meeting, role = await self.db.run(
+                lambda: self._load(principal, code=ref.lower()) if "-" in ref else self._load(principal, ref))
+        except ApiError:
+            raise NotFound("meeting") from None
+        if principal.kind == "guest" and not meeting.allow_guests:
+            raise NotFound("meeting")
+        return meeting, role
 
     @staticmethod
     def _lookup(principal: Principal, meeting_id: str | None, code: str | None) -> tuple[Prepared, dict[str, Any]]:

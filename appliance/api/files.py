@@ -83,7 +83,7 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
         id=file_id, meeting=meeting_id, uploader=principal.id if principal.kind == "user" else None,
         uploader_name=seat.name, name=name, size=info.size, content_type=content_type, object_key=key))
     view = file_view(row)
-    await ctx.signaling.file_shared(seat, {k: view[k] for k in ("id", "name", "size", "content_type")})
+    await ctx.chat.share_file(seat, {k: view[k] for k in ("id", "name", "size", "content_type")})
     return view
 
 

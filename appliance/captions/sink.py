@@ -23,7 +23,7 @@ final captions suffer, and on again when it has room. When inference is unreacha
 stops decoding, says ``captions_status: unavailable``, probes the backend's health, and resumes
 when it is back.
 
-Events (room-wide): ``caption`` (id, subject, text, start, end, final, language, merged, gap,
+Events (room-wide): ``caption`` (id, participant_id, text, start, end, final, language, merged, gap,
 timing) and ``captions_status`` (state: available | degraded | unavailable, detail, interim,
 counters and queue sizes).
 """
@@ -345,7 +345,7 @@ class CaptionSink:
         """Speech that will never be transcribed: a gap caption marks it in the transcript."""
         self.counters.gaps += 1
         log.info("captions in %s: %.1f s of %s's speech skipped: %s", self.room, end - start, participant, reason)
-        self.emit(None, {"type": "caption", "id": f"{participant}-{round(start * 1000)}", "subject": participant,
+        self.emit(None, {"type": "caption", "id": f"{participant}-{round(start * 1000)}", "participant_id": participant,
                          "text": GAP, "start": round(start, 3), "end": round(end, 3), "final": True,
                          "language": self.language_of(participant), "merged": 0, "gap": True,
                          "dropped_seconds": round(end - start, 2), "reason": reason})
@@ -435,7 +435,7 @@ class CaptionSink:
                               "sound_start": round(sound_start, 3), "sound_end": round(sound_end, 3)})
 
     def _caption(self, utterance: Utterance, heard: Heard, final: bool, timing: dict[str, float]) -> None:
-        self.emit(None, {"type": "caption", "id": utterance.id, "subject": utterance.participant, "text": heard.text,
+        self.emit(None, {"type": "caption", "id": utterance.id, "participant_id": utterance.participant, "text": heard.text,
                          "start": round(utterance.start, 3), "end": round(utterance.end, 3), "final": final,
                          "language": heard.language, "merged": utterance.merged,
                          "timing": {**timing, "emitted": round(time.time(), 3)}})

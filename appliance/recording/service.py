@@ -1,12 +1,13 @@
-"""Recording for the whole appliance: starting and stopping a meeting's recording over signaling,
-the SFU sink that writes it, the Recording rows, uploads, exports, deletion and retention.
+"""Recording for the whole appliance: the Recording rows of the meetings being recorded and of
+those recorded, what the SFU's recording sink wrote (stored, uploaded, recovered after a crash),
+exports, deletion and retention. Starting and stopping over signaling is the recording feature
+(appliance/signaling/recording.py); the sink that writes the files is sink.py.
 
-Flow: a host or moderator sends ``recording_start``; a Recording row is made and the SFU gets
-``sink_start`` for the ``recording`` sink (sink.py), which writes every track of the room into the
-spool directory ``<data_dir>/recordings/<id>/``. Everyone in the meeting gets ``recording``
-events, and ``joined.recording`` tells late joiners. ``recording_stop`` (or the room emptying, or
-a full disk) stops the sink; its ``sink_stopped`` event carries the tracks, which are written to
-the row, and the files are uploaded (upload.py). Messages are in docs/protocol.md ("Recording").
+Flow: a host or moderator sends ``recording_start``; :meth:`Recordings.begin` makes the row and
+the SFU gets ``sink_start`` for the ``recording`` sink, which writes every track of the room into
+the spool directory ``<data_dir>/recordings/<id>/``. ``recording_stop`` (or the room emptying, or
+a full disk) stops the sink; its ``sink_stopped`` event carries the tracks, which
+:meth:`Recordings.finish` writes to the row before the files are uploaded (upload.py).
 """
 
 from __future__ import annotations
@@ -16,23 +17,19 @@ import datetime as dt
 import logging
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..controls import MODERATORS
+from .. import audit
+from ..errors import Conflict, Invalid
 from ..settings import Settings
 from ..stores.objects import ObjectStore
-from ..stores.relational import AuditEvent, Participant, Recording, RecordingExport, Relational, new_id, utcnow
+from ..stores.relational import Participant, Recording, RecordingExport, Relational, new_id, utcnow
 from .export import Exports
 from .sink import MB, STOPPED, read_manifest, recording_sink_factory, recover
 from .upload import Uploader
 
-if TYPE_CHECKING:
-    from ..signaling import Seat, Signaling
-
 log = logging.getLogger("confmeet.recording")
 
-SINK = "recording"
 RETENTION_SWEEP_S = 3600.0
 INTERRUPTED = "the appliance stopped during the recording"  # how every interrupted one's stop_reason begins
 NOTHING_KEPT = f"{INTERRUPTED}; nothing of it had reached the disk"
@@ -42,12 +39,6 @@ FILES_GONE = f"{INTERRUPTED}; its files are gone"
 def was_interrupted(stop_reason: str) -> bool:
     """Whether a recording ended because the appliance stopped (a crash, a restart)."""
     return stop_reason.startswith(INTERRUPTED)
-
-
-def _error(code: str, message: str) -> Exception:
-    from ..signaling import SignalingError
-
-    return SignalingError(code, message)
 
 
 @dataclass
@@ -74,17 +65,10 @@ class Recordings:
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)
         self.live: dict[str, LiveRecording] = {}
-        self.s: Signaling | None = None
         self.stopping = False  # the appliance is stopping: recordings that end now end because of it
         self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, signaling: Signaling) -> None:
-        self.s = signaling
-        signaling.features["recording"] = self
-        signaling.controls.handlers.update({"recording_start": self.start_recording,
-                                            "recording_stop": self.stop_recording})
-
     async def recover(self) -> dict[str, int]:
         """At start-up (reconcile.py), what a previous run left: recordings it stopped under are
         finished and stored as interrupted, pending uploads and exports start again. Counts."""
@@ -119,90 +103,45 @@ class Recordings:
         await self.uploader.close()
         await self.exports.close()
 
-    # ------------------------------------------------------------------ signaling
+    # ------------------------------------------------------------------ recordings under way
     def view(self, meeting_id: str) -> dict[str, Any] | None:
-        """``joined.recording``: the meeting's recording under way, or None."""
+        """The meeting's recording under way, or None."""
         live = self.live.get(meeting_id)
         return live.view() if live is not None else None
 
-    @staticmethod
-    def handles(event: dict[str, Any]) -> bool:
-        return event["type"] in ("sink_failed", "sink_stopped") and event.get("sink") == SINK
-
-    async def sfu_event(self, event: dict[str, Any]) -> None:
-        meeting_id = event["room"]
-        if event["type"] == "sink_failed":
-            live = self.live.get(meeting_id)
-            if live is not None and live.id == event.get("recording_id"):
-                live.stop_reason = event.get("reason", "the recording failed")
-                seats = self._seats(meeting_id)
-                await self.s.host.request(meeting_id, {"type": "sink_stop", "sink": SINK,  # type: ignore[union-attr]
-                                                       "participant": seats[0].id if seats else SINK})
-            return
-        await self._finish(meeting_id, event.get("result") or {})
-
-    def _seats(self, meeting_id: str) -> list[Seat]:
-        return self.s.in_meeting(meeting_id) if self.s is not None else []
-
-    def _broadcast(self, meeting_id: str, message: dict[str, Any]) -> None:
-        for seat in self._seats(meeting_id):
-            seat.send(message)
-
-    async def start_recording(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
-        if seat.role not in MODERATORS:
-            raise _error("forbidden", "only the meeting's host or moderator can start a recording")
-        meeting_id = seat.meeting_id
+    async def begin(self, meeting_id: str, started_by: str, account: str | None) -> LiveRecording:
+        """The row of a recording about to start (the caller starts the sink next, or
+        :meth:`abandon` s it)."""
         if meeting_id in self.live:
-            raise _error("already_recording", "this meeting is already being recorded")
+            raise Conflict("this meeting is already being recorded", code="already_recording")
         free = await asyncio.to_thread(self._free_bytes)
         if free < self.min_free_bytes:
-            raise _error("disk_full", f"only {free // MB} MB are free on the appliance's disk; recordings "
-                                      f"need {self.min_free_bytes // MB} MB (recording_min_free_mb)")
-        live = LiveRecording(new_id(), meeting_id, dt.datetime.now(dt.UTC), seat.name)
+            raise Invalid(f"only {free // MB} MB are free on the appliance's disk; recordings need "
+                          f"{self.min_free_bytes // MB} MB (recording_min_free_mb)", code="disk_full")
+        live = LiveRecording(new_id(), meeting_id, dt.datetime.now(dt.UTC), started_by)
         self.live[meeting_id] = live
-        user = seat.user_id if seat.principal_kind == "user" else None
         try:
             await self.db.run(lambda: Recording.create(
-                id=live.id, meeting=meeting_id, started_by=user, started_at=live.started_at.replace(tzinfo=None),
+                id=live.id, meeting=meeting_id, started_by=account, started_at=live.started_at.replace(tzinfo=None),
                 object_prefix=f"recordings/{live.id}/"))
-            reply = await self.s.host.request(meeting_id, {  # type: ignore[union-attr]
-                "type": "sink_start", "participant": seat.id, "sink": SINK, "options": {"recording_id": live.id}})
-            if reply.get("type") == "error":
-                raise _error(reply.get("code", "internal"), reply.get("message", "the recording did not start"))
         except BaseException:
             self.live.pop(meeting_id, None)
-            await self.db.run(lambda: Recording.delete().where(Recording.id == live.id).execute())
             raise
-        self._broadcast(meeting_id, {"type": "recording", "active": True, "recording": live.view()})
-        await self._audit(seat, "recording.started", recording=live.id)
-        return {"type": "ok", "recording": live.view()}
+        return live
 
-    async def stop_recording(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
-        if seat.role not in MODERATORS:
-            raise _error("forbidden", "only the meeting's host or moderator can stop the recording")
-        live = self.live.get(seat.meeting_id)
-        if live is None:
-            raise _error("not_recording", "this meeting is not being recorded")
-        live.stop_reason = live.stop_reason or f"stopped by {seat.name}"
-        reply = await self.s.host.request(seat.meeting_id, {  # type: ignore[union-attr]
-            "type": "sink_stop", "participant": seat.id, "sink": SINK})
-        if reply.get("type") == "error" and reply.get("code") != "not_running":
-            raise _error(reply.get("code", "internal"), reply.get("message", "the recording did not stop"))
-        await self._audit(seat, "recording.stopped", recording=live.id)
-        return {"type": "ok", "recording": {"id": live.id}}
+    async def abandon(self, live: LiveRecording) -> None:
+        """A recording whose sink did not start: no trace of it stays."""
+        self.live.pop(live.meeting_id, None)
+        await self.db.run(lambda: Recording.delete().where(Recording.id == live.id).execute())
 
-    async def _audit(self, seat: Seat, action: str, **detail: Any) -> None:
-        actor = seat.user_id if seat.principal_kind == "user" else None
-        await self.db.run(lambda: AuditEvent.create(actor=actor, meeting=seat.meeting_id, action=action,
-                                                    detail={"by": seat.name, **detail}))
-
-    # ------------------------------------------------------------------ finishing
-    async def _finish(self, meeting_id: str, result: dict[str, Any]) -> None:
-        """The sink stopped (asked to, the room emptied, or it failed): store what it wrote."""
+    async def finish(self, meeting_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The sink stopped (asked to, the room emptied, or it failed): store what it wrote. What
+        the meeting is told (``{"id", "duration_s", "reason"}``), or None when nothing was under
+        way there."""
         live = self.live.get(meeting_id)
         recording_id = result.get("recording_id") or (live.id if live is not None else None)
         if recording_id is None:
-            return
+            return None
         if live is not None and live.id == recording_id:
             del self.live[meeting_id]
         if self.stopping:
@@ -213,9 +152,9 @@ class Recordings:
         if "tracks" not in result:  # the sink failed to stop; what it wrote is on disk
             result = await asyncio.to_thread(recover, self.spool / recording_id) or {**result, "tracks": []}
         stored = await self._store(recording_id, result, reason)
-        if live is not None:
-            self._broadcast(meeting_id, {"type": "recording", "active": False, "recording": {
-                "id": recording_id, "duration_s": stored.get("duration_s", 0.0), "reason": reason}})
+        if live is None:
+            return None
+        return {"id": recording_id, "duration_s": stored.get("duration_s", 0.0), "reason": reason}
 
     async def _store(self, recording_id: str, result: dict[str, Any], reason: str) -> dict[str, Any]:
         """Write the tracks to the row and start their upload."""
@@ -290,9 +229,8 @@ class Recordings:
             Recording.status.in_(("ready", "failed")), Recording.started_at < cutoff)))
         for recording in old:
             await self.delete(recording)
-            await self.db.run(lambda r=recording: AuditEvent.create(
-                meeting=r.meeting_id, action="recording.expired",
-                detail={"recording": r.id, "retention_days": self.retention_days}))
+            await self.db.run(audit.record, "recording.expired", None, recording.meeting_id,
+                              recording=recording.id, retention_days=self.retention_days)
         return len(old)
 
     async def _sweep_forever(self) -> None:

@@ -50,6 +50,7 @@ MB = 1024 * 1024
 
 Emit = Callable[[str | None, dict[str, Any]], None]
 RECORDING_ID = re.compile(r"[0-9a-f]{32}")
+SINK = "recording"  # the sink's name in the SFU
 # (writer, arrival seconds or None to close it, ssrc, sequence number, timestamp, payload)
 Item = tuple[TrackWriter, float | None, int, int, int, bytes]
 

@@ -170,9 +170,9 @@ class UpTrack:
         return self.publisher, self.track_id
 
     def describe(self) -> dict[str, str]:
-        """The track as signaling announces it; ``stream_id`` is the msid stream id the
+        """The track as clients see it (docs/protocol.md); ``stream_id`` is the msid stream id the
         subscribers' receivers report (the publisher's participant id)."""
-        return {"subject": self.publisher, "track_id": self.track_id, "kind": self.kind,
+        return {"participant": self.publisher, "track_id": self.track_id, "kind": self.kind,
                 "source": self.source, "stream_id": self.publisher, "codec": self.codec.mimeType}
 
     def add(self, down: DownTrack) -> None:

@@ -7,6 +7,7 @@ Requests (``await host.request(room, message)``), each answered by one reply dic
 message                                                                reply
 =====================================================================  ==============================
 ``{"type": "join", "participant", "name"?}``                           ``{"type": "joined", ...}``
+``{"type": "room", "participant"}``                                    ``{"type": "room", ...}``
 ``{"type": "offer", "participant", "sdp", "tracks"?}``                 ``{"type": "answer", "sdp"}``
 ``{"type": "answer", "participant", "sdp"}``                           ``{"type": "ok"}``
 ``{"type": "candidate", "participant", "candidate": {...} | null}``    ``{"type": "ok"}``
@@ -21,8 +22,17 @@ Sinks (a recording, the captions) are made by the factories given to the host, b
 consumes the room's tracks from its start until it is stopped or the room empties. Either way the
 room emits ``{"type": "sink_stopped", "sink", "result"}`` with the sink's result.
 
-Any failure is ``{"type": "error", "code", "message"}`` (codes in ``errors.SfuError``). Events
-are dicts with ``type``, ``room`` and ``participant`` (the addressee, or None for the room).
+Any failure is ``{"type": "error", "code", "message"}`` (codes in ``errors.SfuError``).
+
+Events are dicts with ``type``, ``room`` and ``to`` (the participant it is for, or None for the
+whole room); the rest is named as docs/protocol.md names it for clients, so that signaling passes
+events on without renaming anything: ``participant_joined`` and ``participant_left``
+(``participant_id``, ``name`` / ``reason``), ``track_published`` and ``track_unpublished``
+(``track``: ``{participant, track_id, kind, source, stream_id, codec}``), ``offer`` (``sdp``,
+``tracks``: each a track with its ``mid``), ``active_speaker`` (``participant_id``,
+``level_dbov``), ``connection_quality`` (``participant_id``, ``quality``, ``loss``,
+``jitter_ms``), and the sinks' events (``sink_stopped``, ``caption``, ...). SfuWorkers adds
+``media_lost`` (``participants``: everyone of a room whose worker died).
 
 Ordering: one participant's requests are handled one at a time, in the order ``request`` was
 called. The client makes the first offer; the server offers (event ``offer``) only after it has
@@ -125,7 +135,7 @@ class RoomHost:
         self._sink_factories = dict(sinks or {})
         self._stopping: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
-            "join": self._join, "offer": self._offer, "answer": self._answer,
+            "join": self._join, "room": self._describe_room, "offer": self._offer, "answer": self._answer,
             "candidate": self._add_candidate, "leave": self._leave, "stats": self._stats,
             "hold": self._hold, "sink_start": self._sink_start, "sink_stop": self._sink_stop,
         }
@@ -188,6 +198,12 @@ class RoomHost:
             self._rooms[room_name] = room
             self.stats.rooms += 1
         return await room.join(participant, name, self.ice.client_ice_servers())
+
+    async def _describe_room(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        """The room as a participant in it sees it now (as ``joined`` says it, for a resume)."""
+        room = self._room(room_name)
+        room.peer(participant)
+        return {**room.describe(self.ice.client_ice_servers()), "type": "room"}
 
     async def _offer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         sdp, labels = _text(message, "sdp"), _track_labels(message)

@@ -69,7 +69,7 @@ class RoomLink(Protocol):
 
     stats: SfuStats
 
-    def emit(self, participant: str | None, event: dict[str, Any]) -> None: ...
+    def emit(self, to: str | None, event: dict[str, Any]) -> None: ...
 
     def track_published(self, up: UpTrack) -> None: ...
 
@@ -360,7 +360,7 @@ class Peer:
             return
         quality = Quality.grade(loss, jitter_ms)
         if self.quality is None or quality.level != self.quality.level:
-            self.room.emit(None, {"type": "connection_quality", "subject": self.participant,
+            self.room.emit(None, {"type": "connection_quality", "participant_id": self.participant,
                                   **quality.describe()})
         self.quality = quality
 

@@ -60,9 +60,9 @@ class Room:
         self._forwarded_gone = 0
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
-    def emit(self, participant: str | None, event: dict[str, Any]) -> None:
-        """Send an event to one participant, or to the whole room when ``participant`` is None."""
-        self._emit({**event, "room": self.name, "participant": participant})
+    def emit(self, to: str | None, event: dict[str, Any]) -> None:
+        """Send an event to one participant, or to the whole room when ``to`` is None."""
+        self._emit({**event, "room": self.name, "to": to})
 
     def peer(self, participant: str) -> Peer:
         peer = self.peers.get(participant)
@@ -74,14 +74,19 @@ class Room:
     async def join(self, participant: str, name: str, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
         if participant in self.peers:
             raise SfuError("already_joined", f"participant {participant!r} is already in room {self.name!r}")
-        others = [{"participant": p.participant, "name": p.name} for p in self.peers.values()]
+        joined = {**self.describe(ice_servers), "type": "joined"}
         peer = Peer(participant, name, self, self.gatherer, self.configuration)
         self.peers[participant] = peer
         self.stats.active_peers += 1
         for up in self.tracks.values():
             peer.post(peer.subscribe, up)
-        self.emit(None, {"type": "participant_joined", "subject": participant, "name": name})
-        return {"type": "joined", "ice_servers": ice_servers, "participants": others,
+        self.emit(None, {"type": "participant_joined", "participant_id": participant, "name": name})
+        return joined
+
+    def describe(self, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
+        """Who is in the room and what they publish, with the ICE servers for clients."""
+        return {"ice_servers": ice_servers,
+                "participants": [{"participant": p.participant, "name": p.name} for p in self.peers.values()],
                 "tracks": [up.describe() for up in self.tracks.values()]}
 
     async def leave(self, participant: str, reason: str) -> None:
@@ -94,7 +99,7 @@ class Room:
             del self.peers[participant]
             self.stats.active_peers -= 1
             self.speaker.forget(participant)
-        self.emit(None, {"type": "participant_left", "subject": participant, "reason": reason})
+        self.emit(None, {"type": "participant_left", "participant_id": participant, "reason": reason})
         if not self.peers:
             self._on_empty(self)
 
@@ -143,7 +148,7 @@ class Room:
     # ------------------------------------------------------------------ called by peers
     def track_published(self, up: UpTrack) -> None:
         self.tracks[up.key] = up
-        self.emit(None, {"type": "track_published", **up.describe()})
+        self.emit(None, {"type": "track_published", "track": up.describe()})
         for sink in self.sinks.values():
             sink.track_added(up)
         for peer in self.peers.values():
@@ -153,7 +158,7 @@ class Room:
     def track_unpublished(self, up: UpTrack) -> None:
         self.tracks.pop(up.key, None)
         self._received_gone += up.bytes
-        self.emit(None, {"type": "track_unpublished", **up.describe()})
+        self.emit(None, {"type": "track_unpublished", "track": up.describe()})
         for sink in self.sinks.values():
             sink.track_removed(up)
         for peer in self.peers.values():
@@ -207,7 +212,7 @@ class Room:
                 log.exception("room %s: active-speaker detection failed", self.name)
                 change = None
             if change is not None:
-                self.emit(None, {"type": "active_speaker", "subject": change.participant,
+                self.emit(None, {"type": "active_speaker", "participant_id": change.participant,
                                  "level_dbov": change.level_dbov})
             if now >= next_quality:
                 next_quality = now + self.quality_interval

@@ -266,7 +266,7 @@ class SfuWorkers:
                 event = frame["event"]
                 if event.get("type") == "participant_left":
                     participants = worker.rooms.get(event.get("room"), set())
-                    participants.discard(event.get("subject"))
+                    participants.discard(event.get("participant_id"))
                     if not participants:
                         self._forget(worker, event.get("room"))
                 self._emit(event)
@@ -297,7 +297,7 @@ class SfuWorkers:
             self.workers[self.workers.index(worker)] = replacement
             self.restarts += 1
         for room, participants in lost.items():
-            self._emit({"type": "media_lost", "room": room, "participant": None, "subjects": sorted(participants)})
+            self._emit({"type": "media_lost", "room": room, "to": None, "participants": sorted(participants)})
 
 
 # ---------------------------------------------------------------------------- the worker process

@@ -10,18 +10,19 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from appliance.accounts import Principal
 from appliance.recording.service import Recordings, was_interrupted
 from appliance.recording.sink import write_manifest
 from appliance.settings import Settings
 from appliance.sfu import IceSettings, RoomHost
+from appliance.signaling import Connection, Recording as RecordingFeature, Seat
+from appliance.signaling.room import RoomView
 from appliance.stores.objects import FileObjects
 from appliance.stores.relational import (SCHEMA_VERSION, Meeting, Recording, RecordingExport, Relational,
                                          SchemaVersion, User, utcnow)
@@ -198,41 +199,27 @@ async def test_file_store_downloads_are_signed_expiring_app_links(appliance: App
 
 
 # ---------------------------------------------------------------------------- a disk filling up
-@dataclass
-class FakeSeat:
-    """What the service uses of a signaling seat."""
-
-    id: str
-    meeting_id: str
-    name: str = "Ada"
-    role: str = "host"
-    user_id: str = ""
-    principal_kind: str = "user"
-    sent: list[dict[str, Any]] = field(default_factory=list)
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+def seated(meeting_id: str, user_id: str) -> tuple[Seat, Connection]:
+    """Ada, the meeting's host, seated as signaling seats her; what is sent to her is in the
+    connection's outbox."""
+    principal = Principal("user", user_id, "Ada")
+    connection = Connection(ws=None, principal=principal)  # type: ignore[arg-type]
+    seat = Seat("p-ada", meeting_id, {}, principal, "Ada", "host", "session", connection=connection)
+    return seat, connection
 
 
-class FakeSignaling:
-    """The service's view of signaling: the room host, the seats, the handler table, and the
-    pump that hands it the SFU's events (as Signaling._sfu_event does)."""
+def sent(connection: Connection) -> list[dict[str, Any]]:
+    messages = []
+    while not connection.outbox.empty():
+        messages.append(connection.outbox.get_nowait())
+    return messages
 
-    def __init__(self, host: RoomHost, seats: list[FakeSeat]) -> None:
-        self.host = host
-        self.seats = seats
-        self.controls = SimpleNamespace(handlers={})
-        self.features: dict[str, Recordings] = {}
-        self._pump = asyncio.get_running_loop().create_task(self._run(host.subscribe_events()))
 
-    def in_meeting(self, meeting_id: str) -> list[FakeSeat]:
-        return [s for s in self.seats if s.meeting_id == meeting_id]
-
-    async def _run(self, events) -> None:
-        async for event in events:
-            recording = self.features.get("recording")
-            if recording is not None and recording.handles(event):
-                await recording.sfu_event(event)
+async def pump(host: RoomHost, feature: RecordingFeature) -> None:
+    """The SFU's events to the feature, as signaling's server hands them."""
+    async for event in host.subscribe_events():
+        if feature.handles(event):
+            await feature.sfu_event(event)
 
 
 async def test_a_disk_filling_up_stops_the_recording_and_everyone_is_told(recordings: Recordings) -> None:
@@ -242,22 +229,30 @@ async def test_a_disk_filling_up_stops_the_recording_and_everyone_is_told(record
 
     owner, meeting = await recordings.db.run(meeting_row)
     sfu = SfuMeeting(RoomHost(IceSettings(loopback=True), sinks={"recording": recordings.sink}))
-    seat = FakeSeat("p-ada", meeting.id, user_id=owner.id)
-    signaling = FakeSignaling(sfu.host, [seat])
-    recordings.attach(signaling)  # type: ignore[arg-type]
+    seat, connection = seated(meeting.id, owner.id)
+    room = RoomView({seat.id: seat}, sfu.host, recordings.db, release=None, seat=None,  # type: ignore[arg-type]
+                    check_name=None)  # type: ignore[arg-type]
+    feature = RecordingFeature(room, recordings)
+    pumping = asyncio.get_running_loop().create_task(pump(sfu.host, feature))
     try:
         ada = sfu.participant("p-ada", room=meeting.id)  # the SFU's room is the meeting
         assert (await ada.join())["type"] == "joined"
         ada.publish(ToneTrack())
         assert (await ada.offer())["type"] == "answer"
-        reply = await signaling.controls.handlers["recording_start"](seat, {})
+        reply = await feature.handlers["recording_start"](seat, {})
         recording_id = reply["recording"]["id"]
         sink = sfu.host._rooms[meeting.id].sinks["recording"]
         await ada.wait_until(lambda: bool(sink._all) and sink._all[0].frames > 20)
         sink.min_free_bytes = 1 << 60  # the disk fills up
 
-        await ada.wait_until(lambda: any(m["type"] == "recording" and not m["active"] for m in seat.sent))
-        stopped = [m for m in seat.sent if m["type"] == "recording"][-1]["recording"]
+        messages: list[dict[str, Any]] = []
+
+        def told_it_stopped() -> bool:
+            messages.extend(sent(connection))
+            return any(m["type"] == "recording" and not m["active"] for m in messages)
+
+        await ada.wait_until(told_it_stopped)
+        stopped = [m for m in messages if m["type"] == "recording"][-1]["recording"]
         assert stopped["id"] == recording_id and "MB are free on the disk" in stopped["reason"]
         assert meeting.id not in recordings.live
         await recordings.uploader.wait(recording_id)
@@ -267,5 +262,5 @@ async def test_a_disk_filling_up_stops_the_recording_and_everyone_is_told(record
         assert track["kind"] == "audio" and track["size"] > 0
         assert (await recordings.objects.stat(track["key"])).size == track["size"]
     finally:
-        signaling._pump.cancel()
+        pumping.cancel()
         await sfu.close()

@@ -179,7 +179,7 @@ class Participant:
 
     def deliver(self, event: dict[str, Any]) -> None:
         self.events.append(event)
-        if event["type"] == "offer" and event["participant"] == self.id:
+        if event["type"] == "offer" and event["to"] == self.id:
             if self.auto_answer:
                 self._tasks.append(asyncio.get_running_loop().create_task(self._auto_answer(event["sdp"])))
             else:
@@ -267,7 +267,7 @@ class Meeting:
         async for event in self._stream:
             self.events.append(event)
             for client in list(self.participants.values()):
-                if client.room == event["room"] and event["participant"] in (None, client.id):
+                if client.room == event["room"] and event["to"] in (None, client.id):
                     client.deliver(event)
 
     async def close(self) -> None:

@@ -29,8 +29,8 @@ async def test_leaving_releases_the_participant_everywhere(
 
     await alice.wait_until(lambda: bool(alice.events_of("participant_left")))
     left = alice.events_of("participant_left")[0]
-    assert (left["subject"], left["reason"], left["participant"]) == ("bob", "left", None)
-    unpublished = [e for e in alice.events_of("track_unpublished") if e["subject"] == "bob"]
+    assert (left["participant_id"], left["reason"], left["to"]) == ("bob", "left", None)
+    unpublished = [e["track"] for e in alice.events_of("track_unpublished") if e["track"]["participant"] == "bob"]
     assert sorted(e["kind"] for e in unpublished) == ["audio", "video"]
     # The server's side of bob is gone: peer connection, tasks, tracks, subscriptions.
     assert bob_peer.pc.connectionState == "closed" and bob_peer.pc.iceConnectionState == "closed"
@@ -59,7 +59,7 @@ async def test_a_client_that_closes_its_connection_is_removed(
     await bob.pc.close()  # a closed tab: DTLS close_notify, no "leave"
     await alice.wait_until(lambda: bool(alice.events_of("participant_left")), timeout=5)
     left = alice.events_of("participant_left")[0]
-    assert (left["subject"], left["reason"]) == ("bob", "connection_closed")
+    assert (left["participant_id"], left["reason"]) == ("bob", "connection_closed")
     assert list(meeting.host._rooms["room"].peers) == ["alice"] and meeting.host.stats.active_peers == 1
 
 
@@ -78,7 +78,7 @@ async def test_glare_an_offer_while_the_servers_waits_is_refused(meeting: Meetin
     bob.publish(ToneTrack())
     assert (await bob.offer())["type"] == "answer"
     await bob.wait_for_media("alice", video_frames=1)
-    await alice.wait_until(lambda: any(e["subject"] == "bob" for e in alice.events_of("track_published")))
+    await alice.wait_until(lambda: any(e["track"]["participant"] == "bob" for e in alice.events_of("track_published")))
 
 
 async def test_errors_are_typed_and_leave_the_host_working(meeting: Meeting) -> None:
@@ -208,7 +208,7 @@ async def test_closing_the_host_ends_every_session_and_the_event_streams(
     await host.close()
     await meeting._pump  # the event stream ended
     assert all(peer.pc.connectionState == "closed" for peer in peers)
-    assert sorted(e["subject"] for e in meeting.events if e["type"] == "participant_left") == ["alice", "bob"]
+    assert sorted(e["participant_id"] for e in meeting.events if e["type"] == "participant_left") == ["alice", "bob"]
     assert {e["reason"] for e in meeting.events if e["type"] == "participant_left"} == {"closed"}
     assert host.rooms == [] and host.stats.active_peers == 0
     assert (await host.request("room", {"type": "join", "participant": "carol"}))["code"] == "closed"

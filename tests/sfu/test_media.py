@@ -37,14 +37,15 @@ async def test_two_participants_receive_each_others_camera_and_microphone(
     assert bob.tracks_from("alice", "audio")[0].peak > 5000  # a 0.5 tone, decoded at bob
     assert alice.tracks_from("bob", "audio")[0].peak > 300  # a 0.03 tone: quiet, not silent
 
-    published = [e for e in alice.events_of("track_published") if e["subject"] == "bob"]
-    assert sorted((e["kind"], e["source"], e["stream_id"], e["codec"]) for e in published) == [
+    events = [e for e in alice.events_of("track_published") if e["track"]["participant"] == "bob"]
+    published = [e["track"] for e in events]
+    assert sorted((t["kind"], t["source"], t["stream_id"], t["codec"]) for t in published) == [
         ("audio", "microphone", "bob", "audio/opus"), ("video", "camera", "bob", "video/VP8")]
-    assert {e["participant"] for e in published} == {None} and {e["room"] for e in published} == {"room"}
+    assert {e["to"] for e in events} == {None} and {e["room"] for e in events} == {"room"}
 
     await alice.wait_until(lambda: bool(alice.events_of("active_speaker")))
-    assert alice.events_of("active_speaker")[0]["subject"] == "alice"
-    await alice.wait_until(lambda: {e["subject"] for e in alice.events_of("connection_quality")}
+    assert alice.events_of("active_speaker")[0]["participant_id"] == "alice"
+    await alice.wait_until(lambda: {e["participant_id"] for e in alice.events_of("connection_quality")}
                            == {"alice", "bob"})
     for event in alice.events_of("connection_quality"):  # loopback: no loss; jitter depends on the load
         assert event["quality"] in ("good", "fair", "poor")
@@ -134,7 +135,7 @@ async def test_a_late_joiner_sees_everyone_within_two_seconds(
     started = time.monotonic()
     joined = await carol.join()
     assert [p["participant"] for p in joined["participants"]] == ["alice", "bob"]
-    assert sorted((t["subject"], t["kind"]) for t in joined["tracks"]) == [
+    assert sorted((t["participant"], t["kind"]) for t in joined["tracks"]) == [
         ("alice", "audio"), ("alice", "video"), ("bob", "audio"), ("bob", "video")]
     assert (await carol.offer())["type"] == "answer"  # receive only: an offer without m-lines
     await carol.wait_for_media("alice", video_frames=1, timeout=5)
@@ -164,16 +165,16 @@ async def test_tracks_added_mid_call_reach_the_others(meeting: Meeting) -> None:
     alice.publish(screen)
     reply = await alice.offer(tracks=[{"track_id": screen.id, "source": "screen"}])
     assert reply["type"] == "answer"
-    await bob.wait_until(lambda: any(e["source"] == "screen" for e in bob.events_of("track_published")))
-    event = next(e for e in bob.events_of("track_published") if e["source"] == "screen")
-    assert (event["subject"], event["kind"], event["track_id"]) == ("alice", "video", screen.id)
+    await bob.wait_until(lambda: any(e["track"]["source"] == "screen" for e in bob.events_of("track_published")))
+    track = next(e["track"] for e in bob.events_of("track_published") if e["track"]["source"] == "screen")
+    assert (track["participant"], track["kind"], track["track_id"]) == ("alice", "video", screen.id)
     await bob.wait_for_media("alice", video_frames=5)
     assert len(bob.events_of("offer")) == offers_to_bob + 1  # the server renegotiated once
     received = bob.tracks_from("alice", "video")[0]
     assert received.track.id == screen.id
     assert bob.tracks_from("alice", "audio")[0].frames > 0
     # The offer says which of bob's m-lines carries which publisher's track.
-    listed = {t["mid"]: (t["subject"], t["source"]) for t in bob.events_of("offer")[-1]["tracks"]}
+    listed = {t["mid"]: (t["participant"], t["source"]) for t in bob.events_of("offer")[-1]["tracks"]}
     mid = next(t.mid for t in bob.pc.getTransceivers() if t.receiver.track is received.track)
     assert listed[mid] == ("alice", "screen")
     assert sorted(listed.values()) == [("alice", "microphone"), ("alice", "screen")]
@@ -189,6 +190,6 @@ async def test_h264_is_forwarded_when_the_publisher_sends_it(meeting: Meeting) -
     assert (await bob.offer())["type"] == "answer"
     await bob.wait_for_media("alice", video_frames=5)
     assert bob.tracks_from("alice", "video")[0].sizes == {(640, 480)}
-    assert [e["codec"] for e in bob.events_of("track_published")] == ["video/H264"]
+    assert [e["track"]["codec"] for e in bob.events_of("track_published")] == ["video/H264"]
     down = next(iter(server_peers(meeting)["bob"].downs.values()))
     assert internals.codecs(down.transceiver)[0].mimeType == "video/H264" and down.packets > 5

@@ -187,11 +187,11 @@ async def test_a_track_stopped_and_sent_again_on_its_transceiver_is_forwarded_ag
     assert reply["type"] == "answer", reply
     await bob.wait_until(lambda: any(r.frames > 3 for r in bob.tracks_from("alice", "video")
                                      if r.track.id != bob.tracks_from("alice", "video")[0].track.id))
-    published = len([e for e in bob.events_of("track_published") if e["source"] == "screen"])
+    published = len([e for e in bob.events_of("track_published") if e["track"]["source"] == "screen"])
 
     screen.direction = "inactive"
     assert (await alice.offer())["type"] == "answer"
-    await bob.wait_until(lambda: any(e["source"] == "screen" for e in bob.events_of("track_unpublished")))
+    await bob.wait_until(lambda: any(e["track"]["source"] == "screen" for e in bob.events_of("track_unpublished")))
 
     screen.direction = "sendonly"
     again = ColourTrack((20, 20, 200))
@@ -200,9 +200,9 @@ async def test_a_track_stopped_and_sent_again_on_its_transceiver_is_forwarded_ag
     reply = await alice.offer(tracks=[{"track_id": screen.sender.track.id, "source": "screen"}])
     assert reply["type"] == "answer"
     await bob.wait_until(lambda: len([e for e in bob.events_of("track_published")
-                                      if e["source"] == "screen"]) == published + 1)
-    shares = [e for e in bob.events_of("track_published") if e["source"] == "screen"]
-    assert shares[-1]["track_id"] == shares[-2]["track_id"] == again.id
+                                      if e["track"]["source"] == "screen"]) == published + 1)
+    shares = [e for e in bob.events_of("track_published") if e["track"]["source"] == "screen"]
+    assert shares[-1]["track"]["track_id"] == shares[-2]["track"]["track_id"] == again.id
     before = len(bob.received)
     await bob.wait_until(lambda: any(r.frames > 3 for r in bob.received[before:] if r.track.kind == "video"),
                          timeout=10)

@@ -69,7 +69,7 @@ async def test_rooms_spread_over_workers_and_a_dead_worker_takes_only_its_rooms(
     killed_at = time.monotonic()
     await alice.wait_until(lambda: bool(alice.events_of("media_lost")), timeout=10)
     lost = alice.events_of("media_lost")[0]
-    assert lost["room"] == "red-room" and lost["subjects"] == ["alice", "bob"]
+    assert lost["room"] == "red-room" and lost["participants"] == ["alice", "bob"]
     # The green room goes on as if nothing happened.
     before = {c.id: c.tracks_from(other, "video")[0].frames for c, other in ((carol, "dave"), (dave, "carol"))}
     await asyncio.sleep(2)

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..controls import MODERATORS
+from ..captions import metrics
+from ..captions.transcripts import Transcripts
 from ..inference.languages import canonical, is_tag
-from ..stores.relational import Participant
-from . import metrics
-from .transcripts import Transcripts
-
-if TYPE_CHECKING:
-    from ..signaling import Seat, Signaling
+from ..stores.relational import Participant, Relational
+from .protocol import Seat, SignalingError, flag, sfu_refusal
+from .room import Feature, RoomView, moderator
 
 log = logging.getLogger("confmeet.captions")
 SINK = "captions"
@@ -49,16 +47,20 @@ class MeetingCaptions:
                 "interim": self.interim, "interim_detail": self.interim_detail, "speakers": dict(self.speakers)}
 
 
-class CaptionControls:
-    def __init__(self, signaling: Signaling) -> None:
-        self.s = signaling
-        self.transcripts = Transcripts(signaling.documents)
+class Captions(Feature):
+    def __init__(self, room: RoomView, transcripts: Transcripts, db: Relational) -> None:
+        self.room = room
+        self.transcripts = transcripts
+        self.db = db
         self.meetings: dict[str, MeetingCaptions] = {}
-        signaling.controls.handlers.update({"set_captions": self.set_captions, "show_captions": self.show_captions,
-                                            "caption_language": self.caption_language})
+        self.handlers = {"set_captions": self.set_captions, "show_captions": self.show_captions,
+                         "caption_language": self.caption_language}
 
     def view(self, meeting_id: str) -> dict[str, Any]:
         return self.meetings.get(meeting_id, MeetingCaptions()).view()
+
+    async def joined(self, seat: Seat) -> dict[str, Any]:
+        return {"captions": self.view(seat.meeting_id)}
 
     def status(self, meeting_id: str) -> dict[str, Any]:
         """The captions of a meeting for the API: state, and the sink's counters and queues."""
@@ -71,7 +73,7 @@ class CaptionControls:
     async def _start(self, meeting_id: str, participant: str) -> dict[str, Any]:
         captions = self.meetings[meeting_id]
         captions.run += 1
-        reply = await self.s.host.request(meeting_id, {
+        reply = await self.room.sfu.request(meeting_id, {
             "type": "sink_start", "participant": participant, "sink": SINK,
             "options": {"language": captions.language, "speakers": captions.speakers, "run": captions.run}})
         captions.running = reply.get("type") == "ok" or reply.get("code") == "already_running"
@@ -80,17 +82,12 @@ class CaptionControls:
     async def _stop(self, meeting_id: str, participant: str) -> None:
         captions = self.meetings[meeting_id]
         captions.running = False
-        await self.s.host.request(meeting_id, {"type": "sink_stop", "participant": participant, "sink": SINK})
+        await self.room.sfu.request(meeting_id, {"type": "sink_stop", "participant": participant, "sink": SINK})
 
     # ------------------------------------------------------------------ messages from seats
     async def set_captions(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
-        from ..signaling import SignalingError
-
-        if seat.role not in MODERATORS:
-            raise SignalingError("forbidden", "only the meeting's host or moderator can turn captions on or off")
-        enabled = message.get("enabled")
-        if not isinstance(enabled, bool):
-            raise SignalingError("bad_message", "'enabled' must be true or false")
+        moderator(seat, "turn captions on or off")
+        enabled = flag(message, "enabled")
         captions = self.meetings.setdefault(seat.meeting_id, MeetingCaptions())
         language = message.get("language", captions.language)
         if not is_tag(language):
@@ -103,18 +100,17 @@ class CaptionControls:
             reply = await self._start(seat.meeting_id, seat.id)
             if reply.get("type") == "error" and reply.get("code") != "already_running":
                 captions.enabled = False
-                raise SignalingError(reply.get("code", "internal"), reply.get("message", "captions did not start"))
+                raise sfu_refusal(reply, "starting captions")
             await self.transcripts.started(seat.meeting_id, language)
         captions.state = "available" if enabled else "off"
         captions.detail = ""
         self._announce(seat.meeting_id, by=seat.name)
-        await self.s.controls.audit(seat, "captions_on" if enabled else "captions_off", language=language)
+        await self.room.audit(seat, "moderation.captions_on" if enabled else "moderation.captions_off",
+                              language=language)
         return {"type": "ok"}
 
     async def caption_language(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
         """Anyone seated says which language they speak (``null``: the meeting's; ``""``: detect it)."""
-        from ..signaling import SignalingError
-
         language = message.get("language")
         if language is not None and not is_tag(language):
             raise SignalingError("bad_message", BAD_LANGUAGE)
@@ -132,11 +128,7 @@ class CaptionControls:
         return {"type": "captions_state", **captions.view(), "showing": seat.id in captions.viewers}
 
     async def show_captions(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
-        from ..signaling import SignalingError
-
-        enabled = message.get("enabled")
-        if not isinstance(enabled, bool):
-            raise SignalingError("bad_message", "'enabled' must be true or false")
+        enabled = flag(message, "enabled")
         captions = self.meetings.setdefault(seat.meeting_id, MeetingCaptions())
         if enabled:
             captions.viewers.add(seat.id)
@@ -145,7 +137,7 @@ class CaptionControls:
         return {"type": "captions_state", **captions.view(), "showing": enabled}
 
     def _announce(self, meeting_id: str, by: str = "") -> None:
-        seats = self.s.in_meeting(meeting_id)
+        seats = self.room.in_meeting(meeting_id)
         self.meetings[meeting_id].viewers &= {seat.id for seat in seats}
         message = {"type": "captions_state", **self.view(meeting_id), **({"by": by} if by else {})}
         for seat in seats:
@@ -162,13 +154,13 @@ class CaptionControls:
         meeting_id = event["room"]
         captions = self.meetings.setdefault(meeting_id, MeetingCaptions())
         if event["type"] == "participant_joined":
-            await self._restart(meeting_id, event["subject"])
+            await self._restart(meeting_id, event["participant_id"])
             return
         if event["type"] == "sink_stopped":  # the host turned them off, a restart, or the room emptied
             if (event.get("result") or {}).get("run", captions.run) != captions.run:
                 return  # a run already replaced
             captions.running = False
-            if not captions.enabled and not self.s.in_meeting(meeting_id):
+            if not captions.enabled and not self.room.in_meeting(meeting_id):
                 self.meetings.pop(meeting_id, None)
             elif captions.enabled:  # left on: they restart when someone is in the room again
                 captions.state, captions.detail = "off", ""
@@ -200,7 +192,7 @@ class CaptionControls:
         self._announce(meeting_id)
 
     async def _caption(self, meeting_id: str, captions: MeetingCaptions, event: dict[str, Any]) -> None:
-        participant, final = event["subject"], event.get("final", True)
+        participant, final = event["participant_id"], event.get("final", True)
         caption = {"participant": participant, "name": await self._name(captions, participant), "text": event["text"],
                    "start": event["start"], "end": event["end"], "language": event.get("language", ""),
                    **({"gap": True} if event.get("gap") else {})}
@@ -209,7 +201,7 @@ class CaptionControls:
                    **{k: v for k, v in caption.items() if k != "participant"},
                    "final": final, "merged": event.get("merged", 1),
                    **({"timing": {**event["timing"], "sent": round(sent, 3)}} if "timing" in event else {})}
-        for seat in self.s.in_meeting(meeting_id):
+        for seat in self.room.in_meeting(meeting_id):
             if seat.id in captions.viewers:
                 seat.send(message)
         first_interim = not final and captions.interim_of.get(participant) != event.get("id")
@@ -223,10 +215,10 @@ class CaptionControls:
                 log.exception("storing a caption of meeting %s failed", meeting_id)
 
     async def _name(self, captions: MeetingCaptions, participant: str) -> str:
-        seat = self.s.seats.get(participant)
+        seat = self.room.seat(participant)
         if seat is not None:
             captions.names[participant] = seat.name
         if participant not in captions.names:
-            row = await self.s.db.run(lambda: Participant.get_or_none(Participant.id == participant))
+            row = await self.db.run(lambda: Participant.get_or_none(Participant.id == participant))
             captions.names[participant] = row.display_name if row is not None else ""
         return captions.names[participant]

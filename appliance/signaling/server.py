@@ -1,0 +1,498 @@
+"""WebSocket signaling (``/ws/signaling``): connections, seats in meetings, SDP/ICE to the SFU,
+and events to the seats; everything else a message can ask for is a feature's (room.py).
+
+The protocol is documented message by message in docs/protocol.md. Signaling reaches the SFU only
+through its gateway's messages (appliance/sfu/host.py) and passes the SFU's events on as they come,
+less their routing fields. Each seat (a participant's place in a meeting) outlives its WebSocket
+for ``RESUME_SECONDS`` so that a client can reconnect without the others seeing it leave. Seat
+changes are published on the event bus (``meeting.<id>``) so that a second process can follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from sanic import Request
+from sanic.exceptions import WebsocketClosed
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.exceptions import ConnectionClosed
+
+from ..accounts import ACCOUNTS_CHANNEL, Accounts, Principal
+from ..display_names import name_problem
+from ..errors import DomainError, NotFound
+from ..meetings import Meetings, channel
+from ..roles import MODERATORS, PARTICIPANT
+from ..security import verify_password
+from ..settings import Settings
+from ..stores.bus import EventBus
+from ..stores.relational import Meeting, Participant, Relational, utcnow
+from ..throttle import Throttle, client_address
+from ..turn import turn_credentials
+from .protocol import CLIENT_LEFT, Close, Connection, Seat, SignalingError, parse, sfu_refusal
+from .room import Feature, Handler, RoomView, SfuGateway
+
+log = logging.getLogger("confmeet.signaling")
+
+RESUME_SECONDS = 30.0
+IDLE_SECONDS = 30.0
+SFU_REQUESTS = ("offer", "answer", "candidate")
+ROUTING = ("room", "to")  # what an SFU event carries for signaling alone
+
+
+class Signaling:
+    def __init__(self, settings: Settings, sfu: SfuGateway, accounts: Accounts, meetings: Meetings,
+                 db: Relational, bus: EventBus, throttle: Throttle) -> None:
+        self.settings = settings
+        self.sfu = sfu
+        self.accounts = accounts
+        self.meetings = meetings
+        self.throttle = throttle
+        self.db = db
+        self.bus = bus
+        self.seats: dict[str, Seat] = {}
+        self.sessions: dict[str, Seat] = {}
+        self.connections: set[Connection] = set()
+        self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name)
+        self.features: list[Feature] = []
+        self.handlers: dict[str, Handler] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
+
+    def use(self, *features: Feature) -> None:
+        """Add features: their messages join the dispatch table (one owner per message type)."""
+        for feature in features:
+            for kind, handler in feature.handlers.items():
+                if kind in self.handlers or kind in (*SFU_REQUESTS, "join", "leave", "ping"):
+                    raise ValueError(f"two handlers for the message type {kind!r}")
+                self.handlers[kind] = handler
+            self.features.append(feature)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._sfu_events(), name="signaling-sfu-events"),
+                       asyncio.create_task(self._bus_events(), name="signaling-bus-events"),
+                       asyncio.create_task(self._account_events(), name="signaling-account-events"),
+                       asyncio.create_task(self._check_sign_ins(), name="signaling-sign-in-checks")]
+
+    async def close(self) -> None:
+        for seat in list(self.seats.values()):
+            await self.release(seat, "left", close=Close.LEFT)
+        for conn in list(self.connections):
+            conn.close(Close.GOING_AWAY)
+        if self._writers:
+            await asyncio.wait(self._writers, timeout=5)
+        for task in [*self._tasks, *self._writers]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._writers, *self._releasing, return_exceptions=True)
+
+    def in_meeting(self, meeting_id: str) -> list[Seat]:
+        return self.room.in_meeting(meeting_id)
+
+    def seat_of(self, meeting_id: str, principal_id: str) -> Seat | None:
+        """The seat someone holds in a meeting now, if any."""
+        return next((s for s in self.in_meeting(meeting_id) if s.user_id == principal_id), None)
+
+    # ------------------------------------------------------------------ one WebSocket
+    async def serve(self, request: Request, ws: WebsocketImplProtocol) -> None:
+        try:
+            principal = await self.accounts.principal_for_token(request.args.get("token", ""))
+        except DomainError as exc:
+            error = SignalingError.of(exc)
+            await ws.send(json.dumps(error.message_for(None)))
+            await ws.close(Close.UNAUTHORIZED, "unauthorized")
+            return
+        conn = Connection(ws, principal, client_address(request))
+        self.connections.add(conn)
+        writer = asyncio.create_task(conn.drain((WebsocketClosed, ConnectionClosed)), name="signaling-writer")
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
+        try:
+            await self._read(conn)
+        finally:
+            self.connections.discard(conn)
+            seat = conn.seat
+            if seat is not None and seat.connection is conn:
+                received = getattr(conn.ws.ws_proto, "close_rcvd", None)
+                if conn.close_code is None and getattr(received, "code", None) in CLIENT_LEFT:
+                    await self.release(seat, "left")  # closed on purpose (a closed tab), not a blip
+                else:
+                    self._connection_lost(seat)
+            for feature in self.features:
+                feature.connection_closed(conn)
+            conn.close(conn.close_code or Close.LEFT)
+            leftovers = asyncio.create_task(self._discard_incoming(conn.ws), name="signaling-leftovers")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+            leftovers.cancel()
+
+    @staticmethod
+    async def _discard_incoming(ws: WebsocketImplProtocol) -> None:
+        """Read and drop what the client sent after the server stopped reading (messages behind a
+        ``leave``): Sanic hands frames over one at a time, so unread ones would hold back the
+        client's closing frame, and the close would end in a timeout instead of a handshake."""
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.recv()
+
+    async def _read(self, conn: Connection) -> None:
+        while conn.close_code is None:
+            try:
+                raw = await conn.ws.recv(timeout=IDLE_SECONDS)
+            except (Exception, asyncio.CancelledError):  # the socket closed under us
+                return
+            if raw is None:  # silent for too long: treated like a dropped connection
+                conn.send({"type": "error", "code": "idle", "message": f"nothing received for {IDLE_SECONDS:.0f} s"})
+                conn.close(Close.IDLE)
+                return
+            reply_to = None
+            try:
+                message = parse(raw)
+                reply_to = message.get("id")
+                try:
+                    reply = await self._dispatch(conn, message)
+                except DomainError as exc:
+                    raise SignalingError.of(exc) from None
+            except SignalingError as exc:
+                conn.send(exc.message_for(reply_to))
+                if exc.close is not None:
+                    conn.close(exc.close)
+                continue
+            except Exception:
+                log.exception("signaling message failed")
+                conn.send({"type": "error", "code": "internal", "message": "internal error; see the server log",
+                           **({"re": reply_to} if reply_to is not None else {})})
+                continue
+            if reply is not None:
+                if reply_to is not None:
+                    reply["re"] = reply_to
+                conn.send(reply)
+
+    async def _dispatch(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any] | None:
+        kind = message["type"]
+        if kind == "ping":
+            return {"type": "pong"}
+        if kind == "join":
+            return await self._join_and_reply(conn, message)
+        handler = self.handlers.get(kind)
+        if handler is None and kind not in (*SFU_REQUESTS, "leave"):
+            raise SignalingError("unknown_type", f"unknown message type {kind!r}")
+        seat = conn.seat
+        if seat is None or seat.connection is not conn:
+            waiting = " (you are waiting in the lobby)" if conn.knock is not None else ""
+            raise SignalingError("not_joined", f"send 'join' before {kind!r}{waiting}")
+        if handler is not None:
+            return await handler(seat, message)
+        if kind == "leave":
+            await self.release(seat, "left")
+            conn.send({"type": "left", **({"re": message["id"]} if "id" in message else {})})
+            conn.close(Close.LEFT)
+            return None
+        if kind == "offer":
+            self._check_published(message)
+        forwarded = {k: v for k, v in message.items() if k in ("type", "sdp", "tracks", "candidate")}
+        reply = await self.sfu.request(seat.meeting_id, {**forwarded, "participant": seat.id})
+        if reply.get("type") == "error":
+            raise sfu_refusal(reply, "media negotiation")
+        if kind == "answer":
+            seat.pending_offer = None
+        return reply
+
+    # ------------------------------------------------------------------ join / resume / leave
+    async def _join_and_reply(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any] | None:
+        conn.hold()
+        try:
+            reply = await self._join(conn, message)
+        except BaseException:
+            conn.release()
+            raise
+        if conn.seat is None:  # waiting in the lobby
+            conn.release()
+            return reply
+        # The reply first, then an offer sent while the socket was down, then the events that
+        # happened meanwhile.
+        pending = conn.seat.pending_offer if reply.get("resumed") else None
+        conn.release({**reply, **({"re": message["id"]} if "id" in message else {})},
+                     *([pending] if pending is not None else []))
+        return None
+
+    async def _join(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        if conn.seat is not None or conn.knock is not None:
+            raise SignalingError("already_joined", "this connection has already joined a meeting")
+        resume = message.get("resume")
+        if resume is not None:
+            return await self._resume(conn, resume)
+        principal = conn.principal
+        ref = message.get("meeting")
+        if not isinstance(ref, str) or not 1 <= len(ref) <= 64:
+            raise SignalingError("bad_message", "'meeting' must be the meeting's join code or id")
+        name = message.get("name", principal.name)
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
+            raise SignalingError("bad_message", "'name' must be 1 to 100 characters")
+        name = name.strip()
+        password = message.get("password")
+        if password is not None and not isinstance(password, str):
+            raise SignalingError("bad_message", "'password' must be a string")
+
+        try:
+            meeting, role = await self.meetings.find_for_join(principal, ref)
+        except NotFound:
+            raise SignalingError("not_found", "no such meeting") from None
+        if meeting.status == "ended":
+            raise SignalingError("meeting_ended", "this meeting has ended", close=Close.ENDED)
+        if meeting.password_hash and role != "host":
+            await self._check_password(conn, meeting, password or "")
+        role = role or PARTICIPANT
+        if meeting.locked and role not in MODERATORS:
+            raise SignalingError("locked", "the meeting is locked; ask the host to unlock it")
+        self.check_name(meeting.id, principal, name)
+        for feature in self.features:
+            waiting = await feature.gate(conn, meeting, role, name, principal)
+            if waiting is not None:
+                return waiting
+        return await self.seat_connection(conn, meeting, role, name)
+
+    async def _check_password(self, conn: Connection, meeting: Meeting, password: str) -> None:
+        """The meeting's password, guessed at a limited rate per address and per meeting; a guest
+        gets the answer an unknown meeting gets."""
+        limits = self.throttle.limits
+        attempt = ((limits.password_address, conn.address), (limits.password_meeting, meeting.code))
+        self.throttle.check(*attempt)
+        if not await asyncio.to_thread(verify_password, meeting.password_hash, password):
+            await self.throttle.record(*attempt)
+            if conn.principal.kind == "guest":
+                raise SignalingError("not_found", "no such meeting")
+            raise SignalingError("wrong_password", "this meeting needs its password")
+
+    def check_name(self, meeting_id: str, principal: Principal, name: str) -> None:
+        """Refuse a display name that poses as a role or as someone else in the meeting."""
+        problem = name_problem(name, [s.name for s in self.in_meeting(meeting_id) if s.user_id != principal.id])
+        if problem:
+            raise SignalingError("bad_name", problem)
+
+    def _check_published(self, offer: dict[str, Any]) -> None:
+        """Refuse an offer that would publish more tracks than one participant may."""
+        sdp = offer.get("sdp")
+        if not isinstance(sdp, str):
+            return  # the SFU says what is wrong with it
+        published = 0
+        for section in sdp.split("\nm=")[1:]:
+            media, _, rest = section.partition(" ")
+            port = rest.split(" ", 1)[0]
+            if media in ("audio", "video") and port != "0" and not any(
+                    f"a={d}" in section for d in ("recvonly", "inactive")):
+                published += 1
+        most = self.settings.max_tracks_per_participant
+        if published > most:
+            raise SignalingError("too_many_tracks", f"one participant may publish at most {most} tracks")
+
+    async def seat_connection(self, conn: Connection, meeting: Meeting, role: str, name: str) -> dict[str, Any]:
+        """Give the connection a seat in the meeting: the SFU, the roster, the record; its
+        ``joined`` reply."""
+        principal = conn.principal
+        self.check_name(meeting.id, principal, name)  # again: others may have joined while it waited
+        seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
+                    meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
+                    principal=principal, name=name, role=role, session=secrets.token_urlsafe(24))
+        sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
+        if sfu.get("type") == "error":
+            raise sfu_refusal(sfu, "joining the media")
+        others = self.in_meeting(meeting.id)
+        self.seats[seat.id] = seat
+        self.sessions[seat.session] = seat
+        self._attach(seat, conn)
+        # The meeting as it is at this very moment: everything later reaches the client as an event
+        # (held behind this reply by the connection).
+        joined = self._joined(seat, resumed=False, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        for other in others:
+            other.send({"type": "participant_joined", "participant": seat.view()})
+        await self.db.run(self._record_join, seat)
+        await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
+                                                     "participant": seat.view()})
+        return await self._with_features(joined, seat)
+
+    async def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
+        seat = self.sessions.get(session) if isinstance(session, str) else None
+        if seat is None or seat.user_id != conn.principal.id:
+            raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
+        if seat.connection is not None:
+            seat.connection.send({"type": "error", "code": "replaced",
+                                  "message": "this seat was taken over by a newer connection"})
+            seat.connection.close(Close.REPLACED)
+        self._attach(seat, conn)
+        sfu = await self.sfu.request(seat.meeting_id, {"type": "room", "participant": seat.id})
+        if sfu.get("type") == "error":
+            raise sfu_refusal(sfu, "resuming the media")
+        joined = self._joined(seat, resumed=True, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        return await self._with_features(joined, seat)
+
+    def _attach(self, seat: Seat, conn: Connection) -> None:
+        if seat.expiry is not None:
+            seat.expiry.cancel()
+            seat.expiry = None
+        seat.connection = conn
+        conn.seat = seat
+
+    def _joined(self, seat: Seat, resumed: bool, tracks: list[dict[str, Any]],
+                ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
+        """The ``joined`` reply as the meeting is now: the tracks the SFU said are published there,
+        its ICE servers for clients and TURN credentials made for this seat alone."""
+        return {
+            "type": "joined", "meeting": seat.meeting, "participant": seat.view(), "session": seat.session,
+            "resumed": resumed, "ice_servers": [*ice_servers, *self._turn_servers(seat.id)],
+            "participants": [s.view() for s in self.in_meeting(seat.meeting_id) if s is not seat],
+            "tracks": [t for t in tracks if t["participant"] != seat.id],
+        }
+
+    async def _with_features(self, joined: dict[str, Any], seat: Seat) -> dict[str, Any]:
+        for feature in self.features:
+            joined.update(await feature.joined(seat))
+        return joined
+
+    def _turn_servers(self, seat_id: str) -> list[dict[str, Any]]:
+        """TURN servers, with credentials made for this seat alone that open new relays for
+        turn_credential_minutes: someone removed cannot go on making relays."""
+        turn = [url for url in self.settings.ice_servers if url.startswith("turn")]
+        if not turn:
+            return []
+        username, credential = turn_credentials(self.settings.turn_secret, seat_id,
+                                                self.settings.turn_credential_minutes)
+        return [{"urls": turn, "username": username, "credential": credential}]
+
+    @staticmethod
+    def _record_join(seat: Seat) -> None:
+        Participant.create(id=seat.id, meeting=seat.meeting_id, user=seat.account,
+                           display_name=seat.name, role=seat.role)
+        Meeting.update(status="live").where(Meeting.id == seat.meeting_id, Meeting.status == "scheduled").execute()
+
+    def _connection_lost(self, seat: Seat) -> None:
+        """The WebSocket dropped without 'leave': keep the seat a while for a resume."""
+        seat.connection = None
+        loop = asyncio.get_running_loop()
+        seat.expiry = loop.call_later(
+            RESUME_SECONDS, lambda: asyncio.ensure_future(self.release(seat, "disconnected")))
+
+    async def release(self, seat: Seat, reason: str, close: int | None = None) -> None:
+        """The seat ends: the others are told at once; leaving the SFU and recording it finish
+        even when the caller is cancelled (a handler whose socket closed mid-leave)."""
+        if self.seats.pop(seat.id, None) is None:
+            return
+        self.sessions.pop(seat.session, None)
+        if seat.expiry is not None:
+            seat.expiry.cancel()
+        if seat.connection is not None and close is not None:
+            seat.connection.close(close)
+        for other in self.in_meeting(seat.meeting_id):
+            other.send({"type": "participant_left", "participant_id": seat.id, "reason": reason})
+        task = asyncio.create_task(self._finish_release(seat, reason), name=f"release-{seat.id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        await asyncio.shield(task)
+
+    async def _finish_release(self, seat: Seat, reason: str) -> None:
+        await self.sfu.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
+        await self.db.run(lambda: Participant.update(left_at=utcnow()).where(Participant.id == seat.id).execute())
+        await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
+                                                          "participant_id": seat.id, "reason": reason})
+
+    # ------------------------------------------------------------------ events
+    async def _sfu_events(self) -> None:
+        async for event in self.sfu.subscribe_events():
+            try:
+                await self._sfu_event(event)
+            except Exception:
+                log.exception("handling SFU event %s failed", event.get("type"))
+
+    async def _sfu_event(self, event: dict[str, Any]) -> None:
+        kind, meeting_id, to = event["type"], event["room"], event.get("to")
+        feature = next((f for f in self.features if f.handles(event)), None)
+        if feature is not None:
+            await feature.sfu_event(event)
+            return
+        if kind == "participant_left":
+            seat = self.seats.get(event["participant_id"])
+            if seat is not None and event.get("reason") != "left":
+                # The media connection closed or failed (a closed tab, a dead network).
+                await self.release(seat, "disconnected", close=Close.LEFT)
+            return
+        if kind == "participant_joined":
+            return  # signaling announces seats itself, with their roles
+        message = {k: v for k, v in event.items() if k not in ROUTING}
+        if to is not None:
+            seat = self.seats.get(to)
+            if seat is not None:
+                if kind == "offer":
+                    seat.pending_offer = message  # resent after a resume if the socket is down now
+                seat.send(message)
+            return
+        for seat in self.in_meeting(meeting_id):
+            if kind in ("track_published", "track_unpublished") and message["track"]["participant"] == seat.id:
+                continue
+            seat.send(message)
+
+    async def _bus_events(self) -> None:
+        async with self.bus.subscribe("meeting.*") as events:
+            async for _, event in events:
+                if event.get("type") == "meeting_ended":
+                    for seat in self.in_meeting(event["meeting"]):
+                        seat.send({"type": "meeting_ended"})
+                        await self.release(seat, "left", close=Close.ENDED)
+
+    # ------------------------------------------------------------------ sign-outs
+    async def _account_events(self) -> None:
+        """Sessions ended and accounts disabled, in any process: their connections close at once."""
+        async with self.bus.subscribe(ACCOUNTS_CHANNEL) as events:
+            async for _, event in events:
+                try:
+                    if event.get("type") == "session_ended":
+                        self.accounts.forget(session_id=event["session_id"])
+                        await self.sign_out(lambda p, sid=event["session_id"]: p.kind == "user" and p.session_id == sid)
+                    elif event.get("type") == "user_disabled":
+                        self.accounts.forget(user_id=event["user_id"])
+                        await self.sign_out(lambda p, uid=event["user_id"]: p.kind == "user" and p.id == uid)
+                except Exception:
+                    log.exception("handling account event %s failed", event.get("type"))
+
+    async def _check_sign_ins(self) -> None:
+        """Every session_check_seconds, each open connection's sign-in is checked again (a change
+        made where no event reaches this process, a guest pass that ran out)."""
+        while True:
+            await asyncio.sleep(self.settings.session_check_seconds)
+            principals = {c.principal for c in self.connections} | {s.principal for s in self.seats.values()}
+            for principal in principals:
+                try:
+                    if not await self.accounts.still_signed_in(principal):
+                        await self.sign_out(lambda p, gone=principal: p == gone)
+                except Exception:
+                    log.exception("checking a connection's sign-in failed")
+
+    async def sign_out(self, match: Callable[[Principal], bool]) -> None:
+        """Close every connection, and release every seat, of the principals ``match`` accepts."""
+        notice = {"type": "error", "code": "unauthorized",
+                  "message": "you were signed out (the session ended or the account was disabled); sign in again"}
+        for seat in [s for s in self.seats.values() if match(s.principal)]:
+            seat.send(notice)
+            await self.release(seat, "left", close=Close.UNAUTHORIZED)
+        for conn in [c for c in self.connections if match(c.principal) and c.close_code is None]:
+            conn.send(notice)
+            conn.close(Close.UNAUTHORIZED)
+
+    # ------------------------------------------------------------------ operators
+    async def live(self, meeting_id: str) -> list[dict[str, Any]]:
+        """Who is in the meeting now, with their media counters (for hosts and operators)."""
+        out = []
+        for seat in self.in_meeting(meeting_id):
+            stats = await self.sfu.request(meeting_id, {"type": "stats", "participant": seat.id})
+            out.append({**seat.view(), "connected": seat.connection is not None,
+                        "connection_state": stats.get("connection_state"),
+                        "audio_level_dbov": stats.get("audio_level_dbov"),
+                        "published": stats.get("published", []), "subscribed": stats.get("subscribed", []),
+                        "quality": stats.get("quality")})
+        return out
+
