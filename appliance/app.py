@@ -25,6 +25,7 @@ from .captions.transcripts import Transcripts
 from .cors import install_cors
 from .security_headers import install_security_headers
 from .inference import open_inference
+from .media import media_ice_settings
 from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
 from .reconcile import AlreadyServing, InstanceLock, reconcile
@@ -32,7 +33,6 @@ from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
 from .sfu.host import RoomHost
-from .sfu.ice import IceServer, IceSettings
 from .signaling import Captions, Chat, Lobby, Moderation, Recording, Signaling
 from .throttle import appliance_throttle
 from .stores import open_stores
@@ -69,14 +69,6 @@ def quiet_closed_peer_races(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
-
-
-def media_ice_settings(settings: Settings) -> IceSettings:
-    """The SFU's ICE configuration. The SFU itself only uses STUN; TURN is for clients."""
-    stun = tuple(IceServer((url,)) for url in settings.ice_servers if url.startswith("stun"))
-    return IceSettings(announced_addresses=tuple(settings.announced_addresses),
-                       udp_port_min=settings.media_udp_min, udp_port_max=settings.media_udp_max,
-                       ice_servers=stun, loopback=settings.media_loopback)
 
 
 def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
