@@ -20,19 +20,17 @@ from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
 from .captions.audio import DECODE_SLOTS
 from .captions.files import FileJobs
-from .captions.sink import caption_sink_factory
 from .captions.transcripts import Transcripts
 from .cors import install_cors
 from .security_headers import install_security_headers
 from .inference import open_inference
-from .media import media_ice_settings
+from .media import start_sfu
 from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
 from .reconcile import AlreadyServing, InstanceLock, reconcile
 from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings, ensure_secrets
-from .sfu.host import RoomHost
 from .signaling import Captions, Chat, Lobby, Moderation, Recording, Signaling
 from .throttle import appliance_throttle
 from .stores import open_stores
@@ -142,8 +140,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         app.ctx.inference = open_inference(settings.inference, settings.model_repository_path)
         app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents, stores.objects)
         app.ctx.recordings = Recordings(settings, stores.db, stores.objects)
-        app.ctx.sfu = RoomHost(media_ice_settings(settings), sinks={"captions": caption_sink_factory(app.ctx.inference),
-                                                                    "recording": app.ctx.recordings.sink})
+        app.ctx.sfu = await start_sfu(settings)
         install_sfu_metrics(app.ctx.sfu)
         signaling = app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
                                                   stores.db, stores.bus, app.ctx.throttle)

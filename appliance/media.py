@@ -1,9 +1,15 @@
-"""The SFU as the appliance runs it: its ICE configuration from the settings."""
+"""The SFU as the appliance runs it: ICE from the settings, and worker processes whose rooms have
+the appliance's sinks (a room's captions and recording run where its media is)."""
 
 from __future__ import annotations
 
+from .captions.sink import caption_sink_factory
+from .inference import open_inference
+from .recording.sink import SINK as RECORDING, recording_sink_factory
 from .settings import Settings
+from .sfu.host import RoomHost
 from .sfu.ice import IceServer, IceSettings
+from .sfu.workers import SfuWorkers, default_workers
 
 
 def media_ice_settings(settings: Settings) -> IceSettings:
@@ -12,3 +18,19 @@ def media_ice_settings(settings: Settings) -> IceSettings:
     return IceSettings(announced_addresses=tuple(settings.announced_addresses),
                        udp_port_min=settings.media_udp_min, udp_port_max=settings.media_udp_max,
                        ice_servers=stun, loopback=settings.media_loopback)
+
+
+def worker_host(ice: IceSettings, settings: Settings) -> RoomHost:
+    """An SFU worker's RoomHost (made in the worker process): the captions' inference is the
+    worker's own (the models load there when a room first turns captions on)."""
+    inference = open_inference(settings.inference, settings.model_repository_path)
+    return RoomHost(ice, sinks={"captions": caption_sink_factory(inference),
+                                RECORDING: recording_sink_factory(settings)})
+
+
+async def start_sfu(settings: Settings) -> SfuWorkers:
+    """The appliance's SFU: ``sfu_workers`` processes (0: one per core), started."""
+    sfu = SfuWorkers(media_ice_settings(settings), settings.sfu_workers or default_workers(),
+                     "appliance.media:worker_host", settings)
+    await sfu.start()
+    return sfu

@@ -44,6 +44,39 @@ class SfuCollector:
         yield GaugeMetricFamily("confmeet_sfu_active_peers", "participants with a peer connection",
                                 value=snap["active_peers"])
         yield GaugeMetricFamily("confmeet_sfu_rooms", "rooms with media", value=len(self.host.rooms))
+        cpu = CounterMetricFamily("confmeet_sfu_worker_cpu_seconds", "CPU time of each SFU worker process",
+                                  labels=["worker"])
+        for worker, seconds in self.host.worker_cpu_seconds().items():
+            cpu.add_metric([str(worker)], seconds)
+        yield cpu
+        yield CounterMetricFamily("confmeet_sfu_worker_restarts", "SFU worker processes that died and were replaced",
+                                  value=self.host.restarts)
+        yield from room_metrics(self.host.room_reports())
+
+
+# Per room (the room label is the meeting's id): low-rate series, one of each per live room.
+ROOM_COUNTERS = {"received_bytes": ("confmeet_room_received_bytes", "media payload bytes the room's publishers sent"),
+                 "forwarded_bytes": ("confmeet_room_forwarded_bytes", "media payload bytes forwarded to the room's subscribers")}
+ROOM_GAUGES = {"participants": ("confmeet_room_participants", "participants with media in the room"),
+               "downlink_loss": ("confmeet_room_downlink_loss_ratio",
+                                 "mean fraction of packets lost on the room's downlinks (RTCP receiver reports)"),
+               "downlink_jitter_seconds": ("confmeet_room_downlink_jitter_seconds",
+                                           "mean jitter on the room's downlinks (RTCP receiver reports)"),
+               "rtt_seconds": ("confmeet_room_rtt_seconds", "mean round-trip time between the SFU and the room's subscribers")}
+
+
+def room_metrics(reports: dict[str, dict]):
+    for key, (name, documentation) in ROOM_COUNTERS.items():
+        family = CounterMetricFamily(name, documentation, labels=["room"])
+        for room, report in reports.items():
+            family.add_metric([room], report[key])
+        yield family
+    for key, (name, documentation) in ROOM_GAUGES.items():
+        family = GaugeMetricFamily(name, documentation, labels=["room"])
+        for room, report in reports.items():
+            if report[key] is not None:
+                family.add_metric([room], report[key])
+        yield family
 
 
 _sfu_collector: SfuCollector | None = None

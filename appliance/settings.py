@@ -102,6 +102,9 @@ class Settings:
     ice_servers: list[str] = field(default_factory=list)
     turn_credential_minutes: int = 10  # TURN credentials are made per join (per seat) and open relays this long
     media_loopback: bool = False
+    # SFU worker processes the rooms are spread over; 0: one per core this process may use. Each
+    # takes an equal slice of the media UDP port range.
+    sfu_workers: int = 0
     # Recording: days a recording is kept (0: until deleted), and the free disk space under which
     # a recording stops (it is written to <data_dir>/recordings first).
     recording_retention_days: int = 0
@@ -179,6 +182,8 @@ class Settings:
         if not (1024 <= self.media_udp_min <= self.media_udp_max <= 65535):
             raise SettingsError(f"media UDP ports {self.media_udp_min}-{self.media_udp_max}: set "
                                 "1024 <= media_udp_min <= media_udp_max <= 65535")
+        if self.sfu_workers < 0:
+            raise SettingsError(f"sfu_workers = {self.sfu_workers}: set 0 (one per core) or a number of processes")
         for name in POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting '{name}' = {getattr(self, name)} must be 1 or more")

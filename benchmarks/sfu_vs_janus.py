@@ -14,7 +14,9 @@ received in it (receiver statistics) is the CPU per forwarded packet. The load g
 process) runs on the same 2 cores; its own CPU is printed beside.
 
 Targets:
-  confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback.
+  confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback, one
+                  SFU worker process (the meeting's room lives on one worker anyway; the CPU
+                  counted is the appliance's process and its worker's together).
   janus-2-loops   Janus 1.1.2 (Debian package ``janus``), VideoRoom plugin, HTTP transport,
                   ``event_loops = 2`` (a fixed pool of two event-loop threads).
   janus           the same with Janus's default (no ``event_loops``: a thread per handle).
@@ -78,9 +80,14 @@ int getifaddrs(struct ifaddrs **ifap) {
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and the threads it has had, from /proc."""
+    """utime + stime of a process, its threads and its child processes (the appliance's SFU
+    workers), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    total = (int(fields[11]) + int(fields[12])) / TICKS
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += cpu_seconds(int(child))
+    return total
 
 
 def free_port() -> int:
@@ -146,10 +153,10 @@ async def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnect
 
 # ---------------------------------------------------------------------------- confmeet
 class Confmeet:
-    name = "confmeet"
-
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, workers: int = 1) -> None:
         self.scratch = scratch
+        self.workers = workers
+        self.name = "confmeet" if workers == 1 else f"confmeet-{workers}-workers"
 
     async def start(self) -> int:
         data = Path(tempfile.mkdtemp(dir=self.scratch, prefix="confmeet-"))
@@ -158,7 +165,8 @@ class Confmeet:
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")},
                     "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(self.port),
                     "CONFMEET_CONFIG": str(data / "confmeet.toml"), "CONFMEET_MEDIA_LOOPBACK": "true",
-                    "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999"}
+                    "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
+                    "CONFMEET_SFU_WORKERS": str(self.workers)}
         cli = [sys.executable, "-m", "cli"]
         subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=ROOT,
                        env=self.env, input="bench password 1\n", text=True, check=True, capture_output=True)

@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..stores.objects import ObjectStore
 from ..stores.relational import Participant, Recording, RecordingExport, Relational, new_id, utcnow
 from .export import Exports
-from .sink import MB, STOPPED, read_manifest, recording_sink_factory, recover
+from .sink import MB, STOPPED, read_manifest, recover
 from .upload import Uploader
 
 log = logging.getLogger("confmeet.recording")
@@ -60,7 +60,6 @@ class Recordings:
         self.objects = objects
         self.spool = settings.data_dir / "recordings"
         self.min_free_bytes = settings.recording_min_free_mb * MB
-        self.sink = recording_sink_factory(settings)  # the SFU's, wherever it runs
         self.retention_days = settings.recording_retention_days
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)

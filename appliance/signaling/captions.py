@@ -144,6 +144,12 @@ class Captions(Feature):
             seat.send({**message, "showing": seat.id in self.meetings[meeting_id].viewers})
 
     # ------------------------------------------------------------------ events from the SFU
+    async def media_lost(self, meeting_id: str) -> None:
+        """The sink died with the SFU worker; captions left on restart as people join again."""
+        captions = self.meetings.get(meeting_id)
+        if captions is not None:
+            captions.running = False
+
     def handles(self, event: dict[str, Any]) -> bool:
         if event["type"] == "participant_joined":  # someone back in a meeting whose captions were left on
             captions = self.meetings.get(event["room"])

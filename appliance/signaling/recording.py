@@ -50,6 +50,16 @@ class Recording(Feature):
         await self.room.audit(seat, "recording.stopped", recording=live.id)
         return {"type": "ok", "recording": {"id": live.id}}
 
+    async def media_lost(self, meeting_id: str) -> None:
+        """The sink died with the SFU worker: what it wrote is kept, as after a crash."""
+        live = self.recordings.live.get(meeting_id)
+        if live is None:
+            return
+        live.stop_reason = live.stop_reason or "the media server of the meeting stopped"
+        ended = await self.recordings.finish(meeting_id, {"recording_id": live.id})
+        if ended is not None:
+            self.room.broadcast(meeting_id, {"type": "recording", "active": False, "recording": ended})
+
     # ------------------------------------------------------------------ the sink's events
     def handles(self, event: dict[str, Any]) -> bool:
         return event["type"] in ("sink_failed", "sink_stopped") and event.get("sink") == SINK

@@ -118,3 +118,7 @@ class Feature:
 
     def connection_closed(self, conn: Connection) -> None:
         """A WebSocket ended (whether or not it held a seat)."""
+
+    async def media_lost(self, meeting_id: str) -> None:
+        """The SFU lost the meeting's media (its worker process died): whatever ran there is gone;
+        the participants are about to join the SFU again."""

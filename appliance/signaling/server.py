@@ -423,6 +423,9 @@ class Signaling:
             return
         if kind == "participant_joined":
             return  # signaling announces seats itself, with their roles
+        if kind == "media_lost":
+            await self._media_lost(meeting_id, event["participants"])
+            return
         message = {k: v for k, v in event.items() if k not in ROUTING}
         if to is not None:
             seat = self.seats.get(to)
@@ -435,6 +438,22 @@ class Signaling:
             if kind in ("track_published", "track_unpublished") and message["track"]["participant"] == seat.id:
                 continue
             seat.send(message)
+
+    async def _media_lost(self, meeting_id: str, participants: list[str]) -> None:
+        """The SFU worker hosting the meeting died. The seats stay: each joins the SFU again (which
+        places the room on a live worker) and its client is told to connect its media afresh."""
+        log.warning("meeting %s lost its media (an SFU worker stopped); its participants reconnect", meeting_id)
+        for feature in self.features:
+            await feature.media_lost(meeting_id)
+        for seat in [self.seats[p] for p in participants if p in self.seats]:
+            sfu = await self.sfu.request(meeting_id, {"type": "join", "participant": seat.id, "name": seat.name})
+            if sfu.get("type") == "error":
+                log.error("participant %s could not join the SFU again: %s", seat.id, sfu.get("message"))
+                await self.release(seat, "disconnected", close=Close.LEFT)
+                continue
+            seat.pending_offer = None
+            seat.send({"type": "media_reset", "tracks": [t for t in sfu["tracks"] if t["participant"] != seat.id],
+                       "ice_servers": [*sfu["ice_servers"], *self._turn_servers(seat.id)]})
 
     async def _bus_events(self) -> None:
         async with self.bus.subscribe("meeting.*") as events:

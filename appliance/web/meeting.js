@@ -632,6 +632,7 @@ class Session {
 
     for (const [type, handler] of Object.entries({
       offer: (m) => this.#serverOffer(m),
+      media_reset: (m) => this.#mediaReset(m),
       participant_joined: (m) => this.#joined(m.participant),
       participant_updated: (m) => this.#updated(m.participant),
       participant_left: (m) => this.#left(m.participant_id),
@@ -775,6 +776,28 @@ class Session {
         await this.signaling.request("answer", { sdp: this.unsentAnswer });
         this.unsentAnswer = null;
       }
+      await this.#offer();
+    });
+  }
+
+  // The SFU lost the meeting's media (a worker process stopped) and took us back: the seat stays,
+  // the media starts over on a new peer connection.
+  #mediaReset({ ice_servers: iceServers }) {
+    this.#enqueue(async () => {
+      if (this.screen) {
+        this.screen.track.stop();
+        this.screen = null;
+        this.#sharing();
+      }
+      screens.clear();
+      this.remoteByMid.clear();
+      const publisher = new Publisher(await certificate);
+      this.pc.close();
+      this.sources = publisher.sources;
+      this.preparedOffer = publisher.offer;
+      this.pc = this.#connect(publisher.pc, iceServers ?? []);
+      this.unsentAnswer = null;
+      this.needsOffer = true;
       await this.#offer();
     });
   }

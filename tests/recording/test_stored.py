@@ -18,7 +18,7 @@ import pytest
 
 from appliance.accounts import Principal
 from appliance.recording.service import Recordings, was_interrupted
-from appliance.recording.sink import write_manifest
+from appliance.recording.sink import recording_sink_factory, write_manifest
 from appliance.settings import Settings
 from appliance.sfu import IceSettings, RoomHost
 from appliance.signaling import Connection, Recording as RecordingFeature, Seat
@@ -228,7 +228,8 @@ async def test_a_disk_filling_up_stops_the_recording_and_everyone_is_told(record
         return owner, Meeting.create(code="dsk-full-now", title="m", owner=owner)
 
     owner, meeting = await recordings.db.run(meeting_row)
-    sfu = SfuMeeting(RoomHost(IceSettings(loopback=True), sinks={"recording": recordings.sink}))
+    factory = recording_sink_factory(Settings(data_dir=recordings.spool.parent))  # the spool the service reads
+    sfu = SfuMeeting(RoomHost(IceSettings(loopback=True), sinks={"recording": factory}))
     seat, connection = seated(meeting.id, owner.id)
     room = RoomView({seat.id: seat}, sfu.host, recordings.db, release=None, seat=None,  # type: ignore[arg-type]
                     check_name=None)  # type: ignore[arg-type]
