@@ -1,4 +1,4 @@
-"""Accounts: users, sign-in sessions, and turning a bearer token into a principal."""
+"""Accounts: users and what makes one, sign-in sessions, and turning an access token into a principal."""
 
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import peewee as pw
-from sanic import Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from .api.errors import ApiError, conflict, forbidden, unauthorized
+from . import audit
+from .errors import Conflict, Forbidden, Invalid, Unauthorized
 from .fsutil import write_atomically
+from .roles import GUEST
 from .security import (TokenError, TokenIssuer, hash_password, hash_refresh_token, new_refresh_token,
                        refresh_token_session, verify_password)
 from .stores.bus import EventBus
-from .stores.relational import AuditEvent, AuthSession, Prepared, Relational, User, new_id, utcnow
+from .stores.relational import AuthSession, Prepared, Relational, User, new_id, utcnow
 
 RECENT_SECONDS = 5.0
 GUEST_HOURS = 12
@@ -27,6 +30,45 @@ RECENT_TOKENS = 10_000
 # and ends the whole session.
 REUSE_GRACE_SECONDS = 10.0
 ACCOUNTS_CHANNEL = "accounts"  # bus channel: sessions that ended, accounts disabled
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+def nonblank(value: str) -> str:
+    """A name or title without its surrounding spaces; a blank one is refused (a pydantic validator)."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+# What an account is made of, declared once: the API's request bodies and `confmeet user add` use them.
+Email = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254,
+                                         pattern=EMAIL_PATTERN)]
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+UserName = Annotated[str, Field(max_length=200), AfterValidator(nonblank)]
+AccountRole = Literal["admin", "member"]
+
+
+class NewUser(BaseModel):
+    """A new account's fields, checked (the e-mail lower-cased, the name stripped)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+    password: Password
+    name: UserName | None = None
+    role: AccountRole = "member"
+
+
+def new_user(email: str, password: str, name: str | None = None, role: str = "member") -> NewUser:
+    """The fields of a new account checked as the API checks them; Invalid names the first wrong one
+    (``"password: String should have at least 8 characters"``)."""
+    try:
+        return NewUser(email=email, password=password, name=name, role=role)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise Invalid(f"{field}: {first['msg']}", field) from None
 
 
 @dataclass(frozen=True)
@@ -56,8 +98,9 @@ class Tokens:
 
 async def create_user(db: Relational, email: str, password: str, name: str | None = None,
                       role: str = "member", actor: str | None = None, first: bool = False) -> User:
-    """Create an account (audited); 409 when the e-mail is taken, or with ``first`` when any
-    account exists already (checked and created in one transaction that no other insert passes)."""
+    """Create an account (audited); Conflict when the e-mail is taken (its ``field`` "email"), or
+    with ``first`` when any account exists already (checked and created in one transaction that no
+    other insert passes; no ``field``)."""
     password_hash = await asyncio.to_thread(hash_password, password)
 
     def create() -> User:
@@ -65,14 +108,13 @@ async def create_user(db: Relational, email: str, password: str, name: str | Non
             if first:
                 lock_users(db.db)
                 if User.select().exists():
-                    raise conflict("confmeet is already set up; sign in instead")
+                    raise Conflict("confmeet is already set up; sign in instead")
             try:
                 user = User.create(email=email, password_hash=password_hash,
                                    name=name or email.split("@", 1)[0], role=role)
             except pw.IntegrityError:
-                raise conflict(f"a user with e-mail {email} already exists", "email") from None
-            AuditEvent.create(actor=actor, action="user.created",
-                              detail={"user_id": user.id, "email": email, "role": role})
+                raise Conflict(f"a user with e-mail {email} already exists", "email") from None
+            audit.record("user.created", actor, user_id=user.id, email=email, role=role)
             return user
 
     return await db.run(create)
@@ -149,15 +191,15 @@ class Accounts:
         link = self.setup
         if link is None or not link.matches(token):
             if await self.user_count():
-                raise conflict("confmeet is already set up; sign in instead")
-            raise forbidden("the setup token is wrong; use the link the appliance wrote at start")
+                raise Conflict("confmeet is already set up; sign in instead")
+            raise Forbidden("the setup token is wrong; use the link the appliance wrote at start")
         if link.expired:
-            raise forbidden("the setup link has expired: restart confmeet for a new one, "
+            raise Forbidden("the setup link has expired: restart confmeet for a new one, "
                             "or run 'confmeet user add EMAIL --admin'")
         try:
             user = await create_user(self.db, email, password, name, role="admin", first=True)
-        except ApiError as exc:
-            if exc.status == 409 and exc.field is None:  # an account exists (made another way): the link is spent
+        except Conflict as exc:
+            if exc.field is None:  # an account exists (made another way): the link is spent
                 self.end_setup()
             raise
         self.end_setup()
@@ -173,7 +215,7 @@ class Accounts:
         user = await self.db.run(lambda: User.get_or_none(User.email == email))
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
         if not ok or user is None or not user.active:
-            raise ApiError(401, "invalid_credentials", "wrong e-mail or password, or the account is disabled")
+            raise Unauthorized("wrong e-mail or password, or the account is disabled", code="invalid_credentials")
         return await self.db.run(self._start_session, user)
 
     def _start_session(self, user: User) -> Tokens:
@@ -197,8 +239,8 @@ class Accounts:
                 if session is None:
                     return self._presented_again(refresh_token, presented)
                 if session.revoked_at is not None or session.expires_at < utcnow() or not session.user.active:
-                    raise ApiError(401, "invalid_refresh_token",
-                                   "the refresh token is unknown, used, revoked or expired; sign in again")
+                    raise Unauthorized("the refresh token is unknown, used, revoked or expired; sign in again",
+                                       code="invalid_refresh_token")
                 refresh, refresh_hash = new_refresh_token(session.id)
                 session.refresh_hash = refresh_hash
                 session.save()
@@ -207,8 +249,8 @@ class Accounts:
         result = await self.db.run(rotate)
         if isinstance(result, str):  # a rotated token came back: end its session everywhere
             await self.session_ended(result)
-            raise ApiError(401, "invalid_refresh_token", "this refresh token was already used, so it may have "
-                           "been copied: the session is ended everywhere; sign in again")
+            raise Unauthorized("this refresh token was already used, so it may have been copied: the session "
+                               "is ended everywhere; sign in again", code="invalid_refresh_token")
         now = time.monotonic()
         if presented not in self._rotated and len(self._rotated) >= RECENT_TOKENS:
             self._rotated = {k: v for k, v in self._rotated.items() if v[0] > now}
@@ -219,19 +261,19 @@ class Accounts:
         """A refresh token that is not its session's current one. Presented again moments after
         its rotation while its successor is still unused (two tabs refreshing at once), it gets
         that successor again; otherwise it is an old token of the session, or a copy: the session
-        is revoked and its id returned. A token naming no live session gets 401."""
+        is revoked and its id returned. A token naming no live session is Unauthorized."""
         session_id = refresh_token_session(refresh_token)
         session = AuthSession.get_or_none(AuthSession.id == session_id) if session_id else None
         if session is None or session.revoked_at is not None:
-            raise ApiError(401, "invalid_refresh_token",
-                           "the refresh token is unknown, used, revoked or expired; sign in again")
+            raise Unauthorized("the refresh token is unknown, used, revoked or expired; sign in again",
+                               code="invalid_refresh_token")
         until, successor = self._rotated.get(presented, (0.0, None))
         if (successor is not None and until > time.monotonic()
                 and session.refresh_hash == hash_refresh_token(successor.refresh_token)):
             return successor
         session.revoked_at = utcnow()
         session.save()
-        AuditEvent.create(actor=session.user_id, action="session.refresh_reused", detail={"session_id": session.id})
+        audit.record("session.refresh_reused", session.user_id, session_id=session.id)
         return session.id
 
     async def logout(self, principal: Principal) -> None:
@@ -259,17 +301,10 @@ class Accounts:
         return bool(await self.db.fetch(LIVE_SESSION, sid=principal.session_id, uid=principal.id, now=utcnow()))
 
     # ------------------------------------------------------------------ authentication
-    async def authenticate(self, request: Request, admin: bool = False) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized()
-        principal = await self.principal_for_token(token.strip())
-        if admin and not principal.is_admin:
-            raise forbidden("this needs an administrator")
-        return principal
-
     async def principal_for_token(self, token: str) -> Principal:
+        """Who an access token or guest token (as sent, without "Bearer ") names. Raises
+        Unauthorized (code "unauthorized") with why: forged, expired, of the wrong kind, or its
+        session ended (signed out, account disabled)."""
         now = time.monotonic()
         cached = self._recent.get(token)
         if cached is not None and cached[0] > now:
@@ -277,15 +312,15 @@ class Accounts:
         try:
             claims = self.issuer.verify(token, "access", "guest")
         except TokenError as exc:
-            raise unauthorized(str(exc)) from None
+            raise Unauthorized(str(exc)) from None
         if claims["typ"] == "guest":
             # A guest has no account: the token itself names them and their one meeting.
-            return Principal("guest", claims["sub"], claims.get("name", "Guest"), role="guest",
+            return Principal("guest", claims["sub"], claims.get("name", "Guest"), role=GUEST,
                              meeting_id=claims.get("mid", ""), expires_at=float(claims["exp"]))
         principal = self._principal(await self.db.fetch(
             LIVE_SESSION, sid=claims.get("sid", ""), uid=claims["sub"], now=utcnow()), claims.get("sid", ""))
         if principal is None:
-            raise unauthorized("the session has ended (signed out or account disabled); sign in again")
+            raise Unauthorized("the session has ended (signed out or account disabled); sign in again")
         if len(self._recent) >= RECENT_TOKENS:
             self._recent.clear()
         lifetime = min(RECENT_SECONDS, claims["exp"] - time.time())

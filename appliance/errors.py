@@ -20,6 +20,12 @@ class DomainError(Exception):
             self.code = code
 
 
+class BadRequest(DomainError):
+    """The request cannot even be read (not JSON, not one message)."""
+
+    code = "bad_request"
+
+
 class Invalid(DomainError):
     """The input is well-formed but says something the appliance refuses."""
 
@@ -53,6 +59,12 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class TooLarge(DomainError):
+    """The input is larger than the appliance takes."""
+
+    code = "payload_too_large"
+
+
 class TooMany(DomainError):
     """A limit was reached; try again after ``retry_after`` seconds (None: when something ends)."""
 
@@ -61,3 +73,9 @@ class TooMany(DomainError):
     def __init__(self, message: str, retry_after: int | None = None, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class Unavailable(DomainError):
+    """Something the work needs (inference, a store) does not answer now; try again later."""
+
+    code = "unavailable"

@@ -9,14 +9,15 @@ from typing import Any
 
 import peewee as pw
 
+from . import audit
 from .accounts import Principal
-from .api.errors import ApiError, forbidden, not_found
-from .errors import NotFound
+from .errors import Conflict, Forbidden, NotFound
+from .roles import GUEST, HOST, MODERATORS, PARTICIPANT
 from .security import hash_password, verify_password
 from .stores.bus import EventBus
 from .stores.documents import DocumentExists, DocumentStore
-from .stores.relational import (AuditEvent, Meeting, MeetingRole, Participant, Prepared, Relational, model_from_row,
-                                utcnow)
+from .stores.relational import Meeting, MeetingRole, Participant, Prepared, Relational, model_from_row, utcnow
+from .throttle import Throttle
 
 CODE_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # no l/o: they read as 1/0
 EDITABLE = ("title", "starts_at", "lobby", "allow_guests", "locked")
@@ -77,9 +78,9 @@ class Meetings:
         await self.documents.delete(REMOVALS, f"{meeting_id}/{principal_id}")
 
     async def _refuse_removed(self, principal: Principal, meeting_id: str) -> None:
-        """403 for someone removed from the meeting (a moderator too), administrators excepted."""
+        """Forbidden for someone removed from the meeting (a moderator too), administrators excepted."""
         if not principal.is_admin and await self.is_removed(meeting_id, principal.id):
-            raise forbidden("you were removed from this meeting; a host or moderator can let you back in")
+            raise Forbidden("you were removed from this meeting; a host or moderator can let you back in")
 
     def view(self, meeting: Meeting, my_role: str | None) -> dict[str, Any]:
         return {
@@ -91,18 +92,6 @@ class Meetings:
             "join_url": f"{self.base_url}/m/{meeting.code}", "my_role": my_role,
         }
 
-    async def find_for_join(self, principal: Principal, ref: str) -> tuple[Meeting, str | None]:
-        """The meeting a join code or id names, and the caller's role in it. NotFound for none, for
-        a guest whose pass is for another meeting, and for a meeting without guests."""
-        try:
-            meeting, role = await self.db.run(
-                lambda: self._load(principal, code=ref.lower()) if "-" in ref else self._load(principal, ref))
-        except ApiError:
-            raise NotFound("meeting") from None
-        if principal.kind == "guest" and not meeting.allow_guests:
-            raise NotFound("meeting")
-        return meeting, role
-
     @staticmethod
     def _lookup(principal: Principal, meeting_id: str | None, code: str | None) -> tuple[Prepared, dict[str, Any]]:
         """The prepared look-up (by id, else by code) and its values for this caller."""
@@ -112,25 +101,82 @@ class Meetings:
     @staticmethod
     def _load(principal: Principal, meeting_id: str | None = None,
               code: str | None = None) -> tuple[Meeting, str | None]:
+        """The meeting and the caller's role, read on the database pool (inside its transactions)."""
         query, values = Meetings._lookup(principal, meeting_id, code)
         return Meetings._resolve(principal, query.rows(**values))
 
     @staticmethod
     def _resolve(principal: Principal, rows: list[tuple]) -> tuple[Meeting, str | None]:
-        """The meeting and the caller's role from MEETING_BY_ID/CODE's rows, or 404."""
+        """The meeting and the caller's role from MEETING_BY_ID/CODE's rows, or NotFound."""
         meeting = model_from_row(Meeting, rows[0]) if rows else None
         role = rows[0][-1] if rows else None
         if principal.kind == "guest":
-            role = "guest" if meeting and principal.meeting_id == meeting.id else None
+            role = GUEST if meeting and principal.meeting_id == meeting.id else None
         # Any signed-in member may look a meeting up (that is how they join it); a guest only theirs.
         if meeting is None or (principal.kind == "guest" and role is None):
-            raise not_found("meeting")
+            raise NotFound("meeting")
         return meeting, role
+
+    async def find_for_join(self, principal: Principal, ref: str) -> tuple[Meeting, str | None]:
+        """The meeting someone asks to join and their role in it.
+
+        ``ref`` is the meeting's join code (``kfd-qwrt-mza``, any case: a ref with a ``-`` is a
+        code) or its id. Returns the Meeting row and the caller's role in it: ``host``,
+        ``moderator`` or ``participant`` from the meeting's roles, ``guest`` for a guest, None for
+        a signed-in user without a role there yet. Raises NotFound("meeting") (code
+        ``not_found``) when there is no such meeting, and for a guest whose pass is for another
+        meeting or whose meeting does not let guests in (so guests cannot probe codes). It checks
+        nothing else: check_entry says whether they may enter now."""
+        code, meeting_id = (ref.lower(), None) if "-" in ref else (None, ref)
+        query, values = self._lookup(principal, meeting_id, code)
+        meeting, role = self._resolve(principal, await self.db.fetch(query, **values))
+        if role == GUEST and not meeting.allow_guests:
+            raise NotFound("meeting")
+        return meeting, role
+
+    async def check_entry(self, meeting: Meeting, principal: Principal, role: str | None, password: str | None,
+                          throttle: Throttle, address: str) -> str:
+        """Whether someone may enter ``meeting`` now (the row and ``role`` from find_for_join),
+        with the meeting ``password`` they typed (None: none), from ``address``; returns the role
+        they enter with: their own, or ``participant`` when they have none. The checks, in order:
+
+        - the meeting has ended: Conflict, code ``meeting_ended``, "this meeting has ended";
+        - it has a password and they are not its host: first Throttled (a TooMany with
+          ``retry_after``; code ``too_many_requests``) while their address or the meeting is
+          locked out after too many wrong passwords; then a wrong password counts against both
+          and raises NotFound("meeting") (code ``not_found``) for a guest, so that guests cannot
+          tell a wrong password from a wrong code, and Forbidden, code ``wrong_password``, "this
+          meeting needs its password", for anyone else;
+        - it is locked and they are neither host nor moderator: Forbidden, code ``locked``, "the
+          meeting is locked; ask the host to unlock it".
+
+        The lobby and removals are not checked here."""
+        if meeting.status == "ended":
+            raise Conflict("this meeting has ended", code="meeting_ended")
+        if meeting.password_hash and role != HOST:
+            attempt = throttle.limits.meeting_password(address, meeting.code)
+            throttle.check(*attempt)
+            if not await self._password_ok(meeting, password):
+                await throttle.record(*attempt)
+                if principal.kind == "guest":
+                    raise NotFound("meeting")
+                raise Forbidden("this meeting needs its password", code="wrong_password")
+        role = role or PARTICIPANT
+        if meeting.locked and role not in MODERATORS:
+            raise Forbidden("the meeting is locked; ask the host to unlock it", code="locked")
+        return role
+
+    @staticmethod
+    async def _password_ok(meeting: Meeting, password: str | None) -> bool:
+        """Whether ``password`` opens the meeting (any does when it has none)."""
+        if not meeting.password_hash:
+            return True
+        return await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
 
     async def create(self, principal: Principal, title: str, starts_at: dt.datetime | None,
                      password: str | None, lobby: bool, allow_guests: bool) -> dict[str, Any]:
         if principal.kind != "user":
-            raise forbidden("guests cannot create meetings")
+            raise Forbidden("guests cannot create meetings")
         password_hash = await asyncio.to_thread(hash_password, password) if password else None
 
         def create() -> dict[str, Any]:
@@ -141,10 +187,9 @@ class Meetings:
                             code=new_code(), title=title, owner=principal.id,
                             starts_at=starts_at, password_hash=password_hash,
                             lobby=lobby, allow_guests=allow_guests)
-                        MeetingRole.create(meeting=meeting, user=principal.id, role="host")
-                        AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.created",
-                                          detail={"title": title})
-                        return self.view(meeting, "host")
+                        MeetingRole.create(meeting=meeting, user=principal.id, role=HOST)
+                        audit.record("meeting.created", principal.id, meeting.id, title=title)
+                        return self.view(meeting, HOST)
                 except pw.IntegrityError:
                     continue  # a code collision: draw another
             raise RuntimeError("could not draw a free meeting code")
@@ -168,24 +213,24 @@ class Meetings:
         return await self.db.run(mine)
 
     def _require_host(self, principal: Principal, meeting_id: str,
-                      allowed: tuple[str, ...] = ("host",)) -> tuple[Meeting, str | None]:
+                      allowed: tuple[str, ...] = (HOST,)) -> tuple[Meeting, str | None]:
         meeting, role = self._load(principal, meeting_id)
         if role not in allowed and not principal.is_admin:
-            raise forbidden(f"only the meeting's {' or '.join(allowed)} (or an administrator) can do this")
+            raise Forbidden(f"only the meeting's {' or '.join(allowed)} (or an administrator) can do this")
         return meeting, role
 
     async def is_member(self, principal: Principal, meeting_id: str) -> bool:
         """Someone who belongs to the meeting: a role in it, ever joined it, its guest, or an admin;
-        and not removed from it. Raises 404 when there is no such meeting (for a guest: when it is
-        not theirs)."""
+        and not removed from it. Raises NotFound when there is no such meeting (for a guest: when it
+        is not theirs)."""
         if principal.kind == "guest":
             if principal.meeting_id != meeting_id:
-                raise not_found("meeting")
+                raise NotFound("meeting")
             return not await self.is_removed(meeting_id, principal.id)
 
         def member() -> bool:
             if not Meeting.select().where(Meeting.id == meeting_id).exists():
-                raise not_found("meeting")
+                raise NotFound("meeting")
             return (principal.is_admin
                     or MeetingRole.select().where(MeetingRole.meeting == meeting_id, MeetingRole.user == principal.id).exists()
                     or Participant.select().where(Participant.meeting == meeting_id,
@@ -194,18 +239,17 @@ class Meetings:
         return await self.db.run(member) and (principal.is_admin or not await self.is_removed(meeting_id, principal.id))
 
     async def admit_guest(self, code: str, password: str | None) -> dict[str, str]:
-        """The meeting a guest may enter with this code and password, or one uniform 404."""
+        """The meeting a guest may enter with this code and password, or one uniform NotFound
+        (no such code, no guests, ended, or a wrong password)."""
         rows = await self.db.run(MEETING_BY_CODE.rows, key=code, user="")
         meeting = model_from_row(Meeting, rows[0]) if rows else None
         ok = meeting is not None and meeting.allow_guests and meeting.status != "ended"
-        if ok and meeting.password_hash:
-            ok = await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
-        if not ok:
-            raise not_found("meeting (or the password is wrong)")
+        if not ok or not await self._password_ok(meeting, password):
+            raise NotFound("meeting (or the password is wrong)")
         return {"id": meeting.id, "code": meeting.code, "title": meeting.title}
 
     async def require_role(self, principal: Principal, meeting_id: str, roles: tuple[str, ...]) -> str | None:
-        """Raise 403/404 unless the principal has one of ``roles`` in the meeting (or is an admin)
+        """Raise Forbidden/NotFound unless the principal has one of ``roles`` in the meeting (or is an admin)
         and was not removed from it."""
         _, role = await self.db.run(self._require_host, principal, meeting_id, roles)
         await self._refuse_removed(principal, meeting_id)
@@ -227,9 +271,9 @@ class Meetings:
                 elif password_hash:
                     meeting.password_hash = password_hash
                 meeting.save()
-                AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.updated",
-                                  detail={"fields": sorted(k for k, v in changes.items() if v is not None)
-                                          + (["password"] if password_hash or clear_password else [])})
+                audit.record("meeting.updated", principal.id, meeting.id,
+                             fields=sorted(k for k, v in changes.items() if v is not None)
+                             + (["password"] if password_hash or clear_password else []))
                 return self.view(meeting, role)
 
         result = await self.db.run(update)
@@ -241,12 +285,12 @@ class Meetings:
 
         def end() -> dict[str, Any]:
             with self.db.atomic():
-                meeting, role = self._require_host(principal, meeting_id, ("host", "moderator"))
+                meeting, role = self._require_host(principal, meeting_id, MODERATORS)
                 if meeting.status != "ended":
                     meeting.status = "ended"
                     meeting.ended_at = utcnow()
                     meeting.save()
-                    AuditEvent.create(actor=principal.id, meeting=meeting, action="meeting.ended", detail={})
+                    audit.record("meeting.ended", principal.id, meeting.id)
                 return self.view(meeting, role)
 
         result = await self.db.run(end)
@@ -257,8 +301,7 @@ class Meetings:
         def delete() -> None:
             with self.db.atomic():
                 meeting, _ = self._require_host(principal, meeting_id)
-                AuditEvent.create(actor=principal.id, meeting=None, action="meeting.deleted",
-                                  detail={"meeting_id": meeting.id, "title": meeting.title})
+                audit.record("meeting.deleted", principal.id, meeting_id=meeting.id, title=meeting.title)
                 meeting.delete_instance(recursive=True)
 
         await self.db.run(delete)

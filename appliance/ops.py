@@ -12,7 +12,8 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
 from . import __version__
-from .api.errors import ApiError
+from .api.endpoint import bearer_token
+from .errors import Forbidden
 from .throttle import client_address
 
 REQUESTS = Counter("confmeet_http_requests_total", "HTTP requests answered",
@@ -122,10 +123,9 @@ def install_ops(app: Sanic) -> None:
         """For Prometheus only: the addresses in ``metrics_addresses`` (loopback by default), or
         whoever sends ``Authorization: Bearer <metrics_token>``."""
         settings = request.app.ctx.settings
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        bearer_ok = bool(settings.metrics_token) and scheme.lower() == "bearer" and secrets.compare_digest(
-            token.strip().encode("utf-8", "surrogateescape"), settings.metrics_token.encode())
+        bearer_ok = bool(settings.metrics_token) and secrets.compare_digest(
+            bearer_token(request).encode("utf-8", "surrogateescape"), settings.metrics_token.encode())
         if not bearer_ok and client_address(request) not in settings.metrics_addresses:
-            raise ApiError(403, "forbidden", "metrics are for the monitoring server: scrape from an address in "
-                           "'metrics_addresses', or send 'Authorization: Bearer <metrics_token>'")
+            raise Forbidden("metrics are for the monitoring server: scrape from an address in "
+                            "'metrics_addresses', or send 'Authorization: Bearer <metrics_token>'")
         return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)

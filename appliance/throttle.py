@@ -21,22 +21,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import audit
+from .errors import TooMany
 from .settings import Settings
-from .stores.relational import AuditEvent, Relational
+from .stores.relational import Relational
 
 MAX_KEYS = 100_000
 FORGET_AFTER = 3600.0  # seconds without an attempt after which an unlocked key may be forgotten
 
 
-class Throttled(Exception):
-    """Too many attempts: the caller may try again after ``retry_after`` seconds. The REST API
-    answers 429 with ``Retry-After``; signaling an ``error`` carrying ``retry_after``."""
+class Throttled(TooMany):
+    """Too many attempts: the caller may try again after ``retry_after`` seconds (a whole number,
+    at least 1). The REST API answers 429 with ``Retry-After``; signaling an ``error`` carrying
+    ``retry_after``."""
 
     def __init__(self, message: str, retry_after: float, code: str = "too_many_requests") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, max(1, math.ceil(retry_after)), code)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ class Limits:
             chat=Rule("chat", s.chat_messages_per_10s, 10.0, message="too many chat messages", code="too_fast"),
             reaction=Rule("reaction", 1, 0.5, message="one reaction per half second", code="too_fast"),
         )
+
+    def meeting_password(self, address: str, code: str) -> tuple[tuple[Rule, str], ...]:
+        """What one try of a meeting's password counts against: the caller's address and the
+        meeting (by its join code)."""
+        return (self.password_address, address), (self.password_meeting, code)
 
 
 Lockout = Callable[[Rule, str, float], Awaitable[None]]
@@ -169,8 +174,7 @@ class Throttle:
 def appliance_throttle(settings: Settings, db: Relational) -> Throttle:
     """The throttle of a running appliance: every lockout is written to the audit log."""
 
-    async def audit(rule: Rule, key: str, seconds: float) -> None:
-        await db.run(lambda: AuditEvent.create(action="security.lockout",
-                                               detail={"rule": rule.name, "key": key, "seconds": seconds}))
+    async def record_lockout(rule: Rule, key: str, seconds: float) -> None:
+        await db.run(audit.record, "security.lockout", rule=rule.name, key=key, seconds=seconds)
 
-    return Throttle(Limits.from_settings(settings), audit)
+    return Throttle(Limits.from_settings(settings), record_lockout)

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from appliance.settings import Settings, SettingsError, load_settings
 
-from .options import ConfigOpt, DataDirOpt, JsonOpt, console, err
+from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, err, fail
 
 backup_app = typer.Typer(
     help="Back up and restore the whole install: database, documents, objects, settings and secrets.",
@@ -33,17 +33,11 @@ LocationArg = Annotated[Optional[str], typer.Argument(
 ArchiveArg = Annotated[str, typer.Argument(help="Archive file, or s3://BUCKET/PREFIX/NAME.")]
 
 
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def load(config: Path | None, data_dir: Path | None) -> Settings:
     try:
         return load_settings(config, overrides={"data_dir": data_dir})
     except SettingsError as exc:
-        fail(str(exc), 2)
-        raise  # unreachable: fail() exits
+        fail(str(exc))
 
 
 def read_passphrase(path: Path | None) -> bytes | None:
@@ -52,10 +46,10 @@ def read_passphrase(path: Path | None) -> bytes | None:
     try:
         lines = path.read_bytes().splitlines()
     except OSError as exc:
-        fail(f"cannot read the passphrase file {path} ({exc.strerror or exc})", 2)
+        fail(f"cannot read the passphrase file {path} ({exc.strerror or exc})")
     passphrase = lines[0] if lines else b""
     if not passphrase:
-        fail(f"the passphrase file {path} is empty: put the passphrase on its first line", 2)
+        fail(f"the passphrase file {path} is empty: put the passphrase on its first line")
     return passphrase
 
 
@@ -143,13 +137,13 @@ def operation(settings: Settings) -> Iterator[Any]:
     except typer.Exit:
         raise
     except (BackupError, StoreUnavailable) as exc:
-        fail(str(exc))
+        fail(str(exc), FAILED)
     except KeyboardInterrupt:
         fail("interrupted: nothing was left half-written", 130)
     except OSError as exc:
-        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", FAILED)
     except Exception as exc:  # a store failing in a way it does not name: say what, not where
-        fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}", FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -188,7 +182,7 @@ def create(
     settings = load(config, data_dir)
     passphrase = read_passphrase(passphrase_file)
     if encrypt_archive and passphrase is None:
-        fail("--encrypt-archive needs --passphrase-file", 2)
+        fail("--encrypt-archive needs --passphrase-file")
     with operation(settings) as portal:
         location = open_location(to or default_location(settings), settings, portal)
         with RichProgress() as progress:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,18 +36,11 @@ from appliance.host.deploy import (
 )
 from appliance.inference import models as model_store
 
+from .options import FAILED, console, err, fail
 from .status import PROBES, Probe, timed
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 bundle_app = typer.Typer(help="Offline bundles: everything an install needs, for hosts without network.",
                          no_args_is_help=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _pairs(values: list[str], what: str, number: bool) -> dict[str, Any]:
@@ -691,7 +683,7 @@ def install(
             console.print("dry run: nothing was changed")
             return
         if not yes and not typer.confirm("Apply this plan?", default=False):
-            fail("nothing was changed", code=1)
+            fail("nothing was changed", FAILED)
         installer = Installer(plan, engine, bundle, timeout, quiet=as_json, models=models,
                               wheelhouse=wheelhouse.absolute() if wheelhouse else None,
                               allow_other_weights=allow_other_weights)
@@ -808,7 +800,7 @@ def uninstall(
         table.add_row(str(path), "delete" if purge else "keep")
     console.print(table)
     if not yes and not typer.confirm("Uninstall?", default=False):
-        fail("nothing was changed", code=1)
+        fail("nothing was changed", FAILED)
     systemctl_root = None if layout.is_host else layout.root
     try:
         if shutil.which("systemctl") and (layout.unit_dir / units.APPLIANCE_UNIT).exists():

@@ -19,7 +19,7 @@ from .doctor import doctor
 from . import install as install_cli, status as status_cli
 from .loadtest import loadtest
 from .models import models_app
-from .options import ConfigOpt, DataDirOpt, console, err
+from .options import ConfigOpt, DataDirOpt, console, fail
 
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -35,19 +35,11 @@ status_cli.register(app)
 app.command("doctor")(doctor)
 
 
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, overrides=overrides)
     except SettingsError as exc:
         fail(str(exc))
-        raise  # unreachable; fail() exits
 
 
 def run_with_stores(settings: Settings, work: Any) -> Any:
@@ -125,30 +117,25 @@ def user_add(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a user account."""
-    from pydantic import ValidationError
-
-    from appliance.api.errors import ApiError
-    from appliance.api.models import UserCreate
+    from appliance.accounts import create_user, new_user
+    from appliance.errors import Conflict, Invalid
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        body = UserCreate(email=email, password=password, name=name, role="admin" if admin else "member")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        account = new_user(email, password, name, "admin" if admin else "member")
+    except Invalid as exc:
+        fail(exc.message)
     settings = settings_from(config, data_dir=data_dir)
 
     async def add(stores: Any) -> Any:
-        from appliance.accounts import create_user
-
-        return await create_user(stores.db, body.email, body.password, body.name, body.role)
+        return await create_user(stores.db, account.email, account.password, account.name, account.role)
 
     try:
         user = run_with_stores(settings, add)
-    except ApiError as exc:
+    except Conflict as exc:
         fail(exc.message)
     console.print(f"created {user.role} [bold]{user.email}[/] (id {user.id})")
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from appliance.inference.models import MODELS, ModelError, describe, export_bundle, import_models, verify
 from appliance.settings import Settings, SettingsError, load_settings
 
-from .options import ConfigOpt, DataDirOpt, JsonOpt, console, err
+from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, fail
 
 models_app = typer.Typer(help="Import, list and verify the AI models (captions: vad and asr).", no_args_is_help=True)
 
@@ -31,19 +31,13 @@ RepositoryOpt = Annotated[Optional[Path], typer.Option(
 STATE_STYLE = {"ready": "green", "missing": "yellow", "incomplete": "bold red", "damaged": "bold red"}
 
 
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def repository_of(config: Path | None, data_dir: Path | None, repository: Path | None) -> Path:
     if repository is not None:
         return repository
     try:
         settings: Settings = load_settings(config, overrides={"data_dir": data_dir})
     except SettingsError as exc:
-        fail(str(exc), 2)
-        raise
+        fail(str(exc))
     return settings.model_repository_path
 
 
@@ -70,8 +64,7 @@ def import_(
         try:
             done = import_models(place, target, only, allow_other_weights, asr_size=asr_model)
         except ModelError as exc:
-            fail(str(exc))
-            return
+            fail(str(exc), FAILED)
         for model in done:
             note = "" if model.known else " (weights differ from the tested release)"
             console.print(f"imported [bold]{model.name}[/] from {place}: {model.files} file(s), "
@@ -108,7 +101,7 @@ def export(bundle: Annotated[Path, typer.Argument(help="The .tar.gz to write.")]
     try:
         count = export_bundle(target, bundle)
     except ModelError as exc:
-        fail(str(exc))
+        fail(str(exc), FAILED)
     console.print(f"wrote {count} model(s) to {bundle}", highlight=False)
 
 

@@ -23,21 +23,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from appliance.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings, mask_url_password
+
+from .options import console, err, fail
 
 State = Literal["up", "degraded", "down", "n/a"]
 TIMEOUT = 3.0
 STATE_STYLE = {"up": "green", "degraded": "yellow", "down": "bold red", "n/a": "dim"}
 EXIT_CODES = {"up": 0, "n/a": 0, "degraded": 1, "down": 2}
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -69,8 +67,10 @@ def timed(work: Callable[[], Probe]) -> Probe:
     return probe
 
 
-def _sqlite(path: str, what: str) -> Probe:
-    file = Path(path)
+def _sqlite(url: str, what: str) -> Probe:
+    from appliance.stores.urls import local_path
+
+    file = local_path(url)
     version = f"SQLite {sqlite3.sqlite_version}"
     if file.exists():
         return Probe("up", version, detail=f"embedded {what}: {file}")
@@ -80,10 +80,14 @@ def _sqlite(path: str, what: str) -> Probe:
 # ---------------------------------------------------------------------- one probe per protocol
 def probe_database(url: str) -> Probe:
     if url.startswith("sqlite:"):
-        return _sqlite(urlsplit(url).path, "database")
+        return _sqlite(url, "database")
     import psycopg2
 
-    conn = psycopg2.connect(url, connect_timeout=int(TIMEOUT))
+    from appliance.stores.urls import parse_postgres
+
+    where = parse_postgres(url)
+    conn = psycopg2.connect(dbname=where.database, user=where.user, password=where.password, host=where.host,
+                            port=where.port, connect_timeout=int(TIMEOUT), **where.options)
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW server_version")
@@ -92,7 +96,7 @@ def probe_database(url: str) -> Probe:
             size = cur.fetchone()[0]
     finally:
         conn.close()
-    return Probe("up", f"PostgreSQL {version}", detail=f"database {urlsplit(url).path.lstrip('/')}, {size}")
+    return Probe("up", f"PostgreSQL {version}", detail=f"database {where.database}, {size}")
 
 
 def probe_bus(url: str) -> Probe:
@@ -111,7 +115,7 @@ def probe_bus(url: str) -> Probe:
 
 def probe_documents(url: str) -> Probe:
     if url.startswith("sqlite:"):
-        return _sqlite(urlsplit(url).path, "documents")
+        return _sqlite(url, "documents")
     from pymongo import MongoClient
 
     client: Any = MongoClient(url, serverSelectionTimeoutMS=int(TIMEOUT * 1000),
@@ -125,27 +129,26 @@ def probe_documents(url: str) -> Probe:
 
 
 def probe_objects(url: str) -> Probe:
+    from appliance.stores.urls import local_path, parse_s3
+
     if url.startswith("file:"):
-        path = Path(urlsplit(url).path)
-        return Probe("up", "files", detail=f"embedded object store: {path}")
+        return Probe("up", "files", detail=f"embedded object store: {local_path(url)}")
     import urllib3
     from minio import Minio
 
-    parts = urlsplit(url)
-    secure = "secure=true" in parts.query.lower()
-    host = parts.netloc.rpartition("@")[2]
-    bucket = parts.path.lstrip("/").split("/")[0]
+    where = parse_s3(url)
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=TIMEOUT, read=TIMEOUT),
                                retries=urllib3.Retry(total=0))
-    client = Minio(host, access_key=unquote(parts.username or ""), secret_key=unquote(parts.password or ""),
-                   secure=secure, region="us-east-1", http_client=http)
-    exists = client.bucket_exists(bucket)
-    server = http.request("GET", f"{'https' if secure else 'http'}://{host}/").headers.get("Server", "")
+    client = Minio(where.host, access_key=where.access_key, secret_key=where.secret_key,
+                   secure=where.secure, region=where.region, http_client=http)
+    exists = client.bucket_exists(where.bucket)
+    server = http.request("GET", f"{where.endpoint}/").headers.get("Server", "")
     http.clear()
     version = server or "S3"
     if not exists:
-        return Probe("degraded", version, detail=f"bucket {bucket!r} is missing (the appliance makes it at its start)")
-    return Probe("up", version, detail=f"bucket {bucket}")
+        return Probe("degraded", version,
+                     detail=f"bucket {where.bucket!r} is missing (the appliance makes it at its start)")
+    return Probe("up", version, detail=f"bucket {where.bucket}")
 
 
 def _http_json(url: str, method: str = "GET", context: ssl.SSLContext | None = None, data: bytes | None = None,
@@ -371,7 +374,8 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
         if server.startswith(("turn:", "stun:")):
             targets.append(("coturn", "ice_servers", lambda s=server: probe_turn(s)))
     targets.append(("gpu", "", lambda: probe_gpu(docker_url)))
-    for url in urls.values():  # imported first, so that response times are the servers' own
+    importlib.import_module("appliance.stores.urls")  # imported first, so that response times are the servers' own
+    for url in urls.values():
         if urlsplit(url).scheme in CLIENT_MODULES:
             importlib.import_module(CLIENT_MODULES[urlsplit(url).scheme])
     with ThreadPoolExecutor(len(targets)) as pool:
@@ -414,11 +418,9 @@ def status(
     try:
         settings = load_settings(config)
     except SettingsError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
     except PermissionError:
-        err.print(f"[bold red]error:[/] cannot read {path}: run as root, or give your user read access to it")
-        raise typer.Exit(2)
+        fail(f"cannot read {path}: run as root, or give your user read access to it")
     if not path.exists() and config is None:
         err.print(f"[yellow]note:[/] {path} does not exist: showing the embedded defaults "
                   "(run 'confmeet install', or pass --config)")

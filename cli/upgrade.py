@@ -24,16 +24,11 @@ from appliance.host.upgrade import Host, Outcome, UpgradeError, plan_rollback, r
 from appliance.host.upgrade import rollback as roll_back
 from appliance.host.upgrade import upgrade as run_upgrade
 
-from .options import ConfigOpt, DataDirOpt, JsonOpt, console, err
+from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, err, fail
 
 RootOpt = Annotated[Path, typer.Option(help="The directory tree given to install --root.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds the started release has to answer /readyz.")]
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def stepper(quiet: bool) -> Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]]:
@@ -78,7 +73,6 @@ def _host(root: Path) -> Host:
         return Host(Layout(root.absolute()))
     except UpgradeError as exc:
         fail(str(exc))
-        raise  # unreachable
 
 
 def _new_version(source: Path) -> str:
@@ -90,7 +84,6 @@ def _new_version(source: Path) -> str:
         return read_manifest(source).confmeet_version
     except ImageError as exc:
         fail(str(exc))
-        raise  # unreachable
 
 
 def upgrade(
@@ -140,7 +133,7 @@ def upgrade(
                          "from the new release to converge them")
         console.print(plan)
         if not yes and not typer.confirm("Upgrade?", default=False):
-            fail("nothing was changed", code=1)
+            fail("nothing was changed", FAILED)
     try:
         say = (lambda message: None) if as_json else (lambda message: console.print(f"  {message}"))
         with host.locked(), release_source(source, wheelhouse.absolute() if wheelhouse else None, say) as (
@@ -192,7 +185,7 @@ def rollback(
                           "accounts, meetings, recordings and documents made with confmeet "
                           f"{record.to_version}.", highlight=False)
         if not yes and not typer.confirm("Roll back?", default=False):
-            fail("nothing was changed", code=1)
+            fail("nothing was changed", FAILED)
     try:
         with host.locked():
             outcome = roll_back(host, plan, stepper(as_json), timeout)

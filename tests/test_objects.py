@@ -261,6 +261,22 @@ async def test_s3_unreachable_raises_store_unavailable() -> None:
     assert "very-secret" not in message
 
 
+@pytest.mark.parametrize(("option", "https"), [("secure=1", True), ("secure=TRUE", True), ("secure=on", True),
+                                               ("secure=yes", True), ("secure=false", False), ("", False)])
+def test_the_store_and_confmeet_status_read_secure_alike(option: str, https: bool) -> None:
+    """One URL, one meaning: the store and the status probe both speak HTTPS for secure=1, true,
+    yes or on (the probe once took only "secure=true")."""
+    from cli.status import probe_objects, timed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"s3://key:secret@127.0.0.1:{port}/bucket?{option}"
+    assert open_objects(url).endpoint == f"{'https' if https else 'http'}://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    probe = timed(lambda: probe_objects(url))
+    assert probe.state == "down" and probe.detail.startswith("HTTPSConnectionPool" if https else "HTTPConnectionPool")
+
+
 @pytest.mark.parametrize("url", ["ftp://host/x", "s3://k:s@127.0.0.1:9000/", "s3://k:s@127.0.0.1:9000/Bad_Bucket"])
 def test_bad_urls_raise_store_unavailable(url: str) -> None:
     with pytest.raises(StoreUnavailable, match="file:///PATH|s3://ACCESS:SECRET@HOST:PORT/BUCKET"):

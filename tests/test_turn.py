@@ -19,7 +19,7 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 
 from appliance.host import tls, units
-from appliance.signaling import turn_credentials
+from appliance.turn import turn_credentials
 from conftest import free_port, stop, wait_port
 
 SECRET = "turn-test-secret"

@@ -10,12 +10,12 @@ from pydantic import BaseModel, Field
 
 from ..captions.audio import AudioFileError, decode_file
 from ..captions.files import MAX_SECONDS, MIN_SECONDS, voice_activity
-from ..captions.sink import LANGUAGES
+from ..errors import Forbidden, Invalid, NotFound, TooLarge, TooMany, Unavailable
 from ..inference import InferenceError, InferenceUnavailable
 from ..inference.base import SAMPLE_RATE
+from ..inference.languages import TAGS
 from . import api
 from .endpoint import Call
-from .errors import ApiError, forbidden, not_found
 
 
 class SpeechSegment(BaseModel):
@@ -59,17 +59,17 @@ async def _read_upload(call: Call) -> bytes:
     while (chunk := await call.request.stream.read()) is not None:
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "payload_too_large", f"files are limited to {limit // (1024 * 1024)} MiB")
+            raise TooLarge(f"files are limited to {limit // (1024 * 1024)} MiB")
         chunks.append(chunk)
     if not size:
-        raise ApiError(422, "invalid", "the file is empty", "body")
+        raise Invalid("the file is empty", "body")
     return b"".join(chunks)
 
 
-def _unavailable(exc: Exception) -> ApiError:
+def _unavailable(exc: Exception) -> Unavailable | Invalid:
     if isinstance(exc, InferenceUnavailable):
-        return ApiError(503, "inference_unavailable", f"{exc}; try again later")
-    return ApiError(422, "invalid", str(exc), "body")
+        return Unavailable(f"{exc}; try again later", code="inference_unavailable")
+    return Invalid(str(exc), "body")
 
 
 def _job_view(job: dict) -> dict:
@@ -86,7 +86,7 @@ async def file_voice_activity(call: Call) -> dict:
     try:
         return await voice_activity(call.request.app.ctx.inference, data)
     except AudioFileError as exc:
-        raise ApiError(422, "invalid", str(exc), "body") from None
+        raise Invalid(str(exc), "body") from None
     except (InferenceUnavailable, InferenceError) as exc:
         raise _unavailable(exc) from None
 
@@ -100,16 +100,16 @@ async def start_transcription(call: Call) -> dict:
     empty: detect it). The file is stored before the answer, so the job survives a restart of the
     appliance. The job runs in the background: poll it for `progress` and the text."""
     language = call.query.language
-    if language and language not in LANGUAGES:
-        raise ApiError(422, "invalid", "language must be a language tag Whisper knows (en, de, zh-CN, zh-TW, ...), or empty", "language")
+    if language and language not in TAGS:
+        raise Invalid("language must be a language tag Whisper knows (en, de, zh-CN, zh-TW, ...), or empty", "language")
     jobs = call.request.app.ctx.file_jobs
     if jobs.busy:
-        raise ApiError(429, "busy", "too many transcriptions are waiting; try again when one has finished")
+        raise TooMany("too many transcriptions are waiting; try again when one has finished", code="busy")
     data = await _read_upload(call)
     try:
         audio = await decode_audio(data)
     except AudioFileError as exc:
-        raise ApiError(422, "invalid", str(exc), "body") from None
+        raise Invalid(str(exc), "body") from None
     job = await jobs.submit(call.principal.id, data, audio, call.query.name, language)
     return _job_view(job)
 
@@ -126,7 +126,7 @@ async def decode_audio(data: bytes) -> np.ndarray:
 async def get_transcription(call: Call, job_id: str) -> dict:
     job = await call.request.app.ctx.file_jobs.get(job_id)
     if job is None:
-        raise not_found("transcription job")
+        raise NotFound("transcription job")
     if job["owner"] != call.principal.id and not call.principal.is_admin:
-        raise forbidden("only whoever started a transcription (or an administrator) can read it")
+        raise Forbidden("only whoever started a transcription (or an administrator) can read it")
     return _job_view(job)

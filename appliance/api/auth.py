@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..throttle import client_address
 from . import api
 from .endpoint import Call
-from .errors import ApiError, forbidden
+from ..errors import Forbidden, Unauthorized
 from .models import LoginRequest, RefreshRequest, RegisterRequest, SetupRequest, TokenPair, User
 from .users import user_view
 
@@ -28,9 +28,8 @@ async def login(call: Call) -> TokenPair:
     throttle.check(*attempt)
     try:
         tokens = await ctx.accounts.login(call.body.email, call.body.password)
-    except ApiError as exc:
-        if exc.status == 401:
-            await throttle.record(*attempt)
+    except Unauthorized:
+        await throttle.record(*attempt)
         raise
     throttle.clear(limits.login_account, call.body.email)
     return _pair(tokens)
@@ -55,7 +54,7 @@ async def logout(call: Call) -> None:
 async def register(call: Call) -> User:
     """Self-registration is off by default; an administrator turns it on with `allow_registration`."""
     if not call.request.app.ctx.settings.allow_registration:
-        raise forbidden("self-registration is turned off; ask an administrator for an account")
+        raise Forbidden("self-registration is turned off; ask an administrator for an account")
     body = call.body
     return user_view(await call.request.app.ctx.accounts.create_user(body.email, body.password, body.name))
 

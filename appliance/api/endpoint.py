@@ -16,9 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sanic import Request, Sanic
+from sanic.exceptions import NotFound as NoSuchRoute
 from sanic.response import HTTPResponse, empty, json
 
-from .errors import ApiError
+from ..accounts import Principal
+from ..errors import BadRequest, Forbidden, Invalid, Unauthorized
 
 Handler = Callable[..., Awaitable[Any]]
 MAX_PATH_PARAM = 64  # ids and codes are shorter; the OpenAPI document says so too
@@ -62,27 +64,27 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) if loc else ""
 
 
-def validation_error(exc: ValidationError) -> ApiError:
+def validation_error(exc: ValidationError) -> Invalid:
     first = exc.errors(include_url=False)[0]
     where = _field_of(first.get("loc", ()))
     message = first.get("msg", "invalid value")
-    return ApiError(422, "invalid", f"{where}: {message}" if where else message, where or None)
+    return Invalid(f"{where}: {message}" if where else message, where or None)
 
 
 def parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
     raw = request.body or b""
     if not raw.strip():
-        raise ApiError(400, "malformed_json", "the request needs a JSON object body")
+        raise BadRequest("the request needs a JSON object body", code="malformed_json")
     try:
         data = jsonlib.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(data, dict):
-        raise ApiError(422, "invalid", "the body must be a JSON object")
+        raise Invalid("the body must be a JSON object")
     try:  # JSON may escape lone UTF-16 surrogates ("\\ud800"), which no text column can store
         jsonlib.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(400, "malformed_json", "the body contains invalid Unicode (a lone surrogate)") from None
+        raise BadRequest("the body contains invalid Unicode (a lone surrogate)", code="malformed_json") from None
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -96,6 +98,24 @@ def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; "" when there is none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def authenticate(request: Request, admin: bool = False) -> Principal:
+    """Who sends the request, from its bearer token: Unauthorized without a valid one, Forbidden
+    when ``admin`` and they are not an administrator."""
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("sign in first: send 'Authorization: Bearer <access token>'")
+    principal = await request.app.ctx.accounts.principal_for_token(token)
+    if admin and not principal.is_admin:
+        raise Forbidden("this needs an administrator")
+    return principal
 
 
 class Api:
@@ -160,12 +180,12 @@ class Api:
 def _make_view(ep: Endpoint) -> Callable[..., Awaitable[HTTPResponse]]:
     async def view(request: Request, **params: str) -> HTTPResponse:
         if any(len(value) > MAX_PATH_PARAM for value in params.values()):
-            raise ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
+            raise NoSuchRoute()
         call = Call(request)
         if ep.auth:
-            call.principal = await request.app.ctx.accounts.authenticate(request, admin=ep.auth == "admin")
+            call.principal = await authenticate(request, admin=ep.auth == "admin")
             if ep.auth != "guest" and call.principal.kind != "user":
-                raise ApiError(403, "forbidden", "guests can only join their meeting; sign in with an account")
+                raise Forbidden("guests can only join their meeting; sign in with an account")
         if ep.body is not None:
             call.body = parse_body(request, ep.body)
         if ep.query is not None:

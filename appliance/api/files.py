@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from sanic import Request
 from sanic.response import HTTPResponse, ResponseStream
 
+from ..errors import Forbidden, Invalid, NotFound, TooLarge
 from ..security import TokenError
 from ..stores.relational import MeetingFile
 from . import api
 from .endpoint import Call
-from .errors import ApiError, forbidden, not_found
 from .models import DownloadLink, SharedFile, SharedFileList, UploadQuery
 
 LINK_TTL = dt.timedelta(minutes=10)
@@ -36,7 +36,7 @@ def file_view(row: MeetingFile) -> dict:
 
 async def _require_member(call: Call, meeting_id: str) -> None:
     if not await call.request.app.ctx.meetings.is_member(call.principal, meeting_id):
-        raise forbidden("only people in this meeting can share and fetch its files")
+        raise Forbidden("only people in this meeting can share and fetch its files")
 
 
 @api.route("POST", "/api/v1/meetings/{meeting_id}/files", summary="Share a file in the meeting's chat",
@@ -49,7 +49,7 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
     ctx = call.request.app.ctx
     await _require_member(call, meeting_id)
     if ctx.signaling.seat_of(meeting_id, call.principal.id) is None:
-        raise forbidden("join the meeting to share a file in its chat")
+        raise Forbidden("join the meeting to share a file in its chat")
     limit = ctx.settings.max_upload_bytes
     request: Request = call.request
     file_id = uuid.uuid4().hex
@@ -62,7 +62,7 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
         while (chunk := await request.stream.read()) is not None:
             received += len(chunk)
             if received > limit:
-                raise ApiError(413, "payload_too_large", f"files are limited to {size_text(limit)}")
+                raise TooLarge(f"files are limited to {size_text(limit)}")
             yield chunk
 
     content_type = (request.headers.get("content-type") or "application/octet-stream")[:127]
@@ -73,12 +73,12 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
         raise
     if info.size == 0:
         await ctx.stores.objects.delete(key)
-        raise ApiError(422, "invalid", "the file is empty", "body")
+        raise Invalid("the file is empty", "body")
     principal = call.principal
     seat = ctx.signaling.seat_of(meeting_id, principal.id)
     if seat is None:  # left, or was removed, while the file came in
         await ctx.stores.objects.delete(key)
-        raise forbidden("you are no longer in the meeting; the file was not shared")
+        raise Forbidden("you are no longer in the meeting; the file was not shared")
     row = await ctx.db.run(lambda: MeetingFile.create(
         id=file_id, meeting=meeting_id, uploader=principal.id if principal.kind == "user" else None,
         uploader_name=seat.name, name=name, size=info.size, content_type=content_type, object_key=key))
@@ -103,7 +103,7 @@ async def file_link(call: Call, meeting_id: str, file_id: str) -> dict:
     await _require_member(call, meeting_id)
     row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id, MeetingFile.meeting == meeting_id))
     if row is None:
-        raise not_found("file")
+        raise NotFound("file")
     token = ctx.accounts.issuer.issue("file", row.id, LINK_TTL, mid=meeting_id, by=call.principal.id)
     return {"url": f"{ctx.settings.base_url}/files/{token}", "expires_in": int(LINK_TTL.total_seconds())}
 
@@ -115,13 +115,13 @@ async def download(request: Request, token: str) -> HTTPResponse:
     try:
         claims = ctx.accounts.issuer.verify(token, "file")
     except TokenError as exc:
-        raise ApiError(403, "forbidden", f"this download link is not valid ({exc}); ask for a new one") from None
+        raise Forbidden(f"this download link is not valid ({exc}); ask for a new one") from None
     if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
-        raise forbidden("this download link was given to someone who has since been removed from the meeting")
+        raise Forbidden("this download link was given to someone who has since been removed from the meeting")
     file_id = claims["sub"]
     row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id))
     if row is None:
-        raise not_found("file")
+        raise NotFound("file")
     objects = ctx.stores.objects
 
     async def stream(response) -> None:

@@ -6,11 +6,12 @@ import datetime as dt
 
 from sanic.response import HTTPResponse, json
 
+from ..errors import NotFound
+from ..roles import MODERATORS
 from ..stores.relational import MeetingFile, Recording
 from ..throttle import client_address
 from . import api
 from .endpoint import Call
-from .errors import ApiError
 from .models import GuestJoin, GuestToken, LiveMeeting, Meeting, MeetingCreate, MeetingList, MeetingPatch, Page
 
 GUEST_COOKIE = "confmeet_guest"  # a browser's signed guest id
@@ -83,7 +84,7 @@ async def live_meeting(call: Call, meeting_id: str) -> dict:
     """For the host, moderators and administrators: each participant's connection state, microphone
     level and the packets of every track they publish."""
     ctx = call.request.app.ctx
-    await ctx.meetings.require_role(call.principal, meeting_id, ("host", "moderator"))
+    await ctx.meetings.require_role(call.principal, meeting_id, MODERATORS)
     return {"participants": await ctx.signaling.live(meeting_id)}
 
 
@@ -98,13 +99,12 @@ async def guest_token(call: Call, code: str) -> HTTPResponse:
     ctx = call.request.app.ctx
     code = code.lower()
     throttle, limits, address = ctx.throttle, ctx.throttle.limits, client_address(call.request)
-    attempt = ((limits.password_address, address), (limits.password_meeting, code))
+    attempt = limits.meeting_password(address, code)
     throttle.check(*attempt, (limits.guest_tokens, address))
     try:
         meeting = await ctx.meetings.admit_guest(code, call.body.password)
-    except ApiError as exc:
-        if exc.status == 404:
-            await throttle.record(*attempt)
+    except NotFound:
+        await throttle.record(*attempt)
         raise
     await throttle.record((limits.guest_tokens, address))
     guest_id, cookie = ctx.accounts.guest_id(call.request.cookies.get(GUEST_COOKIE), GUEST_COOKIE_TTL)

@@ -5,23 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
+from ..accounts import AccountRole, Email, NewUser, Password, UserName, nonblank
 from ..display_names import name_problem
-
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-
-
-def _strip_nonblank(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be blank")
-    return value
+from ..roles import ROLES
 
 
-Email = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254,
-                                         pattern=EMAIL_PATTERN)]
-Password = Annotated[str, Field(min_length=8, max_length=256)]
 def _no_role_in_name(value: str) -> str:
     problem = name_problem(value)
     if problem:
@@ -29,7 +19,7 @@ def _no_role_in_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(max_length=200), AfterValidator(_strip_nonblank)]
+Title = Annotated[str, Field(max_length=200), AfterValidator(nonblank)]
 MIN_MEETING_PASSWORD = 8
 MeetingPassword = Annotated[str, Field(min_length=MIN_MEETING_PASSWORD, max_length=128,
                                        description=f"at least {MIN_MEETING_PASSWORD} characters")]
@@ -87,26 +77,23 @@ class TokenPair(BaseModel):
 class RegisterRequest(Strict):
     email: Email
     password: Password
-    name: Name | None = None
+    name: UserName | None = None
 
 
 class SetupRequest(Strict):
     token: Annotated[str, Field(min_length=1, max_length=512)]
     email: Email
     password: Password
-    name: Name | None = None
+    name: UserName | None = None
 
 
-class UserCreate(Strict):
-    email: Email
-    password: Password
-    name: Name | None = None
-    role: Literal["admin", "member"] = "member"
+class UserCreate(NewUser):
+    pass
 
 
 class UserPatch(Strict):
-    name: Name | None = None
-    role: Literal["admin", "member"] | None = None
+    name: UserName | None = None
+    role: AccountRole | None = None
     active: bool | None = None
 
 
@@ -114,7 +101,7 @@ class User(BaseModel):
     id: str
     email: str
     name: str
-    role: Literal["admin", "member"]
+    role: AccountRole
     active: bool
     created_at: UtcDatetime
 
@@ -130,7 +117,7 @@ class Page(Strict):
 
 
 class MeetingCreate(Strict):
-    title: Name
+    title: Title
     starts_at: When | None = None
     password: MeetingPassword | None = None
     lobby: bool = False
@@ -138,7 +125,7 @@ class MeetingCreate(Strict):
 
 
 class MeetingPatch(Strict):
-    title: Name | None = None
+    title: Title | None = None
     starts_at: When | None = None
     password: MeetingPassword | None = Field(None, description="set a password; null leaves it unchanged")
     clear_password: bool = Field(False, description="remove the meeting's password")
@@ -147,7 +134,7 @@ class MeetingPatch(Strict):
     locked: bool | None = None
 
 
-MeetingRoleName = Literal["host", "moderator", "participant", "guest"]
+MeetingRoleName = Literal[ROLES]
 
 
 class Meeting(BaseModel):
@@ -215,7 +202,7 @@ class LiveMeeting(BaseModel):
 
 
 class GuestJoin(Strict):
-    name: Annotated[str, Field(max_length=100), AfterValidator(_strip_nonblank), AfterValidator(_no_role_in_name)]
+    name: Annotated[str, Field(max_length=100), AfterValidator(nonblank), AfterValidator(_no_role_in_name)]
     password: PasswordAttempt | None = None
 
 

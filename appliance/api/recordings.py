@@ -14,13 +14,14 @@ from pydantic import BaseModel, Field
 from sanic import Request
 from sanic.response import HTTPResponse, ResponseStream
 
+from ..errors import Conflict, Forbidden, NotFound
 from ..recording.service import was_interrupted
+from ..roles import MODERATORS
 from ..security import TokenError
 from ..stores.objects import ObjectNotFound
 from ..stores.relational import Recording, RecordingExport, User
 from . import api
 from .endpoint import Call
-from .errors import ApiError, conflict, forbidden, not_found
 from .models import DownloadLink, Strict, UtcDatetime
 
 LINK_TTL = dt.timedelta(minutes=10)
@@ -115,11 +116,11 @@ async def _recording(call: Call, recording_id: str, roles: tuple[str, ...] = ())
     ctx = call.request.app.ctx
     row = await ctx.db.run(Recording.get_or_none, Recording.id == recording_id)
     if row is None:
-        raise not_found("recording")
+        raise NotFound("recording")
     if roles:
         await ctx.meetings.require_role(call.principal, row.meeting_id, roles)
     elif not await ctx.meetings.is_member(call.principal, row.meeting_id):
-        raise forbidden("only people in the recording's meeting can see it")
+        raise Forbidden("only people in the recording's meeting can see it")
     return row
 
 
@@ -130,7 +131,7 @@ async def list_recordings(call: Call, meeting_id: str) -> dict:
     as the SFU received it) and its composite exports."""
     ctx = call.request.app.ctx
     if not await ctx.meetings.is_member(call.principal, meeting_id):
-        raise forbidden("only people in this meeting can see its recordings")
+        raise Forbidden("only people in this meeting can see its recordings")
 
     def rows() -> list[dict]:
         return _views(list(Recording.select().where(Recording.meeting == meeting_id)
@@ -151,9 +152,9 @@ async def get_recording(call: Call, recording_id: str) -> dict:
 async def delete_recording(call: Call, recording_id: str) -> None:
     """Its files and exports go too. A recording under way is stopped first (409 until then)."""
     ctx = call.request.app.ctx
-    row = await _recording(call, recording_id, ("host", "moderator"))
+    row = await _recording(call, recording_id, MODERATORS)
     if row.status == "recording":
-        raise conflict("the recording is under way; stop it first")
+        raise Conflict("the recording is under way; stop it first")
     await ctx.recordings.delete(row)
 
 
@@ -174,9 +175,9 @@ async def track_link(call: Call, recording_id: str, file: str) -> dict:
     row = await _recording(call, recording_id)
     track = next((t for t in row.tracks if t["file"] == file), None)
     if track is None:
-        raise not_found("file")
+        raise NotFound("file")
     if row.status != "ready":
-        raise conflict(f"the recording is {row.status}; its files can be downloaded once it is ready")
+        raise Conflict(f"the recording is {row.status}; its files can be downloaded once it is ready")
     return await _link(call, row, track["key"], track["file"])
 
 
@@ -188,7 +189,7 @@ async def start_export(call: Call, recording_id: str) -> dict:
     ctx = call.request.app.ctx
     row = await _recording(call, recording_id)
     if row.status not in ("uploading", "ready") or not row.tracks:
-        raise conflict("only a finished recording with tracks can be exported")
+        raise Conflict("only a finished recording with tracks can be exported")
     b = call.body
     export = await ctx.recordings.export(row, b.format, b.layout, b.width, b.height)
     return export_view(export)
@@ -199,7 +200,7 @@ async def _export(call: Call, recording_id: str, export_id: str) -> tuple[Record
     export = await call.request.app.ctx.db.run(
         RecordingExport.get_or_none, RecordingExport.id == export_id, RecordingExport.recording == recording_id)
     if export is None:
-        raise not_found("export")
+        raise NotFound("export")
     return row, export
 
 
@@ -214,7 +215,7 @@ async def get_export(call: Call, recording_id: str, export_id: str) -> dict:
 async def export_link(call: Call, recording_id: str, export_id: str) -> dict:
     row, export = await _export(call, recording_id, export_id)
     if export.status != "ready":
-        raise conflict(f"the export is {export.status}" + (f": {export.error}" if export.error else ""))
+        raise Conflict(f"the export is {export.status}" + (f": {export.error}" if export.error else ""))
     return await _link(call, row, export.object_key, f"recording-{recording_id[:8]}.{export.format}")
 
 
@@ -224,13 +225,13 @@ async def download(request: Request, token: str) -> HTTPResponse:
     try:
         claims = ctx.accounts.issuer.verify(token, "recording")
     except TokenError as exc:
-        raise ApiError(403, "forbidden", f"this download link is not valid ({exc}); ask for a new one") from None
+        raise Forbidden(f"this download link is not valid ({exc}); ask for a new one") from None
     if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
-        raise forbidden("this download link was given to someone who has since been removed from the meeting")
+        raise Forbidden("this download link was given to someone who has since been removed from the meeting")
     objects = ctx.stores.objects
     info = await objects.stat(claims["sub"])
     if info is None:
-        raise not_found("file")
+        raise NotFound("file")
     chunks = objects.get(claims["sub"])
 
     async def stream(response) -> None:

@@ -8,9 +8,9 @@ from pydantic import BaseModel, Field
 from sanic.response import HTTPResponse, text
 
 from ..captions.transcripts import FORMATS, Transcripts, to_srt, to_text, to_vtt
+from ..errors import Forbidden, NotFound
 from . import api
 from .endpoint import Call
-from .errors import forbidden, not_found
 
 
 class TranscriptSegment(BaseModel):
@@ -79,7 +79,7 @@ class CaptionStatus(BaseModel):
 async def _member(call: Call, meeting_id: str) -> Transcripts:
     ctx = call.request.app.ctx
     if not await ctx.meetings.is_member(call.principal, meeting_id):
-        raise forbidden("only people in this meeting can read its transcript")
+        raise Forbidden("only people in this meeting can read its transcript")
     return ctx.captions.transcripts
 
 
@@ -93,7 +93,7 @@ async def get_transcript(call: Call, meeting_id: str) -> dict | HTTPResponse:
     transcripts = await _member(call, meeting_id)
     header = await transcripts.header(meeting_id)
     if header is None:
-        raise not_found("transcript (captions were never turned on in this meeting)")
+        raise NotFound("transcript (captions were never turned on in this meeting)")
     segments = await transcripts.segments(meeting_id)
     kind = call.query.format
     if kind == "json":

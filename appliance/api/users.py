@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..stores.relational import AuditEvent, User as UserRow
+from .. import audit
+from ..errors import Conflict, NotFound
+from ..stores.relational import User as UserRow
 from . import api
 from .endpoint import Call
-from .errors import ApiError, not_found
 from .models import Page, User, UserCreate, UserList, UserPatch
 
 
@@ -51,13 +52,13 @@ async def patch_user(call: Call, user_id: str) -> User:
         with call.request.app.ctx.db.atomic():
             user = UserRow.get_or_none(UserRow.id == user_id)
             if user is None:
-                raise not_found("user")
+                raise NotFound("user")
             if user.id == actor.id and (changes.get("active") is False or changes.get("role") == "member"):
-                raise ApiError(409, "conflict", "you cannot disable or demote yourself; ask another administrator")
+                raise Conflict("you cannot disable or demote yourself; ask another administrator")
             for key, value in changes.items():
                 setattr(user, key, value)
             user.save()
-            AuditEvent.create(actor=actor.id, action="user.updated", detail={"user_id": user.id, **changes})
+            audit.record("user.updated", actor.id, user_id=user.id, **changes)
             return user_view(user)
 
     user = await call.request.app.ctx.db.run(patch)

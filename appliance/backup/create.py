@@ -28,12 +28,13 @@ import peewee as pw
 
 from .. import __version__
 from ..settings import SECRET_FIELDS, Settings
+from ..stores import Stores
 from ..stores.objects import ObjectNotFound
 from ..stores.relational import BaseModel
 from .archive import (FORMAT, FORMAT_VERSION, INDEX, MANIFEST, MANIFEST_SUM, PART_BYTES, BackupError, Spool,
                       index_entry)
 from .cipher import EncryptingWriter, encrypt_bytes
-from .datastores import LIST_BATCH, DataStores, open_data_stores
+from .datastores import LIST_BATCH, data_stores
 from .location import Location, Sink
 from .portal import Portal
 from .progress import Progress, Silent
@@ -124,7 +125,7 @@ class JsonlParts:
 
 
 class _Backup:
-    def __init__(self, settings: Settings, stores: DataStores, portal: Portal, out: Any,
+    def __init__(self, settings: Settings, stores: Stores, portal: Portal, out: Any,
                  passphrase: bytes | None, encrypt_archive: bool, skip: Callable[[str], bool],
                  progress: Progress) -> None:
         self.settings = settings
@@ -315,7 +316,7 @@ def create_backup(settings: Settings, location: Location, portal: Portal, *, pas
     started = time.monotonic()
     created_at = datetime.now(UTC)
     removed_partials = location.remove_partials()
-    with open_data_stores(settings, portal) as stores:
+    with data_stores(settings, portal) as stores:
         name = location.new_name(created_at, encrypt_archive)
         sink: Sink = location.create(name)
         try:

@@ -6,46 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ..settings import Settings
-from ..stores.documents import DocumentStore, open_documents
-from ..stores.objects import ObjectStore, open_objects
-from ..stores.relational import Relational
+from ..stores import Stores, open_stores
+from ..stores.objects import ObjectStore
 from .portal import Portal
 from .rows import table_counts
 
 LIST_BATCH = 500
 
 
-@dataclass
-class DataStores:
-    db: Relational
-    documents: DocumentStore
-    objects: ObjectStore
-
-    def kinds(self) -> dict[str, str]:
-        return {"database": self.db.kind, "documents": self.documents.kind, "objects": self.objects.kind}
-
-
 @contextlib.contextmanager
-def open_data_stores(settings: Settings, portal: Portal) -> Iterator[DataStores]:
-    """Open (and migrate) the database, the document and the object store; StoreUnavailable names
-    the one that fails and the fix."""
-    with contextlib.ExitStack() as stack:
-        db = Relational(settings.database_url)
-        portal.call(db.open())
-        stack.callback(lambda: portal.call(db.close()))
-        documents = open_documents(settings.documents_url)
-        portal.call(documents.open())
-        stack.callback(lambda: portal.call(documents.close()))
-        objects = open_objects(settings.objects_url)
-        portal.call(objects.open())
-        stack.callback(lambda: portal.call(objects.close()))
-        yield DataStores(db, documents, objects)
+def data_stores(settings: Settings, portal: Portal) -> Iterator[Stores]:
+    """The stores open_stores opens (migrating the database), without the bus, for the block;
+    StoreUnavailable names the one that fails and the fix."""
+    stores = portal.call(open_stores(settings, with_bus=False))
+    try:
+        yield stores
+    finally:
+        portal.call(stores.close())
 
 
-def describe_contents(stores: DataStores, portal: Portal, skip: Callable[[str], bool]) -> str | None:
+def describe_contents(stores: Stores, portal: Portal, skip: Callable[[str], bool]) -> str | None:
     """What the stores already hold, in words, or None when they are empty."""
     held = []
     rows = {table: count for table, count in portal.call(stores.db.run(table_counts)).items() if count}

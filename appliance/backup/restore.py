@@ -46,12 +46,13 @@ import peewee as pw
 
 from ..fsutil import write_atomically
 from ..settings import SECRET_FIELDS, Settings
+from ..stores import Stores
 from ..stores.documents import DocumentExists, DocumentStore
 from ..stores.objects import ObjectInfo
 from ..stores.relational import Relational
 from .archive import INDEX, BackupError, jsonl_part, section
 from .cipher import decrypt_bytes
-from .datastores import LIST_BATCH, DataStores, delete_objects, describe_contents, open_data_stores
+from .datastores import LIST_BATCH, data_stores, delete_objects, describe_contents
 from .location import Location
 from .portal import Portal
 from .progress import Progress, Silent
@@ -141,7 +142,7 @@ class UndoLog:
         self.path.unlink(missing_ok=True)
 
 
-def undo(stores: DataStores, portal: Portal, log: UndoLog) -> int:
+def undo(stores: Stores, portal: Portal, log: UndoLog) -> int:
     """Put back what an unfinished restore changed (newest change first); how many changes."""
     entries = log.entries()
     objects, documents = stores.objects, stores.documents
@@ -165,12 +166,12 @@ def undo(stores: DataStores, portal: Portal, log: UndoLog) -> int:
     return len(entries)
 
 
-def drop_set_aside(stores: DataStores, portal: Portal) -> None:
+def drop_set_aside(stores: Stores, portal: Portal) -> None:
     keys = [info.key for info in portal.iterate(stores.objects.list(SET_ASIDE), LIST_BATCH)]
     portal.call(delete_objects(stores.objects, keys))
 
 
-async def copy_object(stores: DataStores, source: str, target: str, info: ObjectInfo) -> None:
+async def copy_object(stores: Stores, source: str, target: str, info: ObjectInfo) -> None:
     await stores.objects.put(target, stores.objects.get(source), length=info.size,
                              content_type=info.content_type or "application/octet-stream")
 
@@ -185,7 +186,7 @@ async def delete_documents(documents: DocumentStore, collection: str, ids: list[
     await asyncio.gather(*(one(doc_id) for doc_id in ids))
 
 
-async def object_sha256(stores: DataStores, key: str) -> str:
+async def object_sha256(stores: Stores, key: str) -> str:
     digest = hashlib.sha256()
     async for chunk in stores.objects.get(key):
         digest.update(chunk)
@@ -304,7 +305,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class _Restore:
-    def __init__(self, settings: Settings, stores: DataStores, portal: Portal, verified: Verified,
+    def __init__(self, settings: Settings, stores: Stores, portal: Portal, verified: Verified,
                  passphrase: bytes | None, journal: Journal, undo_log: UndoLog, skip: Any, progress: Progress) -> None:
         self.settings = settings
         self.stores = stores
@@ -510,7 +511,7 @@ def _restore_locked(settings: Settings, location: Location, name: str, portal: P
         if resume and journal is not None and journal.state.get("manifest_sha256") != verified.manifest_sha256:
             raise BackupError(f"the interrupted restore was of {journal.state.get('archive')}, not {archive}; "
                               "resume with that archive, or use --force to start over")
-        with open_data_stores(settings, portal) as stores:
+        with data_stores(settings, portal) as stores:
             if journal is not None and not journal.state.get("database_done"):
                 undo(stores, portal, undo_log)  # the interrupted run's changes, before starting over
             skip = location.archive_keys_in(stores.objects)
@@ -547,7 +548,7 @@ def _restore_locked(settings: Settings, location: Location, name: str, portal: P
         verified.close()
 
 
-def _put_back(stores: DataStores, portal: Portal, undo_log: UndoLog, journal: Journal, archive: str,
+def _put_back(stores: Stores, portal: Portal, undo_log: UndoLog, journal: Journal, archive: str,
               failure: BaseException) -> None:
     """After a failure before the switch: undo every change, and forget the restore."""
     try:

@@ -43,7 +43,7 @@ from aiortc.rtp import RtpPacket
 
 from ..inference import Inference, InferenceError, InferenceUnavailable
 from ..inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
-from ..inference.languages import TAGS, canonical, is_tag
+from ..inference.languages import canonical, is_tag
 from ..sfu.errors import SfuError
 from ..sfu.forwarder import UpTrack
 from .audio import OPUS_RATE, OpusTo16k
@@ -52,7 +52,6 @@ from .utterances import CHUNK_SECONDS, AsrQueue, CutSettings, Draft, Utterance, 
 log = logging.getLogger("confmeet.captions")
 
 Emit = Callable[[str | None, dict[str, Any]], None]
-LANGUAGES = TAGS  # what a meeting or a speaker may choose (languages.py); "" detects it
 GAP = "[…]"
 
 

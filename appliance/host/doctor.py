@@ -137,7 +137,7 @@ async def check_media(settings: Settings, timeout: float) -> Finding:
     """A WebRTC connection between a peer that binds exactly like the SFU and a local client."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from appliance.app import media_ice_settings
+    from appliance.media import media_ice_settings
     from appliance.sfu.ice import CandidateGatherer, IceSettings
 
     span = f"{settings.media_udp_min}-{settings.media_udp_max}/udp"
@@ -259,7 +259,7 @@ async def allocate(server: TurnServer, username: str, password: str, timeout: fl
 async def check_turn(settings: Settings, timeout: float) -> list[Finding]:
     from aioice import stun
 
-    from appliance.signaling import turn_credentials
+    from appliance.turn import turn_credentials
 
     urls = [u for u in settings.ice_servers if u.startswith("turn")]
     if not urls:

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from . import release, units
 from .deploy import InstallRecord, Layout, SERVICE_USER, service_user_exists, systemd_running
@@ -288,11 +287,11 @@ class Host:
         """Move the database away so that a restore starts from an empty one; nothing is deleted.
         Returns where the old one went."""
         from ..settings import load_settings
+        from ..stores.urls import local_path, scheme
 
         url = load_settings(self.layout.config_file, env={}).database_url
-        parts = urlsplit(url)
-        if parts.scheme == "sqlite":
-            path = Path(unquote(parts.path))
+        if scheme(url) == "sqlite":
+            path = local_path(url)
             kept = path.with_name(f"{path.name}.before-rollback-{stamp}")
             for suffix in ("", "-wal", "-shm"):
                 source = Path(f"{path}{suffix}")

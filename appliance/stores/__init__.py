@@ -22,13 +22,17 @@ PING_TIMEOUT = 3.0
 @dataclass
 class Stores:
     db: Relational
-    bus: EventBus
+    bus: EventBus | None  # None when opened without it (backups: the bus holds no data)
     documents: DocumentStore
     objects: ObjectStore
 
     def items(self) -> list[tuple[str, Any]]:
-        return [("database", self.db), ("bus", self.bus), ("documents", self.documents),
-                ("objects", self.objects)]
+        return [(name, store) for name, store in (("database", self.db), ("bus", self.bus),
+                                                  ("documents", self.documents), ("objects", self.objects))
+                if store is not None]
+
+    def kinds(self) -> dict[str, str]:
+        return {name: store.kind for name, store in self.items()}
 
     async def check(self) -> dict[str, dict[str, Any]]:
         """Ping every store; report each one's state, kind and latency (what /readyz shows)."""
@@ -50,16 +54,18 @@ class Stores:
             await store.close()
 
 
-async def open_stores(settings: Settings) -> Stores:
-    """Open and check every store; raise StoreUnavailable naming the first that fails and the fix."""
+async def open_stores(settings: Settings, with_bus: bool = True) -> Stores:
+    """Open and check every store (the event bus only ``with_bus``), migrating the database; raise
+    StoreUnavailable naming the first that fails and the fix."""
     opened: list[Any] = []
     try:
         db = Relational(settings.database_url)
         await db.open()
         opened.append(db)
-        bus = open_bus(settings.bus)
-        await bus.open()
-        opened.append(bus)
+        bus = open_bus(settings.bus) if with_bus else None
+        if bus is not None:
+            await bus.open()
+            opened.append(bus)
         documents = open_documents(settings.documents_url)
         await documents.open()
         opened.append(documents)

@@ -27,15 +27,14 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..settings import mask_url_password
 from .errors import StoreUnavailable
+from .urls import local_path, scheme
 
 T = TypeVar("T")
 
@@ -238,7 +237,7 @@ class SqliteDocuments(DocumentStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = Path(unquote(urlsplit(url).path))
+        self.path = local_path(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents")
         self._conn: sqlite3.Connection | None = None
 
@@ -463,10 +462,10 @@ class MongoDocuments(DocumentStore):
 
 def open_documents(url: str) -> DocumentStore:
     """The document store a URL names (not yet opened)."""
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
+    kind = scheme(url)
+    if kind == "sqlite":
         return SqliteDocuments(url)
-    if scheme == "mongodb":
+    if kind == "mongodb":
         return MongoDocuments(url)
     raise StoreUnavailable(
         f"documents URL {mask_url_password(url)!r}: use sqlite:///PATH or mongodb://HOST:PORT/DATABASE")

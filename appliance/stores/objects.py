@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO, Protocol, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import urllib3
 from minio import Minio
@@ -38,6 +37,7 @@ from minio.helpers import check_bucket_name
 
 from ..settings import mask_url_password
 from .errors import StoreUnavailable
+from .urls import local_path, parse_s3, scheme
 
 T = TypeVar("T")
 
@@ -213,7 +213,7 @@ class FileObjects(ObjectStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.root = Path(unquote(urlsplit(url).path))
+        self.root = local_path(url)
         self._data = self.root / "data"
         self._meta = self.root / "meta"
         self._tmp = self.root / "tmp"
@@ -389,27 +389,16 @@ class S3Objects(ObjectStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query))
-        self.bucket, _, prefix = parts.path.lstrip("/").partition("/")
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        secure = options.get("secure", "false").lower() in ("1", "true", "yes", "on")
-        host = parts.netloc.rpartition("@")[2]
-        self.endpoint = f"{'https' if secure else 'http'}://{host}"
+        where = parse_s3(url)
+        self.bucket, self.prefix, self.endpoint = where.bucket, where.prefix, where.endpoint
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         try:
             check_bucket_name(self.bucket, strict=True)
-            self._client = Minio(
-                host,
-                access_key=unquote(parts.username or ""),
-                secret_key=unquote(parts.password or ""),
-                secure=secure,
-                region=options.get("region", "us-east-1"),
-                http_client=self._http,
-            )
+            self._client = Minio(where.host, access_key=where.access_key, secret_key=where.secret_key,
+                                 secure=where.secure, region=where.region, http_client=self._http)
         except ValueError as exc:
             raise StoreUnavailable(
                 f"objects URL {self.describe()}: {exc}; use s3://ACCESS:SECRET@HOST:PORT/BUCKET"
@@ -549,10 +538,10 @@ class S3Objects(ObjectStore):
 
 def open_objects(url: str) -> ObjectStore:
     """The object store a URL names (not yet opened)."""
-    scheme = urlsplit(url).scheme
-    if scheme == "file":
+    kind = scheme(url)
+    if kind == "file":
         return FileObjects(url)
-    if scheme == "s3":
+    if kind == "s3":
         return S3Objects(url)
     raise StoreUnavailable(
         f"objects URL {mask_url_password(url)!r}: use file:///PATH or "

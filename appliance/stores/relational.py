@@ -15,9 +15,7 @@ import json
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee as pw
 from playhouse.migrate import SchemaMigrator
@@ -27,6 +25,7 @@ from playhouse.shortcuts import ReconnectMixin
 from ..settings import mask_url_password
 from .errors import StoreUnavailable
 from .pgasync import AsyncReader
+from .urls import local_path, parse_postgres, scheme
 
 T = TypeVar("T")
 
@@ -246,30 +245,24 @@ class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
 
 
 def connect_database(url: str) -> pw.Database:
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = unquote(parts.path)
-        if path in ("", "/", "/:memory:"):
-            path = ":memory:"
+    kind = scheme(url)
+    if kind == "sqlite":
+        path = local_path(url)
+        if str(path) in (".", "/", "/:memory:"):
+            database = ":memory:"
         else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            database = str(path)
         return pw.SqliteDatabase(
-            path,
+            database,
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
                      "synchronous": "normal", "cache_size": -16000},
             check_same_thread=False,
         )
-    if parts.scheme in ("postgresql", "postgres"):
-        options = dict(parse_qsl(parts.query))
-        return ReconnectingPostgres(
-            unquote(parts.path.lstrip("/")) or "confmeet",
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 5432,
-            connect_timeout=int(options.pop("connect_timeout", 5)),
-            **options,
-        )
+    if kind in ("postgresql", "postgres"):
+        where = parse_postgres(url)
+        return ReconnectingPostgres(where.database, user=where.user, password=where.password, host=where.host,
+                                    port=where.port, connect_timeout=where.connect_timeout, **where.options)
     raise StoreUnavailable(f"database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
