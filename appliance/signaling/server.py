@@ -27,8 +27,6 @@ from ..accounts import ACCOUNTS_CHANNEL, Accounts, Principal
 from ..display_names import name_problem
 from ..errors import DomainError, NotFound
 from ..meetings import Meetings, channel
-from ..roles import MODERATORS, PARTICIPANT
-from ..security import verify_password
 from ..settings import Settings
 from ..stores.bus import EventBus
 from ..stores.relational import Meeting, Participant, Relational, utcnow
@@ -242,33 +240,15 @@ class Signaling:
 
         try:
             meeting, role = await self.meetings.find_for_join(principal, ref)
+            role = await self.meetings.check_entry(meeting, principal, role, password, self.throttle, conn.address)
         except NotFound:
             raise SignalingError("not_found", "no such meeting") from None
-        if meeting.status == "ended":
-            raise SignalingError("meeting_ended", "this meeting has ended", close=Close.ENDED)
-        if meeting.password_hash and role != "host":
-            await self._check_password(conn, meeting, password or "")
-        role = role or PARTICIPANT
-        if meeting.locked and role not in MODERATORS:
-            raise SignalingError("locked", "the meeting is locked; ask the host to unlock it")
         self.check_name(meeting.id, principal, name)
         for feature in self.features:
             waiting = await feature.gate(conn, meeting, role, name, principal)
             if waiting is not None:
                 return waiting
         return await self.seat_connection(conn, meeting, role, name)
-
-    async def _check_password(self, conn: Connection, meeting: Meeting, password: str) -> None:
-        """The meeting's password, guessed at a limited rate per address and per meeting; a guest
-        gets the answer an unknown meeting gets."""
-        limits = self.throttle.limits
-        attempt = ((limits.password_address, conn.address), (limits.password_meeting, meeting.code))
-        self.throttle.check(*attempt)
-        if not await asyncio.to_thread(verify_password, meeting.password_hash, password):
-            await self.throttle.record(*attempt)
-            if conn.principal.kind == "guest":
-                raise SignalingError("not_found", "no such meeting")
-            raise SignalingError("wrong_password", "this meeting needs its password")
 
     def check_name(self, meeting_id: str, principal: Principal, name: str) -> None:
         """Refuse a display name that poses as a role or as someone else in the meeting."""

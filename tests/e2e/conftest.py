@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
@@ -35,17 +35,24 @@ expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="package")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
+    """One Playwright for the package: a second one beside it cannot start (each runs an event
+    loop in this thread)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright) -> Iterator[Browser]:
     # The file's path is the camera's name in the device list: keep it short.
     camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m")
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                                 args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
-            yield browser
-            browser.close()
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
+        yield browser
+        browser.close()
     finally:
         shutil.rmtree(camera.parent)
 

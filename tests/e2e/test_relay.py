@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Playwright
 
 from appliance.host import units
 from appliance_server import CONFMEET, appliance_env
@@ -104,7 +104,7 @@ def _listening(address: str, port: int, proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, playwright: Playwright) -> Iterator[Site]:
     if shutil.which("turnserver") is None:
         pytest.fail("coturn is missing: apt-get install coturn (make system-packages)")
     if not os.access(CHROMIUM, os.X_OK):
@@ -152,11 +152,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         wrapper.chmod(0o755)
         camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m")
         try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(wrapper), args=[
-                    *CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
-                yield Site(network, url, turn_port, browser, meeting)
-                browser.close()
+            browser = playwright.chromium.launch(executable_path=str(wrapper), args=[
+                *CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
+            yield Site(network, url, turn_port, browser, meeting)
+            browser.close()
         finally:
             shutil.rmtree(camera.parent)
     finally:

@@ -114,6 +114,10 @@ async def test_a_recording_survives_the_object_store_going_away(appliance: Appli
                                                         "recording": started["recording"]}
         late = await joined(appliance, "linus", meeting["code"])  # a late joiner is told on entry
         assert late.joined["recording"] == started["recording"]
+        # A file shared in the chat (only someone seated shares), to be deleted with the meeting.
+        shared = ada_api.post(f"/api/v1/meetings/{meeting['id']}/files", params={"name": "notes.txt"},
+                              content=b"minutes")
+        assert shared.status_code == 201, shared.text
         rows = ada_api.get(f"/api/v1/meetings/{meeting['id']}/recordings").json()["recordings"]
         assert [(r["id"], r["status"]) for r in rows] == [(recording_id, "recording")]
         assert ada_api.delete(f"/api/v1/recordings/{recording_id}").status_code == 409
@@ -171,9 +175,6 @@ async def test_a_recording_survives_the_object_store_going_away(appliance: Appli
 
     assert grace_api.delete(f"/api/v1/recordings/{recording_id}").status_code == 403  # not a moderator
     # Deleting the meeting takes its recordings (tracks, exports) and its chat's files with it.
-    shared = ada_api.post(f"/api/v1/meetings/{meeting['id']}/files", params={"name": "notes.txt"},
-                          content=b"minutes")
-    assert shared.status_code == 201, shared.text
     bucket = s3.root / s3.url.rsplit("/", 1)[1]
     stored = {str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file()}
     assert any(k.startswith("meetings/") for k in stored) and any(k.startswith("recordings/") for k in stored)
