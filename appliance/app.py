@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -14,26 +13,17 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, html, json
 from swagger_ui_bundle import swagger_ui_path
 
-from .accounts import Accounts
 from .api import api, files, recordings
 from .api.errors import install_error_handlers
 from .api.openapi import build_openapi
 from .captions.audio import DECODE_SLOTS
-from .captions.files import FileJobs
-from .captions.transcripts import Transcripts
 from .cors import install_cors
 from .security_headers import install_security_headers
-from .inference import open_inference
-from .media import start_sfu
-from .meetings import Meetings
 from .ops import install_ops, install_sfu_metrics
-from .reconcile import AlreadyServing, InstanceLock, reconcile
-from .recording.service import Recordings
-from .security import TokenIssuer
+from .instance import AlreadyServing, InstanceLock
+from .reconcile import reconcile
+from .services import Services, open_services
 from .settings import Settings, ensure_secrets
-from .signaling import Captions, Chat, Lobby, Moderation, Recording, Signaling
-from .throttle import appliance_throttle
-from .stores import open_stores
 
 log = logging.getLogger("confmeet")
 WEB = Path(__file__).parent / "web"
@@ -78,7 +68,6 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         log.error("%s", exc)
         raise SystemExit(2) from None
     app = Sanic(name, configure_logging=False)
-    app.ctx.instance = instance
     # Uploads stream up to max_upload_bytes; JSON bodies are held to max_request_bytes (endpoint.py).
     app.config.REQUEST_MAX_SIZE = max(settings.max_request_bytes, settings.max_upload_bytes)
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -87,7 +76,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.PROXIES_COUNT = settings.forwarded_proxies  # whose X-Forwarded-For names the client
-    app.ctx.settings = settings
+    app.ctx.settings = settings  # before the services exist: the ops endpoints and security headers read it
     DECODE_SLOTS.limit = settings.ai_concurrent_decodes
 
     install_error_handlers(app)
@@ -125,60 +114,42 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
 
     @app.websocket("/ws/signaling", name="signaling")
     async def signaling(request: Request, ws: Any) -> None:
-        await request.app.ctx.signaling.serve(request, ws)
+        await request.app.ctx.services.signaling.serve(request, ws)
 
     @app.before_server_start
     async def open_everything(app: Sanic) -> None:
         quiet_closed_peer_races(asyncio.get_running_loop())
-        stores = await open_stores(settings)
-        app.ctx.stores = stores
-        app.ctx.db = stores.db
-        issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
-        app.ctx.accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days), stores.bus)
-        app.ctx.meetings = Meetings(stores.db, stores.bus, stores.documents, settings.base_url)
-        app.ctx.throttle = appliance_throttle(settings, stores.db)
-        app.ctx.inference = open_inference(settings.inference, settings.model_repository_path)
-        app.ctx.file_jobs = FileJobs(app.ctx.inference, stores.documents, stores.objects)
-        app.ctx.recordings = Recordings(settings, stores.db, stores.objects)
-        app.ctx.sfu = await start_sfu(settings)
-        install_sfu_metrics(app.ctx.sfu)
-        signaling = app.ctx.signaling = Signaling(settings, app.ctx.sfu, app.ctx.accounts, app.ctx.meetings,
-                                                  stores.db, stores.bus, app.ctx.throttle)
-        room = signaling.room
-        lobby = Lobby(room, app.ctx.meetings, settings.max_waiting_per_meeting)
-        app.ctx.chat = Chat(room, stores.documents, app.ctx.throttle)
-        app.ctx.captions = Captions(room, Transcripts(stores.documents), stores.db)
-        signaling.use(lobby, Moderation(room, app.ctx.meetings, stores.db, app.ctx.throttle, lobby), app.ctx.chat,
-                      app.ctx.captions, Recording(room, app.ctx.recordings))
-        await reconcile(settings, stores, app.ctx.instance, app.ctx.recordings, app.ctx.file_jobs)
-        app.ctx.instance.start_heartbeat()
-        await app.ctx.recordings.start()
-        await app.ctx.signaling.start()
-        if await app.ctx.accounts.user_count() == 0:
-            link = app.ctx.accounts.begin_setup(settings.data_dir / "setup-link", settings.base_url,
-                                                settings.setup_link_seconds)
+        services = app.ctx.services = await open_services(settings, instance)
+        install_sfu_metrics(services.sfu)
+        await reconcile(settings, services.stores, instance, services.recordings, services.file_jobs)
+        instance.start_heartbeat()
+        await services.recordings.start()
+        await services.signaling.start()
+        if await services.accounts.user_count() == 0:
+            link = services.accounts.begin_setup(settings.data_dir / "setup-link", settings.base_url,
+                                                 settings.setup_link_seconds)
             print(link.announce(terminal=sys.stdout.isatty()), flush=True)
 
-    async def drain(app: Sanic) -> None:
-        app.ctx.recordings.stopping = True
-        await app.ctx.file_jobs.close()  # each job marked interrupted, to resume at the next start
-        await app.ctx.signaling.close()
-        await app.ctx.sfu.close()  # recordings' files finished
-        await app.ctx.recordings.close()
-        await app.ctx.inference.close()
+    async def drain(services: Services) -> None:
+        services.recordings.stopping = True
+        await services.file_jobs.close()  # each job marked interrupted, to resume at the next start
+        await services.signaling.close()
+        await services.sfu.close()  # recordings' files finished
+        await services.recordings.close()
+        await services.inference.close()
 
     @app.before_server_stop
     async def close_meetings(app: Sanic) -> None:
         try:
-            await asyncio.wait_for(drain(app), settings.stop_timeout_seconds)
+            await asyncio.wait_for(drain(app.ctx.services), settings.stop_timeout_seconds)
         except TimeoutError:
             log.error("stopping took longer than %d s (stop_timeout_seconds); what did not finish is "
                       "repaired at the next start", settings.stop_timeout_seconds)
 
     @app.after_server_stop
     async def close_everything(app: Sanic) -> None:
-        await app.ctx.stores.close()
-        app.ctx.accounts.end_setup()
-        app.ctx.instance.release()
+        await app.ctx.services.stores.close()
+        app.ctx.services.accounts.end_setup()
+        instance.release()
 
     return app

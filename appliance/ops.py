@@ -113,7 +113,7 @@ def install_ops(app: Sanic) -> None:
 
     @app.get("/readyz", name="readyz")
     async def readyz(request: Request) -> HTTPResponse:
-        stores = await request.app.ctx.stores.check()
+        stores = await request.app.ctx.services.stores.check()
         ready = all(item["ok"] for item in stores.values())
         return json({"status": "ready" if ready else "not_ready", "stores": stores},
                     status=200 if ready else 503)

@@ -20,6 +20,9 @@ MUST_NOT_IMPORT = {
     "appliance.accounts": ("sanic", "appliance.api"),
     "appliance.meetings": ("sanic", "appliance.api"),
     "appliance.host.doctor": ("sanic", "appliance.app", "appliance.signaling"),  # it checks a host, not the app
+    # Signaling's features see the room view, never the server, the web framework or the REST API.
+    **{f"appliance.signaling.{feature}": ("sanic", "appliance.api", "appliance.signaling.server")
+       for feature in ("room", "protocol", "lobby", "moderation", "chat", "captions", "recording")},
 }
 
 
@@ -103,3 +106,46 @@ def test_the_walk_sees_what_is_there() -> None:
 def test_module_does_not_import(module: str, forbidden: str) -> None:
     chain = import_chain(module, forbidden)
     assert chain is None, f"{module} imports {forbidden}: {' -> '.join(chain)}"
+
+
+def import_cycles() -> list[list[str]]:
+    """Groups of our modules that import each other round (strongly connected components of the
+    import graph, Tarjan's algorithm). A module importing its own package (``a.b`` runs ``a`` on
+    import) is no cycle: Python initialises the package first."""
+    graph = {module: sorted(i for i in imports if i in modules() and not module.startswith(i + "."))
+             for module, imports in import_graph().items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph[module]:
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles() == []

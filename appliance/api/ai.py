@@ -54,7 +54,7 @@ class TranscriptionQuery(BaseModel):
 
 
 async def _read_upload(call: Call) -> bytes:
-    limit = call.request.app.ctx.settings.max_upload_bytes
+    limit = call.services.settings.max_upload_bytes
     chunks, size = [], 0
     while (chunk := await call.request.stream.read()) is not None:
         size += len(chunk)
@@ -84,7 +84,7 @@ async def file_voice_activity(call: Call) -> dict:
     that the VAD model finds, in seconds from the start."""
     data = await _read_upload(call)
     try:
-        return await voice_activity(call.request.app.ctx.inference, data)
+        return await voice_activity(call.services.inference, data)
     except AudioFileError as exc:
         raise Invalid(str(exc), "body") from None
     except (InferenceUnavailable, InferenceError) as exc:
@@ -102,7 +102,7 @@ async def start_transcription(call: Call) -> dict:
     language = call.query.language
     if language and language not in TAGS:
         raise Invalid("language must be a language tag Whisper knows (en, de, zh-CN, zh-TW, ...), or empty", "language")
-    jobs = call.request.app.ctx.file_jobs
+    jobs = call.services.file_jobs
     if jobs.busy:
         raise TooMany("too many transcriptions are waiting; try again when one has finished", code="busy")
     data = await _read_upload(call)
@@ -124,7 +124,7 @@ async def decode_audio(data: bytes) -> np.ndarray:
 @api.route("GET", "/api/v1/ai/transcriptions/{job_id}", summary="A transcription job: progress and text",
            tag="ai", response=TranscriptionJob)
 async def get_transcription(call: Call, job_id: str) -> dict:
-    job = await call.request.app.ctx.file_jobs.get(job_id)
+    job = await call.services.file_jobs.get(job_id)
     if job is None:
         raise NotFound("transcription job")
     if job["owner"] != call.principal.id and not call.principal.is_admin:

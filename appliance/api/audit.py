@@ -24,4 +24,4 @@ async def list_audit(call: Call) -> AuditList:
                              action=e.action, detail=e.detail) for e in rows]
         return AuditList(events=events, total=query.count())
 
-    return await call.request.app.ctx.db.run(page)
+    return await call.services.db.run(page)

@@ -22,12 +22,12 @@ async def login(call: Call) -> TokenPair:
     `Authorization: Bearer <token>`; when it expires, exchange the refresh token for a new pair.
     Too many failures for one account or from one address lock them out for a while (429 with
     `Retry-After`, doubling with each lockout)."""
-    ctx = call.request.app.ctx
-    throttle, limits = ctx.throttle, ctx.throttle.limits
+    services = call.services
+    throttle, limits = services.throttle, services.throttle.limits
     attempt = ((limits.login_account, call.body.email), (limits.login_address, client_address(call.request)))
     throttle.check(*attempt)
     try:
-        tokens = await ctx.accounts.login(call.body.email, call.body.password)
+        tokens = await services.accounts.login(call.body.email, call.body.password)
     except Unauthorized:
         await throttle.record(*attempt)
         raise
@@ -40,23 +40,23 @@ async def login(call: Call) -> TokenPair:
 async def refresh(call: Call) -> TokenPair:
     """Refresh tokens rotate: each can be used once, and the reply carries its successor. A used
     one presented again (a stolen copy) ends the whole session."""
-    return _pair(await call.request.app.ctx.accounts.refresh(call.body.refresh_token))
+    return _pair(await call.services.accounts.refresh(call.body.refresh_token))
 
 
 @api.route("POST", "/api/v1/auth/logout", summary="Sign out (revokes this session's tokens)",
            tag="auth", status=204)
 async def logout(call: Call) -> None:
-    await call.request.app.ctx.accounts.logout(call.principal)
+    await call.services.accounts.logout(call.principal)
 
 
 @api.route("POST", "/api/v1/auth/register", summary="Create an account yourself (when allowed)",
            tag="auth", auth=None, body=RegisterRequest, response=User, status=201, errors=(403, 409))
 async def register(call: Call) -> User:
     """Self-registration is off by default; an administrator turns it on with `allow_registration`."""
-    if not call.request.app.ctx.settings.allow_registration:
+    if not call.services.settings.allow_registration:
         raise Forbidden("self-registration is turned off; ask an administrator for an account")
     body = call.body
-    return user_view(await call.request.app.ctx.accounts.create_user(body.email, body.password, body.name))
+    return user_view(await call.services.accounts.create_user(body.email, body.password, body.name))
 
 
 @api.route("POST", "/api/v1/setup", summary="Create the first administrator with the one-time setup token",
@@ -65,5 +65,5 @@ async def setup(call: Call) -> User:
     """Works once, on an appliance with no users, for `setup_link_seconds` after it started, with
     the token of the link it wrote to `DATA_DIR/setup-link`."""
     body = call.body
-    user = await call.request.app.ctx.accounts.complete_setup(body.token, body.email, body.password, body.name)
+    user = await call.services.accounts.complete_setup(body.token, body.email, body.password, body.name)
     return user_view(user)

@@ -21,6 +21,7 @@ from sanic.response import HTTPResponse, empty, json
 
 from ..accounts import Principal
 from ..errors import BadRequest, Forbidden, Invalid, Unauthorized
+from ..services import Services
 
 Handler = Callable[..., Awaitable[Any]]
 MAX_PATH_PARAM = 64  # ids and codes are shorter; the OpenAPI document says so too
@@ -35,6 +36,11 @@ class Call:
     principal: Any = None
     body: Any = None
     query: Any = None
+
+    @property
+    def services(self) -> Services:
+        """The appliance's parts (appliance/services.py)."""
+        return self.request.app.ctx.services
 
 
 @dataclass
@@ -112,7 +118,7 @@ async def authenticate(request: Request, admin: bool = False) -> Principal:
     token = bearer_token(request)
     if not token:
         raise Unauthorized("sign in first: send 'Authorization: Bearer <access token>'")
-    principal = await request.app.ctx.accounts.principal_for_token(token)
+    principal = await request.app.ctx.services.accounts.principal_for_token(token)
     if admin and not principal.is_admin:
         raise Forbidden("this needs an administrator")
     return principal

@@ -35,7 +35,7 @@ def file_view(row: MeetingFile) -> dict:
 
 
 async def _require_member(call: Call, meeting_id: str) -> None:
-    if not await call.request.app.ctx.meetings.is_member(call.principal, meeting_id):
+    if not await call.services.meetings.is_member(call.principal, meeting_id):
         raise Forbidden("only people in this meeting can share and fetch its files")
 
 
@@ -46,11 +46,11 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
     """Send the file's bytes as the body (its type in Content-Type) and its name as `?name=`. It is
     kept in the object store and posted to the chat from your seat: only people in the meeting now
     can share files, and only people who belong to it can download them."""
-    ctx = call.request.app.ctx
+    services = call.services
     await _require_member(call, meeting_id)
-    if ctx.signaling.seat_of(meeting_id, call.principal.id) is None:
+    if services.signaling.seat_of(meeting_id, call.principal.id) is None:
         raise Forbidden("join the meeting to share a file in its chat")
-    limit = ctx.settings.max_upload_bytes
+    limit = services.settings.max_upload_bytes
     request: Request = call.request
     file_id = uuid.uuid4().hex
     name = SAFE_NAME.sub("_", call.query.name).strip() or "file"
@@ -67,23 +67,23 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
 
     content_type = (request.headers.get("content-type") or "application/octet-stream")[:127]
     try:
-        info = await ctx.stores.objects.put(key, body(), content_type=content_type)
+        info = await services.stores.objects.put(key, body(), content_type=content_type)
     except BaseException:
-        await ctx.stores.objects.delete(key)
+        await services.stores.objects.delete(key)
         raise
     if info.size == 0:
-        await ctx.stores.objects.delete(key)
+        await services.stores.objects.delete(key)
         raise Invalid("the file is empty", "body")
     principal = call.principal
-    seat = ctx.signaling.seat_of(meeting_id, principal.id)
+    seat = services.signaling.seat_of(meeting_id, principal.id)
     if seat is None:  # left, or was removed, while the file came in
-        await ctx.stores.objects.delete(key)
+        await services.stores.objects.delete(key)
         raise Forbidden("you are no longer in the meeting; the file was not shared")
-    row = await ctx.db.run(lambda: MeetingFile.create(
+    row = await services.db.run(lambda: MeetingFile.create(
         id=file_id, meeting=meeting_id, uploader=principal.id if principal.kind == "user" else None,
         uploader_name=seat.name, name=name, size=info.size, content_type=content_type, object_key=key))
     view = file_view(row)
-    await ctx.chat.share_file(seat, {k: view[k] for k in ("id", "name", "size", "content_type")})
+    await services.chat.share_file(seat, {k: view[k] for k in ("id", "name", "size", "content_type")})
     return view
 
 
@@ -91,7 +91,7 @@ async def upload_file(call: Call, meeting_id: str) -> dict:
            tag="files", auth="guest", response=SharedFileList, errors=(403,))
 async def list_files(call: Call, meeting_id: str) -> dict:
     await _require_member(call, meeting_id)
-    rows = await call.request.app.ctx.db.run(lambda: list(
+    rows = await call.services.db.run(lambda: list(
         MeetingFile.select().where(MeetingFile.meeting == meeting_id).order_by(MeetingFile.created_at)))
     return {"files": [file_view(r) for r in rows]}
 
@@ -99,30 +99,30 @@ async def list_files(call: Call, meeting_id: str) -> dict:
 @api.route("GET", "/api/v1/meetings/{meeting_id}/files/{file_id}", summary="A signed, expiring download link",
            tag="files", auth="guest", response=DownloadLink, errors=(403,))
 async def file_link(call: Call, meeting_id: str, file_id: str) -> dict:
-    ctx = call.request.app.ctx
+    services = call.services
     await _require_member(call, meeting_id)
-    row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id, MeetingFile.meeting == meeting_id))
+    row = await services.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id, MeetingFile.meeting == meeting_id))
     if row is None:
         raise NotFound("file")
-    token = ctx.accounts.issuer.issue("file", row.id, LINK_TTL, mid=meeting_id, by=call.principal.id)
-    return {"url": f"{ctx.settings.base_url}/files/{token}", "expires_in": int(LINK_TTL.total_seconds())}
+    token = services.accounts.issuer.issue("file", row.id, LINK_TTL, mid=meeting_id, by=call.principal.id)
+    return {"url": f"{services.settings.base_url}/files/{token}", "expires_in": int(LINK_TTL.total_seconds())}
 
 
 async def download(request: Request, token: str) -> HTTPResponse:
     """GET /files/<token>: the bytes of a shared file, for whoever holds a fresh signed link that
     was not given to someone removed from the meeting since."""
-    ctx = request.app.ctx
+    services = request.app.ctx.services
     try:
-        claims = ctx.accounts.issuer.verify(token, "file")
+        claims = services.accounts.issuer.verify(token, "file")
     except TokenError as exc:
         raise Forbidden(f"this download link is not valid ({exc}); ask for a new one") from None
-    if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
+    if await services.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
         raise Forbidden("this download link was given to someone who has since been removed from the meeting")
     file_id = claims["sub"]
-    row = await ctx.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id))
+    row = await services.db.run(lambda: MeetingFile.get_or_none(MeetingFile.id == file_id))
     if row is None:
         raise NotFound("file")
-    objects = ctx.stores.objects
+    objects = services.stores.objects
 
     async def stream(response) -> None:
         async for chunk in objects.get(row.object_key):

@@ -23,32 +23,32 @@ GUEST_COOKIE_TTL = dt.timedelta(days=30)
 async def create_meeting(call: Call) -> dict:
     """You become its host. The reply carries the join `code` and `join_url` to share."""
     b = call.body
-    return await call.request.app.ctx.meetings.create(
+    return await call.services.meetings.create(
         call.principal, b.title, b.starts_at, b.password, b.lobby, b.allow_guests)
 
 
 @api.route("GET", "/api/v1/meetings", summary="Meetings you host or have a role in", tag="meetings",
            query=Page, response=MeetingList)
 async def my_meetings(call: Call) -> dict:
-    return await call.request.app.ctx.meetings.mine(call.principal, call.query.limit, call.query.offset)
+    return await call.services.meetings.mine(call.principal, call.query.limit, call.query.offset)
 
 
 @api.route("GET", "/api/v1/meetings/{meeting_id}", summary="A meeting by id", tag="meetings",
            auth="guest", response=Meeting)
 async def get_meeting(call: Call, meeting_id: str) -> dict:
-    return await call.request.app.ctx.meetings.get(call.principal, meeting_id=meeting_id)
+    return await call.services.meetings.get(call.principal, meeting_id=meeting_id)
 
 
 @api.route("GET", "/api/v1/meetings/by-code/{code}", summary="A meeting by its join code",
            tag="meetings", auth="guest", response=Meeting)
 async def get_meeting_by_code(call: Call, code: str) -> dict:
-    return await call.request.app.ctx.meetings.get(call.principal, code=code.lower())
+    return await call.services.meetings.get(call.principal, code=code.lower())
 
 
 @api.route("PATCH", "/api/v1/meetings/{meeting_id}", summary="Change a meeting (host)", tag="meetings",
            body=MeetingPatch, response=Meeting, errors=(403,))
 async def patch_meeting(call: Call, meeting_id: str) -> dict:
-    return await call.request.app.ctx.meetings.update(
+    return await call.services.meetings.update(
         call.principal, meeting_id, call.body.model_dump(exclude_unset=True))
 
 
@@ -56,26 +56,26 @@ async def patch_meeting(call: Call, meeting_id: str) -> dict:
            status=204, errors=(403,))
 async def delete_meeting(call: Call, meeting_id: str) -> None:
     """Its recordings and the files shared in its chat go too, rows first, then the objects."""
-    ctx = call.request.app.ctx
+    services = call.services
 
     def stored() -> tuple[list[Recording], list[str]]:
         return (list(Recording.select().where(Recording.meeting == meeting_id)),
                 [f.object_key for f in MeetingFile.select(MeetingFile.object_key)
                  .where(MeetingFile.meeting == meeting_id)])
 
-    recordings, file_keys = await ctx.db.run(stored)
-    await ctx.meetings.delete(call.principal, meeting_id)  # 403/404 before anything goes
+    recordings, file_keys = await services.db.run(stored)
+    await services.meetings.delete(call.principal, meeting_id)  # 403/404 before anything goes
     for recording in recordings:
-        await ctx.recordings.delete(recording)
+        await services.recordings.delete(recording)
     for key in file_keys:
-        await ctx.stores.objects.delete(key)
+        await services.stores.objects.delete(key)
 
 
 @api.route("POST", "/api/v1/meetings/{meeting_id}/end", summary="End a meeting for everyone",
            tag="meetings", response=Meeting, errors=(403,))
 async def end_meeting(call: Call, meeting_id: str) -> dict:
     """The host or a moderator ends it; everyone still in it is disconnected."""
-    return await call.request.app.ctx.meetings.end(call.principal, meeting_id)
+    return await call.services.meetings.end(call.principal, meeting_id)
 
 
 @api.route("GET", "/api/v1/meetings/{meeting_id}/live", summary="Who is in the meeting now, with media counters",
@@ -83,9 +83,9 @@ async def end_meeting(call: Call, meeting_id: str) -> dict:
 async def live_meeting(call: Call, meeting_id: str) -> dict:
     """For the host, moderators and administrators: each participant's connection state, microphone
     level and the packets of every track they publish."""
-    ctx = call.request.app.ctx
-    await ctx.meetings.require_role(call.principal, meeting_id, MODERATORS)
-    return {"participants": await ctx.signaling.live(meeting_id)}
+    services = call.services
+    await services.meetings.require_role(call.principal, meeting_id, MODERATORS)
+    return {"participants": await services.signaling.live(meeting_id)}
 
 
 @api.route("POST", "/api/v1/meetings/by-code/{code}/guest", summary="Join as a guest (a name, no account)",
@@ -96,21 +96,21 @@ async def guest_token(call: Call, code: str) -> HTTPResponse:
     are limited per address and per meeting, and guest passes per address (429 with `Retry-After`).
     The reply sets a cookie that keeps this browser's guest id across passes: someone removed from
     the meeting stays removed with a new pass."""
-    ctx = call.request.app.ctx
+    services = call.services
     code = code.lower()
-    throttle, limits, address = ctx.throttle, ctx.throttle.limits, client_address(call.request)
+    throttle, limits, address = services.throttle, services.throttle.limits, client_address(call.request)
     attempt = limits.meeting_password(address, code)
     throttle.check(*attempt, (limits.guest_tokens, address))
     try:
-        meeting = await ctx.meetings.admit_guest(code, call.body.password)
+        meeting = await services.meetings.admit_guest(code, call.body.password)
     except NotFound:
         await throttle.record(*attempt)
         raise
     await throttle.record((limits.guest_tokens, address))
-    guest_id, cookie = ctx.accounts.guest_id(call.request.cookies.get(GUEST_COOKIE), GUEST_COOKIE_TTL)
-    tokens = ctx.accounts.guest_token(meeting["id"], call.body.name, guest_id)
+    guest_id, cookie = services.accounts.guest_id(call.request.cookies.get(GUEST_COOKIE), GUEST_COOKIE_TTL)
+    tokens = services.accounts.guest_token(meeting["id"], call.body.name, guest_id)
     body = GuestToken(guest_token=tokens.access_token, expires_in=tokens.expires_in, meeting=meeting)
     response = json(body.model_dump(mode="json"))
     response.add_cookie(GUEST_COOKIE, cookie, path="/api/v1/meetings", httponly=True, samesite="Strict",
-                        secure=ctx.settings.base_url.startswith("https:"), max_age=int(GUEST_COOKIE_TTL.total_seconds()))
+                        secure=services.settings.base_url.startswith("https:"), max_age=int(GUEST_COOKIE_TTL.total_seconds()))
     return response

@@ -113,13 +113,13 @@ def _views(rows: list[Recording]) -> list[dict]:
 
 async def _recording(call: Call, recording_id: str, roles: tuple[str, ...] = ()) -> Recording:
     """The recording, if the caller may see it (and has one of ``roles`` in its meeting)."""
-    ctx = call.request.app.ctx
-    row = await ctx.db.run(Recording.get_or_none, Recording.id == recording_id)
+    services = call.services
+    row = await services.db.run(Recording.get_or_none, Recording.id == recording_id)
     if row is None:
         raise NotFound("recording")
     if roles:
-        await ctx.meetings.require_role(call.principal, row.meeting_id, roles)
-    elif not await ctx.meetings.is_member(call.principal, row.meeting_id):
+        await services.meetings.require_role(call.principal, row.meeting_id, roles)
+    elif not await services.meetings.is_member(call.principal, row.meeting_id):
         raise Forbidden("only people in the recording's meeting can see it")
     return row
 
@@ -129,42 +129,42 @@ async def _recording(call: Call, recording_id: str, roles: tuple[str, ...] = ())
 async def list_recordings(call: Call, meeting_id: str) -> dict:
     """Newest first; each with its tracks (one file per participant's microphone, camera or screen,
     as the SFU received it) and its composite exports."""
-    ctx = call.request.app.ctx
-    if not await ctx.meetings.is_member(call.principal, meeting_id):
+    services = call.services
+    if not await services.meetings.is_member(call.principal, meeting_id):
         raise Forbidden("only people in this meeting can see its recordings")
 
     def rows() -> list[dict]:
         return _views(list(Recording.select().where(Recording.meeting == meeting_id)
                            .order_by(Recording.started_at.desc())))
 
-    return {"recordings": await ctx.db.run(rows)}
+    return {"recordings": await services.db.run(rows)}
 
 
 @api.route("GET", "/api/v1/recordings/{recording_id}", summary="A recording", tag="recordings",
            response=RecordingView, errors=(403,))
 async def get_recording(call: Call, recording_id: str) -> dict:
     row = await _recording(call, recording_id)
-    return (await call.request.app.ctx.db.run(_views, [row]))[0]
+    return (await call.services.db.run(_views, [row]))[0]
 
 
 @api.route("DELETE", "/api/v1/recordings/{recording_id}", summary="Delete a recording (host, moderator)",
            tag="recordings", status=204, errors=(403, 409))
 async def delete_recording(call: Call, recording_id: str) -> None:
     """Its files and exports go too. A recording under way is stopped first (409 until then)."""
-    ctx = call.request.app.ctx
+    services = call.services
     row = await _recording(call, recording_id, MODERATORS)
     if row.status == "recording":
         raise Conflict("the recording is under way; stop it first")
-    await ctx.recordings.delete(row)
+    await services.recordings.delete(row)
 
 
 async def _link(call: Call, row: Recording, key: str, name: str) -> dict:
-    ctx = call.request.app.ctx
-    url = await ctx.stores.objects.presigned_get(key, LINK_TTL)
+    services = call.services
+    url = await services.stores.objects.presigned_get(key, LINK_TTL)
     if url is None:
-        token = ctx.accounts.issuer.issue("recording", key, LINK_TTL, name=name, mid=row.meeting_id,
+        token = services.accounts.issuer.issue("recording", key, LINK_TTL, name=name, mid=row.meeting_id,
                                           by=call.principal.id)
-        url = f"{ctx.settings.base_url}/recordings/{token}"
+        url = f"{services.settings.base_url}/recordings/{token}"
     return {"url": url, "expires_in": int(LINK_TTL.total_seconds())}
 
 
@@ -186,18 +186,18 @@ async def track_link(call: Call, recording_id: str, file: str) -> dict:
 async def start_export(call: Call, recording_id: str) -> dict:
     """One video of everyone (a grid, or the active speaker large), all audio mixed, made in the
     background: poll the export for its `progress`, then ask for its download link."""
-    ctx = call.request.app.ctx
+    services = call.services
     row = await _recording(call, recording_id)
     if row.status not in ("uploading", "ready") or not row.tracks:
         raise Conflict("only a finished recording with tracks can be exported")
     b = call.body
-    export = await ctx.recordings.export(row, b.format, b.layout, b.width, b.height)
+    export = await services.recordings.export(row, b.format, b.layout, b.width, b.height)
     return export_view(export)
 
 
 async def _export(call: Call, recording_id: str, export_id: str) -> tuple[Recording, RecordingExport]:
     row = await _recording(call, recording_id)
-    export = await call.request.app.ctx.db.run(
+    export = await call.services.db.run(
         RecordingExport.get_or_none, RecordingExport.id == export_id, RecordingExport.recording == recording_id)
     if export is None:
         raise NotFound("export")
@@ -221,14 +221,14 @@ async def export_link(call: Call, recording_id: str, export_id: str) -> dict:
 
 async def download(request: Request, token: str) -> HTTPResponse:
     """GET /recordings/<token>: a recording's file for whoever holds a fresh signed link."""
-    ctx = request.app.ctx
+    services = request.app.ctx.services
     try:
-        claims = ctx.accounts.issuer.verify(token, "recording")
+        claims = services.accounts.issuer.verify(token, "recording")
     except TokenError as exc:
         raise Forbidden(f"this download link is not valid ({exc}); ask for a new one") from None
-    if await ctx.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
+    if await services.meetings.is_removed(claims.get("mid", ""), claims.get("by", "")):
         raise Forbidden("this download link was given to someone who has since been removed from the meeting")
-    objects = ctx.stores.objects
+    objects = services.stores.objects
     info = await objects.stat(claims["sub"])
     if info is None:
         raise NotFound("file")

@@ -77,10 +77,10 @@ class CaptionStatus(BaseModel):
 
 
 async def _member(call: Call, meeting_id: str) -> Transcripts:
-    ctx = call.request.app.ctx
-    if not await ctx.meetings.is_member(call.principal, meeting_id):
+    services = call.services
+    if not await services.meetings.is_member(call.principal, meeting_id):
         raise Forbidden("only people in this meeting can read its transcript")
-    return ctx.captions.transcripts
+    return services.captions.transcripts
 
 
 @api.route("GET", "/api/v1/meetings/{meeting_id}/transcript", summary="The meeting's transcript",
@@ -121,4 +121,4 @@ async def caption_status(call: Call, meeting_id: str) -> dict:
     server is down), whether interim captions run, the counters, and the fill of every bounded
     queue against its limit."""
     await _member(call, meeting_id)
-    return call.request.app.ctx.captions.status(meeting_id)
+    return call.services.captions.status(meeting_id)

@@ -17,7 +17,7 @@ def user_view(user: UserRow) -> User:
 
 @api.route("GET", "/api/v1/users/me", summary="The signed-in user", tag="users", response=User)
 async def me(call: Call) -> User:
-    user = await call.request.app.ctx.db.run(UserRow.get_by_id, call.principal.id)
+    user = await call.services.db.run(UserRow.get_by_id, call.principal.id)
     return user_view(user)
 
 
@@ -29,14 +29,14 @@ async def list_users(call: Call) -> UserList:
         rows = query.limit(call.query.limit).offset(call.query.offset)
         return UserList(users=[user_view(u) for u in rows], total=query.count())
 
-    return await call.request.app.ctx.db.run(page)
+    return await call.services.db.run(page)
 
 
 @api.route("POST", "/api/v1/users", summary="Create a user", tag="users", auth="admin",
            body=UserCreate, response=User, status=201, errors=(409,))
 async def create_user(call: Call) -> User:
     body = call.body
-    user = await call.request.app.ctx.accounts.create_user(
+    user = await call.services.accounts.create_user(
         body.email, body.password, body.name, body.role, actor=call.principal.id)
     return user_view(user)
 
@@ -49,7 +49,7 @@ async def patch_user(call: Call, user_id: str) -> User:
     actor = call.principal
 
     def patch() -> User:
-        with call.request.app.ctx.db.atomic():
+        with call.services.db.atomic():
             user = UserRow.get_or_none(UserRow.id == user_id)
             if user is None:
                 raise NotFound("user")
@@ -61,6 +61,6 @@ async def patch_user(call: Call, user_id: str) -> User:
             audit.record("user.updated", actor.id, user_id=user.id, **changes)
             return user_view(user)
 
-    user = await call.request.app.ctx.db.run(patch)
-    await call.request.app.ctx.accounts.user_changed(user_id, user.active)
+    user = await call.services.db.run(patch)
+    await call.services.accounts.user_changed(user_id, user.active)
     return user

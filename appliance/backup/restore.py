@@ -45,6 +45,7 @@ from typing import Any
 import peewee as pw
 
 from ..fsutil import write_atomically
+from ..instance import AlreadyServing, InstanceLock
 from ..settings import SECRET_FIELDS, Settings
 from ..stores import Stores
 from ..stores.documents import DocumentExists, DocumentStore
@@ -477,7 +478,6 @@ def restore_archive(settings: Settings, location: Location, name: str, portal: P
     progress = progress or Silent()
     if force and resume:
         raise BackupError("--force starts over and --resume continues: choose one")
-    from ..reconcile import AlreadyServing, InstanceLock  # (reconcile imports the backup package)
 
     started = time.monotonic()
     lock = InstanceLock(settings.data_dir)

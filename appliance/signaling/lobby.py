@@ -5,30 +5,14 @@ or turning them away. docs/protocol.md, "Meeting controls".
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from ..accounts import Principal
 from ..meetings import Meetings
 from ..roles import moderates
 from ..stores.relational import Meeting
-from .protocol import Close, Connection, Seat, SignalingError
+from .protocol import Close, Connection, Knock, Seat, SignalingError
 from .room import Feature, RoomView, moderator
-
-
-@dataclass(eq=False)
-class Knock:
-    """Someone waiting in a meeting's lobby for a host or moderator to let them in."""
-
-    id: str
-    conn: Connection
-    meeting: Meeting
-    role: str
-    name: str
-    removed: bool
-
-    def view(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role, "removed": self.removed}
 
 
 class Lobby(Feature):

@@ -10,13 +10,11 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..accounts import Principal
 from ..errors import DomainError, TooMany
-
-if TYPE_CHECKING:
-    from .lobby import Knock
+from ..stores.relational import Meeting
 
 MAX_MESSAGE = 256 * 1024
 
@@ -128,6 +126,21 @@ class Connection:
             return  # the client is gone; the reader side releases or keeps the seat
         with contextlib.suppress(Exception):
             await self.ws.close(self.close_code or Close.LEFT)
+
+
+@dataclass(eq=False)
+class Knock:
+    """Someone waiting in a meeting's lobby for a host or moderator to let them in."""
+
+    id: str
+    conn: Connection
+    meeting: Meeting
+    role: str
+    name: str
+    removed: bool
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "removed": self.removed}
 
 
 @dataclass(eq=False)

@@ -21,7 +21,8 @@ from appliance.recording.service import Recordings, was_interrupted
 from appliance.recording.sink import recording_sink_factory, write_manifest
 from appliance.settings import Settings
 from appliance.sfu import IceSettings, RoomHost
-from appliance.signaling import Connection, Recording as RecordingFeature, Seat
+from appliance.signaling.protocol import Connection, Seat
+from appliance.signaling.recording import Recording as RecordingFeature
 from appliance.signaling.room import RoomView
 from appliance.stores.objects import FileObjects
 from appliance.stores.relational import (SCHEMA_VERSION, Meeting, Recording, RecordingExport, Relational,
