@@ -34,7 +34,7 @@ from aiortc.rtp import RtpPacket  # noqa: E402
 
 from appliance.recording.composite import Job, compose  # noqa: E402
 from appliance.recording.sink import RecordingSink  # noqa: E402
-from cli.loadtest import encode_audio_clip, encode_video_clip  # noqa: E402
+from cli.client.clips import encode_audio_clip, encode_video_clip  # noqa: E402
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)

@@ -6,7 +6,7 @@ Usage: python benchmarks/sfu_vs_janus.py [--subscribers 32] [--seconds 20] [--se
 Every target gets the same load, one after the other and repeated in turns (so that whatever
 else the machine does falls on all of them alike): one publisher sending the load test's media
 (VP8 640x480 at 30 fps, ~800 kbps, and Opus, encoded once and looped as packets, see
-cli/loadtest.py) and ``--subscribers`` aiortc subscribers on loopback that receive it without
+cli/client/clips.py) and ``--subscribers`` aiortc subscribers on loopback that receive it without
 decoding (they count packets; aiortc still sends receiver reports, NACKs and REMB). After the
 last subscriber's first frame and ``--settle`` seconds, a window of ``--seconds``: the SFU
 process's CPU time (utime + stime from /proc) divided by the RTP packets the subscribers
@@ -41,27 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from appliance.sfu.ice import CandidateGatherer, IceSettings  # noqa: E402
-from cli.loadtest import (  # noqa: E402
-    ApplianceApi,
-    CountedTrack,
-    EncodedClip,
-    Participant,
-    SignalingClient,
-    encode_audio_clip,
-    encode_video_clip,
-    looped_track_type,
-    quiet_media_logs,
-)
+from cli.client.api import ApplianceApi  # noqa: E402
+from cli.client.clips import EncodedClip, encode_audio_clip, encode_video_clip, send_looped  # noqa: E402
+from cli.client.participant import LOOPBACK, Participant  # noqa: E402
+from cli.client.received import CountedTrack  # noqa: E402
+from cli.loadtest import quiet_media_logs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 JANUS_PLUGINS = "/usr/lib/x86_64-linux-gnu/janus/plugins"
 JANUS_TRANSPORTS = "/usr/lib/x86_64-linux-gnu/janus/transports"
 ROOM = 1234
-LOOPBACK = CandidateGatherer(IceSettings(loopback=True))
 TICKS = os.sysconf("SC_CLK_TCK")
 SHIM = r"""
 #define _GNU_SOURCE
@@ -139,15 +131,10 @@ class Subscriber:
         return next((t.first_frame_at for t in self.tracks if t.kind == "video" and t.first_frame_at), None)
 
 
-async def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnection:
+def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnection:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    for clip, mime in ((clips[0], "video/VP8"), (clips[1], "audio/opus")):
-        track = looped_track_type()(clip)
-        transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(clip.kind).codecs
-                                         if c.mimeType == mime])
-        if clip.kind == "video":
-            transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    for clip in clips:
+        send_looped(pc, clip)
     return pc
 
 
@@ -187,18 +174,23 @@ class Confmeet:
         return self.proc.pid
 
     async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> None:
-        publisher = Participant("publisher", await SignalingClient.connect(self.api.signaling_url()), True, False)
-        self.participants.append(publisher)
-        await publisher.join(self.meeting)
-        await publisher.publish(clips)
+        publisher = await self._joined("publisher", receive=False)
+        for clip in clips:
+            publisher.publish_clip(clip)
+        await publisher.offer(check=True)
+        await publisher.connected()
 
     async def subscribe(self) -> Any:
-        subscriber = Participant(f"sub-{len(self.participants)}", await SignalingClient.connect(self.api.signaling_url()),
-                                 True, receive=True, decode=False)
-        self.participants.append(subscriber)
-        await subscriber.join(self.meeting)
-        await subscriber.offer([])
+        subscriber = await self._joined(f"sub-{len(self.participants)}", decode=False)
+        await subscriber.offer(check=True)
         return subscriber
+
+    async def _joined(self, name: str, **options: bool) -> Participant:
+        participant = Participant(self.api.url, self.api.token, name=name, **options)
+        await participant.connect()
+        self.participants.append(participant)
+        await participant.join(self.meeting, check=True)
+        return participant
 
     @staticmethod
     async def packets(subscriber: Participant) -> int:
@@ -308,7 +300,7 @@ class Janus:
 
     async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> None:
         handle = await self._attach()
-        pc = await publisher_pc(clips)
+        pc = publisher_pc(clips)
         self.pcs.append(pc)
         offer = await pc.createOffer()
         LOOPBACK.prepare(pc)

@@ -18,30 +18,21 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   of every publisher, so that joining stays out of it):
   SFU process CPU per forwarded packet, forwarded packets per second, memory per participant.
 
-The clients follow docs/protocol.md. They offer once, first thing after joining; the server offers
-only after answering that, so the glare the protocol describes cannot happen to them (aiortc
-has no rollback, so they could not recover from it the polite way either).
+The publishers and subscribers are participants of the client library (cli/client/). They offer
+once, first thing after joining; the server offers only after answering that, so the glare the
+protocol describes cannot happen to them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
-import functools
-import ipaddress
-import itertools
 import json
-import math
 import os
-import random
 import re
 import statistics
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,126 +44,24 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:  # aiortc and PyAV take half a second to import: only a load test pays it
-    from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
-    from aiortc.mediastreams import MediaStreamTrack
+from .client import ClientError
+from .client.api import ApplianceApi
 
-VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS = 640, 480, 30
-VIDEO_BITRATE = 800_000
-AUDIO_RATE, AUDIO_SAMPLES, AUDIO_BITRATE = 48_000, 960, 32_000  # 20 ms Opus frames
-CLIP_SECONDS = 5
-REQUEST_TIMEOUT = 15.0  # a signaling or HTTP reply
-CONNECT_TIMEOUT = 15.0  # ICE + DTLS
+# aiortc and PyAV take half a second to import: only a load test pays it (the functions that run
+# one import the client library's participant and media modules themselves).
+if TYPE_CHECKING:
+    from .client.clips import EncodedClip
+    from .client.participant import Participant
+    from .client.received import LinkSample
+    from .client.signaling import SignalingError
+
 FIRST_FRAME_TIMEOUT = 20.0  # from a subscriber's join to a frame of every publisher
-PING_INTERVAL = 10.0
 PROGRESS_INTERVAL = 0.5
 
 
-class LoadTestError(Exception):
-    """A problem the operator can act on; the command prints it on one line and exits non-zero."""
-
-
-class SignalingError(Exception):
-    """An ``error`` reply of the signaling server, or the connection's end."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-
-
-# ---------------------------------------------------------------------------- the appliance's HTTP side
-class ApplianceApi:
-    """The REST calls a load test needs, with stdlib HTTP (no proxies: the media cannot use them)."""
-
-    def __init__(self, url: str, metrics_token: str | None = None) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise LoadTestError(f"--url {url!r} is not an http:// or https:// URL")
-        self.url = url.rstrip("/")
-        self.token: str | None = None
-        self.metrics_token = metrics_token
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.url).hostname or ""
-
-    def signaling_url(self) -> str:
-        parts = urllib.parse.urlsplit(self.url)
-        return urllib.parse.urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc,
-                                        parts.path + "/ws/signaling",
-                                        urllib.parse.urlencode({"token": self.token or ""}), ""))
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-                   token: str | None = None) -> tuple[int, Any]:
-        return await asyncio.to_thread(self._call, method, path, body, token or self.token)
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None, token: str | None) -> tuple[int, Any]:
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            with self._opener.open(request, timeout=REQUEST_TIMEOUT) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LoadTestError(f"cannot reach the appliance at {self.url}: {reason}") from None
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
-
-    @staticmethod
-    def _message(payload: Any) -> str:
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            return str(payload["error"].get("message", ""))
-        return ""
-
-    async def sign_in(self, email: str, password: str) -> None:
-        status, payload = await self.call("POST", "/api/v1/auth/login", {"email": email, "password": password})
-        if status in (400, 401, 422):
-            raise LoadTestError(f"cannot sign in as {email}: {self._message(payload) or f'HTTP {status}'}")
-        if status != 200 or not isinstance(payload, dict) or "access_token" not in payload:
-            raise LoadTestError(f"{self.url} does not look like a confmeet appliance: "
-                                f"POST /api/v1/auth/login answered HTTP {status}")
-        self.token = payload["access_token"]
-
-    async def meeting(self, code: str) -> dict[str, Any]:
-        quoted = urllib.parse.quote(code.strip().lower(), safe="")
-        status, payload = await self.call("GET", f"/api/v1/meetings/by-code/{quoted}")
-        if status == 404:
-            raise LoadTestError(f"meeting {code!r} not found on {self.url}")
-        if status != 200 or not isinstance(payload, dict):
-            raise LoadTestError(f"cannot look up meeting {code!r}: "
-                                f"{self._message(payload) or f'HTTP {status}'}")
-        if payload.get("status") == "ended":
-            raise LoadTestError(f"meeting {code!r} has ended: start another, or leave out --meeting")
-        return payload
-
-    async def create_meeting(self, title: str) -> dict[str, Any]:
-        status, payload = await self.call("POST", "/api/v1/meetings", {"title": title})
-        if status != 201 or not isinstance(payload, dict):
-            raise LoadTestError(f"cannot create a meeting: {self._message(payload) or f'HTTP {status}'}")
-        return payload
-
-    async def end_meeting(self, meeting_id: str) -> None:
-        await self.call("POST", f"/api/v1/meetings/{urllib.parse.quote(meeting_id, safe='')}/end")
-
-    async def metrics(self) -> MetricsSample | None:
-        """The appliance's own counters now; None when it exports none."""
-        # /metrics is for the monitoring server: from loopback, or with its bearer token.
-        status, text = await self.call("GET", "/metrics", token=self.metrics_token)
-        if status != 200 or not isinstance(text, str):
-            return None
-        return MetricsSample.parse(text, time.monotonic())
+class LoadTestError(ClientError):
+    """A problem of the load test the operator can act on; the command prints it on one line and
+    exits non-zero, as it does the client library's."""
 
 
 # ---------------------------------------------------------------------------- /metrics
@@ -260,539 +149,10 @@ def sfu_figures(before: MetricsSample | None, start: MetricsSample | None, end: 
     return figures
 
 
-# ---------------------------------------------------------------------------- pre-encoded media
-@dataclass
-class EncodedClip:
-    """A few seconds of encoded media, frame by frame; ``frames[0]`` is a keyframe."""
-
-    kind: str
-    frames: list[bytes]
-    time_base: fractions.Fraction
-    ticks_per_frame: int
-    frame_seconds: float
-
-    @property
-    def bitrate(self) -> float:
-        return 8 * sum(map(len, self.frames)) / (len(self.frames) * self.frame_seconds)
-
-
-def encode_video_clip(seconds: float = CLIP_SECONDS) -> EncodedClip:
-    """640x480 VP8 at 30 fps, ~800 kbps in real-time CBR like a browser's camera: a random
-    texture of 4x4 blocks panning 5 pixels a frame (texture detail fills the bitrate, the pan
-    makes every frame differ), one keyframe at the start."""
-    import av
-
-    rng = random.Random(640480)
-    block = 4
-    texture: list[bytes] = []
-    for _ in range(VIDEO_HEIGHT // block):
-        row = bytes(value for value in rng.randbytes(2 * VIDEO_WIDTH // block) for _ in range(block))
-        texture.extend([row] * block)
-    chroma_u = bytes([100]) * (VIDEO_WIDTH * VIDEO_HEIGHT // 4)
-    chroma_v = bytes([160]) * (VIDEO_WIDTH * VIDEO_HEIGHT // 4)
-
-    codec = av.CodecContext.create("libvpx", "w")
-    codec.width, codec.height, codec.pix_fmt = VIDEO_WIDTH, VIDEO_HEIGHT, "yuv420p"
-    codec.time_base = fractions.Fraction(1, VIDEO_FPS)
-    codec.bit_rate = VIDEO_BITRATE
-    codec.gop_size = 1 << 30
-    codec.qmin, codec.qmax = 2, 56
-    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
-                     "minrate": str(VIDEO_BITRATE), "maxrate": str(VIDEO_BITRATE),
-                     "bufsize": str(VIDEO_BITRATE), "undershoot-pct": "100", "overshoot-pct": "15",
-                     "static-thresh": "1", "partitions": "0"}
-    frames: list[bytes] = []
-    for index in range(int(seconds * VIDEO_FPS)):
-        offset = (5 * index) % VIDEO_WIDTH
-        picture = av.VideoFrame(VIDEO_WIDTH, VIDEO_HEIGHT, "yuv420p")
-        picture.planes[0].update(b"".join(row[offset:offset + VIDEO_WIDTH] for row in texture))
-        picture.planes[1].update(chroma_u)
-        picture.planes[2].update(chroma_v)
-        picture.pts = index
-        frames.extend(bytes(packet) for packet in codec.encode(picture))
-    frames.extend(bytes(packet) for packet in codec.encode(None))
-    return EncodedClip("video", frames, fractions.Fraction(1, 90_000), 90_000 // VIDEO_FPS, 1 / VIDEO_FPS)
-
-
-def encode_audio_clip(seconds: float = CLIP_SECONDS) -> EncodedClip:
-    """48 kHz Opus in 20 ms frames: a 440 Hz tone, its loudness swelling twice a second."""
-    import av
-
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format = AUDIO_RATE, "mono", "s16"
-    codec.bit_rate = AUDIO_BITRATE
-    codec.time_base = fractions.Fraction(1, AUDIO_RATE)
-    codec.options = {"application": "voip"}
-    frames: list[bytes] = []
-    for index in range(int(seconds * AUDIO_RATE / AUDIO_SAMPLES)):
-        first = index * AUDIO_SAMPLES
-        samples = b"".join(
-            int(12_000 * (0.6 + 0.4 * math.sin(4 * math.pi * t / AUDIO_RATE))
-                * math.sin(2 * math.pi * 440 * t / AUDIO_RATE)).to_bytes(2, "little", signed=True)
-            for t in range(first, first + AUDIO_SAMPLES))
-        chunk = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES)
-        chunk.planes[0].update(samples)
-        chunk.sample_rate = AUDIO_RATE
-        chunk.pts = first
-        frames.extend(bytes(packet) for packet in codec.encode(chunk))
-    frames.extend(bytes(packet) for packet in codec.encode(None))
-    return EncodedClip("audio", frames, fractions.Fraction(1, AUDIO_RATE), AUDIO_SAMPLES,
-                       AUDIO_SAMPLES / AUDIO_RATE)
-
-
-@functools.cache
-def looped_track_type() -> type[MediaStreamTrack]:
-    """The track class that loops an EncodedClip (built on first use, with aiortc imported)."""
-    import av
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-    class LoopedTrack(MediaStreamTrack):
-        """Yields the clip's frames as ``av.Packet`` (RTCRtpSender packetises those as they are,
-        as for ``MediaPlayer(decode=False)``) in real time, with timestamps that keep rising
-        across loops."""
-
-        def __init__(self, clip: EncodedClip) -> None:
-            super().__init__()
-            self.kind = clip.kind
-            self.clip = clip
-            self.sent = 0
-            self._next = 0
-            self._began: float | None = None
-            self._restart = False
-
-        def request_keyframe(self) -> None:
-            self._restart = True
-
-        async def recv(self) -> av.Packet:  # type: ignore[override]
-            if self.readyState != "live":
-                raise MediaStreamError
-            if self._began is None:
-                self._began = time.monotonic()
-            else:
-                due = self._began + self.sent * self.clip.frame_seconds
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self._restart or self._next == len(self.clip.frames):
-                self._next, self._restart = 0, False
-            packet = av.Packet(self.clip.frames[self._next])
-            packet.pts = self.sent * self.clip.ticks_per_frame
-            packet.time_base = self.clip.time_base
-            self._next += 1
-            self.sent += 1
-            return packet
-
-    return LoopedTrack
-
-
-# ---------------------------------------------------------------------------- signaling
-def _redacted(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-class SignalingClient:
-    """One WebSocket to ``/ws/signaling``: requests get their reply by ``id``; everything else
-    (events, and ``None`` once the socket has closed) goes to ``events``."""
-
-    def __init__(self, websocket: Any) -> None:
-        self._ws = websocket
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self.closed: str | None = None
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-        self._pinger = asyncio.get_running_loop().create_task(self._ping())
-
-    @classmethod
-    async def connect(cls, url: str) -> SignalingClient:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus, WebSocketException
-
-        try:
-            websocket = await connect(url, open_timeout=REQUEST_TIMEOUT, compression=None, proxy=None,
-                                      max_size=4 * 1024 * 1024)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            hint = " (no signaling endpoint: is this a confmeet appliance, and recent enough?)" \
-                if status == 404 else ""
-            raise LoadTestError(f"{_redacted(url)} refused the WebSocket with HTTP {status}{hint}") from None
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            raise LoadTestError(f"cannot open {_redacted(url)}: {exc or type(exc).__name__}") from None
-        return cls(websocket)
-
-    async def request(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
-        """Send a request and return its reply; an ``error`` reply raises SignalingError."""
-        if self.closed:
-            raise SignalingError("closed", self.closed)
-        request_id = next(self._ids)
-        reply_future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = reply_future
-        try:
-            await self._ws.send(json.dumps({**message, "id": request_id}))
-            reply = await asyncio.wait_for(reply_future, timeout)
-        except TimeoutError:
-            raise SignalingError("timeout", f"no reply to {message['type']!r} within {timeout:.0f} s") from None
-        except OSError as exc:
-            raise SignalingError("closed", f"the signaling connection broke: {exc}") from None
-        finally:
-            self._pending.pop(request_id, None)
-        if reply.get("type") == "error":
-            raise SignalingError(str(reply.get("code")), str(reply.get("message", "")))
-        return reply
-
-    async def _read(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            async for raw in self._ws:
-                try:
-                    message = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(message, dict):
-                    continue
-                waiting = self._pending.get(message.get("re"))  # type: ignore[arg-type]
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(message)
-                else:
-                    self.events.put_nowait(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            reason = f": {self._ws.close_reason}" if self._ws.close_reason else ""
-            self.closed = f"the appliance closed the signaling connection (code {self._ws.close_code}{reason})"
-            for waiting in self._pending.values():
-                if not waiting.done():
-                    waiting.set_exception(SignalingError("closed", self.closed))
-            self.events.put_nowait(None)
-
-    async def _ping(self) -> None:
-        while self.closed is None:
-            await asyncio.sleep(PING_INTERVAL)
-            try:
-                await self.request({"type": "ping"})
-            except SignalingError:
-                pass
-
-    async def close(self) -> None:
-        self._pinger.cancel()
-        await self._ws.close()
-        await self._reader
-
-
-# ---------------------------------------------------------------------------- participants
-class DecodeErrorCounter(threading.Event):
-    """Stands in for a receiver's decode-error event: aiortc's decoder thread sets it for every
-    frame it fails to decode (and the receiver then asks for a keyframe); this also counts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def set(self) -> None:
-        self.count += 1
-        super().set()
-
-
-def count_decode_errors(receiver: RTCRtpReceiver) -> DecodeErrorCounter:
-    # aiortc 1.16 private attribute; the receiver hands it to its decoder thread in receive().
-    if not hasattr(receiver, "_RTCRtpReceiver__decoder_error"):
-        raise LoadTestError("this aiortc version cannot count decode errors: use aiortc 1.16")
-    counter = DecodeErrorCounter()
-    receiver._RTCRtpReceiver__decoder_error = counter  # type: ignore[attr-defined]
-    return counter
-
-
-@dataclass
-class LinkSample:
-    """A received track's link as its receiver sees it, at one moment."""
-
-    packets: int = 0
-    lost: int = 0
-    payload_bytes: int = 0
-    jitter_s: float = 0.0
-
-
-class Link:
-    """Counts a receiver's media bytes (aiortc's statistics have no byte count) and reads its
-    packet, loss and jitter statistics: the subscriber's view of its downlink."""
-
-    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
-        from appliance.sfu import internals
-
-        self.receiver = transceiver.receiver
-        media = [c for c in internals.codecs(transceiver) if c.name != "rtx"]
-        self._media_types = {c.payloadType for c in media}
-        self._clock_rate = media[0].clockRate if media else 90000
-        self.payload_bytes = 0
-        handle = self.receiver._handle_rtp_packet
-
-        async def counted(packet: Any, arrival_time_ms: int) -> None:
-            if packet.payload_type in self._media_types:
-                self.payload_bytes += len(packet.payload)
-            await handle(packet, arrival_time_ms)
-
-        self.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
-
-    async def sample(self) -> LinkSample:
-        sample = LinkSample(payload_bytes=self.payload_bytes)
-        for stats in (await self.receiver.getStats()).values():
-            if stats.type == "inbound-rtp":
-                sample.packets += stats.packetsReceived
-                sample.lost += stats.packetsLost
-                sample.jitter_s = max(sample.jitter_s, stats.jitter / self._clock_rate)
-        return sample
-
-
-class ReceivedTrack:
-    """A track a subscriber receives, decoded and counted as a browser would play it."""
-
-    def __init__(self, track: MediaStreamTrack, transceiver: RTCRtpTransceiver,
-                 on_frame: Any) -> None:
-        self.track = track
-        self.kind = track.kind
-        self.receiver = transceiver.receiver
-        self.decode_errors = count_decode_errors(transceiver.receiver) if self.kind == "video" else None
-        self.link = Link(transceiver)
-        self.frames = 0
-        self.first_frame_at: float | None = None
-        self._on_frame = on_frame
-
-    async def consume(self) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        try:
-            while True:
-                await self.track.recv()
-                self.frames += 1
-                if self.first_frame_at is None:
-                    self.first_frame_at = time.monotonic()
-                    self._on_frame()
-        except MediaStreamError:
-            pass
-
-    async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
-
-
-class CountedTrack:
-    """A track a subscriber receives without decoding it: packets, keyframes and frames are
-    counted from the RTP (a VP8 frame ends at the packet with the marker bit; frames before the
-    first keyframe would not decode and are not counted). aiortc's receiver still handles every
-    packet (statistics, receiver reports, NACK, REMB); only its decoder never runs."""
-
-    decode_errors = None
-
-    def __init__(self, track: MediaStreamTrack, transceiver: RTCRtpTransceiver, on_frame: Any) -> None:
-        from appliance.sfu import internals
-
-        self.track = track
-        self.kind = track.kind
-        self.receiver = transceiver.receiver
-        self.frames = 0
-        self.keyframes = 0
-        self.first_frame_at: float | None = None
-        self._on_frame = on_frame
-        self._media_types = {c.payloadType for c in internals.codecs(transceiver) if c.name != "rtx"}
-        self._decodable = False
-        internals.tap_receiver(self.receiver, self._on_rtp)
-        self.link = Link(transceiver)
-
-    async def _on_rtp(self, packet: Any) -> None:
-        from appliance.sfu.keyframes import is_keyframe_start
-
-        if self.kind != "video" or packet.payload_type not in self._media_types:
-            return  # audio is counted by the receiver's statistics; RTX repeats what was counted
-        if is_keyframe_start("VP8", packet.payload):
-            self.keyframes += 1
-            self._decodable = True
-        if packet.marker and self._decodable:
-            self.frames += 1
-            if self.first_frame_at is None:
-                self.first_frame_at = time.monotonic()
-                self._on_frame()
-
-    async def consume(self) -> None:
-        """Nothing to take from the track: the counting happens as packets arrive."""
-
-    async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
-
-
-class Participant:
-    """One participant: a signaling connection and a peer connection. A subscriber
-    (``receive``) takes whatever the server offers, decoding it (``decode``) or only counting
-    it; a publisher declines it."""
-
-    def __init__(self, name: str, signaling: SignalingClient, loopback: bool, receive: bool,
-                 decode: bool = True) -> None:
-        self.name = name
-        self.signaling = signaling
-        self.loopback = loopback
-        self.receive = receive
-        self.decode = decode
-        self.pc: RTCPeerConnection | None = None
-        self.received: list[ReceivedTrack | CountedTrack] = []
-        self.join_sent_at = 0.0
-        self.failure: str | None = None
-        self.leaving = False
-        self.frame_arrived = asyncio.Event()
-        self._negotiating = asyncio.Lock()
-        self._connected = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def _task(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def join(self, meeting: str) -> dict[str, Any]:
-        from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
-
-        self.join_sent_at = time.monotonic()
-        joined = await self.signaling.request({"type": "join", "meeting": meeting, "name": self.name})
-        servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-                   for s in joined.get("ice_servers") or []]
-        # An explicit list, even empty: aiortc's default is a public STUN server.
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_connection_state)
-        self._task(self._handle_events())
-        return joined
-
-    def _prepare_gathering(self) -> None:
-        """aioice never gathers on 127.0.0.1: against an appliance on loopback, gather there only."""
-        if self.loopback:
-            from appliance.sfu.ice import CandidateGatherer, IceSettings
-
-            CandidateGatherer(IceSettings(loopback=True)).prepare(self.pc)  # type: ignore[arg-type]
-
-    async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> list[Any]:
-        """Send a camera and a microphone (sendonly, one codec each) and wait for the media
-        connection; returns the two tracks."""
-        from aiortc import RTCRtpSender
-
-        assert self.pc is not None
-        labelled = []
-        tracks = []
-        for clip, source, mime in ((clips[0], "camera", "video/VP8"), (clips[1], "microphone", "audio/opus")):
-            track = looped_track_type()(clip)
-            transceiver = self.pc.addTransceiver(track, direction="sendonly")
-            transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(clip.kind).codecs
-                                             if c.mimeType == mime])
-            if clip.kind == "video":
-                # aiortc calls this on PLI/FIR; with pre-encoded packets it would do nothing.
-                transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
-            labelled.append((transceiver, source))
-            tracks.append(track)
-        await self.offer(labelled)
-        await self.connected()
-        return tracks
-
-    async def offer(self, labelled: list[tuple[Any, str]]) -> None:
-        from aiortc import RTCSessionDescription
-
-        assert self.pc is not None
-        async with self._negotiating:
-            offer = await self.pc.createOffer()
-            self._prepare_gathering()
-            await self.pc.setLocalDescription(offer)
-            tracks = [{"mid": transceiver.mid, "source": source} for transceiver, source in labelled]
-            reply = await self.signaling.request({"type": "offer", "sdp": self.pc.localDescription.sdp,
-                                                  "tracks": tracks})
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
-
-    async def connected(self) -> None:
-        try:
-            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
-        except TimeoutError:
-            state = self.pc.connectionState if self.pc else "none"
-            raise LoadTestError(f"{self.name}: no media connection to the appliance after "
-                                f"{CONNECT_TIMEOUT:.0f} s (state {state}): UDP from here must reach "
-                                "the addresses the appliance announces (ICE)") from None
-
-    def _on_connection_state(self) -> None:
-        assert self.pc is not None
-        if self.pc.connectionState == "connected":
-            self._connected.set()
-        elif self.pc.connectionState == "failed" and not self.leaving:
-            self.failure = "the media connection failed (ICE/DTLS)"
-
-    async def _handle_events(self) -> None:
-        while (event := await self.signaling.events.get()) is not None:
-            kind = event.get("type")
-            if kind == "offer":
-                await self._answer(event)
-            elif kind == "meeting_ended":
-                self.failure = "the meeting was ended"
-            elif kind == "error":
-                self.failure = f"the server reported: {event.get('message')} ({event.get('code')})"
-        if not self.leaving:
-            self.failure = self.failure or self.signaling.closed
-
-    async def _answer(self, event: dict[str, Any]) -> None:
-        from aiortc import RTCSessionDescription
-
-        assert self.pc is not None
-        async with self._negotiating:
-            try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=event["sdp"], type="offer"))
-                if not self.receive:
-                    for transceiver in self.pc.getTransceivers():
-                        if transceiver.direction == "recvonly":
-                            transceiver.direction = "inactive"
-                answer = await self.pc.createAnswer()
-                self._prepare_gathering()
-                await self.pc.setLocalDescription(answer)
-                await self.signaling.request({"type": "answer", "sdp": self.pc.localDescription.sdp})
-            except SignalingError as exc:
-                self.failure = f"the server refused our answer: {exc}"
-            except Exception as exc:  # aiortc raises assorted errors on an offer it cannot apply
-                self.failure = f"cannot apply the server's offer: {exc!r}"
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if not self.receive or self.pc is None:
-            return
-        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
-        kind = ReceivedTrack if self.decode else CountedTrack
-        received = kind(track, transceiver, self.frame_arrived.set)
-        self.received.append(received)
-        self._task(received.consume())
-
-    def video(self) -> list[ReceivedTrack | CountedTrack]:
-        return [r for r in self.received if r.kind == "video"]
-
-    async def wait_for_video(self, tracks: int, timeout: float) -> float:
-        """Wait until ``tracks`` video tracks have each shown a frame; returns the time from the
-        join request to the last of those first frames, in ms."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.failure:
-                raise LoadTestError(self.failure)
-            arrived = [r.first_frame_at for r in self.video() if r.first_frame_at is not None]
-            if len(arrived) >= tracks:
-                return 1000 * (max(sorted(arrived)[:tracks]) - self.join_sent_at)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LoadTestError(f"saw video from {len(arrived)} of {tracks} publisher(s) within "
-                                    f"{timeout:.0f} s of joining")
-            self.frame_arrived.clear()
-            try:
-                await asyncio.wait_for(self.frame_arrived.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
-
-    async def leave(self) -> None:
-        self.leaving = True
-        try:
-            await self.signaling.request({"type": "leave"}, timeout=5)
-        except SignalingError:
-            pass
-        for task in list(self._tasks):
-            task.cancel()
-        if self.pc is not None:
-            await self.pc.close()
-        await self.signaling.close()
+async def sample_metrics(api: ApplianceApi) -> MetricsSample | None:
+    """The appliance's own counters now; None when it exports none."""
+    text = await api.metrics()
+    return None if text is None else MetricsSample.parse(text, time.monotonic())
 
 
 # ---------------------------------------------------------------------------- subscriber workers
@@ -828,18 +188,22 @@ class SubscriberSession:
         self._start_links: list[LinkSample] = []
 
     async def run(self, config: dict[str, Any], emit: Any) -> None:
+        from .client.participant import Participant
+        from .client.signaling import SignalingError
+
         try:
-            signaling = await SignalingClient.connect(config["signaling_url"])
-            self.participant = Participant(self.result.name, signaling, config["loopback"], receive=True,
-                                           decode=self.result.decoded)
-            await self.participant.join(self.meeting)
+            participant = Participant(config["url"], config["token"], name=self.result.name,
+                                      decode=self.result.decoded)
+            await participant.connect()
+            self.participant = participant
+            await participant.join(self.meeting, check=True)
             emit({"type": "joined", "subscriber": self.result.name})
-            await self.participant.offer([])
+            await participant.offer(check=True)
             self.result.first_frame_ms = round(
-                await self.participant.wait_for_video(config["publishers"], FIRST_FRAME_TIMEOUT), 1)
+                await participant.wait_for_video(config["publishers"], FIRST_FRAME_TIMEOUT), 1)
             emit({"type": "first_frame", "subscriber": self.result.name, "ms": self.result.first_frame_ms})
         except Exception as exc:  # whatever stops one subscriber is its result, not the run's end
-            self.result.error = str(exc) if isinstance(exc, (LoadTestError, SignalingError)) else repr(exc)
+            self.result.error = str(exc) if isinstance(exc, (ClientError, SignalingError)) else repr(exc)
             emit({"type": "failed", "subscriber": self.result.name, "error": self.result.error})
 
     def video_frames(self) -> int:
@@ -859,6 +223,8 @@ class SubscriberSession:
         self._start_links = [await r.link.sample() for r in self.participant.received]
 
     async def finish(self) -> SubscriberResult:
+        from .client.received import LinkSample
+
         result = self.result
         if self.participant is None or self._marked_at is None:
             return result
@@ -1074,15 +440,6 @@ class LiveState:
         return table
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def join_failure(meeting: str, exc: SignalingError) -> str:
     reasons = {
         "not_found": f"meeting {meeting!r} not found",
@@ -1095,18 +452,24 @@ def join_failure(meeting: str, exc: SignalingError) -> str:
 
 
 async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
+    from .client.clips import encode_audio_clip, encode_video_clip
+    from .client.participant import Participant
+    from .client.signaling import SignalingError
+
     api = ApplianceApi(plan.url, plan.metrics_token)
     state.phase = "signing in"
     await api.sign_in(plan.email, plan.password)
     if plan.meeting:
-        meetings, created = [await api.meeting(plan.meeting)], []
+        meeting = await api.meeting(plan.meeting)
+        if meeting.get("status") == "ended":
+            raise LoadTestError(f"meeting {plan.meeting!r} has ended: start another, or leave out --meeting")
+        meetings, created = [meeting], []
     else:
         stamp = time.strftime("%Y-%m-%d %H:%M")
         meetings = [await api.create_meeting(f"confmeet loadtest {stamp}" + (f" room {r + 1}" if plan.rooms > 1 else ""))
                     for r in range(plan.rooms)]
         created = meetings
-    loopback = is_loopback(api.host)
-    before = await api.metrics()
+    before = await sample_metrics(api)
 
     state.phase = "encoding media"
     clips = await asyncio.to_thread(lambda: (encode_video_clip(), encode_audio_clip()))
@@ -1118,19 +481,22 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
         cameras = []
         for room, meeting in enumerate(meetings):
             for number in range(1, plan.publishers + 1):
-                signaling = await SignalingClient.connect(api.signaling_url())
                 name = f"loadtest-pub-{number}" + (f"-room-{room + 1}" if plan.rooms > 1 else "")
-                publisher = Participant(name, signaling, loopback, receive=False)
+                publisher = Participant(api.url, api.token, name=name, receive=False)
+                await publisher.connect()
                 publishers.append(publisher)
                 try:
-                    await publisher.join(meeting["code"])
+                    await publisher.join(meeting["code"], check=True)
                 except SignalingError as exc:
                     raise LoadTestError(join_failure(meeting["code"], exc)) from None
+                camera, _ = [publisher.publish_clip(clip) for clip in clips]
                 try:
-                    cameras.append((await publisher.publish(clips))[0])
+                    await publisher.offer(check=True)
                 except SignalingError as exc:
                     raise LoadTestError(f"the appliance refused {publisher.name}'s media: {exc}") from None
-        measured = await run_subscribers(plan, api, [m["code"] for m in meetings], loopback, state, workers, cameras)
+                await publisher.connected()
+                cameras.append(camera)
+        measured = await run_subscribers(plan, api, [m["code"] for m in meetings], state, workers, cameras)
     finally:
         state.phase = "leaving"
         await asyncio.gather(*(w.stop(timeout=20) for w in workers), return_exceptions=True)
@@ -1152,9 +518,11 @@ class Measured:
     generator_cpu_seconds: float | None  # this process and the workers, in the window
 
 
-async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], loopback: bool, state: LiveState,
+async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], state: LiveState,
                           workers: list[WorkerProcess], cameras: list[Any]) -> Measured:
     """Start the worker processes, let the subscribers join, measure the window, collect."""
+    from .client.participant import CONNECT_TIMEOUT
+
     changed = asyncio.Event()
     ready: set[int] = set()
     exited: dict[int, int | None] = {}
@@ -1207,8 +575,8 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], lo
         # [join position, name, room]: rooms take turns, so every worker serves every room.
         mine = [[position, names[position], position % len(meetings)]
                 for position in range(index, total, plan.workers)]
-        config = {"worker": index, "signaling_url": api.signaling_url(), "meetings": meetings,
-                  "loopback": loopback, "publishers": plan.publishers, "subscribers": mine,
+        config = {"worker": index, "url": api.url, "token": api.token, "meetings": meetings,
+                  "publishers": plan.publishers, "subscribers": mine,
                   "join_rate": plan.join_rate, "decode": plan.decode}
         workers.append(await WorkerProcess.start(index, config, on_report))
     await until(lambda: len(ready) == len(workers), 60, "starting the worker processes")
@@ -1225,14 +593,14 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], lo
 
     await asyncio.sleep(plan.settle)
     state.phase = "measuring"
-    start = await api.metrics()
+    start = await sample_metrics(api)
     sent_at_start = [(time.monotonic(), camera.sent) for camera in cameras]
     cpu_at_start = time.process_time()
     for worker in workers:
         await worker.send({"type": "mark"})
     state.window_started = time.monotonic()
     await asyncio.sleep(plan.duration)
-    end = await api.metrics()
+    end = await sample_metrics(api)
     camera_fps = [round((camera.sent - sent) / (time.monotonic() - t0), 2)
                   for camera, (t0, sent) in zip(cameras, sent_at_start)]
     own_cpu = time.process_time() - cpu_at_start
@@ -1249,6 +617,8 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], lo
 
 def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[EncodedClip, EncodedClip],
                  before: MetricsSample | None, measured: Measured, problems: list[str]) -> dict[str, Any]:
+    from .client.clips import VIDEO_FPS, VIDEO_HEIGHT, VIDEO_WIDTH
+
     results = measured.results
     fps = [value for r in results for value in r.video_fps]
     first_frames = [r.first_frame_ms for r in results if r.first_frame_ms is not None]
@@ -1462,7 +832,7 @@ def loadtest(
         else:
             with Live(get_renderable=state.render, console=err, refresh_per_second=4, transient=True):
                 report = asyncio.run(run_load_test(plan, state))
-    except LoadTestError as exc:
+    except ClientError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2)
     if as_json:

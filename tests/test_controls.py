@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from appliance_server import Appliance, start_appliance
+from cli.client.participant import Participant
 from conftest import stop
 from sfu.participants import ColourTrack, ToneTrack
-from signaling_client import SignalingClient
 
 USERS = {"host": ("host@example.com", "host password 1"), "pat": ("pat@example.com", "pat password 1"),
          "mod": ("mod@example.com", "mod password 1"), "outsider": ("out@example.com", "outsider password 1")}
@@ -54,15 +54,15 @@ def guest_token(app: Appliance, code: str, name: str = "Gus", **extra) -> httpx.
     return httpx.post(f"{app.url}/api/v1/meetings/by-code/{code}/guest", json={"name": name, **extra})
 
 
-async def joined(app: Appliance, who: str, m: dict, bearer: str | None = None, **extra) -> SignalingClient:
-    c = SignalingClient(app.url, bearer or token(app, who))
+async def joined(app: Appliance, who: str, m: dict, bearer: str | None = None, **extra) -> Participant:
+    c = Participant(app.url, bearer or token(app, who))
     await c.connect()
     reply = await c.join(m["code"], who.title(), **extra)
     assert reply["type"] == "joined", reply
     return c
 
 
-async def close_all(*clients: SignalingClient) -> None:
+async def close_all(*clients: Participant) -> None:
     for c in clients:
         await c.close()
 
@@ -110,7 +110,7 @@ async def test_guest_access_never_reveals_a_meeting(appliance: Appliance) -> Non
     assert api(appliance, bearer=guest).get(f"/api/v1/meetings/{closed_m['id']}").status_code == 404
     assert api(appliance, bearer=guest).get("/api/v1/users/me").status_code == 403
     assert api(appliance, bearer=guest).post("/api/v1/meetings", json={"title": "x"}).status_code == 403
-    c = SignalingClient(appliance.url, guest)
+    c = Participant(appliance.url, guest)
     await c.connect()
     try:
         assert (await c.join(closed_m["code"]))["code"] == "not_found"
@@ -125,7 +125,7 @@ async def test_lobby_gets_no_media_or_roster_until_admitted(appliance: Appliance
     host = await joined(appliance, "host", m)
     host.publish(ColourTrack())
     await host.offer()
-    pat = SignalingClient(appliance.url, token(appliance, "pat"))
+    pat = Participant(appliance.url, token(appliance, "pat"))
     await pat.connect()
     try:
         waiting = await pat.join(m["code"], "Pat")
@@ -157,7 +157,7 @@ async def test_lobby_gets_no_media_or_roster_until_admitted(appliance: Appliance
 async def test_denied_and_removed_people_stay_out(appliance: Appliance) -> None:
     m = meeting(appliance, lobby=True)
     host = await joined(appliance, "host", m)
-    out = SignalingClient(appliance.url, token(appliance, "outsider"))
+    out = Participant(appliance.url, token(appliance, "outsider"))
     await out.connect()
     try:
         assert (await out.join(m["code"]))["type"] == "waiting"
@@ -178,7 +178,7 @@ async def test_denied_and_removed_people_stay_out(appliance: Appliance) -> None:
         assert pat.closed_with == 4013 and pat.events_of("removed")
         await host2.wait_until(lambda: host2.events_of("participant_left"), 5)
         assert host2.events_of("participant_left")[0]["reason"] == "removed"
-        back = SignalingClient(appliance.url, token(appliance, "pat"))
+        back = Participant(appliance.url, token(appliance, "pat"))
         await back.connect()
         rejoin = await back.join(plain["code"], "Pat")
         assert rejoin["type"] == "waiting" and rejoin["knock"]["removed"] is True
@@ -248,7 +248,7 @@ async def test_mute_roles_hands_reactions_and_lock(appliance: Appliance) -> None
 
         # lock: nobody new gets in
         assert (await host.request({"type": "lock", "locked": True}))["type"] == "ok"
-        late = SignalingClient(appliance.url, token(appliance, "outsider"))
+        late = Participant(appliance.url, token(appliance, "outsider"))
         await late.connect()
         assert (await late.join(m["code"]))["code"] == "locked"
         await late.close()

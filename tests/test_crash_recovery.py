@@ -24,12 +24,12 @@ from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
 from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance
+from cli.client.participant import Participant
 from conftest import free_port, stop
 from recording.accounts import add_users
 from recording.media import decode_all, ffprobe
 from recording.test_service import S3Server
 from sfu.participants import ToneTrack
-from signaling_client import SignalingClient
 
 USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1"),
          "linus": ("linus@example.com", "linus password 1"), "joan": ("joan@example.com", "joan password 1")}
@@ -64,8 +64,8 @@ def api(app: Appliance, who: str) -> httpx.Client:
     return httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-async def publishing(app: Appliance, who: str, code: str, rgb: tuple[int, int, int]) -> SignalingClient:
-    client = SignalingClient(app.url, app.login(*USERS[who])["access_token"])
+async def publishing(app: Appliance, who: str, code: str, rgb: tuple[int, int, int]) -> Participant:
+    client = Participant(app.url, app.login(*USERS[who])["access_token"])
     await client.connect()
     assert (await client.join(code, who.title()))["type"] == "joined"
     client.publish(ToneTrack(amplitude=0.3))
@@ -74,7 +74,7 @@ async def publishing(app: Appliance, who: str, code: str, rgb: tuple[int, int, i
     return client
 
 
-async def start_recording(host: SignalingClient) -> tuple[str, float]:
+async def start_recording(host: Participant) -> tuple[str, float]:
     """The recording's id and when it started (monotonic), once the appliance has acknowledged it."""
     reply = await host.request({"type": "recording_start"})
     assert reply["type"] == "ok", reply
@@ -319,7 +319,7 @@ async def test_on_postgresql_and_s3_kills_lose_no_recording_nor_waiting_upload_a
         assert open_participants(query) == []
     db.close()
 
-    seated = SignalingClient(app.url, app.login(*USERS["ada"])["access_token"])  # files are shared from a seat
+    seated = Participant(app.url, app.login(*USERS["ada"])["access_token"])  # files are shared from a seat
     await seated.connect()
     assert (await seated.join(meeting["code"], "Ada"))["type"] == "joined"
     upload = StalledUpload(app, "ada", meeting["id"], 12 << 20)  # the first 10 MiB part goes up, then it waits

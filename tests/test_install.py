@@ -623,18 +623,11 @@ async def captions_through(url: str, ca: Path, users: dict[str, tuple[str, str]]
     """Ada (the host) turns captions on, Grace speaks ``speech`` from an aiortc client; the
     captions Ada receives."""
     import httpx
-    import websockets
     from aiortc.contrib.media import MediaPlayer
 
-    from signaling_client import SignalingClient
+    from cli.client.participant import Participant
 
     context = ssl.create_default_context(cafile=str(ca))
-
-    class TlsClient(SignalingClient):
-        async def connect(self) -> None:
-            self.ws = await websockets.connect(self.url.replace("https://", "wss://"), ssl=context)
-            self.closed_with = None
-            self._tasks.append(asyncio.create_task(self._read(self.ws)))
 
     def token(who: str) -> str:
         r = httpx.post(f"{url}/api/v1/auth/login", json={"email": users[who][0], "password": users[who][1]},
@@ -644,7 +637,7 @@ async def captions_through(url: str, ca: Path, users: dict[str, tuple[str, str]]
 
     meeting = httpx.post(f"{url}/api/v1/meetings", json={"title": "release"}, verify=context,
                          headers={"Authorization": f"Bearer {token('ada')}"}).json()
-    ada, grace = TlsClient(url, token("ada")), TlsClient(url, token("grace"))
+    ada, grace = Participant(url, token("ada"), tls=context), Participant(url, token("grace"), tls=context)
     try:
         for client, name in ((ada, "Ada"), (grace, "Grace")):
             await client.connect()

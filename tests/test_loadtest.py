@@ -21,15 +21,9 @@ from aiortc.rtcrtpreceiver import decoder_worker
 from rich.console import Console
 
 from appliance_server import CONFMEET, Appliance, start_appliance
-from cli.loadtest import (
-    MetricsSample,
-    render_report,
-    count_decode_errors,
-    encode_audio_clip,
-    encode_video_clip,
-    looped_track_type,
-    sfu_figures,
-)
+from cli.client.clips import LoopedTrack, encode_audio_clip, encode_video_clip
+from cli.client.received import count_decode_errors
+from cli.loadtest import MetricsSample, render_report, sfu_figures
 from conftest import free_port, stop
 
 ADMIN = ("admin@example.com", "correct horse battery")
@@ -159,7 +153,7 @@ async def test_looped_clips_rise_in_time_and_restart_at_the_keyframe_on_request(
     assert not any(frame[0] & 0x01 == 0 for frame in video.frames[1:])
     assert 45 <= len(audio.frames) <= 52 and 20_000 <= audio.bitrate <= 60_000
 
-    track = looped_track_type()(video)
+    track = LoopedTrack(video)
     packets = [await track.recv() for _ in range(35)]  # past the end of the clip
     assert [p.pts for p in packets] == [3000 * i for i in range(35)]
     assert [bytes(p) for p in packets[30:]] == video.frames[:5]

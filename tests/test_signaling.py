@@ -13,9 +13,9 @@ import psycopg2
 import pytest
 
 from appliance_server import Appliance, start_appliance
+from cli.client.participant import Participant
 from conftest import stop
 from sfu.participants import ColourTrack, ToneTrack
-from signaling_client import SignalingClient
 
 USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1"),
          "linus": ("linus@example.com", "linus password 1")}
@@ -49,13 +49,13 @@ def live(app: Appliance, meeting: dict) -> list[dict]:
     return r.json()["participants"]
 
 
-async def client(app: Appliance, who: str) -> SignalingClient:
-    c = SignalingClient(app.url, token(app, who))
+async def client(app: Appliance, who: str) -> Participant:
+    c = Participant(app.url, token(app, who))
     await c.connect()
     return c
 
 
-async def publishing(app: Appliance, who: str, meeting: dict, rgb=(200, 30, 30)) -> SignalingClient:
+async def publishing(app: Appliance, who: str, meeting: dict, rgb=(200, 30, 30)) -> Participant:
     c = await client(app, who)
     assert (await c.join(meeting["code"], who.title()))["type"] == "joined"
     c.publish(ToneTrack())
@@ -228,7 +228,7 @@ async def test_unauthorised_connections_are_refused(appliance: Appliance) -> Non
     claims = jwt.decode(token(appliance, "grace"), options={"verify_signature": False})
     expired = jwt.encode({**claims, "exp": int(time.time()) - 5}, appliance.secret_key, "HS256")
     for bad in ("", "nonsense", expired, jwt.encode(claims, "wrong-secret-wrong-secret-wrong-secret", "HS256")):
-        c = SignalingClient(appliance.url, bad)
+        c = Participant(appliance.url, bad)
         await c.connect()
         await c.wait_until(lambda: c.closed_with is not None, 5)
         assert c.closed_with == 4001

@@ -21,10 +21,10 @@ from opencc import OpenCC
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
-from signaling_client import SignalingClient
 from triton_server import Triton
 
 from appliance.captions.transcripts import columns
+from cli.client.participant import Participant
 
 from .conftest import MANDARIN, SCRIPT, character_error_rate, mandarin_wav, word_error_rate
 
@@ -49,26 +49,18 @@ def api(app: Appliance, who: str) -> httpx.Client:
     return httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
-async def seated(app: Appliance, who: str, meeting: dict) -> SignalingClient:
-    client = SignalingClient(app.url, app.login(*USERS[who][:2])["access_token"])
+async def seated(app: Appliance, who: str, meeting: dict) -> Participant:
+    client = Participant(app.url, app.login(*USERS[who][:2])["access_token"])
     await client.connect()
     assert (await client.join(meeting["code"], USERS[who][2]))["type"] == "joined"
     return client
 
 
-async def speaking(app: Appliance, who: str, meeting: dict, wav: Path, loop: bool = False) -> SignalingClient:
+async def speaking(app: Appliance, who: str, meeting: dict, wav: Path, loop: bool = False) -> Participant:
     client = await seated(app, who, meeting)
     client.publish(MediaPlayer(str(wav), loop=loop).audio)
     assert (await client.offer())["type"] == "answer"
     return client
-
-
-async def keep_alive(*clients: SignalingClient) -> None:
-    """Pings, as the web client sends them: signaling closes a socket silent for 30 s."""
-    while True:
-        await asyncio.sleep(10)
-        for client in clients:
-            await client.request({"type": "ping"})
 
 
 @pytest.fixture
@@ -79,12 +71,12 @@ async def meeting(appliance: Appliance) -> AsyncIterator[dict]:
         yield r.json()
 
 
-def captions_of(client: SignalingClient) -> list[dict]:
+def captions_of(client: Participant) -> list[dict]:
     """Final captions (the text that stays)."""
     return [c for c in client.events_of("caption") if c["final"] and c["text"]]
 
 
-def interims_of(client: SignalingClient) -> list[dict]:
+def interims_of(client: Participant) -> list[dict]:
     return [c for c in client.events_of("caption") if not c["final"]]
 
 
@@ -223,9 +215,8 @@ async def test_mandarin_per_speaker_simplified_and_traditional(appliance: Applia
     for client in (grace, linus):
         client.publish(MediaPlayer(str(wav)).audio)
         assert (await client.offer())["type"] == "answer"
-    alive = asyncio.create_task(keep_alive(ada, grace, linus))  # over 30 s of speech
 
-    def of(who: SignalingClient) -> list[dict]:
+    def of(who: Participant) -> list[dict]:
         return [c for c in captions_of(ada) if c["participant_id"] == who.joined["participant"]["id"]]
 
     sentences = "".join(item["zh-CN"] for item in MANDARIN)
@@ -254,7 +245,6 @@ async def test_mandarin_per_speaker_simplified_and_traditional(appliance: Applia
             found = client.get(f"/api/v1/meetings/{meeting['id']}/transcript/search", params={"q": word}).json()
             assert {s["name"] for s in found["segments"]} == {"Grace", "Linus"}, (word, found)
             assert all("预算" in s["text"] or "預算" in s["text"] for s in found["segments"])
-    alive.cancel()
     for client in (ada, grace, linus):
         await client.close()
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from appliance_server import Appliance, start_appliance
+from cli.client.participant import Participant
 from conftest import BIN, S3_KEY, S3_SECRET, free_port, stop, wait_port
 from sfu.participants import ColourTrack, ToneTrack
-from signaling_client import SignalingClient
 
 from .accounts import add_users
 from .media import audio_samples, decode_all, ffprobe, rms_dbfs
@@ -75,8 +75,8 @@ def api(app: Appliance, who: str) -> httpx.Client:
     return httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-async def joined(app: Appliance, who: str, code: str, rgb: tuple[int, int, int] | None = None) -> SignalingClient:
-    client = SignalingClient(app.url, app.login(*USERS[who])["access_token"])
+async def joined(app: Appliance, who: str, code: str, rgb: tuple[int, int, int] | None = None) -> Participant:
+    client = Participant(app.url, app.login(*USERS[who])["access_token"])
     await client.connect()
     assert (await client.join(code, who.title()))["type"] == "joined"
     if rgb is not None:
