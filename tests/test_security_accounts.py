@@ -9,7 +9,6 @@ one test never touch another's.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import sqlite3
 import stat
@@ -20,11 +19,10 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-import websockets
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
-from signaling_client import SignalingClient
+from cli.client.participant import Participant
 
 ADMIN = ("admin@example.com", "admin password 1")
 USERS = {"ada": ("ada@example.com", "ada password 1"), "bob": ("bob@example.com", "bob password 1"),
@@ -131,23 +129,10 @@ def test_guessing_a_meeting_password_is_limited_per_address_and_per_meeting(appl
     assert {"password_address", "password_meeting"} <= rules
 
 
-class ClientFrom(SignalingClient):
-    """A signaling client behind the trusted proxy, at ``address``."""
-
-    def __init__(self, base_url: str, token: str, address: str) -> None:
-        super().__init__(base_url, token)
-        self.address = address
-
-    async def connect(self) -> None:
-        self.ws = await websockets.connect(self.url, additional_headers=sender(self.address))
-        self.closed_with = None
-        self._tasks.append(asyncio.create_task(self._read(self.ws)))
-
-
 async def test_the_signaling_join_password_shares_the_limits(appliance: Appliance) -> None:
     m = new_meeting(appliance, password="weekly sync 99")
     bob = login(appliance, *USERS["bob"], "198.51.100.9").json()["access_token"]
-    c = ClientFrom(appliance.url, bob, "198.51.100.9")
+    c = Participant(appliance.url, bob, headers=sender("198.51.100.9"))  # behind the trusted proxy
     await c.connect()
     try:
         codes = [(await c.join(m["code"], "Bob", password="guess"))["code"] for _ in range(3)]
@@ -178,14 +163,14 @@ def test_guest_passes_per_address_are_limited(appliance: Appliance) -> None:
 
 
 # ---------------------------------------------------------------------------- finding 4: sessions
-async def joined(app: Appliance, token: str, meeting: dict, name: str) -> SignalingClient:
-    c = SignalingClient(app.url, token)
+async def joined(app: Appliance, token: str, meeting: dict, name: str) -> Participant:
+    c = Participant(app.url, token)
     await c.connect()
     assert (await c.join(meeting["code"], name))["type"] == "joined"
     return c
 
 
-async def closed(c: SignalingClient, timeout: float = 5.0) -> int | None:
+async def closed(c: Participant, timeout: float = 5.0) -> int | None:
     await c.wait_until(lambda: c.closed_with is not None, timeout)
     return c.closed_with
 

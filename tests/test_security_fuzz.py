@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
-from signaling_client import SignalingClient
+from cli.client.participant import Participant
 
 USERS = {"host": ("host@example.com", "host password 1"), "bob": ("bob@example.com", "bob password 1"),
          "pat": ("pat@example.com", "pat password 1"), "sam": ("sam@example.com", "sam password 1")}
@@ -76,8 +76,8 @@ class World:
     app: Appliance
     meeting: dict
     lobby: dict
-    host: SignalingClient
-    bob: SignalingClient
+    host: Participant
+    bob: Participant
 
 
 def token(app: Appliance, who: str) -> str:
@@ -94,8 +94,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     stop(app.proc)
 
 
-async def connected(app: Appliance, bearer: str, meeting: dict, name: str, expect: str) -> SignalingClient:
-    c = SignalingClient(app.url, bearer)
+async def connected(app: Appliance, bearer: str, meeting: dict, name: str, expect: str) -> Participant:
+    c = Participant(app.url, bearer)
     await c.connect()
     reply = await c.join(meeting["code"], name)
     assert reply["type"] == expect, reply
@@ -108,15 +108,7 @@ async def world(app: Appliance) -> World:
     lobby = api.post("/api/v1/meetings", json={"title": "lobby", "lobby": True}).json()
     host = await connected(app, token(app, "host"), meeting, "Host", "joined")
     bob = await connected(app, token(app, "bob"), meeting, "Bob", "joined")
-    for c in (host, bob):  # a client pings at least every 10 s (docs/protocol.md)
-        c._tasks.append(asyncio.create_task(keep_alive(c)))
     return World(app, meeting, lobby, host, bob)
-
-
-async def keep_alive(c: SignalingClient) -> None:
-    while True:
-        await asyncio.sleep(10)
-        await c.send_raw('{"type": "ping"}')
 
 
 async def one_example(w: World, steps: list[tuple[str, str | bytes]]) -> None:
@@ -148,7 +140,7 @@ async def one_example(w: World, steps: list[tuple[str, str | bytes]]) -> None:
             await c.close()
 
 
-async def still_answers(c: SignalingClient) -> None:
+async def still_answers(c: Participant) -> None:
     """A connection still open answers a ping; one that said ``leave`` is closed by the server,
     which reads nothing after it."""
     ping = asyncio.ensure_future(c.request({"type": "ping"}))

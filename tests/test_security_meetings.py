@@ -12,7 +12,7 @@ from aiortc import RTCPeerConnection
 
 from appliance_server import Appliance, start_appliance
 from conftest import stop
-from signaling_client import SignalingClient
+from cli.client.participant import Participant
 
 USERS = {"host": ("host@example.com", "host password 1"), "pat": ("pat@example.com", "pat password 1"),
          "sam": ("sam@example.com", "sam password 1")}
@@ -40,20 +40,20 @@ def meeting(app: Appliance, **fields) -> dict:
     return r.json()
 
 
-async def connect(app: Appliance, bearer: str) -> SignalingClient:
-    c = SignalingClient(app.url, bearer)
+async def connect(app: Appliance, bearer: str) -> Participant:
+    c = Participant(app.url, bearer)
     await c.connect()
     return c
 
 
-async def joined(app: Appliance, bearer: str, m: dict, name: str) -> SignalingClient:
+async def joined(app: Appliance, bearer: str, m: dict, name: str) -> Participant:
     c = await connect(app, bearer)
     reply = await c.join(m["code"], name)
     assert reply["type"] == "joined", reply
     return c
 
 
-async def close_all(*clients: SignalingClient) -> None:
+async def close_all(*clients: Participant) -> None:
     for c in clients:
         await c.close()
 
@@ -120,7 +120,7 @@ async def test_a_removed_guest_cannot_come_back_with_a_new_pass(appliance: Appli
     guest_url = f"/api/v1/meetings/by-code/{m['code']}/guest"
     first_pass = browser.post(guest_url, json={"name": "Gus"}).json()["guest_token"]
     gus = await joined(appliance, first_pass, m, "Gus")
-    others: list[SignalingClient] = []
+    others: list[Participant] = []
     try:
         reply = await host.request({"type": "remove", "participant_id": gus.joined["participant"]["id"]})
         assert reply["type"] == "ok"

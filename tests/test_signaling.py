@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -23,7 +25,7 @@ USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    app = start_appliance(tmp_path_factory.mktemp("signaling"), media_loopback="true")
+    app = start_appliance(tmp_path_factory.mktemp("signaling"), media_loopback="true", sfu_workers="2")
     for i, (email, password) in enumerate(USERS.values()):
         app.add_user(email, password, admin=i == 0)
     yield app
@@ -332,3 +334,49 @@ async def test_an_offer_sent_during_a_blip_arrives_after_resume(appliance: Appli
     finally:
         await ada.close()
         await grace.close()
+
+
+async def test_a_dead_sfu_worker_takes_only_its_meeting_and_its_people_get_their_media_back(
+        appliance: Appliance) -> None:
+    """Two meetings on the appliance's two SFU worker processes; the worker of the red one is
+    killed: its people keep their seats and have media again within 10 s (media_reset); the green
+    meeting never notices."""
+    red, green = new_meeting(appliance), new_meeting(appliance)
+    ada = await publishing(appliance, "ada", red)
+    grace = await publishing(appliance, "grace", red, rgb=(30, 30, 200))
+    linus = await publishing(appliance, "linus", green, rgb=(30, 200, 30))
+    ada_green = await publishing(appliance, "ada", green, rgb=(200, 200, 30))
+    people = {"red": (ada, grace), "green": (linus, ada_green)}
+    try:
+        ids = {c: c.joined["participant"]["id"] for pair in people.values() for c in pair}
+        for a, b in people.values():
+            for me, other in ((a, b), (b, a)):
+                await me.wait_until(lambda me=me, other=other: me.frames_from(ids[other], "video") >= 5, timeout=20)
+        red_worker = {p["sfu_worker"]["pid"] for p in live(appliance, red)}
+        green_worker = {p["sfu_worker"]["pid"] for p in live(appliance, green)}
+        assert len(red_worker) == len(green_worker) == 1 and red_worker != green_worker  # one meeting each
+
+        killed = red_worker.pop()
+        os.kill(killed, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await ada.wait_until(lambda: bool(ada.events_of("media_reset")) and bool(grace.events_of("media_reset")))
+        green_before = {c: c.frames_from(ids[o], "video") for c, o in ((linus, ada_green), (ada_green, linus))}
+        red_before = {c: c.frames_from(ids[o], "video") for c, o in ((ada, grace), (grace, ada))}
+        for me, other in ((ada, grace), (grace, ada)):  # back, on the same seats
+            await me.wait_until(lambda me=me, other=other: me.frames_from(ids[other], "video") >= red_before[me] + 10
+                                and me.frames_from(ids[other], "audio") > 0, timeout=10)
+        took = time.monotonic() - killed_at
+        assert took < 10, f"media back {took:.1f} s after the kill"
+        assert not ada.events_of("participant_left") and not grace.events_of("participant_left")
+        assert {p["id"] for p in live(appliance, red)} == {ids[ada], ids[grace]}
+        [now_on] = {p["sfu_worker"]["pid"] for p in live(appliance, red)}
+        assert now_on != killed
+        os.kill(now_on, 0)  # a live worker process
+        for me, other in ((linus, ada_green), (ada_green, linus)):  # the green meeting went on throughout
+            assert me.frames_from(ids[other], "video") >= green_before[me] + 10
+            assert not me.events_of("media_reset") and not me.failures, me.failures
+    finally:
+        for c in (ada, grace, linus, ada_green):
+            await c.close()
+    metrics = httpx.get(f"{appliance.url}/metrics").text
+    assert "confmeet_sfu_worker_restarts_total 1.0" in metrics

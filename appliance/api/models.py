@@ -186,6 +186,11 @@ class LiveTrack(BaseModel):
     bytes: int
 
 
+class SfuWorker(BaseModel):
+    index: int
+    pid: int
+
+
 class LiveParticipant(BaseModel):
     id: str
     name: str
@@ -195,6 +200,7 @@ class LiveParticipant(BaseModel):
     audio_level_dbov: float | None = Field(None, description="mean microphone level over the last second; -127 is silence")
     published: list[LiveTrack]
     quality: dict | None = None
+    sfu_worker: SfuWorker | None = Field(None, description="the SFU worker process the meeting's media is on")
 
 
 class LiveMeeting(BaseModel):

@@ -19,6 +19,7 @@ from aiortc import (
     RTCRtpTransceiver,
     clock,
 )
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -126,6 +127,14 @@ class ForwardingSender:
         state["_RTCRtpSender__rtp_timestamp"] = packet.timestamp
         state["_RTCRtpSender__octet_count"] += len(packet.payload)
         state["_RTCRtpSender__packet_count"] += 1
+
+
+def detach_track(sender: RTCRtpSender) -> MediaStreamTrack | None:
+    """Take the sender's track off it without stopping the track (aiortc stops a sender's track
+    when the sender stops), so that another connection can send it."""
+    track = sender._RTCRtpSender__track  # type: ignore[attr-defined]
+    sender._RTCRtpSender__track = None  # type: ignore[attr-defined]
+    return track
 
 
 def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:

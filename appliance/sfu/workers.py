@@ -185,6 +185,8 @@ class SfuWorkers:
                 self._placement[room] = worker
                 worker.rooms.setdefault(room, set())
         reply = await self._call(worker, room, message)
+        if kind == "stats" and reply.get("type") == "stats":
+            reply["sfu_worker"] = {"index": worker.index, "pid": worker.process.pid}
         if kind == "join" and reply.get("type") == "joined" and worker.alive:
             worker.rooms.setdefault(room, set()).add(message.get("participant"))
             self._placement[room] = worker

@@ -492,6 +492,6 @@ class Signaling:
                         "connection_state": stats.get("connection_state"),
                         "audio_level_dbov": stats.get("audio_level_dbov"),
                         "published": stats.get("published", []), "subscribed": stats.get("subscribed", []),
-                        "quality": stats.get("quality")})
+                        "quality": stats.get("quality"), "sfu_worker": stats.get("sfu_worker")})
         return out
 

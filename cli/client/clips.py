@@ -137,10 +137,14 @@ def send_looped(pc: RTCPeerConnection, clip: EncodedClip) -> LoopedTrack:
     """Send ``clip`` from ``pc``, looped, on a sendonly transceiver that offers only the clip's
     codec. A keyframe request (PLI/FIR) restarts the loop at its keyframe, as a browser answers one
     with a fresh keyframe."""
-    track = LoopedTrack(clip)
+    return send_loop(pc, LoopedTrack(clip))
+
+
+def send_loop(pc: RTCPeerConnection, track: LoopedTrack) -> LoopedTrack:
+    """Send a looped track (see send_looped), a new one or one a closed connection sent."""
     transceiver = pc.addTransceiver(track, direction="sendonly")
-    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(clip.kind).codecs
-                                     if c.mimeType == clip.mime])
+    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(track.clip.kind).codecs
+                                     if c.mimeType == track.clip.mime])
     # aiortc calls this on PLI/FIR; with pre-encoded packets its own would do nothing.
     transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
     return track

@@ -27,10 +27,11 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
+from appliance.sfu import internals
 from appliance.sfu.ice import CandidateGatherer, IceSettings
 
 from . import REQUEST_TIMEOUT, ClientError
-from .clips import EncodedClip, LoopedTrack, send_looped
+from .clips import EncodedClip, LoopedTrack, send_loop, send_looped
 from .received import CountedTrack, ReceivedTrack
 from .signaling import SignalingClient, SignalingError, signaling_url
 
@@ -221,6 +222,8 @@ class Participant:
             self._task(self._answer(event))
         elif kind == "joined":  # admitted from the lobby
             self.joined = event
+        elif kind == "media_reset":
+            self._task(self._reset_media(event))
         elif kind == "meeting_ended":
             self.failures.append("the meeting was ended")
         elif kind == "error":
@@ -229,6 +232,32 @@ class Participant:
     def _on_close(self, connection: SignalingClient) -> None:
         if not self.leaving and not connection.dropped and not self.failures:
             self.failures.append(str(connection.closed))
+
+    async def _reset_media(self, event: dict[str, Any]) -> None:
+        """The server lost our media (the SFU worker of the meeting stopped) and took the seat
+        back into the SFU: a new peer connection with its ICE servers, the same tracks, offered
+        afresh (docs/protocol.md, ``media_reset``)."""
+        try:
+            await self._renegotiate_afresh(event)
+        except Exception as exc:  # whatever stops it, the participant has no media: say so
+            self.failures.append(f"cannot connect the media again: {exc!r}")
+
+    async def _renegotiate_afresh(self, event: dict[str, Any]) -> None:
+        async with self._negotiating:
+            old = self.pc
+            sending = [] if old is None else [t.sender for t in old.getTransceivers() if t.direction == "sendonly"]
+            tracks = [track for track in map(internals.detach_track, sending) if track is not None]
+            if old is not None:
+                await old.close()
+            self.pc = None
+            self.joined = {**self.joined, "ice_servers": event.get("ice_servers") or []}
+            self._connected.clear()
+            for track in tracks:
+                if isinstance(track, LoopedTrack):
+                    send_loop(self._peer(), track)
+                else:
+                    self.publish(track)
+        await self.offer()
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         pc = self._peer()

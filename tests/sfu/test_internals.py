@@ -30,6 +30,7 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         assert internals.mline_index(transceiver) is None
         assert internals.is_bundled(transceiver) is False
         assert internals.dtls_role(pc) == "auto"
+        assert internals.detach_track(sender) is None and sender.track is None
         connections = list(internals.ice_connections(pc))
         assert len(connections) == 1 and connections[0]._protocols == []
         assert callable(connections[0].get_component_candidates)
