@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiortc.exceptions import InvalidStateError
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, html, json
 from swagger_ui_bundle import swagger_ui_path
@@ -20,6 +19,7 @@ from .captions.audio import DECODE_SLOTS
 from .cors import install_cors
 from .security_headers import install_security_headers
 from .ops import install_ops, install_sfu_metrics
+from .sfu.peer import quiet_closed_peer_races
 from .instance import AlreadyServing, InstanceLock
 from .reconcile import reconcile
 from .services import Services, open_services
@@ -35,28 +35,6 @@ DOCS_PAGE = """<!doctype html>
 <script src="/api/docs/static/swagger-ui-bundle.js"></script>
 <script src="/api/docs/init.js"></script></body></html>"""
 DOCS_INIT = "SwaggerUIBundle({url: '/api/v1/openapi.json', dom_id: '#docs'});"
-
-
-def quiet_closed_peer_races(loop: asyncio.AbstractEventLoop) -> None:
-    """aiortc starts each connection's ICE/DTLS in a task nobody awaits; when the peer is closed
-    while that task still runs (someone leaves during set-up), it fails with InvalidStateError and
-    asyncio logs "Task exception was never retrieved" with a traceback. That is a normal end of a
-    connection, so it is logged as one line; every other unhandled error keeps the default report."""
-    default = loop.get_exception_handler()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        task = context.get("future")
-        coro = getattr(task, "get_coro", lambda: None)()
-        if isinstance(exc, InvalidStateError) and "RTCPeerConnection" in getattr(coro, "__qualname__", ""):
-            log.debug("a peer connection closed while connecting: %s", exc)
-            return
-        if default is not None:
-            default(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
 
 
 def create_app(settings: Settings, name: str = "confmeet") -> Sanic:

@@ -379,3 +379,25 @@ class Peer:
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,
         }
+
+
+def quiet_closed_peer_races(loop: asyncio.AbstractEventLoop) -> None:
+    """aiortc starts each connection's ICE/DTLS in a task nobody awaits; when the peer is closed
+    while that task still runs (someone leaves during set-up), it fails with InvalidStateError and
+    asyncio logs "Task exception was never retrieved" with a traceback. That is a normal end of a
+    connection, so it is logged as one line; every other unhandled error keeps the default report."""
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        task = context.get("future")
+        coro = getattr(task, "get_coro", lambda: None)()
+        if isinstance(exc, InvalidStateError) and "RTCPeerConnection" in getattr(coro, "__qualname__", ""):
+            log.debug("a peer connection closed while connecting: %s", exc)
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

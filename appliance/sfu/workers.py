@@ -38,6 +38,7 @@ from typing import Any
 from .errors import SfuError
 from .host import EventStream, RoomHost
 from .ice import IceServer, IceSettings
+from .peer import quiet_closed_peer_races
 from .stats import SfuStats
 
 log = logging.getLogger("confmeet.sfu")
@@ -304,6 +305,7 @@ class SfuWorkers:
 
 # ---------------------------------------------------------------------------- the worker process
 async def serve_worker(fd: int) -> None:
+    quiet_closed_peer_races(asyncio.get_running_loop())
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME)
     config = await read_frame(reader)
