@@ -103,6 +103,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         instance.start_heartbeat()
         await services.recordings.start()
         await services.signaling.start()
+        services.monitor.start()
         if await services.accounts.user_count() == 0:
             link = services.accounts.begin_setup(settings.data_dir / "setup-link", settings.base_url,
                                                  settings.setup_link_seconds)
@@ -110,6 +111,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
 
     async def drain(services: Services) -> None:
         services.recordings.stopping = True
+        await services.monitor.close()
         await services.file_jobs.close()  # each job marked interrupted, to resume at the next start
         await services.signaling.close()
         await services.sfu.close()  # recordings' files finished

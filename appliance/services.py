@@ -14,6 +14,7 @@ from .inference import Inference, open_inference
 from .instance import InstanceLock
 from .media import start_sfu
 from .meetings import Meetings
+from .monitoring import Monitor
 from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings
@@ -44,6 +45,7 @@ class Services:
     signaling: Signaling
     chat: Chat
     captions: Captions
+    monitor: Monitor
 
     @property
     def db(self) -> Relational:
@@ -69,4 +71,5 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     signaling.use(lobby, Moderation(room, meetings, stores.db, throttle, lobby), chat, captions,
                   Recording(room, recordings))
     return Services(settings, instance, stores, accounts, meetings, throttle, inference,
-                    FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions)
+                    FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions,
+                    Monitor(settings, stores, inference, captions))

@@ -25,6 +25,7 @@ class Appliance:
     proc: subprocess.Popen
     log: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    verify: str | bool = True  # the CA file of an appliance served over TLS
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*CONFMEET, *args], env=self.env, input=input, capture_output=True,
@@ -46,7 +47,8 @@ class Appliance:
 
     def login(self, email: str, password: str) -> dict[str, str]:
         """The token pair of a successful sign-in."""
-        r = httpx.post(f"{self.url}/api/v1/auth/login", json={"email": email, "password": password})
+        r = httpx.post(f"{self.url}/api/v1/auth/login", json={"email": email, "password": password},
+                       verify=self.verify)
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -61,21 +63,24 @@ def appliance_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
     return env
 
 
-def start_appliance(data_dir: Path, timeout: float = 30.0, **settings: str) -> Appliance:
+def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = None, **settings: str) -> Appliance:
+    """``confmeet serve`` with these settings; over TLS (settings tls_cert and tls_key) when ``ca``
+    names the CA that signed its certificate."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = appliance_env(data_dir, port, **settings)
     log = data_dir / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*CONFMEET, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    verify = str(ca) if ca else True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"confmeet serve exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Appliance(url, data_dir, env, proc, log)
+            if httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200:
+                return Appliance(url, data_dir, env, proc, log, verify=verify)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
