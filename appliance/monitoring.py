@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
-from .host.tls import certificate_expiry
+from .machine.tls import certificate_expiry
 from .inference import Inference
 from .settings import Settings
 from .signaling.captions import Captions

@@ -23,8 +23,8 @@ def doctor(
 
     Exit code 0: none; 1: warnings only; 2: at least one failure.
     """
-    from appliance.host.doctor import DoctorOptions, diagnose, problems
-    from appliance.host.preflight import exit_code, render_findings
+    from appliance.machine.doctor import DoctorOptions, diagnose, problems
+    from appliance.machine.preflight import exit_code, render_findings
 
     findings = diagnose(config, DoctorOptions(timeout=timeout, model_repository=models))
     found = problems(findings)

@@ -26,8 +26,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance import __version__
-from appliance.host import images, release, units
-from appliance.host.deploy import (
+from appliance.machine import images, release, units
+from appliance.machine.deploy import (
     COMPONENT_LABEL, COMPONENTS, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError, Engine,
     InstallOptions, InstallRecord, Journal, Layout, Mode, container_spec, create_native_database,
     SERVICE_USER, create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir,
@@ -117,7 +117,7 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
         plan.add("host", "TLS", f"{record.tls_cert}, {record.tls_key}", "use (--cert/--key)")
     if bundle is not None:
         plan.add("host", "offline bundle", str(bundle), "verify sha256s, load images, unpack models and wheels")
-    from appliance.host import gpu
+    from appliance.machine import gpu
 
     report = gpu.detect(gpu_probe or gpu.GpuProbe(docker_info=(lambda: engine.client.info()) if engine
                                                   else lambda: None))
@@ -219,8 +219,8 @@ def _is_root() -> bool:
 
 # ---------------------------------------------------------------------- preflight
 def preflight(record: InstallRecord, layout: Layout, engine: Engine | None) -> list[Any]:
-    from appliance.host.ports import bind_error, confmeet_version, stun_answers
-    from appliance.host.preflight import Finding, PreflightOptions, run_checks
+    from appliance.machine.ports import bind_error, confmeet_version, stun_answers
+    from appliance.machine.preflight import Finding, PreflightOptions, run_checks
 
     findings = run_checks(PreflightOptions(
         data_dir=layout.data_dir, docker_base_url=record.docker_url, mode=record.mode, address=record.listen,
@@ -297,7 +297,7 @@ class Installer:
         self.install_release()
         self.install_models()
         if record.tls_generated:
-            from appliance.host import tls
+            from appliance.machine import tls
 
             names = list(dict.fromkeys(n for n in (record.public_host, "localhost", "127.0.0.1",
                                                    record.listen if record.listen != "0.0.0.0" else "")
@@ -508,7 +508,7 @@ class Installer:
         if self.record.mode == "native" and not systemd_running(self.layout):
             self.done["stores"] = "not checked: the native units start with systemd"
             return
-        from appliance.host.upgrade import UpgradeError, release_command
+        from appliance.machine.upgrade import UpgradeError, release_command
 
         target = release.current(self.layout.opt_dir)
         assert target is not None
@@ -657,14 +657,14 @@ def install(
         record = resolve(options, previous, chosen)
         engine = Engine(docker_client(record.docker_url), layout.root) if chosen == "containers" else None
         findings = preflight(record, layout, engine)
-        from appliance.host.preflight import Finding
+        from appliance.machine.preflight import Finding
 
         problem, python = release.python_problem(), release.python_version(release.SYSTEM_PYTHON)
         findings.append(Finding("Python for the release", "fail", *problem) if problem else Finding(
             "Python for the release", "pass", f"{release.SYSTEM_PYTHON} is Python {python[0]}.{python[1]} "  # type: ignore[index]
             f"with venv: the appliance goes into {layout.opt_dir}"))
         if not as_json:
-            from appliance.host.preflight import render_findings
+            from appliance.machine.preflight import render_findings
 
             console.print(render_findings(findings))
         failures = [f for f in findings if f.status == "fail"]
@@ -716,7 +716,7 @@ def install(
 
 
 def _default_mode(options: InstallOptions) -> Mode:
-    from appliance.host.deploy import default_docker_url
+    from appliance.machine.deploy import default_docker_url
 
     try:
         docker_client(options.docker_url or default_docker_url(), timeout=5).close()
@@ -850,7 +850,7 @@ def bundle_create(
 ) -> None:
     """Write an offline bundle: every component's image (Triton's derived with the models' wheels),
     the model repository with its weights, and confmeet's wheels."""
-    from appliance.host.deploy import default_docker_url, image_override_from_env
+    from appliance.machine.deploy import default_docker_url, image_override_from_env
 
     names = [c.strip() for c in components.split(",")] if components else list(COMPONENTS)
     unknown = [n for n in names if n not in COMPONENTS]

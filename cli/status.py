@@ -2,7 +2,7 @@
 
 The appliance through /healthz and /readyz, PostgreSQL, Redis, MongoDB and S3 through their
 client libraries, Triton through its HTTP health and repository endpoints, coturn through a
-STUN binding request, and the GPU through ``appliance.host.gpu``. Only the settings file is
+STUN binding request, and the GPU through ``appliance.machine.gpu``. Only the settings file is
 needed (a non-root user with read access to it can run this); when the install record and the
 Docker Engine are readable too, each container's own state is added.
 
@@ -252,7 +252,7 @@ def probe_inference(url: str, why_not_gpu: Callable[[], str] = lambda: "") -> Pr
 
 def probe_turn(server: str) -> Probe:
     """A STUN binding request to the TURN server's UDP port (coturn answers it without credentials)."""
-    from appliance.host.ports import stun_answers
+    from appliance.machine.ports import stun_answers
 
     address = server.split(":", 1)[1].split("?")[0]
     host, colon, number = address.rpartition(":")
@@ -268,7 +268,7 @@ def probe_turn(server: str) -> Probe:
 
 
 def probe_appliance(settings: Settings) -> Probe:
-    from appliance.host.ports import loopback_for
+    from appliance.machine.ports import loopback_for
 
     tls = bool(settings.tls_cert)
     host = loopback_for(settings.host)
@@ -306,7 +306,7 @@ def _docker_info(docker_url: str | None) -> dict[str, Any] | None:
 
 
 def probe_gpu(docker_url: str | None) -> Probe:
-    from appliance.host import gpu
+    from appliance.machine import gpu
 
     report = gpu.detect(gpu.GpuProbe(docker_info=lambda: _docker_info(docker_url)))
     if not report.present:
@@ -328,7 +328,7 @@ NAMES = {  # (scheme of the setting's URL) → component name shown
 # ---------------------------------------------------------------------- the whole picture
 def _containers(settings_file: Path) -> tuple[dict[str, tuple[str, str, int]], str | None]:
     """Container states from the install record next to the settings, when it and Docker can be read."""
-    from appliance.host.deploy import COMPONENTS, Engine, InstallRecord, Layout
+    from appliance.machine.deploy import COMPONENTS, Engine, InstallRecord, Layout
 
     root = settings_file.parent.parent.parent
     try:
@@ -359,7 +359,7 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
     urls = {"database": settings.database_url, "bus": settings.bus, "documents": settings.documents_url,
             "objects": settings.objects_url, "inference": settings.inference}
     def why_not_gpu() -> str:
-        from appliance.host import gpu
+        from appliance.machine import gpu
 
         return gpu.detect(gpu.GpuProbe(docker_info=lambda: _docker_info(docker_url))).summary
 

@@ -1,7 +1,7 @@
 """``confmeet upgrade``, ``confmeet rollback`` and ``confmeet migrate``.
 
 ``upgrade`` puts a new release beside the running one and switches to it, with a backup first
-and an automatic way back when the new release does not come up (appliance/host/upgrade.py);
+and an automatic way back when the new release does not come up (appliance/machine/upgrade.py);
 ``rollback`` undoes the last upgrade; ``migrate`` brings the database schema up to date (what
 ``serve`` does at its start), and is how an upgrade runs the new release's migrations.
 """
@@ -19,10 +19,10 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from appliance.host import release
-from appliance.host.upgrade import Host, Outcome, UpgradeError, plan_rollback, release_source
-from appliance.host.upgrade import rollback as roll_back
-from appliance.host.upgrade import upgrade as run_upgrade
+from appliance.machine import release
+from appliance.machine.upgrade import Host, Outcome, UpgradeError, plan_rollback, release_source
+from appliance.machine.upgrade import rollback as roll_back
+from appliance.machine.upgrade import upgrade as run_upgrade
 
 from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, err, fail
 
@@ -67,7 +67,7 @@ def report(outcome: Outcome, title: str, as_json: bool) -> None:
 
 
 def _host(root: Path) -> Host:
-    from appliance.host.deploy import Layout
+    from appliance.machine.deploy import Layout
 
     try:
         return Host(Layout(root.absolute()))
@@ -78,7 +78,7 @@ def _host(root: Path) -> Host:
 def _new_version(source: Path) -> str:
     if source.name.endswith(".whl"):
         return source.name.split("-")[1] if source.name.count("-") >= 2 else "?"
-    from appliance.host.images import ImageError, read_manifest
+    from appliance.machine.images import ImageError, read_manifest
 
     try:
         return read_manifest(source).confmeet_version

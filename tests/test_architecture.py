@@ -19,7 +19,7 @@ PACKAGES = ("appliance", "cli")
 MUST_NOT_IMPORT = {
     "appliance.accounts": ("sanic", "appliance.api"),
     "appliance.meetings": ("sanic", "appliance.api"),
-    "appliance.host.doctor": ("sanic", "appliance.app", "appliance.signaling"),  # it checks a host, not the app
+    "appliance.machine.doctor": ("sanic", "appliance.app", "appliance.signaling"),  # it checks a host, not the app
     # Signaling's features see the room view, never the server, the web framework or the REST API.
     **{f"appliance.signaling.{feature}": ("sanic", "appliance.api", "appliance.signaling.server")
        for feature in ("room", "protocol", "lobby", "moderation", "chat", "captions", "recording")},

@@ -20,10 +20,10 @@ import pytest
 from cryptography import x509
 
 from appliance.fsutil import write_atomically
-from appliance.host import doctor, tls
-from appliance.host.doctor import DoctorOptions, diagnose, problems
-from appliance.host.preflight import Finding, exit_code
-from appliance.host.units import render_turnserver_conf
+from appliance.machine import doctor, tls
+from appliance.machine.doctor import DoctorOptions, diagnose, problems
+from appliance.machine.preflight import Finding, exit_code
+from appliance.machine.units import render_turnserver_conf
 from appliance.settings import load_settings
 from appliance_server import start_appliance
 from conftest import free_port, stop, wait_port

@@ -12,7 +12,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from appliance.host.gpu import GpuProbe, detect
+from appliance.machine.gpu import GpuProbe, detect
 
 
 class FakeNvmlError(Exception):
@@ -232,7 +232,7 @@ def test_asr_is_rendered_for_cuda_when_docker_can_use_the_gpu(tmp_path: Path, in
     """NVML, sysfs and Docker's runtimes faked (nothing above them): the installer renders asr
     with KIND_GPU and the model asks CTranslate2 for CUDA; VAD stays on the CPU. On this host
     CTranslate2's own CUDA initialisation then fails, which shows that CUDA was really asked for."""
-    from appliance.host.gpu import asr_placement
+    from appliance.machine.gpu import asr_placement
     from appliance.inference.models import instance_kind, load_module, set_instance_kind
 
     pci_device(tmp_path, "0000:3b:00.0", "0x10de", "0x030200", driver="nvidia")
@@ -251,7 +251,7 @@ def test_asr_is_rendered_for_cuda_when_docker_can_use_the_gpu(tmp_path: Path, in
 
 
 def test_asr_stays_on_the_cpu_and_the_plan_says_why(tmp_path: Path, installed_models: Path) -> None:
-    from appliance.host.gpu import asr_placement
+    from appliance.machine.gpu import asr_placement
     from appliance.inference.models import load_module, set_instance_kind
 
     pci_device(tmp_path, "0000:3b:00.0", "0x10de", "0x030200", driver="nvidia")

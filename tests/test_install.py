@@ -38,7 +38,7 @@ import pytest
 from minio import Minio
 
 import dockerd
-from appliance.host import images
+from appliance.machine import images
 
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[1]
@@ -505,7 +505,7 @@ def test_upgrade_takes_its_release_from_a_bundle_it_checked(tmp_path: Path) -> N
     and nothing from a bundle whose files differ from its manifest."""
     import tarfile
 
-    from appliance.host.upgrade import UpgradeError, release_source
+    from appliance.machine.upgrade import UpgradeError, release_source
 
     members = {"wheels/confmeet-9.9.9-py3-none-any.whl": b"the release", "wheels/numpy-1-cp311.whl": b"a dependency",
                "model_repository/vad/config.pbtxt": b"a model"}
@@ -536,7 +536,7 @@ def test_upgrade_takes_its_release_from_a_bundle_it_checked(tmp_path: Path) -> N
 
 def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None:
     import appliance
-    from appliance.host.deploy import InstallOptions, Layout, container_spec, resolve
+    from appliance.machine.deploy import InstallOptions, Layout, container_spec, resolve
 
     layout = Layout(tmp_path)
     record = resolve(InstallOptions(root=tmp_path, public_host="meet.example.org"), None, "containers")
@@ -553,7 +553,7 @@ def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None
 
 def test_status_gpu_row_says_what_triton_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an H200 host without the NVIDIA container toolkit reports (measured on one)."""
-    from appliance.host import gpu
+    from appliance.machine import gpu
     from cli.status import probe_gpu
 
     fix = "install nvidia-container-toolkit, run 'nvidia-ctk runtime configure --runtime=docker'"

@@ -30,9 +30,9 @@ import pytest
 import yaml
 from aiortc.contrib.media import MediaPlayer
 
-from appliance.host.observability import (ALERTS, DASHBOARDS_DIR, OBSERVABILITY_DIR, Scrape, alertmanager_config,
+from appliance.machine.observability import (ALERTS, DASHBOARDS_DIR, OBSERVABILITY_DIR, Scrape, alertmanager_config,
                                           dashboard_expressions, grafana_datasources, prometheus_config)
-from appliance.host.tls import generate_ca, issue_server_certificate
+from appliance.machine.tls import generate_ca, issue_server_certificate
 from appliance.inference.models import import_models
 from appliance_server import Appliance, start_appliance
 from captions.conftest import SCRIPT, speak

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from appliance.host import preflight
-from appliance.host.ports import bind_error
-from appliance.host.preflight import GiB, Finding, PreflightOptions, render_findings, run_checks
+from appliance.machine import preflight
+from appliance.machine.ports import bind_error
+from appliance.machine.preflight import GiB, Finding, PreflightOptions, render_findings, run_checks
 from conftest import free_port, stop
 from test_doctor import coturn  # noqa: F401  (a fixture: a real coturn on loopback)
 from test_gpu import DOCKER_PLAIN, pci_device, probe
@@ -94,7 +94,7 @@ def test_operating_system(tmp_path: Path, release: str, status: str) -> None:
 
 def test_python_for_the_release(tmp_path: Path) -> None:
     """The release's virtualenv needs python3 >= 3.11 with venv; an older one fails with the fix."""
-    from appliance.host import release as release_module
+    from appliance.machine import release as release_module
 
     assert release_module.python_problem(Path("/usr/bin/python3")) is None  # Debian 12's 3.11
     old = tmp_path / "python3"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.host import images
+from appliance.machine import images
 from netns import Namespace
 from test_install import ADMIN_ENV, CACHE, PROJECT, Wheelhouse
 

@@ -18,7 +18,7 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from appliance.host import tls, units
+from appliance.machine import tls, units
 from appliance.turn import turn_credentials
 from conftest import free_port, stop, wait_port
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.host import units
+from appliance.machine import units
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 

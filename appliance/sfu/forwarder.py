@@ -24,7 +24,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from aiortc.utils import uint16_gt
 
-from . import internals
+from . import aiortc_private
 from .keyframes import KeyframeRequester, is_keyframe_start
 from .stats import SfuStats
 
@@ -146,7 +146,7 @@ class UpTrack:
         self.source = source
         self.kind: str = transceiver.kind
         self.receiver: RTCRtpReceiver = transceiver.receiver
-        negotiated = internals.codecs(transceiver)
+        negotiated = aiortc_private.codecs(transceiver)
         self.codec: RTCRtpCodecParameters = next(c for c in negotiated if c.name != "rtx")
         self.payload_type = cast(int, self.codec.payloadType)  # negotiated codecs always have one
         self.rtx_payload_types = {c.payloadType for c in negotiated
@@ -215,7 +215,7 @@ class UpTrack:
     async def _send_pli(self) -> bool:
         if self.media_ssrc is None or self.closed:
             return False
-        await internals.send_pli(self.receiver, self.media_ssrc)
+        await aiortc_private.send_pli(self.receiver, self.media_ssrc)
         self.stats.plis_sent += 1
         return True
 
@@ -246,7 +246,7 @@ class UpTrack:
                 self.remove_tap(tap)
         if self.downs:
             now = time.monotonic()
-            ntp_time = internals.current_ntp_time()
+            ntp_time = aiortc_private.current_ntp_time()
             for down in self.downs:
                 down.write(packet, keyframe, now, ntp_time)
 
@@ -271,7 +271,7 @@ class DownTrack:
         self.source_ssrc: int | None = None
         self.accepted = False
         self.started = False
-        self.output: internals.ForwardingSender | None = None
+        self.output: aiortc_private.ForwardingSender | None = None
         self.packets = 0
         self.bytes = 0
 
@@ -285,14 +285,14 @@ class DownTrack:
         on; False when it declined the track."""
         if self.transceiver.currentDirection not in ("sendonly", "sendrecv"):
             return False
-        codec = next((c for c in internals.codecs(self.transceiver)
+        codec = next((c for c in aiortc_private.codecs(self.transceiver)
                       if is_codec_compatible(c, self.up.codec)), None)
         if codec is None:
             return False
         self.payload_type = cast(int, codec.payloadType)
         self.mid = self.transceiver.mid
-        self.extensions = internals.header_extensions_map(self.transceiver)
-        self.header = HeaderTemplate.for_subscriber(self.mid, internals.header_extensions(self.transceiver))
+        self.extensions = aiortc_private.header_extensions_map(self.transceiver)
+        self.header = HeaderTemplate.for_subscriber(self.mid, aiortc_private.header_extensions(self.transceiver))
         self.accepted = True
         return True
 
@@ -300,7 +300,7 @@ class DownTrack:
         """Begin forwarding; video waits for a keyframe, which is requested now."""
         if self.started or self.up.closed:
             return
-        self.output = internals.ForwardingSender(self.sender)
+        self.output = aiortc_private.ForwardingSender(self.sender)
         self.started = True
         self.up.add(self)
         self.up.request_keyframe()

@@ -32,7 +32,7 @@ from aiortc import (
 )
 from aiortc import sdp as aiortc_sdp
 
-from . import internals
+from . import aiortc_private
 
 log = logging.getLogger("confmeet.sfu")
 
@@ -135,21 +135,21 @@ class CandidateGatherer:
         transport that has not gathered yet."""
         if not self.settings.loopback and self._ports is None:
             return
-        for connection in internals.ice_connections(pc):
+        for connection in aiortc_private.ice_connections(pc):
             if connection not in self._prepared:
                 self._prepared.add(connection)
-                internals.wrap_component_gathering(connection, partial(self._bind_gathering, connection))
+                aiortc_private.wrap_component_gathering(connection, partial(self._bind_gathering, connection))
 
     def _bind_gathering(self, connection: Connection,
-                        original: internals.ComponentGatherer) -> internals.ComponentGatherer:
+                        original: aiortc_private.ComponentGatherer) -> aiortc_private.ComponentGatherer:
         return partial(self._gather_component, connection, original)
 
-    async def _gather_component(self, connection: Connection, original: internals.ComponentGatherer,
+    async def _gather_component(self, connection: Connection, original: aiortc_private.ComponentGatherer,
                                 component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
         if self.settings.loopback:
             addresses = [LOOPBACK]
         protocols = [p for p in [await self._bind(connection, component, a) for a in addresses] if p]
-        internals.add_host_protocols(connection, protocols)
+        aiortc_private.add_host_protocols(connection, protocols)
         candidates: list[Candidate] = [p.local_candidate for p in protocols]
         lookups = []
         if connection.stun_server is not None:

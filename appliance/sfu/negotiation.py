@@ -28,7 +28,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
 )
 
-from . import internals
+from . import aiortc_private
 from .errors import SfuError
 
 FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
@@ -176,7 +176,7 @@ class SfuPeerConnection(RTCPeerConnection):
 
     async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
         sessionDescription = RTCSessionDescription(
-            sdp=align_bundled_setup(sessionDescription.sdp, internals.dtls_role(self)),
+            sdp=align_bundled_setup(sessionDescription.sdp, aiortc_private.dtls_role(self)),
             type=sessionDescription.type)
         await super().setRemoteDescription(sessionDescription)
         if sessionDescription.type == "offer":
@@ -184,22 +184,22 @@ class SfuPeerConnection(RTCPeerConnection):
 
     def _choose_upstream_codecs(self) -> None:
         for transceiver in self.getTransceivers():
-            if internals.offered_direction(transceiver) not in ("recvonly", "sendrecv"):
+            if aiortc_private.offered_direction(transceiver) not in ("recvonly", "sendrecv"):
                 continue
-            negotiated = internals.codecs(transceiver)
+            negotiated = aiortc_private.codecs(transceiver)
             chosen = next((c for mime in FORWARDABLE[transceiver.kind] for c in negotiated
                            if c.mimeType.lower() == mime.lower()), None)
             if chosen is None:
                 continue
             rtx = [c for c in negotiated if c.name == "rtx" and c.parameters.get("apt") == chosen.payloadType]
-            internals.set_codecs(transceiver, [chosen, *rtx])
+            aiortc_private.set_codecs(transceiver, [chosen, *rtx])
 
     async def createOffer(self) -> RTCSessionDescription:
-        negotiated = {t: (internals.codecs(t), internals.header_extensions(t))
+        negotiated = {t: (aiortc_private.codecs(t), aiortc_private.header_extensions(t))
                       for t in self.getTransceivers() if t.mid is not None}
         offer = await super().createOffer()
         payloads = SessionPayloads(d.sdp for d in (self.remoteDescription, self.localDescription) if d)
-        by_index = {internals.mline_index(t): t for t in self.getTransceivers()}
+        by_index = {aiortc_private.mline_index(t): t for t in self.getTransceivers()}
         description = aiortc_sdp.SessionDescription.parse(offer.sdp)
         for index, media in enumerate(description.media):
             transceiver = by_index.get(index)
@@ -208,10 +208,10 @@ class SfuPeerConnection(RTCPeerConnection):
             if transceiver in negotiated:
                 codecs, extensions = negotiated[transceiver]
             else:
-                codecs = payloads.number_codecs(internals.codecs(transceiver))
-                extensions = payloads.number_extensions(internals.header_extensions(transceiver))
-            internals.set_codecs(transceiver, codecs)
-            internals.set_header_extensions(transceiver, extensions)
+                codecs = payloads.number_codecs(aiortc_private.codecs(transceiver))
+                extensions = payloads.number_extensions(aiortc_private.header_extensions(transceiver))
+            aiortc_private.set_codecs(transceiver, codecs)
+            aiortc_private.set_header_extensions(transceiver, extensions)
             media.rtp.codecs = codecs
             media.fmt = [c.payloadType for c in codecs]
             media.rtp.headerExtensions = extensions

@@ -29,7 +29,7 @@ from aiortc.exceptions import (
 )
 from aiortc.rtp import RtpPacket
 
-from . import internals
+from . import aiortc_private
 from .errors import SfuError
 from .forwarder import DownTrack, ForwardedTrack, UpTrack
 from .ice import (
@@ -217,7 +217,7 @@ class Peer:
             raise SfuError("invalid_sdp", f"the {kind} was refused: {exc}") from None
 
     def _primary_mid(self) -> str | None:
-        mid = next((t.mid for t in self.pc.getTransceivers() if not internals.is_bundled(t)), None)
+        mid = next((t.mid for t in self.pc.getTransceivers() if not aiortc_private.is_bundled(t)), None)
         if mid is None and self.pc.sctp is not None:
             mid = self.pc.sctp.mid
         return mid
@@ -226,8 +226,8 @@ class Peer:
     def _tap_receivers(self) -> None:
         for transceiver in self.pc.getTransceivers():
             receiver = transceiver.receiver
-            if internals.offered_direction(transceiver) in RECEIVING and receiver not in self._tapped:
-                internals.tap_receiver(receiver, partial(self._on_rtp, receiver))
+            if aiortc_private.offered_direction(transceiver) in RECEIVING and receiver not in self._tapped:
+                aiortc_private.tap_receiver(receiver, partial(self._on_rtp, receiver))
                 self._tapped.add(receiver)
 
     async def _on_rtp(self, receiver: RTCRtpReceiver, packet: RtpPacket) -> None:
@@ -316,10 +316,10 @@ class Peer:
     def _add_down(self, up: UpTrack) -> DownTrack:
         transceiver = self.pc.addTransceiver(ForwardedTrack(up.kind, up.track_id), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(up.codec))
-        internals.set_stream_id(transceiver.sender, up.publisher)
+        aiortc_private.set_stream_id(transceiver.sender, up.publisher)
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
-        internals.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
-        internals.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
+        aiortc_private.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
+        aiortc_private.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
         return down
 
     async def _start_down(self, down: DownTrack) -> None:

@@ -27,7 +27,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from appliance.sfu import internals
+from appliance.sfu import aiortc_private
 from appliance.sfu.ice import CandidateGatherer, IceSettings
 
 from . import REQUEST_TIMEOUT, ClientError
@@ -246,7 +246,7 @@ class Participant:
         async with self._negotiating:
             old = self.pc
             sending = [] if old is None else [t.sender for t in old.getTransceivers() if t.direction == "sendonly"]
-            tracks = [track for track in map(internals.detach_track, sending) if track is not None]
+            tracks = [track for track in map(aiortc_private.detach_track, sending) if track is not None]
             if old is not None:
                 await old.close()
             self.pc = None

@@ -14,7 +14,7 @@ from aiortc import RTCRtpReceiver, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
-from appliance.sfu import internals
+from appliance.sfu import aiortc_private
 from appliance.sfu.keyframes import is_keyframe_start
 
 from . import ClientError
@@ -58,7 +58,7 @@ class Link:
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
         self.receiver = transceiver.receiver
-        media = [c for c in internals.codecs(transceiver) if c.name != "rtx"]
+        media = [c for c in aiortc_private.codecs(transceiver) if c.name != "rtx"]
         self._media_types = {c.payloadType for c in media}
         self._clock_rate = media[0].clockRate if media else 90000
         self.payload_bytes = 0
@@ -139,9 +139,9 @@ class CountedTrack:
         self.keyframes = 0
         self.first_frame_at: float | None = None
         self._on_frame = on_frame
-        self._media_types = {c.payloadType for c in internals.codecs(transceiver) if c.name != "rtx"}
+        self._media_types = {c.payloadType for c in aiortc_private.codecs(transceiver) if c.name != "rtx"}
         self._decodable = False
-        internals.tap_receiver(self.receiver, self._on_rtp)
+        aiortc_private.tap_receiver(self.receiver, self._on_rtp)
         self.link = Link(transceiver)
 
     async def _on_rtp(self, packet: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from appliance.host.doctor import check_models
+from appliance.machine.doctor import check_models
 from appliance.inference.models import REQUIRED
 from cli.main import app
 

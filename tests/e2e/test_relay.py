@@ -32,7 +32,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Playwright
 
-from appliance.host import units
+from appliance.machine import units
 from appliance_server import CONFMEET, appliance_env
 from conftest import free_port, stop
 from netns import Namespace

@@ -19,7 +19,7 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 
-from appliance.sfu import internals
+from appliance.sfu import aiortc_private
 from appliance.sfu.forwarder import DownTrack, HeaderTemplate, RtpRewriter, UpTrack
 from appliance.sfu.stats import SfuStats
 
@@ -54,7 +54,7 @@ def test_rewriter_stops_dropping_old_numbers_once_far_past_the_restart() -> None
 class Wire:
     """A connected DTLS transport that records what is written to it, in clear: RTCP through
     ``_send_rtp``, forwarded RTP through the selected ICE pair's socket as the SFU writes it
-    (internals.ForwardingSender), with SRTP that leaves packets as they are."""
+    (aiortc_private.ForwardingSender), with SRTP that leaves packets as they are."""
 
     state = "connected"
     _state = DtlsState.CONNECTED
@@ -88,8 +88,8 @@ ABS_SEND_TIME = RTCRtpHeaderExtensionParameters(
 def _transceiver(pc: RTCPeerConnection, codecs: list[RTCRtpCodecParameters], mid: str, direction: str,
                  wire: Wire) -> RTCRtpTransceiver:
     transceiver = pc.addTransceiver("video", direction=direction)
-    internals.set_codecs(transceiver, codecs)
-    internals.set_header_extensions(transceiver, [MID, ABS_SEND_TIME])
+    aiortc_private.set_codecs(transceiver, codecs)
+    aiortc_private.set_header_extensions(transceiver, [MID, ABS_SEND_TIME])
     transceiver._set_mid(mid)
     transceiver._setCurrentDirection(direction)
     transceiver.sender.setTransport(wire)  # type: ignore[arg-type]
@@ -140,7 +140,7 @@ async def test_video_waits_for_a_keyframe_then_flows_rewritten(pair: Any) -> Non
     assert not up.keyframes.wanted and not down.gated
     history = down.sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     assert {p.sequence_number for p in history.values()} == {p.sequence_number for p in out}
-    assert internals.sender_counts(down.sender) == (3, 3 * len(VP8_KEY))
+    assert aiortc_private.sender_counts(down.sender) == (3, 3 * len(VP8_KEY))
     assert stats.forwarded_packets["video"] == 3
 
     # A retransmission (RTX) of packet 12 goes out as packet 12 did.
@@ -170,7 +170,7 @@ async def test_a_stopped_down_track_receives_nothing(pair: Any) -> None:
 
 async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair: Any) -> None:
     up, down, upstream, downstream, stats = pair
-    internals.on_keyframe_request(down.sender, up.keyframe_requested_downstream)
+    aiortc_private.on_keyframe_request(down.sender, up.keyframe_requested_downstream)
     down.accept_negotiation()
     down.start()
     for seq, payload in [(1, VP8_KEY), (2, VP8_MORE), (3, VP8_DELTA)]:

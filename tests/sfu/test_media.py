@@ -12,7 +12,7 @@ import pytest
 from aiortc import RTCRtpReceiver, rtcrtpreceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from appliance.sfu import internals
+from appliance.sfu import aiortc_private
 
 from .conftest import join_publishing
 from .participants import ColourTrack, Meeting, Participant, ToneTrack
@@ -112,10 +112,10 @@ async def test_the_server_neither_decodes_nor_encodes(
     assert len(server_receivers) == 4 and len(server_senders) == 4
     assert all(up.packets > 5 for peer in server_peers(meeting).values() for up in peer.ups.values())
     assert [decoded[track_queue(r)] for r in server_receivers] == [0, 0, 0, 0]
-    assert not any(internals.receiver_decodes(r) for r in server_receivers)
+    assert not any(aiortc_private.receiver_decodes(r) for r in server_receivers)
     assert [encoded[id(s)] for s in server_senders] == [0, 0, 0, 0]
-    assert not any(internals.sender_encodes(s) for s in server_senders)
-    assert all(internals.sender_counts(s)[0] > 10 for s in server_senders)  # they did send, RTP
+    assert not any(aiortc_private.sender_encodes(s) for s in server_senders)
+    assert all(aiortc_private.sender_counts(s)[0] > 10 for s in server_senders)  # they did send, RTP
     # Meanwhile the clients, in the same process, do decode and encode.
     client_receivers = [r for c in (alice, bob) for r in c.pc.getReceivers() if r.track]
     assert all(decoded[track_queue(r)] > 10 for r in client_receivers if r.track.kind == "video")
@@ -192,4 +192,4 @@ async def test_h264_is_forwarded_when_the_publisher_sends_it(meeting: Meeting) -
     assert bob.tracks_from("alice", "video")[0].sizes == {(640, 480)}
     assert [e["track"]["codec"] for e in bob.events_of("track_published")] == ["video/H264"]
     down = next(iter(server_peers(meeting)["bob"].downs.values()))
-    assert internals.codecs(down.transceiver)[0].mimeType == "video/H264" and down.packets > 5
+    assert aiortc_private.codecs(down.transceiver)[0].mimeType == "video/H264" and down.packets > 5

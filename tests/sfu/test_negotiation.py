@@ -5,7 +5,7 @@ from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from appliance.sfu import IceSettings, internals
+from appliance.sfu import IceSettings, aiortc_private
 from appliance.sfu.errors import SfuError
 from appliance.sfu.forwarder import ForwardedTrack
 from appliance.sfu.ice import CandidateGatherer, drop_mdns_candidates
@@ -56,7 +56,7 @@ async def test_server_offer_keeps_the_browsers_numbering_in_the_bundle() -> None
         await pc.setLocalDescription(await pc.createAnswer())
         publisher = pc.getTransceivers()
         for kind, upstream in (("audio", publisher[0]), ("video", publisher[1])):
-            codec = internals.codecs(upstream)[0]
+            codec = aiortc_private.codecs(upstream)[0]
             transceiver = pc.addTransceiver(ForwardedTrack(kind, f"remote-{kind}"), direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(codec))
         offer = await pc.createOffer()
@@ -73,7 +73,7 @@ async def test_server_offer_keeps_the_browsers_numbering_in_the_bundle() -> None
         assert _extensions(media[3]) == {"mid": 4, "abs-send-time": 2}
         assert [m.direction for m in media] == ["recvonly", "recvonly", "sendonly", "sendonly"]
         # The transceivers send with what was offered.
-        assert internals.codecs(pc.getTransceivers()[3])[0].payloadType == 96
+        assert aiortc_private.codecs(pc.getTransceivers()[3])[0].payloadType == 96
     finally:
         await pc.close()
 
@@ -112,15 +112,15 @@ async def test_a_renegotiation_answer_with_mixed_setup_keeps_the_dtls_role() -> 
         await pc.setRemoteDescription(CHROME)
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createAnswer())
-        assert internals.dtls_role(pc) == "client"
+        assert aiortc_private.dtls_role(pc) == "client"
         for kind, upstream in zip(("audio", "video"), pc.getTransceivers()):
             transceiver = pc.addTransceiver(ForwardedTrack(kind, f"remote-{kind}"), direction="sendonly")
-            transceiver.setCodecPreferences(codec_preferences(internals.codecs(upstream)[0]))
+            transceiver.setCodecPreferences(codec_preferences(aiortc_private.codecs(upstream)[0]))
         await pc.setLocalDescription(await pc.createOffer())
         answer = _answer_like_firefox(pc.localDescription.sdp, ["passive", "passive", "active", "active"])
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         assert pc.signalingState == "stable"
-        assert internals.dtls_role(pc) == "client"
+        assert aiortc_private.dtls_role(pc) == "client"
         assert {t.receiver.transport for t in pc.getTransceivers()} == {pc.getTransceivers()[0].receiver.transport}
     finally:
         await pc.close()

@@ -3,7 +3,7 @@
 aiortc has no API for forwarding RTP without decoding and re-encoding, for fixing payload types
 across a BUNDLE group, or for choosing UDP ports. Everything below leans on private attributes of
 aiortc 1.16 / aioice 0.13: after upgrading either, check this module first
-(``tests/sfu/test_internals.py`` fails when one of these attributes moves).
+(``tests/sfu/test_aiortc_private.py`` fails when one of these attributes moves).
 """
 
 from __future__ import annotations

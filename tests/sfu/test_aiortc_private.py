@@ -1,4 +1,4 @@
-"""The aiortc/aioice internals appliance.sfu.internals relies on still exist and mean the same."""
+"""The aiortc/aioice internals appliance.sfu.aiortc_private relies on still exist and mean the same."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from appliance.sfu import internals
+from appliance.sfu import aiortc_private
 
 
 async def test_private_attributes_used_by_the_sfu_exist() -> None:
@@ -16,22 +16,22 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
     try:
         transceiver = pc.addTransceiver("video", direction="sendonly")
         sender, receiver = transceiver.sender, transceiver.receiver
-        assert internals.sender_counts(sender) == (0, 0)
-        assert internals.sender_encodes(sender) is False
+        assert aiortc_private.sender_counts(sender) == (0, 0)
+        assert aiortc_private.sender_encodes(sender) is False
         assert receiver._RTCRtpReceiver__decoder_thread is None  # type: ignore[attr-defined]
-        assert internals.receiver_decodes(receiver) is False
+        assert aiortc_private.receiver_decodes(receiver) is False
         assert callable(receiver._RTCRtpReceiver__stop_decoder)  # type: ignore[attr-defined]
         assert sender._RTCRtpSender__rtp_history == {}  # type: ignore[attr-defined]
         assert isinstance(sender._RTCRtpSender__ntp_timestamp, int)  # type: ignore[attr-defined]
         assert isinstance(sender._RTCRtpSender__rtp_timestamp, int)  # type: ignore[attr-defined]
-        assert internals.codecs(transceiver) == []
-        assert internals.header_extensions(transceiver) == []
-        assert internals.offered_direction(transceiver) is None
-        assert internals.mline_index(transceiver) is None
-        assert internals.is_bundled(transceiver) is False
-        assert internals.dtls_role(pc) == "auto"
-        assert internals.detach_track(sender) is None and sender.track is None
-        connections = list(internals.ice_connections(pc))
+        assert aiortc_private.codecs(transceiver) == []
+        assert aiortc_private.header_extensions(transceiver) == []
+        assert aiortc_private.offered_direction(transceiver) is None
+        assert aiortc_private.mline_index(transceiver) is None
+        assert aiortc_private.is_bundled(transceiver) is False
+        assert aiortc_private.dtls_role(pc) == "auto"
+        assert aiortc_private.detach_track(sender) is None and sender.track is None
+        connections = list(aiortc_private.ice_connections(pc))
         assert len(connections) == 1 and connections[0]._protocols == []
         assert callable(connections[0].get_component_candidates)
         assert callable(RTCRtpSender._send_keyframe) and callable(receiver._handle_rtp_packet)
@@ -59,4 +59,4 @@ async def test_forwarded_packets_reach_the_socket_of_the_selected_pair(
             dtls = down.sender.transport
             pair = dtls.transport._connection._nominated[1]
             assert type(pair.protocol) is StunProtocol and not pair.protocol.transport.is_closing()
-            assert dtls._RTCDtlsTransport__tx_packets >= internals.sender_counts(down.sender)[0] > 0
+            assert dtls._RTCDtlsTransport__tx_packets >= aiortc_private.sender_counts(down.sender)[0] > 0

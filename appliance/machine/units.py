@@ -25,7 +25,7 @@ APPLIANCE_UNIT = "confmeet.service"
 PRIVILEGED_PORT_DROPIN = "confmeet.service.d/privileged-port.conf"
 SYSUSERS = "confmeet.sysusers"
 TURNSERVER_TEMPLATE = "turnserver.conf.in"
-CONFMEET_BIN = "/opt/confmeet/current/bin/confmeet"  # appliance/host/release.py
+CONFMEET_BIN = "/opt/confmeet/current/bin/confmeet"  # appliance/machine/release.py
 CONFIG_FILE = "/etc/confmeet/confmeet.toml"
 
 
