@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/sfu_vs_janus.py [--subscribers 32] [--seconds 20] [--settle 5]
        [--repeat 2] [--targets confmeet,janus-2-loops,janus]
+       python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet-observed --repeat 3
 
 Every target gets the same load, one after the other and repeated in turns (so that whatever
 else the machine does falls on all of them alike): one publisher sending the load test's media
@@ -17,6 +18,12 @@ Targets:
   confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback, one
                   SFU worker process (the meeting's room lives on one worker anyway; the CPU
                   counted is the appliance's process and its worker's together).
+  confmeet-observed
+                  the same with the observability on, as an install runs it and harder: Debian's
+                  Prometheus scraping /metrics every second (an install scrapes every 15 s), and
+                  every trace sampled (trace_sample_ratio 1.0) and exported over OTLP/HTTP to a
+                  sink in this process that accepts and discards them (Jaeger's place). Against
+                  ``confmeet`` it is the cost of metrics and tracing together.
   janus-2-loops   Janus 1.1.2 (Debian package ``janus``), VideoRoom plugin, HTTP transport,
                   ``event_loops = 2`` (a fixed pool of two event-loop threads).
   janus           the same with Janus's default (no ``event_loops``: a thread per handle).
@@ -29,12 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +153,7 @@ class Confmeet:
         self.scratch = scratch
         self.workers = workers
         self.name = "confmeet" if workers == 1 else f"confmeet-{workers}-workers"
+        self.extra_env: dict[str, str] = {}
 
     async def start(self) -> int:
         data = Path(tempfile.mkdtemp(dir=self.scratch, prefix="confmeet-"))
@@ -153,7 +163,7 @@ class Confmeet:
                     "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(self.port),
                     "CONFMEET_CONFIG": str(data / "confmeet.toml"), "CONFMEET_MEDIA_LOOPBACK": "true",
                     "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
-                    "CONFMEET_SFU_WORKERS": str(self.workers)}
+                    "CONFMEET_SFU_WORKERS": str(self.workers), **self.extra_env}
         cli = [sys.executable, "-m", "cli"]
         subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=ROOT,
                        env=self.env, input="bench password 1\n", text=True, check=True, capture_output=True)
@@ -204,6 +214,63 @@ class Confmeet:
         await asyncio.gather(*(p.leave() for p in self.participants), return_exceptions=True)
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class _Discard(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class ConfmeetObserved(Confmeet):
+    """confmeet with Prometheus scraping it every second and every trace exported."""
+
+    def __init__(self, scratch: Path) -> None:
+        super().__init__(scratch)
+        self.name = "confmeet-observed"
+
+    async def start(self) -> int:
+        self.sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Discard)
+        threading.Thread(target=self.sink.serve_forever, daemon=True).start()
+        self.extra_env = {"CONFMEET_TRACE_ENDPOINT": f"http://127.0.0.1:{self.sink.server_address[1]}",
+                          "CONFMEET_TRACE_SAMPLE_RATIO": "1.0"}
+        pid = await super().start()
+        folder = Path(tempfile.mkdtemp(dir=self.scratch, prefix="prometheus-"))
+        (folder / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+            f"scrape_configs: [{{job_name: confmeet, static_configs: [{{targets: ['127.0.0.1:{self.port}']}}]}}]\n")
+        self.prometheus_port = free_port()
+        self.prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.prometheus_port}"],
+            stdout=subprocess.DEVNULL, stderr=open(folder / "prometheus.log", "w"))
+        return pid
+
+    async def packets_scraped(self) -> float:
+        """Forwarded packets as Prometheus last saw them: proof the scrapes reach the appliance."""
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/query",
+                                 params={"query": "sum(confmeet_sfu_forwarded_packets_total)"})
+        result = r.json()["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    async def stop(self) -> None:
+        scraped = await self.packets_scraped()
+        if not scraped:
+            print("  confmeet-observed: Prometheus scraped no forwarded packets; the figure is not valid",
+                  file=sys.stderr)
+        await super().stop()
+        self.prometheus.terminate()
+        self.prometheus.wait(10)
+        self.sink.shutdown()
 
 
 # ---------------------------------------------------------------------------- Janus
@@ -380,13 +447,20 @@ async def main() -> int:
     parser.add_argument("--targets", default="confmeet,janus-2-loops,janus")
     args = parser.parse_args()
     quiet_media_logs()
-    if shutil.which("janus") is None or shutil.which("gcc") is None:
-        print("needs Debian's janus and gcc: apt-get install -y janus gcc", file=sys.stderr)
+    targets = args.targets.split(",")
+    unknown = [name for name in targets if name not in ("confmeet", "confmeet-observed", "janus-2-loops", "janus")]
+    if unknown:
+        print(f"unknown target(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if any(name.startswith("janus") for name in targets) and (shutil.which("janus") is None or shutil.which("gcc") is None):
+        print("the janus targets need Debian's janus and gcc: apt-get install -y janus gcc", file=sys.stderr)
+        return 2
+    if "confmeet-observed" in targets and shutil.which("prometheus") is None:
+        print("confmeet-observed needs Debian's prometheus: apt-get install -y prometheus", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="sfu-vs-janus-"))
-    makers = {"confmeet": lambda: Confmeet(scratch), "janus-2-loops": lambda: Janus(scratch, 2),
-              "janus": lambda: Janus(scratch, None)}
-    targets = args.targets.split(",")
+    makers = {"confmeet": lambda: Confmeet(scratch), "confmeet-observed": lambda: ConfmeetObserved(scratch),
+              "janus-2-loops": lambda: Janus(scratch, 2), "janus": lambda: Janus(scratch, None)}
     clips = (encode_video_clip(), encode_audio_clip())
     print(f"publisher: VP8 640x480@30 {clips[0].bitrate / 1000:.0f} kbps + Opus {clips[1].bitrate / 1000:.0f} kbps; "
           f"{args.subscribers} subscribers, {args.seconds:.0f} s windows, {os.cpu_count()} cores", flush=True)
@@ -406,6 +480,10 @@ async def main() -> int:
         runs = ", ".join(f"{r.us_per_packet:.1f}" for r in results if r.target == name)
         ratio = medians["confmeet"] / medians[name] if "confmeet" in medians else float("nan")
         print(f"{name:14}  {runs:36}   {medians[name]:5.1f}   confmeet/{name} = {ratio:.2f}")
+    if "confmeet" in medians and "confmeet-observed" in medians:
+        overhead = medians["confmeet-observed"] / medians["confmeet"] - 1
+        print(f"\nmetrics scraped every 1 s and tracing on: {100 * overhead:+.1f} % CPU per forwarded packet "
+              f"(medians; rounds paired: {', '.join(f'{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %' for c, o in zip([r for r in results if r.target == 'confmeet'], [r for r in results if r.target == 'confmeet-observed']))})")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
