@@ -10,113 +10,29 @@ runs here, so this receiver stands where it would.
 
 from __future__ import annotations
 
-import gzip
-import threading
+import asyncio
+import json
+import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
-                                                                      ExportTraceServiceResponse)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from appliance.settings import SettingsError, load_settings
 from appliance.tracing import exporter_url
-from appliance_server import Appliance, start_appliance
+from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance
 from cli.client.participant import Participant
-from conftest import stop
-from sfu.participants import ToneTrack
+from conftest import free_port, stop
+from otlp_receiver import ERROR, SERVER, OtlpReceiver, ReceivedSpan
+from sfu.participants import ColourTrack, ToneTrack
 
 USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1")}
 JOIN_STEPS = {"signaling.token_check", "signaling.entry", "signaling.lobby", "sfu.join", "sfu.answer"}
 # Spans are sent every 200 ms instead of every 5 s (the SDK's own setting), so tests wait less.
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "200"}
-
-
-@dataclass
-class ReceivedSpan:
-    service: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    kind: int
-    attributes: dict[str, Any]
-    status: int
-
-
-def _value(value: AnyValue) -> Any:
-    return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-
-
-class OtlpReceiver:
-    """An OTLP/HTTP traces endpoint: decodes what it is sent with the real protobuf schema."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReceivedSpan] = []
-        self.requests = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
-                    self.send_error(404)
-                    return
-                receiver.take(ExportTraceServiceRequest.FromString(body))
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def take(self, request: ExportTraceServiceRequest) -> None:
-        with self.lock:
-            self.requests += 1
-            for resource_spans in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        self.spans.append(ReceivedSpan(
-                            resource["service.name"], span.trace_id.hex(), span.span_id.hex(),
-                            span.parent_span_id.hex(), span.name, span.kind,
-                            {a.key: _value(a.value) for a in span.attributes}, span.status.code))
-
-    def named(self, name: str) -> list[ReceivedSpan]:
-        with self.lock:
-            return [s for s in self.spans if s.name == name]
-
-    def trace(self, trace_id: str) -> list[ReceivedSpan]:
-        with self.lock:
-            return [s for s in self.spans if s.trace_id == trace_id]
-
-    def wait_for(self, condition: Any, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"not received in {timeout} s; spans: {[s.name for s in self.spans]}")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +102,11 @@ async def test_a_join_is_one_trace_with_its_steps(appliance: Appliance, receiver
         assert join.attributes["confmeet.meeting_id"] == meeting["id"]
         assert join.attributes["confmeet.role"] == "host"
         assert join.attributes["confmeet.outcome"] == "answered"
-        assert join.status != 2  # not ERROR
+        assert join.status != ERROR  # not ERROR
         by_name = {s.name: s for s in steps}
         assert set(by_name) == JOIN_STEPS, [s.name for s in steps]
         assert all(s.parent_id == join.span_id for s in steps)
-        assert all(s.status != 2 for s in steps)
+        assert all(s.status != ERROR for s in steps)
         assert by_name["signaling.lobby"].attributes["confmeet.waited"] is False
         # Exactly one join trace for this participant: nothing of it landed in another trace.
         assert len([s for s in receiver.named("signaling.join")
@@ -241,7 +157,7 @@ async def test_a_refused_token_ends_the_join_trace_failed(appliance: Appliance, 
     receiver.wait_for(lambda: len(receiver.named("signaling.join")) > before)
     join = [s for s in receiver.named("signaling.join") if s.attributes.get("confmeet.outcome") == "unauthorized"][-1]
     check = [s for s in receiver.trace(join.trace_id) if s.name == "signaling.token_check"]
-    assert join.status == 2 and len(check) == 1 and check[0].status == 2 and check[0].parent_id == join.span_id
+    assert join.status == ERROR and len(check) == 1 and check[0].status == ERROR and check[0].parent_id == join.span_id
     assert not any("not-a-token" in str(v) for v in check[0].attributes.values())
 
 
@@ -254,7 +170,7 @@ def test_api_requests_are_server_spans_named_by_route(appliance: Appliance, rece
     receiver.wait_for(lambda: len(receiver.named(name)) >= 2)
     found, missing = receiver.named(name)[-2:]
     for span in (found, missing):
-        assert span.kind == 2  # SPAN_KIND_SERVER
+        assert span.kind == SERVER
         assert span.parent_id == ""
         assert span.attributes["http.route"] == "/api/v1/meetings/<meeting_id:str>"
         assert span.attributes["http.request.method"] == "GET"
@@ -263,6 +179,65 @@ def test_api_requests_are_server_spans_named_by_route(appliance: Appliance, rece
     assert found.attributes["http.response.status_code"] == 200
     assert missing.attributes["http.response.status_code"] == 404
     assert found.trace_id != missing.trace_id
+
+
+async def test_a_recording_upload_is_a_trace_with_a_span_per_object(appliance: Appliance,
+                                                                    receiver: OtlpReceiver) -> None:
+    meeting = new_meeting(appliance)
+    ada = Participant(appliance.url, token(appliance, "ada"))
+    await ada.connect()
+    try:
+        assert (await ada.join(meeting["code"], "Ada"))["type"] == "joined"
+        ada.publish(ToneTrack())
+        ada.publish(ColourTrack((200, 30, 30)))
+        assert (await ada.offer())["type"] == "answer"
+        await ada.connected()
+        started = await ada.request({"type": "recording_start"})
+        assert started["type"] == "ok", started
+        await asyncio.sleep(2.0)
+        assert (await ada.request({"type": "recording_stop"}))["type"] == "ok"
+    finally:
+        await ada.leave()
+    recording_id = started["recording"]["id"]
+    headers = {"Authorization": f"Bearer {token(appliance, 'ada')}"}
+    deadline = time.monotonic() + 30
+    while (row := httpx.get(f"{appliance.url}/api/v1/recordings/{recording_id}", headers=headers).json())["status"] \
+            != "ready" and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert row["status"] == "ready", row
+
+    def upload() -> ReceivedSpan | None:
+        return next((s for s in receiver.named("recording.upload")
+                     if s.attributes.get("confmeet.recording_id") == recording_id), None)
+
+    receiver.wait_for(lambda: upload() is not None and len(receiver.children(upload())) == len(row["tracks"]))
+    root = upload()
+    assert root.parent_id == "" and root.status != ERROR and root.service == "confmeet"
+    objects = receiver.children(root)
+    assert len(row["tracks"]) >= 2 and {s.name for s in objects} == {"recording.upload.object"}
+    assert all(s.attributes["confmeet.bytes"] > 0 for s in objects)
+
+
+def test_backup_create_and_restore_are_traced(appliance: Appliance, receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """``confmeet backup`` (the command, a process of its own) reads trace_endpoint like the appliance."""
+    made = appliance.cli("backup", "create", "--to", str(tmp_path / "archives"), "--json")
+    assert made.returncode == 0, made.stderr
+    archive = json.loads(made.stdout)["archive"]
+    (tmp_path / "restored").mkdir()
+    env = {**appliance_env(tmp_path / "restored", free_port(), trace_endpoint=receiver.url), **FAST_EXPORT}
+    restored = subprocess.run([*CONFMEET, "backup", "restore", str(tmp_path / "archives" / archive), "--json"],
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert restored.returncode == 0, restored.stderr
+    # Both commands have exited: their spans were sent before they did.
+    create = [s for s in receiver.named("backup.create") if s.attributes.get("confmeet.archive") == archive]
+    restore = [s for s in receiver.named("backup.restore") if s.attributes.get("confmeet.archive") == archive]
+    assert len(create) == 1 and len(restore) == 1
+    assert create[0].service == restore[0].service == "confmeet-backup"
+    assert {s.name for s in receiver.children(create[0])} == {"backup.objects", "backup.database",
+                                                              "backup.documents", "backup.config"}
+    assert {s.name for s in receiver.children(restore[0])} == {"backup.verify", "backup.restore.copy",
+                                                               "backup.restore.switch"}
+    assert all(s.status != ERROR for s in [*create, *restore])
 
 
 def test_no_trace_endpoint_sends_nothing(tmp_path: Any, receiver: OtlpReceiver) -> None:
