@@ -29,6 +29,8 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     status: int
+    start: float  # epoch seconds
+    end: float
 
 
 def _value(value: AnyValue) -> Any:
@@ -78,7 +80,8 @@ class OtlpReceiver:
                         self.spans.append(ReceivedSpan(
                             resource["service.name"], span.trace_id.hex(), span.span_id.hex(),
                             span.parent_span_id.hex(), span.name, span.kind,
-                            {a.key: _value(a.value) for a in span.attributes}, span.status.code))
+                            {a.key: _value(a.value) for a in span.attributes}, span.status.code,
+                            span.start_time_unix_nano / 1e9, span.end_time_unix_nano / 1e9))
 
     def named(self, name: str) -> list[ReceivedSpan]:
         with self.lock:
