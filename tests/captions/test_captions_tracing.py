@@ -4,11 +4,13 @@ spans, sent by the SFU worker that hosts the room.
 What is real: the appliance (``confmeet serve``, one SFU worker), its local:// inference (Silero
 VAD and Whisper base from their packages, in the worker), espeak-ng speech played by an aiortc
 participant, the OpenTelemetry SDK and OTLP/HTTP exporter, and an OTLP receiver decoding the real
-protobuf (tests/otlp_receiver.py). Nothing is mocked.
+protobuf (tests/otlp_receiver.py). Nothing is mocked, except in the last test, where a
+recogniser whose speed the test sets (test_sink.py's) makes ASR fall behind on purpose.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,16 @@ import httpx
 import pytest
 from aiortc.contrib.media import MediaPlayer
 
+from appliance import tracing
+from appliance.captions.sink import CaptionSettings, CaptionSink
+from appliance.settings import Settings
 from appliance_server import Appliance, start_appliance
 from cli.client.participant import Participant
 from conftest import stop
 from otlp_receiver import ERROR, OtlpReceiver
 
 from .conftest import SCRIPT
+from .test_sink import SlowRecogniser, said
 
 USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1")}
 
@@ -94,3 +100,29 @@ async def test_each_final_caption_is_a_trace_of_vad_then_asr(appliance: Applianc
         assert asr.start <= asr.end <= root.end and asr.attributes["confmeet.language"] == "en"
     # The trace of a caption starts where its speech does.
     assert sorted(root.start for root in traced) == pytest.approx(sorted(c["start"] for c in finals()), abs=0.002)
+
+
+async def test_speech_left_out_is_a_failed_trace(receiver: OtlpReceiver) -> None:
+    """An utterance dropped because ASR fell behind (a gap caption) is traced too, as failed."""
+    tracing.configure(Settings(trace_endpoint=receiver.url), "confmeet-sfu")
+    try:
+        events: list[dict] = []
+        sink = CaptionSink("gap-room", "en", SlowRecogniser(0.25), lambda _, e: events.append(e),
+                           CaptionSettings(max_backlog=8.0))
+        for i in range(12):
+            sink.submit(said("ann" if i % 3 else "bob", 1000.0 + 3 * i, 2.0))
+            await asyncio.sleep(0.05)
+        while len(sink.queue):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the last recognition (0.25 s) done: the stop interrupts none
+        await sink.stop()
+    finally:
+        tracing.shutdown()  # sends what is queued
+    gaps = [e for e in events if e["type"] == "caption" and e.get("gap")]
+    traced = [s for s in receiver.named("captions.utterance") if s.attributes["confmeet.room"] == "gap-room"]
+    failed = [s for s in traced if s.status == ERROR]
+    assert gaps and len(failed) == len(gaps)
+    assert sorted(s.start for s in failed) == pytest.approx(sorted(g["start"] for g in gaps), abs=0.002)
+    for root in traced:
+        assert {s.name for s in receiver.children(root)} == (
+            {"captions.vad"} if root.status == ERROR else {"captions.vad", "captions.asr"})
