@@ -436,6 +436,9 @@ class CaptionSink:
         span = self._utterance_span(utterance)
         try:
             await self._caption_final(utterance, span)
+        except asyncio.CancelledError:
+            tracing.failed(span, "captions stopped before it was transcribed")
+            raise
         except BaseException as exc:
             tracing.failed(span, f"speech recognition failed: {type(exc).__name__}")
             raise
