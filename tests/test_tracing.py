@@ -2,10 +2,12 @@
 
 What is real: the appliance (``confmeet serve`` in a subprocess, SFU in a worker process), its
 OpenTelemetry SDK and OTLP/HTTP exporter, the participants (aiortc clients negotiating real
-media over loopback), and the receiver: an HTTP server on loopback that accepts ``POST
-/v1/traces`` and decodes each body with opentelemetry-proto's ``ExportTraceServiceRequest``
-(the protobuf Jaeger's OTLP port reads). Nothing is mocked; Jaeger itself has no package that
-runs here, so this receiver stands where it would.
+media over loopback), a recording uploaded to the embedded object store, the ``confmeet backup``
+command, and the receiver: an HTTP server on loopback that accepts ``POST /v1/traces`` and
+decodes each body with opentelemetry-proto's ``ExportTraceServiceRequest`` (the protobuf
+Jaeger's OTLP port reads; tests/otlp_receiver.py). Nothing is mocked; Jaeger itself has no
+package that runs here, so this receiver stands where it would. Captions' traces:
+tests/captions/test_captions_tracing.py.
 """
 
 from __future__ import annotations
