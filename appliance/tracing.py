@@ -27,6 +27,7 @@ from . import __version__
 from .settings import Settings
 
 TRACES_PATH = "/v1/traces"
+UNTRACED_ROUTES = ("healthz", "readyz", "metrics")  # polled every few seconds by monitoring
 
 _tracer: trace.Tracer = trace.NoOpTracer()
 _provider: Any = None  # opentelemetry.sdk.trace.TracerProvider while tracing is on
@@ -171,13 +172,14 @@ class JoinTrace:
 
 
 def install_request_spans(app: Any) -> None:
-    """A server span per HTTP request (WebSocket upgrades are not: signaling traces its joins),
-    named ``METHOD /route/<pattern>`` with the status code; the handler's spans are its children."""
+    """A server span per HTTP request, named ``METHOD /route/<pattern>`` with the status code; the
+    handler's spans are its children. Not traced: WebSocket upgrades (signaling traces its joins)
+    and the monitoring probes (UNTRACED_ROUTES)."""
 
     @app.on_request(priority=1000)
     async def _start(request: Any) -> None:
         route = request.route
-        if route is not None and route.extra.websocket:
+        if route is not None and (route.extra.websocket or route.path in UNTRACED_ROUTES):
             return
         pattern = "/" + route.path.lstrip("/") if route is not None else "unmatched"
         span = _tracer.start_span(f"{request.method} {pattern}", context=otel_context.Context(),

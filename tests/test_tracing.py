@@ -181,6 +181,9 @@ def test_api_requests_are_server_spans_named_by_route(appliance: Appliance, rece
     assert found.attributes["http.response.status_code"] == 200
     assert missing.attributes["http.response.status_code"] == 404
     assert found.trace_id != missing.trace_id
+    # Not traced: the probes monitoring polls (the test polled /readyz until the appliance was
+    # ready, long before), and the WebSocket.
+    assert not receiver.named("GET /readyz") and not receiver.named("GET /ws/signaling")
 
 
 async def test_a_recording_upload_is_a_trace_with_a_span_per_object(appliance: Appliance,
