@@ -24,6 +24,7 @@ from .instance import AlreadyServing, InstanceLock
 from .reconcile import reconcile
 from .services import Services, open_services
 from .settings import Settings, ensure_secrets
+from . import tracing
 
 log = logging.getLogger("confmeet")
 WEB = Path(__file__).parent / "web"
@@ -59,6 +60,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
 
     install_error_handlers(app)
     install_ops(app)
+    tracing.install_request_spans(app)
     install_cors(app, settings.cors_origins)
     install_security_headers(app, settings)
     api.mount(app)
@@ -97,6 +99,7 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     @app.before_server_start
     async def open_everything(app: Sanic) -> None:
         quiet_closed_peer_races(asyncio.get_running_loop())
+        tracing.configure(settings, "confmeet")
         services = app.ctx.services = await open_services(settings, instance)
         install_sfu_metrics(services.sfu)
         await reconcile(settings, services.stores, instance, services.recordings, services.file_jobs)
@@ -131,5 +134,6 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         await app.ctx.services.stores.close()
         app.ctx.services.accounts.end_setup()
         instance.release()
+        tracing.shutdown()  # the spans still queued are sent
 
     return app

@@ -115,6 +115,10 @@ class Settings:
     # A stop (SIGTERM) finishes recordings, releases seats and checkpoints jobs within this many
     # seconds; whatever is left is repaired at the next start. The unit's TimeoutStopSec is longer.
     stop_timeout_seconds: int = 20
+    # Traces (appliance/tracing.py): the OTLP/HTTP endpoint spans are sent to (Jaeger's, say
+    # http://127.0.0.1:4318; empty: tracing off), and the share of traces kept (0 to 1).
+    trace_endpoint: str = ""
+    trace_sample_ratio: float = 1.0
     # Where the values came from (file path or "defaults"); not a setting itself.
     source: str = "defaults"
 
@@ -198,6 +202,13 @@ class Settings:
             path = getattr(self, path_name)
             if path and not Path(path).is_file():
                 raise SettingsError(f"setting '{path_name}' names {path}, which does not exist")
+        trace_url = urlsplit(self.trace_endpoint)
+        if self.trace_endpoint and (trace_url.scheme not in ("http", "https") or not trace_url.netloc):
+            raise SettingsError(f"setting 'trace_endpoint' = {self.trace_endpoint!r}: use the OTLP/HTTP base URL, "
+                                "http://HOST:4318 (or https://), or leave it empty to turn tracing off")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise SettingsError(f"setting 'trace_sample_ratio' = {self.trace_sample_ratio} must be between 0 and 1 "
+                                "(the share of traces kept)")
 
 
 def mask_url_password(url: str) -> str:
@@ -224,6 +235,10 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             return int(raw)
+        if "float" in kind:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
         if "list" in kind:
             if isinstance(raw, list):
                 return [str(item) for item in raw]

@@ -130,7 +130,10 @@ def operation(settings: Settings) -> Iterator[Any]:
     from appliance.backup import BackupError, Portal
     from appliance.stores import StoreUnavailable
 
+    from appliance import tracing
+
     previous = signal.signal(signal.SIGTERM, _stop)
+    tracing.configure(settings, "confmeet-backup")
     try:
         with Portal() as portal:
             yield portal
@@ -146,6 +149,7 @@ def operation(settings: Settings) -> Iterator[Any]:
         fail(f"{type(exc).__name__}: {exc}", FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        tracing.shutdown()  # the backup's spans are sent before the command exits
 
 
 def mb(size: int) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import peewee as pw
 
-from .. import __version__
+from .. import __version__, tracing
 from ..settings import SECRET_FIELDS, Settings
 from ..stores import Stores
 from ..stores.objects import ObjectNotFound
@@ -141,10 +141,14 @@ class _Backup:
     def run(self, created_at: datetime) -> dict[str, Any]:
         try:
             with Snapshot(self.stores.db.db) as snapshot:
-                objects, vanished = self.copy_objects()
-                database = self.copy_database(snapshot, vanished)
-            documents = self.copy_documents()
-            config = self.copy_config()
+                with tracing.span("backup.objects"):
+                    objects, vanished = self.copy_objects()
+                with tracing.span("backup.database"):
+                    database = self.copy_database(snapshot, vanished)
+            with tracing.span("backup.documents"):
+                documents = self.copy_documents()
+            with tracing.span("backup.config"):
+                config = self.copy_config()
             index = self.tar.add(INDEX, self.index.size, self.index.chunks())
             manifest = {
                 "format": FORMAT,
@@ -307,6 +311,14 @@ def _read(path: Path) -> bytes:
 def create_backup(settings: Settings, location: Location, portal: Portal, *, passphrase: bytes | None = None,
                   encrypt_archive: bool = False, progress: Progress | None = None) -> Created:
     """Write one archive into ``location``; nothing appears there unless it is complete."""
+    with tracing.span("backup.create", location=location.describe(), encrypted=bool(passphrase)) as span:
+        created = _create(settings, location, portal, passphrase, encrypt_archive, progress)
+        span.set_attributes({"confmeet.archive": created.name, "confmeet.bytes": created.size})
+        return created
+
+
+def _create(settings: Settings, location: Location, portal: Portal, passphrase: bytes | None,
+            encrypt_archive: bool, progress: Progress | None) -> Created:
     if encrypt_archive and not passphrase:
         raise BackupError("encrypting the whole archive needs a passphrase: pass --passphrase-file")
     state = restore_state_path(settings)

@@ -44,6 +44,7 @@ from typing import Any
 
 import peewee as pw
 
+from .. import tracing
 from ..fsutil import write_atomically
 from ..instance import AlreadyServing, InstanceLock
 from ..settings import SECRET_FIELDS, Settings
@@ -475,7 +476,12 @@ def _reason(exc: BaseException) -> str:
 def restore_archive(settings: Settings, location: Location, name: str, portal: Portal, *,
                     passphrase: bytes | None = None, force: bool = False, resume: bool = False,
                     progress: Progress | None = None) -> Restored:
-    progress = progress or Silent()
+    with tracing.span("backup.restore", archive=name, force=force, resume=resume):
+        return _restore(settings, location, name, portal, passphrase, force, resume, progress or Silent())
+
+
+def _restore(settings: Settings, location: Location, name: str, portal: Portal, passphrase: bytes | None,
+             force: bool, resume: bool, progress: Progress) -> Restored:
     if force and resume:
         raise BackupError("--force starts over and --resume continues: choose one")
 
@@ -503,7 +509,8 @@ def _restore_locked(settings: Settings, location: Location, name: str, portal: P
                           "incomplete: rerun it with --resume to finish, or with --force to start over")
     if resume and journal is None:
         raise BackupError(f"there is no interrupted restore to resume ({path} does not exist)")
-    verified = verify_archive(location, name, passphrase, progress)
+    with tracing.span("backup.verify"):
+        verified = verify_archive(location, name, passphrase, progress)
     try:
         if verified.encrypted_config:
             raise BackupError(f"{name} holds encrypted settings ({', '.join(verified.encrypted_config)}): "
@@ -530,8 +537,10 @@ def _restore_locked(settings: Settings, location: Location, name: str, portal: P
                 journal.save()
             job = _Restore(settings, stores, portal, verified, passphrase, journal, undo_log, skip, progress)
             try:
-                job.run(location)
-                job.switch()
+                with tracing.span("backup.restore.copy"):
+                    job.run(location)
+                with tracing.span("backup.restore.switch"):
+                    job.switch()
                 job.check_counts()
             except BaseException as exc:
                 if journal.state.get("database_done"):

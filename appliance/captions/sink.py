@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from aiortc.rtp import RtpPacket
 
+from .. import tracing
 from ..inference import Inference, InferenceError, InferenceUnavailable
 from ..inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
 from ..inference.languages import canonical, is_tag
@@ -351,6 +352,9 @@ class CaptionSink:
         self._set_state("degraded", f"captions fall behind the speech: some speech was skipped ({reason})")
 
     def _gap_for(self, utterance: Utterance, reason: str) -> None:
+        dropped = self._utterance_span(utterance)
+        tracing.failed(dropped, f"not transcribed: {reason}")
+        dropped.end()
         self._sound.pop(utterance.id, None)
         self.counters.dropped = self.queue.counters.dropped
         self.gap(utterance.participant, utterance.start, utterance.end, reason)
@@ -419,11 +423,36 @@ class CaptionSink:
                           timing={**heard.timing, "sound_start": round(sound_start, 3),
                                   "audio_end": round(utterance.start + utterance.seconds, 3)})
 
+    def _utterance_span(self, utterance: Utterance) -> tracing.Span:
+        """The trace of one final utterance: from its first sample, with the VAD's part (until it
+        cut the utterance) recorded; the caller adds the ASR's and ends it."""
+        span = tracing.root("captions.utterance", start=utterance.start, room=self.room,
+                            participant_id=utterance.participant, speech_seconds=round(utterance.seconds, 2),
+                            merged=utterance.merged)
+        tracing.record("captions.vad", utterance.start, max(utterance.start, utterance.cut_at), parent=span)
+        return span
+
     async def _recognise_final(self, utterance: Utterance) -> None:
+        span = self._utterance_span(utterance)
+        try:
+            await self._caption_final(utterance, span)
+        except asyncio.CancelledError:
+            tracing.failed(span, "captions stopped before it was transcribed")
+            raise
+        except BaseException as exc:
+            tracing.failed(span, f"speech recognition failed: {type(exc).__name__}")
+            raise
+        finally:
+            span.end()
+
+    async def _caption_final(self, utterance: Utterance, span: tracing.Span) -> None:
         heard = self._heard.pop(utterance.key, None)
+        reused = heard is not None  # recognised at the pause, while the VAD waited for the end
         if heard is None:
             heard = await self._recognise(utterance, interim=False)
             heard.timing["queued"] = round(utterance.cut_at, 3)
+        tracing.record("captions.asr", heard.timing["asr_start"], heard.timing["asr_end"], parent=span,
+                       language=heard.language, reused_draft=reused)
         sound_start, sound_end = self._sound.pop(utterance.id, (0.0, 0.0))
         self._finalised[utterance.participant] = utterance.end
         if heard.text:

@@ -13,6 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from .. import tracing
 from ..stores.objects import ObjectStore
 from ..stores.relational import Recording, Relational
 
@@ -84,6 +85,10 @@ class Uploader:
 
     async def upload(self, recording_id: str) -> None:
         """One attempt: put every file not yet stored, then mark the recording ready."""
+        with tracing.span("recording.upload", new_trace=True, recording_id=recording_id):
+            await self._upload(recording_id)
+
+    async def _upload(self, recording_id: str) -> None:
         row = await self.db.run(Recording.get_or_none, Recording.id == recording_id)
         directory = self.spool / recording_id
         if row is None:  # deleted meanwhile
@@ -98,6 +103,10 @@ class Uploader:
         log.info("recording %s is in the object store (%d files)", recording_id, len(row.tracks))
 
     async def _put(self, path: Path, key: str, size: int) -> None:
+        with tracing.span("recording.upload.object", key=key, bytes=size):
+            await self._put_object(path, key, size)
+
+    async def _put_object(self, path: Path, key: str, size: int) -> None:
         if not path.exists():
             stored = await self.objects.stat(key)
             if stored is not None and stored.size == size:

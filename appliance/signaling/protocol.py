@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ..accounts import Principal
 from ..errors import DomainError, TooMany
 from ..stores.relational import Meeting
+from ..tracing import JoinTrace
 
 MAX_MESSAGE = 256 * 1024
 
@@ -90,6 +91,7 @@ class Connection:
     knock: Knock | None = None
     close_code: int | None = None
     held: list[dict[str, Any]] | None = None  # events that wait for the join's reply
+    trace: JoinTrace = field(default_factory=JoinTrace)  # its way into a meeting (appliance/tracing.py)
 
     def send(self, message: dict[str, Any]) -> None:
         if self.held is not None:

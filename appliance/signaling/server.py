@@ -31,6 +31,7 @@ from ..settings import Settings
 from ..stores.bus import EventBus
 from ..stores.relational import Meeting, Participant, Relational, utcnow
 from ..throttle import Throttle, client_address
+from ..tracing import JoinTrace
 from ..turn import turn_credentials
 from .protocol import CLIENT_LEFT, Close, Connection, Seat, SignalingError, parse, sfu_refusal
 from .room import Feature, Handler, RoomView, SfuGateway
@@ -99,14 +100,17 @@ class Signaling:
 
     # ------------------------------------------------------------------ one WebSocket
     async def serve(self, request: Request, ws: WebsocketImplProtocol) -> None:
+        join = JoinTrace()
         try:
-            principal = await self.accounts.principal_for_token(request.args.get("token", ""))
+            with join.step("signaling.token_check"):
+                principal = await self.accounts.principal_for_token(request.args.get("token", ""))
         except DomainError as exc:
+            join.finish("unauthorized")
             error = SignalingError.of(exc)
             await ws.send(json.dumps(error.message_for(None)))
             await ws.close(Close.UNAUTHORIZED, "unauthorized")
             return
-        conn = Connection(ws, principal, client_address(request))
+        conn = Connection(ws, principal, client_address(request), trace=join)
         self.connections.add(conn)
         writer = asyncio.create_task(conn.drain((WebsocketClosed, ConnectionClosed)), name="signaling-writer")
         self._writers.add(writer)
@@ -124,6 +128,7 @@ class Signaling:
                     self._connection_lost(seat)
             for feature in self.features:
                 feature.connection_closed(conn)
+            conn.trace.finish("closed")
             conn.close(conn.close_code or Close.LEFT)
             leftovers = asyncio.create_task(self._discard_incoming(conn.ws), name="signaling-leftovers")
             with contextlib.suppress(Exception):
@@ -195,9 +200,13 @@ class Signaling:
         if kind == "offer":
             self._check_published(message)
         forwarded = {k: v for k, v in message.items() if k in ("type", "sdp", "tracks", "candidate")}
-        reply = await self.sfu.request(seat.meeting_id, {**forwarded, "participant": seat.id})
-        if reply.get("type") == "error":
-            raise sfu_refusal(reply, "media negotiation")
+        first_offer = kind == "offer" and conn.trace.open
+        with conn.trace.step("sfu.answer") if first_offer else contextlib.nullcontext():
+            reply = await self.sfu.request(seat.meeting_id, {**forwarded, "participant": seat.id})
+            if reply.get("type") == "error":
+                raise sfu_refusal(reply, "media negotiation")
+        if first_offer:
+            conn.trace.finish("answered")
         if kind == "answer":
             seat.pending_offer = None
         return reply
@@ -213,6 +222,8 @@ class Signaling:
         if conn.seat is None:  # waiting in the lobby
             conn.release()
             return reply
+        if reply.get("resumed"):
+            conn.trace.finish("resumed")
         # The reply first, then an offer sent while the socket was down, then the events that
         # happened meanwhile.
         pending = conn.seat.pending_offer if reply.get("resumed") else None
@@ -238,16 +249,20 @@ class Signaling:
         if password is not None and not isinstance(password, str):
             raise SignalingError("bad_message", "'password' must be a string")
 
-        try:
-            meeting, role = await self.meetings.find_for_join(principal, ref)
-            role = await self.meetings.check_entry(meeting, principal, role, password, self.throttle, conn.address)
-        except NotFound:
-            raise SignalingError("not_found", "no such meeting") from None
-        self.check_name(meeting.id, principal, name)
-        for feature in self.features:
-            waiting = await feature.gate(conn, meeting, role, name, principal)
-            if waiting is not None:
-                return waiting
+        with conn.trace.step("signaling.entry"):
+            try:
+                meeting, role = await self.meetings.find_for_join(principal, ref)
+                role = await self.meetings.check_entry(meeting, principal, role, password, self.throttle,
+                                                       conn.address)
+            except NotFound:
+                raise SignalingError("not_found", "no such meeting") from None
+            self.check_name(meeting.id, principal, name)
+        with conn.trace.step("signaling.lobby", waited=False) as lobby:
+            for feature in self.features:
+                waiting = await feature.gate(conn, meeting, role, name, principal)
+                if waiting is not None:
+                    conn.trace.wait(lobby)  # until let in (seat_connection) or the connection ends
+                    return waiting
         return await self.seat_connection(conn, meeting, role, name)
 
     def check_name(self, meeting_id: str, principal: Principal, name: str) -> None:
@@ -280,9 +295,12 @@ class Signaling:
         seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
                     meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
                     principal=principal, name=name, role=role, session=secrets.token_urlsafe(24))
-        sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
-        if sfu.get("type") == "error":
-            raise sfu_refusal(sfu, "joining the media")
+        conn.trace.admitted()
+        conn.trace.seated(meeting.id, seat.id, role)
+        with conn.trace.step("sfu.join"):
+            sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
+            if sfu.get("type") == "error":
+                raise sfu_refusal(sfu, "joining the media")
         others = self.in_meeting(meeting.id)
         self.seats[seat.id] = seat
         self.sessions[seat.session] = seat
