@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .images import BUNDLES_DIR
+
+if TYPE_CHECKING:
+    from .deploy import InstallRecord, Layout
 
 OBSERVABILITY_DIR = BUNDLES_DIR / "observability"
 ALERTS = OBSERVABILITY_DIR / "alerts.yml"
@@ -18,7 +22,7 @@ DASHBOARDS_DIR = OBSERVABILITY_DIR / "grafana" / "dashboards"
 
 @dataclass(frozen=True)
 class Scrape:
-    """Where Prometheus finds what it scrapes and whom it alerts."""
+    """Where Prometheus finds what it scrapes and whom it alerts ("": not there)."""
 
     appliance: str  # HOST:PORT
     alertmanager: str  # HOST:PORT
@@ -26,19 +30,31 @@ class Scrape:
     https: bool = False
     ca_file: str = ""  # the CA that signed the appliance's certificate (https)
     token_file: str = ""  # a file holding the appliance's metrics_token, when Prometheus is not on loopback
+    server_name: str = ""  # the name the appliance's certificate is checked against, when not the target's
     scrape_interval: str = "15s"
+    jobs: tuple[tuple[str, str], ...] = ()  # (job, HOST:PORT): more /metrics to scrape (the layer's own)
 
 
-def prometheus_config(scrape: Scrape, rules: Path = ALERTS) -> str:
+def prometheus_config(scrape: Scrape, rules: Path | str = ALERTS) -> str:
     auth = []
-    if scrape.https and scrape.ca_file:
-        auth += ["    tls_config:", f"      ca_file: {json.dumps(scrape.ca_file)}"]
+    if scrape.https and (scrape.ca_file or scrape.server_name):
+        auth.append("    tls_config:")
+        if scrape.ca_file:
+            auth.append(f"      ca_file: {json.dumps(scrape.ca_file)}")
+        if scrape.server_name:
+            auth.append(f"      server_name: {json.dumps(scrape.server_name)}")
     if scrape.token_file:
         auth += ["    authorization:", "      type: Bearer", f"      credentials_file: {json.dumps(scrape.token_file)}"]
+    alerting = "" if not scrape.alertmanager else (
+        f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{scrape.alertmanager}\"]\n")
+    jobs = ([("triton", scrape.triton)] if scrape.triton else []) + list(scrape.jobs)
+    other = "\n".join(f"  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]"
+                      for job, target in jobs)
     template = (OBSERVABILITY_DIR / "prometheus.yml.in").read_text()
-    return template.format(scrape_interval=scrape.scrape_interval, rules=json.dumps(str(rules)),
-                           alertmanager=scrape.alertmanager, scheme="https" if scrape.https else "http",
-                           appliance=scrape.appliance, appliance_auth="\n".join(auth), triton=scrape.triton)
+    text = template.format(scrape_interval=scrape.scrape_interval, rules=json.dumps(str(rules)), alerting=alerting,
+                           scheme="https" if scrape.https else "http", appliance=scrape.appliance,
+                           appliance_auth="\n".join(auth), other_jobs=other)
+    return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
 def alertmanager_config(webhook_url: str = "", email: str = "", smarthost: str = "",
@@ -55,8 +71,12 @@ def alertmanager_config(webhook_url: str = "", email: str = "", smarthost: str =
 
 
 def grafana_datasources(prometheus: str, loki: str, jaeger: str) -> str:
+    """The data sources; one whose URL is "" (not installed) is left out."""
     template = (OBSERVABILITY_DIR / "grafana" / "datasources.yml.in").read_text()
-    return template.format(prometheus=prometheus, loki=loki, jaeger=jaeger)
+    head, *sources = template.split("\n  - name: ")
+    kept = [s for s in sources if "url: {" not in s or
+            {"prometheus": prometheus, "loki": loki, "jaeger": jaeger}[s.split("url: {", 1)[1].split("}", 1)[0]]]
+    return "\n  - name: ".join([head, *kept]).format(prometheus=prometheus, loki=loki, jaeger=jaeger)
 
 
 def dashboard_expressions() -> dict[str, list[str]]:
@@ -64,3 +84,79 @@ def dashboard_expressions() -> dict[str, list[str]]:
     return {path.name: [target["expr"] for panel in json.loads(path.read_text())["panels"]
                         for target in panel["targets"]]
             for path in sorted(DASHBOARDS_DIR.glob("*.json"))}
+
+
+def loki_config(bind: str, port: int, grpc_port: int, retention: str) -> str:
+    template = (OBSERVABILITY_DIR / "loki.yml.in").read_text()
+    return template.format(bind=bind, port=port, grpc_port=grpc_port, retention=retention)
+
+
+def promtail_config(bind: str, port: int, loki: str) -> str:
+    """``loki``: Loki's base URL (http://HOST:PORT)."""
+    template = (OBSERVABILITY_DIR / "promtail.yml.in").read_text()
+    return template.format(bind=bind, port=port, loki=loki)
+
+
+# ---------------------------------------------------------------------- what an install writes
+MONITORING = "monitoring"  # under the configuration directory: one folder per component, mounted
+SELF_METRICS = {"prometheus": "{port}", "alertmanager": "{port}", "jaeger": "{admin_port}", "grafana": "{port}",
+                "loki": "{port}", "promtail": "{port}"}  # where each serves its own /metrics
+
+
+def monitoring_dir(layout: Layout) -> Path:
+    return layout.config_dir / MONITORING
+
+
+def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Path, tuple[bytes, int]]:
+    """The files the installer writes for component ``name`` (path → content, mode): its
+    configuration, rendered for this install's ports and the other components it has."""
+    from . import deploy
+
+    if name not in SELF_METRICS or record.mode != "containers":
+        return {}
+    where = monitoring_dir(layout) / name
+
+    def address(component: str, port: str = "{port}") -> str:
+        values = deploy._values(deploy.COMPONENTS[component], record, layout)
+        return f"{values['bind']}:{port.format(**values)}"
+
+    installed = set(record.components)
+    values = deploy._values(deploy.COMPONENTS[name], record, layout)
+    files: dict[Path, tuple[bytes, int]] = {}
+    if name == "prometheus":
+        from .ports import loopback_for
+
+        ca = layout.tls_dir / "ca.pem"
+        scrape = Scrape(
+            appliance=f"{loopback_for(record.listen)}:{record.appliance_port}",
+            alertmanager=address("alertmanager") if "alertmanager" in installed else "",
+            triton=address("triton", "{metrics_port}") if "triton" in installed else "", https=True,
+            ca_file="/etc/prometheus/ca.pem" if record.tls_generated else "",
+            server_name="" if record.tls_generated else record.public_host,
+            jobs=tuple((job, address(job, port)) for job, port in SELF_METRICS.items() if job in installed))
+        files[where / "prometheus.yml"] = (prometheus_config(scrape, "/etc/prometheus/alerts.yml").encode(), 0o644)
+        files[where / "alerts.yml"] = (ALERTS.read_bytes(), 0o644)
+        if record.tls_generated and ca.exists():
+            files[where / "ca.pem"] = (ca.read_bytes(), 0o644)
+    elif name == "alertmanager":
+        files[where / "alertmanager.yml"] = (alertmanager_config(
+            webhook_url=record.alerts.get("alerts_webhook_url", ""), email=record.alerts.get("alerts_email", ""),
+            smarthost=record.alerts.get("alerts_smarthost", "")).encode(), 0o644)
+    elif name == "grafana":
+        def url(component: str) -> str:
+            return f"http://{address(component)}" if component in installed else ""
+
+        sources = grafana_datasources(url("prometheus"), url("loki"), url("jaeger"))
+        files[where / "provisioning/datasources/confmeet.yml"] = (sources.encode(), 0o644)
+        files[where / "provisioning/dashboards/confmeet.yml"] = (
+            (OBSERVABILITY_DIR / "grafana" / "dashboards.yml").read_bytes(), 0o644)
+        for board in sorted(DASHBOARDS_DIR.glob("*.json")):
+            files[where / "dashboards" / board.name] = (board.read_bytes(), 0o644)
+    elif name == "loki":
+        files[where / "loki.yml"] = (loki_config(values["bind"], record.ports["loki"], int(values["grpc_port"]),
+                                                 values["retention"]).encode(), 0o644)
+    elif name == "promtail":
+        loki = f"http://{address('loki')}" if "loki" in installed else "http://127.0.0.1:8805"
+        files[where / "promtail.yml"] = (promtail_config(values["bind"], record.ports["promtail"], loki).encode(),
+                                         0o644)
+    return files
