@@ -37,7 +37,7 @@ from appliance.machine.deploy import (
     now, render_settings, resolve, service_user_exists, settings_for, systemd_running, unit_file, write_file,
 )
 from appliance.inference import models as model_store
-from appliance.machine.observability import component_files, monitoring_dir
+from appliance.machine.deploy import component_files, monitoring_dir
 
 from .options import FAILED, console, err, fail
 from .status import PROBES, Probe, probe_http, timed
@@ -790,7 +790,8 @@ def summary(installer: Installer, as_json: bool) -> None:
         from appliance.settings import mask_url_password
 
         table.add_row(COMPONENTS[name].title, installer.done.get(name, "-"), mask_url_password(url))
-    for what in ("release", "settings", "monitoring", "coturn settings", "models", "triton image", "bundle", "service user",
+    for what in ("release", "settings", "monitoring", "coturn settings", "models", "triton image", "bundle",
+                 "service user",
                  "stores", "appliance unit"):
         if what in installer.done:
             table.add_row(what, installer.done[what], "")

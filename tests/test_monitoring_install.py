@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.machine.deploy import (COMPONENTS, DeployError, InstallOptions, InstallRecord, Layout, container_spec,
+from appliance.machine.deploy import (COMPONENTS, DeployError, InstallOptions, InstallRecord, Layout, component_files,
+                                      container_spec, monitoring_dir,
                                       health_url, render_settings, resolve, settings_for)
 from appliance.machine.doctor import check_alert_receivers
-from appliance.machine.observability import DASHBOARDS_DIR, component_files, monitoring_dir
+from appliance.machine.observability import DASHBOARDS_DIR
 from appliance.settings import load_settings
 
 OBSERVABILITY = ["prometheus", "alertmanager", "jaeger", "grafana", "loki", "promtail"]
@@ -89,7 +90,8 @@ def test_prometheus_and_alertmanager_configs_pass_promtool_and_amtool(tmp_path: 
     assert {p.name for p in prometheus.iterdir()} == {"prometheus.yml", "alerts.yml", "ca.pem"}
     config = yaml.safe_load(files[prometheus / "prometheus.yml"])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["confmeet"]["scheme"] == "https" and jobs["confmeet"]["tls_config"]["ca_file"] == "/etc/prometheus/ca.pem"
+    assert jobs["confmeet"]["scheme"] == "https"
+    assert jobs["confmeet"]["tls_config"]["ca_file"] == "/etc/prometheus/ca.pem"
     assert jobs["confmeet"]["static_configs"][0]["targets"] == ["127.0.0.1:443"]
     assert jobs["triton"]["static_configs"][0]["targets"] == ["127.0.0.1:8002"]  # Triton's metrics port
     assert set(jobs) == {"confmeet", "triton", *OBSERVABILITY}
@@ -156,7 +158,8 @@ def test_grafana_loki_and_promtail_files_hold_what_those_programs_read(tmp_path:
     assert loki["compactor"]["shared_store"] == "filesystem"  # Loki 2.9 (the pinned image) requires it then
     [schema] = loki["schema_config"]["configs"]
     assert schema["store"] == "tsdb" and schema["index"]["period"] == "24h"  # tsdb requires a 24h period
-    assert loki["common"]["path_prefix"] == container_spec("loki", record, layout, False).volumes["confmeet-loki"]["bind"]
+    volume = container_spec("loki", record, layout, False).volumes["confmeet-loki"]["bind"]
+    assert loki["common"]["path_prefix"] == volume
 
     promtail = yaml.safe_load(files[monitoring_dir(layout) / "promtail/promtail.yml"])
     assert promtail["clients"] == [{"url": "http://127.0.0.1:9805/loki/api/v1/push"}]
@@ -190,7 +193,8 @@ def test_settings_trace_endpoint_and_alert_receivers(tmp_path: Path) -> None:
     config = tmp_path / "confmeet.toml"
     config.write_text(render_settings(record, layout))
     loaded = load_settings(config)
-    assert (loaded.trace_endpoint, loaded.alerts_webhook_url) == ("http://127.0.0.1:4318", "https://hooks.example.org/a")
+    assert loaded.trace_endpoint == "http://127.0.0.1:4318"
+    assert loaded.alerts_webhook_url == "https://hooks.example.org/a"
     # A later install keeps them unless told otherwise; "" removes one.
     again = resolve(InstallOptions(root=layout.root, docker_url="unix:///nowhere", alerts={"alerts_email": "a@b.org",
                                    "alerts_smarthost": "mail.b.org:25"}), record, "containers")

@@ -36,7 +36,7 @@ import requests
 
 from .. import __version__
 from ..fsutil import write_atomically
-from . import units
+from . import observability, units
 from .images import BUNDLES_DIR
 
 COMPONENTS_FILE = BUNDLES_DIR / "components.toml"
@@ -550,13 +550,76 @@ def container_spec(name: str, record: InstallRecord, layout: Layout, gpu: bool) 
 
 
 def config_digest(name: str, record: InstallRecord, layout: Layout) -> str:
-    from .observability import component_files
-
     files = component_files(name, record, layout)
     if not files:
         return ""
     text = json.dumps({str(path): data.hex() for path, (data, _) in sorted(files.items())})
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------- the observability layer's files
+MONITORING = "monitoring"  # under the configuration directory: one folder per component, mounted
+SELF_METRICS = {"prometheus": "{port}", "alertmanager": "{port}", "jaeger": "{admin_port}", "grafana": "{port}",
+                "loki": "{port}", "promtail": "{port}"}  # where each serves its own /metrics
+
+
+def monitoring_dir(layout: Layout) -> Path:
+    return layout.config_dir / MONITORING
+
+
+def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Path, tuple[bytes, int]]:
+    """The files the installer writes for component ``name`` (path → content, mode): its
+    configuration, rendered for this install's ports and the other components it has."""
+    if name not in SELF_METRICS or record.mode != "containers":
+        return {}
+    where = monitoring_dir(layout) / name
+
+    def address(component: str, port: str = "{port}") -> str:
+        values = _values(COMPONENTS[component], record, layout)
+        return f"{values['bind']}:{port.format(**values)}"
+
+    installed = set(record.components)
+    values = _values(COMPONENTS[name], record, layout)
+    files: dict[Path, tuple[bytes, int]] = {}
+    if name == "prometheus":
+        from .ports import loopback_for
+
+        ca = layout.tls_dir / "ca.pem"
+        scrape = observability.Scrape(
+            appliance=f"{loopback_for(record.listen)}:{record.appliance_port}",
+            alertmanager=address("alertmanager") if "alertmanager" in installed else "",
+            triton=address("triton", "{metrics_port}") if "triton" in installed else "", https=True,
+            ca_file="/etc/prometheus/ca.pem" if record.tls_generated else "",
+            server_name="" if record.tls_generated else record.public_host,
+            jobs=tuple((job, address(job, port)) for job, port in SELF_METRICS.items() if job in installed))
+        config = observability.prometheus_config(scrape, "/etc/prometheus/alerts.yml")
+        files[where / "prometheus.yml"] = (config.encode(), 0o644)
+        files[where / "alerts.yml"] = (observability.ALERTS.read_bytes(), 0o644)
+        if record.tls_generated and ca.exists():
+            files[where / "ca.pem"] = (ca.read_bytes(), 0o644)
+    elif name == "alertmanager":
+        files[where / "alertmanager.yml"] = (observability.alertmanager_config(
+            webhook_url=record.alerts.get("alerts_webhook_url", ""), email=record.alerts.get("alerts_email", ""),
+            smarthost=record.alerts.get("alerts_smarthost", "")).encode(), 0o644)
+    elif name == "grafana":
+        def url(component: str) -> str:
+            return f"http://{address(component)}" if component in installed else ""
+
+        sources = observability.grafana_datasources(url("prometheus"), url("loki"), url("jaeger"))
+        files[where / "provisioning/datasources/confmeet.yml"] = (sources.encode(), 0o644)
+        files[where / "provisioning/dashboards/confmeet.yml"] = (
+            (observability.OBSERVABILITY_DIR / "grafana" / "dashboards.yml").read_bytes(), 0o644)
+        for board in sorted(observability.DASHBOARDS_DIR.glob("*.json")):
+            files[where / "dashboards" / board.name] = (board.read_bytes(), 0o644)
+    elif name == "loki":
+        config = observability.loki_config(values["bind"], record.ports["loki"], int(values["grpc_port"]),
+                                           values["retention"])
+        files[where / "loki.yml"] = (config.encode(), 0o644)
+    elif name == "promtail":
+        loki = f"http://{address('loki')}" if "loki" in installed else "http://127.0.0.1:8805"
+        config = observability.promtail_config(values["bind"], record.ports["promtail"], loki)
+        files[where / "promtail.yml"] = (config.encode(), 0o644)
+    return files
 
 
 def docker_client(url: str, timeout: int = 120) -> docker.DockerClient:

@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .images import BUNDLES_DIR
-
-if TYPE_CHECKING:
-    from .deploy import InstallRecord, Layout
 
 OBSERVABILITY_DIR = BUNDLES_DIR / "observability"
 ALERTS = OBSERVABILITY_DIR / "alerts.yml"
@@ -95,68 +91,3 @@ def promtail_config(bind: str, port: int, loki: str) -> str:
     """``loki``: Loki's base URL (http://HOST:PORT)."""
     template = (OBSERVABILITY_DIR / "promtail.yml.in").read_text()
     return template.format(bind=bind, port=port, loki=loki)
-
-
-# ---------------------------------------------------------------------- what an install writes
-MONITORING = "monitoring"  # under the configuration directory: one folder per component, mounted
-SELF_METRICS = {"prometheus": "{port}", "alertmanager": "{port}", "jaeger": "{admin_port}", "grafana": "{port}",
-                "loki": "{port}", "promtail": "{port}"}  # where each serves its own /metrics
-
-
-def monitoring_dir(layout: Layout) -> Path:
-    return layout.config_dir / MONITORING
-
-
-def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Path, tuple[bytes, int]]:
-    """The files the installer writes for component ``name`` (path → content, mode): its
-    configuration, rendered for this install's ports and the other components it has."""
-    from . import deploy
-
-    if name not in SELF_METRICS or record.mode != "containers":
-        return {}
-    where = monitoring_dir(layout) / name
-
-    def address(component: str, port: str = "{port}") -> str:
-        values = deploy._values(deploy.COMPONENTS[component], record, layout)
-        return f"{values['bind']}:{port.format(**values)}"
-
-    installed = set(record.components)
-    values = deploy._values(deploy.COMPONENTS[name], record, layout)
-    files: dict[Path, tuple[bytes, int]] = {}
-    if name == "prometheus":
-        from .ports import loopback_for
-
-        ca = layout.tls_dir / "ca.pem"
-        scrape = Scrape(
-            appliance=f"{loopback_for(record.listen)}:{record.appliance_port}",
-            alertmanager=address("alertmanager") if "alertmanager" in installed else "",
-            triton=address("triton", "{metrics_port}") if "triton" in installed else "", https=True,
-            ca_file="/etc/prometheus/ca.pem" if record.tls_generated else "",
-            server_name="" if record.tls_generated else record.public_host,
-            jobs=tuple((job, address(job, port)) for job, port in SELF_METRICS.items() if job in installed))
-        files[where / "prometheus.yml"] = (prometheus_config(scrape, "/etc/prometheus/alerts.yml").encode(), 0o644)
-        files[where / "alerts.yml"] = (ALERTS.read_bytes(), 0o644)
-        if record.tls_generated and ca.exists():
-            files[where / "ca.pem"] = (ca.read_bytes(), 0o644)
-    elif name == "alertmanager":
-        files[where / "alertmanager.yml"] = (alertmanager_config(
-            webhook_url=record.alerts.get("alerts_webhook_url", ""), email=record.alerts.get("alerts_email", ""),
-            smarthost=record.alerts.get("alerts_smarthost", "")).encode(), 0o644)
-    elif name == "grafana":
-        def url(component: str) -> str:
-            return f"http://{address(component)}" if component in installed else ""
-
-        sources = grafana_datasources(url("prometheus"), url("loki"), url("jaeger"))
-        files[where / "provisioning/datasources/confmeet.yml"] = (sources.encode(), 0o644)
-        files[where / "provisioning/dashboards/confmeet.yml"] = (
-            (OBSERVABILITY_DIR / "grafana" / "dashboards.yml").read_bytes(), 0o644)
-        for board in sorted(DASHBOARDS_DIR.glob("*.json")):
-            files[where / "dashboards" / board.name] = (board.read_bytes(), 0o644)
-    elif name == "loki":
-        files[where / "loki.yml"] = (loki_config(values["bind"], record.ports["loki"], int(values["grpc_port"]),
-                                                 values["retention"]).encode(), 0o644)
-    elif name == "promtail":
-        loki = f"http://{address('loki')}" if "loki" in installed else "http://127.0.0.1:8805"
-        files[where / "promtail.yml"] = (promtail_config(values["bind"], record.ports["promtail"], loki).encode(),
-                                         0o644)
-    return files
