@@ -239,3 +239,34 @@ def test_doctor_warns_when_alertmanager_has_no_receiver(tmp_path: Path) -> None:
     record.components = ["postgresql"]  # no Alertmanager: nothing to say
     layout.record_file.write_text(record.to_json())
     assert check_alert_receivers(load_settings(layout.config_file)) == []
+
+
+def test_backup_holds_the_monitoring_configuration_and_restore_returns_it(tmp_path: Path) -> None:
+    """`confmeet backup create` (the CLI, embedded stores) takes <config dir>/monitoring/ — the
+    alert rules, the provisioned dashboards — and a restore puts it back beside the settings'
+    other backed-up files. (Grafana's database comes from its Docker volume: the installer test
+    covers an install with Docker; here there is no install record, so none is asked for.)"""
+    import tarfile
+
+    from test_backup import Install
+
+    from appliance.machine.observability import ALERTS
+
+    install = Install(tmp_path / "data")
+    monitoring = install.data_dir / "monitoring"  # the settings file's directory is the config dir
+    for name, text in (("prometheus/alerts.yml", ALERTS.read_text()),
+                       ("grafana/dashboards/overview.json", (DASHBOARDS_DIR / "overview.json").read_text())):
+        (monitoring / name).parent.mkdir(parents=True, exist_ok=True)
+        (monitoring / name).write_text(text)
+    made = json.loads(install.ok("backup", "create", "--to", str(tmp_path / "archives"), "--json").stdout)
+    archive = tmp_path / "archives" / made["archive"]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("config/monitoring/prometheus/alerts.yml").read().decode() == ALERTS.read_text()
+    assert "config/monitoring/grafana/dashboards/overview.json" in names
+    install.ok("backup", "verify", str(archive))
+
+    target = Install(tmp_path / "other")
+    target.ok("backup", "restore", str(archive))
+    restored = target.data_dir / "restored-config/monitoring/prometheus/alerts.yml"
+    assert restored.read_text() == ALERTS.read_text()
