@@ -270,3 +270,13 @@ def test_backup_holds_the_monitoring_configuration_and_restore_returns_it(tmp_pa
     target.ok("backup", "restore", str(archive))
     restored = target.data_dir / "restored-config/monitoring/prometheus/alerts.yml"
     assert restored.read_text() == ALERTS.read_text()
+
+
+def test_verify_takes_monitoring_files_but_no_path_out_of_them() -> None:
+    from appliance.backup import BackupError
+    from appliance.backup.verify import check_config
+
+    assert check_config("config/monitoring/prometheus/alerts.yml", b"groups: []\n", None)
+    for name in ("config/monitoring/../../etc/passwd", "config/other/file"):
+        with pytest.raises(BackupError, match="no confmeet backup contains"):
+            check_config(name, b"x", None)
