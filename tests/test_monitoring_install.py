@@ -280,3 +280,10 @@ def test_verify_takes_monitoring_files_but_no_path_out_of_them() -> None:
     for name in ("config/monitoring/../../etc/passwd", "config/other/file"):
         with pytest.raises(BackupError, match="no confmeet backup contains"):
             check_config(name, b"x", None)
+
+
+def test_a_port_that_would_put_jaegers_otlp_below_1_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DeployError, match="choose a port from 4487"):
+        record_for(tmp_path, ports={"jaeger": 4000})
+    record, _ = record_for(tmp_path, ports={"jaeger": 4487})
+    assert record.ports["jaeger"] == 4487

@@ -269,9 +269,11 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         else:
             ports[name] = default
     for name, port in ports.items():
-        spread = max(COMPONENTS[name].extra_ports.values(), default=0) if name in COMPONENTS else 0
-        if not 0 < port <= 65535 - spread:
-            raise DeployError(f"port {port} for {name} is out of range; choose a port below {65536 - spread}")
+        offsets = COMPONENTS[name].extra_ports.values() if name in COMPONENTS else []
+        spread, below = max(offsets, default=0), min(min(offsets, default=0), 0)  # Jaeger's OTLP is below its UI
+        if not 0 < port + below <= port <= 65535 - spread:
+            raise DeployError(f"port {port} for {name} is out of range; choose a port from {1 - below} "
+                              f"to {65535 - spread}")
     images = {n: options.images.get(n) or image_override_from_env(n)
               or (previous.images.get(n) if previous else None) or COMPONENTS[n].image for n in COMPONENTS}
     kept = dict(previous.secrets) if previous else {}
