@@ -14,6 +14,7 @@ wheel, a few minutes), a warm one loads them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import hashlib
 import io
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import tomllib
@@ -524,6 +526,37 @@ def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: d
     assert "alerting" not in config
     code, components, table = status(root)
     assert "alertmanager" not in components and components["prometheus"]["state"] == "up", table
+
+
+@pytest.mark.docker
+def test_backup_copies_grafanas_database_from_its_volume(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    """Grafana's state is grafana.db on the volume confmeet-grafana: `confmeet backup create` finds
+    the volume through the install record and the Docker Engine and copies the database with
+    SQLite's online backup. No Grafana runs here (no image): the database is made in the volume
+    with sqlite3, as Grafana keeps it."""
+    import sqlite3
+
+    from appliance.machine.deploy import InstallOptions, Layout, resolve
+
+    layout = Layout(tmp_path / "root")
+    record = resolve(InstallOptions(root=layout.root, docker_url=clean_engine.url, components=["grafana"]), None,
+                     "containers")
+    layout.config_dir.mkdir(parents=True)
+    layout.record_file.write_text(record.to_json())
+    layout.config_file.write_text(f'data_dir = "{layout.data_dir}"\n')
+    volume = clean_engine.client().volumes.create("confmeet-grafana")
+    with contextlib.closing(sqlite3.connect(Path(volume.attrs["Mountpoint"]) / "grafana.db")) as db, db:
+        db.execute("CREATE TABLE dashboard (title TEXT)")
+        db.execute("INSERT INTO dashboard VALUES ('edited by an operator')")
+    made = confmeet("backup", "create", "--config", str(layout.config_file), "--to", str(tmp_path / "archives"),
+                    "--json")
+    assert made.returncode == 0, show(made)
+    archive = tmp_path / "archives" / json.loads(made.stdout)["archive"]
+    copy = tmp_path / "grafana.db"
+    with tarfile.open(archive) as tar:
+        copy.write_bytes(tar.extractfile("config/monitoring/grafana/state/grafana.db").read())
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("SELECT title FROM dashboard").fetchall() == [("edited by an operator",)]
 
 
 @pytest.mark.docker
