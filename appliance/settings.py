@@ -68,6 +68,11 @@ class Settings:
     # /metrics answers these addresses, and anyone with the bearer token metrics_token (if set).
     metrics_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     metrics_token: str = ""
+    # Where Alertmanager sends alerts (written by `confmeet install --alerts-*`): a webhook, and/or
+    # e-mail to alerts_email through the mail server alerts_smarthost (HOST:PORT).
+    alerts_webhook_url: str = ""
+    alerts_email: str = ""
+    alerts_smarthost: str = ""
     # Accounts
     allow_registration: bool = False
     access_token_minutes: int = 15

@@ -9,6 +9,7 @@ created and says how to resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pwd
@@ -29,15 +30,17 @@ from appliance import __version__
 from appliance.machine import images, release, units
 from appliance.machine.deploy import (
     COMPONENT_LABEL, COMPONENTS, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError, Engine,
-    InstallOptions, InstallRecord, Journal, Layout, Mode, container_spec, create_native_database,
+    InstallOptions, InstallRecord, Journal, Layout, Mode, config_digest, container_spec, create_native_database,
+    health_url,
     SERVICE_USER, create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir,
     media_addresses,
     now, render_settings, resolve, service_user_exists, settings_for, systemd_running, unit_file, write_file,
 )
 from appliance.inference import models as model_store
+from appliance.machine.deploy import component_files, monitoring_dir
 
 from .options import FAILED, console, err, fail
-from .status import PROBES, Probe, timed
+from .status import PROBES, Probe, probe_http, timed
 
 bundle_app = typer.Typer(help="Offline bundles: everything an install needs, for hosts without network.",
                          no_args_is_help=True)
@@ -159,11 +162,22 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
             if component.volume:
                 where.append(f"volume {component.volume_name}:{component.volume}")
             where.append(f"port {ports} (host network)")
+            if component.health:
+                where.append(f"answers at {health_url(name, record, layout)}")
             if name == "triton":
                 where.append("with the GPU" if spec.gpu else "without a GPU (none Docker can use)")
             image = "" if container.image_present else (", load image" if bundle else ", pull image")
             action = container.action + (f" ({container.reason})" if container.reason else "") + image
             plan.add(name, component.title, "\n".join(where), action)
+        monitored = [n for n in record.components if component_files(n, record, layout)]
+        if monitored:
+            plan.add("monitoring", "configuration", f"{monitoring_dir(layout)}/: " + ", ".join(
+                f"{n}/" for n in monitored) + " (mounted read-only)", _exists(monitoring_dir(layout)))
+        if "alertmanager" in record.components:
+            receivers = [f"{k.removeprefix('alerts_')} {v}" for k, v in record.alerts.items()]
+            plan.add("alertmanager", "alerts to", ", ".join(receivers) or
+                     "nobody: no receiver (--alerts-webhook URL, or --alerts-email ADDR --alerts-smarthost "
+                     "HOST:PORT)", "route" if receivers else "warn")
         if "coturn" in record.components:
             plan.add("coturn", "coturn settings", f"{layout.turnserver_conf} (0640, group 65534: coturn's "
                      "nogroup)\nwith cert.pem and key.pem for TURN over TLS", _exists(layout.turnserver_conf))
@@ -305,6 +319,7 @@ class Installer:
             tls.ensure_certificates(layout.tls_dir, names)
         self.write_settings()
         if record.mode == "containers":
+            self.write_monitoring_files()
             self.build_triton_image()
             self.converge_containers()
             self.wait_for_components()
@@ -439,11 +454,26 @@ class Installer:
             allowed_peer_ips=media_addresses(record), syslog=not container)
         self.done["coturn settings"] = write_file(conf, text, 0o640, self.journal, str(conf), group)
 
+    def write_monitoring_files(self) -> None:
+        """Each observability component's configuration under /etc/confmeet/monitoring/<name>/
+        (readable by the container's user; /etc/confmeet itself stays 0750)."""
+        written = []
+        for name in self.record.components:
+            for path, (data, mode) in component_files(name, self.record, self.layout).items():
+                make_dir(path.parent, 0o755, self.journal)
+                written.append(write_file(path, data, mode, self.journal, str(path)))
+        if written:
+            self.done["monitoring"] = "updated" if "updated" in written else \
+                "created" if "created" in written else "kept"
+
     def converge_containers(self) -> None:
         assert self.engine is not None
         for container in self.plan.containers:
             self.say(f"  {container.spec.name}: {container.action}…")
-            self.done[container.spec.component] = self.engine.converge(container.spec, self.journal)
+            # the files are written now (the TLS CA among them): their digest as written
+            spec = dataclasses.replace(container.spec, config=config_digest(container.spec.component, self.record,
+                                                                             self.layout))
+            self.done[container.spec.component] = self.engine.converge(spec, self.journal)
         for name in self.plan.dropped:
             self.say(f"  {name}: remove…")
             self.engine.remove(name)
@@ -453,7 +483,8 @@ class Installer:
         """Until each component answers over its own protocol, as the appliance will ask it."""
         assert self.engine is not None
         settings = settings_for(self.record, self.layout)
-        pending = {name: settings[COMPONENTS[name].setting] for name in self.record.components}
+        pending = {name: health_url(name, self.record, self.layout) or settings[COMPONENTS[name].setting]
+                   for name in self.record.components}
         pending = {name: url[0] if isinstance(url, list) else url for name, url in pending.items()}
         answers: dict[str, Probe] = {}
         deadline = time.monotonic() + self.timeout
@@ -469,7 +500,8 @@ class Installer:
                         what = f"restarted {restarts} time(s)" if restarts else status
                         raise DeployError(f"{container} {what} before it answered; its last "
                                           f"log lines:\n{logs}\nfix the cause (see 'docker logs {container}')")
-                    probe = timed(lambda: PROBES[COMPONENTS[name].setting](url))
+                    probe = timed(lambda: probe_http(url, COMPONENTS[name].title) if COMPONENTS[name].health
+                                  else PROBES[COMPONENTS[name].setting](url))
                     answers[name] = probe
                     if probe.state in ("up", "degraded"):  # it answers; the store check comes next
                         progress.update(tasks[name], completed=1,
@@ -629,6 +661,14 @@ def install(
     wheelhouse: Annotated[Optional[Path], typer.Option(help="Install Python packages (the release's "
                                                             "dependencies, the Triton image's wheels) from this "
                                                             "directory instead of the package index.")] = None,
+    retention: Annotated[Optional[int], typer.Option(help="Days Prometheus, Alertmanager, Loki and Jaeger keep "
+                                                          "metrics, alerts, logs and traces \\[default: 15].")] = None,
+    alerts_webhook: Annotated[Optional[str], typer.Option(help="Alertmanager posts every alert to this URL "
+                                                               "(alerts_webhook_url; \"\" removes it).")] = None,
+    alerts_email: Annotated[Optional[str], typer.Option(help="Alertmanager mails every alert to this address "
+                                                             "(alerts_email; needs --alerts-smarthost).")] = None,
+    alerts_smarthost: Annotated[Optional[str], typer.Option(help="The mail server (HOST:PORT) alerts are sent "
+                                                                 "through (alerts_smarthost).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the components to answer.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (needs --yes or "
                                                          "--dry-run).")] = False,
@@ -644,7 +684,10 @@ def install(
         components=[c.strip() for c in components.split(",") if c.strip()] if components else None,
         root=layout.root, docker_url=docker_url, port_offset=port_offset,
         ports=_pairs(port or [], "port", True), images=_pairs(image or [], "image", False),
-        listen=listen, public_host=public_host, public_ips=public_ip, asr_model=asr_model, cert=cert, key=key)
+        listen=listen, public_host=public_host, public_ips=public_ip, asr_model=asr_model, cert=cert, key=key,
+        retention_days=retention,
+        alerts={k: v for k, v in (("alerts_webhook_url", alerts_webhook), ("alerts_email", alerts_email),
+                                  ("alerts_smarthost", alerts_smarthost)) if v is not None})
     installer: Installer | None = None
     try:
         previous = InstallRecord.read(layout)
@@ -653,6 +696,8 @@ def install(
             manifest = images.read_manifest(bundle)
             options.images = {**{c: i.get("base", i["ref"]) for c, i in manifest.images.items()}, **options.images}
             bundle_ids = {i["ref"]: i["id"] for i in manifest.images.values()}
+            if options.components is None and previous is None:  # what the bundle brings
+                options.components = [name for name in COMPONENTS if name in manifest.images]
         chosen: Mode = options.mode or (previous.mode if previous else _default_mode(options))
         record = resolve(options, previous, chosen)
         engine = Engine(docker_client(record.docker_url), layout.root) if chosen == "containers" else None
@@ -738,12 +783,15 @@ def summary(installer: Installer, as_json: bool) -> None:
     table.add_column("result")
     table.add_column("address", overflow="fold")
     for name in record.components:
-        url = settings.get(COMPONENTS[name].setting, "")
+        url = settings.get(COMPONENTS[name].setting, "") if COMPONENTS[name].setting else ""
         url = url[0] if isinstance(url, list) else url
+        if COMPONENTS[name].health:
+            url = f"http://127.0.0.1:{record.ports[name]}" + (f" (traces to {url})" if url else "")
         from appliance.settings import mask_url_password
 
         table.add_row(COMPONENTS[name].title, installer.done.get(name, "-"), mask_url_password(url))
-    for what in ("release", "settings", "coturn settings", "models", "triton image", "bundle", "service user",
+    for what in ("release", "settings", "monitoring", "coturn settings", "models", "triton image", "bundle",
+                 "service user",
                  "stores", "appliance unit"):
         if what in installer.done:
             table.add_row(what, installer.done[what], "")
@@ -759,6 +807,10 @@ def summary(installer: Installer, as_json: bool) -> None:
                       f"{settings['public_url']}")
     if record.tls_generated:
         console.print(f"browsers trust it once they import the private CA {layout.tls_dir / 'ca.pem'}")
+    if "grafana" in record.components:
+        console.print(f"Grafana: http://127.0.0.1:{record.ports['grafana']} (loopback: e.g. ssh -L "
+                      f"{record.ports['grafana']}:127.0.0.1:{record.ports['grafana']}), user admin, password in "
+                      f"{layout.record_file} (secrets.grafana)")
     console.print(f"check it: [bold]confmeet status --config {config}[/]")
 
 

@@ -315,6 +315,16 @@ def probe_gpu(docker_url: str | None) -> Probe:
     return Probe("up" if report.usable_for_containers else "degraded", version, detail=report.message)
 
 
+def probe_http(url: str, title: str) -> Probe:
+    """A component that says it is up with HTTP 200 at ``url`` (Prometheus' /-/ready, Grafana's
+    /api/health...); its version where the answer names one."""
+    status, body = _http_json(url)
+    version = title + (f" {body['version']}" if isinstance(body, dict) and body.get("version") else "")
+    if status != 200:
+        return Probe("down", version, detail=f"{url} answered {status}")
+    return Probe("up", version, detail=f"{url} answers")
+
+
 PROBES: dict[str, Callable[[str], Probe]] = {
     "database": probe_database, "bus": probe_bus, "documents": probe_documents,
     "objects": probe_objects, "inference": probe_inference, "ice_servers": probe_turn,
@@ -328,13 +338,9 @@ NAMES = {  # (scheme of the setting's URL) → component name shown
 # ---------------------------------------------------------------------- the whole picture
 def _containers(settings_file: Path) -> tuple[dict[str, tuple[str, str, int]], str | None]:
     """Container states from the install record next to the settings, when it and Docker can be read."""
-    from appliance.machine.deploy import COMPONENTS, Engine, InstallRecord, Layout
+    from appliance.machine.deploy import COMPONENTS, Engine
 
-    root = settings_file.parent.parent.parent
-    try:
-        record = InstallRecord.read(Layout(root))
-    except Exception:  # unreadable (not root): the protocol answers are enough
-        return {}, None
+    record = _record(settings_file)
     if record is None or record.mode != "containers":
         return {}, record.docker_url if record else None
     try:
@@ -347,6 +353,30 @@ def _containers(settings_file: Path) -> tuple[dict[str, tuple[str, str, int]], s
     except Exception:  # no engine or no permission: report the protocols only
         return {}, record.docker_url
     return states, record.docker_url
+
+
+def _record(settings_file: Path) -> Any:
+    """The install record next to the settings (None: no install, or unreadable when not root)."""
+    from appliance.machine.deploy import InstallRecord, Layout
+
+    try:
+        return InstallRecord.read(Layout(settings_file.parent.parent.parent))
+    except Exception:  # unreadable (not root): the protocol answers are enough
+        return None
+
+
+def monitoring_targets(settings_file: Path) -> list[tuple[str, str, Callable[[], Probe]]]:
+    """The observability components the install record names (Prometheus, Grafana...), each
+    asked at its health URL; none when the record cannot be read (they serve no setting)."""
+    from appliance.machine.deploy import COMPONENTS, Layout, health_url
+
+    record = _record(settings_file)
+    if record is None:
+        return []
+    layout = Layout(settings_file.parent.parent.parent)
+    return [(name, COMPONENTS[name].setting, lambda n=name: probe_http(health_url(n, record, layout),
+                                                                       COMPONENTS[n].title))
+            for name in record.components if name in COMPONENTS and COMPONENTS[name].health]
 
 
 CLIENT_MODULES = {"postgresql": "psycopg2", "postgres": "psycopg2", "redis": "redis", "mongodb": "pymongo",
@@ -373,6 +403,7 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
     for server in settings.ice_servers:
         if server.startswith(("turn:", "stun:")):
             targets.append(("coturn", "ice_servers", lambda s=server: probe_turn(s)))
+    targets += monitoring_targets(settings_file)
     targets.append(("gpu", "", lambda: probe_gpu(docker_url)))
     importlib.import_module("appliance.stores.urls")  # imported first, so that response times are the servers' own
     for url in urls.values():

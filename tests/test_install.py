@@ -14,6 +14,7 @@ wheel, a few minutes), a warm one loads them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import hashlib
 import io
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import tomllib
@@ -35,6 +37,7 @@ from pathlib import Path
 import docker
 import psycopg2
 import pytest
+import yaml
 from minio import Minio
 
 import dockerd
@@ -44,6 +47,10 @@ BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("CONFMEET_TEST_CACHE", "/var/cache/confmeet-test"))
 COMPONENTS = ["postgresql", "redis", "mongodb", "minio", "coturn", "triton"]
+# The observability layer with a stand-in: Debian's own Prometheus and Alertmanager. Jaeger,
+# Grafana, Loki and Promtail have no Debian package to make one from: the tests leave them out
+# with --components (tests/test_monitoring_install.py checks their files).
+MONITORED = ["prometheus", "alertmanager"]
 ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "DOCKER_HOST": "", "CONFMEET_CONFIG": ""}
 # An administrator's shell: nothing points Python at the source tree.
 ADMIN_ENV = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -62,7 +69,8 @@ def show(done: subprocess.CompletedProcess) -> str:
 
 def free_port_block(size: int = 1000) -> int:
     """An offset that moves every default port (443 .. 27019) onto free ones."""
-    defaults = [443, 5432, 6379, 27017, 9000, 9001, 3478, 5349, 8000, 8001, 8002]
+    defaults = [443, 5432, 6379, 27017, 9000, 9001, 3478, 5349, 8000, 8001, 8002, 8801, 8802, 8803, 8804, 8805,
+                9080, 9095, 4317, 4318, 14250, 14268, 14269, 16685]
     blocks = list(range(20000, 38000, size))
     start = os.getpid() % len(blocks)  # test runs that start together look in different places first
     for offset in blocks[start:] + blocks[:start]:
@@ -191,11 +199,14 @@ def clean_engine(engine: dockerd.Engine) -> Iterator[dockerd.Engine]:
 
 def standin_images() -> list[str]:
     recipe = images.StandinRecipe.load()
-    return [arg for name in COMPONENTS for arg in ("--image", f"{name}={recipe.images[name].tag}")]
+    return [arg for name in COMPONENTS + MONITORED for arg in ("--image", f"{name}={recipe.images[name].tag}")]
 
 
-def install_args(root: Path, engine: dockerd.Engine, offset: int) -> list[str]:
+def install_args(root: Path, engine: dockerd.Engine, offset: int,
+                 components: list[str] | None = COMPONENTS) -> list[str]:
+    """None: every component (what an install without --components deploys)."""
     return ["install", "--mode", "containers", "--yes", "--root", str(root), "--docker-url", engine.url,
+            *(["--components", ",".join(components)] if components is not None else []),
             "--port-offset", str(offset), "--listen", "127.0.0.1", "--public-host", "127.0.0.1",
             "--timeout", "120", "--wheelhouse", str(WHEELHOUSE.wait())]
 
@@ -417,16 +428,135 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
     assert "no MongoDB" in done.stdout  # documents stay embedded, and the plan says so
     assert not root.exists()
     assert clean_engine.client().containers.list(all=True) == []
-    plan = confmeet(*install_args(root, clean_engine, free_port_block()), *standin_images(),
+    offset = free_port_block()
+    plan = confmeet(*install_args(root, clean_engine, offset), *standin_images(), "--components",
+                    ",".join(COMPONENTS + ["prometheus", "alertmanager", "jaeger", "grafana", "loki", "promtail"]),
                     "--dry-run", "--json")
     assert plan.returncode == 0, show(plan)
     steps = json.loads(plan.stdout)["plan"]
+    seed = {"prometheus": ("Prometheus", 8801), "alertmanager": ("Alertmanager", 8802), "jaeger": ("Jaeger", 8803),
+            "grafana": ("Grafana", 8804), "loki": ("Loki", 8805)}
+    for name, (title, port) in seed.items():  # the observability layer on the seed's ports (moved by the offset)
+        [step] = [s for s in steps if s["component"] == name and s["what"] == title]
+        assert f"container confmeet-{name}" in step["where"] and f"port {port + offset}" in step["where"], step
+        assert f"volume confmeet-{name}:" in step["where"] and step["action"].startswith("create"), step
+    assert any(s["component"] == "promtail" for s in steps)
+    [alerts] = [s for s in steps if s["what"] == "alerts to"]
+    assert alerts["action"] == "warn" and "no receiver" in alerts["where"]
+    text = confmeet(*install_args(root, clean_engine, offset, components=None), "--dry-run")  # the table too
+    assert text.returncode == 0 and all(t in text.stdout for t, _ in seed.values()), show(text)
     assert {s["component"] for s in steps} >= {"postgresql", "triton", "appliance"}
     device = next(s for s in steps if s["what"] == "asr device")  # where asr runs, and why
     assert device["action"] == "cpu" and device["where"].startswith("KIND_CPU (int8): no NVIDIA GPU found")
     image = next(s for s in steps if s["component"] == "triton" and s["what"] == "image")
     assert image["where"].startswith("confmeet/tritonserver:bookworm-") and image["action"] in ("build", "keep")
     assert any(s["what"] == "release" and "/opt/confmeet/releases/" in s["where"] for s in steps)
+
+
+@pytest.mark.docker
+def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    """Prometheus and Alertmanager (Debian's, as stand-ins for the official images) deployed with
+    the stores: Prometheus loads confmeet's rules, finds Alertmanager, and scrapes the appliance
+    over TLS with the generated CA; Alertmanager routes to the webhook given; status lists both;
+    leaving Alertmanager out removes it and the doctor's warning goes with it."""
+    engine, client = clean_engine, clean_engine.client()
+    root, offset = tmp_path / "root", free_port_block()
+    hook = "http://127.0.0.1:9/confmeet-alerts"
+    args = [*install_args(root, engine, offset, ["postgresql", "redis", *MONITORED]), *standin_images(),
+            "--retention", "3", "--alerts-webhook", hook]
+    first = confmeet(*args)
+    assert first.returncode == 0, show(first)
+    prometheus, manager = f"http://127.0.0.1:{8801 + offset}", f"http://127.0.0.1:{8802 + offset}"
+    containers = {c.name: c for c in client.containers.list(all=True)}
+    assert {"confmeet-prometheus", "confmeet-alertmanager"} <= set(containers)
+    for name in ("confmeet-prometheus", "confmeet-alertmanager"):
+        assert containers[name].attrs["HostConfig"]["NetworkMode"] == "host"
+        assert {m["Destination"] for m in containers[name].attrs["Mounts"]} >= {f"/{name.split('-')[1]}",
+                                                                               f"/etc/{name.split('-')[1]}"}
+    assert "--storage.tsdb.retention.time=3d" in containers["confmeet-prometheus"].attrs["Args"]
+    assert wait_healthy(client, ["confmeet-prometheus", "confmeet-alertmanager"]) == \
+        {"confmeet-prometheus": "healthy", "confmeet-alertmanager": "healthy"}
+    settings = settings_of(root)
+    assert settings["alerts_webhook_url"] == hook and "trace_endpoint" not in settings  # no Jaeger here
+
+    def get(url: str) -> dict:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    groups = get(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    assert any(rule["name"] == "ConfmeetDown" for group in groups for rule in group["rules"])
+    assert get(f"{prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"][0]["url"].startswith(manager)
+    assert hook in get(f"{manager}/api/v2/status")["config"]["original"]
+
+    appliance = Appliance(root)
+    try:
+        code, components, table = status(root, table=True)
+        assert code == 0, table
+        for name, title in (("prometheus", "Prometheus"), ("alertmanager", "Alertmanager")):
+            assert components[name]["state"] == "up" and components[name]["version"].startswith(title), table
+            assert "container running" in components[name]["detail"], table
+            assert name in table
+        # Prometheus scrapes the appliance's /metrics over TLS, trusting the install's CA.
+        deadline = time.monotonic() + 60
+        while True:
+            targets = get(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+            confmeet_target = next(t for t in targets if t["labels"]["job"] == "confmeet")
+            if confmeet_target["health"] == "up" or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert confmeet_target["health"] == "up", confmeet_target
+        assert confmeet_target["scrapeUrl"] == f"https://127.0.0.1:{443 + offset}/metrics"
+    finally:
+        appliance.stop()
+
+    doctor = confmeet("doctor", "--config", str(root / "etc/confmeet/confmeet.toml"), "--json")
+    assert not [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"], doctor.stdout
+    cleared = confmeet(*args[:-2], "--alerts-webhook", "")
+    assert cleared.returncode == 0, show(cleared)
+    assert "recreated" in cleared.stdout  # its configuration changed: Alertmanager restarted with it
+    assert hook not in get(f"{manager}/api/v2/status")["config"]["original"]
+    doctor = confmeet("doctor", "--config", str(root / "etc/confmeet/confmeet.toml"), "--json")
+    [warning] = [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"]
+    assert warning["status"] == "warn" and "no receiver" in warning["detail"]
+
+    subset = confmeet(*install_args(root, engine, offset, ["postgresql", "redis", "prometheus"]), *standin_images())
+    assert subset.returncode == 0, show(subset)
+    assert "confmeet-alertmanager" not in {c.name for c in client.containers.list(all=True)}
+    config = yaml.safe_load((root / "etc/confmeet/monitoring/prometheus/prometheus.yml").read_text())
+    assert "alerting" not in config
+    code, components, table = status(root)
+    assert "alertmanager" not in components and components["prometheus"]["state"] == "up", table
+
+
+@pytest.mark.docker
+def test_backup_copies_grafanas_database_from_its_volume(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    """Grafana's state is grafana.db on the volume confmeet-grafana: `confmeet backup create` finds
+    the volume through the install record and the Docker Engine and copies the database with
+    SQLite's online backup. No Grafana runs here (no image): the database is made in the volume
+    with sqlite3, as Grafana keeps it."""
+    import sqlite3
+
+    from appliance.machine.deploy import InstallOptions, Layout, resolve
+
+    layout = Layout(tmp_path / "root")
+    record = resolve(InstallOptions(root=layout.root, docker_url=clean_engine.url, components=["grafana"]), None,
+                     "containers")
+    layout.config_dir.mkdir(parents=True)
+    layout.record_file.write_text(record.to_json())
+    layout.config_file.write_text(f'data_dir = "{layout.data_dir}"\n')
+    volume = clean_engine.client().volumes.create("confmeet-grafana")
+    with contextlib.closing(sqlite3.connect(Path(volume.attrs["Mountpoint"]) / "grafana.db")) as db, db:
+        db.execute("CREATE TABLE dashboard (title TEXT)")
+        db.execute("INSERT INTO dashboard VALUES ('edited by an operator')")
+    made = confmeet("backup", "create", "--config", str(layout.config_file), "--to", str(tmp_path / "archives"),
+                    "--json")
+    assert made.returncode == 0, show(made)
+    archive = tmp_path / "archives" / json.loads(made.stdout)["archive"]
+    copy = tmp_path / "grafana.db"
+    with tarfile.open(archive) as tar:
+        copy.write_bytes(tar.extractfile("config/monitoring/grafana/state/grafana.db").read())
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("SELECT title FROM dashboard").fetchall() == [("edited by an operator",)]
 
 
 @pytest.mark.docker
@@ -447,11 +577,11 @@ def test_a_taken_port_stops_the_install_before_anything_changes(clean_engine: do
 @pytest.mark.docker
 def test_offline_bundle_round_trip(engine: dockerd.Engine, wheelhouse: Wheelhouse, tmp_path: Path) -> None:
     bundle = tmp_path / "confmeet-bundle.tar"
-    made = confmeet("bundle", "create", str(bundle), "--docker-url", engine.url,
-                    "--wheelhouse", str(wheelhouse.wait()), *standin_images())
+    made = confmeet("bundle", "create", str(bundle), "--docker-url", engine.url, "--components",
+                    ",".join(COMPONENTS + MONITORED), "--wheelhouse", str(wheelhouse.wait()), *standin_images())
     assert made.returncode == 0, show(made)
     manifest = images.read_manifest(bundle)  # install --bundle checks every sha256 itself
-    assert sorted(manifest.images) == sorted(COMPONENTS)
+    assert sorted(manifest.images) == sorted(COMPONENTS + MONITORED)
     assert any(name.startswith("wheels/confmeet-") for name in manifest.files)
     # The built Triton image and the weights travel in it.
     assert manifest.images["triton"]["ref"].startswith("confmeet/tritonserver:bookworm-")
@@ -466,12 +596,12 @@ def test_offline_bundle_round_trip(engine: dockerd.Engine, wheelhouse: Wheelhous
                         "--docker-url", offline.url, "--port-offset", str(free_port_block()),
                         "--listen", "127.0.0.1", "--public-host", "127.0.0.1", engine=offline)
         assert done.returncode == 0, show(done)
-        assert "loaded 6 image(s)" in done.stdout
+        assert "loaded 8 image(s)" in done.stdout
         assert {tag for i in offline.client().images.list() for tag in i.tags} == \
             {item["ref"] for item in manifest.images.values()}
         assert any((root / "var/lib/confmeet/wheels").glob("confmeet-*.whl"))
         code, components, table = status(root, engine=offline)
-        assert all(components[name]["state"] == "up" for name in COMPONENTS), table
+        assert all(components[name]["state"] == "up" for name in COMPONENTS + MONITORED), table
         assert "vad, asr ready" in components["triton"]["detail"] or "asr, vad ready" in components["triton"]["detail"]
         assert components["appliance"]["state"] == "down"  # systemd would start it; nobody did here
     finally:

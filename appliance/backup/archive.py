@@ -12,6 +12,9 @@ An archive is one tar stream (PAX format), written front to back without seeking
 ``config/confmeet.toml``, ``config/secrets.toml``, ``config/tls/<file>``
     the settings file, the secrets in effect, the TLS certificate and key; each with ``.enc``
     appended when encrypted with the passphrase (see cipher.py).
+``config/monitoring/<component>/<file>``
+    the observability layer's configuration and alert rules (``<config dir>/monitoring/``), and
+    ``config/monitoring/grafana/state/grafana.db``, Grafana's database, when installed (likewise).
 ``index.jsonl``
     one line per member above, in archive order: name, size, sha256, the number of rows or
     documents in a JSON-lines part, an object's content type, and ``"discard": true`` for a copy

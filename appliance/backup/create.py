@@ -13,8 +13,10 @@ copied again (the torn copy stays in the archive, marked to be discarded).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import tempfile
 import time
 import tomllib
 from collections import Counter
@@ -289,6 +291,7 @@ class _Backup:
         for setting, name in (("tls_cert", "cert.pem"), ("tls_key", "key.pem")):
             if getattr(self.settings, setting):
                 files.append((f"config/tls/{name}", _read(Path(getattr(self.settings, setting)))))
+        files += monitoring_files(self.settings)
         self.progress.phase("configuration", len(files))
         names = []
         for name, data in files:
@@ -298,6 +301,65 @@ class _Backup:
             names.append(name)
             self.progress.advance()
         return {"files": names}
+
+
+MONITORING_PREFIX = "config/monitoring/"
+GRAFANA_STATE = "config/monitoring/grafana/state/grafana.db"
+
+
+def monitoring_files(settings: Settings) -> list[tuple[str, bytes]]:
+    """The observability layer's own state, when ``confmeet install`` deployed it: its rendered
+    configuration and alert rules (``<config dir>/monitoring/``), and Grafana's database (users,
+    edited dashboards) from its volume, which needs the install record and the Docker Engine
+    (root); without them the database is left out."""
+    if settings.source == "defaults":
+        return []
+    config_dir = Path(settings.source).parent
+    monitoring = config_dir / "monitoring"
+    files = [(f"{MONITORING_PREFIX}{path.relative_to(monitoring)}", _read(path))
+             for path in sorted(monitoring.rglob("*")) if path.is_file()] if monitoring.is_dir() else []
+    database = grafana_database(config_dir)
+    if database is not None:
+        files.append((GRAFANA_STATE, database))
+    return files
+
+
+def grafana_database(config_dir: Path) -> bytes | None:
+    """A consistent copy (SQLite's online backup) of grafana.db in the confmeet-grafana volume."""
+    from appliance.machine.deploy import COMPONENTS, DeployError, InstallRecord, Layout
+
+    try:
+        record = InstallRecord.read(Layout(config_dir.parent.parent))
+    except DeployError:
+        return None  # not root: the install record is root's
+    if record is None or record.mode != "containers" or "grafana" not in record.components:
+        return None
+    import sqlite3
+
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=record.docker_url, timeout=10)
+        try:
+            mountpoint = client.volumes.get(COMPONENTS["grafana"].volume_name).attrs["Mountpoint"]
+        finally:
+            client.close()
+    except Exception as exc:  # no engine, no permission, no volume
+        raise BackupError(f"cannot find Grafana's volume to back up its database ({exc}); run the backup as "
+                          "root with the Docker Engine running, or leave Grafana out (confmeet install "
+                          "--components)") from None
+    source = Path(mountpoint) / "grafana.db"
+    if not source.exists():
+        return None  # Grafana has not started yet
+    with tempfile.TemporaryDirectory(prefix="confmeet-grafana-") as tmp:
+        copy = Path(tmp) / "grafana.db"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)) as db, \
+                    contextlib.closing(sqlite3.connect(copy)) as out:
+                db.backup(out)
+        except sqlite3.Error as exc:
+            raise BackupError(f"cannot copy Grafana's database {source} ({exc}); run the backup as root") from None
+        return copy.read_bytes()
 
 
 def _read(path: Path) -> bytes:

@@ -36,7 +36,7 @@ import requests
 
 from .. import __version__
 from ..fsutil import write_atomically
-from . import units
+from . import observability, units
 from .images import BUNDLES_DIR
 
 COMPONENTS_FILE = BUNDLES_DIR / "components.toml"
@@ -52,6 +52,8 @@ NATIVE_PACKAGES = {"postgresql": "postgresql", "redis": "redis-server", "coturn"
 UNIT_SEARCH = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 HEALTH_INTERVAL_NS = 5_000_000_000
 STOP_TIMEOUT = 30  # seconds a server gets to shut down cleanly (PostgreSQL checkpoints) before SIGKILL
+DEFAULT_RETENTION_DAYS = 15
+ALERT_SETTINGS = ("alerts_webhook_url", "alerts_email", "alerts_smarthost")
 EMBEDDED = {
     "database": "embedded SQLite database under the data directory",
     "bus": "in-process event bus (memory://): one appliance process only",
@@ -77,8 +79,9 @@ class Component:
     title: str
     image: str
     port: int
-    setting: str
-    url: str
+    setting: str = ""  # the appliance setting it serves ("": none, e.g. Prometheus)
+    url: str = ""
+    health: str = ""  # an HTTP URL that answers 200 when it is up (else the setting's probe asks)
     volume: str = ""
     command: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
@@ -90,6 +93,8 @@ class Component:
     stop_signal: str = ""
     tls_url: str = ""  # a second URL for the same setting (coturn's TURN over TLS)
     python_packages: list[str] = field(default_factory=list)  # wheels of a derived image (Triton)
+    user: str = ""  # the user the container runs as ("": the image's)
+    optional_mounts: dict[str, str] = field(default_factory=dict)  # like mounts, where the host has the path
 
     @property
     def container(self) -> str:
@@ -187,6 +192,8 @@ class InstallRecord:
     tls_generated: bool = True
     public_ips: list[str] = field(default_factory=list)  # coturn's external-ip (1:1 NAT)
     asr_model: str = ""  # Whisper size: "base" or "small"; "" until the first install chooses
+    retention_days: int = DEFAULT_RETENTION_DAYS  # Prometheus, Alertmanager, Loki and Jaeger keep this long
+    alerts: dict[str, str] = field(default_factory=dict)  # alerts_webhook_url, alerts_email, alerts_smarthost
     version: str = __version__
     installed_at: str = ""
     format: int = RECORD_FORMAT
@@ -228,6 +235,8 @@ class InstallOptions:
     asr_model: str | None = None
     cert: Path | None = None
     key: Path | None = None
+    retention_days: int | None = None
+    alerts: dict[str, str] | None = None  # ALERT_SETTINGS given ("" clears one)
 
 
 def default_docker_url() -> str:
@@ -260,9 +269,11 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         else:
             ports[name] = default
     for name, port in ports.items():
-        spread = max(COMPONENTS[name].extra_ports.values(), default=0) if name in COMPONENTS else 0
-        if not 0 < port <= 65535 - spread:
-            raise DeployError(f"port {port} for {name} is out of range; choose a port below {65536 - spread}")
+        offsets = COMPONENTS[name].extra_ports.values() if name in COMPONENTS else []
+        spread, below = max(offsets, default=0), min(min(offsets, default=0), 0)  # Jaeger's OTLP is below its UI
+        if not 0 < port + below <= port <= 65535 - spread:
+            raise DeployError(f"port {port} for {name} is out of range; choose a port from {1 - below} "
+                              f"to {65535 - spread}")
     images = {n: options.images.get(n) or image_override_from_env(n)
               or (previous.images.get(n) if previous else None) or COMPONENTS[n].image for n in COMPONENTS}
     kept = dict(previous.secrets) if previous else {}
@@ -276,6 +287,20 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         except ValueError:
             raise DeployError(f"--public-ip {address!r} is not an IP address: give the address this host "
                               "is reached at from outside its NAT (e.g. 203.0.113.10)") from None
+    if options.retention_days is not None and not 0 < options.retention_days <= 3650:
+        raise DeployError(f"--retention {options.retention_days}: give the days to keep metrics, logs and "
+                          "traces, 1 to 3650")
+    alerts = dict(previous.alerts) if previous else {}
+    alerts.update(options.alerts or {})
+    alerts = {k: v for k, v in alerts.items() if v}
+    if alerts.get("alerts_email") and not alerts.get("alerts_smarthost"):
+        raise DeployError("--alerts-email needs --alerts-smarthost HOST:PORT (the mail server Alertmanager "
+                          "sends through)")
+    if alerts.get("alerts_webhook_url") and not alerts["alerts_webhook_url"].startswith(("http://", "https://")):
+        raise DeployError(f"--alerts-webhook {alerts['alerts_webhook_url']!r}: give an http:// or https:// URL")
+    smarthost = alerts.get("alerts_smarthost", "")
+    if smarthost and not smarthost.rpartition(":")[2].isdigit():
+        raise DeployError(f"--alerts-smarthost {smarthost!r}: write HOST:PORT, e.g. mail.example.org:587")
     if options.asr_model is not None and options.asr_model not in ("base", "small"):
         raise DeployError(f"--asr-model {options.asr_model!r}: choose base or small")
     if (options.cert is None) != (options.key is None):
@@ -298,6 +323,8 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         public_host=options.public_host or (previous.public_host if previous else socket.getfqdn()),
         public_ips=options.public_ips if options.public_ips is not None else (previous.public_ips if previous else []),
         asr_model=options.asr_model or (previous.asr_model if previous else ""),
+        retention_days=options.retention_days or (previous.retention_days if previous else DEFAULT_RETENTION_DAYS),
+        alerts=alerts,
         tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2])
 
 
@@ -306,13 +333,20 @@ def _values(component: Component, record: InstallRecord, layout: Layout) -> dict
     port = record.ports[component.name]
     values = {"port": str(port), "bind": LOOPBACK, "password": record.secrets[component.name],
               "public_host": record.public_host, "config_dir": str(layout.config_dir),
-              "model_repository": str(layout.model_repository)}
+              "model_repository": str(layout.model_repository),
+              "retention": f"{record.retention_days}d", "retention_hours": str(record.retention_days * 24)}
     values.update({f"{name}_port": str(port + offset) for name, offset in component.extra_ports.items()})
     return values
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
     return template.format(**values)
+
+
+def health_url(name: str, record: InstallRecord, layout: Layout) -> str:
+    """Where a component with a ``health`` URL answers 200 when it is up ("" for the others)."""
+    component = COMPONENTS[name]
+    return _fill(component.health, _values(component, record, layout)) if component.health else ""
 
 
 def public_url(record: InstallRecord) -> str:
@@ -353,8 +387,9 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
         urls = native_urls(record)
     else:
         urls = {COMPONENTS[n].setting: _fill(COMPONENTS[n].url, _values(COMPONENTS[n], record, layout))
-                for n in record.components if n != "coturn"}
+                for n in record.components if n != "coturn" and COMPONENTS[n].setting}
     values.update(urls)
+    values.update(record.alerts)
     if "coturn" in record.components:
         values["ice_servers"] = turn_urls(record, layout)
     if record.public_ips:
@@ -458,6 +493,8 @@ class ContainerSpec:
     shm_size: str
     stop_signal: str
     root: str
+    user: str = ""
+    config: str = ""  # sha256 of the files rendered for it (a changed file recreates the container)
 
     def create_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -479,11 +516,13 @@ class ContainerSpec:
             args["shm_size"] = self.shm_size
         if self.stop_signal:
             args["stop_signal"] = self.stop_signal
+        if self.user:
+            args["user"] = self.user
         return args
 
     def digest(self, image_id: str) -> str:
         """Changes when anything the container is made from does (the image's content included)."""
-        spec = {k: v for k, v in asdict(self).items()}
+        spec = {k: v for k, v in asdict(self).items() if v or k not in ("user", "config")}
         return hashlib.sha256(json.dumps([spec, image_id], sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -495,6 +534,9 @@ def container_spec(name: str, record: InstallRecord, layout: Layout, gpu: bool) 
         volumes[component.volume_name] = {"bind": component.volume, "mode": "rw"}
     for source, target in component.mounts.items():
         volumes[_fill(source, values)] = {"bind": target, "mode": "ro"}
+    for source, target in component.optional_mounts.items():
+        if Path(_fill(source, values)).exists():
+            volumes[_fill(source, values)] = {"bind": target, "mode": "ro"}
     image = record.images[name]
     if component.python_packages:  # run the image derived from the base with the models' wheels
         from .images import triton_tag
@@ -506,7 +548,80 @@ def container_spec(name: str, record: InstallRecord, layout: Layout, gpu: bool) 
         environment={k: _fill(v, values) for k, v in component.environment.items()},
         volumes=volumes, healthcheck=[_fill(word, values) for word in component.healthcheck],
         gpu=component.gpu and gpu, shm_size=component.shm_size, stop_signal=component.stop_signal,
-        root=str(layout.root))
+        root=str(layout.root), user=component.user, config=config_digest(name, record, layout))
+
+
+def config_digest(name: str, record: InstallRecord, layout: Layout) -> str:
+    files = component_files(name, record, layout)
+    if not files:
+        return ""
+    text = json.dumps({str(path): data.hex() for path, (data, _) in sorted(files.items())})
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------- the observability layer's files
+MONITORING = "monitoring"  # under the configuration directory: one folder per component, mounted
+SELF_METRICS = {"prometheus": "{port}", "alertmanager": "{port}", "jaeger": "{admin_port}", "grafana": "{port}",
+                "loki": "{port}", "promtail": "{port}"}  # where each serves its own /metrics
+
+
+def monitoring_dir(layout: Layout) -> Path:
+    return layout.config_dir / MONITORING
+
+
+def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Path, tuple[bytes, int]]:
+    """The files the installer writes for component ``name`` (path → content, mode): its
+    configuration, rendered for this install's ports and the other components it has."""
+    if name not in SELF_METRICS or record.mode != "containers":
+        return {}
+    where = monitoring_dir(layout) / name
+
+    def address(component: str, port: str = "{port}") -> str:
+        values = _values(COMPONENTS[component], record, layout)
+        return f"{values['bind']}:{port.format(**values)}"
+
+    installed = set(record.components)
+    values = _values(COMPONENTS[name], record, layout)
+    files: dict[Path, tuple[bytes, int]] = {}
+    if name == "prometheus":
+        from .ports import loopback_for
+
+        ca = layout.tls_dir / "ca.pem"
+        scrape = observability.Scrape(
+            appliance=f"{loopback_for(record.listen)}:{record.appliance_port}",
+            alertmanager=address("alertmanager") if "alertmanager" in installed else "",
+            triton=address("triton", "{metrics_port}") if "triton" in installed else "", https=True,
+            ca_file="/etc/prometheus/ca.pem" if record.tls_generated else "",
+            server_name="" if record.tls_generated else record.public_host,
+            jobs=tuple((job, address(job, port)) for job, port in SELF_METRICS.items() if job in installed))
+        config = observability.prometheus_config(scrape, "/etc/prometheus/alerts.yml")
+        files[where / "prometheus.yml"] = (config.encode(), 0o644)
+        files[where / "alerts.yml"] = (observability.ALERTS.read_bytes(), 0o644)
+        if record.tls_generated and ca.exists():
+            files[where / "ca.pem"] = (ca.read_bytes(), 0o644)
+    elif name == "alertmanager":
+        files[where / "alertmanager.yml"] = (observability.alertmanager_config(
+            webhook_url=record.alerts.get("alerts_webhook_url", ""), email=record.alerts.get("alerts_email", ""),
+            smarthost=record.alerts.get("alerts_smarthost", "")).encode(), 0o644)
+    elif name == "grafana":
+        def url(component: str) -> str:
+            return f"http://{address(component)}" if component in installed else ""
+
+        sources = observability.grafana_datasources(url("prometheus"), url("loki"), url("jaeger"))
+        files[where / "provisioning/datasources/confmeet.yml"] = (sources.encode(), 0o644)
+        files[where / "provisioning/dashboards/confmeet.yml"] = (
+            (observability.OBSERVABILITY_DIR / "grafana" / "dashboards.yml").read_bytes(), 0o644)
+        for board in sorted(observability.DASHBOARDS_DIR.glob("*.json")):
+            files[where / "dashboards" / board.name] = (board.read_bytes(), 0o644)
+    elif name == "loki":
+        config = observability.loki_config(values["bind"], record.ports["loki"], int(values["grpc_port"]),
+                                           values["retention"])
+        files[where / "loki.yml"] = (config.encode(), 0o644)
+    elif name == "promtail":
+        loki = f"http://{address('loki')}" if "loki" in installed else "http://127.0.0.1:8805"
+        config = observability.promtail_config(values["bind"], record.ports["promtail"], loki)
+        files[where / "promtail.yml"] = (config.encode(), 0o644)
+    return files
 
 
 def docker_client(url: str, timeout: int = 120) -> docker.DockerClient:

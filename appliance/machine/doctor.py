@@ -364,6 +364,34 @@ async def _guarded(check: str, work: Check) -> list[Finding]:
     return result if isinstance(result, list) else [result]
 
 
+def check_alert_receivers(settings: Settings) -> list[Finding]:
+    """Alertmanager installed (the install record next to the settings says so) with nobody to
+    tell: alerts fire and reach no one."""
+    if settings.source == "defaults":
+        return []
+    from .deploy import DeployError, InstallRecord, Layout
+
+    try:
+        record = InstallRecord.read(Layout(Path(settings.source).parent.parent.parent))
+    except (DeployError, OSError):
+        return []  # not root: the install record is root's
+    if record is None or "alertmanager" not in record.components:
+        return []
+    receivers = [text for text in (settings.alerts_webhook_url and f"webhook {settings.alerts_webhook_url}",
+                                   settings.alerts_email and f"e-mail to {settings.alerts_email} through "
+                                   f"{settings.alerts_smarthost or '(no smarthost)'}") if text]
+    if not receivers:
+        return [Finding("alert receiver", "warn", "Alertmanager is installed but no receiver is configured: "
+                        "alerts fire and reach nobody",
+                        "confmeet install --alerts-webhook URL, or --alerts-email ADDR --alerts-smarthost "
+                        "HOST:PORT (the settings alerts_webhook_url, alerts_email, alerts_smarthost)")]
+    if settings.alerts_email and not settings.alerts_smarthost:
+        return [Finding("alert receiver", "warn", f"alerts_email is {settings.alerts_email} but alerts_smarthost "
+                        "is empty: Alertmanager cannot send the mail",
+                        "confmeet install --alerts-smarthost HOST:PORT")]
+    return [Finding("alert receiver", "pass", "Alertmanager sends alerts: " + "; ".join(receivers))]
+
+
 async def check_settings(settings: Settings, options: DoctorOptions | None = None) -> list[Finding]:
     """Every check of a configuration that loaded."""
     options = options or DoctorOptions()
@@ -383,6 +411,7 @@ async def check_settings(settings: Settings, options: DoctorOptions | None = Non
         ("disk space", lambda: check_disk(settings.data_dir, warn_below=10 * GiB, fail_below=2 * GiB)),
         ("models", lambda: check_models(repository, options.required_models)),
         ("GPU", inference_gpu),
+        ("alert receiver", lambda: check_alert_receivers(settings)),
     ]
     findings = [Finding("configuration", "pass", f"{settings.source}: settings are valid")]
     for name, work in checks:

@@ -78,6 +78,8 @@ class ImageRecipe:
     user: str = ""
     # distribution → {file or directory inside it: path in the image} (e.g. the tritonserver binary)
     dist_files: dict[str, dict[str, str]] = field(default_factory=dict)
+    # this host's files or directories (a Debian package's, beside its program) → path in the image
+    host_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -125,6 +127,9 @@ class StandinRecipe:
             for name in recipe.dist_files:
                 dist = _distribution(name)
                 digest.update(f"{dist.metadata['Name']}=={dist.version}".encode())
+            for source in recipe.host_files:
+                for path in sorted([_host_file(source), *_host_file(source).rglob("*")]):
+                    digest.update(f"{path}:{path.stat().st_size if path.is_file() else 0}".encode())
         return digest.hexdigest()[:16]
 
 
@@ -136,6 +141,12 @@ def _program(name: str) -> Path:
     if found is None:
         raise ImageError(f"{name} is missing: install the test extras (pip install -e '.[test]')")
     return Path(found)
+
+
+def _host_file(path: str) -> Path:
+    if not Path(path).exists():
+        raise ImageError(f"{path} is missing: install the Debian package that has it (make system-packages)")
+    return Path(path)
 
 
 def _distribution(name: str) -> metadata.Distribution:
@@ -280,6 +291,8 @@ def _context(base: str, recipe: ImageRecipe, directory: Path, out: BinaryIO) -> 
             tar.add(directory / source, arcname=f"root{destination}")
         for program in recipe.programs:
             tar.add(_program(program), arcname=f"root/usr/local/bin/{program}")
+        for source, destination in recipe.host_files.items():
+            tar.add(_host_file(source), arcname=f"root{destination}")
         for name, files in recipe.dist_files.items():
             dist = _distribution(name)
             for inside, destination in files.items():

@@ -18,7 +18,7 @@ DASHBOARDS_DIR = OBSERVABILITY_DIR / "grafana" / "dashboards"
 
 @dataclass(frozen=True)
 class Scrape:
-    """Where Prometheus finds what it scrapes and whom it alerts."""
+    """Where Prometheus finds what it scrapes and whom it alerts ("": not there)."""
 
     appliance: str  # HOST:PORT
     alertmanager: str  # HOST:PORT
@@ -26,19 +26,31 @@ class Scrape:
     https: bool = False
     ca_file: str = ""  # the CA that signed the appliance's certificate (https)
     token_file: str = ""  # a file holding the appliance's metrics_token, when Prometheus is not on loopback
+    server_name: str = ""  # the name the appliance's certificate is checked against, when not the target's
     scrape_interval: str = "15s"
+    jobs: tuple[tuple[str, str], ...] = ()  # (job, HOST:PORT): more /metrics to scrape (the layer's own)
 
 
-def prometheus_config(scrape: Scrape, rules: Path = ALERTS) -> str:
+def prometheus_config(scrape: Scrape, rules: Path | str = ALERTS) -> str:
     auth = []
-    if scrape.https and scrape.ca_file:
-        auth += ["    tls_config:", f"      ca_file: {json.dumps(scrape.ca_file)}"]
+    if scrape.https and (scrape.ca_file or scrape.server_name):
+        auth.append("    tls_config:")
+        if scrape.ca_file:
+            auth.append(f"      ca_file: {json.dumps(scrape.ca_file)}")
+        if scrape.server_name:
+            auth.append(f"      server_name: {json.dumps(scrape.server_name)}")
     if scrape.token_file:
         auth += ["    authorization:", "      type: Bearer", f"      credentials_file: {json.dumps(scrape.token_file)}"]
+    alerting = "" if not scrape.alertmanager else (
+        f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{scrape.alertmanager}\"]\n")
+    jobs = ([("triton", scrape.triton)] if scrape.triton else []) + list(scrape.jobs)
+    other = "\n".join(f"  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]"
+                      for job, target in jobs)
     template = (OBSERVABILITY_DIR / "prometheus.yml.in").read_text()
-    return template.format(scrape_interval=scrape.scrape_interval, rules=json.dumps(str(rules)),
-                           alertmanager=scrape.alertmanager, scheme="https" if scrape.https else "http",
-                           appliance=scrape.appliance, appliance_auth="\n".join(auth), triton=scrape.triton)
+    text = template.format(scrape_interval=scrape.scrape_interval, rules=json.dumps(str(rules)), alerting=alerting,
+                           scheme="https" if scrape.https else "http", appliance=scrape.appliance,
+                           appliance_auth="\n".join(auth), other_jobs=other)
+    return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
 def alertmanager_config(webhook_url: str = "", email: str = "", smarthost: str = "",
@@ -55,8 +67,12 @@ def alertmanager_config(webhook_url: str = "", email: str = "", smarthost: str =
 
 
 def grafana_datasources(prometheus: str, loki: str, jaeger: str) -> str:
+    """The data sources; one whose URL is "" (not installed) is left out."""
     template = (OBSERVABILITY_DIR / "grafana" / "datasources.yml.in").read_text()
-    return template.format(prometheus=prometheus, loki=loki, jaeger=jaeger)
+    head, *sources = template.split("\n  - name: ")
+    kept = [s for s in sources if "url: {" not in s or
+            {"prometheus": prometheus, "loki": loki, "jaeger": jaeger}[s.split("url: {", 1)[1].split("}", 1)[0]]]
+    return "\n  - name: ".join([head, *kept]).format(prometheus=prometheus, loki=loki, jaeger=jaeger)
 
 
 def dashboard_expressions() -> dict[str, list[str]]:
@@ -64,3 +80,14 @@ def dashboard_expressions() -> dict[str, list[str]]:
     return {path.name: [target["expr"] for panel in json.loads(path.read_text())["panels"]
                         for target in panel["targets"]]
             for path in sorted(DASHBOARDS_DIR.glob("*.json"))}
+
+
+def loki_config(bind: str, port: int, grpc_port: int, retention: str) -> str:
+    template = (OBSERVABILITY_DIR / "loki.yml.in").read_text()
+    return template.format(bind=bind, port=port, grpc_port=grpc_port, retention=retention)
+
+
+def promtail_config(bind: str, port: int, loki: str) -> str:
+    """``loki``: Loki's base URL (http://HOST:PORT)."""
+    template = (OBSERVABILITY_DIR / "promtail.yml.in").read_text()
+    return template.format(bind=bind, port=port, loki=loki)

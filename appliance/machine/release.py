@@ -59,6 +59,8 @@ def running_source() -> Source:
     except metadata.PackageNotFoundError:
         return Source("tree", str(own_tree))
     direct = dist.read_text("direct_url.json")
+    if not direct and (own_tree / "setup.cfg").is_file() and Path(str(dist.locate_file(""))).resolve() == own_tree:
+        return Source("tree", str(own_tree))  # the tree's own egg-info (left by a build) on PYTHONPATH
     if direct:
         info = json.loads(direct)
         parts = urlsplit(info.get("url", ""))
