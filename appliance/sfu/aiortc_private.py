@@ -28,7 +28,9 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
 
@@ -55,6 +57,16 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
 
 def receiver_decodes(receiver: RTCRtpReceiver) -> bool:
     return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
+
+
+def media_streams(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics]:
+    """The receiver's statistics of each media stream it receives (packets received and lost,
+    interarrival jitter in clock units), by SSRC; RTX streams left out. aiortc's getStats cannot
+    serve here: it gives every inbound stream of a receiver the same stats id, so the RTX stream's
+    entry replaces the media stream's."""
+    rtx = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    return {ssrc: stream for ssrc, stream in streams.items() if ssrc not in rtx}
 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
@@ -141,6 +153,14 @@ def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:
     """(packets, octets) as the sender's next sender report will state them."""
     return (sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
             sender._RTCRtpSender__octet_count)  # type: ignore[attr-defined]
+
+
+def latest_receiver_report(sender: RTCRtpSender) -> RTCRemoteInboundRtpStreamStats | None:
+    """What the remote side's latest RTCP receiver report says of the sender's media stream
+    (cumulative packets lost, fraction lost, jitter, and aiortc's smoothed round trip), read
+    without awaiting getStats; None before the first report."""
+    stats = sender._RTCRtpSender__stats  # type: ignore[attr-defined]
+    return stats.get(f"remote-inbound-rtp_{id(sender)}")
 
 
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:

@@ -55,9 +55,11 @@ class Room:
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
         self.sinks: dict[str, TrackSink] = {}
-        # Bytes of tracks gone from the room, so that its totals never go down.
+        # Bytes and packets of tracks gone from the room, so that its totals never go down.
         self._received_gone = 0
         self._forwarded_gone = 0
+        self._sent_gone = 0
+        self._lost_gone = 0
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def emit(self, to: str | None, event: dict[str, Any]) -> None:
@@ -166,22 +168,27 @@ class Room:
                 peer.post(peer.unsubscribe, up.key)
 
     def down_stopped(self, down: DownTrack) -> None:
+        down.downlink()
         self._forwarded_gone += down.bytes
+        self._sent_gone += down.packets
+        self._lost_gone += down.lost
 
     def report(self) -> dict[str, Any]:
-        """The room for the metrics: who is in it, its media bytes in and out since it opened, and
-        what the subscribers' receiver reports say of their downlinks (means over down tracks;
-        None before the first reports)."""
-        downlinks = [link for peer in self.peers.values() for link in peer.downlinks]
-        rtts = [link.rtt_s for link in downlinks if link.rtt_s is not None]
+        """The room for the metrics: who is in it; its media bytes in and out, the packets sent on
+        its downlinks and how many of those the subscribers' receiver reports count as lost, all
+        since it opened; and the means over its down tracks of the jitter and round trip those
+        reports give (None before the first reports)."""
+        downs = [down for peer in self.peers.values() for down in peer.downs.values()]
+        links = [link for down in downs if (link := down.downlink()) is not None]
+        rtts = [link.rtt_s for link in links if link.rtt_s is not None]
         return {
             "participants": len(self.peers),
             "tracks": len(self.tracks),
             "received_bytes": self._received_gone + sum(up.bytes for up in self.tracks.values()),
-            "forwarded_bytes": self._forwarded_gone + sum(
-                down.bytes for peer in self.peers.values() for down in peer.downs.values()),
-            "downlink_loss": sum(link.loss for link in downlinks) / len(downlinks) if downlinks else None,
-            "downlink_jitter_seconds": sum(link.jitter_s for link in downlinks) / len(downlinks) if downlinks else None,
+            "forwarded_bytes": self._forwarded_gone + sum(down.bytes for down in downs),
+            "downlink_packets_sent": self._sent_gone + sum(down.packets for down in downs),
+            "downlink_packets_lost": self._lost_gone + sum(down.lost for down in downs),
+            "downlink_jitter_seconds": sum(link.jitter_s for link in links) / len(links) if links else None,
             "rtt_seconds": sum(rtts) / len(rtts) if rtts else None,
         }
 

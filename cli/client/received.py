@@ -72,12 +72,13 @@ class Link:
         self.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
 
     async def sample(self) -> LinkSample:
+        """Now: packets received and lost and the jitter of the media stream (of all of them
+        together if the sender restarted on another SSRC, the jitter of the latest)."""
         sample = LinkSample(payload_bytes=self.payload_bytes)
-        for stats in (await self.receiver.getStats()).values():
-            if stats.type == "inbound-rtp":
-                sample.packets += stats.packetsReceived
-                sample.lost += stats.packetsLost
-                sample.jitter_s = max(sample.jitter_s, stats.jitter / self._clock_rate)
+        for stream in aiortc_private.media_streams(self.receiver).values():
+            sample.packets += stream.packets_received
+            sample.lost += stream.packets_lost
+            sample.jitter_s = stream.jitter / self._clock_rate
         return sample
 
 
@@ -117,8 +118,7 @@ class ReceivedTrack:
             pass
 
     async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+        return sum(s.packets_received for s in aiortc_private.media_streams(self.receiver).values())
 
 
 class CountedTrack:
@@ -160,5 +160,4 @@ class CountedTrack:
         """Nothing to take from the track: the counting happens as packets arrive."""
 
     async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+        return sum(s.packets_received for s in aiortc_private.media_streams(self.receiver).values())
