@@ -18,9 +18,9 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   of every publisher, so that joining stays out of it):
   SFU process CPU per forwarded packet, forwarded packets per second, memory per participant.
 * Each room's downlink as its subscribers measure it in the window — loss from their receivers'
-  packet counters, jitter (the mean over their tracks, sampled every second), the signaling round
-  trip (the median of a ping a second), media bitrate — beside what the appliance's metrics say of
-  it. The report's ``window`` (unix seconds) is there to query a Prometheus that scrapes the
+  packet counters, jitter (the mean over their tracks, sampled every second), the round trip to
+  the SFU over the media path (an ICE consent check a second), media bitrate — beside what the
+  appliance's metrics say of it. The report's ``window`` (unix seconds) is there to query a Prometheus that scrapes the
   appliance over exactly that window.
 
 The publishers and subscribers are participants of the client library (cli/client/). They offer
@@ -182,7 +182,7 @@ class SubscriberResult:
     packets_received: int = 0
     payload_bytes: int = 0
     jitter_ms: float | None = None  # the mean over its tracks, sampled every second, averaged
-    rtt_ms: float | None = None  # the median of its signaling round trips (ping/pong), one a second
+    rtt_ms: float | None = None  # the mean of its media round trips (ICE consent checks), one a second
 
 
 class SubscriberSession:
@@ -235,11 +235,10 @@ class SubscriberSession:
         self._sampler = asyncio.get_running_loop().create_task(self._sample_link())
 
     async def _sample_link(self) -> None:
-        """Every second of the window: the jitter of each received track (its mean), and one
-        signaling round trip — what the appliance's metrics say of the same downlink are a mean
-        over down tracks of the receiver reports' jitter, and the round trip RTCP measures."""
-        from .client.signaling import SignalingError
-
+        """Every second of the window: the jitter of each received track (their mean), and the
+        round trip to the SFU over the media path — as the appliance's metrics have them: the
+        mean over down tracks of the jitter in receiver reports, and the round trip RTCP measures
+        (which, like an ICE check, goes through the SFU process's own event loop)."""
         assert self.participant is not None
         next_at = time.monotonic()
         while True:
@@ -248,11 +247,9 @@ class SubscriberSession:
             links = [await r.link.sample() for r in self.participant.received]
             if links:
                 self._jitters.append(statistics.fmean(link.jitter_s for link in links))
-            if self.participant.signaling is not None:
-                try:
-                    self._round_trips.append(await self.participant.signaling.round_trip(LINK_SAMPLE_INTERVAL * 5))
-                except SignalingError:
-                    pass
+            round_trip = await self.participant.media_round_trip()
+            if round_trip is not None:
+                self._round_trips.append(round_trip)
 
     async def finish(self) -> SubscriberResult:
         from .client.received import LinkSample
@@ -277,7 +274,7 @@ class SubscriberSession:
         result.packets_received = sum(e.packets - b.packets for e, b in zip(ends, starts_link))
         result.payload_bytes = sum(e.payload_bytes - b.payload_bytes for e, b in zip(ends, starts_link))
         result.jitter_ms = round(1000 * statistics.fmean(self._jitters), 3) if self._jitters else None
-        result.rtt_ms = round(1000 * statistics.median(self._round_trips), 3) if self._round_trips else None
+        result.rtt_ms = round(1000 * statistics.fmean(self._round_trips), 3) if self._round_trips else None
         if result.error is None and self.participant.failure:
             result.error = self.participant.failure
         return result

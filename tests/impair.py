@@ -151,7 +151,7 @@ def relay_main(netns_path: str, host_device: str, impairment: Impairment) -> Non
     _ip("addr", "add", NS_ADDRESS, "peer", HOST_ADDRESS, "dev", "tun0")
     _ip("link", "set", "tun0", "up")
     _ip("route", "add", "default", "dev", "tun0")
-    os.nice(-10)
+    os.setpriority(os.PRIO_PROCESS, 0, -10)
 
     rng = random.Random()
     directions = {host: Direction(inner, impairment, rng), inner: Direction(host, impairment, rng)}

@@ -8,9 +8,10 @@ aiortc 1.16 / aioice 0.13: after upgrading either, check this module first
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
-from aioice import Connection
+from aioice import Connection, stun
 from aioice.ice import StunProtocol
 from aiortc import (
     RTCPeerConnection,
@@ -225,6 +226,25 @@ def ice_connections(pc: RTCPeerConnection) -> Iterator[Connection]:
         yield transceiver.receiver.transport.transport.iceGatherer._connection
     if pc.sctp is not None:
         yield pc.sctp.transport.transport.iceGatherer._connection
+
+
+async def ice_round_trip(pc: RTCPeerConnection) -> float | None:
+    """Seconds from a STUN binding request on the selected candidate pair of the connection's
+    (bundled) transport to its response — an ICE consent check (RFC 7675), what a browser's
+    ``currentRoundTripTime`` measures. None when the request or its response is lost (it is not
+    sent again) or no pair is selected yet."""
+    connection = next(ice_connections(pc), None)
+    pair = connection._nominated.get(1) if connection is not None else None
+    if pair is None or connection.remote_password is None:  # type: ignore[union-attr]
+        return None
+    request = connection.build_request(pair, nominate=False)  # type: ignore[union-attr]
+    started = time.perf_counter()
+    try:
+        await pair.protocol.request(request, pair.remote_addr, retransmissions=0,
+                                    integrity_key=connection.remote_password.encode())  # type: ignore[union-attr]
+    except stun.TransactionError:
+        return None
+    return time.perf_counter() - started
 
 
 ComponentGatherer = Callable[[int, list[str], int], Awaitable[list]]

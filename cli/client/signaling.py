@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import json
 import ssl
-import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -103,13 +102,6 @@ class SignalingClient:
         if check and reply.get("type") == "error":
             raise SignalingError(str(reply.get("code")), str(reply.get("message", "")))
         return reply
-
-    async def round_trip(self, timeout: float = REQUEST_TIMEOUT) -> float:
-        """Seconds from sending a ``ping`` to its ``pong``: the network's round trip to the
-        appliance plus the little the appliance takes to answer."""
-        started = time.perf_counter()
-        await self.request({"type": "ping"}, timeout, check=True)
-        return time.perf_counter() - started
 
     async def send_raw(self, text: str) -> None:
         """Send ``text`` as it is: no ``id``, no reply awaited."""

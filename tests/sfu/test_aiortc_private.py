@@ -97,3 +97,13 @@ async def test_media_streams_are_the_media_ssrcs_of_a_receiver_without_rtx() -> 
         assert [s.ssrc for s in inbound] == [rtx_ssrc]  # why media_streams exists
     finally:
         await receiver.stop()
+
+
+async def test_an_ice_round_trip_is_a_consent_check_on_the_selected_pair(alice_and_bob: tuple[Any, Any]) -> None:
+    alice, _ = alice_and_bob
+    unconnected = RTCPeerConnection()
+    assert await aiortc_private.ice_round_trip(unconnected) is None  # nothing selected
+    await unconnected.close()
+    await alice.wait_for_media("bob", video_frames=3)
+    round_trips = [await aiortc_private.ice_round_trip(alice.pc) for _ in range(5)]
+    assert all(rtt is not None and 0 < rtt < 0.1 for rtt in round_trips), round_trips  # loopback
