@@ -18,8 +18,8 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   of every publisher, so that joining stays out of it):
   SFU process CPU per forwarded packet, forwarded packets per second, memory per participant.
 * Each room's downlink as its subscribers measure it in the window — loss from their receivers'
-  packet counters, jitter (the mean over their tracks, sampled every second), the round trip to
-  the SFU over the media path (an ICE consent check a second), media bitrate — beside what the
+  packet counters, jitter (the mean of what their RTCP receiver reports said), the round trip to
+  the SFU over the media path (the median of an ICE consent check a second), media bitrate — beside what the
   appliance's metrics say of it. The report's ``window`` (unix seconds) is there to query a Prometheus that scrapes the
   appliance over exactly that window.
 
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 FIRST_FRAME_TIMEOUT = 20.0  # from a subscriber's join to a frame of every publisher
 PROGRESS_INTERVAL = 0.5
-LINK_SAMPLE_INTERVAL = 1.0  # each subscriber's jitter and round trip, in the window
+LINK_SAMPLE_INTERVAL = 1.0  # each subscriber's round trip, in the window
 
 
 class LoadTestError(ClientError):
@@ -181,8 +181,8 @@ class SubscriberResult:
     packets_lost: int = 0
     packets_received: int = 0
     payload_bytes: int = 0
-    jitter_ms: float | None = None  # the mean over its tracks, sampled every second, averaged
-    rtt_ms: float | None = None  # the mean of its media round trips (ICE consent checks), one a second
+    jitter_ms: float | None = None  # the mean of what its receiver reports said (one a second per track)
+    rtt_ms: float | None = None  # the median of its media round trips (ICE consent checks), one a second
 
 
 class SubscriberSession:
@@ -194,7 +194,7 @@ class SubscriberSession:
         self._start_frames: list[int] = []
         self._start_audio = 0
         self._start_links: list[LinkSample] = []
-        self._jitters: list[float] = []
+        self._reports_at_mark: list[int] = []
         self._round_trips: list[float] = []
         self._sampler: asyncio.Task[None] | None = None
 
@@ -232,21 +232,18 @@ class SubscriberSession:
         self._start_frames = [r.frames for r in self.participant.video()]
         self._start_audio = await self._audio_packets()
         self._start_links = [await r.link.sample() for r in self.participant.received]
+        self._reports_at_mark = [len(r.link.reported_jitters) for r in self.participant.received]
         self._sampler = asyncio.get_running_loop().create_task(self._sample_link())
 
     async def _sample_link(self) -> None:
-        """Every second of the window: the jitter of each received track (their mean), and the
-        round trip to the SFU over the media path — as the appliance's metrics have them: the
-        mean over down tracks of the jitter in receiver reports, and the round trip RTCP measures
-        (which, like an ICE check, goes through the SFU process's own event loop)."""
+        """Every second of the window, the round trip to the SFU over the media path: an ICE
+        check goes through the SFU process's event loop, as the RTCP the appliance measures its
+        round trips with does."""
         assert self.participant is not None
         next_at = time.monotonic()
         while True:
             next_at += LINK_SAMPLE_INTERVAL
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            links = [await r.link.sample() for r in self.participant.received]
-            if links:
-                self._jitters.append(statistics.fmean(link.jitter_s for link in links))
             round_trip = await self.participant.media_round_trip()
             if round_trip is not None:
                 self._round_trips.append(round_trip)
@@ -273,8 +270,12 @@ class SubscriberSession:
         result.packets_lost = sum(max(0, e.lost - b.lost) for e, b in zip(ends, starts_link))
         result.packets_received = sum(e.packets - b.packets for e, b in zip(ends, starts_link))
         result.payload_bytes = sum(e.payload_bytes - b.payload_bytes for e, b in zip(ends, starts_link))
-        result.jitter_ms = round(1000 * statistics.fmean(self._jitters), 3) if self._jitters else None
-        result.rtt_ms = round(1000 * statistics.fmean(self._round_trips), 3) if self._round_trips else None
+        # The jitter the receiver reports of the window told the SFU: the values the appliance's
+        # metrics average too (a mean of the latest report of each down track).
+        reported = [jitter for r, mark in zip(self.participant.received, self._reports_at_mark)
+                    for jitter in r.link.reported_jitters[mark:]]
+        result.jitter_ms = round(1000 * statistics.fmean(reported), 3) if reported else None
+        result.rtt_ms = round(1000 * statistics.median(self._round_trips), 3) if self._round_trips else None
         if result.error is None and self.participant.failure:
             result.error = self.participant.failure
         return result

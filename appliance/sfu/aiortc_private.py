@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aioice import Connection, stun
 from aioice.ice import StunProtocol
@@ -30,7 +31,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
@@ -68,6 +69,19 @@ def media_streams(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics]:
     rtx = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     return {ssrc: stream for ssrc, stream in streams.items() if ssrc not in rtx}
+
+
+def on_receiver_reports(receiver: RTCRtpReceiver, callback: Callable[[list[RtcpReceiverInfo]], None]) -> None:
+    """Call ``callback`` with the report blocks (one per stream: loss, jitter, LSR/DLSR) of every
+    RTCP receiver report the receiver sends, as it sends it."""
+    send_rtcp = receiver._send_rtcp
+
+    async def observed(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            callback(packet.reports)
+        await send_rtcp(packet)
+
+    receiver._send_rtcp = observed  # type: ignore[method-assign]
 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:

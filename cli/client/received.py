@@ -49,12 +49,12 @@ class LinkSample:
     packets: int = 0
     lost: int = 0
     payload_bytes: int = 0
-    jitter_s: float = 0.0
 
 
 class Link:
-    """Counts a receiver's media bytes (aiortc's statistics have no byte count) and reads its
-    packet, loss and jitter statistics: the receiving participant's view of its downlink."""
+    """Counts a receiver's media bytes (aiortc's statistics have no byte count), reads its packet,
+    loss and jitter statistics, and keeps the jitter each of its RTCP receiver reports tells the
+    sender: the receiving participant's view of its downlink."""
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
         self.receiver = transceiver.receiver
@@ -62,6 +62,8 @@ class Link:
         self._media_types = {c.payloadType for c in media}
         self._clock_rate = media[0].clockRate if media else 90000
         self.payload_bytes = 0
+        self.reported_jitters: list[float] = []  # seconds, one per receiver report on the media stream
+        aiortc_private.on_receiver_reports(self.receiver, self._reported)
         handle = self.receiver._handle_rtp_packet
 
         async def counted(packet: Any, arrival_time_ms: int) -> None:
@@ -71,14 +73,17 @@ class Link:
 
         self.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
 
+    def _reported(self, blocks: list[Any]) -> None:
+        media = aiortc_private.media_streams(self.receiver)
+        self.reported_jitters += [block.jitter / self._clock_rate for block in blocks if block.ssrc in media]
+
     async def sample(self) -> LinkSample:
-        """Now: packets received and lost and the jitter of the media stream (of all of them
-        together if the sender restarted on another SSRC, the jitter of the latest)."""
+        """Now: packets received and lost on the media stream (all of them together, if the sender
+        restarted on another SSRC)."""
         sample = LinkSample(payload_bytes=self.payload_bytes)
         for stream in aiortc_private.media_streams(self.receiver).values():
             sample.packets += stream.packets_received
             sample.lost += stream.packets_lost
-            sample.jitter_s = stream.jitter / self._clock_rate
         return sample
 
 

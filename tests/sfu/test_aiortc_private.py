@@ -39,7 +39,7 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         await pc.close()
 
 
-@pytest.mark.parametrize("name", ["_send_rtcp_pli", "_handle_rtp_packet", "receive"])
+@pytest.mark.parametrize("name", ["_send_rtcp_pli", "_handle_rtp_packet", "receive", "_send_rtcp"])
 def test_receiver_methods_the_tap_wraps_exist(name: str) -> None:
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
     assert callable(getattr(RTCRtpReceiver, name))
