@@ -66,7 +66,8 @@ ROOM_COUNTERS = {"received_bytes": ("confmeet_room_received_bytes", "media paylo
 ROOM_GAUGES = {"participants": ("confmeet_room_participants", "participants with media in the room"),
                "downlink_jitter_seconds": ("confmeet_room_downlink_jitter_seconds",
                                            "mean jitter on the room's downlinks (RTCP receiver reports)"),
-               "rtt_seconds": ("confmeet_room_rtt_seconds", "mean round-trip time between the SFU and the room's subscribers")}
+               "rtt_seconds": ("confmeet_room_rtt_seconds",
+                               "mean round-trip time between the SFU and the room's participants (ICE checks)")}
 
 
 def room_metrics(reports: dict[str, dict]):

@@ -172,8 +172,8 @@ def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:
 
 def latest_receiver_report(sender: RTCRtpSender) -> RTCRemoteInboundRtpStreamStats | None:
     """What the remote side's latest RTCP receiver report says of the sender's media stream
-    (cumulative packets lost, fraction lost, jitter, and aiortc's smoothed round trip), read
-    without awaiting getStats; None before the first report."""
+    (cumulative packets lost, fraction lost, jitter), read without awaiting getStats; None before
+    the first report."""
     stats = sender._RTCRtpSender__stats  # type: ignore[attr-defined]
     return stats.get(f"remote-inbound-rtp_{id(sender)}")
 
@@ -246,7 +246,7 @@ async def ice_round_trip(pc: RTCPeerConnection) -> float | None:
     """Seconds from a STUN binding request on the selected candidate pair of the connection's
     (bundled) transport to its response — an ICE consent check (RFC 7675), what a browser's
     ``currentRoundTripTime`` measures. None when the request or its response is lost (it is not
-    sent again) or no pair is selected yet."""
+    sent again), the connection is closed, or no pair is selected yet."""
     connection = next(ice_connections(pc), None)
     pair = connection._nominated.get(1) if connection is not None else None
     if pair is None or connection.remote_password is None:  # type: ignore[union-attr]
@@ -256,7 +256,7 @@ async def ice_round_trip(pc: RTCPeerConnection) -> float | None:
     try:
         await pair.protocol.request(request, pair.remote_addr, retransmissions=0,
                                     integrity_key=connection.remote_password.encode())  # type: ignore[union-attr]
-    except stun.TransactionError:
+    except (stun.TransactionError, ConnectionError, AttributeError):  # AttributeError: its socket is gone
         return None
     return time.perf_counter() - started
 

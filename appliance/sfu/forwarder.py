@@ -257,7 +257,6 @@ class Downlink:
 
     loss: float  # fraction of packets lost since the previous report, 0..1
     jitter_s: float
-    rtt_s: float | None  # round trip SFU -> subscriber -> SFU (RFC 3550 LSR/DLSR), smoothed
 
 
 class DownTrack:
@@ -313,7 +312,7 @@ class DownTrack:
         if report is None:
             return None
         self.lost = max(self.lost, report.packetsLost)
-        return Downlink(report.fractionLost / 256, report.jitter / self.up.codec.clockRate, report.roundTripTime)
+        return Downlink(report.fractionLost / 256, report.jitter / self.up.codec.clockRate)
 
     def start(self) -> None:
         """Begin forwarding; video waits for a keyframe, which is requested now."""

@@ -88,6 +88,7 @@ class Peer:
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
+        self.rtt_s: float | None = None  # the latest round trip SFU -> participant -> SFU (an ICE check)
         self.closed = False
         self._up_by_receiver: dict[RTCRtpReceiver, UpTrack] = {}
         self._tapped: set[RTCRtpReceiver] = set()
@@ -346,6 +347,15 @@ class Peer:
             self.room.emit(None, {"type": "connection_quality", "participant_id": self.participant,
                                   **quality.describe()})
         self.quality = quality
+
+    async def measure_round_trip(self) -> None:
+        """An ICE consent check to the participant, timed (what a browser's
+        ``currentRoundTripTime`` is); a lost one leaves the last measurement. Not queued to the
+        peer's task: it would hold negotiation up for a round trip."""
+        if not self.closed:
+            rtt = await aiortc_private.ice_round_trip(self.pc)
+            if rtt is not None:
+                self.rtt_s = rtt
 
     async def describe_stats(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from .stats import SfuStats
 log = logging.getLogger("confmeet.sfu")
 
 SPEAKER_INTERVAL = 0.2
+ROUND_TRIP_INTERVAL = 1.0
 
 
 class TrackSink(Protocol):
@@ -54,6 +55,7 @@ class Room:
         self._on_empty = on_empty
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
+        self._measuring: set[asyncio.Task[None]] = set()  # round trips to the participants
         self.sinks: dict[str, TrackSink] = {}
         # Bytes and packets of tracks gone from the room, so that its totals never go down.
         self._received_gone = 0
@@ -116,6 +118,8 @@ class Room:
     def stop(self) -> None:
         """Stop the periodic work; sinks still attached are stopped in the background."""
         self._ticker.cancel()
+        for task in self._measuring:
+            task.cancel()
         for name in list(self.sinks):
             task = asyncio.get_running_loop().create_task(self.stop_sink(name))
             self._departures.add(task)
@@ -176,11 +180,11 @@ class Room:
     def report(self) -> dict[str, Any]:
         """The room for the metrics: who is in it; its media bytes in and out, the packets sent on
         its downlinks and how many of those the subscribers' receiver reports count as lost, all
-        since it opened; and the means over its down tracks of the jitter and round trip those
-        reports give (None before the first reports)."""
+        since it opened; the mean over its down tracks of the jitter those reports give, and the
+        mean over its participants of their latest round trips (None before the first)."""
         downs = [down for peer in self.peers.values() for down in peer.downs.values()]
         links = [link for down in downs if (link := down.downlink()) is not None]
-        rtts = [link.rtt_s for link in links if link.rtt_s is not None]
+        rtts = [peer.rtt_s for peer in self.peers.values() if peer.rtt_s is not None]
         return {
             "participants": len(self.peers),
             "tracks": len(self.tracks),
@@ -210,6 +214,7 @@ class Room:
     # ------------------------------------------------------------------ periodic work
     async def _tick(self) -> None:
         next_quality = time.monotonic() + self.quality_interval
+        next_round_trip = time.monotonic() + ROUND_TRIP_INTERVAL
         while True:
             await asyncio.sleep(SPEAKER_INTERVAL)
             now = time.monotonic()
@@ -221,6 +226,12 @@ class Room:
             if change is not None:
                 self.emit(None, {"type": "active_speaker", "participant_id": change.participant,
                                  "level_dbov": change.level_dbov})
+            if now >= next_round_trip:
+                next_round_trip = now + ROUND_TRIP_INTERVAL
+                for peer in self.peers.values():
+                    task = asyncio.get_running_loop().create_task(peer.measure_round_trip())
+                    self._measuring.add(task)
+                    task.add_done_callback(self._measuring.discard)
             if now >= next_quality:
                 next_quality = now + self.quality_interval
                 for peer in self.peers.values():

@@ -237,10 +237,10 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     alice, bob = alice_and_bob
     await alice.wait_for_media("bob", video_frames=5, audio_frames=10)
     await bob.wait_for_media("alice", video_frames=5, audio_frames=10)
-    # Receiver reports: aiortc sends one about every second.
+    # Receiver reports (aiortc sends one about every second) and round trips (one a second).
     for _ in range(100):
         report = meeting.host.room_reports()["room"]
-        if report["rtt_seconds"] is not None:
+        if report["rtt_seconds"] is not None and report["downlink_jitter_seconds"] is not None:
             break
         await asyncio.sleep(0.1)
     assert report["participants"] == 2 and report["tracks"] == 4
