@@ -225,7 +225,7 @@ def test_prometheus_shows_each_rooms_link_as_the_load_test_measures_it(tmp_path:
     machine, which a mean of so few samples does not)."""
     base = random.randrange(20000, 30000, 100)
     with ImpairedLink("cm-link", Impairment(delay_ms=40, jitter_ms=10, loss=0.02)) as link:
-        app = start_appliance(tmp_path / "appliance", host=HOST_ADDRESS, sfu_workers="1",
+        app = start_appliance(tmp_path / "appliance", timeout=90, host=HOST_ADDRESS, sfu_workers="1",
                               metrics_addresses=f"{HOST_ADDRESS},{NS_ADDRESS}",
                               media_udp_min=str(base), media_udp_max=str(base + 99))
         processes = [app.proc]
