@@ -57,13 +57,17 @@ class SfuCollector:
 
 # Per room (the room label is the meeting's id): low-rate series, one of each per live room.
 ROOM_COUNTERS = {"received_bytes": ("confmeet_room_received_bytes", "media payload bytes the room's publishers sent"),
-                 "forwarded_bytes": ("confmeet_room_forwarded_bytes", "media payload bytes forwarded to the room's subscribers")}
+                 "forwarded_bytes": ("confmeet_room_forwarded_bytes", "media payload bytes forwarded to the room's subscribers"),
+                 "downlink_packets_sent": ("confmeet_room_downlink_packets_sent",
+                                           "RTP packets the SFU sent on the room's downlinks"),
+                 "downlink_packets_lost": ("confmeet_room_downlink_packets_lost",
+                                           "packets of the room's downlinks that the subscribers' RTCP receiver "
+                                           "reports count as lost")}
 ROOM_GAUGES = {"participants": ("confmeet_room_participants", "participants with media in the room"),
-               "downlink_loss": ("confmeet_room_downlink_loss_ratio",
-                                 "mean fraction of packets lost on the room's downlinks (RTCP receiver reports)"),
                "downlink_jitter_seconds": ("confmeet_room_downlink_jitter_seconds",
                                            "mean jitter on the room's downlinks (RTCP receiver reports)"),
-               "rtt_seconds": ("confmeet_room_rtt_seconds", "mean round-trip time between the SFU and the room's subscribers")}
+               "rtt_seconds": ("confmeet_room_rtt_seconds",
+                               "mean round-trip time between the SFU and the room's participants (ICE checks)")}
 
 
 def room_metrics(reports: dict[str, dict]):

@@ -17,6 +17,11 @@ subscribers, and measure what its SFU forwards, at what cost, and what the subsc
   steady-state window (which opens ``--settle`` seconds after every subscriber has seen a frame
   of every publisher, so that joining stays out of it):
   SFU process CPU per forwarded packet, forwarded packets per second, memory per participant.
+* Each room's downlink as its subscribers measure it in the window — loss from their receivers'
+  packet counters, jitter (the mean of what their RTCP receiver reports said), the round trip to
+  the SFU over the media path (the median of an ICE consent check a second), media bitrate — beside what the
+  appliance's metrics say of it. The report's ``window`` (unix seconds) is there to query a Prometheus that scrapes the
+  appliance over exactly that window.
 
 The publishers and subscribers are participants of the client library (cli/client/). They offer
 once, first thing after joining; the server offers only after answering that, so the glare the
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
 
 FIRST_FRAME_TIMEOUT = 20.0  # from a subscriber's join to a frame of every publisher
 PROGRESS_INTERVAL = 0.5
+LINK_SAMPLE_INTERVAL = 1.0  # each subscriber's round trip, in the window
 
 
 class LoadTestError(ClientError):
@@ -71,7 +77,8 @@ _ROOM = re.compile(r'room="([^"]*)"')
 FORWARDED = ("confmeet_sfu_forwarded_packets_total", "confmeet_sfu_forwarded_packets")
 WORKER_CPU = ("confmeet_sfu_worker_cpu_seconds_total", "confmeet_sfu_worker_cpu_seconds")
 ROOM_SERIES = {"confmeet_room_forwarded_bytes_total": "forwarded_bytes",
-               "confmeet_room_downlink_loss_ratio": "downlink_loss",
+               "confmeet_room_downlink_packets_sent_total": "downlink_packets_sent",
+               "confmeet_room_downlink_packets_lost_total": "downlink_packets_lost",
                "confmeet_room_downlink_jitter_seconds": "downlink_jitter_seconds",
                "confmeet_room_rtt_seconds": "rtt_seconds"}
 
@@ -174,7 +181,8 @@ class SubscriberResult:
     packets_lost: int = 0
     packets_received: int = 0
     payload_bytes: int = 0
-    jitter_ms: float | None = None  # the largest of its tracks', at the end
+    jitter_ms: float | None = None  # the mean of what its receiver reports said (one a second per track)
+    rtt_ms: float | None = None  # the median of its media round trips (ICE consent checks), one a second
 
 
 class SubscriberSession:
@@ -186,6 +194,9 @@ class SubscriberSession:
         self._start_frames: list[int] = []
         self._start_audio = 0
         self._start_links: list[LinkSample] = []
+        self._reports_at_mark: list[int] = []
+        self._round_trips: list[float] = []
+        self._sampler: asyncio.Task[None] | None = None
 
     async def run(self, config: dict[str, Any], emit: Any) -> None:
         from .client.participant import Participant
@@ -221,6 +232,21 @@ class SubscriberSession:
         self._start_frames = [r.frames for r in self.participant.video()]
         self._start_audio = await self._audio_packets()
         self._start_links = [await r.link.sample() for r in self.participant.received]
+        self._reports_at_mark = [len(r.link.reported_jitters) for r in self.participant.received]
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_link())
+
+    async def _sample_link(self) -> None:
+        """Every second of the window, the round trip to the SFU over the media path: an ICE
+        check goes through the SFU process's event loop, as the RTCP the appliance measures its
+        round trips with does."""
+        assert self.participant is not None
+        next_at = time.monotonic()
+        while True:
+            next_at += LINK_SAMPLE_INTERVAL
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            round_trip = await self.participant.media_round_trip()
+            if round_trip is not None:
+                self._round_trips.append(round_trip)
 
     async def finish(self) -> SubscriberResult:
         from .client.received import LinkSample
@@ -229,6 +255,8 @@ class SubscriberSession:
         if self.participant is None or self._marked_at is None:
             return result
         window = time.monotonic() - self._marked_at
+        if self._sampler is not None:
+            self._sampler.cancel()
         video = self.participant.video()
         starts = self._start_frames + [0] * (len(video) - len(self._start_frames))
         result.window_s = round(window, 3)
@@ -242,7 +270,12 @@ class SubscriberSession:
         result.packets_lost = sum(max(0, e.lost - b.lost) for e, b in zip(ends, starts_link))
         result.packets_received = sum(e.packets - b.packets for e, b in zip(ends, starts_link))
         result.payload_bytes = sum(e.payload_bytes - b.payload_bytes for e, b in zip(ends, starts_link))
-        result.jitter_ms = round(1000 * max(e.jitter_s for e in ends), 3) if ends else None
+        # The jitter the receiver reports of the window told the SFU: the values the appliance's
+        # metrics average too (a mean of the latest report of each down track).
+        reported = [jitter for r, mark in zip(self.participant.received, self._reports_at_mark)
+                    for jitter in r.link.reported_jitters[mark:]]
+        result.jitter_ms = round(1000 * statistics.fmean(reported), 3) if reported else None
+        result.rtt_ms = round(1000 * statistics.median(self._round_trips), 3) if self._round_trips else None
         if result.error is None and self.participant.failure:
             result.error = self.participant.failure
         return result
@@ -516,6 +549,7 @@ class Measured:
     end: MetricsSample | None
     camera_fps: list[float]  # what each publisher sent during the window
     generator_cpu_seconds: float | None  # this process and the workers, in the window
+    window: tuple[float, float]  # unix seconds: from telling the subscribers to start measuring to telling them to stop
 
 
 async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], state: LiveState,
@@ -596,6 +630,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], st
     start = await sample_metrics(api)
     sent_at_start = [(time.monotonic(), camera.sent) for camera in cameras]
     cpu_at_start = time.process_time()
+    window_start = time.time()
     for worker in workers:
         await worker.send({"type": "mark"})
     state.window_started = time.monotonic()
@@ -604,6 +639,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], st
     camera_fps = [round((camera.sent - sent) / (time.monotonic() - t0), 2)
                   for camera, (t0, sent) in zip(cameras, sent_at_start)]
     own_cpu = time.process_time() - cpu_at_start
+    window_end = time.time()
     for worker in workers:
         await worker.send({"type": "stop"})
     state.phase = "collecting"
@@ -612,7 +648,7 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], st
                      key=lambda r: names.index(r.name))
     cpus = list(worker_cpu.values())
     generator = None if None in cpus else round(own_cpu + sum(cpus), 3)  # type: ignore[arg-type]
-    return Measured(results, start, end, camera_fps, generator)
+    return Measured(results, start, end, camera_fps, generator, (window_start, window_end))
 
 
 def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[EncodedClip, EncodedClip],
@@ -646,6 +682,7 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
         "url": plan.url, "meetings": [m["code"] for m in meetings],
         "publishers": plan.publishers, "subscribers": plan.subscribers, "workers": plan.workers,
         "decode_per_worker": plan.decode, "duration_s": plan.duration,
+        "window": {"start": round(measured.window[0], 3), "end": round(measured.window[1], 3)},
         "published_media": {"video": f"VP8 {VIDEO_WIDTH}x{VIDEO_HEIGHT}@{VIDEO_FPS}",
                             "video_kbps": round(clips[0].bitrate / 1000), "audio": "Opus",
                             "audio_kbps": round(clips[1].bitrate / 1000),
@@ -663,26 +700,37 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
 
 def room_figures(index: int, meeting: dict[str, Any], results: list[SubscriberResult],
                  start: MetricsSample | None, end: MetricsSample | None) -> dict[str, Any]:
-    """One room's downlink as its subscribers measured it, beside what the appliance's metrics
-    say of the same room (None where a series is missing)."""
+    """One room's downlink as its subscribers measured it in the window, beside what the
+    appliance's metrics say of the same room over the same window (None where a series is
+    missing): loss from packet counters, jitter and round trip as the means over subscribers
+    (the metrics: at the end of the window), bitrate of the media payload."""
     mine = [r for r in results if r.room == index and r.window_s > 0]
     window = statistics.fmean(r.window_s for r in mine) if mine else None
     expected = sum(r.packets_received + r.packets_lost for r in mine)
     jitters = [r.jitter_ms for r in mine if r.jitter_ms is not None]
+    rtts = [r.rtt_ms for r in mine if r.rtt_ms is not None]
     measured = {
         "loss": round(sum(r.packets_lost for r in mine) / expected, 4) if expected else None,
         "jitter_ms": round(statistics.fmean(jitters), 3) if jitters else None,
+        "rtt_ms": round(statistics.fmean(rtts), 3) if rtts else None,
         "kbps": round(8 * sum(r.payload_bytes for r in mine) / window / 1000, 1) if window else None,
     }
     reported: dict[str, float | None] = {"loss": None, "jitter_ms": None, "rtt_ms": None, "kbps": None}
     first, last = (start.rooms.get(meeting["id"], {}) if start else {}), (end.rooms.get(meeting["id"], {}) if end else {})
     if last:
-        reported["loss"] = last.get("downlink_loss")
         jitter, rtt = last.get("downlink_jitter_seconds"), last.get("rtt_seconds")
         reported["jitter_ms"] = None if jitter is None else round(1000 * jitter, 3)
         reported["rtt_ms"] = None if rtt is None else round(1000 * rtt, 3)
-        if "forwarded_bytes" in first and "forwarded_bytes" in last and start and end and end.at > start.at:
-            reported["kbps"] = round(8 * (last["forwarded_bytes"] - first["forwarded_bytes"]) / (end.at - start.at) / 1000, 1)
+
+        def change(key: str) -> float | None:
+            return last[key] - first[key] if key in first and key in last else None
+
+        sent, lost = change("downlink_packets_sent"), change("downlink_packets_lost")
+        if sent and lost is not None:
+            reported["loss"] = round(lost / sent, 4)
+        forwarded = change("forwarded_bytes")
+        if forwarded is not None and start and end and end.at > start.at:
+            reported["kbps"] = round(8 * forwarded / (end.at - start.at) / 1000, 1)
     return {"meeting": meeting["code"], "room": meeting["id"], "subscribers": measured, "appliance": reported}
 
 
@@ -747,14 +795,14 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for measure, value in rows:
         summary.add_row(measure, value)
     links = Table(title="each room's downlink: the subscribers' receivers / the appliance's metrics")
-    for column in ("meeting", "loss", "jitter", "round trip (appliance)", "media kbit/s"):
+    for column in ("meeting", "loss", "jitter", "round trip", "media kbit/s"):
         links.add_column(column, justify="right")
     for room in report["rooms"]:
         ours, theirs = room["subscribers"], room["appliance"]
         links.add_row(room["meeting"],
                       f"{_number(ours['loss'], 4)} / {_number(theirs['loss'], 4)}",
                       f"{_number(ours['jitter_ms'], 2, ' ms')} / {_number(theirs['jitter_ms'], 2, ' ms')}",
-                      _number(theirs["rtt_ms"], 2, " ms"),
+                      f"{_number(ours['rtt_ms'], 1, ' ms')} / {_number(theirs['rtt_ms'], 1, ' ms')}",
                       f"{_number(ours['kbps'], 0)} / {_number(theirs['kbps'], 0)}")
     console.print(results)
     console.print(summary)

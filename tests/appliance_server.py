@@ -72,7 +72,7 @@ def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = Non
     log = data_dir / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*CONFMEET, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    url = f"{'https' if ca else 'http'}://{settings.get('host', '127.0.0.1')}:{port}"
     verify = str(ca) if ca else True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

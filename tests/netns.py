@@ -1,6 +1,6 @@
 """Network namespaces that a test creates and removes: loopback, plus a veth pair whose one end
 holds a test address (what a server's own network card is to the programs on it). Traffic to
-that address never leaves the namespace."""
+that address never leaves the namespace. (tests/impair.py joins a namespace to the host instead.)"""
 
 from __future__ import annotations
 
@@ -23,17 +23,19 @@ def _ip(*args: str) -> None:
 
 
 class Namespace:
-    def __init__(self, prefix: str, address: str) -> None:
-        """``address``: ADDR/PREFIXLEN on the namespace's ``eth0``."""
+    def __init__(self, prefix: str, address: str | None) -> None:
+        """``address``: ADDR/PREFIXLEN on the namespace's ``eth0``; None: loopback only (the caller
+        adds its own links)."""
         self.name = f"{prefix}-{os.getpid()}"
-        self.address = address.split("/")[0]
+        self.address = address.split("/")[0] if address else None
         _ip("netns", "add", self.name)
         try:
             _ip("-n", self.name, "link", "set", "lo", "up")
-            _ip("-n", self.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-            _ip("-n", self.name, "addr", "add", address, "dev", "eth0")
-            for link in ("eth0", "eth1"):
-                _ip("-n", self.name, "link", "set", link, "up")
+            if address:
+                _ip("-n", self.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+                _ip("-n", self.name, "addr", "add", address, "dev", "eth0")
+                for link in ("eth0", "eth1"):
+                    _ip("-n", self.name, "link", "set", link, "up")
         except RuntimeError:
             self.delete()
             raise

@@ -79,12 +79,15 @@ def test_two_rooms_of_one_publisher_and_two_subscribers_measured_end_to_end(appl
     assert sfu["forwarded_packets"]["video"] >= 4 * 60 * sfu["window_s"]
     assert sfu["forwarded_packets"]["audio"] >= 4 * 40 * sfu["window_s"]
     assert sfu["memory_per_participant_bytes"] is not None
+    assert 5.5 <= report["window"]["end"] - report["window"]["start"] <= 7
     assert report["generator"]["cpu_seconds"] > 0 and report["generator"]["cores"] == os.cpu_count()
     # Each room's downlink as its two subscribers' receivers saw it: ~850 kbit/s of media each.
     for room in report["rooms"]:
         assert room["subscribers"]["loss"] == 0.0  # loopback
         assert 1400 <= room["subscribers"]["kbps"] <= 2200, room
         assert 0 <= room["subscribers"]["jitter_ms"] < 50
+        assert 0 < room["subscribers"]["rtt_ms"] < 100
+        assert room["appliance"]["loss"] == 0.0 and room["appliance"]["rtt_ms"] > 0
 
     # What an operator reads: the subscribers, the results, each room's downlink.
     out = io.StringIO()

@@ -8,9 +8,11 @@ aiortc 1.16 / aioice 0.13: after upgrading either, check this module first
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from aioice import Connection
+from aioice import Connection, stun
 from aioice.ice import StunProtocol
 from aiortc import (
     RTCPeerConnection,
@@ -28,7 +30,9 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
+from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
 
@@ -55,6 +59,29 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
 
 def receiver_decodes(receiver: RTCRtpReceiver) -> bool:
     return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
+
+
+def media_streams(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics]:
+    """The receiver's statistics of each media stream it receives (packets received and lost,
+    interarrival jitter in clock units), by SSRC; RTX streams left out. aiortc's getStats cannot
+    serve here: it gives every inbound stream of a receiver the same stats id, so the RTX stream's
+    entry replaces the media stream's."""
+    rtx = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    return {ssrc: stream for ssrc, stream in streams.items() if ssrc not in rtx}
+
+
+def on_receiver_reports(receiver: RTCRtpReceiver, callback: Callable[[list[RtcpReceiverInfo]], None]) -> None:
+    """Call ``callback`` with the report blocks (one per stream: loss, jitter, LSR/DLSR) of every
+    RTCP receiver report the receiver sends, as it sends it."""
+    send_rtcp = receiver._send_rtcp
+
+    async def observed(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            callback(packet.reports)
+        await send_rtcp(packet)
+
+    receiver._send_rtcp = observed  # type: ignore[method-assign]
 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
@@ -143,6 +170,14 @@ def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:
             sender._RTCRtpSender__octet_count)  # type: ignore[attr-defined]
 
 
+def latest_receiver_report(sender: RTCRtpSender) -> RTCRemoteInboundRtpStreamStats | None:
+    """What the remote side's latest RTCP receiver report says of the sender's media stream
+    (cumulative packets lost, fraction lost, jitter), read without awaiting getStats; None before
+    the first report."""
+    stats = sender._RTCRtpSender__stats  # type: ignore[attr-defined]
+    return stats.get(f"remote-inbound-rtp_{id(sender)}")
+
+
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
     """The msid stream id the remote side sees for this sender's track."""
     sender._stream_id = stream_id
@@ -205,6 +240,25 @@ def ice_connections(pc: RTCPeerConnection) -> Iterator[Connection]:
         yield transceiver.receiver.transport.transport.iceGatherer._connection
     if pc.sctp is not None:
         yield pc.sctp.transport.transport.iceGatherer._connection
+
+
+async def ice_round_trip(pc: RTCPeerConnection) -> float | None:
+    """Seconds from a STUN binding request on the selected candidate pair of the connection's
+    (bundled) transport to its response — an ICE consent check (RFC 7675), what a browser's
+    ``currentRoundTripTime`` measures. None when the request or its response is lost (it is not
+    sent again), the connection is closed, or no pair is selected yet."""
+    connection = next(ice_connections(pc), None)
+    pair = connection._nominated.get(1) if connection is not None else None
+    if pair is None or connection.remote_password is None:  # type: ignore[union-attr]
+        return None
+    request = connection.build_request(pair, nominate=False)  # type: ignore[union-attr]
+    started = time.perf_counter()
+    try:
+        await pair.protocol.request(request, pair.remote_addr, retransmissions=0,
+                                    integrity_key=connection.remote_password.encode())  # type: ignore[union-attr]
+    except (stun.TransactionError, ConnectionError, AttributeError):  # AttributeError: its socket is gone
+        return None
+    return time.perf_counter() - started
 
 
 ComponentGatherer = Callable[[int, list[str], int], Awaitable[list]]

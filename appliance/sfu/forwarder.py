@@ -251,6 +251,14 @@ class UpTrack:
                 down.write(packet, keyframe, now, ntp_time)
 
 
+@dataclass(frozen=True)
+class Downlink:
+    """What a subscriber's latest receiver report says of one down track."""
+
+    loss: float  # fraction of packets lost since the previous report, 0..1
+    jitter_s: float
+
+
 class DownTrack:
     """One subscriber's copy of an up track, written through one of its senders."""
 
@@ -274,6 +282,7 @@ class DownTrack:
         self.output: aiortc_private.ForwardingSender | None = None
         self.packets = 0
         self.bytes = 0
+        self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
 
     @property
     def gated(self) -> bool:
@@ -295,6 +304,15 @@ class DownTrack:
         self.header = HeaderTemplate.for_subscriber(self.mid, aiortc_private.header_extensions(self.transceiver))
         self.accepted = True
         return True
+
+    def downlink(self) -> Downlink | None:
+        """The subscriber's latest receiver report on this track (None before the first); it
+        also brings ``lost`` up to date."""
+        report = aiortc_private.latest_receiver_report(self.sender)
+        if report is None:
+            return None
+        self.lost = max(self.lost, report.packetsLost)
+        return Downlink(report.fractionLost / 256, report.jitter / self.up.codec.clockRate)
 
     def start(self) -> None:
         """Begin forwarding; video waits for a keyframe, which is requested now."""

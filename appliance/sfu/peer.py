@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -55,15 +54,6 @@ RECEIVING = ("recvonly", "sendrecv")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Downlink:
-    """What a subscriber's receiver reports say of one down track."""
-
-    loss: float  # fraction of packets lost since the previous report, 0..1
-    jitter_s: float
-    rtt_s: float | None  # round trip SFU -> subscriber -> SFU (RFC 3550 LSR/DLSR)
-
-
 class RoomLink(Protocol):
     """What a peer may ask of its room."""
 
@@ -98,13 +88,13 @@ class Peer:
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
-        self.downlinks: list[Downlink] = []  # from the latest receiver reports, one per down track
+        self.rtt_s: float | None = None  # the latest round trip SFU -> participant -> SFU (an ICE check)
         self.closed = False
         self._up_by_receiver: dict[RTCRtpReceiver, UpTrack] = {}
         self._tapped: set[RTCRtpReceiver] = set()
         self._offer_needed = False
         self._sync_queued = False
-        self._uplink_counts: dict[RTCRtpReceiver, tuple[int, int]] = {}
+        self._uplink_counts: dict[tuple[RTCRtpReceiver, int], tuple[int, int]] = {}
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any] | None]] = (
             asyncio.Queue())
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -334,28 +324,22 @@ class Peer:
         """Grade the connection from RTCP receiver reports (downlink) and the server's own
         reception statistics (uplink); tell the room when the grade changes."""
         loss, jitter_ms, measured = 0.0, 0.0, False
-        downlinks: list[Downlink] = []
         for down in self.downs.values():
-            for stats in (await down.sender.getStats()).values():
-                if stats.type == "remote-inbound-rtp":
-                    measured = True
-                    link = Downlink(stats.fractionLost / 256, stats.jitter / down.up.codec.clockRate,
-                                    stats.roundTripTime)
-                    downlinks.append(link)
-                    loss = max(loss, link.loss)
-                    jitter_ms = max(jitter_ms, 1000 * link.jitter_s)
-        self.downlinks = downlinks
+            link = down.downlink()
+            if link is not None:
+                measured = True
+                loss = max(loss, link.loss)
+                jitter_ms = max(jitter_ms, 1000 * link.jitter_s)
         for up in self.ups.values():
-            for stats in (await up.receiver.getStats()).values():
-                if stats.type == "inbound-rtp":
-                    lost, received = stats.packetsLost, stats.packetsReceived
-                    last_lost, last_received = self._uplink_counts.get(up.receiver, (0, 0))
-                    self._uplink_counts[up.receiver] = (lost, received)
-                    expected = (lost - last_lost) + (received - last_received)
-                    if expected > 0:
-                        measured = True
-                        loss = max(loss, max(0, lost - last_lost) / expected)
-                        jitter_ms = max(jitter_ms, 1000 * stats.jitter / up.codec.clockRate)
+            for ssrc, stream in aiortc_private.media_streams(up.receiver).items():
+                lost, received = stream.packets_lost, stream.packets_received
+                last_lost, last_received = self._uplink_counts.get((up.receiver, ssrc), (0, 0))
+                self._uplink_counts[(up.receiver, ssrc)] = (lost, received)
+                expected = (lost - last_lost) + (received - last_received)
+                if expected > 0:
+                    measured = True
+                    loss = max(loss, max(0, lost - last_lost) / expected)
+                    jitter_ms = max(jitter_ms, 1000 * stream.jitter / up.codec.clockRate)
         if not measured:
             return
         quality = Quality.grade(loss, jitter_ms)
@@ -363,6 +347,15 @@ class Peer:
             self.room.emit(None, {"type": "connection_quality", "participant_id": self.participant,
                                   **quality.describe()})
         self.quality = quality
+
+    async def measure_round_trip(self) -> None:
+        """An ICE consent check to the participant, timed (what a browser's
+        ``currentRoundTripTime`` is); a lost one leaves the last measurement. Not queued to the
+        peer's task: it would hold negotiation up for a round trip."""
+        if not self.closed:
+            rtt = await aiortc_private.ice_round_trip(self.pc)
+            if rtt is not None:
+                self.rtt_s = rtt
 
     async def describe_stats(self) -> dict[str, Any]:
         return {

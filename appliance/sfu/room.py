@@ -24,6 +24,7 @@ from .stats import SfuStats
 log = logging.getLogger("confmeet.sfu")
 
 SPEAKER_INTERVAL = 0.2
+ROUND_TRIP_INTERVAL = 1.0
 
 
 class TrackSink(Protocol):
@@ -54,10 +55,13 @@ class Room:
         self._on_empty = on_empty
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
+        self._measuring: set[asyncio.Task[None]] = set()  # round trips to the participants
         self.sinks: dict[str, TrackSink] = {}
-        # Bytes of tracks gone from the room, so that its totals never go down.
+        # Bytes and packets of tracks gone from the room, so that its totals never go down.
         self._received_gone = 0
         self._forwarded_gone = 0
+        self._sent_gone = 0
+        self._lost_gone = 0
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def emit(self, to: str | None, event: dict[str, Any]) -> None:
@@ -114,6 +118,8 @@ class Room:
     def stop(self) -> None:
         """Stop the periodic work; sinks still attached are stopped in the background."""
         self._ticker.cancel()
+        for task in self._measuring:
+            task.cancel()
         for name in list(self.sinks):
             task = asyncio.get_running_loop().create_task(self.stop_sink(name))
             self._departures.add(task)
@@ -166,22 +172,27 @@ class Room:
                 peer.post(peer.unsubscribe, up.key)
 
     def down_stopped(self, down: DownTrack) -> None:
+        down.downlink()
         self._forwarded_gone += down.bytes
+        self._sent_gone += down.packets
+        self._lost_gone += down.lost
 
     def report(self) -> dict[str, Any]:
-        """The room for the metrics: who is in it, its media bytes in and out since it opened, and
-        what the subscribers' receiver reports say of their downlinks (means over down tracks;
-        None before the first reports)."""
-        downlinks = [link for peer in self.peers.values() for link in peer.downlinks]
-        rtts = [link.rtt_s for link in downlinks if link.rtt_s is not None]
+        """The room for the metrics: who is in it; its media bytes in and out, the packets sent on
+        its downlinks and how many of those the subscribers' receiver reports count as lost, all
+        since it opened; the mean over its down tracks of the jitter those reports give, and the
+        mean over its participants of their latest round trips (None before the first)."""
+        downs = [down for peer in self.peers.values() for down in peer.downs.values()]
+        links = [link for down in downs if (link := down.downlink()) is not None]
+        rtts = [peer.rtt_s for peer in self.peers.values() if peer.rtt_s is not None]
         return {
             "participants": len(self.peers),
             "tracks": len(self.tracks),
             "received_bytes": self._received_gone + sum(up.bytes for up in self.tracks.values()),
-            "forwarded_bytes": self._forwarded_gone + sum(
-                down.bytes for peer in self.peers.values() for down in peer.downs.values()),
-            "downlink_loss": sum(link.loss for link in downlinks) / len(downlinks) if downlinks else None,
-            "downlink_jitter_seconds": sum(link.jitter_s for link in downlinks) / len(downlinks) if downlinks else None,
+            "forwarded_bytes": self._forwarded_gone + sum(down.bytes for down in downs),
+            "downlink_packets_sent": self._sent_gone + sum(down.packets for down in downs),
+            "downlink_packets_lost": self._lost_gone + sum(down.lost for down in downs),
+            "downlink_jitter_seconds": sum(link.jitter_s for link in links) / len(links) if links else None,
             "rtt_seconds": sum(rtts) / len(rtts) if rtts else None,
         }
 
@@ -203,6 +214,7 @@ class Room:
     # ------------------------------------------------------------------ periodic work
     async def _tick(self) -> None:
         next_quality = time.monotonic() + self.quality_interval
+        next_round_trip = time.monotonic() + ROUND_TRIP_INTERVAL
         while True:
             await asyncio.sleep(SPEAKER_INTERVAL)
             now = time.monotonic()
@@ -214,6 +226,12 @@ class Room:
             if change is not None:
                 self.emit(None, {"type": "active_speaker", "participant_id": change.participant,
                                  "level_dbov": change.level_dbov})
+            if now >= next_round_trip:
+                next_round_trip = now + ROUND_TRIP_INTERVAL
+                for peer in self.peers.values():
+                    task = asyncio.get_running_loop().create_task(peer.measure_round_trip())
+                    self._measuring.add(task)
+                    task.add_done_callback(self._measuring.discard)
             if now >= next_quality:
                 next_quality = now + self.quality_interval
                 for peer in self.peers.values():

@@ -211,6 +211,12 @@ class Participant:
                               f"{CONNECT_TIMEOUT:.0f} s (state {state}): UDP from here must reach "
                               "the addresses the appliance announces (ICE)") from None
 
+    async def media_round_trip(self) -> float | None:
+        """Seconds to the SFU and back over the media path (an ICE consent check, as a browser
+        measures its round trip); None when the check or its answer was lost, or before the media
+        connection is up."""
+        return None if self.pc is None else await aiortc_private.ice_round_trip(self.pc)
+
     def _prepare_gathering(self) -> None:
         if self.loopback:
             LOOPBACK.prepare(self._peer())

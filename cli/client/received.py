@@ -49,12 +49,12 @@ class LinkSample:
     packets: int = 0
     lost: int = 0
     payload_bytes: int = 0
-    jitter_s: float = 0.0
 
 
 class Link:
-    """Counts a receiver's media bytes (aiortc's statistics have no byte count) and reads its
-    packet, loss and jitter statistics: the receiving participant's view of its downlink."""
+    """Counts a receiver's media bytes (aiortc's statistics have no byte count), reads its packet,
+    loss and jitter statistics, and keeps the jitter each of its RTCP receiver reports tells the
+    sender: the receiving participant's view of its downlink."""
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
         self.receiver = transceiver.receiver
@@ -62,6 +62,8 @@ class Link:
         self._media_types = {c.payloadType for c in media}
         self._clock_rate = media[0].clockRate if media else 90000
         self.payload_bytes = 0
+        self.reported_jitters: list[float] = []  # seconds, one per receiver report on the media stream
+        aiortc_private.on_receiver_reports(self.receiver, self._reported)
         handle = self.receiver._handle_rtp_packet
 
         async def counted(packet: Any, arrival_time_ms: int) -> None:
@@ -71,13 +73,17 @@ class Link:
 
         self.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
 
+    def _reported(self, blocks: list[Any]) -> None:
+        media = aiortc_private.media_streams(self.receiver)
+        self.reported_jitters += [block.jitter / self._clock_rate for block in blocks if block.ssrc in media]
+
     async def sample(self) -> LinkSample:
+        """Now: packets received and lost on the media stream (all of them together, if the sender
+        restarted on another SSRC)."""
         sample = LinkSample(payload_bytes=self.payload_bytes)
-        for stats in (await self.receiver.getStats()).values():
-            if stats.type == "inbound-rtp":
-                sample.packets += stats.packetsReceived
-                sample.lost += stats.packetsLost
-                sample.jitter_s = max(sample.jitter_s, stats.jitter / self._clock_rate)
+        for stream in aiortc_private.media_streams(self.receiver).values():
+            sample.packets += stream.packets_received
+            sample.lost += stream.packets_lost
         return sample
 
 
@@ -117,8 +123,7 @@ class ReceivedTrack:
             pass
 
     async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+        return sum(s.packets_received for s in aiortc_private.media_streams(self.receiver).values())
 
 
 class CountedTrack:
@@ -160,5 +165,4 @@ class CountedTrack:
         """Nothing to take from the track: the counting happens as packets arrive."""
 
     async def packets_received(self) -> int:
-        stats = await self.receiver.getStats()
-        return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+        return sum(s.packets_received for s in aiortc_private.media_streams(self.receiver).values())

@@ -39,7 +39,7 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         await pc.close()
 
 
-@pytest.mark.parametrize("name", ["_send_rtcp_pli", "_handle_rtp_packet", "receive"])
+@pytest.mark.parametrize("name", ["_send_rtcp_pli", "_handle_rtp_packet", "receive", "_send_rtcp"])
 def test_receiver_methods_the_tap_wraps_exist(name: str) -> None:
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
     assert callable(getattr(RTCRtpReceiver, name))
@@ -60,3 +60,52 @@ async def test_forwarded_packets_reach_the_socket_of_the_selected_pair(
             pair = dtls.transport._connection._nominated[1]
             assert type(pair.protocol) is StunProtocol and not pair.protocol.transport.is_closing()
             assert dtls._RTCDtlsTransport__tx_packets >= aiortc_private.sender_counts(down.sender)[0] > 0
+
+
+async def test_media_streams_are_the_media_ssrcs_of_a_receiver_without_rtx() -> None:
+    """A video receiver gets ten packets of its media stream with one missing, and that one again
+    over RTX: media_streams counts the media stream only (nine received, one lost), where aiortc's
+    getStats keeps a single inbound-rtp entry, the RTX stream's."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpparameters import (RTCRtpCodecParameters, RTCRtpDecodingParameters, RTCRtpReceiveParameters,
+                                         RTCRtpRtxParameters)
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
+    from aiortc.rtp import RtpPacket, wrap_rtx
+
+    media_ssrc, rtx_ssrc = 1111, 2222
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("video", transport)
+    receiver._track = RemoteStreamTrack(kind="video")  # as RTCPeerConnection gives it one
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    rtx = RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96})
+    await receiver.receive(RTCRtpReceiveParameters(
+        codecs=[vp8, rtx], encodings=[RTCRtpDecodingParameters(ssrc=media_ssrc, payloadType=96,
+                                                               rtx=RTCRtpRtxParameters(ssrc=rtx_ssrc))]))
+    try:
+        packets = [RtpPacket(payload_type=96, sequence_number=seq, timestamp=3000 * seq, ssrc=media_ssrc,
+                             payload=b"\x10\x00\x00\x00") for seq in range(100, 110)]
+        for packet in packets:
+            if packet.sequence_number != 105:
+                await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+        await receiver._handle_rtp_packet(wrap_rtx(packets[5], payload_type=97, sequence_number=7, ssrc=rtx_ssrc),
+                                          arrival_time_ms=0)
+
+        streams = aiortc_private.media_streams(receiver)
+        assert list(streams) == [media_ssrc]
+        assert (streams[media_ssrc].packets_received, streams[media_ssrc].packets_lost) == (9, 1)
+        inbound = [s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"]
+        assert [s.ssrc for s in inbound] == [rtx_ssrc]  # why media_streams exists
+    finally:
+        await receiver.stop()
+
+
+async def test_an_ice_round_trip_is_a_consent_check_on_the_selected_pair(alice_and_bob: tuple[Any, Any]) -> None:
+    alice, _ = alice_and_bob
+    unconnected = RTCPeerConnection()
+    assert await aiortc_private.ice_round_trip(unconnected) is None  # nothing selected
+    await unconnected.close()
+    await alice.wait_for_media("bob", video_frames=3)
+    round_trips = [await aiortc_private.ice_round_trip(alice.pc) for _ in range(5)]
+    # Loopback: quick, and none lost (a None is a check unanswered for 0.5 s: a stalled machine).
+    measured = [rtt for rtt in round_trips if rtt is not None]
+    assert len(measured) >= 4 and all(0 < rtt < 0.5 for rtt in measured), round_trips

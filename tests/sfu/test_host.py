@@ -237,15 +237,16 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     alice, bob = alice_and_bob
     await alice.wait_for_media("bob", video_frames=5, audio_frames=10)
     await bob.wait_for_media("alice", video_frames=5, audio_frames=10)
-    # Receiver reports (aiortc sends one about every second) reach the quality tick (0.5 s here).
+    # Receiver reports (aiortc sends one about every second) and round trips (one a second).
     for _ in range(100):
         report = meeting.host.room_reports()["room"]
-        if report["rtt_seconds"] is not None:
+        if report["rtt_seconds"] is not None and report["downlink_jitter_seconds"] is not None:
             break
         await asyncio.sleep(0.1)
     assert report["participants"] == 2 and report["tracks"] == 4
     assert report["received_bytes"] > 0 and report["forwarded_bytes"] > 0
-    assert report["downlink_loss"] == 0.0  # loopback
+    assert report["downlink_packets_sent"] > 0
+    assert report["downlink_packets_lost"] == 0  # loopback
     assert 0 <= report["downlink_jitter_seconds"] < 0.05
     assert 0 < report["rtt_seconds"] < 0.2
     before = meeting.host.room_reports()["room"]
@@ -256,3 +257,5 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     # Totals never go down when tracks go (they are Prometheus counters).
     assert after["received_bytes"] >= before["received_bytes"]
     assert after["forwarded_bytes"] >= before["forwarded_bytes"]
+    assert after["downlink_packets_sent"] >= before["downlink_packets_sent"]
+    assert after["downlink_packets_lost"] >= before["downlink_packets_lost"]

@@ -1,0 +1,117 @@
+"""tests/impair.py's link does what it is set to: round trip, loss and rate measured through it
+with plain UDP, between a socket in the namespace and one on the host."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from impair import HOST_ADDRESS, ImpairedLink, Impairment
+
+
+@contextmanager
+def udp_server(echo: bool) -> Iterator[tuple[int, list[tuple[float, int]]]]:
+    """A UDP socket on the host's end of the link: it echoes each datagram, or records when it
+    came and its size."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST_ADDRESS, 0))
+    server.settimeout(0.2)
+    arrivals: list[tuple[float, int]] = []
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                data, peer = server.recvfrom(65535)
+            except TimeoutError:
+                continue
+            arrivals.append((time.monotonic(), len(data)))
+            if echo:
+                server.sendto(data, peer)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield server.getsockname()[1], arrivals
+    finally:
+        stopping.set()
+        thread.join()
+        server.close()
+
+
+def probe(port: int, count: int, interval: float) -> dict[int, float]:
+    """From the namespace: ``count`` numbered datagrams, one every ``interval``; the round trip of
+    each that came back."""
+    sent: dict[int, float] = {}
+    rtts: dict[int, float] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.connect((HOST_ADDRESS, port))
+        client.settimeout(0.001)
+        start = time.monotonic()
+        deadline = start + count * interval + 1.0
+        number = 0
+        while time.monotonic() < deadline:
+            if number < count and time.monotonic() >= start + number * interval:
+                sent[number] = time.monotonic()
+                client.send(number.to_bytes(4, "big") + bytes(60))
+                number += 1
+            try:
+                data = client.recv(2048)
+            except TimeoutError:
+                continue
+            back = int.from_bytes(data[:4], "big")
+            rtts[back] = time.monotonic() - sent[back]
+    return rtts
+
+
+def test_round_trip_is_twice_the_delay_with_the_jitter_it_was_given() -> None:
+    with ImpairedLink("cm-impair", Impairment(delay_ms=40, jitter_ms=10)) as link, udp_server(echo=True) as (port, _):
+        rtts = [1000 * rtt for rtt in link.run(lambda: probe(port, 150, 0.02)).values()]
+    assert len(rtts) == 150  # no loss asked for, none seen
+    assert 78 <= statistics.fmean(rtts) <= 88, statistics.fmean(rtts)
+    # Two delays of 40 ± 10 ms: spread over most of 60..100 ms, nothing far outside.
+    assert min(rtts) >= 59 and max(rtts) <= 110, (min(rtts), max(rtts))
+    assert statistics.pstdev(rtts) >= 4
+
+
+def test_loss_is_the_fraction_it_was_given_in_each_direction() -> None:
+    with ImpairedLink("cm-impair", Impairment(loss=0.1)) as link, udp_server(echo=True) as (port, arrivals):
+        rtts = link.run(lambda: probe(port, 2000, 0.002))
+        arrived = len(arrivals)
+    one_way = 1 - arrived / 2000  # expected 0.10 (sd 0.007)
+    round_trip = 1 - len(rtts) / 2000  # expected 1 - 0.9² = 0.19 (sd 0.009)
+    assert 0.07 <= one_way <= 0.13, one_way
+    assert 0.15 <= round_trip <= 0.23, round_trip
+
+
+def test_a_rate_cap_passes_that_rate_and_no_more() -> None:
+    """2 Mbit/s offered at 4 Mbit/s for 2 s: what arrives comes at 2 Mbit/s (IP bytes: UDP payload
+    + 28), the rest is dropped once the 200 ms queue is full."""
+    with ImpairedLink("cm-impair", Impairment(rate_kbps=2000)) as link, udp_server(echo=False) as (port, arrivals):
+        def blast() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.connect((HOST_ADDRESS, port))
+                start = time.monotonic()
+                for n in range(834):  # 1,200 bytes every 2.4 ms: 4 Mbit/s for 2 s
+                    time.sleep(max(0.0, start + n * 0.0024 - time.monotonic()))
+                    client.send(bytes(1172))
+        link.run(blast)
+        time.sleep(0.5)
+        received = list(arrivals)
+    assert 300 < len(received) < 700
+    (first, _), (last, _) = received[0], received[-1]
+    kbps = 8 * sum(size + 28 for _, size in received[1:]) / (last - first) / 1000
+    assert kbps == pytest.approx(2000, rel=0.08)
+
+
+def test_an_impossible_impairment_is_refused() -> None:
+    with pytest.raises(ValueError, match="jitter 20 ms must be between 0 and the delay 10 ms"):
+        Impairment(delay_ms=10, jitter_ms=20)
+    with pytest.raises(ValueError, match="impossible impairment"):
+        Impairment(loss=1.5)
