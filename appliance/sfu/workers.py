@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .. import logs
 from .errors import SfuError
 from .host import EventStream, RoomHost
 from .ice import IceServer, IceSettings
@@ -335,6 +336,9 @@ async def serve_worker(fd: int) -> None:
             await asyncio.sleep(REPORT_INTERVAL)
 
     async def answer(frame: dict[str, Any]) -> None:
+        # What this request starts (a peer's tasks, a room's) logs the meeting and participant.
+        participant = frame["message"].get("participant") if isinstance(frame["message"], dict) else None
+        logs.bind(meeting_id=frame["room"], participant_id=participant if isinstance(participant, str) else None)
         reply = await host.request(frame["room"], frame["message"])
         await send({"re": frame["id"], "reply": reply})
 
@@ -356,7 +360,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="An SFU worker process (started by SfuWorkers).")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the parent")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # until the host factory configures it from the appliance's settings
     try:  # the event loop Sanic runs the appliance on: its datagram sends are C, not Python
         import uvloop
     except ImportError:
