@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
-from . import __version__, logs
+from . import __version__, logs, process_metrics
 from .api.endpoint import bearer_token
 from .errors import Forbidden
 from .sfu.stats import Durations
@@ -84,6 +84,8 @@ class SfuCollector:
         yield CounterMetricFamily("confmeet_sfu_worker_restarts", "SFU worker processes that died and were replaced",
                                   value=self.host.restarts)
         yield from room_metrics(self.host.room_reports())
+        # Inference and the like, counted in this process and in each worker (process_metrics.py).
+        yield from process_metrics.merged([process_metrics.snapshot(), *self.host.worker_metrics()])
 
 
 def _by_label(family, name: str, documentation: str, label: str, values: dict[str, int]):
