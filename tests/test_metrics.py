@@ -254,6 +254,12 @@ async def test_a_meeting_moves_its_metrics(appliance: Appliance, tmp_path: Path)
         await ada.close()
         await grace.close()
 
+    documented = (ROOT / "docs/operations.md").read_text()
+    families = {family.name for family in text_string_to_metric_families(exposition)
+                if not family.name.endswith("_created")}  # prometheus_client's creation times
+    assert len([f for f in families if f.startswith("confmeet_")]) > 40
+    assert [f for f in families if f.startswith("confmeet_") and f"`{f}" not in documented] == []
+
     lint = tmp_path / "metrics.txt"
     lint.write_text(exposition)
     checked = subprocess.run([PROMTOOL, "check", "metrics"], stdin=lint.open(), capture_output=True, text=True)
