@@ -27,6 +27,7 @@ from appliance.sfu import IceSettings
 from appliance.sfu.stats import WAIT_BUCKETS, Durations, SfuStats
 from appliance.sfu.workers import SfuWorkers
 from appliance_server import Appliance, start_appliance
+from captions.test_sink import SlowRecogniser, said, sink_with
 from cli.client.participant import Participant
 from conftest import stop
 from sfu.participants import ColourTrack, ToneTrack
@@ -119,16 +120,17 @@ def test_process_metrics_are_summed_and_a_dead_process_keeps_its_counters() -> N
 
 
 # ---------------------------------------------------------------- inference
-def inference_sample(name: str, **labels: str) -> float:
-    """A sample of this process's own process metrics (not of the default registry)."""
+def process_sample(name: str, **labels: str) -> float:
+    """A sample of this process's own process metrics (inference, captions' queues; not of the
+    default registry)."""
     return process_metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_inference_requests_are_timed_by_model_and_backend_and_failures_counted(tmp_path: Path) -> None:
     repository = tmp_path / "model_repository"
     import_models("packages", repository, only=("vad",))
-    answered = inference_sample("confmeet_inference_request_duration_seconds_count", backend="local", model="vad")
-    failed = inference_sample("confmeet_inference_errors_total", backend="local", model="asr", kind="unavailable")
+    answered = process_sample("confmeet_inference_request_duration_seconds_count", backend="local", model="vad")
+    failed = process_sample("confmeet_inference_errors_total", backend="local", model="asr", kind="unavailable")
     inference = LocalInference(repository)
     try:
         probabilities, _ = await inference.vad(np.zeros(1024, np.float32), np.zeros(320, np.float32))
@@ -137,10 +139,26 @@ async def test_inference_requests_are_timed_by_model_and_backend_and_failures_co
             await inference.transcribe(np.zeros(16000, np.float32))
     finally:
         await inference.close()
-    assert inference_sample("confmeet_inference_request_duration_seconds_count",
+    assert process_sample("confmeet_inference_request_duration_seconds_count",
                             backend="local", model="vad") == answered + 1
-    assert inference_sample("confmeet_inference_errors_total",
+    assert process_sample("confmeet_inference_errors_total",
                             backend="local", model="asr", kind="unavailable") == failed + 1
+
+
+async def test_caption_queues_and_merged_utterances_are_counted_where_the_sink_runs() -> None:
+    recogniser = SlowRecogniser(0.3)  # slower than the speech: utterances wait, a speaker's merge
+    sink, _ = sink_with(recogniser, max_backlog=30.0, max_wait=30.0)
+    merged = process_sample("confmeet_captions_utterances_merged_total")
+    await asyncio.sleep(0.1)  # warmed up
+    for i in range(6):
+        sink.submit(said("ann" if i < 4 else "bob", 1000.0 + 3 * i, 2.0))
+    assert len(sink.queue) > 0
+    assert process_sample("confmeet_captions_asr_queue_utterances") == len(sink.queue)
+    assert process_sample("confmeet_captions_asr_queue_seconds") == pytest.approx(sink.queue.waiting_seconds)
+    result = await sink.stop()
+    assert result["merged"] > 0
+    assert process_sample("confmeet_captions_utterances_merged_total") == merged + result["merged"]
+    assert process_sample("confmeet_captions_asr_queue_utterances") == 0  # a stopped sink is not counted
 
 
 @pytest.fixture
@@ -155,7 +173,7 @@ async def test_metrics_counted_in_sfu_workers_reach_the_parent_and_outlive_a_dea
                       factory_argument=str(tmp_path / "no-models"))
     await pool.start()
     labels = {"backend": "local", "model": "vad", "kind": "unavailable"}
-    own = inference_sample("confmeet_inference_errors_total", **labels)
+    own = process_sample("confmeet_inference_errors_total", **labels)
 
     def total() -> float | None:
         return value(exposed(process_metrics.merged([process_metrics.snapshot(), *pool.worker_metrics()])),
