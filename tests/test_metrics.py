@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from aiortc import RTCSessionDescription
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,14 +24,14 @@ from appliance import process_metrics
 from appliance.inference import InferenceUnavailable
 from appliance.inference.local import LocalInference
 from appliance.inference.models import import_models
-from appliance.sfu import IceSettings
+from appliance.sfu import IceSettings, RoomHost
 from appliance.sfu.stats import WAIT_BUCKETS, Durations, SfuStats
 from appliance.sfu.workers import SfuWorkers
 from appliance_server import Appliance, start_appliance
 from captions.test_sink import SlowRecogniser, said, sink_with
 from cli.client.participant import Participant
 from conftest import stop
-from sfu.participants import ColourTrack, ToneTrack
+from sfu.participants import LOOPBACK, ColourTrack, Meeting, ToneTrack
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -100,6 +101,31 @@ def test_sfu_stats_add_up_over_workers_and_a_dead_one_keeps_only_its_counters() 
     dead = SfuStats.total([two.snapshot()], gauges=False)
     assert dead.subscribed_tracks == {"audio": 0, "video": 0} and dead.received_bytes["video"] == 500
     assert json.loads(json.dumps(total.snapshot())) == total.snapshot()  # what a worker's report carries
+
+
+async def test_a_failed_dtls_handshake_is_counted_by_its_cause() -> None:
+    """A client whose offer names another certificate: ICE connects, the SFU's DTLS refuses it."""
+    meeting = Meeting(RoomHost(IceSettings(loopback=True)))
+    try:
+        mallory = meeting.participant("mallory")
+        assert (await mallory.join())["type"] == "joined"
+        mallory.publish(ToneTrack())
+        offer = await mallory.pc.createOffer()
+        LOOPBACK.prepare(mallory.pc)
+        await mallory.pc.setLocalDescription(offer)
+        forged = re.sub(r"(a=fingerprint:sha-256 )(\S+)",
+                        lambda m: m.group(1) + ":".join(["00"] * 32), mallory.pc.localDescription.sdp)
+        reply = await mallory.request({"type": "offer", "sdp": forged, "tracks": []})
+        assert reply["type"] == "answer"
+        await mallory.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        for _ in range(150):
+            if meeting.host.stats.connection_failures["dtls"]:
+                break
+            await asyncio.sleep(0.1)
+        assert meeting.host.stats.connection_failures == {"ice": 0, "dtls": 1}
+        await mallory.wait_until(lambda: any(e["type"] == "participant_left" for e in meeting.events), 10)
+    finally:
+        await meeting.close()
 
 
 def test_process_metrics_are_summed_and_a_dead_process_keeps_its_counters() -> None:
