@@ -42,7 +42,6 @@ CERTIFICATE_EXPIRY = Gauge("confmeet_tls_certificate_expiry_timestamp_seconds",
 UPLOADS_WAITING = Gauge("confmeet_recording_uploads_waiting", "recordings whose files are not all stored yet")
 UPLOAD_BACKLOG = Gauge("confmeet_recording_upload_backlog_seconds",
                        "how long the oldest recording waiting for its upload has waited (0: none waits)")
-RECORDINGS_ACTIVE = Gauge("confmeet_recordings_active", "recordings being written now")
 SPOOL_BYTES = Gauge("confmeet_recording_spool_bytes",
                     "bytes under <data_dir>/recordings: recordings being written or waiting for their upload")
 LOOP_LAG = Gauge("confmeet_event_loop_lag_seconds",
@@ -131,8 +130,6 @@ class Monitor:
         waiting = await self.stores.db.run(lambda: [r.ended_at or r.started_at for r in Recording.select(
             Recording.started_at, Recording.ended_at).where(Recording.status == "uploading")])
         UPLOADS_WAITING.set(len(waiting))
-        RECORDINGS_ACTIVE.set(await self.stores.db.run(
-            lambda: Recording.select().where(Recording.status == "recording").count()))
         SPOOL_BYTES.set(await asyncio.to_thread(_tree_size, self.settings.data_dir / "recordings"))
         now = utcnow()
         UPLOAD_BACKLOG.set(max((now - since).total_seconds() for since in waiting) if waiting else 0.0)
