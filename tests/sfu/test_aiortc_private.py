@@ -60,3 +60,26 @@ async def test_forwarded_packets_reach_the_socket_of_the_selected_pair(
             pair = dtls.transport._connection._nominated[1]
             assert type(pair.protocol) is StunProtocol and not pair.protocol.transport.is_closing()
             assert dtls._RTCDtlsTransport__tx_packets >= aiortc_private.sender_counts(down.sender)[0] > 0
+
+
+async def test_rtcp_feedback_is_counted_before_aiortc_handles_it() -> None:
+    from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPacket, RtcpPsfbPacket,
+                            RtcpRtpfbPacket)
+
+    pc = RTCPeerConnection()
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        counted: list[tuple[str, int]] = []
+        keyframes: list[bool] = []
+        aiortc_private.on_keyframe_request(sender, lambda: keyframes.append(True))
+        aiortc_private.on_rtcp_feedback(sender, lambda kind, count: counted.append((kind, count)))
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)
+        nack.lost = [100, 101, 105]
+        wire = b"".join(bytes(p) for p in (nack, RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc),
+                                           RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=sender._ssrc)))
+        for packet in RtcpPacket.parse(wire):  # as they come off the wire
+            await sender._handle_rtcp_packet(packet)
+        assert counted == [("nack", 3), ("pli", 1), ("fir", 1)]
+        assert keyframes == [True, True]  # aiortc's own handling still ran
+    finally:
+        await pc.close()
