@@ -32,6 +32,7 @@ from captions.test_sink import SlowRecogniser, said, sink_with
 from cli.client.participant import Participant
 from conftest import stop
 from sfu.participants import LOOPBACK, ColourTrack, Meeting, ToneTrack
+from sfu.participants import Participant as SfuParticipant
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -103,21 +104,25 @@ def test_sfu_stats_add_up_over_workers_and_a_dead_one_keeps_only_its_counters() 
     assert json.loads(json.dumps(total.snapshot())) == total.snapshot()  # what a worker's report carries
 
 
+async def offer_with_a_forged_certificate(client: SfuParticipant) -> None:
+    """Join and offer a fingerprint of no certificate: ICE connects, the SFU's DTLS refuses it."""
+    assert (await client.join())["type"] == "joined"
+    client.publish(ToneTrack())
+    offer = await client.pc.createOffer()
+    LOOPBACK.prepare(client.pc)
+    await client.pc.setLocalDescription(offer)
+    forged = re.sub(r"(a=fingerprint:sha-256 )(\S+)",
+                    lambda m: m.group(1) + ":".join(["00"] * 32), client.pc.localDescription.sdp)
+    reply = await client.request({"type": "offer", "sdp": forged, "tracks": []})
+    assert reply["type"] == "answer"
+    await client.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+
+
 async def test_a_failed_dtls_handshake_is_counted_by_its_cause() -> None:
-    """A client whose offer names another certificate: ICE connects, the SFU's DTLS refuses it."""
     meeting = Meeting(RoomHost(IceSettings(loopback=True)))
     try:
         mallory = meeting.participant("mallory")
-        assert (await mallory.join())["type"] == "joined"
-        mallory.publish(ToneTrack())
-        offer = await mallory.pc.createOffer()
-        LOOPBACK.prepare(mallory.pc)
-        await mallory.pc.setLocalDescription(offer)
-        forged = re.sub(r"(a=fingerprint:sha-256 )(\S+)",
-                        lambda m: m.group(1) + ":".join(["00"] * 32), mallory.pc.localDescription.sdp)
-        reply = await mallory.request({"type": "offer", "sdp": forged, "tracks": []})
-        assert reply["type"] == "answer"
-        await mallory.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        await offer_with_a_forged_certificate(mallory)
         for _ in range(150):
             if meeting.host.stats.connection_failures["dtls"]:
                 break
@@ -126,6 +131,27 @@ async def test_a_failed_dtls_handshake_is_counted_by_its_cause() -> None:
         await mallory.wait_until(lambda: any(e["type"] == "participant_left" for e in meeting.events), 10)
     finally:
         await meeting.close()
+
+
+async def test_a_workers_failure_reaches_the_parent_and_its_log_names_the_meeting_and_participant(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The same failure in an SFU worker process: counted in the parent's totals (the worker's
+    report), logged by the worker as a JSON line (its stdout is not a terminal) with the ids."""
+    pool = SfuWorkers(IceSettings(loopback=True), workers=1)
+    await pool.start()
+    meeting = Meeting(pool)  # type: ignore[arg-type]
+    try:
+        await offer_with_a_forged_certificate(meeting.participant("mallory", room="meeting-42"))
+        for _ in range(150):
+            if pool.stats.connection_failures["dtls"]:
+                break
+            await asyncio.sleep(0.1)
+        assert pool.stats.connection_failures == {"ice": 0, "dtls": 1}
+    finally:
+        await meeting.close()
+    events = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    left = [e for e in events if e["logger"] == "confmeet.sfu" and "left: connection_failed" in e["message"]]
+    assert [(e["meeting_id"], e["participant_id"], e["level"]) for e in left] == [("meeting-42", "mallory", "info")]
 
 
 def test_process_metrics_are_summed_and_a_dead_process_keeps_its_counters() -> None:
