@@ -3,7 +3,7 @@ the appliance's sinks (a room's captions and recording run where its media is)."
 
 from __future__ import annotations
 
-from . import tracing
+from . import logs, tracing
 from .captions.sink import caption_sink_factory
 from .inference import open_inference
 from .recording.sink import SINK as RECORDING, recording_sink_factory
@@ -23,7 +23,9 @@ def media_ice_settings(settings: Settings) -> IceSettings:
 
 def worker_host(ice: IceSettings, settings: Settings) -> RoomHost:
     """An SFU worker's RoomHost (made in the worker process): the captions' inference is the
-    worker's own (the models load there when a room first turns captions on)."""
+    worker's own (the models load there when a room first turns captions on). Its logs take the
+    appliance's format."""
+    logs.configure(settings)
     tracing.configure(settings, "confmeet-sfu")  # captions' spans; sent at the worker's exit too
     inference = open_inference(settings.inference, settings.model_repository_path)
     return RoomHost(ice, sinks={"captions": caption_sink_factory(inference),

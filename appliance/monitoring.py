@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
 from .machine.tls import certificate_expiry
@@ -29,6 +29,8 @@ PROBE_SECONDS = 15.0
 LAG_INTERVAL = 0.5
 
 STORE_UP = Gauge("confmeet_store_up", "1 when the store answered the last probe", ["store"])
+STORE_ERRORS = Counter("confmeet_store_errors", "probes the store failed to answer (down, refusing, too slow)",
+                       ["store"])
 STORE_LATENCY = Gauge("confmeet_store_latency_seconds", "how long the store took to answer the last probe",
                       ["store"])
 INFERENCE_UP = Gauge("confmeet_inference_up", "1 when the inference backend and all its models are ready",
@@ -40,8 +42,19 @@ CERTIFICATE_EXPIRY = Gauge("confmeet_tls_certificate_expiry_timestamp_seconds",
 UPLOADS_WAITING = Gauge("confmeet_recording_uploads_waiting", "recordings whose files are not all stored yet")
 UPLOAD_BACKLOG = Gauge("confmeet_recording_upload_backlog_seconds",
                        "how long the oldest recording waiting for its upload has waited (0: none waits)")
+SPOOL_BYTES = Gauge("confmeet_recording_spool_bytes",
+                    "bytes under <data_dir>/recordings: recordings being written or waiting for their upload")
 LOOP_LAG = Gauge("confmeet_event_loop_lag_seconds",
                  "how late the appliance's event loop woke a task up, the largest of the last probe period")
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for item in path.rglob("*"):
+        with contextlib.suppress(OSError):  # removed while we walk: an upload finished
+            if item.is_file():
+                total += item.stat().st_size
+    return total
 
 
 def _expiry(path: str) -> float | None:
@@ -101,6 +114,7 @@ class Monitor:
     async def probe(self) -> None:
         for name, result in (await self.stores.check()).items():
             STORE_UP.labels(name).set(1 if result["ok"] else 0)
+            STORE_ERRORS.labels(name).inc(0 if result["ok"] else 1)
             if result["ok"]:
                 STORE_LATENCY.labels(name).set(result["latency_ms"] / 1000)
         health = await self.inference.health()
@@ -116,6 +130,7 @@ class Monitor:
         waiting = await self.stores.db.run(lambda: [r.ended_at or r.started_at for r in Recording.select(
             Recording.started_at, Recording.ended_at).where(Recording.status == "uploading")])
         UPLOADS_WAITING.set(len(waiting))
+        SPOOL_BYTES.set(await asyncio.to_thread(_tree_size, self.settings.data_dir / "recordings"))
         now = utcnow()
         UPLOAD_BACKLOG.set(max((now - since).total_seconds() for since in waiting) if waiting else 0.0)
         LOOP_LAG.set(self._lag)

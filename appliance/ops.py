@@ -3,17 +3,20 @@ for the monitoring server only)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+import uuid
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
-from . import __version__
+from . import __version__, logs, process_metrics
 from .api.endpoint import bearer_token
 from .errors import Forbidden
+from .sfu.stats import Durations
 from .throttle import client_address
 
 REQUESTS = Counter("confmeet_http_requests_total", "HTTP requests answered",
@@ -21,6 +24,14 @@ REQUESTS = Counter("confmeet_http_requests_total", "HTTP requests answered",
 LATENCY = Histogram("confmeet_http_request_duration_seconds", "HTTP request latency",
                     ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+# A client's (or proxy's) X-Request-ID is kept when it looks like an id; otherwise one is made.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class SfuCollector:
@@ -42,6 +53,26 @@ class SfuCollector:
         yield octets
         yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
                                   value=snap["plis_sent"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_packets",
+                             "RTP packets received from publishers", "kind", snap["received_packets"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_bytes",
+                             "RTP payload bytes received from publishers", "kind", snap["received_bytes"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_rtcp_feedback",
+                             "RTCP feedback from subscribers: NACKed packets, PLIs, FIRs", "type",
+                             snap["feedback_received"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_connection_failures",
+                             "media connections that failed, by the layer that failed (ice, dtls)", "cause",
+                             snap["connection_failures"])
+        yield from _by_label(GaugeMetricFamily, "confmeet_sfu_published_tracks", "tracks published, by kind",
+                             "kind", snap["published_tracks"])
+        yield from _by_label(GaugeMetricFamily, "confmeet_sfu_subscribed_tracks",
+                             "tracks forwarded to subscribers (one per subscriber and track), by kind", "kind",
+                             snap["subscribed_tracks"])
+        yield _histogram("confmeet_sfu_keyframe_wait_seconds",
+                         "a video subscription's start to its first frame forwarded (the wait for a keyframe)",
+                         snap["keyframe_wait"])
+        yield _histogram("confmeet_sfu_join_to_first_media_seconds",
+                         "a participant's join of the SFU to the first media forwarded to it", snap["first_media"])
         yield GaugeMetricFamily("confmeet_sfu_active_peers", "participants with a peer connection",
                                 value=snap["active_peers"])
         yield GaugeMetricFamily("confmeet_sfu_rooms", "rooms with media", value=len(self.host.rooms))
@@ -53,6 +84,21 @@ class SfuCollector:
         yield CounterMetricFamily("confmeet_sfu_worker_restarts", "SFU worker processes that died and were replaced",
                                   value=self.host.restarts)
         yield from room_metrics(self.host.room_reports())
+        # Inference and the like, counted in this process and in each worker (process_metrics.py).
+        yield from process_metrics.merged([process_metrics.snapshot(), *self.host.worker_metrics()])
+
+
+def _by_label(family, name: str, documentation: str, label: str, values: dict[str, int]):
+    metric = family(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        metric.add_metric([key], value)
+    yield metric
+
+
+def _histogram(name: str, documentation: str, snapshot: dict) -> HistogramMetricFamily:
+    durations = Durations()
+    durations.add(snapshot)
+    return HistogramMetricFamily(name, documentation, buckets=durations.cumulative(), sum_value=durations.sum)
 
 
 # Per room (the room label is the meeting's id): low-rate series, one of each per live room.
@@ -99,9 +145,14 @@ def install_ops(app: Sanic) -> None:
     @app.on_request(priority=100)
     async def _start_timer(request: Request) -> None:
         request.ctx.started = time.perf_counter()
+        request.ctx.request_id = request_id(request)
+        # Every log line of this request names it (and no meeting until signaling binds one).
+        logs.bind(request_id=request.ctx.request_id, meeting_id=None, participant_id=None)
 
     @app.on_response(priority=100)
     async def _observe(request: Request, response: HTTPResponse) -> None:
+        if hasattr(request.ctx, "request_id"):
+            response.headers["X-Request-ID"] = request.ctx.request_id
         started = getattr(request.ctx, "started", None)
         if started is None:
             return

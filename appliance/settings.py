@@ -80,6 +80,8 @@ class Settings:
     setup_link_seconds: int = 3600  # how long the first-start setup link works
     session_check_seconds: int = 60  # how often an open WebSocket's sign-in is checked again
     log_level: str = "INFO"
+    # auto: JSON lines when stdout is not a terminal (systemd/journald, a container), text on one.
+    log_format: str = "auto"
     # Throttling (appliance/throttle.py): attempts counted over throttle_window_seconds; past the
     # limit, the key is locked out for lockout_seconds, doubling with each lockout in a row up to
     # lockout_max_seconds.
@@ -196,6 +198,8 @@ class Settings:
         for name in POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting '{name}' = {getattr(self, name)} must be 1 or more")
+        if self.log_format not in ("auto", "json", "text"):
+            raise SettingsError(f"setting 'log_format' = {self.log_format!r}: use auto, json or text")
         if self.forwarded_proxies < 0:
             raise SettingsError(f"setting 'forwarded_proxies' = {self.forwarded_proxies} must be 0 or more")
         for server in self.ice_servers:

@@ -67,8 +67,7 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port to listen on \\[default: 8800].")] = None,
 ) -> None:
     """Run the appliance in the foreground (Ctrl-C stops it cleanly)."""
-    import logging
-
+    from appliance import logs
     from appliance.app import create_app
 
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
@@ -82,10 +81,7 @@ def serve(
     if (settings.data_dir / "restore-state.json").exists():
         fail("a restore was interrupted and the stores are half restored: finish it with "
              "'confmeet backup restore ARCHIVE --resume' (or start over with --force)")
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("sanic.access", "aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(settings)
 
     async def check(stores: Any) -> None:
         return None

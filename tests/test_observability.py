@@ -186,7 +186,8 @@ async def test_every_dashboard_and_alert_expression_returns_series_and_a_stop_al
         assert (await ada.request({"type": "set_captions", "enabled": True, "language": "en"}))["type"] == "ok"
         # Until a final caption has been sent and scraped, and the receivers have reported.
         deadline = time.monotonic() + 90
-        needed = ['confmeet_captions_stage_seconds_bucket{stage="asr"}', "confmeet_room_rtt_seconds",
+        needed = ['rate(confmeet_captions_latency_seconds_bucket{kind="final"}[5m])',  # two scrapes of a final
+                  'confmeet_captions_stage_seconds_bucket{stage="asr"}', "confmeet_room_rtt_seconds",
                   "rate(confmeet_sfu_worker_cpu_seconds_total[1m])", "confmeet_inference_model_ready"]
         while missing := [e for e in needed if not await asyncio.to_thread(query, stack.prometheus, e)]:
             assert time.monotonic() < deadline, f"no series yet for {missing}"

@@ -16,13 +16,24 @@ interim, first_interim); no meeting or participant ever becomes a label.
 - ``confmeet_captions_gaps_total`` and ``confmeet_captions_skipped_seconds_total``: speech never
   transcribed (marked "[…]" in the transcript) and how long it was.
 - ``confmeet_captions_interim_off_total``: how often interim captions turned themselves off.
+
+Counted where the sinks run (the SFU workers), summed by the main process (process_metrics.py):
+
+- ``confmeet_captions_asr_queue_utterances`` and ``confmeet_captions_asr_queue_seconds``: final
+  utterances waiting for ASR, and their seconds of speech, over every meeting with captions on.
+- ``confmeet_captions_utterances_merged_total``: utterances merged into the one queued before them
+  (a speaker's consecutive utterances, when ASR falls behind).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from ..process_metrics import REGISTRY as PROCESS
 
 BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -34,6 +45,23 @@ CAPTIONS = Counter("confmeet_captions", "Captions sent to the seats", ["kind"])
 GAPS = Counter("confmeet_captions_gaps", "Speech skipped, marked [...] in the transcript")
 SKIPPED = Counter("confmeet_captions_skipped_seconds", "Seconds of speech skipped")
 INTERIM_OFF = Counter("confmeet_captions_interim_off", "Times interim captions turned themselves off (busy CPU)")
+MERGED = Counter("confmeet_captions_utterances_merged", "Utterances merged into the one queued before them",
+                 registry=PROCESS)
+SINKS: weakref.WeakSet[Any] = weakref.WeakSet()  # the caption sinks running in this process
+
+
+class AsrQueues:
+    """The ASR queues of this process's caption sinks, at collection time."""
+
+    def collect(self):
+        queues = [sink.queue for sink in list(SINKS)]
+        yield GaugeMetricFamily("confmeet_captions_asr_queue_utterances", "final utterances waiting for ASR",
+                                value=sum(len(q) for q in queues))
+        yield GaugeMetricFamily("confmeet_captions_asr_queue_seconds", "seconds of speech waiting for ASR",
+                                value=sum(q.waiting_seconds for q in queues))
+
+
+PROCESS.register(AsrQueues())
 
 
 def _between(timing: dict[str, Any], start: str, end: str) -> float | None:

@@ -47,6 +47,7 @@ from ..inference.base import SAMPLE_RATE, VAD_CHUNK, VAD_STATE
 from ..inference.languages import canonical, is_tag
 from ..sfu.errors import SfuError
 from ..sfu.forwarder import UpTrack
+from . import metrics
 from .audio import OPUS_RATE, OpusTo16k
 from .utterances import CHUNK_SECONDS, AsrQueue, CutSettings, Draft, Utterance, UtteranceCutter
 
@@ -273,6 +274,7 @@ class CaptionSink:
         self.counters = Counters()
         self.streams: dict[UpTrack, SpeakerStream] = {}
         self.queue = AsrQueue(self.settings.max_backlog, self.settings.cut.max_utterance, self.settings.max_wait)
+        metrics.SINKS.add(self)
         self.state = "available"
         self.detail = ""
         self.available = True
@@ -308,6 +310,7 @@ class CaptionSink:
             stream.close()
 
     async def stop(self) -> dict[str, Any]:
+        metrics.SINKS.discard(self)
         for up in list(self.streams):
             self.track_removed(up)
         for utterance in self.queue.clear():  # what was still waiting: marked, not lost silently
@@ -329,6 +332,7 @@ class CaptionSink:
         self.counters.speech_seconds += utterance.seconds
         for dropped in self.queue.put_final(utterance):
             self._gap_for(dropped, "speech recognition fell too far behind")
+        metrics.MERGED.inc(self.queue.counters.merged - self.counters.merged)
         self.counters.merged = self.queue.counters.merged
         self._ready.set()
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import (FINAL_WINDOW, INTERIM_WINDOW, VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError,
                    InferenceUnavailable, Transcript, check_audio)
+from .metrics import measured
 from .models import ModelError, load_model
 
 T = TypeVar("T")
@@ -54,7 +55,8 @@ class LocalInference(Inference):
             except ValueError as exc:
                 raise InferenceError(str(exc)) from None
 
-        return await asyncio.get_running_loop().run_in_executor(self._executors[name], call)
+        with measured("local", name):
+            return await asyncio.get_running_loop().run_in_executor(self._executors[name], call)
 
     async def vad(self, audio: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         audio = check_audio(audio, VAD_CHUNK)

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from .base import (FINAL_WINDOW, INTERIM_WINDOW, VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError,
                    InferenceUnavailable, Transcript, check_audio)
+from .metrics import measured
 
 log = logging.getLogger("confmeet.inference")
 T = TypeVar("T")
@@ -83,8 +84,9 @@ class TritonInference(Inference):
         inputs[0].set_data_from_numpy(audio, binary_data=True)
         inputs[1].set_data_from_numpy(state, binary_data=True)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in ("PROBS", "STATE_OUT")]
-        result = await self._call("a voice-activity request", self.vad_timeout,
-                                  lambda c: c.infer("vad", inputs, outputs=outputs))
+        with measured("triton", "vad"):
+            result = await self._call("a voice-activity request", self.vad_timeout,
+                                      lambda c: c.infer("vad", inputs, outputs=outputs))
         return result.as_numpy("PROBS"), result.as_numpy("STATE_OUT")
 
     async def recognise(self, audio: np.ndarray, language: str, interim: bool) -> Transcript:
@@ -95,7 +97,9 @@ class TritonInference(Inference):
         window = np.array([INTERIM_WINDOW if interim else FINAL_WINDOW], np.float32)
         inputs[2].set_data_from_numpy(window, binary_data=True)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in ("TEXT", "LANGUAGE_OUT")]
-        result = await self._call("a transcription", self.asr_timeout, lambda c: c.infer("asr", inputs, outputs=outputs))
+        with measured("triton", "asr"):
+            result = await self._call("a transcription", self.asr_timeout,
+                                      lambda c: c.infer("asr", inputs, outputs=outputs))
         text, detected = result.as_numpy("TEXT").reshape(-1)[0], result.as_numpy("LANGUAGE_OUT").reshape(-1)[0]
         return Transcript(text.decode(), detected.decode())
 

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Gauge
+
 from .. import audit
 from ..errors import Conflict, Invalid
 from ..settings import Settings
@@ -31,6 +33,7 @@ from .upload import Uploader
 log = logging.getLogger("confmeet.recording")
 
 RETENTION_SWEEP_S = 3600.0
+ACTIVE = Gauge("confmeet_recordings_active", "recordings being written now")
 INTERRUPTED = "the appliance stopped during the recording"  # how every interrupted one's stop_reason begins
 NOTHING_KEPT = f"{INTERRUPTED}; nothing of it had reached the disk"
 FILES_GONE = f"{INTERRUPTED}; its files are gone"
@@ -64,6 +67,7 @@ class Recordings:
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)
         self.live: dict[str, LiveRecording] = {}
+        ACTIVE.set_function(lambda: len(self.live))
         self.stopping = False  # the appliance is stopping: recordings that end now end because of it
         self._retention: asyncio.Task[None] | None = None
 

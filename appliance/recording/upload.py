@@ -13,12 +13,19 @@ import logging
 import shutil
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from .. import tracing
 from ..stores.objects import ObjectStore
 from ..stores.relational import Recording, Relational
 
 log = logging.getLogger("confmeet.recording")
 
+UPLOAD_FAILURES = Counter("confmeet_recording_upload_failures",
+                          "failed upload attempts of recordings (retried: the object store was away; "
+                          "lost: a file is gone, the recording failed)", ["outcome"])
+for _outcome in ("retried", "lost"):
+    UPLOAD_FAILURES.labels(_outcome)  # the series exist from the start, at 0
 CONTENT_TYPES = {".webm": "video/webm", ".mkv": "video/x-matroska", ".mp4": "video/mp4"}
 
 
@@ -70,11 +77,13 @@ class Uploader:
                 await self.upload(recording_id)
                 return
             except MissingFile as exc:
+                UPLOAD_FAILURES.labels("lost").inc()
                 await self._set(recording_id, status="failed", upload_error=str(exc))
                 log.error("recording %s cannot be uploaded: %s", recording_id, exc)
                 return
             except Exception as exc:
                 message = f"upload failed ({str(exc) or type(exc).__name__}); retrying in {delay:.0f} s"
+                UPLOAD_FAILURES.labels("retried").inc()
                 log.warning("recording %s: %s", recording_id, message)
                 await self._set(recording_id, upload_error=message)
             await asyncio.sleep(delay)

@@ -31,7 +31,19 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
+    AnyRtcpPacket,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
@@ -93,6 +105,21 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     """Call ``callback`` instead of forcing a keyframe out of the (unused) encoder when the
     remote side sends a PLI or FIR for this sender."""
     sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+def on_rtcp_feedback(sender: RTCRtpSender, callback: Callable[[str, int], None]) -> None:
+    """Call ``callback(kind, count)`` for each NACK (count: the packets it asks for), PLI and FIR
+    the remote side sends about this sender, before aiortc handles it."""
+    handle = sender._handle_rtcp_packet
+
+    async def counting(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            callback("nack", len(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            callback("pli" if packet.fmt == RTCP_PSFB_PLI else "fir", 1)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = counting  # type: ignore[method-assign]
 
 
 def on_sender_started(sender: RTCRtpSender, callback: Callable[[], None]) -> None:

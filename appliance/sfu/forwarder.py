@@ -229,6 +229,7 @@ class UpTrack:
             return
         self.packets += 1
         self.bytes += len(packet.payload)
+        self.stats.count_received(self.kind, len(packet.payload))
         level = packet.extensions.audio_level
         if level is not None and self.on_audio_level is not None:
             self.on_audio_level(level[1])
@@ -283,6 +284,9 @@ class DownTrack:
         self.packets = 0
         self.bytes = 0
         self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
+        self.started_at: float | None = None
+        # Told of the first packet forwarded (the metrics: keyframe wait, join -> first media).
+        self.on_first_packet: Callable[[DownTrack], None] | None = None
 
     @property
     def gated(self) -> bool:
@@ -320,6 +324,7 @@ class DownTrack:
             return
         self.output = aiortc_private.ForwardingSender(self.sender)
         self.started = True
+        self.started_at = time.monotonic()
         self.up.add(self)
         self.up.request_keyframe()
 
@@ -355,6 +360,8 @@ class DownTrack:
             self.output.send(out, data, ntp_time)  # type: ignore[union-attr]
         except ConnectionError:  # the subscriber's transport closed under us
             return
+        if self.packets == 0 and self.on_first_packet is not None:
+            self.on_first_packet(self)
         self.packets += 1
         self.bytes += len(packet.payload)
         self.stats.count_forwarded(self.kind, len(packet.payload))

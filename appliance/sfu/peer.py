@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -90,6 +91,8 @@ class Peer:
         self.quality: Quality | None = None
         self.rtt_s: float | None = None  # the latest round trip SFU -> participant -> SFU (an ICE check)
         self.closed = False
+        self.joined_at = time.monotonic()
+        self._media_forwarded = False
         self._up_by_receiver: dict[RTCRtpReceiver, UpTrack] = {}
         self._tapped: set[RTCRtpReceiver] = set()
         self._offer_needed = False
@@ -149,6 +152,9 @@ class Peer:
 
     def _on_connection_state(self) -> None:
         # "closed" without our asking: the client shut DTLS down (closed its peer connection).
+        if self.pc.connectionState == "failed" and not self.closed:
+            cause = "ice" if self.pc.iceConnectionState == "failed" else "dtls"
+            self.room.stats.connection_failures[cause] += 1
         if self.pc.connectionState in ("failed", "closed") and not self.closed:
             self.room.connection_lost(self.participant, f"connection_{self.pc.connectionState}")
 
@@ -308,9 +314,23 @@ class Peer:
         transceiver.setCodecPreferences(codec_preferences(up.codec))
         aiortc_private.set_stream_id(transceiver.sender, up.publisher)
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
+        down.on_first_packet = self._first_packet
+        self.room.stats.subscribed_tracks[up.kind] += 1
         aiortc_private.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
+        aiortc_private.on_rtcp_feedback(transceiver.sender, self._feedback)
         aiortc_private.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
         return down
+
+    def _first_packet(self, down: DownTrack) -> None:
+        now = time.monotonic()
+        if down.kind == "video" and down.started_at is not None:  # gated until a keyframe came
+            self.room.stats.keyframe_wait.observe(now - down.started_at)
+        if not self._media_forwarded:
+            self._media_forwarded = True
+            self.room.stats.first_media.observe(now - self.joined_at)
+
+    def _feedback(self, kind: str, count: int) -> None:
+        self.room.stats.feedback_received[kind] += count
 
     async def _start_down(self, down: DownTrack) -> None:
         if self.downs.get(down.up.key) is not down:

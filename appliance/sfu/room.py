@@ -154,6 +154,7 @@ class Room:
     # ------------------------------------------------------------------ called by peers
     def track_published(self, up: UpTrack) -> None:
         self.tracks[up.key] = up
+        self.stats.published_tracks[up.kind] += 1
         self.emit(None, {"type": "track_published", "track": up.describe()})
         for sink in self.sinks.values():
             sink.track_added(up)
@@ -163,6 +164,7 @@ class Room:
 
     def track_unpublished(self, up: UpTrack) -> None:
         self.tracks.pop(up.key, None)
+        self.stats.published_tracks[up.kind] -= 1
         self._received_gone += up.bytes
         self.emit(None, {"type": "track_unpublished", "track": up.describe()})
         for sink in self.sinks.values():
@@ -176,6 +178,7 @@ class Room:
         self._forwarded_gone += down.bytes
         self._sent_gone += down.packets
         self._lost_gone += down.lost
+        self.stats.subscribed_tracks[down.kind] -= 1
 
     def report(self) -> dict[str, Any]:
         """The room for the metrics: who is in it; its media bytes in and out, the packets sent on

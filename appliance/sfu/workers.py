@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .. import logs, process_metrics
 from .errors import SfuError
 from .host import EventStream, RoomHost
 from .ice import IceServer, IceSettings
@@ -113,6 +114,7 @@ class Worker:
     rooms: dict[str, set[str]] = field(default_factory=dict)  # room -> participants
     stats: dict[str, Any] = field(default_factory=lambda: SfuStats().snapshot())
     room_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: process_metrics.Snapshot = field(default_factory=list)  # the worker's process_metrics
     cpu_seconds: float = 0.0
     alive: bool = True
     task: asyncio.Task[None] | None = None
@@ -142,6 +144,7 @@ class SfuWorkers:
         self._ids = 0
         self._closed = False
         self._dead: dict[int, SfuStats] = {}  # counters of workers that died, kept in the totals
+        self._dead_metrics: list[process_metrics.Snapshot] = []
 
     async def start(self) -> None:
         """Start every worker and wait until each hosts rooms."""
@@ -228,6 +231,10 @@ class SfuWorkers:
         """Each room's figures, as its worker last reported them (at most a second old)."""
         return {room: report for w in self.workers if w.alive for room, report in w.room_reports.items()}
 
+    def worker_metrics(self) -> list[process_metrics.Snapshot]:
+        """Each worker's process metrics as it last reported them, and the counters of dead ones."""
+        return [*(w.metrics for w in self.workers if w.alive), *self._dead_metrics]
+
     def worker_cpu_seconds(self) -> dict[int, float]:
         return {w.index: w.cpu_seconds for w in self.workers}
 
@@ -276,6 +283,7 @@ class SfuWorkers:
             elif "stats" in frame:
                 worker.stats, worker.cpu_seconds = frame["stats"], frame["cpu_seconds"]
                 worker.room_reports = frame["rooms"]
+                worker.metrics = frame.get("metrics", [])
         await self._lost(worker)
 
     async def _lost(self, worker: Worker) -> None:
@@ -289,6 +297,7 @@ class SfuWorkers:
         log.error("SFU worker %d (pid %d) exited with %s; its rooms %s lose their media and move",
                   worker.index, worker.process.pid, code, ", ".join(worker.rooms) or "(none)")
         self._dead[id(worker)] = SfuStats.total([worker.stats], gauges=False)
+        self._dead_metrics.append(process_metrics.monotonic_only(worker.metrics))
         lost = dict(worker.rooms)
         for room in lost:
             self._forget(worker, room)
@@ -331,10 +340,13 @@ async def serve_worker(fd: int) -> None:
         while True:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             await send({"stats": host.stats.snapshot(), "rooms": host.room_reports(),
-                        "cpu_seconds": usage.ru_utime + usage.ru_stime})
+                        "metrics": process_metrics.snapshot(), "cpu_seconds": usage.ru_utime + usage.ru_stime})
             await asyncio.sleep(REPORT_INTERVAL)
 
     async def answer(frame: dict[str, Any]) -> None:
+        # What this request starts (a peer's tasks, a room's) logs the meeting and participant.
+        participant = frame["message"].get("participant") if isinstance(frame["message"], dict) else None
+        logs.bind(meeting_id=frame["room"], participant_id=participant if isinstance(participant, str) else None)
         reply = await host.request(frame["room"], frame["message"])
         await send({"re": frame["id"], "reply": reply})
 
@@ -356,7 +368,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="An SFU worker process (started by SfuWorkers).")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the parent")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # until the host factory configures it from the appliance's settings
     try:  # the event loop Sanic runs the appliance on: its datagram sends are C, not Python
         import uvloop
     except ImportError:

@@ -23,6 +23,7 @@ from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
+from .. import logs
 from ..accounts import ACCOUNTS_CHANNEL, Accounts, Principal
 from ..display_names import name_problem
 from ..errors import DomainError, NotFound
@@ -33,6 +34,7 @@ from ..stores.relational import Meeting, Participant, Relational, utcnow
 from ..throttle import Throttle, client_address
 from ..tracing import JoinTrace
 from ..turn import turn_credentials
+from .metrics import CONNECTIONS, ERRORS, MESSAGES, REFUSED
 from .protocol import CLIENT_LEFT, Close, Connection, Seat, SignalingError, parse, sfu_refusal
 from .room import Feature, Handler, RoomView, SfuGateway
 
@@ -107,11 +109,14 @@ class Signaling:
         except DomainError as exc:
             join.finish("unauthorized")
             error = SignalingError.of(exc)
+            REFUSED.inc()
+            ERRORS.labels(error.code).inc()
             await ws.send(json.dumps(error.message_for(None)))
             await ws.close(Close.UNAUTHORIZED, "unauthorized")
             return
         conn = Connection(ws, principal, client_address(request), trace=join)
         self.connections.add(conn)
+        CONNECTIONS.inc()
         writer = asyncio.create_task(conn.drain((WebsocketClosed, ConnectionClosed)), name="signaling-writer")
         self._writers.add(writer)
         writer.add_done_callback(self._writers.discard)
@@ -119,6 +124,7 @@ class Signaling:
             await self._read(conn)
         finally:
             self.connections.discard(conn)
+            CONNECTIONS.dec()
             seat = conn.seat
             if seat is not None and seat.connection is conn:
                 received = getattr(conn.ws.ws_proto, "close_rcvd", None)
@@ -151,24 +157,30 @@ class Signaling:
             except (Exception, asyncio.CancelledError):  # the socket closed under us
                 return
             if raw is None:  # silent for too long: treated like a dropped connection
+                ERRORS.labels("idle").inc()
                 conn.send({"type": "error", "code": "idle", "message": f"nothing received for {IDLE_SECONDS:.0f} s"})
                 conn.close(Close.IDLE)
                 return
             reply_to = None
+            seat = conn.seat
+            logs.bind(meeting_id=seat.meeting_id if seat else None, participant_id=seat.id if seat else None)
             try:
                 message = parse(raw)
                 reply_to = message.get("id")
+                MESSAGES.labels(self._known_type(message["type"])).inc()
                 try:
                     reply = await self._dispatch(conn, message)
                 except DomainError as exc:
                     raise SignalingError.of(exc) from None
             except SignalingError as exc:
+                ERRORS.labels(exc.code).inc()
                 conn.send(exc.message_for(reply_to))
                 if exc.close is not None:
                     conn.close(exc.close)
                 continue
             except Exception:
                 log.exception("signaling message failed")
+                ERRORS.labels("internal").inc()
                 conn.send({"type": "error", "code": "internal", "message": "internal error; see the server log",
                            **({"re": reply_to} if reply_to is not None else {})})
                 continue
@@ -176,6 +188,10 @@ class Signaling:
                 if reply_to is not None:
                     reply["re"] = reply_to
                 conn.send(reply)
+
+    def _known_type(self, kind: str) -> str:
+        """The message type as a metric label: one the protocol knows, else ``unknown``."""
+        return kind if kind in self.handlers or kind in (*SFU_REQUESTS, "join", "leave", "ping") else "unknown"
 
     async def _dispatch(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any] | None:
         kind = message["type"]
@@ -305,6 +321,8 @@ class Signaling:
         self.seats[seat.id] = seat
         self.sessions[seat.session] = seat
         self._attach(seat, conn)
+        logs.bind(meeting_id=meeting.id, participant_id=seat.id)
+        log.info("joined the meeting as %s", role)
         # The meeting as it is at this very moment: everything later reaches the client as an event
         # (held behind this reply by the connection).
         joined = self._joined(seat, resumed=False, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
@@ -386,6 +404,8 @@ class Signaling:
             seat.expiry.cancel()
         if seat.connection is not None and close is not None:
             seat.connection.close(close)
+        with logs.bound(meeting_id=seat.meeting_id, participant_id=seat.id):
+            log.info("left the meeting (%s)", reason)
         for other in self.in_meeting(seat.meeting_id):
             other.send({"type": "participant_left", "participant_id": seat.id, "reason": reason})
         task = asyncio.create_task(self._finish_release(seat, reason), name=f"release-{seat.id}")

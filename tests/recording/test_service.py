@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from appliance_server import Appliance, start_appliance
 from cli.client.participant import Participant
@@ -86,6 +87,15 @@ async def joined(app: Appliance, who: str, code: str, rgb: tuple[int, int, int] 
     return client
 
 
+def metric(app: Appliance, name: str, **labels: str) -> float | None:
+    """One sample of the appliance's /metrics."""
+    for family in text_string_to_metric_families(httpx.get(f"{app.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
 def poll(check, what: str, timeout: float) -> object:
     deadline = time.monotonic() + timeout
     while not (result := check()):
@@ -121,8 +131,10 @@ async def test_a_recording_survives_the_object_store_going_away(appliance: Appli
         rows = ada_api.get(f"/api/v1/meetings/{meeting['id']}/recordings").json()["recordings"]
         assert [(r["id"], r["status"]) for r in rows] == [(recording_id, "recording")]
         assert ada_api.delete(f"/api/v1/recordings/{recording_id}").status_code == 409
+        scraped = time.monotonic()
+        assert await asyncio.to_thread(metric, appliance, "confmeet_recordings_active") == 1
 
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3.0 - (time.monotonic() - scraped))  # the recording lasts 4 s all the same
         s3.stop()  # the object store goes away during the recording
         await asyncio.sleep(1.0)
         assert (await ada.request({"type": "recording_stop"}))["type"] == "ok"
@@ -140,7 +152,11 @@ async def test_a_recording_survives_the_object_store_going_away(appliance: Appli
     waiting = poll(lambda: (r := ada_api.get(f"/api/v1/recordings/{recording_id}").json())["upload_error"] and r,
                    "a failed upload", 15)
     assert waiting["status"] == "uploading" and "retrying" in waiting["upload_error"]
+    assert metric(appliance, "confmeet_recordings_active") == 0
+    assert metric(appliance, "confmeet_recording_upload_failures_total", outcome="retried") >= 1
     tracks = waiting["tracks"]
+    poll(lambda: metric(appliance, "confmeet_recording_spool_bytes") >= sum(t["size"] for t in tracks),
+         "the spool's size in the metrics (probed every 15 s)", 20)
     assert sorted((t["name"], t["kind"]) for t in tracks) == [(n, k) for n in ("Ada", "Grace") for k in ("audio", "video")]
     local = {t["file"]: (spool / t["file"]).read_bytes() for t in tracks}  # kept on the appliance's disk
     assert all(len(local[t["file"]]) == t["size"] > 0 for t in tracks)

@@ -109,3 +109,26 @@ async def test_an_ice_round_trip_is_a_consent_check_on_the_selected_pair(alice_a
     # Loopback: quick, and none lost (a None is a check unanswered for 0.5 s: a stalled machine).
     measured = [rtt for rtt in round_trips if rtt is not None]
     assert len(measured) >= 4 and all(0 < rtt < 0.5 for rtt in measured), round_trips
+
+
+async def test_rtcp_feedback_is_counted_before_aiortc_handles_it() -> None:
+    from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPacket, RtcpPsfbPacket,
+                            RtcpRtpfbPacket)
+
+    pc = RTCPeerConnection()
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        counted: list[tuple[str, int]] = []
+        keyframes: list[bool] = []
+        aiortc_private.on_keyframe_request(sender, lambda: keyframes.append(True))
+        aiortc_private.on_rtcp_feedback(sender, lambda kind, count: counted.append((kind, count)))
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)
+        nack.lost = [100, 101, 105]
+        wire = b"".join(bytes(p) for p in (nack, RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc),
+                                           RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=sender._ssrc)))
+        for packet in RtcpPacket.parse(wire):  # as they come off the wire
+            await sender._handle_rtcp_packet(packet)
+        assert counted == [("nack", 3), ("pli", 1), ("fir", 1)]
+        assert keyframes == [True, True]  # aiortc's own handling still ran
+    finally:
+        await pc.close()
