@@ -31,6 +31,7 @@ from appliance.machine import images, release, units
 from appliance.machine.deploy import (
     COMPONENT_LABEL, COMPONENTS, NATIVE_PACKAGES, NATIVE_UNITS, ContainerPlan, DeployError, Engine,
     InstallOptions, InstallRecord, Journal, Layout, Mode, config_digest, container_spec, create_native_database,
+    health_context,
     health_url,
     SERVICE_USER, create_service_user, docker_client, embedded_settings, give_to_service_user, make_dir,
     media_addresses,
@@ -500,8 +501,9 @@ class Installer:
                         what = f"restarted {restarts} time(s)" if restarts else status
                         raise DeployError(f"{container} {what} before it answered; its last "
                                           f"log lines:\n{logs}\nfix the cause (see 'docker logs {container}')")
-                    probe = timed(lambda: probe_http(url, COMPONENTS[name].title) if COMPONENTS[name].health
-                                  else PROBES[COMPONENTS[name].setting](url))
+                    probe = timed(lambda: probe_http(url, COMPONENTS[name].title,
+                                                     health_context(name, self.record, self.layout))
+                                  if COMPONENTS[name].health else PROBES[COMPONENTS[name].setting](url))
                     answers[name] = probe
                     if probe.state in ("up", "degraded"):  # it answers; the store check comes next
                         progress.update(tasks[name], completed=1,
@@ -808,7 +810,7 @@ def summary(installer: Installer, as_json: bool) -> None:
     if record.tls_generated:
         console.print(f"browsers trust it once they import the private CA {layout.tls_dir / 'ca.pem'}")
     if "grafana" in record.components:
-        console.print(f"Grafana: http://127.0.0.1:{record.ports['grafana']} (loopback: e.g. ssh -L "
+        console.print(f"Grafana: https://127.0.0.1:{record.ports['grafana']} (loopback: e.g. ssh -L "
                       f"{record.ports['grafana']}:127.0.0.1:{record.ports['grafana']}), user admin, password in "
                       f"{layout.record_file} (secrets.grafana)")
     console.print(f"check it: [bold]confmeet status --config {config}[/]")

@@ -315,10 +315,10 @@ def probe_gpu(docker_url: str | None) -> Probe:
     return Probe("up" if report.usable_for_containers else "degraded", version, detail=report.message)
 
 
-def probe_http(url: str, title: str) -> Probe:
+def probe_http(url: str, title: str, context: ssl.SSLContext | None = None) -> Probe:
     """A component that says it is up with HTTP 200 at ``url`` (Prometheus' /-/ready, Grafana's
-    /api/health...); its version where the answer names one."""
-    status, body = _http_json(url)
+    /api/health over HTTPS, checked with ``context``...); its version where the answer names one."""
+    status, body = _http_json(url, context=context)  # a certificate it does not trust raises: down
     version = title + (f" {body['version']}" if isinstance(body, dict) and body.get("version") else "")
     if status != 200:
         return Probe("down", version, detail=f"{url} answered {status}")
@@ -368,14 +368,14 @@ def _record(settings_file: Path) -> Any:
 def monitoring_targets(settings_file: Path) -> list[tuple[str, str, Callable[[], Probe]]]:
     """The observability components the install record names (Prometheus, Grafana...), each
     asked at its health URL; none when the record cannot be read (they serve no setting)."""
-    from appliance.machine.deploy import COMPONENTS, Layout, health_url
+    from appliance.machine.deploy import COMPONENTS, Layout, health_context, health_url
 
     record = _record(settings_file)
     if record is None:
         return []
     layout = Layout(settings_file.parent.parent.parent)
-    return [(name, COMPONENTS[name].setting, lambda n=name: probe_http(health_url(n, record, layout),
-                                                                       COMPONENTS[n].title))
+    return [(name, COMPONENTS[name].setting, lambda n=name: probe_http(
+                health_url(n, record, layout), COMPONENTS[n].title, health_context(n, record, layout)))
             for name in record.components if name in COMPONENTS and COMPONENTS[name].health]
 
 

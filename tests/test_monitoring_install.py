@@ -5,7 +5,10 @@ rendered configuration, checked by the program that reads it where Debian has th
 no Debian package: their files are checked for the keys and values those programs read, and the
 Docker test in tests/test_install.py runs Prometheus and Alertmanager from them). Also the
 install options (--retention, --alerts-*), the settings written (trace_endpoint, alerts_*) and
-the doctor's warning when no alert receiver is configured."""
+the doctor's warning when no alert receiver is configured. Grafana over HTTPS with the install's
+certificate (the probe checked against a real TLS server), and the stores' exporters: present only
+with their store, their Prometheus jobs in a config promtool passes (the Debian exporters scraped for
+real by the Docker test in tests/test_install.py; MongoDB's only rendered: Debian's is a 2018 fork)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from appliance.machine.observability import DASHBOARDS_DIR
 from appliance.settings import load_settings
 
 OBSERVABILITY = ["prometheus", "alertmanager", "jaeger", "grafana", "loki", "promtail"]
+EXPORTERS = {"postgres_exporter": ("postgresql", 9187), "redis_exporter": ("redis", 9121),
+             "mongodb_exporter": ("mongodb", 9216)}
 SEED_PORTS = {"prometheus": 8801, "alertmanager": 8802, "jaeger": 8803, "grafana": 8804, "loki": 8805}
 # The fields of the appliance's JSON log lines (appliance logging).
 LOG_FIELDS = {"level", "logger", "message", "meeting_id", "participant_id", "request_id"}
@@ -43,7 +48,8 @@ def written(record: InstallRecord, layout: Layout) -> dict[Path, bytes]:
     files = {}
     for name in record.components:
         for path, (data, mode) in component_files(name, record, layout).items():
-            assert mode == 0o644  # read by the container's own user (nobody, 472, 10001)
+            # read by the container's own user (nobody, 472, 10001); a key by its group (Grafana's: 0)
+            assert mode == (0o640 if path.name == "key.pem" else 0o644), path
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             files[path] = data
@@ -52,6 +58,7 @@ def written(record: InstallRecord, layout: Layout) -> dict[Path, bytes]:
 
 def test_the_seed_ports_loopback_volumes_health_checks_and_retention(tmp_path: Path) -> None:
     record, layout = record_for(tmp_path, retention_days=30)
+    placeholder_tls(layout)  # the appliance's certificate, which Grafana's tls/ mount gets a copy of
     assert {name: COMPONENTS[name].port for name in SEED_PORTS} == SEED_PORTS
     assert COMPONENTS["promtail"].port == 9080
     assert set(OBSERVABILITY) <= set(record.components)  # installed unless --components leaves them out
@@ -59,7 +66,8 @@ def test_the_seed_ports_loopback_volumes_health_checks_and_retention(tmp_path: P
         spec = container_spec(name, record, layout, gpu=False)
         assert COMPONENTS[name].image.split(":")[1], f"{name}: the official image is pinned"
         assert f"confmeet-{name}" in spec.volumes, name
-        assert spec.healthcheck and health_url(name, record, layout).startswith("http://127.0.0.1:"), name
+        scheme = "https" if name == "grafana" else "http"
+        assert spec.healthcheck and health_url(name, record, layout).startswith(f"{scheme}://127.0.0.1:"), name
         words = " ".join([*spec.command, *spec.environment.values(), *spec.healthcheck])
         assert "0.0.0.0" not in words and ":::" not in words, f"{name} listens beyond loopback: {words}"
         for source, target in spec.volumes.items():  # the rendered configuration is what is mounted
@@ -94,7 +102,13 @@ def test_prometheus_and_alertmanager_configs_pass_promtool_and_amtool(tmp_path: 
     assert jobs["confmeet"]["tls_config"]["ca_file"] == "/etc/prometheus/ca.pem"
     assert jobs["confmeet"]["static_configs"][0]["targets"] == ["127.0.0.1:443"]
     assert jobs["triton"]["static_configs"][0]["targets"] == ["127.0.0.1:8002"]  # Triton's metrics port
-    assert set(jobs) == {"confmeet", "triton", *OBSERVABILITY}
+    assert set(jobs) == {"confmeet", "triton", *OBSERVABILITY, *EXPORTERS}
+    for exporter, (_, port) in EXPORTERS.items():  # one job each, on its standard port
+        assert jobs[exporter]["static_configs"][0]["targets"] == [f"127.0.0.1:{port}"]
+        assert jobs[exporter].get("scheme", "http") == "http"
+    assert jobs["grafana"]["scheme"] == "https"  # Grafana's /metrics over its TLS, trusting the install's CA
+    assert jobs["grafana"]["tls_config"] == {"ca_file": "/etc/prometheus/ca.pem"}
+    assert jobs["jaeger"].get("scheme", "http") == "http" and "tls_config" not in jobs["jaeger"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:8802"]
     # promtool reads the files where the container sees them (/etc/prometheus): point it here.
     (prometheus / "check.yml").write_text(files[prometheus / "prometheus.yml"].decode()
@@ -287,3 +301,163 @@ def test_a_port_that_would_put_jaegers_otlp_below_1_is_refused(tmp_path: Path) -
         record_for(tmp_path, ports={"jaeger": 4000})
     record, _ = record_for(tmp_path, ports={"jaeger": 4487})
     assert record.ports["jaeger"] == 4487
+
+
+# ---------------------------------------------------------------------- Grafana over TLS
+def serve_https(cert: Path, key: Path) -> tuple[str, "threading.Thread", "http.server.HTTPServer"]:
+    """A real HTTPS server on loopback answering /api/health as Grafana does, with ``cert``/``key``."""
+    import http.server
+    import ssl
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = json.dumps({"database": "ok", "version": "11.2.0"}).encode()
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return f"https://127.0.0.1:{server.server_address[1]}/api/health", thread, server
+
+
+def test_grafana_serves_https_with_the_installs_certificate_and_its_probe_checks_it(tmp_path: Path) -> None:
+    """Grafana gets the appliance's certificate (issued by the install's CA, for 127.0.0.1 among its
+    names) in tls/, mounted read-only where GF_SERVER_CERT_FILE/KEY point; the installer's and
+    status' probe trusts that CA and no other; a renewed certificate changes the container's
+    configuration digest (the install recreates Grafana with it)."""
+    import datetime as dt
+
+    from appliance.machine import tls
+    from appliance.machine.deploy import config_digest, health_context
+    from cli.status import probe_http, timed
+
+    record, layout = record_for(tmp_path)
+    made = tls.ensure_certificates(layout.tls_dir, ["meet.example.org", "localhost", "127.0.0.1"])  # as install
+    spec = container_spec("grafana", record, layout, False)
+    env = spec.environment
+    assert env["GF_SERVER_PROTOCOL"] == "https" and env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    where = monitoring_dir(layout) / "grafana/tls"
+    assert spec.volumes[str(where)] == {"bind": "/etc/grafana/tls", "mode": "ro"}
+    assert (Path(env["GF_SERVER_CERT_FILE"]).parent, Path(env["GF_SERVER_CERT_KEY"]).parent) == \
+        (Path("/etc/grafana/tls"), Path("/etc/grafana/tls"))
+    files = component_files("grafana", record, layout)
+    assert files[where / Path(env["GF_SERVER_CERT_FILE"]).name] == (made.cert.read_bytes(), 0o644)
+    assert files[where / Path(env["GF_SERVER_CERT_KEY"]).name] == (made.key.read_bytes(), 0o640)
+    assert "https://" in " ".join(spec.healthcheck) and health_url("grafana", record, layout) == \
+        "https://127.0.0.1:8804/api/health"
+
+    written(record, layout)
+    url, thread, server = serve_https(where / "cert.pem", where / "key.pem")
+    try:
+        context = health_context("grafana", record, layout)
+        answer = timed(lambda: probe_http(url, "Grafana", context))
+        assert (answer.state, answer.version) == ("up", "Grafana 11.2.0"), answer
+        # A certificate some other CA issued is not Grafana's: down, saying why.
+        other = tls.ensure_certificates(tmp_path / "other", ["127.0.0.1"])
+        server.socket.context.load_cert_chain(other.cert, other.key)
+        answer = timed(lambda: probe_http(url, "Grafana", health_context("grafana", record, layout)))
+        assert answer.state == "down" and "CERTIFICATE_VERIFY_FAILED" in answer.detail, answer
+    finally:
+        server.shutdown()
+        thread.join()
+
+    # Renewal: the installer reissues the appliance's certificate 30 days before it expires; Grafana's
+    # copy follows, and with it the digest the container is labelled with.
+    before = config_digest("grafana", record, layout)
+    later = tls.certificate_expiry(made.cert) - dt.timedelta(days=10)
+    tls.ensure_certificates(layout.tls_dir, ["meet.example.org", "localhost", "127.0.0.1"], now=later)
+    assert component_files("grafana", record, layout)[where / "cert.pem"][0] == made.cert.read_bytes()
+    assert config_digest("grafana", record, layout) != before
+
+
+def test_grafana_uses_the_operators_certificate_when_given(tmp_path: Path) -> None:
+    from appliance.machine import tls
+    from appliance.machine.deploy import health_context
+
+    given = tls.ensure_certificates(tmp_path / "operator", ["meet.example.org"])
+    record, layout = record_for(tmp_path, cert=given.cert, key=given.key)
+    files = component_files("grafana", record, layout)
+    where = monitoring_dir(layout) / "grafana/tls"
+    assert files[where / "cert.pem"][0] == given.cert.read_bytes()
+    assert files[where / "key.pem"][0] == given.key.read_bytes()
+    # Its name is the public host's, not loopback's: Prometheus checks it for that name.
+    config = yaml.safe_load(component_files("prometheus", record, layout)[monitoring_dir(layout) /
+                                                                          "prometheus/prometheus.yml"][0])
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "grafana"]
+    assert job["scheme"] == "https" and job["tls_config"] == {"server_name": "meet.example.org"}
+    assert health_context("grafana", record, layout) is not None
+    assert health_context("prometheus", record, layout) is None  # plain HTTP
+
+
+# ---------------------------------------------------------------------- the stores' exporters
+def test_exporters_come_with_their_store_on_loopback_with_its_credentials(tmp_path: Path) -> None:
+    record, layout = record_for(tmp_path, port_offset=10)
+    assert set(EXPORTERS) <= set(record.components)  # a default install has every store and Prometheus
+    taken: dict[int, str] = {}
+    for name, component in COMPONENTS.items():  # no port of one component is another's
+        for port in [component.port, *(component.port + o for o in component.extra_ports.values())]:
+            assert port not in taken, f"{name} and {taken.get(port)} both use {port}"
+            taken[port] = name
+    for name, (store, port) in EXPORTERS.items():
+        component = COMPONENTS[name]
+        assert component.port == port and component.exports == store
+        image, tag = component.image.rsplit(":", 1)
+        assert tag[0].isdigit() or tag.startswith("v"), f"{name}: the official image is pinned"
+        spec = container_spec(name, record, layout, False)
+        assert spec.healthcheck and spec.volumes == {}
+        assert health_url(name, record, layout) == f"http://127.0.0.1:{port + 10}/"
+        assert f"--web.listen-address=127.0.0.1:{port + 10}" in spec.command
+        words = " ".join([*spec.command, *spec.environment.values(), *spec.healthcheck])
+        assert "0.0.0.0" not in words and ":::" not in words, words
+    assert container_spec("postgres_exporter", record, layout, False).environment["DATA_SOURCE_NAME"] == \
+        f"postgresql://confmeet:{record.secrets['postgresql']}@127.0.0.1:5442/confmeet?sslmode=disable"
+    redis = container_spec("redis_exporter", record, layout, False).environment
+    assert (redis["REDIS_ADDR"], redis["REDIS_PASSWORD"]) == ("redis://127.0.0.1:6389", record.secrets["redis"])
+    assert "--mongodb.uri=mongodb://127.0.0.1:27027/admin" in container_spec("mongodb_exporter", record, layout,
+                                                                             False).command
+    # The credentials are in the container's environment only: not in its command line, nor in
+    # the settings file's comments or the plan's files.
+    for name in EXPORTERS:
+        assert not component_files(name, record, layout)
+        assert record.secrets["postgresql"] not in " ".join(container_spec(name, record, layout, False).command)
+
+
+@pytest.mark.parametrize(("components", "kept"), [
+    (["postgresql", "prometheus", "postgres_exporter", "redis_exporter", "redis"],
+     ["postgres_exporter", "redis_exporter"]),
+    (["postgresql", "redis", "prometheus"], []),  # left out by --components
+    (["postgresql", "mongodb", "prometheus", "mongodb_exporter"], ["mongodb_exporter"]),
+])
+def test_exporters_only_where_their_store_is(tmp_path: Path, components: list[str], kept: list[str]) -> None:
+    record, layout = record_for(tmp_path, components=components)
+    assert [n for n in record.components if n in EXPORTERS] == kept
+    files = written(record, layout)
+    config = yaml.safe_load(files[monitoring_dir(layout) / "prometheus/prometheus.yml"])
+    assert [j["job_name"] for j in config["scrape_configs"] if j["job_name"] in EXPORTERS] == kept
+
+
+@pytest.mark.parametrize(("components", "message"), [
+    (["redis", "prometheus", "postgres_exporter"], "postgres_exporter exports postgresql's metrics to Prometheus: "
+                                                   "add postgresql to --components"),
+    (["redis", "redis_exporter"], "add prometheus to --components, or leave redis_exporter out"),
+])
+def test_an_exporter_without_its_store_is_refused(tmp_path: Path, components: list[str], message: str) -> None:
+    with pytest.raises(DeployError, match=re.escape(message)):
+        record_for(tmp_path, components=components)
+
+
+def test_a_later_install_drops_an_exporter_with_its_store(tmp_path: Path) -> None:
+    """Native mode keeps only Debian's units: no Prometheus, so no exporter either, with no error."""
+    record, layout = record_for(tmp_path)
+    native = resolve(InstallOptions(root=layout.root), record, "native")
+    assert not set(EXPORTERS) & set(native.components)

@@ -21,6 +21,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -95,6 +96,9 @@ class Component:
     python_packages: list[str] = field(default_factory=list)  # wheels of a derived image (Triton)
     user: str = ""  # the user the container runs as ("": the image's)
     optional_mounts: dict[str, str] = field(default_factory=dict)  # like mounts, where the host has the path
+    metrics: str = ""  # HOST:PORT where Prometheus scrapes its /metrics ("": nothing to scrape there)
+    tls: str = ""  # where its container finds the appliance's cert.pem and key.pem ("": no TLS)
+    exports: str = ""  # the store whose metrics it exports: deployed only with that store and Prometheus
 
     @property
     def container(self) -> str:
@@ -251,6 +255,13 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise DeployError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    for name in names:  # an exporter needs its store and the Prometheus that scrapes it
+        store = COMPONENTS[name].exports
+        missing = [n for n in (store, "prometheus") if store and n not in names]
+        if missing and options.components is not None:
+            raise DeployError(f"{name} exports {store}'s metrics to Prometheus: add {' and '.join(missing)} to "
+                              f"--components, or leave {name} out")
+    names = [n for n in names if not COMPONENTS[n].exports or {COMPONENTS[n].exports, "prometheus"} <= set(names)]
     if mode == "native":
         names = [n for n in names if n in NATIVE_UNITS]
     for name in [*options.ports, *options.images]:
@@ -336,6 +347,9 @@ def _values(component: Component, record: InstallRecord, layout: Layout) -> dict
               "model_repository": str(layout.model_repository),
               "retention": f"{record.retention_days}d", "retention_hours": str(record.retention_days * 24)}
     values.update({f"{name}_port": str(port + offset) for name, offset in component.extra_ports.items()})
+    if component.exports:
+        values.update(store_port=str(record.ports[component.exports]),
+                      store_password=record.secrets[component.exports])
     return values
 
 
@@ -347,6 +361,21 @@ def health_url(name: str, record: InstallRecord, layout: Layout) -> str:
     """Where a component with a ``health`` URL answers 200 when it is up ("" for the others)."""
     component = COMPONENTS[name]
     return _fill(component.health, _values(component, record, layout)) if component.health else ""
+
+
+def health_context(name: str, record: InstallRecord, layout: Layout) -> ssl.SSLContext | None:
+    """How to check the certificate of a component that serves HTTPS (``tls``) on loopback: against
+    the install's private CA (its certificate names 127.0.0.1); an operator's certificate (--cert)
+    names the public host, not loopback: not checked here, as the appliance's own health probe
+    does not (the doctor checks certificates). None for plain HTTP."""
+    if not COMPONENTS[name].tls:
+        return None
+    if record.tls_generated:
+        return ssl.create_default_context(cafile=str(layout.tls_dir / "ca.pem"))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def public_url(record: InstallRecord) -> str:
@@ -561,8 +590,7 @@ def config_digest(name: str, record: InstallRecord, layout: Layout) -> str:
 
 # ---------------------------------------------------------------------- the observability layer's files
 MONITORING = "monitoring"  # under the configuration directory: one folder per component, mounted
-SELF_METRICS = {"prometheus": "{port}", "alertmanager": "{port}", "jaeger": "{admin_port}", "grafana": "{port}",
-                "loki": "{port}", "promtail": "{port}"}  # where each serves its own /metrics
+LAYER = ("prometheus", "alertmanager", "jaeger", "grafana", "loki", "promtail")  # configured by files here
 
 
 def monitoring_dir(layout: Layout) -> Path:
@@ -572,7 +600,7 @@ def monitoring_dir(layout: Layout) -> Path:
 def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Path, tuple[bytes, int]]:
     """The files the installer writes for component ``name`` (path → content, mode): its
     configuration, rendered for this install's ports and the other components it has."""
-    if name not in SELF_METRICS or record.mode != "containers":
+    if record.mode != "containers" or (name not in LAYER and not COMPONENTS[name].tls):
         return {}
     where = monitoring_dir(layout) / name
 
@@ -583,17 +611,24 @@ def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Pa
     installed = set(record.components)
     values = _values(COMPONENTS[name], record, layout)
     files: dict[Path, tuple[bytes, int]] = {}
+    if COMPONENTS[name].tls:  # the appliance's certificate and key, renewed with it (the container's group: 0)
+        for file, path, mode in (("cert.pem", record.tls_cert, 0o644), ("key.pem", record.tls_key, 0o640)):
+            if Path(path).exists():
+                files[where / "tls" / file] = (Path(path).read_bytes(), mode)
     if name == "prometheus":
         from .ports import loopback_for
 
         ca = layout.tls_dir / "ca.pem"
+        scraped = [n for n in record.components if COMPONENTS[n].metrics]
         scrape = observability.Scrape(
             appliance=f"{loopback_for(record.listen)}:{record.appliance_port}",
             alertmanager=address("alertmanager") if "alertmanager" in installed else "",
             triton=address("triton", "{metrics_port}") if "triton" in installed else "", https=True,
             ca_file="/etc/prometheus/ca.pem" if record.tls_generated else "",
             server_name="" if record.tls_generated else record.public_host,
-            jobs=tuple((job, address(job, port)) for job, port in SELF_METRICS.items() if job in installed))
+            jobs=tuple((job, _fill(COMPONENTS[job].metrics, _values(COMPONENTS[job], record, layout)))
+                       for job in scraped),
+            https_jobs=tuple(job for job in scraped if COMPONENTS[job].tls))
         config = observability.prometheus_config(scrape, "/etc/prometheus/alerts.yml")
         files[where / "prometheus.yml"] = (config.encode(), 0o644)
         files[where / "alerts.yml"] = (observability.ALERTS.read_bytes(), 0o644)
@@ -605,7 +640,8 @@ def component_files(name: str, record: InstallRecord, layout: Layout) -> dict[Pa
             smarthost=record.alerts.get("alerts_smarthost", "")).encode(), 0o644)
     elif name == "grafana":
         def url(component: str) -> str:
-            return f"http://{address(component)}" if component in installed else ""
+            scheme = "https" if COMPONENTS[component].tls else "http"
+            return f"{scheme}://{address(component)}" if component in installed else ""
 
         sources = observability.grafana_datasources(url("prometheus"), url("loki"), url("jaeger"))
         files[where / "provisioning/datasources/confmeet.yml"] = (sources.encode(), 0o644)

@@ -28,23 +28,27 @@ class Scrape:
     token_file: str = ""  # a file holding the appliance's metrics_token, when Prometheus is not on loopback
     server_name: str = ""  # the name the appliance's certificate is checked against, when not the target's
     scrape_interval: str = "15s"
-    jobs: tuple[tuple[str, str], ...] = ()  # (job, HOST:PORT): more /metrics to scrape (the layer's own)
+    jobs: tuple[tuple[str, str], ...] = ()  # (job, HOST:PORT): more /metrics to scrape (the layer's own, exporters)
+    https_jobs: tuple[str, ...] = ()  # those of ``jobs`` served over HTTPS with the appliance's certificate
 
 
 def prometheus_config(scrape: Scrape, rules: Path | str = ALERTS) -> str:
-    auth = []
-    if scrape.https and (scrape.ca_file or scrape.server_name):
-        auth.append("    tls_config:")
+    tls = []
+    if scrape.ca_file or scrape.server_name:
+        tls.append("    tls_config:")
         if scrape.ca_file:
-            auth.append(f"      ca_file: {json.dumps(scrape.ca_file)}")
+            tls.append(f"      ca_file: {json.dumps(scrape.ca_file)}")
         if scrape.server_name:
-            auth.append(f"      server_name: {json.dumps(scrape.server_name)}")
+            tls.append(f"      server_name: {json.dumps(scrape.server_name)}")
+    auth = list(tls) if scrape.https else []
     if scrape.token_file:
         auth += ["    authorization:", "      type: Bearer", f"      credentials_file: {json.dumps(scrape.token_file)}"]
     alerting = "" if not scrape.alertmanager else (
         f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{scrape.alertmanager}\"]\n")
     jobs = ([("triton", scrape.triton)] if scrape.triton else []) + list(scrape.jobs)
-    other = "\n".join(f"  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]"
+    other = "\n".join(f"  - job_name: {job}\n"
+                      + ("    scheme: https\n" + "".join(f"{line}\n" for line in tls) if job in scrape.https_jobs else "")
+                      + f"    static_configs:\n      - targets: [\"{target}\"]"
                       for job, target in jobs)
     template = (OBSERVABILITY_DIR / "prometheus.yml.in").read_text()
     text = template.format(scrape_interval=scrape.scrape_interval, rules=json.dumps(str(rules)), alerting=alerting,
