@@ -29,6 +29,7 @@ import tarfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -456,16 +457,26 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
 @pytest.mark.docker
 def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
     """Prometheus and Alertmanager (Debian's, as stand-ins for the official images) deployed with
-    the stores: Prometheus loads confmeet's rules, finds Alertmanager, and scrapes the appliance
-    over TLS with the generated CA; Alertmanager routes to the webhook given; status lists both;
-    leaving Alertmanager out removes it and the doctor's warning goes with it."""
+    the stores and their exporters (Debian's postgres_exporter and redis_exporter): Prometheus
+    loads confmeet's rules, finds Alertmanager, scrapes the appliance over TLS with the generated
+    CA and each exporter, which reaches its store with the install's secret (pg_up, redis_up 1);
+    Alertmanager routes to the webhook given; status lists them all; leaving Alertmanager and the
+    exporters out removes them and the doctor's warning goes with Alertmanager."""
     engine, client = clean_engine, clean_engine.client()
     root, offset = tmp_path / "root", free_port_block()
     hook = "http://127.0.0.1:9/confmeet-alerts"
-    args = [*install_args(root, engine, offset, ["postgresql", "redis", *MONITORED]), *standin_images(),
+    exporters = ["postgres_exporter", "redis_exporter"]
+    recipe = images.StandinRecipe.load()
+    args = [*install_args(root, engine, offset, ["postgresql", "redis", *MONITORED, *exporters]), *standin_images(),
+            *[arg for name in exporters for arg in ("--image", f"{name}={recipe.images[name].tag}")],
             "--retention", "3", "--alerts-webhook", hook]
     first = confmeet(*args)
     assert first.returncode == 0, show(first)
+    record = json.loads((root / "etc/confmeet/install.json").read_text())
+    for name in exporters:  # their credentials reach them through the environment, and no log shows them
+        logs = client.containers.get(f"confmeet-{name}").logs().decode()
+        assert all(record["secrets"][store] not in logs + first.stdout + first.stderr
+                   for store in ("postgresql", "redis")), logs
     prometheus, manager = f"http://127.0.0.1:{8801 + offset}", f"http://127.0.0.1:{8802 + offset}"
     containers = {c.name: c for c in client.containers.list(all=True)}
     assert {"confmeet-prometheus", "confmeet-alertmanager"} <= set(containers)
@@ -492,10 +503,23 @@ def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: d
     try:
         code, components, table = status(root, table=True)
         assert code == 0, table
-        for name, title in (("prometheus", "Prometheus"), ("alertmanager", "Alertmanager")):
+        for name, title in (("prometheus", "Prometheus"), ("alertmanager", "Alertmanager"),
+                            ("postgres_exporter", "PostgreSQL exporter"), ("redis_exporter", "Redis exporter")):
             assert components[name]["state"] == "up" and components[name]["version"].startswith(title), table
             assert "container running" in components[name]["detail"], table
             assert name in table
+        # Each exporter is scraped (up) and reaches its store (pg_up, redis_up: the standard series).
+        deadline = time.monotonic() + 60
+        while True:
+            values = {query: get(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}")["data"]
+                      ["result"]
+                      for query in ('up{job="postgres_exporter"}', 'up{job="redis_exporter"}', "pg_up", "redis_up")}
+            if all(r and r[0]["value"][1] == "1" for r in values.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert all(r and r[0]["value"][1] == "1" for r in values.values()), values
+        assert values["pg_up"][0]["metric"]["job"] == "postgres_exporter"
+        assert values["redis_up"][0]["metric"]["instance"] == f"127.0.0.1:{9121 + offset}"
         # Prometheus scrapes the appliance's /metrics over TLS, trusting the install's CA.
         deadline = time.monotonic() + 60
         while True:
@@ -521,7 +545,8 @@ def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: d
 
     subset = confmeet(*install_args(root, engine, offset, ["postgresql", "redis", "prometheus"]), *standin_images())
     assert subset.returncode == 0, show(subset)
-    assert "confmeet-alertmanager" not in {c.name for c in client.containers.list(all=True)}
+    left = {c.name for c in client.containers.list(all=True)}
+    assert "confmeet-alertmanager" not in left and not {f"confmeet-{name}" for name in exporters} & left
     config = yaml.safe_load((root / "etc/confmeet/monitoring/prometheus/prometheus.yml").read_text())
     assert "alerting" not in config
     code, components, table = status(root)
