@@ -788,7 +788,8 @@ def summary(installer: Installer, as_json: bool) -> None:
         url = settings.get(COMPONENTS[name].setting, "") if COMPONENTS[name].setting else ""
         url = url[0] if isinstance(url, list) else url
         if COMPONENTS[name].health:
-            url = f"http://127.0.0.1:{record.ports[name]}" + (f" (traces to {url})" if url else "")
+            scheme = "https" if COMPONENTS[name].tls else "http"
+            url = f"{scheme}://127.0.0.1:{record.ports[name]}" + (f" (traces to {url})" if url else "")
         from appliance.settings import mask_url_password
 
         table.add_row(COMPONENTS[name].title, installer.done.get(name, "-"), mask_url_password(url))
