@@ -161,11 +161,25 @@ def test_a_firefox_participant_is_recorded_and_captioned(browser: Browser, firef
         def heard() -> list[str]:  # the captions after the first, which may start mid-sentence
             return [line.split(": ", 1)[1] for line in ada.page.locator("#transcript-list li").all_inner_texts()[1:]]
 
-        poll(lambda: len(heard()) >= len(SCRIPT), "a full script of captions", timeout=60, interval=0.5)
-        sentences = heard()[:len(SCRIPT)]
-        start = min(range(len(SCRIPT)), key=lambda i: word_error_rate(SCRIPT[i], sentences[0]))
-        script = " ".join(SCRIPT[(start + i) % len(SCRIPT)] for i in range(len(SCRIPT)))
-        assert word_error_rate(script, " ".join(sentences)) <= 0.15, (script, sentences)
+        def one_pass_captioned() -> float | str:
+            """The word error rate of the first run of len(SCRIPT) captions, one pass of the looped
+            script, that is within 0.15; else what was heard. Speech the captions skipped
+            (the "[…]" marker: on a busy machine, while the first utterances wait for the model)
+            is left out — the script loops, so a later pass has the words."""
+            sentences = [line for line in heard() if line != "[…]"]
+            for first in range(len(sentences) - len(SCRIPT) + 1):
+                window = sentences[first:first + len(SCRIPT)]
+                start = min(range(len(SCRIPT)), key=lambda i: word_error_rate(SCRIPT[i], window[0]))
+                script = " ".join(SCRIPT[(start + i) % len(SCRIPT)] for i in range(len(SCRIPT)))
+                if (wer := word_error_rate(script, " ".join(window))) <= 0.15:
+                    return max(wer, 1e-9)
+            return ""
+
+        try:
+            poll(one_pass_captioned, "one pass of the script captioned with a word error rate <= 0.15",
+                 timeout=90, interval=0.5)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; heard: {heard()}") from None
 
         time.sleep(max(0.0, started + RECORD_SECONDS - time.monotonic()))
         ada.page.get_by_role("button", name="Stop recording").click()
