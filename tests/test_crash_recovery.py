@@ -74,11 +74,13 @@ async def publishing(app: Appliance, who: str, code: str, rgb: tuple[int, int, i
     return client
 
 
-async def start_recording(host: Participant) -> tuple[str, float]:
-    """The recording's id and when it started (monotonic), once the appliance has acknowledged it."""
+async def start_recording(host: Participant) -> tuple[str, float, float]:
+    """The recording's id, when it was asked for and when the appliance acknowledged it
+    (monotonic): the recording's clock starts between the two."""
+    asked = time.monotonic()
     reply = await host.request({"type": "recording_start"})
     assert reply["type"] == "ok", reply
-    return reply["recording"]["id"], time.monotonic()
+    return reply["recording"]["id"], asked, time.monotonic()
 
 
 def kill(app: Appliance) -> float:
@@ -105,14 +107,16 @@ def ready(client: httpx.Client, recording_id: str) -> dict[str, Any]:
     return poll(stored, f"recording {recording_id} stored", 60)
 
 
-def check_interrupted(client: httpx.Client, recording: dict[str, Any], people: tuple[str, str], recorded_s: float,
-                      folder: Path) -> None:
+def check_interrupted(client: httpx.Client, recording: dict[str, Any], people: tuple[str, str],
+                      recorded: tuple[float, float], folder: Path) -> None:
     """Both people's camera and microphone kept, each playable and ending within TOLERANCE_S of
-    the kill on the recording's clock."""
+    the kill on the recording's clock; ``recorded``: the seconds from the start's acknowledgement
+    and from its request to the kill (the clock started between the two)."""
+    shortest, longest = recorded
     assert recording["interrupted"] is True, recording
     assert sorted((t["name"], t["kind"]) for t in recording["tracks"]) == [
         (name, kind) for name in sorted(people) for kind in ("audio", "video")]
-    assert recorded_s - TOLERANCE_S <= recording["duration_s"] <= recorded_s + 0.5, recording
+    assert shortest - TOLERANCE_S <= recording["duration_s"] <= longest + 0.5, (recording, recorded)
     for track in recording["tracks"]:
         link = client.get(f"/api/v1/recordings/{recording['id']}/files/{track['file']}").json()
         path = folder / f"{recording['id']}-{track['file']}"
@@ -120,7 +124,7 @@ def check_interrupted(client: httpx.Client, recording: dict[str, Any], people: t
         probe = ffprobe(path)
         assert probe["streams"][0]["codec_type"] == track["kind"]
         kept = float(probe["format"]["duration"])  # the end of its last frame on the recording's clock
-        assert recorded_s - TOLERANCE_S <= kept <= recorded_s + 0.5, (track, kept, recorded_s)
+        assert shortest - TOLERANCE_S <= kept <= longest + 0.5, (track, kept, recorded)
         assert decode_all(path)[track["kind"]] > 0
 
 
@@ -178,13 +182,13 @@ async def test_a_killed_appliance_keeps_every_recorded_track_and_leaves_nothing_
                await publishing(app, "grace", long_meeting["code"], (30, 30, 200))]
     upload = None
     try:
-        long_id, long_started = await start_recording(clients[0])
+        long_id, long_asked, long_started = await start_recording(clients[0])
         await asyncio.sleep(29.0)
         clients += [await publishing(app, "linus", short_meeting["code"], (30, 200, 30)),
                     await publishing(app, "joan", short_meeting["code"], (200, 200, 30))]
         upload = StalledUpload(app, "ada", long_meeting["id"], 3 << 20)
         await asyncio.sleep(long_started + 32.0 - time.monotonic())
-        short_id, short_started = await start_recording(clients[2])
+        short_id, short_asked, short_started = await start_recording(clients[2])
         await asyncio.sleep(long_started + 40.0 - time.monotonic())
         assert list((data / "objects" / "tmp").iterdir()), "the upload is under way"
         killed = kill(app)
@@ -193,7 +197,8 @@ async def test_a_killed_appliance_keeps_every_recorded_track_and_leaves_nothing_
             await client.close()
         if upload is not None:
             upload.close()
-    recorded = {long_id: killed - long_started, short_id: killed - short_started}
+    recorded = {long_id: (killed - long_started, killed - long_asked),
+                short_id: (killed - short_started, killed - short_asked)}
 
     app = start_appliance(data, media_loopback="true")
     appliances.append(app)
@@ -221,7 +226,7 @@ async def test_a_stopped_appliance_finishes_its_recording_within_the_stop_timeou
     clients = [await publishing(app, "ada", meeting["code"], (200, 30, 30)),
                await publishing(app, "grace", meeting["code"], (30, 30, 200))]
     try:
-        recording_id, started = await start_recording(clients[0])
+        recording_id, asked, started = await start_recording(clients[0])
         await asyncio.sleep(started + 5.0 - time.monotonic())
         app.proc.terminate()  # systemctl stop
         stopped = time.monotonic()
@@ -239,7 +244,7 @@ async def test_a_stopped_appliance_finishes_its_recording_within_the_stop_timeou
     app = start_appliance(data, media_loopback="true")
     appliances.append(app)
     ada = api(app, "ada")
-    check_interrupted(ada, ready(ada, recording_id), ("Ada", "Grace"), stopped - started, tmp_path)
+    check_interrupted(ada, ready(ada, recording_id), ("Ada", "Grace"), (stopped - started, stopped - asked), tmp_path)
 
 
 def test_a_second_appliance_on_the_same_data_refuses_to_start_and_repairs_nothing(
@@ -286,7 +291,7 @@ async def test_on_postgresql_and_s3_kills_lose_no_recording_nor_waiting_upload_a
     clients = [await publishing(app, "ada", meeting["code"], (200, 30, 30)),
                await publishing(app, "grace", meeting["code"], (30, 30, 200))]
     try:
-        waiting_id, _ = await start_recording(clients[0])
+        waiting_id, _, _ = await start_recording(clients[0])
         await asyncio.sleep(3.0)
         s3.stop()
         assert (await clients[0].request({"type": "recording_stop"}))["type"] == "ok"
@@ -295,7 +300,7 @@ async def test_on_postgresql_and_s3_kills_lose_no_recording_nor_waiting_upload_a
         spool = data / "recordings" / waiting_id
         written = {t["file"]: hashlib.sha256((spool / t["file"]).read_bytes()).hexdigest() for t in waiting["tracks"]}
         assert len(written) == 4
-        running_id, running_started = await start_recording(clients[0])
+        running_id, running_asked, running_started = await start_recording(clients[0])
         await asyncio.sleep(running_started + 8.0 - time.monotonic())
         killed = kill(app)
     finally:
@@ -311,7 +316,8 @@ async def test_on_postgresql_and_s3_kills_lose_no_recording_nor_waiting_upload_a
     for track in stored["tracks"]:
         uploaded = s3.object(f"recordings/{waiting_id}/{track['file']}")
         assert hashlib.sha256(uploaded).hexdigest() == written[track["file"]]
-    check_interrupted(ada, ready(ada, running_id), ("Ada", "Grace"), killed - running_started, tmp_path)
+    check_interrupted(ada, ready(ada, running_id), ("Ada", "Grace"),
+                     (killed - running_started, killed - running_asked), tmp_path)
     with psycopg2.connect(postgres_url) as db, db.cursor() as cursor:
         def query(sql: str) -> list[tuple]:
             cursor.execute(sql)

@@ -408,15 +408,14 @@ class CaptionSink:
                                                      interim=interim)
         finally:
             self._account(started, time.monotonic(), interim)
-        return Heard(result.text.strip(), result.language, {"asr_start": round(wall, 3),
-                                                            "asr_end": round(time.time(), 3)})
+        return Heard(result.text.strip(), result.language, {"asr_start": wall, "asr_end": time.time()})
 
     async def _recognise_draft(self, draft: Draft) -> None:
         utterance = draft.utterance
         if draft.kind == "interim" and not self.interim:
             return
         heard = await self._recognise(utterance, interim=draft.kind == "interim")
-        heard.timing["queued"] = round(utterance.cut_at, 3)
+        heard.timing["queued"] = utterance.cut_at
         if draft.kind == "pause":
             self._heard = {k: v for k, v in self._heard.items() if k[0] != utterance.participant}
             self._heard[utterance.key] = heard
@@ -424,8 +423,8 @@ class CaptionSink:
             self.counters.interim_captions += 1
             sound_start = self._sound.get(utterance.id, (0.0, 0.0))[0]
             self._caption(utterance, heard, final=False,
-                          timing={**heard.timing, "sound_start": round(sound_start, 3),
-                                  "audio_end": round(utterance.start + utterance.seconds, 3)})
+                          timing={**heard.timing, "sound_start": sound_start,
+                                  "audio_end": utterance.start + utterance.seconds})
 
     def _utterance_span(self, utterance: Utterance) -> tracing.Span:
         """The trace of one final utterance: from its first sample, with the VAD's part (until it
@@ -454,7 +453,7 @@ class CaptionSink:
         reused = heard is not None  # recognised at the pause, while the VAD waited for the end
         if heard is None:
             heard = await self._recognise(utterance, interim=False)
-            heard.timing["queued"] = round(utterance.cut_at, 3)
+            heard.timing["queued"] = utterance.cut_at
         tracing.record("captions.asr", heard.timing["asr_start"], heard.timing["asr_end"], parent=span,
                        language=heard.language, reused_draft=reused)
         sound_start, sound_end = self._sound.pop(utterance.id, (0.0, 0.0))
@@ -463,14 +462,14 @@ class CaptionSink:
             self.counters.captions += 1
         # An empty final still goes out: it takes the speaker's interim text off the screens.
         self._caption(utterance, heard, final=True,
-                      timing={**heard.timing, "cut": round(utterance.cut_at, 3), "end": round(utterance.end, 3),
-                              "sound_start": round(sound_start, 3), "sound_end": round(sound_end, 3)})
+                      timing={**heard.timing, "cut": utterance.cut_at, "end": utterance.end,
+                              "sound_start": sound_start, "sound_end": sound_end})
 
     def _caption(self, utterance: Utterance, heard: Heard, final: bool, timing: dict[str, float]) -> None:
         self.emit(None, {"type": "caption", "id": utterance.id, "participant_id": utterance.participant, "text": heard.text,
                          "start": round(utterance.start, 3), "end": round(utterance.end, 3), "final": final,
                          "language": heard.language, "merged": utterance.merged,
-                         "timing": {**timing, "emitted": round(time.time(), 3)}})
+                         "timing": {stage: round(at, 3) for stage, at in {**timing, "emitted": time.time()}.items()}})
 
     # ------------------------------------------------------------------ interim captions and the CPU
     def _account(self, start: float, end: float, interim: bool) -> None:

@@ -343,7 +343,9 @@ def test_mandarin_captions_in_the_page(local_appliance: Appliance, playwright: P
 def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, playwright: Playwright,
                                                  tmp_path: Path) -> None:
     """A process keeps one of the two cores busy while Grace reads eight sentences nobody tuned
-    the captions on: the words come out within 8 % WER, and anything not transcribed is marked."""
+    the captions on, twice over: the words come out within 8 % WER over the run (~170 words: over
+    one pass, one misheard word moves the rate by 1.2 points), and anything not transcribed is
+    marked."""
     wav = speak(HELD_OUT, tmp_path / "held-out.wav", pause_ms=1200)
     hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
     try:
@@ -351,9 +353,9 @@ def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, pla
         api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Busy machine")
         try:
             loop = wave.open(str(wav)).getnframes() / wave.open(str(wav)).getframerate()
-            poll(lambda: len(finals(ada)) >= len(HELD_OUT) + 2, "a loop of the sentences", timeout=loop * 2 + 30,
-                 interval=0.5)
-            said = [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:len(HELD_OUT) + 1]
+            poll(lambda: len(finals(ada)) >= 2 * len(HELD_OUT) + 2, "two passes of the sentences",
+                 timeout=loop * 3 + 30, interval=0.5)
+            said = [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:2 * len(HELD_OUT) + 1]
         finally:
             ada.close()
             grace.close()
@@ -369,4 +371,6 @@ def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, pla
         assert caption.get("gap") or word_error_rate(sentence, caption["text"]) <= 0.5, (sentence, caption)
     rate = word_error_rate(" ".join(script), " ".join(texts))
     print(f"WER under a one-core CPU hog: {rate:.3f} over {len(texts)} captions, {sum(1 for m in said if m.get('gap'))} gaps")
-    assert rate <= 0.08, (script, texts)
+    for sentence, caption in zip(script, said):
+        print(f"  {sentence!r}\n  -> {caption.get('text')!r}{' (gap)' if caption.get('gap') else ''}")
+    assert rate <= 0.08, "the captions above are more than 8 % off the script"
