@@ -53,6 +53,9 @@ class SfuCollector:
         yield octets
         yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
                                   value=snap["plis_sent"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_subscriber_keyframe_requests",
+                             "PLIs and FIRs from subscribers: honoured (passed on to the publisher) or throttled "
+                             "(held to the subscriber's budget)", "outcome", snap["keyframe_requests"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_packets",
                              "RTP packets received from publishers", "kind", snap["received_packets"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_bytes",

@@ -25,7 +25,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from aiortc.utils import uint16_gt
 
 from . import aiortc_private
-from .keyframes import KeyframeRequester, is_keyframe_start
+from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
 from .stats import SfuStats
 
 log = logging.getLogger("confmeet.sfu")
@@ -192,16 +192,15 @@ class UpTrack:
     def hold(self, held: bool) -> None:
         """Stop (or resume) forwarding; a resumed video track starts again from a keyframe."""
         if self.held and not held:
-            self.request_keyframe()
+            self.request_keyframe(urgent=True)
         self.held = held
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, urgent: bool = False) -> None:
+        """Ask the publisher for a keyframe: ``urgent`` when someone sees nothing until it comes
+        (a subscriber starting, the track resumed or its source restarted), not for a
+        subscriber's repair request (see keyframes.py for the intervals)."""
         if self.keyframes is not None and not self.closed:
-            self.keyframes.request()
-
-    def keyframe_requested_downstream(self) -> None:
-        self.stats.keyframe_requests += 1
-        self.request_keyframe()
+            self.keyframes.request(urgent)
 
     def close(self) -> None:
         self.closed = True
@@ -285,6 +284,8 @@ class DownTrack:
         self.bytes = 0
         self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
         self.started_at: float | None = None
+        # The subscriber's own PLI/FIR, held to its budget (video only).
+        self.keyframe_budget = (SubscriberKeyframeBudget(up.request_keyframe) if self.kind == "video" else None)
         # Told of the first packet forwarded (the metrics: keyframe wait, join -> first media).
         self.on_first_packet: Callable[[DownTrack], None] | None = None
 
@@ -326,11 +327,20 @@ class DownTrack:
         self.started = True
         self.started_at = time.monotonic()
         self.up.add(self)
-        self.up.request_keyframe()
+        self.up.request_keyframe(urgent=True)
 
     def stop(self) -> None:
         self.started = False
         self.up.discard(self)
+        if self.keyframe_budget is not None:
+            self.keyframe_budget.close()
+
+    def keyframe_requested(self) -> None:
+        """The subscriber sent a PLI or FIR for this track."""
+        if self.keyframe_budget is None:
+            return
+        outcome = "honoured" if self.keyframe_budget.request() else "throttled"
+        self.stats.keyframe_requests[outcome] += 1
 
     def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
         if not self.started:
@@ -339,7 +349,7 @@ class DownTrack:
             if self.kind == "video" and not keyframe:  # new, or the source restarted mid-stream
                 self.source_ssrc = None
                 if not self.up.keyframes.wanted:  # type: ignore[union-attr]
-                    self.up.request_keyframe()
+                    self.up.request_keyframe(urgent=True)
                 return
             self.source_ssrc = packet.ssrc
             self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
@@ -360,6 +370,8 @@ class DownTrack:
             self.output.send(out, data, ntp_time)  # type: ignore[union-attr]
         except ConnectionError:  # the subscriber's transport closed under us
             return
+        if keyframe:
+            self.keyframe_budget.keyframe_forwarded()  # type: ignore[union-attr]
         if self.packets == 0 and self.on_first_packet is not None:
             self.on_first_packet(self)
         self.packets += 1

@@ -316,7 +316,7 @@ class Peer:
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
-        aiortc_private.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
+        aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
         aiortc_private.on_rtcp_feedback(transceiver.sender, self._feedback)
         aiortc_private.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
         return down

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -170,7 +171,7 @@ async def test_a_stopped_down_track_receives_nothing(pair: Any) -> None:
 
 async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair: Any) -> None:
     up, down, upstream, downstream, stats = pair
-    aiortc_private.on_keyframe_request(down.sender, up.keyframe_requested_downstream)
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
     down.accept_negotiation()
     down.start()
     for seq, payload in [(1, VP8_KEY), (2, VP8_MORE), (3, VP8_DELTA)]:
@@ -192,7 +193,115 @@ async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair
     assert len(upstream.sent) == plis_before + 1 and isinstance(pli, RtcpPsfbPacket)
     assert (pli.fmt, pli.media_ssrc) == (RTCP_PSFB_PLI, 1111)
     # The request made at start was served by the first packet, a keyframe: no PLI for it.
-    assert stats.keyframe_requests == 1 and stats.plis_sent == 1
+    assert stats.keyframe_requests == {"honoured": 1, "throttled": 0} and stats.plis_sent == 1
+
+
+class Publisher:
+    """The browser behind an up track: answers each PLI it receives with a keyframe 20 ms later,
+    and notes when each PLI came."""
+
+    def __init__(self, up: UpTrack, upstream: Wire) -> None:
+        self.up, self.upstream = up, upstream
+        self.plis: list[float] = []
+        self.seq = 100
+        self._seen = 0
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def frame(self, payload: bytes) -> None:
+        self.seq += 1
+        await self.up.on_rtp(_packet(self.seq, self.seq * 3000, payload))
+
+    async def _serve(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            for data in self.upstream.sent[self._seen:]:
+                if any(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in RtcpPacket.parse(data)):
+                    self.plis.append(time.monotonic())
+                    asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(self.frame(VP8_KEY)))
+            self._seen = len(self.upstream.sent)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+def _more_downs(pc: RTCPeerConnection, up: UpTrack, stats: SfuStats, count: int) -> list[DownTrack]:
+    downs = []
+    for i in range(count):
+        codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=100)
+        down = DownTrack(f"sub-{i}", up, _transceiver(pc, [codec], str(10 + i), "sendonly", Wire()), stats)
+        assert down.accept_negotiation()
+        aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)  # as Peer does
+        downs.append(down)
+    return downs
+
+
+async def _pli_from(down: DownTrack) -> None:
+    await down.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=99, media_ssrc=down.ssrc))
+
+
+async def test_a_weak_subscribers_requests_do_not_set_the_publishers_keyframe_rate(pair: Any) -> None:
+    """A subscriber on a bad link asks for a keyframe every 50 ms: the first request reaches the
+    publisher at once, the rest are held to the subscriber's budget (one per 5 s)."""
+    up, down, upstream, _, stats = pair
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
+    down.accept_negotiation()
+    down.start()
+    publisher = Publisher(up, upstream)
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    for _ in range(24):
+        await _pli_from(down)
+        await asyncio.sleep(0.05)
+        await publisher.frame(VP8_DELTA)
+    publisher.close()
+    assert len(publisher.plis) == 1, publisher.plis
+    assert stats.keyframe_requests == {"honoured": 1, "throttled": 23}
+
+
+async def test_subscribers_keyframe_requests_reach_a_publisher_once_a_second_at_most(pair: Any) -> None:
+    """Three subscribers each ask once, 200 ms apart: one PLI now, one a second later for the others."""
+    up, _, upstream, _, stats = pair
+    pc = RTCPeerConnection()
+    publisher = Publisher(up, upstream)
+    subscribers = _more_downs(pc, up, stats, 3)
+    for down in subscribers:
+        down.start()
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    for down in subscribers:
+        await _pli_from(down)
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.55)
+    publisher.close()
+    await pc.close()
+    assert len(publisher.plis) == 2 and publisher.plis[1] - publisher.plis[0] >= 0.95, publisher.plis
+    assert stats.keyframe_requests == {"honoured": 3, "throttled": 0}
+
+
+@pytest.mark.parametrize("event", ["a subscriber starts", "the track resumes"])
+async def test_a_keyframe_someone_waits_for_is_asked_for_within_300_ms_of_the_last(pair: Any, event: str) -> None:
+    """Right after a PLI for a subscriber's repair, a newcomer's (or a resumed track's) keyframe is
+    not held to the publisher's one-a-second limit."""
+    up, down, upstream, _, stats = pair
+    pc = RTCPeerConnection()
+    publisher = Publisher(up, upstream)
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
+    down.accept_negotiation()
+    down.start()
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    await _pli_from(down)
+    await asyncio.sleep(0.1)  # the PLI went out and its keyframe came
+    assert len(publisher.plis) == 1
+    if event == "a subscriber starts":
+        _more_downs(pc, up, stats, 1)[0].start()
+    else:
+        up.hold(True)
+        up.hold(False)
+    await asyncio.sleep(0.35)
+    publisher.close()
+    await pc.close()
+    assert len(publisher.plis) == 2 and publisher.plis[1] - publisher.plis[0] < 0.45, publisher.plis
 
 
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
