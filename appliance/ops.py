@@ -56,6 +56,9 @@ class SfuCollector:
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_subscriber_keyframe_requests",
                              "PLIs and FIRs from subscribers: honoured (passed on to the publisher) or throttled "
                              "(held to the subscriber's budget)", "outcome", snap["keyframe_requests"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_retransmissions",
+                             "NACKed packets the SFU still had: sent again, or refused (over the subscriber's "
+                             "retransmission budget)", "outcome", snap["retransmissions"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_packets",
                              "RTP packets received from publishers", "kind", snap["received_packets"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_bytes",

@@ -26,6 +26,7 @@ from aiortc.utils import uint16_gt
 
 from . import aiortc_private
 from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
+from .retransmissions import RetransmissionBudget
 from .stats import SfuStats
 
 log = logging.getLogger("confmeet.sfu")
@@ -283,6 +284,9 @@ class DownTrack:
         self.packets = 0
         self.bytes = 0
         self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
+        self.retransmissions = RetransmissionBudget()
+        self.retransmitted = 0  # packets sent again on the subscriber's NACKs
+        self.retransmissions_refused = 0  # NACKed packets not sent again: over the budget
         self.started_at: float | None = None
         # The subscriber's own PLI/FIR, held to its budget (video only).
         self.keyframe_budget = (SubscriberKeyframeBudget(up.request_keyframe) if self.kind == "video" else None)
@@ -335,6 +339,16 @@ class DownTrack:
         if self.keyframe_budget is not None:
             self.keyframe_budget.close()
 
+    def allow_retransmission(self, payload_bytes: int) -> bool:
+        """The subscriber NACKed a packet of ``payload_bytes`` that its sender still has."""
+        if self.retransmissions.allow(time.monotonic(), payload_bytes, self.bytes):
+            self.retransmitted += 1
+            self.stats.retransmissions["sent"] += 1
+            return True
+        self.retransmissions_refused += 1
+        self.stats.retransmissions["refused"] += 1
+        return False
+
     def keyframe_requested(self) -> None:
         """The subscriber sent a PLI or FIR for this track."""
         if self.keyframe_budget is None:
@@ -377,3 +391,5 @@ class DownTrack:
         self.packets += 1
         self.bytes += len(packet.payload)
         self.stats.count_forwarded(self.kind, len(packet.payload))
+        if now >= self.retransmissions.next_sample:
+            self.retransmissions.sample(now, self.bytes)

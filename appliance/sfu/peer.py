@@ -317,6 +317,7 @@ class Peer:
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
         aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
+        aiortc_private.gate_retransmissions(transceiver.sender, down.allow_retransmission)
         aiortc_private.on_rtcp_feedback(transceiver.sender, self._feedback)
         aiortc_private.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
         return down
@@ -388,6 +389,8 @@ class Peer:
                           for up in self.ups.values()],
             "subscribed": [{"track_id": down.up.track_id, "publisher": down.up.publisher,
                             "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
+                            "retransmitted": down.retransmitted,
+                            "retransmissions_refused": down.retransmissions_refused,
                             "forwarding": down.started, "waiting_for_keyframe": down.gated}
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,

@@ -304,6 +304,35 @@ async def test_a_keyframe_someone_waits_for_is_asked_for_within_300_ms_of_the_la
     assert len(publisher.plis) == 2 and publisher.plis[1] - publisher.plis[0] < 0.45, publisher.plis
 
 
+async def test_a_subscriber_that_loses_most_packets_gets_retransmissions_within_its_budget(pair: Any) -> None:
+    """~1.8 Mbit/s forwarded to a subscriber whose 300 kbit/s link loses three packets in four:
+    it NACKs each lost packet once a round trip later, and again and again. Without a budget the
+    retransmissions outgrow the media; with it they stay within 15 % of the media's bytes."""
+    up, down, _, downstream, stats = pair
+    aiortc_private.gate_retransmissions(down.sender, down.allow_retransmission)  # as Peer does
+    down.accept_negotiation()
+    down.start()
+    payload = VP8_KEY + bytes(1095)
+    lost: list[int] = []
+    seq, forwarded_bytes = 1, 0
+    for tick in range(50):  # one second, 20 ms at a time, 4 packets each
+        for _ in range(4):
+            await up.on_rtp(_packet(seq, seq * 750, payload if seq == 1 else VP8_MORE + bytes(1095)))
+            sent = RtpPacket.parse(downstream.sent[-1])
+            forwarded_bytes += len(sent.payload)
+            if seq % 4:
+                lost.append(sent.sequence_number)
+            seq += 1
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=99, media_ssrc=down.ssrc)
+        nack.lost = lost[-60:]  # still missing: asked for again
+        await down.sender._handle_rtcp_packet(nack)
+        await asyncio.sleep(0.02)
+    resent_bytes = sum(len(RtpPacket.parse(data).payload) for data in downstream.sent) - forwarded_bytes
+    assert 0 < resent_bytes <= 0.15 * forwarded_bytes + 1100, (resent_bytes, forwarded_bytes)
+    assert down.retransmitted == stats.retransmissions["sent"] > 0
+    assert down.retransmissions_refused == stats.retransmissions["refused"] > 10 * down.retransmitted
+
+
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
 @pytest.mark.parametrize("level", [None, (True, 30), (False, 127)])
 @pytest.mark.parametrize("ids", [(4, 2, 1), (1, 14, 0), (0, 3, 5)])
