@@ -118,6 +118,9 @@ ROOM_COUNTERS = {"received_bytes": ("confmeet_room_received_bytes", "media paylo
 ROOM_GAUGES = {"participants": ("confmeet_room_participants", "participants with media in the room"),
                "downlink_jitter_seconds": ("confmeet_room_downlink_jitter_seconds",
                                            "mean jitter on the room's downlinks (RTCP receiver reports)"),
+               "downlink_estimate_min_bps": ("confmeet_room_downlink_estimate_min_bits_per_second",
+                                             "the lowest downlink bitrate a subscriber of the room allows "
+                                             "(its browser's latest REMB)"),
                "rtt_seconds": ("confmeet_room_rtt_seconds",
                                "mean round-trip time between the SFU and the room's participants (ICE checks)")}
 

@@ -260,6 +260,17 @@ class Downlink:
     jitter_s: float
 
 
+@dataclass(frozen=True)
+class DownlinkEstimate:
+    """What a subscriber says of its downlink as a whole: the bitrate its latest REMB allows
+    (None before the first, or when it sends none) and the worst loss its latest receiver
+    reports give over its down tracks (None before the first report)."""
+
+    bitrate_bps: int | None
+    loss: float | None
+    age_s: float | None  # seconds since that REMB
+
+
 class DownTrack:
     """One subscriber's copy of an up track, written through one of its senders."""
 
@@ -287,6 +298,8 @@ class DownTrack:
         self.retransmissions = RetransmissionBudget()
         self.retransmitted = 0  # packets sent again on the subscriber's NACKs
         self.retransmissions_refused = 0  # NACKed packets not sent again: over the budget
+        self.remb_bps: int | None = None  # the subscriber's latest REMB naming this track
+        self.remb_at: float | None = None
         self.started_at: float | None = None
         # The subscriber's own PLI/FIR, held to its budget (video only).
         self.keyframe_budget = (SubscriberKeyframeBudget(up.request_keyframe) if self.kind == "video" else None)
@@ -338,6 +351,9 @@ class DownTrack:
         self.up.discard(self)
         if self.keyframe_budget is not None:
             self.keyframe_budget.close()
+
+    def remb_received(self, bitrate: int) -> None:
+        self.remb_bps, self.remb_at = bitrate, time.monotonic()
 
     def allow_retransmission(self, payload_bytes: int) -> bool:
         """The subscriber NACKed a packet of ``payload_bytes`` that its sender still has."""

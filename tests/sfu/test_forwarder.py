@@ -21,7 +21,7 @@ from aiortc.rtp import (
 )
 
 from appliance.sfu import aiortc_private
-from appliance.sfu.forwarder import DownTrack, HeaderTemplate, RtpRewriter, UpTrack
+from appliance.sfu.forwarder import DownlinkEstimate, DownTrack, HeaderTemplate, RtpRewriter, UpTrack
 from appliance.sfu.stats import SfuStats
 
 VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame tag with P=0
@@ -331,6 +331,35 @@ async def test_a_subscriber_that_loses_most_packets_gets_retransmissions_within_
     assert 0 < resent_bytes <= 0.15 * forwarded_bytes + 1100, (resent_bytes, forwarded_bytes)
     assert down.retransmitted == stats.retransmissions["sent"] > 0
     assert down.retransmissions_refused == stats.retransmissions["refused"] > 10 * down.retransmitted
+
+
+async def test_a_subscribers_remb_and_receiver_reports_make_its_downlink_estimate(pair: Any) -> None:
+    """Chromium's REMB (one for every stream it receives) and its receiver reports, as they come
+    off the wire, become the estimate the layer allocator will read (Peer.downlink_estimate)."""
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpReceiverInfo, RtcpRrPacket, pack_remb_fci
+
+    from appliance.sfu.peer import Peer
+
+    up, down, _, downstream, _ = pair
+    downstream._stats_id = "transport"  # what aiortc's receiver-report handling names
+    aiortc_private.on_remb(down.sender, down.remb_received)  # as Peer does
+    down.accept_negotiation()
+    down.start()
+    peer = SimpleNamespace(downs={up.key: down})
+    assert Peer.downlink_estimate(peer) == DownlinkEstimate(None, None, None)  # type: ignore[arg-type]
+
+    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=99, media_ssrc=0, fci=pack_remb_fci(287_000, [down.ssrc, 4242]))
+    report = RtcpRrPacket(ssrc=99, reports=[RtcpReceiverInfo(
+        ssrc=down.ssrc, fraction_lost=64, packets_lost=30, highest_sequence=100, jitter=900, lsr=0, dlsr=0)])
+    for packet in RtcpPacket.parse(bytes(remb) + bytes(report)):
+        await down.sender._handle_rtcp_packet(packet)
+    assert down.remb_bps == 287_000
+    estimate = Peer.downlink_estimate(peer)  # type: ignore[arg-type]
+    assert (estimate.bitrate_bps, estimate.loss) == (287_000, 0.25) and 0 <= estimate.age_s < 1
+
+    other = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=99, media_ssrc=0, fci=pack_remb_fci(1_000_000, [4242]))
+    await down.sender._handle_rtcp_packet(other)  # names another stream only
+    assert down.remb_bps == 287_000
 
 
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
