@@ -53,6 +53,12 @@ class SfuCollector:
         yield octets
         yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
                                   value=snap["plis_sent"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_subscriber_keyframe_requests",
+                             "PLIs and FIRs from subscribers: honoured (passed on to the publisher) or throttled "
+                             "(held to the subscriber's budget)", "outcome", snap["keyframe_requests"])
+        yield from _by_label(CounterMetricFamily, "confmeet_sfu_retransmissions",
+                             "NACKed packets the SFU still had: sent again, or refused (over the subscriber's "
+                             "retransmission budget)", "outcome", snap["retransmissions"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_packets",
                              "RTP packets received from publishers", "kind", snap["received_packets"])
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_received_bytes",
@@ -112,6 +118,9 @@ ROOM_COUNTERS = {"received_bytes": ("confmeet_room_received_bytes", "media paylo
 ROOM_GAUGES = {"participants": ("confmeet_room_participants", "participants with media in the room"),
                "downlink_jitter_seconds": ("confmeet_room_downlink_jitter_seconds",
                                            "mean jitter on the room's downlinks (RTCP receiver reports)"),
+               "downlink_estimate_min_bps": ("confmeet_room_downlink_estimate_min_bits_per_second",
+                                             "the lowest downlink bitrate a subscriber of the room allows "
+                                             "(its browser's latest REMB)"),
                "rtt_seconds": ("confmeet_room_rtt_seconds",
                                "mean round-trip time between the SFU and the room's participants (ICE checks)")}
 

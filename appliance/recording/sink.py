@@ -117,7 +117,7 @@ class RecordingSink:
         self._ups[up.key] = up
         self._all.append(writer)
         up.add_tap(self._tap)
-        up.request_keyframe()
+        up.request_keyframe(urgent=True)
 
     def track_removed(self, up: UpTrack) -> None:
         up.remove_tap(self._tap)

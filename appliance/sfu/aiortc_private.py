@@ -32,6 +32,7 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
+    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
@@ -43,6 +44,7 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtpPacket,
+    unpack_remb_fci,
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
@@ -120,6 +122,40 @@ def on_rtcp_feedback(sender: RTCRtpSender, callback: Callable[[str, int], None])
         await handle(packet)
 
     sender._handle_rtcp_packet = counting  # type: ignore[method-assign]
+
+
+def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
+    """Call ``callback(bitrate)`` with each REMB (receiver estimated maximum bitrate, bits/s) the
+    remote side sends that names this sender's SSRC. Chromium sends one for all the streams it
+    receives on the connection, so every sender it names gets the same estimate."""
+    handle = sender._handle_rtcp_packet
+
+    async def observed(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:  # an application-layer feedback that is not a REMB
+                pass
+            else:
+                if sender._ssrc in ssrcs:
+                    callback(bitrate)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = observed  # type: ignore[method-assign]
+
+
+def gate_retransmissions(sender: RTCRtpSender, allow: Callable[[int], bool]) -> None:
+    """Ask ``allow(payload_bytes)`` before the sender answers a NACK with a packet from its RTP
+    history; a packet no longer there is not asked about (aiortc sends nothing for it)."""
+    history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+    retransmit = sender._retransmit
+
+    async def gated(sequence_number: int) -> None:
+        packet = history.get(sequence_number % RTP_HISTORY_SIZE)
+        if packet is not None and packet.sequence_number == sequence_number and allow(len(packet.payload)):
+            await retransmit(sequence_number)
+
+    sender._retransmit = gated  # type: ignore[method-assign]
 
 
 def on_sender_started(sender: RTCRtpSender, callback: Callable[[], None]) -> None:

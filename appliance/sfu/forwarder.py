@@ -25,7 +25,8 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from aiortc.utils import uint16_gt
 
 from . import aiortc_private
-from .keyframes import KeyframeRequester, is_keyframe_start
+from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
+from .retransmissions import RetransmissionBudget
 from .stats import SfuStats
 
 log = logging.getLogger("confmeet.sfu")
@@ -192,16 +193,15 @@ class UpTrack:
     def hold(self, held: bool) -> None:
         """Stop (or resume) forwarding; a resumed video track starts again from a keyframe."""
         if self.held and not held:
-            self.request_keyframe()
+            self.request_keyframe(urgent=True)
         self.held = held
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, urgent: bool = False) -> None:
+        """Ask the publisher for a keyframe: ``urgent`` when someone sees nothing until it comes
+        (a subscriber starting, the track resumed or its source restarted), not for a
+        subscriber's repair request (see keyframes.py for the intervals)."""
         if self.keyframes is not None and not self.closed:
-            self.keyframes.request()
-
-    def keyframe_requested_downstream(self) -> None:
-        self.stats.keyframe_requests += 1
-        self.request_keyframe()
+            self.keyframes.request(urgent)
 
     def close(self) -> None:
         self.closed = True
@@ -260,6 +260,17 @@ class Downlink:
     jitter_s: float
 
 
+@dataclass(frozen=True)
+class DownlinkEstimate:
+    """What a subscriber says of its downlink as a whole: the bitrate its latest REMB allows
+    (None before the first, or when it sends none) and the worst loss its latest receiver
+    reports give over its down tracks (None before the first report)."""
+
+    bitrate_bps: int | None
+    loss: float | None
+    age_s: float | None  # seconds since that REMB
+
+
 class DownTrack:
     """One subscriber's copy of an up track, written through one of its senders."""
 
@@ -284,7 +295,14 @@ class DownTrack:
         self.packets = 0
         self.bytes = 0
         self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
+        self.retransmissions = RetransmissionBudget()
+        self.retransmitted = 0  # packets sent again on the subscriber's NACKs
+        self.retransmissions_refused = 0  # NACKed packets not sent again: over the budget
+        self.remb_bps: int | None = None  # the subscriber's latest REMB naming this track
+        self.remb_at: float | None = None
         self.started_at: float | None = None
+        # The subscriber's own PLI/FIR, held to its budget (video only).
+        self.keyframe_budget = (SubscriberKeyframeBudget(up.request_keyframe) if self.kind == "video" else None)
         # Told of the first packet forwarded (the metrics: keyframe wait, join -> first media).
         self.on_first_packet: Callable[[DownTrack], None] | None = None
 
@@ -326,11 +344,33 @@ class DownTrack:
         self.started = True
         self.started_at = time.monotonic()
         self.up.add(self)
-        self.up.request_keyframe()
+        self.up.request_keyframe(urgent=True)
 
     def stop(self) -> None:
         self.started = False
         self.up.discard(self)
+        if self.keyframe_budget is not None:
+            self.keyframe_budget.close()
+
+    def remb_received(self, bitrate: int) -> None:
+        self.remb_bps, self.remb_at = bitrate, time.monotonic()
+
+    def allow_retransmission(self, payload_bytes: int) -> bool:
+        """The subscriber NACKed a packet of ``payload_bytes`` that its sender still has."""
+        if self.retransmissions.allow(time.monotonic(), payload_bytes, self.bytes):
+            self.retransmitted += 1
+            self.stats.retransmissions["sent"] += 1
+            return True
+        self.retransmissions_refused += 1
+        self.stats.retransmissions["refused"] += 1
+        return False
+
+    def keyframe_requested(self) -> None:
+        """The subscriber sent a PLI or FIR for this track."""
+        if self.keyframe_budget is None:
+            return
+        outcome = "honoured" if self.keyframe_budget.request() else "throttled"
+        self.stats.keyframe_requests[outcome] += 1
 
     def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
         if not self.started:
@@ -339,7 +379,7 @@ class DownTrack:
             if self.kind == "video" and not keyframe:  # new, or the source restarted mid-stream
                 self.source_ssrc = None
                 if not self.up.keyframes.wanted:  # type: ignore[union-attr]
-                    self.up.request_keyframe()
+                    self.up.request_keyframe(urgent=True)
                 return
             self.source_ssrc = packet.ssrc
             self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
@@ -360,8 +400,12 @@ class DownTrack:
             self.output.send(out, data, ntp_time)  # type: ignore[union-attr]
         except ConnectionError:  # the subscriber's transport closed under us
             return
+        if keyframe:
+            self.keyframe_budget.keyframe_forwarded()  # type: ignore[union-attr]
         if self.packets == 0 and self.on_first_packet is not None:
             self.on_first_packet(self)
         self.packets += 1
         self.bytes += len(packet.payload)
         self.stats.count_forwarded(self.kind, len(packet.payload))
+        if now >= self.retransmissions.next_sample:
+            self.retransmissions.sample(now, self.bytes)

@@ -7,6 +7,10 @@ what passthrough forwarding needs.
   already uses: aiortc would otherwise re-offer its own numbering, which collides inside the
   BUNDLE group with the browser's (Chrome rejects such an offer) and would re-map the
   publisher's own m-lines.
+* Opus with in-band FEC and DTX (``OPUS_PARAMETERS``) in every answer and offer: a browser
+  sends FEC and stops sending in silence when the other side's description asks for it. The SFU
+  forwards without decoding, so FEC reaches subscribers as the publisher encoded it (their
+  decoders recover a lost packet from the next one) and DTX only means fewer packets.
 * One DTLS role for the one bundled transport, and it never changes once negotiated (RFC 8842:
   the BUNDLE group's tagged m-line sets it). Firefox answers a renegotiation with ``a=setup``
   per m-line (``passive`` on the old ones, ``active`` on the new); aiortc applies each m-line's
@@ -34,6 +38,9 @@ from .errors import SfuError
 FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 DYNAMIC_PAYLOAD_TYPES = (*range(96, 128), *range(35, 64))
 EXTENSION_IDS = range(1, 15)
+# Opus fmtp parameters the SFU asks every browser for (RFC 7587): in-band FEC, a lost 20 ms frame
+# recovered from the next packet, and DTX, a packet every 400 ms instead of every 20 ms in silence.
+OPUS_PARAMETERS = {"useinbandfec": 1, "usedtx": 1}
 # The a=setup a remote description must carry to keep the SFU's negotiated DTLS role.
 REMOTE_SETUP = {"client": "passive", "server": "active"}
 
@@ -95,12 +102,20 @@ def align_bundled_setup(sdp: str, own_role: str | None) -> str:
     return "".join(lines)
 
 
+def with_loss_protection(codec: RTCRtpCodecParameters) -> RTCRtpCodecParameters:
+    """``codec`` as the SFU negotiates it: Opus with ``OPUS_PARAMETERS``, anything else as it is."""
+    if codec.mimeType.lower() != "audio/opus":
+        return codec
+    return dataclasses.replace(codec, parameters={**codec.parameters, **OPUS_PARAMETERS})
+
+
 def codec_preferences(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
     """Codec preferences that make a downstream transceiver offer exactly the publisher's codec
-    (and RTX for video)."""
+    (and RTX for video); the Opus parameters the SFU adds itself are left out of the match."""
     capabilities = RTCRtpSender.getCapabilities(codec.mimeType.split("/")[0]).codecs
+    parameters = {k: v for k, v in codec.parameters.items() if k not in OPUS_PARAMETERS}
     same = next(c for c in capabilities if is_codec_compatible(c, codec)  # type: ignore[arg-type]
-                and c.parameters == codec.parameters)
+                and c.parameters == parameters)
     return [same, *(c for c in capabilities if c.name == "rtx")]
 
 
@@ -192,7 +207,7 @@ class SfuPeerConnection(RTCPeerConnection):
             if chosen is None:
                 continue
             rtx = [c for c in negotiated if c.name == "rtx" and c.parameters.get("apt") == chosen.payloadType]
-            aiortc_private.set_codecs(transceiver, [chosen, *rtx])
+            aiortc_private.set_codecs(transceiver, [with_loss_protection(chosen), *rtx])
 
     async def createOffer(self) -> RTCSessionDescription:
         negotiated = {t: (aiortc_private.codecs(t), aiortc_private.header_extensions(t))
@@ -208,7 +223,7 @@ class SfuPeerConnection(RTCPeerConnection):
             if transceiver in negotiated:
                 codecs, extensions = negotiated[transceiver]
             else:
-                codecs = payloads.number_codecs(aiortc_private.codecs(transceiver))
+                codecs = [with_loss_protection(c) for c in payloads.number_codecs(aiortc_private.codecs(transceiver))]
                 extensions = payloads.number_extensions(aiortc_private.header_extensions(transceiver))
             aiortc_private.set_codecs(transceiver, codecs)
             aiortc_private.set_header_extensions(transceiver, extensions)

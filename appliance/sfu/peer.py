@@ -9,6 +9,7 @@ interleaves. Only the media path (RTP arriving at a receiver) runs outside it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from aiortc.rtp import RtpPacket
 
 from . import aiortc_private
 from .errors import SfuError
-from .forwarder import DownTrack, ForwardedTrack, UpTrack
+from .forwarder import DownlinkEstimate, DownTrack, ForwardedTrack, UpTrack
 from .ice import (
     CandidateGatherer,
     drop_mdns_candidates,
@@ -316,7 +317,9 @@ class Peer:
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
-        aiortc_private.on_keyframe_request(transceiver.sender, up.keyframe_requested_downstream)
+        aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
+        aiortc_private.gate_retransmissions(transceiver.sender, down.allow_retransmission)
+        aiortc_private.on_remb(transceiver.sender, down.remb_received)
         aiortc_private.on_rtcp_feedback(transceiver.sender, self._feedback)
         aiortc_private.on_sender_started(transceiver.sender, partial(self.post, self._start_down, down))
         return down
@@ -340,6 +343,18 @@ class Peer:
             down.start()
 
     # ------------------------------------------------------------------ measurements
+    def downlink_estimate(self) -> DownlinkEstimate:
+        """What the participant's browser says its downlink carries: the latest REMB on any of
+        its down tracks and the worst loss of their latest receiver reports (what a layer
+        allocator starts from)."""
+        latest = max((down for down in self.downs.values() if down.remb_at is not None),
+                     key=lambda down: down.remb_at, default=None)  # type: ignore[arg-type,return-value]
+        losses = [link.loss for down in self.downs.values() if (link := down.downlink()) is not None]
+        return DownlinkEstimate(
+            bitrate_bps=latest.remb_bps if latest is not None else None,
+            loss=max(losses) if losses else None,
+            age_s=time.monotonic() - latest.remb_at if latest is not None and latest.remb_at is not None else None)
+
     async def report_quality(self) -> None:
         """Grade the connection from RTCP receiver reports (downlink) and the server's own
         reception statistics (uplink); tell the room when the grade changes."""
@@ -388,9 +403,12 @@ class Peer:
                           for up in self.ups.values()],
             "subscribed": [{"track_id": down.up.track_id, "publisher": down.up.publisher,
                             "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
+                            "retransmitted": down.retransmitted, "remb_bps": down.remb_bps,
+                            "retransmissions_refused": down.retransmissions_refused,
                             "forwarding": down.started, "waiting_for_keyframe": down.gated}
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,
+            "downlink": dataclasses.asdict(self.downlink_estimate()),
         }
 
 

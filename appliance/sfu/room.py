@@ -184,10 +184,13 @@ class Room:
         """The room for the metrics: who is in it; its media bytes in and out, the packets sent on
         its downlinks and how many of those the subscribers' receiver reports count as lost, all
         since it opened; the mean over its down tracks of the jitter those reports give, and the
-        mean over its participants of their latest round trips (None before the first)."""
+        mean over its participants of their latest round trips, and the lowest downlink estimate
+        (REMB) among its subscribers (None before the first)."""
         downs = [down for peer in self.peers.values() for down in peer.downs.values()]
         links = [link for down in downs if (link := down.downlink()) is not None]
         rtts = [peer.rtt_s for peer in self.peers.values() if peer.rtt_s is not None]
+        estimates = [estimate for peer in self.peers.values()
+                     if (estimate := peer.downlink_estimate().bitrate_bps) is not None]
         return {
             "participants": len(self.peers),
             "tracks": len(self.tracks),
@@ -197,6 +200,7 @@ class Room:
             "downlink_packets_lost": self._lost_gone + sum(down.lost for down in downs),
             "downlink_jitter_seconds": sum(link.jitter_s for link in links) / len(links) if links else None,
             "rtt_seconds": sum(rtts) / len(rtts) if rtts else None,
+            "downlink_estimate_min_bps": min(estimates) if estimates else None,
         }
 
     def audio_level(self, participant: str, level: int) -> None:

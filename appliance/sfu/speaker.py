@@ -7,6 +7,10 @@ from collections import deque
 from dataclasses import dataclass
 
 SILENCE_DBOV = -127.0
+FRAME_SECONDS = 0.02  # what one packet stands for when nothing tells otherwise (Opus's usual ptime)
+# The longest span one packet stands for: with Opus DTX a browser sends one packet every 400 ms in
+# silence; a longer gap is loss or a mute, and says nothing of the level.
+MAX_PACKET_SPAN = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,14 @@ class ActiveSpeakerDetector:
         self.settings = settings or SpeakerSettings()
         self.current: str | None = None
         self._since = 0.0
-        self._powers: dict[str, deque[tuple[float, float]]] = {}
+        # Per participant: (arrival, power, the span since the packet before) of recent packets.
+        self._powers: dict[str, deque[tuple[float, float, float]]] = {}
 
     def add_level(self, participant: str, level: int, now: float) -> None:
         """Record one packet's level: RFC 6464 gives it as -dBov, 0 (loudest) to 127."""
-        self._powers.setdefault(participant, deque()).append((now, 10.0 ** (-level / 10.0)))
+        powers = self._powers.setdefault(participant, deque())
+        span = min(MAX_PACKET_SPAN, now - powers[-1][0]) if powers else FRAME_SECONDS
+        powers.append((now, 10.0 ** (-level / 10.0), span))
 
     def forget(self, participant: str) -> None:
         self._powers.pop(participant, None)
@@ -47,7 +54,9 @@ class ActiveSpeakerDetector:
             self.current = None
 
     def level(self, participant: str, now: float) -> float:
-        """Mean level (dBov) of the participant's packets in the window; silence if none."""
+        """Mean level (dBov) over the window of the participant's packets, each weighted by the
+        time since the packet before (so a DTX packet, one per 400 ms of silence, counts for its
+        400 ms, not as one 20 ms frame); silence if none. Evenly spaced packets weigh the same."""
         powers = self._powers.get(participant)
         if not powers:
             return SILENCE_DBOV
@@ -56,7 +65,12 @@ class ActiveSpeakerDetector:
             powers.popleft()
         if not powers:
             return SILENCE_DBOV
-        mean = sum(power for _, power in powers) / len(powers)
+        weights = [min(span, at - horizon) for at, _, span in powers]
+        total = sum(weights)
+        if total > 0:
+            mean = sum(power * weight for (_, power, _), weight in zip(powers, weights, strict=True)) / total
+        else:
+            mean = sum(power for _, power, _ in powers) / len(powers)
         return max(SILENCE_DBOV, 10.0 * math.log10(mean))
 
     def update(self, now: float) -> SpeakerChange | None:

@@ -10,6 +10,10 @@ from typing import Any
 # Seconds: a keyframe is a round trip plus the publisher's encoder away; media a whole negotiation.
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 FEEDBACK = ("nack", "pli", "fir")
+# What became of a subscriber's PLI/FIR: passed on to the publisher, or held to the subscriber's budget.
+KEYFRAME_REQUEST_OUTCOMES = ("honoured", "throttled")
+# Packets subscribers NACKed that the SFU still had: sent again, or refused (over the down track's budget).
+RETRANSMISSION_OUTCOMES = ("sent", "refused")
 FAILURE_CAUSES = ("ice", "dtls")
 
 
@@ -52,7 +56,9 @@ class SfuStats:
     received_packets: dict[str, int] = field(default_factory=_by_kind)  # from publishers
     received_bytes: dict[str, int] = field(default_factory=_by_kind)
     plis_sent: int = 0
-    keyframe_requests: int = 0  # PLI/FIR received from subscribers, before coalescing
+    # PLI/FIR received from subscribers, by outcome (before the publisher's own coalescing).
+    keyframe_requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KEYFRAME_REQUEST_OUTCOMES, 0))
+    retransmissions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRANSMISSION_OUTCOMES, 0))
     # RTCP feedback from subscribers, by type (nack, pli, fir); a NACK counts once per packet asked for.
     feedback_received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FEEDBACK, 0))
     # Connections that failed to set up or broke, by the layer that failed (ice, dtls).
@@ -79,13 +85,13 @@ class SfuStats:
         total = cls()
         for snap in snapshots:
             for name in ("forwarded_packets", "forwarded_bytes", "received_packets", "received_bytes",
-                         "feedback_received", "connection_failures",
+                         "feedback_received", "connection_failures", "keyframe_requests",
+                         "retransmissions",
                          *(("published_tracks", "subscribed_tracks") if gauges else ())):
                 mine = getattr(total, name)
                 for key, count in snap[name].items():
                     mine[key] = mine.get(key, 0) + count
             total.plis_sent += snap["plis_sent"]
-            total.keyframe_requests += snap["keyframe_requests"]
             total.keyframe_wait.add(snap["keyframe_wait"])
             total.first_media.add(snap["first_media"])
             if gauges:
@@ -100,7 +106,8 @@ class SfuStats:
             "received_packets": dict(self.received_packets),
             "received_bytes": dict(self.received_bytes),
             "plis_sent": self.plis_sent,
-            "keyframe_requests": self.keyframe_requests,
+            "keyframe_requests": dict(self.keyframe_requests),
+            "retransmissions": dict(self.retransmissions),
             "feedback_received": dict(self.feedback_received),
             "connection_failures": dict(self.connection_failures),
             "keyframe_wait": self.keyframe_wait.snapshot(),

@@ -35,6 +35,7 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         assert len(connections) == 1 and connections[0]._protocols == []
         assert callable(connections[0].get_component_candidates)
         assert callable(RTCRtpSender._send_keyframe) and callable(receiver._handle_rtp_packet)
+        assert callable(RTCRtpSender._retransmit) and callable(RTCRtpSender._handle_rtcp_packet)
     finally:
         await pc.close()
 

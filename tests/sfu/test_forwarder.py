@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +21,7 @@ from aiortc.rtp import (
 )
 
 from appliance.sfu import aiortc_private
-from appliance.sfu.forwarder import DownTrack, HeaderTemplate, RtpRewriter, UpTrack
+from appliance.sfu.forwarder import DownlinkEstimate, DownTrack, HeaderTemplate, RtpRewriter, UpTrack
 from appliance.sfu.stats import SfuStats
 
 VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame tag with P=0
@@ -170,7 +171,7 @@ async def test_a_stopped_down_track_receives_nothing(pair: Any) -> None:
 
 async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair: Any) -> None:
     up, down, upstream, downstream, stats = pair
-    aiortc_private.on_keyframe_request(down.sender, up.keyframe_requested_downstream)
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
     down.accept_negotiation()
     down.start()
     for seq, payload in [(1, VP8_KEY), (2, VP8_MORE), (3, VP8_DELTA)]:
@@ -192,7 +193,173 @@ async def test_subscriber_feedback_is_served_nack_from_history_pli_upstream(pair
     assert len(upstream.sent) == plis_before + 1 and isinstance(pli, RtcpPsfbPacket)
     assert (pli.fmt, pli.media_ssrc) == (RTCP_PSFB_PLI, 1111)
     # The request made at start was served by the first packet, a keyframe: no PLI for it.
-    assert stats.keyframe_requests == 1 and stats.plis_sent == 1
+    assert stats.keyframe_requests == {"honoured": 1, "throttled": 0} and stats.plis_sent == 1
+
+
+class Publisher:
+    """The browser behind an up track: answers each PLI it receives with a keyframe 20 ms later,
+    and notes when each PLI came."""
+
+    def __init__(self, up: UpTrack, upstream: Wire) -> None:
+        self.up, self.upstream = up, upstream
+        self.plis: list[float] = []
+        self.seq = 100
+        self._seen = 0
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def frame(self, payload: bytes) -> None:
+        self.seq += 1
+        await self.up.on_rtp(_packet(self.seq, self.seq * 3000, payload))
+
+    async def _serve(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            for data in self.upstream.sent[self._seen:]:
+                if any(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in RtcpPacket.parse(data)):
+                    self.plis.append(time.monotonic())
+                    asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(self.frame(VP8_KEY)))
+            self._seen = len(self.upstream.sent)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+def _more_downs(pc: RTCPeerConnection, up: UpTrack, stats: SfuStats, count: int) -> list[DownTrack]:
+    downs = []
+    for i in range(count):
+        codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=100)
+        down = DownTrack(f"sub-{i}", up, _transceiver(pc, [codec], str(10 + i), "sendonly", Wire()), stats)
+        assert down.accept_negotiation()
+        aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)  # as Peer does
+        downs.append(down)
+    return downs
+
+
+async def _pli_from(down: DownTrack) -> None:
+    await down.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=99, media_ssrc=down.ssrc))
+
+
+async def test_a_weak_subscribers_requests_do_not_set_the_publishers_keyframe_rate(pair: Any) -> None:
+    """A subscriber on a bad link asks for a keyframe every 50 ms: the first request reaches the
+    publisher at once, the rest are held to the subscriber's budget (one per 5 s)."""
+    up, down, upstream, _, stats = pair
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
+    down.accept_negotiation()
+    down.start()
+    publisher = Publisher(up, upstream)
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    for _ in range(24):
+        await _pli_from(down)
+        await asyncio.sleep(0.05)
+        await publisher.frame(VP8_DELTA)
+    publisher.close()
+    assert len(publisher.plis) == 1, publisher.plis
+    assert stats.keyframe_requests == {"honoured": 1, "throttled": 23}
+
+
+async def test_subscribers_keyframe_requests_reach_a_publisher_once_a_second_at_most(pair: Any) -> None:
+    """Three subscribers each ask once, 200 ms apart: one PLI now, one a second later for the others."""
+    up, _, upstream, _, stats = pair
+    pc = RTCPeerConnection()
+    publisher = Publisher(up, upstream)
+    subscribers = _more_downs(pc, up, stats, 3)
+    for down in subscribers:
+        down.start()
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    for down in subscribers:
+        await _pli_from(down)
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.55)
+    publisher.close()
+    await pc.close()
+    assert len(publisher.plis) == 2 and publisher.plis[1] - publisher.plis[0] >= 0.95, publisher.plis
+    assert stats.keyframe_requests == {"honoured": 3, "throttled": 0}
+
+
+@pytest.mark.parametrize("event", ["a subscriber starts", "the track resumes"])
+async def test_a_keyframe_someone_waits_for_is_asked_for_within_300_ms_of_the_last(pair: Any, event: str) -> None:
+    """Right after a PLI for a subscriber's repair, a newcomer's (or a resumed track's) keyframe is
+    not held to the publisher's one-a-second limit."""
+    up, down, upstream, _, stats = pair
+    pc = RTCPeerConnection()
+    publisher = Publisher(up, upstream)
+    aiortc_private.on_keyframe_request(down.sender, down.keyframe_requested)
+    down.accept_negotiation()
+    down.start()
+    await publisher.frame(VP8_KEY)
+    await asyncio.sleep(0.05)
+    await _pli_from(down)
+    await asyncio.sleep(0.1)  # the PLI went out and its keyframe came
+    assert len(publisher.plis) == 1
+    if event == "a subscriber starts":
+        _more_downs(pc, up, stats, 1)[0].start()
+    else:
+        up.hold(True)
+        up.hold(False)
+    await asyncio.sleep(0.35)
+    publisher.close()
+    await pc.close()
+    assert len(publisher.plis) == 2 and publisher.plis[1] - publisher.plis[0] < 0.45, publisher.plis
+
+
+async def test_a_subscriber_that_loses_most_packets_gets_retransmissions_within_its_budget(pair: Any) -> None:
+    """~1.8 Mbit/s forwarded to a subscriber whose 300 kbit/s link loses three packets in four:
+    it NACKs each lost packet once a round trip later, and again and again. Without a budget the
+    retransmissions outgrow the media; with it they stay within 15 % of the media's bytes."""
+    up, down, _, downstream, stats = pair
+    aiortc_private.gate_retransmissions(down.sender, down.allow_retransmission)  # as Peer does
+    down.accept_negotiation()
+    down.start()
+    payload = VP8_KEY + bytes(1095)
+    lost: list[int] = []
+    seq, forwarded_bytes = 1, 0
+    for tick in range(50):  # one second, 20 ms at a time, 4 packets each
+        for _ in range(4):
+            await up.on_rtp(_packet(seq, seq * 750, payload if seq == 1 else VP8_MORE + bytes(1095)))
+            sent = RtpPacket.parse(downstream.sent[-1])
+            forwarded_bytes += len(sent.payload)
+            if seq % 4:
+                lost.append(sent.sequence_number)
+            seq += 1
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=99, media_ssrc=down.ssrc)
+        nack.lost = lost[-60:]  # still missing: asked for again
+        await down.sender._handle_rtcp_packet(nack)
+        await asyncio.sleep(0.02)
+    resent_bytes = sum(len(RtpPacket.parse(data).payload) for data in downstream.sent) - forwarded_bytes
+    assert 0 < resent_bytes <= 0.15 * forwarded_bytes + 1100, (resent_bytes, forwarded_bytes)
+    assert down.retransmitted == stats.retransmissions["sent"] > 0
+    assert down.retransmissions_refused == stats.retransmissions["refused"] > 10 * down.retransmitted
+
+
+async def test_a_subscribers_remb_and_receiver_reports_make_its_downlink_estimate(pair: Any) -> None:
+    """Chromium's REMB (one for every stream it receives) and its receiver reports, as they come
+    off the wire, become the estimate the layer allocator will read (Peer.downlink_estimate)."""
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpReceiverInfo, RtcpRrPacket, pack_remb_fci
+
+    from appliance.sfu.peer import Peer
+
+    up, down, _, downstream, _ = pair
+    downstream._stats_id = "transport"  # what aiortc's receiver-report handling names
+    aiortc_private.on_remb(down.sender, down.remb_received)  # as Peer does
+    down.accept_negotiation()
+    down.start()
+    peer = SimpleNamespace(downs={up.key: down})
+    assert Peer.downlink_estimate(peer) == DownlinkEstimate(None, None, None)  # type: ignore[arg-type]
+
+    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=99, media_ssrc=0, fci=pack_remb_fci(287_000, [down.ssrc, 4242]))
+    report = RtcpRrPacket(ssrc=99, reports=[RtcpReceiverInfo(
+        ssrc=down.ssrc, fraction_lost=64, packets_lost=30, highest_sequence=100, jitter=900, lsr=0, dlsr=0)])
+    for packet in RtcpPacket.parse(bytes(remb) + bytes(report)):
+        await down.sender._handle_rtcp_packet(packet)
+    assert down.remb_bps == 287_000
+    estimate = Peer.downlink_estimate(peer)  # type: ignore[arg-type]
+    assert (estimate.bitrate_bps, estimate.loss) == (287_000, 0.25) and 0 <= estimate.age_s < 1
+
+    other = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=99, media_ssrc=0, fci=pack_remb_fci(1_000_000, [4242]))
+    await down.sender._handle_rtcp_packet(other)  # names another stream only
+    assert down.remb_bps == 287_000
 
 
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])

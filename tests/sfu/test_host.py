@@ -240,7 +240,9 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     # Receiver reports (aiortc sends one about every second) and round trips (one a second).
     for _ in range(100):
         report = meeting.host.room_reports()["room"]
-        if report["rtt_seconds"] is not None and report["downlink_jitter_seconds"] is not None:
+        estimate = meeting.host._rooms["room"].peers["alice"].downlink_estimate()
+        if (report["rtt_seconds"] is not None and report["downlink_jitter_seconds"] is not None
+                and None not in (report["downlink_estimate_min_bps"], estimate.bitrate_bps, estimate.loss)):
             break
         await asyncio.sleep(0.1)
     assert report["participants"] == 2 and report["tracks"] == 4
@@ -249,6 +251,9 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     assert report["downlink_packets_lost"] == 0  # loopback
     assert 0 <= report["downlink_jitter_seconds"] < 0.05
     assert 0 < report["rtt_seconds"] < 0.2
+    # aiortc's receivers send REMB on the abs-send-time the SFU writes, as Chromium's do.
+    assert report["downlink_estimate_min_bps"] > 0
+    assert estimate.bitrate_bps and estimate.loss == 0.0  # loopback
     before = meeting.host.room_reports()["room"]
     assert await bob.request({"type": "leave"}) == {"type": "left"}
     await alice.wait_until(lambda: bool(alice.events_of("participant_left")))

@@ -7,7 +7,7 @@ import time
 from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
 
-from appliance.sfu.keyframes import KeyframeRequester, is_keyframe_start
+from appliance.sfu.keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
 
 
 def _vp8_frames(count: int) -> list[list[bytes]]:
@@ -116,3 +116,40 @@ async def test_the_pli_waits_for_the_publishers_ssrc() -> None:
     assert len(plis.times) == 1
     requester.close()
     assert requester.wanted is False
+
+
+async def test_an_urgent_request_is_not_held_to_the_repair_interval() -> None:
+    plis = PliLog()
+    requester = KeyframeRequester(plis.send, min_interval=0.5, urgent_interval=0.05, retry_after=5.0)
+    requester.request()
+    await asyncio.sleep(0.01)
+    requester.keyframe_received()
+    requester.request()  # a repair: waits for the 0.5 s interval
+    await asyncio.sleep(0.05)
+    assert len(plis.times) == 1
+    requester.request(urgent=True)  # a newcomer: wakes the wait, 50 ms after the last PLI is enough
+    await asyncio.sleep(0.02)
+    assert len(plis.times) == 2 and plis.times[1] - plis.times[0] < 0.2
+    requester.keyframe_received()
+    requester.request()  # urgency ended with the keyframe: this one waits the repair interval again
+    await asyncio.sleep(0.2)
+    assert len(plis.times) == 2
+    requester.close()
+
+
+async def test_a_subscribers_budget_passes_the_first_request_and_holds_the_next() -> None:
+    forwarded: list[float] = []
+    budget = SubscriberKeyframeBudget(lambda: forwarded.append(time.monotonic()), interval=0.2)
+    start = time.monotonic()
+    assert budget.request() is True
+    assert budget.request() is False and budget.request() is False  # held: one goes on later
+    await asyncio.sleep(0.1)
+    assert len(forwarded) == 1
+    await asyncio.sleep(0.15)
+    assert len(forwarded) == 2 and forwarded[1] - start >= 0.19  # released when the interval ended
+    assert budget.request() is False
+    budget.keyframe_forwarded()  # a keyframe for someone else reached this subscriber: nothing held
+    await asyncio.sleep(0.3)
+    assert len(forwarded) == 2
+    assert budget.request() is True and len(forwarded) == 3
+    budget.close()

@@ -206,3 +206,27 @@ async def test_a_track_stopped_and_sent_again_on_its_transceiver_is_forwarded_ag
     before = len(bob.received)
     await bob.wait_until(lambda: any(r.frames > 3 for r in bob.received[before:] if r.track.kind == "video"),
                          timeout=10)
+
+
+def _opus_fmtp(sdp: str) -> list[dict[str, object]]:
+    return [codec.parameters for media in aiortc_sdp.SessionDescription.parse(sdp).media
+            for codec in media.rtp.codecs if codec.mimeType.lower() == "audio/opus"]
+
+
+async def test_opus_is_negotiated_with_in_band_fec_and_dtx_both_ways() -> None:
+    """Chrome sends Opus FEC and DTX when the other side's description asks for them: the answer
+    to its offer, the server's later offers (which re-state its own m-lines) and the m-lines
+    that carry others' audio to it all do."""
+    pc = SfuPeerConnection(IceSettings().rtc_configuration())
+    try:
+        await pc.setRemoteDescription(CHROME)
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createAnswer())
+        assert "a=fmtp:111 useinbandfec=1;usedtx=1" in pc.localDescription.sdp.splitlines()
+        upstream = aiortc_private.codecs(pc.getTransceivers()[0])[0]
+        transceiver = pc.addTransceiver(ForwardedTrack("audio", "remote-audio"), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(upstream))
+        offer = await pc.createOffer()
+        assert [(p.get("useinbandfec"), p.get("usedtx")) for p in _opus_fmtp(offer.sdp)] == [(1, "1"), (1, "1")]
+    finally:
+        await pc.close()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from appliance.sfu.speaker import ActiveSpeakerDetector, SpeakerChange, SpeakerSettings
 
 SETTINGS = SpeakerSettings(window=1.0, threshold_dbov=-50, margin_db=6, min_hold=1.0)
@@ -60,3 +62,21 @@ def test_a_speaker_who_leaves_loses_the_floor() -> None:
     detector.forget("a")
     assert detector.current is None
     assert detector.update(1.0) == SpeakerChange("b", -35.0)
+
+
+def test_a_speaker_who_pauses_under_dtx_loses_the_floor_as_without_it() -> None:
+    """With Opus DTX a silent browser sends one packet per 400 ms instead of fifty: the silence
+    must weigh its time, not its packet count, or the last words hold the floor for the window."""
+    detector = ActiveSpeakerDetector(SETTINGS)
+    feed(detector, "a", 20, 0.0, 0.6)
+    feed(detector, "b", 127, 0.0, 0.6)
+    assert detector.update(0.6) == SpeakerChange("a", -20.0)
+    feed(detector, "a", 20, 0.6, 1.0)
+    feed(detector, "b", 127, 0.6, 1.0)
+    for t in (1.4, 1.8):  # "a" stops talking: DTX packets of silence
+        detector.add_level("a", 127, t)
+    feed(detector, "b", 15, 1.0, 1.8)
+    # Over the last second "a" made sound for 0.2 s: -27.4 dBov weighted by time, where a mean
+    # per packet (9 loud, 2 silent) says -20.9, within the 6 dB margin of "b" (-15.9).
+    assert detector.level("a", 1.8) == pytest.approx(-27.4, abs=0.1)
+    assert detector.update(1.8) == SpeakerChange("b", -15.9)
