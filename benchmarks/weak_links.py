@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,7 +75,7 @@ CASES: dict[str, tuple[str, Impairment, Impairment]] = {
     "cap": ("downlink capped at 300 kbit/s", Impairment(rate_kbps=300), Impairment()),
     "loss": ("5 % loss + 80 ms delay each way", Impairment(delay_ms=80, loss=0.05),
              Impairment(delay_ms=80, loss=0.05)),
-    "clean": ("clean (control)", Impairment(), Impairment()),
+    "clean": ("no impairment, the control", Impairment(), Impairment()),
 }
 BROWSER_NICE = 10
 FREEZE_GAP_S = 0.5  # no frame decoded for longer than this reads as frozen
@@ -136,13 +137,17 @@ def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
                   zip(readings, readings[1:], streams, streams[1:], strict=False)
                   if sb.get("framesDecoded", 0) == sa.get("framesDecoded", 0))
     frozen = max(stalled, _delta(first, last, "totalFreezesDuration"))
+    # The size of the frames decoded in the window: frameWidth stays at the last frame's after
+    # the frames stop.
+    widths = [sb.get("frameWidth") for sa, sb in zip(streams, streams[1:], strict=False)
+              if sb.get("framesDecoded", 0) > sa.get("framesDecoded", 0)]
     transports = [_largest(r["transports"], "packetsReceived") for r in readings]
     return {
         "fps": _delta(first, last, "framesDecoded") / seconds,
         "frozen_share": min(1.0, frozen / seconds),
         "freezes": _delta(first, last, "freezeCount"),
-        "width": _mode([s.get("frameWidth") for s in streams]),
-        "width_min": min((s["frameWidth"] for s in streams if s.get("frameWidth")), default=None),
+        "width": _mode(widths),
+        "width_min": min((w for w in widths if w), default=None),
         "packets_lost": _delta(first, last, "packetsLost"),
         "nacks_sent": _delta(first, last, "nackCount"),
         "plis_sent": _delta(first, last, "pliCount"),
@@ -220,7 +225,8 @@ def parse_metrics(text: str) -> dict[str, float]:
             continue
         for sample in family.samples:
             labels = {k: v for k, v in sample.labels.items() if k != "worker"}
-            key = sample.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+            named = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            key = f"{sample.name}{{{named}}}" if named else sample.name
             out[key] = out.get(key, 0.0) + sample.value
     return out
 
@@ -352,9 +358,10 @@ def _px(figures: dict[str, Any]) -> str:
 
 
 def tables(runs: list[Run]) -> list[Table]:
+    """Issue 24's table, in two: the subscribers' side, and the presenter's and the SFU's."""
     subscribers = Table(title="Subscribers over the window (B on the shaped link, A on a clean one)")
     for column in ("B's link", "run", "B fps", "B frozen", "B width", "B lost", "B NACKs", "B PLIs",
-                   "to B pkt/s (dropped)", "A fps", "A frozen", "A width", "to A pkt/s"):
+                   "to B pkt/s, kbit/s (dropped)", "A fps", "A frozen", "A width", "to A pkt/s, kbit/s"):
         subscribers.add_column(column, justify="left" if column in ("B's link", "B width", "A width") else "right")
     sender = Table(title="Presenter and SFU over the window")
     for column in ("B's link", "run", "keyframes", "fps sent", "width", "limited by", "sent kbit/s",
@@ -370,8 +377,9 @@ def tables(runs: list[Run]) -> list[Table]:
         subscribers.add_row(
             label, str(run.number), _n(b["fps"], 1), _n(100 * b["frozen_share"], 0, " %"), _px(b),
             _n(b["packets_lost"]), _n(b["nacks_sent"]), _n(b["plis_sent"]),
-            f"{link['to_b_pps']:.0f} ({100 * link['to_b_dropped_share']:.0f} %)",
-            _n(a["fps"], 1), _n(100 * a["frozen_share"], 0, " %"), _px(a), _n(a["transport_pps"]))
+            f"{link['to_b_pps']:.0f}, {link['to_b_kbps']:.0f} ({100 * link['to_b_dropped_share']:.0f} %)",
+            _n(a["fps"], 1), _n(100 * a["frozen_share"], 0, " %"), _px(a),
+            f"{a['transport_pps']:.0f}, {a['transport_kbps']:.0f}")
         sender.add_row(
             label, str(run.number), _n(p["keyframes"]), _n(p["fps_sent"], 1), _px(p), str(p["quality_limitation"]),
             _n(p["outgoing_kbps"]), f"{_n(p['estimate_kbps'])} ({_n(p['estimate_min_kbps'])})",
@@ -382,14 +390,16 @@ def tables(runs: list[Run]) -> list[Table]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    described = ", ".join(f"{name} ({label})" for name, (label, *_) in CASES.items()).replace("%", "%%")
     parser.add_argument("--case", action="append", choices=list(CASES),
-                        help="B's link; repeat the option for several (default: cap, loss, clean)")
-    parser.add_argument("--seconds", type=int, default=20, help="the measured window of each run")
-    parser.add_argument("--warmup", type=int, default=10, help="seconds after the last join before the window")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each case, in turns")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
+                        help=f"B's link: {described}; repeat the option for several (default: all three, in that order)")
+    parser.add_argument("--seconds", type=int, default=20, help="the measured window of each run (default: 20)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="seconds after the last join before the window (default: 10)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case, in turns (default: 1)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the figures as JSON on stdout (the tables go to stderr)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("network namespaces and TUN devices need root")
@@ -408,17 +418,21 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001 - a failed run is reported, the others go on
                     log.print(f"  {case} #{number} failed: {exc}", style="red")
                     runs.append(Run(case, number, error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+    camera.unlink()
+    if any(run.error for run in runs):
+        log.print(f"appliance logs kept under {scratch}")
+    else:
+        shutil.rmtree(scratch)
     if args.json:
         print(json.dumps([asdict(run) for run in runs], indent=2))
-    else:
-        console = Console(width=max(200, Console().width))
-        console.print(f"Chromium {subprocess.run([CHROMIUM, '--version'], capture_output=True, text=True).stdout.strip()}, "
-                      f"{args.warmup} s warm-up, {args.seconds} s window, {os.cpu_count()} CPUs")
-        for table in tables(runs):
-            console.print(table)
-        for run in runs:
-            if run.error:
-                console.print(f"{run.case} #{run.number}: {run.error}", style="red")
+    console = Console(width=max(200, Console().width), stderr=args.json)
+    version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
+    console.print(f"{version}, {args.warmup} s warm-up, {args.seconds} s window, {os.cpu_count()} CPUs")
+    for table in tables(runs):
+        console.print(table)
+    for run in runs:
+        if run.error:
+            console.print(f"{run.case} #{run.number}: {run.error}", style="red")
     return 1 if any(run.error for run in runs) else 0
 
 
