@@ -20,10 +20,10 @@ estimator); the relay at nice -10. After everyone has joined and ``--warmup`` se
 RTCPeerConnection (``window.confmeet.pc``, the web client's own debug handle) is read with
 getStats() every second for ``--seconds`` seconds, with /metrics of the appliance and the relay's
 counters. Per run:
-  A, B       received video fps (framesDecoded), the share of the window frozen (Chromium's
-             totalFreezesDuration, or the seconds with no frame decoded where more: a freeze
-             still going on at the end is not in Chromium's counter), frame width (the most
-             common per-second value), video packets lost, NACKs and PLIs sent;
+  A, B       received video fps (framesDecoded), the share of the window frozen (seconds with
+             no frame decoded, and Chromium's totalFreezesDuration for the shorter freezes, see
+             frozen_seconds), frame width (the most common over the seconds with frames
+             decoded), video packets lost, NACK messages and PLIs sent;
   to B, to A packets per second the SFU sent that way: for B the relay's count of packets
              offered to B's downlink (everything, retransmissions and audio included) and the
              share of them the link dropped; for A the packets A's transport received (clean
@@ -126,17 +126,32 @@ def _mode(values: list[Any]) -> Any:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
+def frozen_seconds(readings: list[dict[str, Any]], streams: list[dict[str, Any]]) -> float:
+    """How long the picture stood still in the window. Chromium adds a freeze to
+    totalFreezesDuration only when a frame ends it, all of it at once (also the part before the
+    window), and never one still going on: so a second between two readings with no frame
+    decoded is frozen whole (a reading is ~1 s apart, longer than a freeze's 500 ms gap); one with
+    frames is frozen for what the counter grew by in it, less the stalled seconds just before
+    (counted already), and at most its own length."""
+    frozen = stalled_run = 0.0
+    for a, b, sa, sb in zip(readings, readings[1:], streams, streams[1:], strict=False):
+        seconds = (b["timestamp"] - a["timestamp"]) / 1000
+        if sb.get("framesDecoded", 0) == sa.get("framesDecoded", 0):
+            frozen += seconds
+            stalled_run += seconds
+            continue
+        ended = _delta(sa, sb, "totalFreezesDuration") - stalled_run
+        frozen += min(seconds, max(0.0, ended))
+        stalled_run = 0.0
+    return frozen
+
+
 def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
     """A subscriber's figures over the window, from its per-second getStats readings."""
     streams = [_largest(r["inbound"], "packetsReceived") for r in readings]
     first, last = streams[0], streams[-1]
     seconds = (readings[-1]["timestamp"] - readings[0]["timestamp"]) / 1000
-    # Seconds between readings in which no frame was decoded (each reading is ~1 s apart, longer
-    # than FREEZE_GAP_S): the part of a freeze Chromium has not counted yet, or all of it.
-    stalled = sum((b["timestamp"] - a["timestamp"]) / 1000 for a, b, sa, sb in
-                  zip(readings, readings[1:], streams, streams[1:], strict=False)
-                  if sb.get("framesDecoded", 0) == sa.get("framesDecoded", 0))
-    frozen = max(stalled, _delta(first, last, "totalFreezesDuration"))
+    frozen = frozen_seconds(readings, streams)
     # The size of the frames decoded in the window: frameWidth stays at the last frame's after
     # the frames stop.
     widths = [sb.get("frameWidth") for sa, sb in zip(streams, streams[1:], strict=False)
@@ -393,7 +408,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     described = ", ".join(f"{name} ({label})" for name, (label, *_) in CASES.items()).replace("%", "%%")
     parser.add_argument("--case", action="append", choices=list(CASES),
-                        help=f"B's link: {described}; repeat the option for several (default: all three, in that order)")
+                        help=f"B's link: {described}; repeat the option for several (default: all three, in order)")
     parser.add_argument("--seconds", type=int, default=20, help="the measured window of each run (default: 20)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="seconds after the last join before the window (default: 10)")
@@ -425,7 +440,7 @@ def main() -> int:
         shutil.rmtree(scratch)
     if args.json:
         print(json.dumps([asdict(run) for run in runs], indent=2))
-    console = Console(width=max(200, Console().width), stderr=args.json)
+    console = Console(width=max(240, Console().width), stderr=args.json)
     version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
     console.print(f"{version}, {args.warmup} s warm-up, {args.seconds} s window, {os.cpu_count()} CPUs")
     for table in tables(runs):

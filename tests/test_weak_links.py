@@ -34,6 +34,15 @@ def test_a_subscriber_that_stops_receiving_is_frozen_until_the_end_even_before_c
     assert figures["transport_kbps"] == pytest.approx(8)
 
 
+def test_a_freeze_that_began_before_the_window_counts_only_from_the_windows_start() -> None:
+    # Frozen since 30 s before the window; frames again after 5 s: Chromium then adds all 35 s.
+    readings = [reading(s, 0 if s <= 5 else 24 * (s - 5), frameWidth=480,
+                        totalFreezesDuration=0.0 if s <= 5 else 35.0, freezeCount=int(s > 5)) for s in range(11)]
+    figures = receiver_figures(readings)
+    assert figures["frozen_share"] == pytest.approx(0.6)  # 5 s stalled, the ending second counted whole
+    assert figures["freezes"] == 1
+
+
 def test_freezes_within_a_second_come_from_chromiums_counter_and_the_width_from_decoded_frames() -> None:
     readings = [reading(s, 20 * s, frameWidth=320 if s == 3 else 480, totalFreezesDuration=0.3 * (s > 5),
                         freezeCount=int(s > 5)) for s in range(11)]
