@@ -78,6 +78,9 @@ CASES: dict[str, tuple[str, Impairment, Impairment]] = {
     "clean": ("no impairment, the control", Impairment(), Impairment()),
 }
 BROWSER_NICE = 10
+# Opening the meeting, signing in and joining, each step: over 300 kbit/s, or beside other work on
+# 2 cores, the page loads slowly (Playwright's default is 30 s).
+JOIN_TIMEOUT_S = 60
 FREEZE_GAP_S = 0.5  # no frame decoded for longer than this reads as frozen
 ROLES = ("presenter", "a", "b")
 
@@ -331,8 +334,12 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
         pages = {role: MeetingPage(browsers[role], app.url, PEOPLE[people[role]]) for role in ROLES}
         for page in pages.values():
             stack.callback(page.close)
+            page.page.set_default_timeout(JOIN_TIMEOUT_S * 1000)
         for role in ROLES:
-            join(pages[role], code, publish=role == "presenter")
+            try:
+                join(pages[role], code, publish=role == "presenter")
+            except Exception as exc:
+                raise RuntimeError(f"{role} did not join: {str(exc).splitlines()[0]}") from exc
             log.print(f"  {case} #{number}: {role} joined", style="dim")
         joined = time.monotonic()
         try:
@@ -386,7 +393,8 @@ def tables(runs: list[Run]) -> list[Table]:
     for run in runs:
         label = CASES[run.case][0]
         if not run.figures:
-            subscribers.add_row(label, str(run.number), f"failed: {run.error}")
+            subscribers.add_row(label, str(run.number), "failed (below)")
+            sender.add_row(label, str(run.number), "failed (below)")
             continue
         b, a, p, sfu, link = (run.figures[k] for k in ("b", "a", "presenter", "sfu", "link"))
         subscribers.add_row(
@@ -422,7 +430,7 @@ def main() -> int:
     log = Console(stderr=True)
     scratch = Path(tempfile.mkdtemp(prefix="weak-links-"))
     camera = camera_clip(scratch / "camera.y4m")
-    expect.set_options(timeout=60_000)  # signing in over 300 kbit/s loads the page slowly
+    expect.set_options(timeout=JOIN_TIMEOUT_S * 1000)
     runs: list[Run] = []
     with sync_playwright() as playwright:
         for number in range(1, args.repeat + 1):
