@@ -169,7 +169,7 @@ def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
         "packets_lost": _delta(first, last, "packetsLost"),
         "nacks_sent": _delta(first, last, "nackCount"),
         "plis_sent": _delta(first, last, "pliCount"),
-        # Sequence numbers seen (received + lost): video RTP packets sent, retransmissions aside.
+        # Received + lost: the video RTP packets sent this way, plus the retransmissions that arrived.
         "video_rtp_pps": (_delta(first, last, "packetsReceived") + _delta(first, last, "packetsLost")) / seconds,
         "transport_pps": _delta(transports[0], transports[-1], "packetsReceived") / seconds,
         "transport_kbps": 8 * _delta(transports[0], transports[-1], "bytesReceived") / seconds / 1000,

@@ -29,7 +29,7 @@ def test_a_subscriber_that_stops_receiving_is_frozen_until_the_end_even_before_c
     assert figures["frozen_share"] == pytest.approx(0.6)
     assert figures["width"] == 640
     assert figures["packets_lost"] == 10 and figures["nacks_sent"] == 20
-    assert figures["video_rtp_pps"] == pytest.approx(11)  # received + lost: sequence numbers sent
+    assert figures["video_rtp_pps"] == pytest.approx(11)  # received + lost
     assert figures["transport_pps"] == pytest.approx(20)
     assert figures["transport_kbps"] == pytest.approx(8)
 
