@@ -3,6 +3,8 @@ link whose packets a relay process delays, jitters, drops and rate-limits, each 
 own — what ``tc qdisc add ... netem`` does, which this kernel cannot (no ``sch_netem``, see
 field-notes). Programs started in the namespace reach the host at HOST_ADDRESS (and the host's
 other addresses: the namespace's default route is the link); the host reaches them at NS_ADDRESS.
+The impairment applies to each direction alike, or, given ``uplink``, the first one to the host's
+packets towards the namespace (the downlink) and ``uplink`` to the other way.
 
     host: HOST_ADDRESS on TUN cmh<pid>  <-- relay process -->  TUN tun0 with NS_ADDRESS: namespace
 
@@ -11,9 +13,12 @@ dropped with probability ``loss``; with a ``rate_kbps`` cap, queued behind the p
 (dropped when it would wait more than ``queue_ms``); then held ``delay_ms`` ± ``jitter_ms``
 (uniform), never overtaking the packet before it (a real link keeps order; netem reorders). The
 relay runs at a raised priority (nice -10), so that a busy machine adds little to the delays. Both
-devices go when the relay exits; the namespace goes in ``close``.
+devices go when the relay exits; the namespace goes in ``close``. ``traffic()`` counts, each
+direction on its own, the packets and bytes offered to the link and those it dropped (loss, full
+queue): what a sender put on a weak link, whatever reached the other end.
 
-Run as a script, this module is the relay: ``python impair.py NETNS_PATH HOST_DEVICE IMPAIRMENT_JSON``.
+Run as a script, this module is the relay:
+``python impair.py NETNS_PATH HOST_DEVICE DOWNLINK_JSON UPLINK_JSON TRAFFIC_FILE``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import select
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +47,7 @@ HOST_ADDRESS, NS_ADDRESS = "10.213.3.1", "10.213.3.2"
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 CLONE_NEWNET = 0x40000000
 READY_TIMEOUT = 10.0
+TRAFFIC_EVERY = 0.2  # seconds between the relay's writes of its counters
 
 
 @dataclass(frozen=True)
@@ -58,17 +65,37 @@ class Impairment:
             raise ValueError(f"impossible impairment {self}")
 
 
-class ImpairedLink:
-    """A namespace (``prefix``-PID) behind an impaired link to the host; a context manager."""
+@dataclass
+class Traffic:
+    """What one direction of the link was offered and dropped, since it started."""
 
-    def __init__(self, prefix: str, impairment: Impairment) -> None:
+    packets: int = 0
+    bytes: int = 0
+    lost_packets: int = 0  # dropped at random (``loss``)
+    overflow_packets: int = 0  # dropped by a full queue (``rate_kbps``, ``queue_ms``)
+
+    @property
+    def delivered_packets(self) -> int:
+        return self.packets - self.lost_packets - self.overflow_packets
+
+
+class ImpairedLink:
+    """A namespace (``prefix``-PID) behind an impaired link to the host; a context manager.
+    ``impairment`` applies to both directions, or only to the downlink (host to namespace) when
+    ``uplink`` is given."""
+
+    def __init__(self, prefix: str, impairment: Impairment, uplink: Impairment | None = None) -> None:
         self.impairment = impairment
+        self.uplink = uplink if uplink is not None else impairment
         self.namespace = Namespace(prefix, None)
         self.host_device = f"cmh{os.getpid()}"[:15]
         self.relay: subprocess.Popen | None = None
+        self._traffic_dir = tempfile.TemporaryDirectory(prefix="impair-")
+        self.traffic_file = os.path.join(self._traffic_dir.name, "traffic.json")
         try:
             self.relay = subprocess.Popen(
-                [sys.executable, __file__, str(self.namespace.path), self.host_device, json.dumps(asdict(impairment))],
+                [sys.executable, __file__, str(self.namespace.path), self.host_device,
+                 json.dumps(asdict(impairment)), json.dumps(asdict(self.uplink)), self.traffic_file],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             ready, _, _ = select.select([self.relay.stdout], [], [], READY_TIMEOUT)
             line = self.relay.stdout.readline() if ready else ""  # type: ignore[union-attr]
@@ -87,11 +114,22 @@ class ImpairedLink:
         """``work()`` in a thread in the namespace."""
         return self.namespace.run(work)
 
+    def traffic(self) -> dict[str, Traffic]:
+        """The counters of each direction, ``"down"`` (host to namespace) and ``"up"``, as the relay
+        wrote them last (at most TRAFFIC_EVERY s ago while packets flow)."""
+        try:
+            with open(self.traffic_file) as fh:
+                counters = json.load(fh)
+        except FileNotFoundError:  # nothing has crossed the link yet
+            return {"down": Traffic(), "up": Traffic()}
+        return {direction: Traffic(**counters[direction]) for direction in ("down", "up")}
+
     def close(self) -> None:
         if self.relay is not None and self.relay.poll() is None:
             self.relay.terminate()
             self.relay.wait(5)
         self.namespace.delete()
+        self._traffic_dir.cleanup()
 
     def __enter__(self) -> ImpairedLink:
         return self
@@ -110,16 +148,21 @@ class Direction:
         self.rng = rng
         self.free_at = 0.0  # with a cap: when the packets queued so far have been sent
         self.last_due = 0.0
+        self.traffic = Traffic()
 
     def due(self, now: float, size: int) -> float | None:
         """When a packet of ``size`` bytes arriving ``now`` leaves; None: it is dropped."""
         link = self.impairment
+        self.traffic.packets += 1
+        self.traffic.bytes += size
         if self.rng.random() < link.loss:
+            self.traffic.lost_packets += 1
             return None
         sent = now
         if link.rate_kbps:
             start = max(now, self.free_at)
             if start - now > link.queue_ms / 1000:
+                self.traffic.overflow_packets += 1
                 return None
             self.free_at = sent = start + size * 8 / (link.rate_kbps * 1000)
         delay = (link.delay_ms + self.rng.uniform(-link.jitter_ms, link.jitter_ms)) / 1000
@@ -137,7 +180,14 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-def relay_main(netns_path: str, host_device: str, impairment: Impairment) -> None:
+def _write_traffic(path: str, directions: dict[str, Direction]) -> None:
+    with open(f"{path}.new", "w") as fh:
+        json.dump({name: asdict(direction.traffic) for name, direction in directions.items()}, fh)
+    os.replace(f"{path}.new", path)
+
+
+def relay_main(netns_path: str, host_device: str, downlink: Impairment, uplink: Impairment,
+               traffic_file: str) -> None:
     host = _open_tun(host_device)
     _ip("addr", "add", HOST_ADDRESS, "peer", NS_ADDRESS, "dev", host_device)
     _ip("link", "set", host_device, "up")
@@ -154,15 +204,21 @@ def relay_main(netns_path: str, host_device: str, impairment: Impairment) -> Non
     os.setpriority(os.PRIO_PROCESS, 0, -10)
 
     rng = random.Random()
-    directions = {host: Direction(inner, impairment, rng), inner: Direction(host, impairment, rng)}
+    # Packets read from the host's device are the host's towards the namespace: the downlink.
+    directions = {host: Direction(inner, downlink, rng), inner: Direction(host, uplink, rng)}
+    named = {"down": directions[host], "up": directions[inner]}
     poller = select.epoll()
     for device in directions:
         poller.register(device, select.EPOLLIN)
     pending: list[tuple[float, int, int, bytes]] = []
     order = itertools.count()
+    written = 0.0
     print("ready", flush=True)
     while True:
-        timeout = max(0.0, pending[0][0] - time.monotonic()) if pending else -1
+        timeout = min(TRAFFIC_EVERY, max(0.0, pending[0][0] - time.monotonic())) if pending else TRAFFIC_EVERY
+        if time.monotonic() - written >= TRAFFIC_EVERY:
+            _write_traffic(traffic_file, named)
+            written = time.monotonic()
         for device, _ in poller.poll(timeout):
             direction = directions[device]
             while True:
@@ -183,4 +239,5 @@ def relay_main(netns_path: str, host_device: str, impairment: Impairment) -> Non
 
 
 if __name__ == "__main__":
-    relay_main(sys.argv[1], sys.argv[2], Impairment(**json.loads(sys.argv[3])))
+    relay_main(sys.argv[1], sys.argv[2], Impairment(**json.loads(sys.argv[3])),
+               Impairment(**json.loads(sys.argv[4])), sys.argv[5])

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from impair import HOST_ADDRESS, ImpairedLink, Impairment
+from impair import HOST_ADDRESS, TRAFFIC_EVERY, ImpairedLink, Impairment
 
 
 @contextmanager
@@ -88,6 +88,24 @@ def test_loss_is_the_fraction_it_was_given_in_each_direction() -> None:
     round_trip = 1 - len(rtts) / 2000  # expected 1 - 0.9² = 0.19 (sd 0.009)
     assert 0.07 <= one_way <= 0.13, one_way
     assert 0.15 <= round_trip <= 0.23, round_trip
+
+
+def test_an_uplink_of_its_own_and_the_traffic_each_direction_was_offered_and_dropped() -> None:
+    """Loss on the downlink only: every datagram reaches the host, a fifth of the echoes are lost;
+    the relay's counters say so."""
+    with ImpairedLink("cm-impair", Impairment(loss=0.2), uplink=Impairment()) as link, \
+            udp_server(echo=True) as (port, arrivals):
+        rtts = link.run(lambda: probe(port, 2000, 0.002))
+        arrived = len(arrivals)
+        time.sleep(2 * TRAFFIC_EVERY)
+        traffic = link.traffic()
+    assert arrived == 2000
+    assert 0.16 <= 1 - len(rtts) / 2000 <= 0.24, len(rtts)
+    up, down = traffic["up"], traffic["down"]
+    assert up.packets >= 2000 and up.lost_packets == up.overflow_packets == 0, up
+    assert down.packets >= 2000 and down.delivered_packets == down.packets - down.lost_packets, down
+    assert down.lost_packets == pytest.approx(2000 - len(rtts), abs=5), down
+    assert up.bytes >= 2000 * (64 + 28)
 
 
 def test_a_rate_cap_passes_that_rate_and_no_more() -> None:

@@ -1,0 +1,87 @@
+"""benchmarks/weak_links.py's figures from getStats readings and /metrics (the benchmark itself
+needs three browsers and a shaped link: it is run by hand, see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from weak_links import parse_metrics, presenter_figures, receiver_figures  # noqa: E402
+
+
+def reading(second: int, frames: int, **video: float) -> dict:
+    return {"timestamp": 1000.0 * second,
+            "inbound": [{"framesDecoded": frames, "packetsReceived": 10 * second, **video},
+                        {"framesDecoded": 0, "packetsReceived": 0}],  # an unused transceiver
+            "transports": [{"packetsReceived": 20 * second, "bytesReceived": 1000 * second}]}
+
+
+def test_a_subscriber_that_stops_receiving_is_frozen_until_the_end_even_before_chromium_counts_it() -> None:
+    # 24 fps for 4 s at 640 px, then nothing for 6 s: Chromium's freeze counter only counts a
+    # freeze once a frame ends it, so the stalled seconds are what say it.
+    readings = [reading(s, 24 * min(s, 4), frameWidth=640, packetsLost=s, nackCount=2 * s, pliCount=0,
+                        totalFreezesDuration=0.0, freezeCount=0) for s in range(11)]
+    figures = receiver_figures(readings)
+    assert figures["fps"] == pytest.approx(9.6)
+    assert figures["frozen_share"] == pytest.approx(0.6)
+    assert figures["width"] == 640
+    assert figures["packets_lost"] == 10 and figures["nacks_sent"] == 20
+    assert figures["video_rtp_pps"] == pytest.approx(11)  # received + lost
+    assert figures["transport_pps"] == pytest.approx(20)
+    assert figures["transport_kbps"] == pytest.approx(8)
+
+
+def test_a_freeze_that_began_before_the_window_counts_only_from_the_windows_start() -> None:
+    # Frozen since 30 s before the window; frames again after 5 s: Chromium then adds all 35 s.
+    readings = [reading(s, 0 if s <= 5 else 24 * (s - 5), frameWidth=480,
+                        totalFreezesDuration=0.0 if s <= 5 else 35.0, freezeCount=int(s > 5)) for s in range(11)]
+    figures = receiver_figures(readings)
+    assert figures["frozen_share"] == pytest.approx(0.6)  # 5 s stalled, the ending second counted whole
+    assert figures["freezes"] == 1
+
+
+def test_freezes_within_a_second_come_from_chromiums_counter_and_the_width_from_decoded_frames() -> None:
+    readings = [reading(s, 20 * s, frameWidth=320 if s == 3 else 480, totalFreezesDuration=0.3 * (s > 5),
+                        freezeCount=int(s > 5)) for s in range(11)]
+    figures = receiver_figures(readings)
+    assert figures["frozen_share"] == pytest.approx(0.03)
+    assert figures["freezes"] == 1
+    assert (figures["width"], figures["width_min"]) == (480, 320)
+    stalled = [reading(s, 5, frameWidth=640) for s in range(5)]  # a picture from before the window
+    assert receiver_figures(stalled)["width"] is None
+
+
+def test_the_presenters_keyframes_and_estimate_in_the_window() -> None:
+    readings = [{"timestamp": 1000.0 * s,
+                 "outbound": [{"framesEncoded": 24 * s, "keyFramesEncoded": 3 + s // 4, "frameWidth": 640,
+                               "qualityLimitationReason": "bandwidth" if s < 2 else "none",
+                               "bytesSent": 100_000 * s, "pliCount": s // 4, "nackCount": 0}],
+                 "pairs": [{"availableOutgoingBitrate": 1_000_000 + 100_000 * s}]} for s in range(9)]
+    figures = presenter_figures(readings)
+    assert figures["keyframes"] == 2 and figures["plis_received"] == 2
+    assert figures["fps_sent"] == pytest.approx(24)
+    assert figures["outgoing_kbps"] == pytest.approx(800)
+    assert (figures["estimate_kbps"], figures["estimate_min_kbps"]) == (1400, 1000)
+    assert figures["quality_limitation"] == "none"
+    assert figures["quality_limited_share"] == pytest.approx(2 / 9)
+
+
+def test_the_sfus_counters_are_read_by_name_and_label_with_the_workers_summed() -> None:
+    text = """# TYPE confmeet_sfu_forwarded_packets counter
+confmeet_sfu_forwarded_packets_total{kind="audio"} 10.0
+confmeet_sfu_forwarded_packets_total{kind="video"} 250.0
+# TYPE confmeet_sfu_keyframe_requests counter
+confmeet_sfu_keyframe_requests_total 3.0
+# TYPE confmeet_sfu_worker_cpu_seconds counter
+confmeet_sfu_worker_cpu_seconds_total{worker="0"} 1.5
+confmeet_sfu_worker_cpu_seconds_total{worker="1"} 0.5
+# TYPE http_requests counter
+http_requests_total 7.0
+"""
+    assert parse_metrics(text) == {'confmeet_sfu_forwarded_packets_total{kind="audio"}': 10.0,
+                                   'confmeet_sfu_forwarded_packets_total{kind="video"}': 250.0,
+                                   "confmeet_sfu_keyframe_requests_total": 3.0,
+                                   "confmeet_sfu_worker_cpu_seconds_total": 2.0}
