@@ -419,6 +419,35 @@ def test_failed_install_takes_back_only_what_it_created(clean_engine: dockerd.En
     assert sorted(p.name for p in root.iterdir()) == ["existing.txt"]
 
 
+def test_a_failed_install_takes_back_the_release_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release comes last (test_failed_install_takes_back_only_what_it_created fails before
+    it): what a failure after it takes back is the new release and ``current``'s switch, never
+    the release that ran before."""
+    from appliance.machine import release
+    from appliance.machine.deploy import InstallOptions, Layout, resolve
+    from cli.install import Installer, Plan
+
+    layout = Layout(tmp_path / "root")
+    before = release.releases_dir(layout.opt_dir) / "1.0.0"
+    (before / "bin").mkdir(parents=True)
+    release.switch(layout.opt_dir, before)
+
+    def made(opt_dir: Path, source: release.Source, wheelhouse: Path | None = None, log=None) -> tuple[Path, str]:
+        target = release.releases_dir(opt_dir) / "2.0.0"
+        (target / "bin").mkdir(parents=True)
+        return target, "created"
+
+    monkeypatch.setattr(release, "install_release", made)
+    record = resolve(InstallOptions(root=layout.root, public_host="meet.example.org"), None, "containers")
+    installer = Installer(Plan(record, layout, release_source=release.Source("wheel", "confmeet-2.0.0.whl")),
+                          None, None, 10, quiet=True)
+    installer.install_release()
+    assert release.current(layout.opt_dir) == release.releases_dir(layout.opt_dir) / "2.0.0"
+    installer.journal.rollback()
+    assert release.current(layout.opt_dir) == before
+    assert sorted(p.name for p in release.releases_dir(layout.opt_dir).iterdir()) == ["1.0.0"]
+
+
 @pytest.mark.docker
 def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
     root = tmp_path / "root"
