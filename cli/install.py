@@ -309,7 +309,6 @@ class Installer:
                 manifest = images.load_bundle(self.engine.client, self.bundle, layout.model_repository,
                                               layout.wheels_dir, log=log)
             self.done["bundle"] = f"loaded {len(manifest.images)} image(s) from {self.bundle.name}"
-        self.install_release()
         self.install_models()
         if record.tls_generated:
             from appliance.machine import tls
@@ -327,6 +326,9 @@ class Installer:
             self.load_models()
         else:
             self.enable_native()
+        # The release (a virtualenv of every dependency: the longest step) comes once the
+        # components answer: a component that cannot start fails the install in seconds.
+        self.install_release()
         self.check_stores()
         self.install_unit()
 

@@ -280,10 +280,25 @@ def wait_healthy(client: docker.DockerClient, names: list[str], timeout: float =
 # ---------------------------------------------------------------------- tests
 @pytest.mark.docker
 def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
+    """One install of every store with the observability layer (Debian's Prometheus and
+    Alertmanager as stand-ins for the official images) and the stores' exporters (Debian's
+    postgres_exporter and redis_exporter): status lists them all; Prometheus loads confmeet's
+    rules, finds Alertmanager, scrapes the appliance over TLS with the generated CA and each
+    exporter, which reaches its store with the install's secret (pg_up, redis_up 1); Alertmanager
+    routes to the webhook given. Then the same install converges: a stopped container is started,
+    data survive, a changed spec recreates, clearing the webhook restarts Alertmanager and the
+    doctor warns, leaving components out removes them (volumes kept), uninstall and purge."""
     engine, client = clean_engine, clean_engine.client()
     root, offset = tmp_path / "root", free_port_block()
+    hook = "http://127.0.0.1:9/confmeet-alerts"
+    exporters = ["postgres_exporter", "redis_exporter"]
+    recipe = images.StandinRecipe.load()
+    everything = COMPONENTS + MONITORED + exporters
+    args = [*install_args(root, engine, offset, everything), *standin_images(),
+            *[arg for name in exporters for arg in ("--image", f"{name}={recipe.images[name].tag}")],
+            "--retention", "3"]
 
-    first = confmeet(*install_args(root, engine, offset), *standin_images())
+    first = confmeet(*args, "--alerts-webhook", hook)
     assert first.returncode == 0, show(first)
     assert "install plan" in first.stdout and "preflight checks" in first.stdout
     config = root / "etc/confmeet/confmeet.toml"
@@ -297,35 +312,85 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
     assert settings["inference"] == f"triton://127.0.0.1:{8000 + offset}"
     assert settings["ice_servers"] == [f"turn:127.0.0.1:{3478 + offset}",
                                        f"turns:127.0.0.1:{5349 + offset}?transport=tcp"]
+    assert settings["alerts_webhook_url"] == hook and "trace_endpoint" not in settings  # no Jaeger here
     coturn_conf = root / "etc/confmeet/coturn/turnserver.conf"
     assert (coturn_conf.stat().st_mode & 0o777, coturn_conf.stat().st_gid) == (0o640, 65534)  # nogroup only
     assert (root / "etc/confmeet/coturn/key.pem").stat().st_mode & 0o777 == 0o640
     assert (root / "etc/systemd/system/multi-user.target.wants/confmeet.service").is_symlink()
 
+    record = json.loads((root / "etc/confmeet/install.json").read_text())
+    for name in exporters:  # their credentials reach them through the environment, and no log shows them
+        logs = client.containers.get(f"confmeet-{name}").logs().decode()
+        assert all(record["secrets"][store] not in logs + first.stdout + first.stderr
+                   for store in ("postgresql", "redis")), logs
     containers = {c.name: c for c in client.containers.list(all=True)}
-    assert sorted(containers) == sorted(f"confmeet-{name}" for name in COMPONENTS)
-    for name in COMPONENTS:
+    assert sorted(containers) == sorted(f"confmeet-{name}" for name in everything)
+    for name in everything:
         container = containers[f"confmeet-{name}"]
         assert container.labels["confmeet.component"] == name
         assert container.attrs["HostConfig"]["NetworkMode"] == "host"
         assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-        assert container.attrs["Config"]["Healthcheck"]["Test"]
+    for name in COMPONENTS:
+        assert containers[f"confmeet-{name}"].attrs["Config"]["Healthcheck"]["Test"]
     assert containers["confmeet-postgresql"].attrs["Mounts"][0]["Name"] == "confmeet-postgresql"
     assert not containers["confmeet-triton"].attrs["HostConfig"].get("DeviceRequests")  # no GPU here
+    for name in ("confmeet-prometheus", "confmeet-alertmanager"):
+        assert {m["Destination"] for m in containers[name].attrs["Mounts"]} >= {f"/{name.split('-')[1]}",
+                                                                               f"/etc/{name.split('-')[1]}"}
+    assert "--storage.tsdb.retention.time=3d" in containers["confmeet-prometheus"].attrs["Args"]
+    prometheus, manager = f"http://127.0.0.1:{8801 + offset}", f"http://127.0.0.1:{8802 + offset}"
+
+    def get(url: str) -> dict:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    groups = get(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    assert any(rule["name"] == "ConfmeetDown" for group in groups for rule in group["rules"])
+    assert get(f"{prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"][0]["url"].startswith(manager)
+    assert hook in get(f"{manager}/api/v2/status")["config"]["original"]
 
     appliance = Appliance(root)
     try:
         code, components, table = status(root, table=True)
         assert code == 0, table
         assert "overall: up" in table
-        assert set(components) == {"appliance", *COMPONENTS, "gpu"}, table
+        assert set(components) == {"appliance", *everything, "gpu"}, table
         for name in ("appliance", *COMPONENTS):
             assert components[name]["state"] == "up", table
             assert components[name]["ms"] is not None, table
         assert components["postgresql"]["version"].startswith("PostgreSQL 15")
         assert components["appliance"]["version"].startswith("confmeet ")
         assert components["gpu"]["state"] == "n/a"  # no GPU on the test machine
-        assert wait_healthy(client, list(containers)) == {name: "healthy" for name in containers}
+        for name, title in (("prometheus", "Prometheus"), ("alertmanager", "Alertmanager"),
+                            ("postgres_exporter", "PostgreSQL exporter"), ("redis_exporter", "Redis exporter")):
+            assert components[name]["state"] == "up" and components[name]["version"].startswith(title), table
+            assert "container running" in components[name]["detail"], table
+            assert name in table
+        healthy = [f"confmeet-{name}" for name in COMPONENTS + MONITORED]
+        assert wait_healthy(client, healthy) == {name: "healthy" for name in healthy}
+
+        # Each exporter is scraped (up) and reaches its store (pg_up, redis_up: the standard series).
+        deadline = time.monotonic() + 60
+        while True:
+            values = {query: get(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}")["data"]
+                      ["result"]
+                      for query in ('up{job="postgres_exporter"}', 'up{job="redis_exporter"}', "pg_up", "redis_up")}
+            if all(r and r[0]["value"][1] == "1" for r in values.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert all(r and r[0]["value"][1] == "1" for r in values.values()), values
+        assert values["pg_up"][0]["metric"]["job"] == "postgres_exporter"
+        assert values["redis_up"][0]["metric"]["instance"] == f"127.0.0.1:{9121 + offset}"
+        # Prometheus scrapes the appliance's /metrics over TLS, trusting the install's CA.
+        deadline = time.monotonic() + 60
+        while True:
+            targets = get(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+            confmeet_target = next(t for t in targets if t["labels"]["job"] == "confmeet")
+            if confmeet_target["health"] == "up" or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert confmeet_target["health"] == "up", confmeet_target
+        assert confmeet_target["scrapeUrl"] == f"https://127.0.0.1:{443 + offset}/metrics"
 
         # Data written before a second install survives it.
         with psycopg2.connect(settings["database"]) as conn, conn.cursor() as cur:
@@ -343,7 +408,7 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
         assert "container exited" in components["redis"]["detail"]
         assert "overall: down" in table and "redis" in table.splitlines()[-1]
 
-        again = confmeet(*install_args(root, engine, offset), *standin_images())
+        again = confmeet(*args, "--alerts-webhook", hook)
         assert again.returncode == 0, show(again)
         assert "start (it is exited)" in again.stdout
         assert client.containers.get("confmeet-redis").status == "running"
@@ -351,9 +416,20 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
         code, components, table = status(root)
         assert code == 0, table
 
+        # The webhook is the alert receiver; clearing it restarts Alertmanager and the doctor warns.
+        doctor = confmeet("doctor", "--config", str(config), "--json")
+        assert not [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"], \
+            doctor.stdout
+        cleared = confmeet(*args, "--alerts-webhook", "")
+        assert cleared.returncode == 0, show(cleared)
+        assert "recreated" in cleared.stdout  # its configuration changed: Alertmanager restarted with it
+        assert hook not in get(f"{manager}/api/v2/status")["config"]["original"]
+        doctor = confmeet("doctor", "--config", str(config), "--json")
+        [warning] = [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"]
+        assert warning["status"] == "warn" and "no receiver" in warning["detail"]
+
         # A changed spec recreates the container and keeps its volume.
-        moved = confmeet(*install_args(root, engine, offset), *standin_images(),
-                         "--port", f"postgresql={5433 + offset}")
+        moved = confmeet(*args, "--port", f"postgresql={5433 + offset}")
         assert moved.returncode == 0, show(moved)
         assert "recreated" in moved.stdout
     finally:
@@ -376,17 +452,23 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
     assert all(components[name]["state"] == "up" for name in COMPONENTS), table
     assert "container" not in components["postgresql"]["detail"]
 
-    # Leaving a component out removes its container (its volume stays) and embeds its store.
+    # Leaving components out removes their containers (volumes stay) and embeds their stores;
+    # Alertmanager and the exporters go, and Prometheus no longer alerts.
     subset = confmeet(*install_args(root, engine, offset), *standin_images(),
-                      "--components", "postgresql,redis,minio,coturn,triton")
+                      "--components", "postgresql,redis,minio,coturn,triton,prometheus")
     assert subset.returncode == 0, show(subset)
     assert "remove (its volume is kept)" in subset.stdout
-    assert "confmeet-mongodb" not in {c.name for c in client.containers.list(all=True)}
+    left = {c.name for c in client.containers.list(all=True)}
+    assert "confmeet-mongodb" not in left
+    assert "confmeet-alertmanager" not in left and not {f"confmeet-{name}" for name in exporters} & left
     assert "confmeet-mongodb" in {v.name for v in client.volumes.list()}
     assert "documents" not in settings_of(root)
     assert "# documents: embedded SQLite" in config.read_text()
+    prometheus_config = yaml.safe_load((root / "etc/confmeet/monitoring/prometheus/prometheus.yml").read_text())
+    assert "alerting" not in prometheus_config
     code, components, table = status(root)
     assert components["documents (embedded sqlite)"]["state"] == "up" and "mongodb" not in components, table
+    assert "alertmanager" not in components and components["prometheus"]["state"] == "up", table
 
     kept = confmeet("uninstall", "--yes", "--root", str(root))
     assert kept.returncode == 0, show(kept)
@@ -417,6 +499,35 @@ def test_failed_install_takes_back_only_what_it_created(clean_engine: dockerd.En
     assert client.containers.list(all=True) == []
     assert {v.name for v in client.volumes.list()} == {"confmeet-postgresql"}
     assert sorted(p.name for p in root.iterdir()) == ["existing.txt"]
+
+
+def test_a_failed_install_takes_back_the_release_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release comes last (test_failed_install_takes_back_only_what_it_created fails before
+    it): what a failure after it takes back is the new release and ``current``'s switch, never
+    the release that ran before."""
+    from appliance.machine import release
+    from appliance.machine.deploy import InstallOptions, Layout, resolve
+    from cli.install import Installer, Plan
+
+    layout = Layout(tmp_path / "root")
+    before = release.releases_dir(layout.opt_dir) / "1.0.0"
+    (before / "bin").mkdir(parents=True)
+    release.switch(layout.opt_dir, before)
+
+    def made(opt_dir: Path, source: release.Source, wheelhouse: Path | None = None, log=None) -> tuple[Path, str]:
+        target = release.releases_dir(opt_dir) / "2.0.0"
+        (target / "bin").mkdir(parents=True)
+        return target, "created"
+
+    monkeypatch.setattr(release, "install_release", made)
+    record = resolve(InstallOptions(root=layout.root, public_host="meet.example.org"), None, "containers")
+    installer = Installer(Plan(record, layout, release_source=release.Source("wheel", "confmeet-2.0.0.whl")),
+                          None, None, 10, quiet=True)
+    installer.install_release()
+    assert release.current(layout.opt_dir) == release.releases_dir(layout.opt_dir) / "2.0.0"
+    installer.journal.rollback()
+    assert release.current(layout.opt_dir) == before
+    assert sorted(p.name for p in release.releases_dir(layout.opt_dir).iterdir()) == ["1.0.0"]
 
 
 @pytest.mark.docker
@@ -452,105 +563,6 @@ def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -
     image = next(s for s in steps if s["component"] == "triton" and s["what"] == "image")
     assert image["where"].startswith("confmeet/tritonserver:bookworm-") and image["action"] in ("build", "keep")
     assert any(s["what"] == "release" and "/opt/confmeet/releases/" in s["where"] for s in steps)
-
-
-@pytest.mark.docker
-def test_observability_layer_deploys_scrapes_and_status_lists_it(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
-    """Prometheus and Alertmanager (Debian's, as stand-ins for the official images) deployed with
-    the stores and their exporters (Debian's postgres_exporter and redis_exporter): Prometheus
-    loads confmeet's rules, finds Alertmanager, scrapes the appliance over TLS with the generated
-    CA and each exporter, which reaches its store with the install's secret (pg_up, redis_up 1);
-    Alertmanager routes to the webhook given; status lists them all; leaving Alertmanager and the
-    exporters out removes them and the doctor's warning goes with Alertmanager."""
-    engine, client = clean_engine, clean_engine.client()
-    root, offset = tmp_path / "root", free_port_block()
-    hook = "http://127.0.0.1:9/confmeet-alerts"
-    exporters = ["postgres_exporter", "redis_exporter"]
-    recipe = images.StandinRecipe.load()
-    args = [*install_args(root, engine, offset, ["postgresql", "redis", *MONITORED, *exporters]), *standin_images(),
-            *[arg for name in exporters for arg in ("--image", f"{name}={recipe.images[name].tag}")],
-            "--retention", "3", "--alerts-webhook", hook]
-    first = confmeet(*args)
-    assert first.returncode == 0, show(first)
-    record = json.loads((root / "etc/confmeet/install.json").read_text())
-    for name in exporters:  # their credentials reach them through the environment, and no log shows them
-        logs = client.containers.get(f"confmeet-{name}").logs().decode()
-        assert all(record["secrets"][store] not in logs + first.stdout + first.stderr
-                   for store in ("postgresql", "redis")), logs
-    prometheus, manager = f"http://127.0.0.1:{8801 + offset}", f"http://127.0.0.1:{8802 + offset}"
-    containers = {c.name: c for c in client.containers.list(all=True)}
-    assert {"confmeet-prometheus", "confmeet-alertmanager"} <= set(containers)
-    for name in ("confmeet-prometheus", "confmeet-alertmanager"):
-        assert containers[name].attrs["HostConfig"]["NetworkMode"] == "host"
-        assert {m["Destination"] for m in containers[name].attrs["Mounts"]} >= {f"/{name.split('-')[1]}",
-                                                                               f"/etc/{name.split('-')[1]}"}
-    assert "--storage.tsdb.retention.time=3d" in containers["confmeet-prometheus"].attrs["Args"]
-    assert wait_healthy(client, ["confmeet-prometheus", "confmeet-alertmanager"]) == \
-        {"confmeet-prometheus": "healthy", "confmeet-alertmanager": "healthy"}
-    settings = settings_of(root)
-    assert settings["alerts_webhook_url"] == hook and "trace_endpoint" not in settings  # no Jaeger here
-
-    def get(url: str) -> dict:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    groups = get(f"{prometheus}/api/v1/rules")["data"]["groups"]
-    assert any(rule["name"] == "ConfmeetDown" for group in groups for rule in group["rules"])
-    assert get(f"{prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"][0]["url"].startswith(manager)
-    assert hook in get(f"{manager}/api/v2/status")["config"]["original"]
-
-    appliance = Appliance(root)
-    try:
-        code, components, table = status(root, table=True)
-        assert code == 0, table
-        for name, title in (("prometheus", "Prometheus"), ("alertmanager", "Alertmanager"),
-                            ("postgres_exporter", "PostgreSQL exporter"), ("redis_exporter", "Redis exporter")):
-            assert components[name]["state"] == "up" and components[name]["version"].startswith(title), table
-            assert "container running" in components[name]["detail"], table
-            assert name in table
-        # Each exporter is scraped (up) and reaches its store (pg_up, redis_up: the standard series).
-        deadline = time.monotonic() + 60
-        while True:
-            values = {query: get(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}")["data"]
-                      ["result"]
-                      for query in ('up{job="postgres_exporter"}', 'up{job="redis_exporter"}', "pg_up", "redis_up")}
-            if all(r and r[0]["value"][1] == "1" for r in values.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        assert all(r and r[0]["value"][1] == "1" for r in values.values()), values
-        assert values["pg_up"][0]["metric"]["job"] == "postgres_exporter"
-        assert values["redis_up"][0]["metric"]["instance"] == f"127.0.0.1:{9121 + offset}"
-        # Prometheus scrapes the appliance's /metrics over TLS, trusting the install's CA.
-        deadline = time.monotonic() + 60
-        while True:
-            targets = get(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
-            confmeet_target = next(t for t in targets if t["labels"]["job"] == "confmeet")
-            if confmeet_target["health"] == "up" or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        assert confmeet_target["health"] == "up", confmeet_target
-        assert confmeet_target["scrapeUrl"] == f"https://127.0.0.1:{443 + offset}/metrics"
-    finally:
-        appliance.stop()
-
-    doctor = confmeet("doctor", "--config", str(root / "etc/confmeet/confmeet.toml"), "--json")
-    assert not [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"], doctor.stdout
-    cleared = confmeet(*args[:-2], "--alerts-webhook", "")
-    assert cleared.returncode == 0, show(cleared)
-    assert "recreated" in cleared.stdout  # its configuration changed: Alertmanager restarted with it
-    assert hook not in get(f"{manager}/api/v2/status")["config"]["original"]
-    doctor = confmeet("doctor", "--config", str(root / "etc/confmeet/confmeet.toml"), "--json")
-    [warning] = [p for p in json.loads(doctor.stdout)["problems"] if p["check"] == "alert receiver"]
-    assert warning["status"] == "warn" and "no receiver" in warning["detail"]
-
-    subset = confmeet(*install_args(root, engine, offset, ["postgresql", "redis", "prometheus"]), *standin_images())
-    assert subset.returncode == 0, show(subset)
-    left = {c.name for c in client.containers.list(all=True)}
-    assert "confmeet-alertmanager" not in left and not {f"confmeet-{name}" for name in exporters} & left
-    config = yaml.safe_load((root / "etc/confmeet/monitoring/prometheus/prometheus.yml").read_text())
-    assert "alerting" not in config
-    code, components, table = status(root)
-    assert "alertmanager" not in components and components["prometheus"]["state"] == "up", table
 
 
 @pytest.mark.docker

@@ -39,7 +39,9 @@ import pytest
 
 from appliance.machine import images
 from netns import Namespace
-from test_install import ADMIN_ENV, CACHE, PROJECT, Wheelhouse
+# The release and the administrator's bootstrap are test_install's session fixtures: one wheel,
+# one bootstrap virtualenv for both files in a run of the whole suite.
+from test_install import CACHE, PROJECT, Wheelhouse, release_files, wheelhouse  # noqa: F401 (fixtures)
 
 CONTAINER = "confmeet-systemd-test"
 ADDRESS = "10.213.1.2"  # the container's own address, in the namespace this test creates
@@ -86,8 +88,9 @@ class Machine:
 
     podman: Podman
     network: Namespace
-    bootstrap: Path  # the administrator's confmeet (same path inside)
+    bootstrap: Path  # the administrator's virtualenv with confmeet (same path inside)
     wheels: dict[str, Path]  # version → wheel (same path inside)
+    work: Path  # where the test builds more wheels (same path inside)
 
     def exec(self, *argv: str, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.podman("exec", *(["-i"] if input is not None else []), "-e", "COLUMNS=200", "-e", "TERM=dumb",
@@ -182,18 +185,15 @@ def build_wheel(into: Path, version: str, migration: bool = False, broken: bool 
 
 
 @pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+def machine(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Wheelhouse,
+            release_files: dict[str, Path]) -> Iterator[Machine]:
+    """Booted, with ``confmeet install --mode native`` done by the documented bootstrap (the
+    release's wheel installed into a virtualenv of the system's python3)."""
     from appliance import __version__
 
-    wheelhouse = Wheelhouse().wait()
+    wheels = {__version__: release_files["wheel"]}
+    bootstrap = release_files["confmeet"].parents[1]
     work = tmp_path_factory.mktemp("systemd")
-    wheels = {__version__: build_wheel(work, __version__)}
-    bootstrap = work / "bootstrap"
-    for argv in (["/usr/bin/python3", "-m", "venv", str(bootstrap)],
-                 [str(bootstrap / "bin/pip"), "install", "--quiet", "--no-index", "--find-links", str(wheelhouse),
-                  str(wheels[__version__])]):
-        done = subprocess.run(argv, capture_output=True, text=True, env=ADMIN_ENV, cwd=work)
-        assert done.returncode == 0, done.stderr[-2000:]
     try:
         rootfs = images.build_rootfs(images.StandinRecipe.load(), CACHE, log=lambda message: print(message))
     except images.ImageError as exc:
@@ -204,9 +204,11 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         podman("import", "--quiet", str(rootfs), "localhost/confmeet-test/systemd:bookworm")
         podman("run", "--detach", f"--name={CONTAINER}", f"--network=ns:{network.path}", "--systemd=always",
                "--cap-add=SYS_ADMIN", "--ulimit=nofile=20000:20000", "--ulimit=nproc=32768:32768",
-               f"--volume={work}:{work}:ro", f"--volume={wheelhouse}:{WHEELHOUSE}:ro",
+               f"--volume={work}:{work}:ro", f"--volume={bootstrap}:{bootstrap}:ro",
+               f"--volume={release_files['dist']}:{release_files['dist']}:ro",
+               f"--volume={wheelhouse.wait()}:{WHEELHOUSE}:ro",
                "localhost/confmeet-test/systemd:bookworm", "/sbin/init")
-        machine = Machine(podman, network, bootstrap, wheels)
+        machine = Machine(podman, network, bootstrap, wheels, work)
         deadline, state = time.monotonic() + 120, ""
         while state not in ("running", "degraded") and time.monotonic() < deadline:  # PID 1 answers, booted
             state = machine.exec("systemctl", "is-system-running", "--wait", timeout=120).stdout.strip()
@@ -261,7 +263,7 @@ def test_the_unit_serves_readyz_over_https_from_opt(machine: Machine) -> None:
 def test_upgrade_migrates_goes_back_by_itself_and_rolls_back(machine: Machine, tmp_path: Path) -> None:
     from appliance import __version__ as old
 
-    work = machine.bootstrap.parent
+    work = machine.work
     schema = machine.schema()
     machine.add_user("before@example.com")
 
