@@ -252,7 +252,8 @@ class Peer:
         source = (self.labels.get(transceiver.mid or "") or self.labels.get(track_id)
                   or DEFAULT_SOURCE[transceiver.kind])
         on_level = partial(self.room.audio_level, self.participant) if transceiver.kind == "audio" else None
-        up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level)
+        up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level,
+                     rids=self.pc.simulcast.get(transceiver.mid or ""))
         up.held = source in self.held_sources
         self.ups[transceiver] = up
         self._up_by_receiver[transceiver.receiver] = up
@@ -398,14 +399,16 @@ class Peer:
             "connection_state": self.pc.connectionState,
             "published": [{"track_id": up.track_id, "kind": up.kind, "source": up.source,
                            "codec": up.codec.mimeType, "packets": up.packets, "bytes": up.bytes,
-                           "keyframes": up.keyframes_seen,
-                           "plis_sent": up.keyframes.sent if up.keyframes else 0}
+                           "keyframes": up.keyframes_seen, "plis_sent": up.plis_sent,
+                           "layers": [layer.describe() for layer in up.layers] if up.simulcast else None}
                           for up in self.ups.values()],
             "subscribed": [{"track_id": down.up.track_id, "publisher": down.up.publisher,
                             "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
                             "retransmitted": down.retransmitted, "remb_bps": down.remb_bps,
                             "retransmissions_refused": down.retransmissions_refused,
-                            "forwarding": down.started, "waiting_for_keyframe": down.gated}
+                            "forwarding": down.started, "waiting_for_keyframe": down.gated,
+                            "layer": down.layer, "target_layer": down.target,
+                            "layer_switches": down.layer_switches}
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,
             "downlink": dataclasses.asdict(self.downlink_estimate()),

@@ -36,7 +36,7 @@ async def test_leaving_releases_the_participant_everywhere(
     assert bob_peer.pc.connectionState == "closed" and bob_peer.pc.iceConnectionState == "closed"
     assert bob_peer._task.done() and bob_peer.downs == {} and bob_peer.ups == {}
     assert all(up.closed and up.downs == () for up in bob_ups)
-    assert all(up.keyframes is None or not up.keyframes.wanted for up in bob_ups)
+    assert all(not up.keyframe_wanted(layer.index) for up in bob_ups for layer in up.layers)
     assert list(room.peers) == ["alice"] and {k[0] for k in room.tracks} == {"alice"}
     assert meeting.host.stats.active_peers == 1
     # Alice's downstream senders for bob are stopped and renegotiated away.
