@@ -36,6 +36,12 @@ SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 # After this many sequence numbers past a (re)start, stop dropping packets older than it.
 REORDER_HORIZON = 0x4000
+# A simulcast layer is sent while its packets keep coming: a browser stops sending its upper
+# layers when its bandwidth estimate falls (and starts them as it climbs), and a video stream
+# sends a packet at least every frame. How often the layers sent are looked at, and how long a
+# silent layer still counts as sent (seconds).
+LAYER_CHECK_INTERVAL = 0.25
+LAYER_TIMEOUT = 1.0
 
 
 def _initial_sequence_number() -> int:
@@ -149,6 +155,7 @@ class Layer:
     keyframes: KeyframeRequester | None
     media_ssrc: int | None = None
     rtx_ssrc: int | None = None
+    last_packet_at: float = -float("inf")
     packets: int = 0
     bytes: int = 0
     keyframes_seen: int = 0
@@ -186,14 +193,19 @@ class UpTrack:
             for index, rid in enumerate(rids if self.simulcast else [None]))  # type: ignore[arg-type]
         self._layer_by_rid = {layer.rid: layer for layer in self.layers}
         self._layer_by_ssrc: dict[int, Layer] = {}
+        self.sending: tuple[int, ...] = ()  # the simulcast layers the publisher sends now
+        # The layer the taps get: the highest sent, moved to at its keyframe as a down track is.
+        self._tap_layer: int | None = None if self.simulcast else 0
+        self._tap_target = len(self.layers) - 1
+        self._next_layer_check = 0.0
         self.downs: tuple[DownTrack, ...] = ()
         self.packets = 0
         self.bytes = 0
         self.keyframes_seen = 0
         self.closed = False
         self.held = False  # a moderator muted it: received, not forwarded
-        # Observers of every packet forwarded (recording, captions) of the top layer; called
-        # synchronously, so they must only copy or queue the packet.
+        # Observers of every packet forwarded (recording, captions), of one layer (the highest
+        # sent); called synchronously, so they must only copy or queue the packet.
         self.taps: tuple[Callable[[UpTrack, RtpPacket], None], ...] = ()
 
     @property
@@ -236,13 +248,33 @@ class UpTrack:
         self.held = held
 
     def request_keyframe(self, urgent: bool = False, layer: int | None = None) -> None:
-        """Ask the publisher for a keyframe of ``layer`` (by default the top one, which the taps
-        get): ``urgent`` when someone sees nothing until it comes (a subscriber starting or
+        """Ask the publisher for a keyframe of ``layer`` (by default the one the taps get):
+        ``urgent`` when someone sees nothing until it comes (a subscriber starting or
         switching layers, the track resumed or its source restarted), not for a subscriber's
         repair request (see keyframes.py for the intervals)."""
-        requester = self.layers[-1 if layer is None else layer].keyframes
+        requester = self.layers[self._tap_target if layer is None else layer].keyframes
         if requester is not None and not self.closed:
             requester.request(urgent)
+
+    def best_layer(self, max_layer: int) -> int:
+        """The layer to forward to someone who wants ``max_layer`` at most: the highest layer
+        sent up to it, else the lowest sent above it; ``max_layer`` itself while none is sent
+        (a track's start: its first packets decide)."""
+        if not self.sending:
+            return max_layer
+        return max((i for i in self.sending if i <= max_layer), default=self.sending[0])
+
+    def _check_layers(self, now: float) -> None:
+        self._next_layer_check = now + LAYER_CHECK_INTERVAL
+        sending = tuple(layer.index for layer in self.layers if now - layer.last_packet_at < LAYER_TIMEOUT)
+        if sending != self.sending:
+            self.sending = sending
+            if sending and sending[-1] != self._tap_target:
+                self._tap_target = sending[-1]
+                if self.taps:
+                    self.request_keyframe(urgent=True)
+            for down in self.downs:
+                down.retarget()
 
     def keyframe_wanted(self, layer: int) -> bool:
         requester = self.layers[layer].keyframes
@@ -313,6 +345,10 @@ class UpTrack:
         self.bytes += len(packet.payload)
         layer.packets += 1
         layer.bytes += len(packet.payload)
+        if self.simulcast:
+            now = layer.last_packet_at = time.monotonic()
+            if now >= self._next_layer_check or layer.index not in self.sending:
+                self._check_layers(now)
         self.stats.count_received(self.kind, len(packet.payload))
         level = packet.extensions.audio_level
         if level is not None and self.on_audio_level is not None:
@@ -324,7 +360,9 @@ class UpTrack:
             layer.keyframes.keyframe_received()  # type: ignore[union-attr]
         if self.held:
             return
-        if layer is self.layers[-1]:
+        if self.taps and layer.index != self._tap_layer and layer.index == self._tap_target and keyframe:
+            self._tap_layer = layer.index
+        if layer.index == self._tap_layer:
             for tap in self.taps:
                 try:
                     tap(self, packet)
@@ -359,9 +397,9 @@ class DownlinkEstimate:
 
 class DownTrack:
     """One subscriber's copy of an up track, written through one of its senders: of a simulcast
-    track, one layer at a time. It forwards ``layer`` and moves to ``target`` at that layer's
-    next keyframe (asked for when the target is set), the sequence numbers and timestamps going
-    on without a gap."""
+    track, one layer at a time. It forwards ``layer`` and moves to ``target`` — the best layer
+    the publisher sends up to ``max_layer`` — at that layer's next keyframe (asked for when the
+    target changes), the sequence numbers and timestamps going on without a gap."""
 
     def __init__(self, subscriber: str, up: UpTrack, transceiver: RTCRtpTransceiver,
                  stats: SfuStats) -> None:
@@ -379,7 +417,8 @@ class DownTrack:
         self.header: HeaderTemplate | None = None
         self.source_ssrc: int | None = None
         self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
-        self.target = len(up.layers) - 1  # the layer wanted: the highest unless told otherwise
+        self.max_layer = len(up.layers) - 1  # the highest layer wanted: all unless told otherwise
+        self.target = up.best_layer(self.max_layer)  # the layer to forward: sent, and wanted
         self.layer_switches = 0
         self.accepted = False
         self.started = False
@@ -436,17 +475,25 @@ class DownTrack:
         self.started = True
         self.started_at = time.monotonic()
         self.up.add(self)
+        # The layers sent may have changed since it was made: only started ones hear of it.
+        self.target = self.up.best_layer(self.max_layer)
         self.up.request_keyframe(urgent=True, layer=self.target)
 
-    def set_target(self, layer: int) -> None:
-        """Forward ``layer`` (clamped to the track's layers) from its next keyframe on, which is
-        asked for now; until it comes the layer forwarded now goes on."""
-        layer = max(0, min(layer, len(self.up.layers) - 1))
-        if layer == self.target:
+    def set_max_layer(self, layer: int | None) -> None:
+        """Forward no layer above ``layer`` (clamped to the track's layers; None: the highest)."""
+        top = len(self.up.layers) - 1
+        self.max_layer = top if layer is None else max(0, min(layer, top))
+        self.retarget()
+
+    def retarget(self) -> None:
+        """Head for the best layer now (the wanted one, or the layers sent, changed): from its
+        next keyframe on, asked for now; until it comes the layer forwarded now goes on."""
+        target = self.up.best_layer(self.max_layer)
+        if target == self.target:
             return
-        self.target = layer
-        if self.started and layer != self.layer:
-            self.up.request_keyframe(urgent=True, layer=layer)
+        self.target = target
+        if self.started and target != self.layer:
+            self.up.request_keyframe(urgent=True, layer=target)
 
     def _repair_keyframe(self) -> None:
         self.up.request_keyframe(layer=self.target if self.layer is None else self.layer)

@@ -87,6 +87,7 @@ class Peer:
         self.held_sources: set[str] = set()  # sources a moderator muted (see RoomHost "hold")
         self.downs: dict[tuple[str, str], DownTrack] = {}
         self.wanted: dict[tuple[str, str], UpTrack] = {}
+        self.max_layers: dict[tuple[str, str], int | None] = {}  # asked for with "video_layer"
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
@@ -271,8 +272,15 @@ class Peer:
             self.wanted[up.key] = up
             self._request_sync()
 
+    async def set_max_layer(self, key: tuple[str, str], layer: int | None) -> None:
+        self.max_layers[key] = layer
+        down = self.downs.get(key)
+        if down is not None:
+            down.set_max_layer(layer)
+
     async def unsubscribe(self, key: tuple[str, str]) -> None:
         self.wanted.pop(key, None)
+        self.max_layers.pop(key, None)
         down = self.downs.pop(key, None)
         if down is not None:
             down.stop()
@@ -316,6 +324,7 @@ class Peer:
         transceiver.setCodecPreferences(codec_preferences(up.codec))
         aiortc_private.set_stream_id(transceiver.sender, up.publisher)
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
+        down.set_max_layer(self.max_layers.get(up.key))
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
         aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
