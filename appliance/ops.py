@@ -53,6 +53,9 @@ class SfuCollector:
         yield octets
         yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
                                   value=snap["plis_sent"])
+        yield CounterMetricFamily("confmeet_sfu_layer_switches",
+                                  "Subscriptions moved from one simulcast layer to another",
+                                  value=snap.get("layer_switches", 0))
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_subscriber_keyframe_requests",
                              "PLIs and FIRs from subscribers: honoured (passed on to the publisher) or throttled "
                              "(held to the subscriber's budget)", "outcome", snap["keyframe_requests"])

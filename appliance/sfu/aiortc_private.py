@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any
 
 from aioice import Connection, stun
@@ -22,6 +23,8 @@ from aiortc import (
     clock,
 )
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -30,7 +33,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -69,6 +72,65 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
     receiver.receive = receive_without_decoder  # type: ignore[method-assign]
+    # aiortc keeps one NACK generator and one jitter buffer per receiver, as if it received one
+    # stream; a simulcast receiver gets a stream per layer, whose interleaved sequence numbers
+    # would read as endless loss (NACKs, and PLIs from the jitter buffer).
+    nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if nacks is not None:
+        receiver._RTCRtpReceiver__nack_generator = PerSsrc(NackGenerator)  # type: ignore[attr-defined]
+    jitter = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__jitter_buffer = PerSsrc(partial(  # type: ignore[attr-defined]
+        JitterBuffer, capacity=jitter.capacity, prefetch=jitter._prefetch, is_video=jitter._is_video))
+    route_by_mid(receiver.transport)
+
+
+class PerSsrc:
+    """Stands in for a receiver's NackGenerator or JitterBuffer: one of them per SSRC. aiortc
+    calls ``add(packet)`` then, for NACKs, reads ``missing`` of the same stream."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._streams: dict[int, Any] = {}
+        self._last: Any = None
+
+    def add(self, packet: RtpPacket) -> Any:
+        stream = self._streams.get(packet.ssrc)
+        if stream is None:
+            stream = self._streams[packet.ssrc] = self._factory()
+        self._last = stream
+        return stream.add(packet)
+
+    @property
+    def missing(self) -> set[int]:
+        return self._last.missing if self._last is not None else set()
+
+
+def route_by_mid(transport: RTCDtlsTransport) -> None:
+    """Route RTP with an SSRC the transport does not know by its MID header extension before
+    trying its payload type (RFC 8843 section 9.2), and remember the SSRC. aiortc routes by SSRC
+    and payload type only: a simulcast layer's SSRC is in no description, and two video m-lines
+    of one browser use the same payload types."""
+    router = transport._rtp_router
+    if getattr(router, "routes_by_mid", False):
+        return
+    route_rtp = router.route_rtp
+
+    def route(packet: RtpPacket) -> Any:
+        if packet.ssrc not in router.ssrc_table and packet.extensions.mid is not None:
+            receiver = router.mid_table.get(packet.extensions.mid)
+            if receiver is not None:
+                router.ssrc_table[packet.ssrc] = receiver
+                return receiver
+        return route_rtp(packet)
+
+    router.route_rtp = route
+    router.routes_by_mid = True
+
+
+def map_rtx_stream(receiver: RTCRtpReceiver, rtx_ssrc: int, media_ssrc: int) -> None:
+    """Tell the receiver which media stream an RTX stream repairs (a simulcast layer's RTX SSRC
+    is in no description), so it counts retransmitted packets as received and stops NACKing them."""
+    receiver._RTCRtpReceiver__rtx_ssrc[rtx_ssrc] = media_ssrc  # type: ignore[attr-defined]
 
 
 def receiver_decodes(receiver: RTCRtpReceiver) -> bool:

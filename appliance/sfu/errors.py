@@ -13,7 +13,7 @@ class SfuError(Exception):
     ``invalid_state`` (e.g. an answer when no offer of the server waits), ``glare`` (an offer
     while the server's own offer waits for its answer), ``invalid_candidate``, ``closed``
     (the host is shutting down), ``unknown_sink``, ``already_running`` and ``not_running``
-    (sink_start/sink_stop), ``internal``.
+    (sink_start/sink_stop), ``unknown_track`` (video_layer), ``internal``.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 from aiortc import RTCRtpReceiver, RTCRtpTransceiver
@@ -35,6 +36,12 @@ SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 # After this many sequence numbers past a (re)start, stop dropping packets older than it.
 REORDER_HORIZON = 0x4000
+# A simulcast layer is sent while its packets keep coming: a browser stops sending its upper
+# layers when its bandwidth estimate falls (and starts them as it climbs), and a video stream
+# sends a packet at least every frame. How often the layers sent are looked at, and how long a
+# silent layer still counts as sent (seconds).
+LAYER_CHECK_INTERVAL = 0.25
+LAYER_TIMEOUT = 1.0
 
 
 def _initial_sequence_number() -> int:
@@ -137,11 +144,37 @@ class ForwardedTrack(MediaStreamTrack):
         await asyncio.get_running_loop().create_future()
 
 
+@dataclass
+class Layer:
+    """One encoding of a published video track: a simulcast layer (named by its rid), or the
+    track's only stream. What it is known by (its SSRCs, learned from its first packets) and its
+    own keyframe requests: a PLI names one SSRC, and each layer's encoder answers its own."""
+
+    index: int  # 0 is the lowest
+    rid: str | None
+    keyframes: KeyframeRequester | None
+    media_ssrc: int | None = None
+    rtx_ssrc: int | None = None
+    last_packet_at: float = -float("inf")
+    packets: int = 0
+    bytes: int = 0
+    keyframes_seen: int = 0
+
+    def describe(self) -> dict[str, object]:
+        return {"rid": self.rid, "packets": self.packets, "bytes": self.bytes,
+                "keyframes": self.keyframes_seen, "plis_sent": self.keyframes.sent if self.keyframes else 0}
+
+
 class UpTrack:
-    """A track a participant publishes: it receives the RTP and fans it out to down tracks."""
+    """A track a participant publishes: it receives the RTP and fans it out to down tracks.
+
+    A simulcast track (``rids``, lowest layer first) is received as one stream per layer, told
+    apart by the rid header extension of their first packets (RTX streams by the repaired-rid);
+    each down track forwards one layer of it."""
 
     def __init__(self, publisher: str, track_id: str, source: str, transceiver: RTCRtpTransceiver,
-                 stats: SfuStats, on_audio_level: Callable[[int], None] | None = None) -> None:
+                 stats: SfuStats, on_audio_level: Callable[[int], None] | None = None,
+                 rids: list[str] | None = None) -> None:
         self.publisher = publisher
         self.track_id = track_id
         self.source = source
@@ -154,21 +187,38 @@ class UpTrack:
                                   if c.name == "rtx" and c.parameters.get("apt") == self.payload_type}
         self.stats = stats
         self.on_audio_level = on_audio_level
-        self.keyframes = KeyframeRequester(self._send_pli) if self.kind == "video" else None
+        self.simulcast = bool(rids) and self.kind == "video"
+        self.layers: tuple[Layer, ...] = tuple(
+            Layer(index, rid, KeyframeRequester(partial(self._send_pli, index)) if self.kind == "video" else None)
+            for index, rid in enumerate(rids if self.simulcast else [None]))  # type: ignore[arg-type]
+        self._layer_by_rid = {layer.rid: layer for layer in self.layers}
+        self._layer_by_ssrc: dict[int, Layer] = {}
+        self.sending: tuple[int, ...] = ()  # the simulcast layers the publisher sends now
+        # The layer the taps get: the highest sent, moved to at its keyframe as a down track is.
+        self._tap_layer: int | None = None if self.simulcast else 0
+        self._tap_target = len(self.layers) - 1
+        self._next_layer_check = 0.0
         self.downs: tuple[DownTrack, ...] = ()
-        self.media_ssrc: int | None = None
         self.packets = 0
         self.bytes = 0
         self.keyframes_seen = 0
         self.closed = False
         self.held = False  # a moderator muted it: received, not forwarded
-        # Observers of every packet forwarded (recording, captions); called synchronously, so
-        # they must only copy or queue the packet.
+        # Observers of every packet forwarded (recording, captions), of one layer (the highest
+        # sent); called synchronously, so they must only copy or queue the packet.
         self.taps: tuple[Callable[[UpTrack, RtpPacket], None], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
         return self.publisher, self.track_id
+
+    @property
+    def top(self) -> Layer:
+        return self.layers[-1]
+
+    @property
+    def plis_sent(self) -> int:
+        return sum(layer.keyframes.sent for layer in self.layers if layer.keyframes is not None)
 
     def describe(self) -> dict[str, str]:
         """The track as clients see it (docs/protocol.md); ``stream_id`` is the msid stream id the
@@ -193,63 +243,137 @@ class UpTrack:
     def hold(self, held: bool) -> None:
         """Stop (or resume) forwarding; a resumed video track starts again from a keyframe."""
         if self.held and not held:
-            self.request_keyframe(urgent=True)
+            for layer in self.layers:
+                self.request_keyframe(urgent=True, layer=layer.index)
         self.held = held
 
-    def request_keyframe(self, urgent: bool = False) -> None:
-        """Ask the publisher for a keyframe: ``urgent`` when someone sees nothing until it comes
-        (a subscriber starting, the track resumed or its source restarted), not for a
-        subscriber's repair request (see keyframes.py for the intervals)."""
-        if self.keyframes is not None and not self.closed:
-            self.keyframes.request(urgent)
+    def request_keyframe(self, urgent: bool = False, layer: int | None = None) -> None:
+        """Ask the publisher for a keyframe of ``layer`` (by default the one the taps get):
+        ``urgent`` when someone sees nothing until it comes (a subscriber starting or
+        switching layers, the track resumed or its source restarted), not for a subscriber's
+        repair request (see keyframes.py for the intervals)."""
+        requester = self.layers[self._tap_target if layer is None else layer].keyframes
+        if requester is not None and not self.closed:
+            requester.request(urgent)
+
+    def best_layer(self, max_layer: int) -> int:
+        """The layer to forward to someone who wants ``max_layer`` at most: the highest layer
+        sent up to it, else the lowest sent above it; ``max_layer`` itself while none is sent
+        (a track's start: its first packets decide)."""
+        if not self.sending:
+            return max_layer
+        return max((i for i in self.sending if i <= max_layer), default=self.sending[0])
+
+    def _check_layers(self, now: float) -> None:
+        self._next_layer_check = now + LAYER_CHECK_INTERVAL
+        sending = tuple(layer.index for layer in self.layers if now - layer.last_packet_at < LAYER_TIMEOUT)
+        if sending != self.sending:
+            self.sending = sending
+            if sending and sending[-1] != self._tap_target:
+                self._tap_target = sending[-1]
+                if self.taps:
+                    self.request_keyframe(urgent=True)
+            for down in self.downs:
+                down.retarget()
+
+    def keyframe_wanted(self, layer: int) -> bool:
+        requester = self.layers[layer].keyframes
+        return requester is not None and requester.wanted
 
     def close(self) -> None:
         self.closed = True
-        if self.keyframes is not None:
-            self.keyframes.close()
+        for layer in self.layers:
+            if layer.keyframes is not None:
+                layer.keyframes.close()
         for down in self.downs:
             down.started = False
         self.downs = ()
         self.taps = ()
 
-    async def _send_pli(self) -> bool:
-        if self.media_ssrc is None or self.closed:
+    async def _send_pli(self, index: int) -> bool:
+        ssrc = self.layers[index].media_ssrc
+        if ssrc is None or self.closed:
             return False
-        await aiortc_private.send_pli(self.receiver, self.media_ssrc)
+        await aiortc_private.send_pli(self.receiver, ssrc)
         self.stats.plis_sent += 1
         return True
 
-    async def on_rtp(self, packet: RtpPacket) -> None:
+    def _simulcast_layer(self, packet: RtpPacket) -> Layer | None:
+        """The layer a packet belongs to: by its SSRC once known, else by its rid (a media
+        stream) or repaired-rid (its RTX stream), which browsers send until the SFU's receiver
+        reports acknowledge the stream."""
+        layer = self._layer_by_ssrc.get(packet.ssrc)
+        if layer is not None:
+            return layer
         if packet.payload_type == self.payload_type:
-            self.media_ssrc = packet.ssrc
+            layer = self._layer_by_rid.get(packet.extensions.rtp_stream_id)
+            if layer is not None:
+                self._layer_by_ssrc.pop(layer.media_ssrc, None)  # type: ignore[arg-type]
+                layer.media_ssrc = packet.ssrc
+                if layer.rtx_ssrc is not None:
+                    aiortc_private.map_rtx_stream(self.receiver, layer.rtx_ssrc, packet.ssrc)
+        elif packet.payload_type in self.rtx_payload_types:
+            rid = packet.extensions.repaired_rtp_stream_id or packet.extensions.rtp_stream_id
+            layer = self._layer_by_rid.get(rid)
+            if layer is not None:
+                self._layer_by_ssrc.pop(layer.rtx_ssrc, None)  # type: ignore[arg-type]
+                layer.rtx_ssrc = packet.ssrc
+                if layer.media_ssrc is not None:
+                    aiortc_private.map_rtx_stream(self.receiver, packet.ssrc, layer.media_ssrc)
+        if layer is not None:
+            self._layer_by_ssrc[packet.ssrc] = layer
+        return layer
+
+    async def on_rtp(self, packet: RtpPacket) -> None:
+        if self.simulcast:
+            layer = self._simulcast_layer(packet)
+            if layer is None:  # a stream whose rid is not (or not yet) known
+                return
+        else:
+            layer = self.layers[0]
+        if packet.payload_type == self.payload_type:
+            if packet.ssrc != layer.media_ssrc:
+                if self.simulcast:  # an RTX SSRC carrying the media payload type
+                    return
+                layer.media_ssrc = packet.ssrc
         elif (packet.payload_type in self.rtx_payload_types and len(packet.payload) > 2
-              and self.media_ssrc is not None):
-            packet = unwrap_rtx(packet, payload_type=self.payload_type, ssrc=self.media_ssrc)
+              and layer.media_ssrc is not None):
+            packet = unwrap_rtx(packet, payload_type=self.payload_type, ssrc=layer.media_ssrc)
         else:  # padding-only RTX, or a payload type this track did not negotiate
             return
         self.packets += 1
         self.bytes += len(packet.payload)
+        layer.packets += 1
+        layer.bytes += len(packet.payload)
+        if self.simulcast:
+            now = layer.last_packet_at = time.monotonic()
+            if now >= self._next_layer_check or layer.index not in self.sending:
+                self._check_layers(now)
         self.stats.count_received(self.kind, len(packet.payload))
         level = packet.extensions.audio_level
         if level is not None and self.on_audio_level is not None:
             self.on_audio_level(level[1])
-        keyframe = self.keyframes is not None and is_keyframe_start(self.codec.name, packet.payload)
+        keyframe = layer.keyframes is not None and is_keyframe_start(self.codec.name, packet.payload)
         if keyframe:
             self.keyframes_seen += 1
-            self.keyframes.keyframe_received()  # type: ignore[union-attr]
+            layer.keyframes_seen += 1
+            layer.keyframes.keyframe_received()  # type: ignore[union-attr]
         if self.held:
             return
-        for tap in self.taps:
-            try:
-                tap(self, packet)
-            except Exception:
-                log.exception("a tap on track %s of %s failed; it is removed", self.track_id, self.publisher)
-                self.remove_tap(tap)
+        if self.taps and layer.index != self._tap_layer and layer.index == self._tap_target and keyframe:
+            self._tap_layer = layer.index
+        if layer.index == self._tap_layer:
+            for tap in self.taps:
+                try:
+                    tap(self, packet)
+                except Exception:
+                    log.exception("a tap on track %s of %s failed; it is removed", self.track_id, self.publisher)
+                    self.remove_tap(tap)
         if self.downs:
             now = time.monotonic()
             ntp_time = aiortc_private.current_ntp_time()
             for down in self.downs:
-                down.write(packet, keyframe, now, ntp_time)
+                down.write(packet, keyframe, now, ntp_time, layer.index)
 
 
 @dataclass(frozen=True)
@@ -272,7 +396,10 @@ class DownlinkEstimate:
 
 
 class DownTrack:
-    """One subscriber's copy of an up track, written through one of its senders."""
+    """One subscriber's copy of an up track, written through one of its senders: of a simulcast
+    track, one layer at a time. It forwards ``layer`` and moves to ``target`` — the best layer
+    the publisher sends up to ``max_layer`` — at that layer's next keyframe (asked for when the
+    target changes), the sequence numbers and timestamps going on without a gap."""
 
     def __init__(self, subscriber: str, up: UpTrack, transceiver: RTCRtpTransceiver,
                  stats: SfuStats) -> None:
@@ -289,6 +416,10 @@ class DownTrack:
         self.extensions = HeaderExtensionsMap()
         self.header: HeaderTemplate | None = None
         self.source_ssrc: int | None = None
+        self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
+        self.max_layer = len(up.layers) - 1  # the highest layer wanted: all unless told otherwise
+        self.target = up.best_layer(self.max_layer)  # the layer to forward: sent, and wanted
+        self.layer_switches = 0
         self.accepted = False
         self.started = False
         self.output: aiortc_private.ForwardingSender | None = None
@@ -302,7 +433,7 @@ class DownTrack:
         self.remb_at: float | None = None
         self.started_at: float | None = None
         # The subscriber's own PLI/FIR, held to its budget (video only).
-        self.keyframe_budget = (SubscriberKeyframeBudget(up.request_keyframe) if self.kind == "video" else None)
+        self.keyframe_budget = (SubscriberKeyframeBudget(self._repair_keyframe) if self.kind == "video" else None)
         # Told of the first packet forwarded (the metrics: keyframe wait, join -> first media).
         self.on_first_packet: Callable[[DownTrack], None] | None = None
 
@@ -344,7 +475,28 @@ class DownTrack:
         self.started = True
         self.started_at = time.monotonic()
         self.up.add(self)
-        self.up.request_keyframe(urgent=True)
+        # The layers sent may have changed since it was made: only started ones hear of it.
+        self.target = self.up.best_layer(self.max_layer)
+        self.up.request_keyframe(urgent=True, layer=self.target)
+
+    def set_max_layer(self, layer: int | None) -> None:
+        """Forward no layer above ``layer`` (clamped to the track's layers; None: the highest)."""
+        top = len(self.up.layers) - 1
+        self.max_layer = top if layer is None else max(0, min(layer, top))
+        self.retarget()
+
+    def retarget(self) -> None:
+        """Head for the best layer now (the wanted one, or the layers sent, changed): from its
+        next keyframe on, asked for now; until it comes the layer forwarded now goes on."""
+        target = self.up.best_layer(self.max_layer)
+        if target == self.target:
+            return
+        self.target = target
+        if self.started and target != self.layer:
+            self.up.request_keyframe(urgent=True, layer=target)
+
+    def _repair_keyframe(self) -> None:
+        self.up.request_keyframe(layer=self.target if self.layer is None else self.layer)
 
     def stop(self) -> None:
         self.started = False
@@ -372,16 +524,22 @@ class DownTrack:
         outcome = "honoured" if self.keyframe_budget.request() else "throttled"
         self.stats.keyframe_requests[outcome] += 1
 
-    def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int) -> None:
+    def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int, layer: int = 0) -> None:
         if not self.started:
             return
         if packet.ssrc != self.source_ssrc:
-            if self.kind == "video" and not keyframe:  # new, or the source restarted mid-stream
-                self.source_ssrc = None
-                if not self.up.keyframes.wanted:  # type: ignore[union-attr]
-                    self.up.request_keyframe(urgent=True)
+            if layer != self.target:  # a layer neither forwarded nor switched to
                 return
-            self.source_ssrc = packet.ssrc
+            if self.kind == "video" and not keyframe:
+                if layer == self.layer:  # the layer's source restarted mid-stream: gate it
+                    self.source_ssrc = self.layer = None
+                if not self.up.keyframe_wanted(layer):
+                    self.up.request_keyframe(urgent=True, layer=layer)
+                return
+            if self.layer is not None and self.layer != layer:
+                self.layer_switches += 1
+                self.stats.layer_switches += 1
+            self.source_ssrc, self.layer = packet.ssrc, layer
             self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
         mapped = self.rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
         if mapped is None:

@@ -14,6 +14,8 @@ message                                                                reply
 ``{"type": "leave", "participant"}``                                   ``{"type": "left"}``
 ``{"type": "stats", "participant"}``                                   ``{"type": "stats", ...}``
 ``{"type": "hold", "participant", "source", "held"}``                  ``{"type": "ok"}``
+``{"type": "video_layer", "participant", "publisher", "track_id",``    ``{"type": "ok"}``
+``"max_layer": int | null}``
 ``{"type": "sink_start", "participant", "sink", "options"?}``          ``{"type": "ok"}``
 ``{"type": "sink_stop", "participant", "sink"}``                       ``{"type": "sink_stopped", ...}``
 =====================================================================  ==============================
@@ -137,7 +139,7 @@ class RoomHost:
         self._handlers: dict[str, Handler] = {
             "join": self._join, "room": self._describe_room, "offer": self._offer, "answer": self._answer,
             "candidate": self._add_candidate, "leave": self._leave, "stats": self._stats,
-            "hold": self._hold, "sink_start": self._sink_start, "sink_stop": self._sink_stop,
+            "hold": self._hold, "video_layer": self._video_layer, "sink_start": self._sink_start, "sink_stop": self._sink_stop,
         }
 
     async def request(self, room: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +249,20 @@ class RoomHost:
         for up in peer.ups.values():
             if up.source == source:
                 up.hold(held)
+        return {"type": "ok"}
+
+    async def _video_layer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
+        """The highest simulcast layer (0 the lowest; null: any) the participant wants of one
+        track published in the room, received yet or not."""
+        publisher, track_id = _text(message, "publisher"), _text(message, "track_id")
+        max_layer = message.get("max_layer")
+        if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < 0):
+            raise SfuError("bad_message", "'max_layer' must be a layer number (0 the lowest) or null")
+        room = self._room(room_name)
+        peer = room.peer(participant)
+        if (publisher, track_id) not in room.tracks:
+            raise SfuError("unknown_track", f"no track {track_id!r} of {publisher!r} is published in the room")
+        await peer.call(peer.set_max_layer, (publisher, track_id), max_layer)
         return {"type": "ok"}
 
     async def _sink_start(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:

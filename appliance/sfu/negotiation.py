@@ -16,12 +16,18 @@ what passthrough forwarding needs.
   per m-line (``passive`` on the old ones, ``active`` on the new); aiortc applies each m-line's
   value to the shared transport, so the last one would turn the SFU from DTLS client into
   server mid-handshake and the participant would get no media at all.
+* Simulcast from browsers (RFC 8853, 8851): a video m-line offered with ``a=rid:… send`` and
+  ``a=simulcast:send …`` is answered with the same rids as ``recv`` and the rtp-stream-id /
+  repaired-rtp-stream-id header extensions, and every later description the SFU writes keeps
+  them (a re-offer without them would turn the browser's simulcast off). aiortc knows neither
+  attribute and negotiates only the extensions it knows, so both are added around it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -43,6 +49,9 @@ EXTENSION_IDS = range(1, 15)
 OPUS_PARAMETERS = {"useinbandfec": 1, "usedtx": 1}
 # The a=setup a remote description must carry to keep the SFU's negotiated DTLS role.
 REMOTE_SETUP = {"client": "passive", "server": "active"}
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+SIMULCAST_EXTENSIONS = (RID_URI, REPAIRED_RID_URI)
 
 
 def _is_forwardable(kind: str, codec: RTCRtpCodecParameters) -> bool:
@@ -99,6 +108,50 @@ def align_bundled_setup(sdp: str, own_role: str | None) -> str:
             if lines[i].startswith("a=setup:"):
                 line_end = lines[i][len(lines[i].rstrip("\r\n")):]
                 lines[i] = f"a=setup:{setup}{line_end}"
+    return "".join(lines)
+
+
+def _sections(sdp: str) -> tuple[list[str], list[range]]:
+    """The lines of ``sdp`` (line ends kept) and the line ranges of its m-sections."""
+    lines = sdp.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    return lines, [range(start, end) for start, end in zip(starts, [*starts[1:], len(lines)])]
+
+
+def simulcast_layers(sdp: str) -> dict[str, list[str]]:
+    """The rids each m-line (by mid) sends as simulcast, in the order its ``a=simulcast:send``
+    lists them: the client lists its encodings from the lowest to the highest. A paused rid
+    (``~``) counts, an alternative (``,``) does not: a browser sends the first; a rid without its
+    ``a=rid:… send`` line is left out."""
+    lines, sections = _sections(sdp)
+    layers: dict[str, list[str]] = {}
+    for section in sections:
+        attributes = [lines[i].rstrip("\r\n") for i in section]
+        mid = next((a[len("a=mid:"):].strip() for a in attributes if a.startswith("a=mid:")), None)
+        declared = {a.split()[0][len("a=rid:"):] for a in attributes
+                    if a.startswith("a=rid:") and a.split()[1:2] == ["send"]}
+        tokens = next((a[len("a=simulcast:"):].split() for a in attributes if a.startswith("a=simulcast:")), [])
+        sent = tokens[tokens.index("send") + 1] if "send" in tokens[:-1] else ""
+        rids = [stream.split(",")[0].lstrip("~") for stream in sent.split(";") if stream]
+        rids = [rid for rid in rids if rid in declared]
+        if mid is not None and len(rids) > 1:
+            layers[mid] = rids
+    return layers
+
+
+def with_simulcast_receive(sdp: str, layers: dict[str, list[str]]) -> str:
+    """``sdp`` (the SFU's own description) with ``a=rid:… recv`` and ``a=simulcast:recv …`` on each
+    m-line whose mid ``layers`` names; m-lines that already carry them are left as they are."""
+    lines, sections = _sections(sdp)
+    for section in reversed(sections):
+        attributes = [lines[i] for i in section]
+        mid = next((a[len("a=mid:"):].strip() for a in attributes if a.startswith("a=mid:")), None)
+        rids = layers.get(mid or "")
+        if not rids or any(a.startswith("a=simulcast:") for a in attributes):
+            continue
+        line_end = attributes[0][len(attributes[0].rstrip("\r\n")):] or "\r\n"
+        added = [f"a=rid:{rid} recv{line_end}" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}{line_end}"]
+        lines[section.stop:section.stop] = added
     return "".join(lines)
 
 
@@ -189,6 +242,22 @@ class SessionPayloads:
 class SfuPeerConnection(RTCPeerConnection):
     """An RTCPeerConnection whose negotiation suits passthrough forwarding (see module doc)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The rids each simulcast m-line (by mid) sends, lowest first, as the latest remote
+        # description says.
+        self.simulcast: dict[str, list[str]] = {}
+
+    @property
+    def localDescription(self) -> RTCSessionDescription:
+        """aiortc's description, with the simulcast it cannot write (aiortc keeps descriptions
+        parsed and writes them anew each time)."""
+        description = super().localDescription
+        if description is None or not self.simulcast:
+            return description
+        return RTCSessionDescription(sdp=with_simulcast_receive(description.sdp, self.simulcast),
+                                     type=description.type)
+
     async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
         sessionDescription = RTCSessionDescription(
             sdp=align_bundled_setup(sessionDescription.sdp, aiortc_private.dtls_role(self)),
@@ -196,6 +265,23 @@ class SfuPeerConnection(RTCPeerConnection):
         await super().setRemoteDescription(sessionDescription)
         if sessionDescription.type == "offer":
             self._choose_upstream_codecs()
+        self._receive_simulcast(sessionDescription.sdp)
+
+    def _receive_simulcast(self, sdp: str) -> None:
+        """Take the rid header extensions of every simulcast m-line (aiortc negotiates only the
+        extensions it knows, again on every remote description), so that the transport parses
+        them and the SFU's descriptions keep them."""
+        self.simulcast = simulcast_layers(sdp)
+        remote = {media.rtp.muxId: media for media in aiortc_sdp.SessionDescription.parse(sdp).media}
+        for transceiver in self.getTransceivers():
+            media = remote.get(transceiver.mid)
+            if transceiver.mid not in self.simulcast or media is None:
+                continue
+            extensions = aiortc_private.header_extensions(transceiver)
+            known = {e.uri for e in extensions}
+            aiortc_private.set_header_extensions(transceiver, [
+                *extensions, *(e for e in media.rtp.headerExtensions
+                               if e.uri in SIMULCAST_EXTENSIONS and e.uri not in known)])
 
     def _choose_upstream_codecs(self) -> None:
         for transceiver in self.getTransceivers():

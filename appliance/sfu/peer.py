@@ -87,6 +87,7 @@ class Peer:
         self.held_sources: set[str] = set()  # sources a moderator muted (see RoomHost "hold")
         self.downs: dict[tuple[str, str], DownTrack] = {}
         self.wanted: dict[tuple[str, str], UpTrack] = {}
+        self.max_layers: dict[tuple[str, str], int | None] = {}  # asked for with "video_layer"
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
@@ -252,7 +253,8 @@ class Peer:
         source = (self.labels.get(transceiver.mid or "") or self.labels.get(track_id)
                   or DEFAULT_SOURCE[transceiver.kind])
         on_level = partial(self.room.audio_level, self.participant) if transceiver.kind == "audio" else None
-        up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level)
+        up = UpTrack(self.participant, track_id, source, transceiver, self.room.stats, on_level,
+                     rids=self.pc.simulcast.get(transceiver.mid or ""))
         up.held = source in self.held_sources
         self.ups[transceiver] = up
         self._up_by_receiver[transceiver.receiver] = up
@@ -270,8 +272,15 @@ class Peer:
             self.wanted[up.key] = up
             self._request_sync()
 
+    async def set_max_layer(self, key: tuple[str, str], layer: int | None) -> None:
+        self.max_layers[key] = layer
+        down = self.downs.get(key)
+        if down is not None:
+            down.set_max_layer(layer)
+
     async def unsubscribe(self, key: tuple[str, str]) -> None:
         self.wanted.pop(key, None)
+        self.max_layers.pop(key, None)
         down = self.downs.pop(key, None)
         if down is not None:
             down.stop()
@@ -315,6 +324,7 @@ class Peer:
         transceiver.setCodecPreferences(codec_preferences(up.codec))
         aiortc_private.set_stream_id(transceiver.sender, up.publisher)
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
+        down.set_max_layer(self.max_layers.get(up.key))
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
         aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
@@ -398,14 +408,16 @@ class Peer:
             "connection_state": self.pc.connectionState,
             "published": [{"track_id": up.track_id, "kind": up.kind, "source": up.source,
                            "codec": up.codec.mimeType, "packets": up.packets, "bytes": up.bytes,
-                           "keyframes": up.keyframes_seen,
-                           "plis_sent": up.keyframes.sent if up.keyframes else 0}
+                           "keyframes": up.keyframes_seen, "plis_sent": up.plis_sent,
+                           "layers": [layer.describe() for layer in up.layers] if up.simulcast else None}
                           for up in self.ups.values()],
             "subscribed": [{"track_id": down.up.track_id, "publisher": down.up.publisher,
                             "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
                             "retransmitted": down.retransmitted, "remb_bps": down.remb_bps,
                             "retransmissions_refused": down.retransmissions_refused,
-                            "forwarding": down.started, "waiting_for_keyframe": down.gated}
+                            "forwarding": down.started, "waiting_for_keyframe": down.gated,
+                            "layer": down.layer, "target_layer": down.target,
+                            "layer_switches": down.layer_switches}
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,
             "downlink": dataclasses.asdict(self.downlink_estimate()),

@@ -56,6 +56,7 @@ class SfuStats:
     received_packets: dict[str, int] = field(default_factory=_by_kind)  # from publishers
     received_bytes: dict[str, int] = field(default_factory=_by_kind)
     plis_sent: int = 0
+    layer_switches: int = 0  # a down track moving from one simulcast layer to another
     # PLI/FIR received from subscribers, by outcome (before the publisher's own coalescing).
     keyframe_requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KEYFRAME_REQUEST_OUTCOMES, 0))
     retransmissions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRANSMISSION_OUTCOMES, 0))
@@ -92,6 +93,7 @@ class SfuStats:
                 for key, count in snap[name].items():
                     mine[key] = mine.get(key, 0) + count
             total.plis_sent += snap["plis_sent"]
+            total.layer_switches += snap.get("layer_switches", 0)
             total.keyframe_wait.add(snap["keyframe_wait"])
             total.first_media.add(snap["first_media"])
             if gauges:
@@ -106,6 +108,7 @@ class SfuStats:
             "received_packets": dict(self.received_packets),
             "received_bytes": dict(self.received_bytes),
             "plis_sent": self.plis_sent,
+            "layer_switches": self.layer_switches,
             "keyframe_requests": dict(self.keyframe_requests),
             "retransmissions": dict(self.retransmissions),
             "feedback_received": dict(self.feedback_received),

@@ -42,7 +42,7 @@ log = logging.getLogger("confmeet.signaling")
 
 RESUME_SECONDS = 30.0
 IDLE_SECONDS = 30.0
-SFU_REQUESTS = ("offer", "answer", "candidate")
+SFU_REQUESTS = ("offer", "answer", "candidate", "video_layer")
 ROUTING = ("room", "to")  # what an SFU event carries for signaling alone
 
 
@@ -215,7 +215,8 @@ class Signaling:
             return None
         if kind == "offer":
             self._check_published(message)
-        forwarded = {k: v for k, v in message.items() if k in ("type", "sdp", "tracks", "candidate")}
+        forwarded = {k: v for k, v in message.items()
+                     if k in ("type", "sdp", "tracks", "candidate", "publisher", "track_id", "max_layer")}
         first_offer = kind == "offer" and conn.trace.open
         with conn.trace.step("sfu.answer") if first_offer else contextlib.nullcontext():
             reply = await self.sfu.request(seat.meeting_id, {**forwarded, "participant": seat.id})

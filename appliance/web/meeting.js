@@ -3,7 +3,8 @@
 // one RTCPeerConnection to the SFU (docs/protocol.md, spoken by signaling.js), one tile per
 // participant, screen shares shown large (screens.js), the participant list with the moderators'
 // controls (people.js) and the chat (chat.js). For tests and diagnostics, window.confmeet.pc is
-// the page's RTCPeerConnection (read getStats() from it); nothing else is exposed.
+// the page's RTCPeerConnection (read getStats() from it) and window.confmeet.signaling its
+// signaling session (to send protocol messages such as video_layer); nothing else is exposed.
 import { actAsGuest, ApiError, call, forgetGuest, guestToken, joinAsGuest, saveTokens, signIn, tokens }
   from "/static/api.js";
 import { Chat } from "/static/chat.js";
@@ -15,9 +16,31 @@ import { Screens } from "/static/screens.js";
 import { ConnectionError, Signaling } from "/static/signaling.js";
 
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
-// The SFU forwards one stream per camera to every subscriber (no simulcast), so a camera sends
-// what suits a tile, not a full screen.
-const VIDEO = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
+// The camera is sent as up to three encodings (simulcast), lowest first: the SFU gives each
+// subscriber the one its link and its view suit. Chromium sends three only from 960x540 up and
+// two from 480x270 (it drops the last ones listed), and stops the upper ones while its bandwidth
+// estimate cannot carry them.
+const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24 } };
+const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+/** The camera's encodings for a picture ``height`` high (a camera that is off: as if 720): as
+ * many layers as Chromium sends at that size, the top one the whole picture, each layer's
+ * bitrate by its own height (180: 150 kbit/s, 360: 500, above: 1500); a small camera sends one
+ * stream, no simulcast. */
+function cameraEncodings(height = 720) {
+  const count = height >= 540 ? 3 : height >= 270 ? 2 : 1;
+  if (count === 1) return [{ maxBitrate: height <= 200 ? 150_000 : 500_000 }];
+  return CAMERA_LAYERS.slice(3 - count).map((layer, i) => {
+    const scale = 2 ** (count - 1 - i);
+    const layerHeight = height / scale;
+    return { ...layer, scaleResolutionDownBy: scale,
+             maxBitrate: layerHeight <= 200 ? 150_000 : layerHeight <= 400 ? 500_000 : 1_500_000 };
+  });
+}
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const SOURCE = { audio: "microphone", video: "camera" };
 // A shared screen is mostly text and still pictures: sharpness before motion.
@@ -37,7 +60,10 @@ let certificate = null;   // the DTLS certificate, also made ahead of joining
 let meetingInfo = null;   // the meeting as the REST API describes it (locked, ...), from the pre-join screen
 let joiningAs = "account";  // or "guest": someone without an account, with a name only
 
-window.confmeet = Object.freeze({ get pc() { return session?.pc ?? null; } });
+window.confmeet = Object.freeze({
+  get pc() { return session?.pc ?? null; },
+  get signaling() { return session?.signaling ?? null; },
+});
 
 function show(view) {
   for (const id of ["signin", "prejoin", "message"]) $(`#${id}`).hidden = id !== view;
@@ -586,7 +612,10 @@ class Publisher {
     this.sources = new Map();
     for (const kind of kinds) {
       const track = kind === "audio" ? media.audio : media.video;  // none while the camera is off
-      const transceiver = this.pc.addTransceiver(track ?? kind, { direction: "sendonly", streams: [media.stream] });
+      const transceiver = this.pc.addTransceiver(track ?? kind, {
+        direction: "sendonly", streams: [media.stream],
+        ...(kind === "video" ? { sendEncodings: cameraEncodings(track?.getSettings().height) } : {}),
+      });
       this.sources.set(transceiver, SOURCE[kind]);
     }
     this.offer = this.pc.createOffer();

@@ -133,3 +133,77 @@ async def test_rtcp_feedback_is_counted_before_aiortc_handles_it() -> None:
         assert keyframes == [True, True]  # aiortc's own handling still ran
     finally:
         await pc.close()
+
+
+async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
+    """Three layers' packets interleaved: a gap in one stream is NACKed for that stream only, and
+    nothing else is (aiortc alone would read the interleaving as loss, NACK it and send PLIs);
+    once map_rtx_stream names the RTX stream, a retransmitted packet is no longer missing."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
+    from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket, RtpPacket, wrap_rtx
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("video", transport)
+    receiver._track = RemoteStreamTrack(kind="video")
+    sent: list[Any] = []
+
+    async def send_rtcp(packet: Any) -> None:
+        sent.append(packet)
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    receiver._set_rtcp_ssrc(5)
+
+    async def on_rtp(packet: Any) -> None:
+        pass
+
+    aiortc_private.tap_receiver(receiver, on_rtp)
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    rtx = RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96})
+    await receiver.receive(RTCRtpReceiveParameters(codecs=[vp8, rtx]))
+    try:
+        starts = {1111: 100, 2222: 30000, 3333: 60000}
+        packets = {ssrc: [RtpPacket(payload_type=96, sequence_number=(start + i) % 65536, timestamp=3000 * i,
+                                    ssrc=ssrc, payload=b"\x10\x00\x00\x00") for i in range(20)]
+                   for ssrc, start in starts.items()}
+        for i in range(20):
+            for ssrc in starts:
+                if not (ssrc == 2222 and i == 10):
+                    await receiver._handle_rtp_packet(packets[ssrc][i], arrival_time_ms=0)
+        nacks = [p for p in sent if isinstance(p, RtcpRtpfbPacket)]
+        assert [(n.media_ssrc, n.lost) for n in nacks] == [(2222, [30010])]
+        assert not [p for p in sent if isinstance(p, RtcpPsfbPacket) and p.fmt == 1]  # no PLI
+        aiortc_private.map_rtx_stream(receiver, 4444, 2222)
+        await receiver._handle_rtp_packet(wrap_rtx(packets[2222][10], payload_type=97, sequence_number=1,
+                                                   ssrc=4444), arrival_time_ms=0)
+        assert set(aiortc_private.media_streams(receiver)) == set(starts)  # the RTX stream left out
+        # The next gap is NACKed alone: the retransmitted packet counts as received.
+        await receiver._handle_rtp_packet(RtpPacket(payload_type=96, sequence_number=30021, timestamp=0,
+                                                    ssrc=2222, payload=b"\x10\x00\x00\x00"), arrival_time_ms=0)
+        nacks = [p for p in sent if isinstance(p, RtcpRtpfbPacket)]
+        assert [(n.media_ssrc, n.lost) for n in nacks] == [(2222, [30010]), (2222, [30020])]
+    finally:
+        await receiver.stop()
+
+
+def test_unknown_ssrcs_are_routed_by_mid_before_payload_type() -> None:
+    """Two video m-lines of one browser share payload types: a simulcast layer's SSRC, in no
+    description, reaches its receiver by the MID extension and is remembered."""
+    from aiortc.rtcdtlstransport import RtpRouter
+    from aiortc.rtp import RtpPacket
+
+    camera, screen = object(), object()
+    transport = type("T", (), {})()
+    transport._rtp_router = router = RtpRouter()
+    router.register_receiver(camera, ssrcs=[], payload_types=[96, 97], mid="1")  # type: ignore[arg-type]
+    router.register_receiver(screen, ssrcs=[7777], payload_types=[96, 97], mid="2")  # type: ignore[arg-type]
+    aiortc_private.route_by_mid(transport)
+    aiortc_private.route_by_mid(transport)  # once is enough; twice changes nothing
+
+    packet = RtpPacket(payload_type=96, ssrc=1234)
+    assert router.route_rtp(packet) is None  # no MID: ambiguous payload type, as in aiortc
+    packet.extensions.mid = "1"
+    assert router.route_rtp(packet) is camera
+    assert router.route_rtp(RtpPacket(payload_type=96, ssrc=1234)) is camera  # later packets carry no MID
+    assert router.route_rtp(RtpPacket(payload_type=96, ssrc=7777)) is screen

@@ -120,7 +120,7 @@ async def test_video_waits_for_a_keyframe_then_flows_rewritten(pair: Any) -> Non
     up, down, upstream, downstream, stats = pair
     assert down.accept_negotiation() and (down.payload_type, down.mid) == (100, "3")
     down.start()
-    assert up.downs == (down,) and up.keyframes.wanted
+    assert up.downs == (down,) and up.keyframe_wanted(0)
     await up.on_rtp(_packet(10, 9000, VP8_DELTA))
     await asyncio.sleep(0.01)
     assert downstream.sent == [] and down.gated
@@ -138,7 +138,7 @@ async def test_video_waits_for_a_keyframe_then_flows_rewritten(pair: Any) -> Non
     assert [p.sequence_number - out[0].sequence_number for p in out] == [0, 1, 2]
     assert [p.timestamp - out[0].timestamp for p in out] == [0, 3000, 6000]
     await asyncio.sleep(0.01)
-    assert not up.keyframes.wanted and not down.gated
+    assert not up.keyframe_wanted(0) and not down.gated
     history = down.sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     assert {p.sequence_number for p in history.values()} == {p.sequence_number for p in out}
     assert aiortc_private.sender_counts(down.sender) == (3, 3 * len(VP8_KEY))
@@ -389,3 +389,179 @@ def test_header_template_leaves_the_two_byte_form_to_aiortc() -> None:
     wide = [RTCRtpHeaderExtensionParameters(id=15, uri="urn:ietf:params:rtp-hdrext:sdes:mid")]
     assert HeaderTemplate.for_subscriber("0", wide) is None
     assert HeaderTemplate.for_subscriber("m" * 17, [MID]) is None
+
+
+# ---------------------------------------------------------------- simulcast
+LAYER_SSRCS = {"q": 5001, "h": 5002, "f": 5003}
+LAYER_RTX_SSRCS = {"q": 6001, "h": 6002, "f": 6003}
+
+
+def _layer_packet(rid: str, seq: int, payload: bytes, with_rid: bool = True) -> RtpPacket:
+    packet = _packet(seq, seq * 3000, payload, ssrc=LAYER_SSRCS[rid])
+    if with_rid:  # browsers send the rid until the SFU's receiver reports acknowledge the stream
+        packet.extensions.rtp_stream_id = rid
+    return packet
+
+
+def _plis(wire: Wire) -> list[int]:
+    return [p.media_ssrc for data in wire.sent for p in RtcpPacket.parse(data)
+            if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI]
+
+
+@pytest.fixture
+async def simulcast_pair() -> Any:
+    pc = RTCPeerConnection()
+    upstream, downstream = Wire(), Wire()
+    stats = SfuStats()
+    up = UpTrack("pub", "cam", "camera", _transceiver(pc, [VP8, RTX], "1", "recvonly", upstream), stats,
+                 rids=["q", "h", "f"])
+    sub_vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=100)
+    down = DownTrack("sub", up, _transceiver(pc, [sub_vp8], "3", "sendonly", downstream), stats)
+    assert down.accept_negotiation()
+    yield up, down, upstream, downstream, stats
+    up.close()
+    await pc.close()
+
+
+async def test_simulcast_layers_are_told_apart_by_rid_then_by_ssrc(simulcast_pair: Any) -> None:
+    """Each layer's SSRC is learned from the rid of its first packets, its RTX stream's from the
+    repaired-rid; later packets carry neither and still reach their layer. A down track forwards
+    the highest layer only, from its keyframe; its start asks that layer (its SSRC) for one."""
+    up, down, upstream, downstream, stats = simulcast_pair
+    assert [layer.rid for layer in up.layers] == ["q", "h", "f"] and down.target == 2
+    await up.on_rtp(_packet(1, 0, VP8_KEY, ssrc=9999))  # an SSRC no rid names yet: dropped
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 9, VP8_DELTA))
+    assert up.sending == (0, 1, 2) and up.packets == 3
+    down.start()
+    for seq, payload in [(10, VP8_KEY), (11, VP8_DELTA)]:
+        for rid in "qhf":
+            await up.on_rtp(_layer_packet(rid, seq, payload))
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 12, VP8_DELTA, with_rid=False))
+    assert {layer.rid: layer.media_ssrc for layer in up.layers} == LAYER_SSRCS
+    assert [layer.packets for layer in up.layers] == [4, 4, 4] and up.packets == 12
+    out = [RtpPacket.parse(data) for data in downstream.sent]
+    assert len(out) == 3 and [p.sequence_number - out[0].sequence_number for p in out] == [0, 1, 2]
+    assert down.layer == 2
+
+    # A retransmission of the top layer, on its RTX stream named by the repaired-rid.
+    rtx = wrap_rtx(_layer_packet("f", 11, VP8_DELTA, with_rid=False), payload_type=97, sequence_number=1,
+                   ssrc=LAYER_RTX_SSRCS["f"])
+    rtx.extensions.repaired_rtp_stream_id = "f"
+    await up.on_rtp(rtx)
+    assert up.layers[2].rtx_ssrc == LAYER_RTX_SSRCS["f"]
+    again = RtpPacket.parse(downstream.sent[-1])
+    assert (again.sequence_number, again.payload) == (out[1].sequence_number, VP8_DELTA)
+    assert aiortc_private.media_streams(up.receiver) == {}  # nothing received through aiortc here
+    assert up.receiver._RTCRtpReceiver__rtx_ssrc == {LAYER_RTX_SSRCS["f"]: LAYER_SSRCS["f"]}  # type: ignore[attr-defined]
+
+    # A subscriber's PLI asks the layer it receives, by that layer's SSRC.
+    await asyncio.sleep(0.01)
+    down.keyframe_requested()
+    await asyncio.sleep(0.01)
+    assert _plis(upstream)[-1] == LAYER_SSRCS["f"]
+
+
+async def test_a_layer_switch_waits_for_the_target_layers_keyframe_with_numbers_continuing(
+        simulcast_pair: Any) -> None:
+    up, down, upstream, downstream, stats = simulcast_pair
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 99, VP8_DELTA))
+    down.start()
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 100, VP8_KEY))
+    await asyncio.sleep(0.01)
+    plis_before = len(_plis(upstream))
+
+    down.set_max_layer(0)  # to the lowest layer: its keyframe is asked for at once
+    await asyncio.sleep(0.01)
+    assert _plis(upstream)[plis_before:] == [LAYER_SSRCS["q"]]
+    for seq in (101, 102):  # until it comes, the top layer goes on; the low layer's deltas do not
+        for rid in "qhf":
+            await up.on_rtp(_layer_packet(rid, seq, VP8_DELTA))
+    assert down.layer == 2 and len(downstream.sent) == 3
+    await up.on_rtp(_layer_packet("q", 103, VP8_KEY))  # the switch
+    await up.on_rtp(_layer_packet("f", 103, VP8_DELTA))  # the old layer stops here
+    await up.on_rtp(_layer_packet("q", 104, VP8_DELTA))
+    out = [RtpPacket.parse(data) for data in downstream.sent]
+    assert [p.payload for p in out] == [VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_KEY, VP8_DELTA]
+    assert [p.sequence_number - out[0].sequence_number for p in out] == [0, 1, 2, 3, 4]
+    assert {p.ssrc for p in out} == {down.ssrc}
+    assert all(0 <= (b.timestamp - a.timestamp) % 2**32 < 90000 for a, b in zip(out, out[1:]))
+    assert (down.layer, down.layer_switches, stats.layer_switches) == (0, 1, 1)
+
+    # Back up: the same again, the top layer's keyframe asked for.
+    down.set_max_layer(5)  # clamped to the highest layer
+    assert down.target == 2
+    await up.on_rtp(_layer_packet("f", 104, VP8_DELTA))
+    await up.on_rtp(_layer_packet("f", 105, VP8_KEY))
+    await up.on_rtp(_layer_packet("q", 105, VP8_DELTA))
+    last = RtpPacket.parse(downstream.sent[-1])
+    assert len(downstream.sent) == 6 and last.payload == VP8_KEY
+    assert last.sequence_number == (out[-1].sequence_number + 1) % 65536
+    assert (down.layer, stats.layer_switches) == (2, 2)
+
+
+async def test_a_track_without_simulcast_has_one_layer_and_learns_its_ssrc_as_before(pair: Any) -> None:
+    up, down, _, _, _ = pair
+    assert not up.simulcast and len(up.layers) == 1 and up.layers[0].rid is None
+    await up.on_rtp(_packet(1, 0, VP8_KEY, ssrc=4242))
+    assert up.layers[0].media_ssrc == 4242 and down.target == 0
+
+
+async def test_a_down_track_follows_the_layers_the_publisher_sends(simulcast_pair: Any, monkeypatch: Any) -> None:
+    """A browser sends its upper layers only while its bandwidth estimate allows: a subscriber
+    wanting the top layer starts on what is sent, moves down when the top layer stops and up
+    again when it comes back, each time at a keyframe."""
+    from appliance.sfu import forwarder
+
+    monkeypatch.setattr(forwarder, "LAYER_TIMEOUT", 0.1)
+    monkeypatch.setattr(forwarder, "LAYER_CHECK_INTERVAL", 0.01)
+    up, down, upstream, downstream, stats = simulcast_pair
+    assert down.target == 2  # nothing sent yet
+    await up.on_rtp(_layer_packet("q", 9, VP8_DELTA))
+    down.start()  # made before the first layer came, started after: it heads for what is sent
+    assert down.target == 0
+    for rid in "qh":
+        await up.on_rtp(_layer_packet(rid, 10, VP8_KEY))
+    assert up.sending == (0, 1) and down.target == 1 and down.layer == 1
+    for seq in range(11, 14):
+        for rid in "qhf":
+            await up.on_rtp(_layer_packet(rid, seq, VP8_KEY if (rid, seq) == ("f", 13) else VP8_DELTA))
+        await asyncio.sleep(0.01)
+        if seq == 11:  # a keyframe of the top layer is asked for as soon as it is sent
+            assert up.sending == (0, 1, 2) and down.target == 2 and _plis(upstream) == [LAYER_SSRCS["f"]]
+    assert (down.target, down.layer) == (2, 2)
+
+    await asyncio.sleep(0.15)  # the top layer stops; the others go on
+    for seq, payload in [(14, VP8_DELTA), (15, VP8_KEY), (16, VP8_DELTA)]:
+        for rid in "qh":
+            await up.on_rtp(_layer_packet(rid, seq, payload))
+    assert up.sending == (0, 1) and (down.target, down.layer) == (1, 1)
+    out = [RtpPacket.parse(data) for data in downstream.sent]
+    assert [p.sequence_number - out[0].sequence_number for p in out] == list(range(len(out)))
+    assert stats.layer_switches == 3  # q (the first keyframe) -> h -> f -> h
+
+
+async def test_taps_get_the_highest_layer_sent_from_its_keyframe(simulcast_pair: Any, monkeypatch: Any) -> None:
+    """A recording of a simulcast track gets one layer: the highest the publisher sends, moved to
+    at that layer's keyframe (asked for) when a higher one starts or the top one stops."""
+    from appliance.sfu import forwarder
+
+    monkeypatch.setattr(forwarder, "LAYER_TIMEOUT", 0.1)
+    monkeypatch.setattr(forwarder, "LAYER_CHECK_INTERVAL", 0.01)
+    up, _, upstream, _, _ = simulcast_pair
+    tapped: list[tuple[int, int]] = []
+    up.add_tap(lambda _, packet: tapped.append((packet.ssrc, packet.sequence_number)))
+    for seq, payload in [(1, VP8_DELTA), (2, VP8_KEY), (3, VP8_DELTA)]:
+        for rid in "qh":
+            await up.on_rtp(_layer_packet(rid, seq, payload))
+    assert tapped == [(LAYER_SSRCS["h"], 2), (LAYER_SSRCS["h"], 3)]
+    for seq, payload in [(4, VP8_DELTA), (5, VP8_KEY)]:
+        for rid in "qhf":
+            await up.on_rtp(_layer_packet(rid, seq, payload))
+        await asyncio.sleep(0.01)
+        if seq == 4:
+            assert _plis(upstream) == [LAYER_SSRCS["f"]]  # the top layer appeared: its keyframe asked for
+    assert tapped[2:] == [(LAYER_SSRCS["h"], 4), (LAYER_SSRCS["h"], 5), (LAYER_SSRCS["f"], 5)]

@@ -36,7 +36,7 @@ async def test_leaving_releases_the_participant_everywhere(
     assert bob_peer.pc.connectionState == "closed" and bob_peer.pc.iceConnectionState == "closed"
     assert bob_peer._task.done() and bob_peer.downs == {} and bob_peer.ups == {}
     assert all(up.closed and up.downs == () for up in bob_ups)
-    assert all(up.keyframes is None or not up.keyframes.wanted for up in bob_ups)
+    assert all(not up.keyframe_wanted(layer.index) for up in bob_ups for layer in up.layers)
     assert list(room.peers) == ["alice"] and {k[0] for k in room.tracks} == {"alice"}
     assert meeting.host.stats.active_peers == 1
     # Alice's downstream senders for bob are stopped and renegotiated away.
@@ -264,3 +264,23 @@ async def test_room_reports_count_bytes_and_what_receivers_report(
     assert after["forwarded_bytes"] >= before["forwarded_bytes"]
     assert after["downlink_packets_sent"] >= before["downlink_packets_sent"]
     assert after["downlink_packets_lost"] >= before["downlink_packets_lost"]
+
+
+async def test_video_layer_caps_the_layer_a_subscriber_receives(
+        meeting: Meeting, alice_and_bob: tuple[Participant, Participant]) -> None:
+    """``video_layer`` sets the highest layer alice wants of bob's video; bad values and tracks
+    nobody publishes are refused."""
+    alice, _ = alice_and_bob
+    await alice.wait_for_media("bob", video_frames=3)
+    peer = meeting.host._rooms["room"].peers["alice"]
+    key = next(key for key, down in peer.downs.items() if down.kind == "video")
+    ask = {"type": "video_layer", "publisher": key[0], "track_id": key[1]}
+    assert await alice.request({**ask, "max_layer": 0}) == {"type": "ok"}
+    assert peer.max_layers[key] == 0 and peer.downs[key].max_layer == 0
+    assert await alice.request({**ask, "max_layer": None}) == {"type": "ok"}
+    assert peer.downs[key].max_layer == 0  # bob's camera has one layer: 0 is the highest
+    reply = await alice.request({**ask, "publisher": "nobody", "max_layer": 1})
+    assert (reply["type"], reply["code"]) == ("error", "unknown_track")
+    for bad in (-1, "high", True, 1.5):
+        reply = await alice.request({**ask, "max_layer": bad})
+        assert (reply["type"], reply["code"]) == ("error", "bad_message"), bad

@@ -16,9 +16,12 @@ from appliance.sfu.negotiation import (
     check_offer,
     codec_preferences,
     parse_description,
+    simulcast_layers,
+    with_simulcast_receive,
 )
 
 from .chrome_sdp import CHROME_OFFER
+from .chrome_simulcast_sdp import CHROME_SIMULCAST_OFFER
 from .participants import ColourTrack, Meeting, Participant
 
 LOOPBACK = CandidateGatherer(IceSettings(loopback=True))
@@ -230,3 +233,71 @@ async def test_opus_is_negotiated_with_in_band_fec_and_dtx_both_ways() -> None:
         assert [(p.get("useinbandfec"), p.get("usedtx")) for p in _opus_fmtp(offer.sdp)] == [(1, "1"), (1, "1")]
     finally:
         await pc.close()
+
+
+CHROME_SIMULCAST = RTCSessionDescription(sdp=CHROME_SIMULCAST_OFFER, type="offer")
+
+
+def _simulcast_lines(sdp: str) -> dict[str, list[str]]:
+    lines: dict[str, list[str]] = {}
+    mid = ""
+    for line in sdp.splitlines():
+        if line.startswith("a=mid:"):
+            mid = line[len("a=mid:"):]
+        elif line.startswith(("a=rid:", "a=simulcast:")):
+            lines.setdefault(mid, []).append(line)
+    return lines
+
+
+RECEIVE_QHF = ["a=rid:q recv", "a=rid:h recv", "a=rid:f recv", "a=simulcast:recv q;h;f"]
+
+
+async def test_a_chromium_simulcast_offer_is_answered_with_its_layers_and_rid_extensions() -> None:
+    """The offer Chromium writes for a camera with three encodings: the answer receives the three
+    rids with the rid and repaired-rid extensions at the browser's IDs, and the SFU's later
+    offers, and its offers after the browser answered them, keep all of it on that m-line."""
+    pc = SfuPeerConnection(IceSettings().rtc_configuration())
+    try:
+        await pc.setRemoteDescription(CHROME_SIMULCAST)
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = pc.localDescription.sdp
+        assert _simulcast_lines(answer) == {"1": RECEIVE_QHF}
+        audio, video = aiortc_sdp.SessionDescription.parse(answer).media
+        assert _codecs(video) == {"video/VP8": 96, "video/rtx/96": 97}
+        assert _extensions(video) == {"mid": 4, "abs-send-time": 2, "rtp-stream-id": 10,
+                                      "repaired-rtp-stream-id": 11}
+        assert "rtp-stream-id" not in _extensions(audio)
+        assert pc.simulcast == {"1": ["q", "h", "f"]}
+
+        transceiver = pc.addTransceiver(ForwardedTrack("video", "remote"), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(aiortc_private.codecs(pc.getTransceivers()[1])[0]))
+        for _ in range(2):
+            await pc.setLocalDescription(await pc.createOffer())
+            offer = pc.localDescription.sdp
+            assert _simulcast_lines(offer) == {"1": RECEIVE_QHF}
+            media = aiortc_sdp.SessionDescription.parse(offer).media
+            assert _extensions(media[1])["rtp-stream-id"] == 10 and "rtp-stream-id" not in _extensions(media[2])
+            answer = _answer_like_firefox(offer, ["active"] * 3).replace(" recv", " send").replace(":recv", ":send")
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            assert pc.simulcast == {"1": ["q", "h", "f"]}
+            assert {e.uri.rsplit(":", 1)[-1] for e in aiortc_private.header_extensions(pc.getTransceivers()[1])} >= {
+                "rtp-stream-id", "repaired-rtp-stream-id"}
+    finally:
+        await pc.close()
+
+
+def test_simulcast_layers_are_the_sent_rids_in_the_order_listed() -> None:
+    def offer(*attributes: str) -> str:
+        return "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v", *attributes, ""])
+
+    rids = ("a=rid:lo send", "a=rid:mid send", "a=rid:hi send")
+    assert simulcast_layers(offer(*rids, "a=simulcast:send lo;~mid;hi")) == {"v": ["lo", "mid", "hi"]}
+    assert simulcast_layers(offer(*rids, "a=simulcast:send lo,mid;hi")) == {"v": ["lo", "hi"]}
+    assert simulcast_layers(offer(*rids, "a=simulcast:recv x send hi;lo")) == {"v": ["hi", "lo"]}
+    assert simulcast_layers(offer("a=rid:lo send", "a=simulcast:send lo;hi")) == {}  # one declared layer
+    assert simulcast_layers(offer(*rids)) == {}
+    assert simulcast_layers(CHROME_OFFER) == {}
+    once = with_simulcast_receive(offer(), {"v": ["lo", "hi"]})
+    assert once.endswith("a=mid:v\r\na=rid:lo recv\r\na=rid:hi recv\r\na=simulcast:recv lo;hi\r\n")
+    assert with_simulcast_receive(once, {"v": ["lo", "hi"]}) == once

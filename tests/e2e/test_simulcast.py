@@ -1,0 +1,121 @@
+"""Simulcast in real Chromium against the real appliance: the web client sends its camera as
+three layers, a subscriber receives the full one, then (asked with ``video_layer``) the lowest,
+with frames going on through the switch, then the full one again."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Playwright
+
+from appliance_server import Appliance
+
+from .conftest import CHROMIUM, CHROMIUM_ARGS
+from .fake_camera import write_y4m
+from .meeting_page import PEOPLE, MeetingPage, poll
+
+pytestmark = pytest.mark.browser
+
+WIDTH, HEIGHT = 960, 540  # Chromium sends three layers from 960x540 up
+
+# The video encodings the page sends, by rid: their size and frames encoded so far.
+OUTBOUND = """async () => {
+  const layers = {};
+  (await window.confmeet.pc.getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid)
+      layers[s.rid] = {width: s.frameWidth || 0, frames: s.framesEncoded || 0};
+  });
+  return layers;
+}"""
+# The one remote video the page receives: its size and decoding counters.
+INBOUND = """async () => {
+  let video = null;
+  (await window.confmeet.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") video = s; });
+  return video && {width: video.frameWidth || 0, frames: video.framesDecoded || 0,
+                   keyframes: video.keyFramesDecoded || 0, dropped: video.framesDropped || 0,
+                   freezes: video.freezeCount || 0, frozen_s: video.totalFreezesDuration || 0,
+                   plis: video.pliCount || 0};
+}"""
+# The presenter's bandwidth estimate (bit/s), for a failure's message.
+ESTIMATE = """async () => {
+  let bitrate = null;
+  (await window.confmeet.pc.getStats()).forEach((s) => {
+    if (s.type === "candidate-pair" && s.availableOutgoingBitrate) bitrate = s.availableOutgoingBitrate;
+  });
+  return bitrate;
+}"""
+
+@pytest.fixture(scope="module")
+def hd_browser(playwright: Playwright) -> Iterator[Browser]:
+    """A Chromium of its own whose camera is large enough for three layers."""
+    camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m", width=WIDTH, height=HEIGHT)
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
+        yield browser
+        browser.close()
+    finally:
+        shutil.rmtree(camera.parent)
+
+
+def test_a_subscriber_gets_the_full_layer_then_the_low_one_without_a_break(
+        hd_browser: Browser, appliance: Appliance, host: httpx.Client) -> None:
+    r = host.post("/api/v1/meetings", json={"title": "Simulcast"})
+    assert r.status_code == 201, r.text
+    meeting = r.json()
+    ada = MeetingPage(hd_browser, appliance.url, PEOPLE["ada"])
+    grace = MeetingPage(hd_browser, appliance.url, PEOPLE["grace"])
+    try:
+        ada.join(meeting["code"])
+        grace.join(meeting["code"])
+
+        # The presenter sends three layers: a quarter, half and the whole picture. The top one
+        # starts once the presenter's bandwidth estimate allows it (REMB from the SFU's receiver).
+        def three_layers() -> dict | None:
+            o = ada.page.evaluate(OUTBOUND)
+            return o if len(o) == 3 and all(v["frames"] > 0 for v in o.values()) else None
+
+        try:
+            layers = poll(three_layers, "three layers encoded", timeout=45, interval=0.5)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; the presenter's estimate: {ada.page.evaluate(ESTIMATE)} bit/s, "
+                                 f"its encodings: {ada.page.evaluate(OUTBOUND)}") from None
+        assert {rid: v["width"] for rid, v in layers.items()} == {"q": WIDTH // 4, "h": WIDTH // 2, "f": WIDTH}
+        r = host.get(f"/api/v1/meetings/{meeting['id']}/live")
+        assert r.status_code == 200, r.text
+        track_id = next(t["track_id"] for p in r.json()["participants"] if p["id"] == ada.participant_id
+                        for t in p["published"] if t["kind"] == "video")
+
+        # The subscriber receives the whole picture.
+        full = poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH and v["frames"] > 0 and v,
+                    "the full layer decoded", timeout=20)
+
+        # Asked for the lowest layer: it comes, at a keyframe, and frames go on without a freeze
+        # or a decoding error (the decoder would ask for a keyframe: a PLI).
+        before = grace.page.evaluate(INBOUND)
+        reply = grace.page.evaluate("""([publisher, track]) => window.confmeet.signaling.request("video_layer",
+            {publisher, track_id: track, max_layer: 0})""", [ada.participant_id, track_id])
+        assert reply["type"] == "ok", reply
+        low = poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH // 4 and v,
+                   "the low layer decoded", timeout=10)
+        after = poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["frames"] >= low["frames"] + 15 and v,
+                     "frames keep coming on the low layer", timeout=10)
+        assert after["width"] == WIDTH // 4 and after["keyframes"] > before["keyframes"]
+        assert after["frozen_s"] - before["frozen_s"] < 0.5 and after["plis"] == before["plis"], (before, after)
+
+        # And back to the whole picture.
+        before = grace.page.evaluate(INBOUND)
+        grace.page.evaluate("""([publisher, track]) => window.confmeet.signaling.request("video_layer",
+            {publisher, track_id: track, max_layer: null})""", [ada.participant_id, track_id])
+        back = poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH and v,
+                    "the full layer again", timeout=10)
+        assert back["frozen_s"] - before["frozen_s"] < 0.5 and back["plis"] == before["plis"], (before, back)
+        assert not ada.errors and not grace.errors
+    finally:
+        ada.close()
+        grace.close()
