@@ -7,10 +7,11 @@ what passthrough forwarding needs.
   already uses: aiortc would otherwise re-offer its own numbering, which collides inside the
   BUNDLE group with the browser's (Chrome rejects such an offer) and would re-map the
   publisher's own m-lines.
-* Opus with in-band FEC and DTX (``OPUS_PARAMETERS``) in every answer and offer: a browser
-  sends FEC and stops sending in silence when the other side's description asks for it. The SFU
-  forwards without decoding, so FEC reaches subscribers as the publisher encoded it (their
-  decoders recover a lost packet from the next one) and DTX only means fewer packets.
+* Opus with in-band FEC (``OPUS_PARAMETERS``) in every answer and offer: a browser sends FEC
+  when the other side's description asks for it. The SFU forwards without decoding, so FEC
+  reaches subscribers as the publisher encoded it (their decoders recover a lost packet from the
+  next one). Not DTX: with it, Firefox's recorded microphone came out a quarter short (a
+  recording test), and captions and the recorder would have to be shown to cope with its gaps.
 * One DTLS role for the one bundled transport, and it never changes once negotiated (RFC 8842:
   the BUNDLE group's tagged m-line sets it). Firefox answers a renegotiation with ``a=setup``
   per m-line (``passive`` on the old ones, ``active`` on the new); aiortc applies each m-line's
@@ -45,8 +46,8 @@ FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 DYNAMIC_PAYLOAD_TYPES = (*range(96, 128), *range(35, 64))
 EXTENSION_IDS = range(1, 15)
 # Opus fmtp parameters the SFU asks every browser for (RFC 7587): in-band FEC, a lost 20 ms frame
-# recovered from the next packet, and DTX, a packet every 400 ms instead of every 20 ms in silence.
-OPUS_PARAMETERS = {"useinbandfec": 1, "usedtx": 1}
+# recovered from the next packet.
+OPUS_PARAMETERS = {"useinbandfec": 1}
 # The a=setup a remote description must carry to keep the SFU's negotiated DTLS role.
 REMOTE_SETUP = {"client": "passive", "server": "active"}
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"

@@ -27,12 +27,13 @@ const CAMERA_LAYERS = [
   { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
 ];
 
-/** The camera's encodings for a picture ``height`` high (a camera that is off: as if 720): as
- * many layers as Chromium sends at that size, the top one the whole picture, each layer's
- * bitrate by its own height (180: 150 kbit/s, 360: 500, above: 1500); a small camera sends one
- * stream, no simulcast. */
+/** The camera's encodings for a picture ``height`` high (a camera that is off: as if 720): three
+ * layers from 540 lines up (Chromium sends all three only from 960x540), the top one the whole
+ * picture, each layer's bitrate by its own height (180: 150 kbit/s, 360: 500, above: 1500); a
+ * smaller camera sends one stream, no simulcast (its two layers would cost the sender a second
+ * encoder for a lower layer of at most 240 lines). */
 function cameraEncodings(height = 720) {
-  const count = height >= 540 ? 3 : height >= 270 ? 2 : 1;
+  const count = height >= 540 ? 3 : 1;
   if (count === 1) return [{ maxBitrate: height <= 200 ? 150_000 : 500_000 }];
   return CAMERA_LAYERS.slice(3 - count).map((layer, i) => {
     const scale = 2 ** (count - 1 - i);
