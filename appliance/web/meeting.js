@@ -17,9 +17,9 @@ import { ConnectionError, Signaling } from "/static/signaling.js";
 
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
 // The camera is sent as up to three encodings (simulcast), lowest first: the SFU gives each
-// subscriber the one its link and its view suit. Chromium sends three only from 960x540 up and
-// two from 480x270 (it drops the last ones listed), and stops the upper ones while its bandwidth
-// estimate cannot carry them.
+// subscriber the one its link and its view suit. Chromium sends three only from 960x540 up (it
+// drops the last ones listed below that; a smaller camera sends one stream), and stops the upper
+// ones while its bandwidth estimate cannot carry them.
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24 } };
 const CAMERA_LAYERS = [
   { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
