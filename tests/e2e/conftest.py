@@ -44,10 +44,10 @@ def playwright() -> Iterator[Playwright]:
         yield playwright
 
 
-@pytest.fixture(scope="package")
-def browser(playwright: Playwright) -> Iterator[Browser]:
+def chromium_with_camera(playwright: Playwright, **size: int) -> Iterator[Browser]:
+    """A Chromium whose fake camera plays write_y4m's picture (``width``/``height``: its size)."""
     # The file's path is the camera's name in the device list: keep it short.
-    camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m")
+    camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m", **size)
     try:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                              args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
@@ -55,6 +55,11 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         browser.close()
     finally:
         shutil.rmtree(camera.parent)
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    yield from chromium_with_camera(playwright)
 
 
 @pytest.fixture(scope="package")

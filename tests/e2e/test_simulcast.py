@@ -4,10 +4,7 @@ with frames going on through the switch, then the full one again."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,8 +12,7 @@ from playwright.sync_api import Browser, Playwright
 
 from appliance_server import Appliance
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS
-from .fake_camera import write_y4m
+from .conftest import chromium_with_camera
 from .meeting_page import PEOPLE, MeetingPage, poll
 
 pytestmark = pytest.mark.browser
@@ -53,14 +49,7 @@ ESTIMATE = """async () => {
 @pytest.fixture(scope="module")
 def hd_browser(playwright: Playwright) -> Iterator[Browser]:
     """A Chromium of its own whose camera is large enough for three layers."""
-    camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m", width=WIDTH, height=HEIGHT)
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
-        yield browser
-        browser.close()
-    finally:
-        shutil.rmtree(camera.parent)
+    yield from chromium_with_camera(playwright, width=WIDTH, height=HEIGHT)
 
 
 def test_a_subscriber_gets_the_full_layer_then_the_low_one_without_a_break(
