@@ -345,8 +345,9 @@ class UpTrack:
         self.bytes += len(packet.payload)
         layer.packets += 1
         layer.bytes += len(packet.payload)
+        now = time.monotonic()
         if self.simulcast:
-            now = layer.last_packet_at = time.monotonic()
+            layer.last_packet_at = now
             if now >= self._next_layer_check or layer.index not in self.sending:
                 self._check_layers(now)
         self.stats.count_received(self.kind, len(packet.payload))
@@ -370,7 +371,6 @@ class UpTrack:
                     log.exception("a tap on track %s of %s failed; it is removed", self.track_id, self.publisher)
                     self.remove_tap(tap)
         if self.downs:
-            now = time.monotonic()
             ntp_time = aiortc_private.current_ntp_time()
             for down in self.downs:
                 down.write(packet, keyframe, now, ntp_time, layer.index)
