@@ -51,20 +51,26 @@ from aiortc.rtp import (
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
-RtpHandler = Callable[[RtpPacket], Awaitable[None]]
+# Takes a packet; False when the packet's stream is not known yet (see tap_receiver).
+RtpHandler = Callable[[RtpPacket], Awaitable[bool]]
 
 
 # ---------------------------------------------------------------- receivers (upstream)
 def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
     """Hand every RTP packet the receiver gets to ``on_rtp`` first, then to aiortc's own handling
     (statistics, receiver reports, NACK, REMB, PLI on loss) — and never decode: the receiver's
-    decoder thread is stopped as soon as aiortc starts it, so assembled frames go nowhere."""
+    decoder thread is stopped as soon as aiortc starts it, so assembled frames go nowhere.
+
+    A packet ``on_rtp`` could not place (False: a simulcast stream whose rid it has not read yet)
+    stays out of aiortc's handling: no receiver report acknowledges its stream, and browsers send
+    the MID and rid extensions until one does. Acknowledged first, the stream's later packets
+    would come without its rid, and the SFU could never tell which layer it is."""
     handle_rtp = receiver._handle_rtp_packet
     receive = receiver.receive
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
-        await on_rtp(packet)
-        await handle_rtp(packet, arrival_time_ms)
+        if await on_rtp(packet):
+            await handle_rtp(packet, arrival_time_ms)
 
     async def receive_without_decoder(parameters: RTCRtpReceiveParameters) -> None:
         await receive(parameters)
@@ -329,6 +335,13 @@ def header_extensions(transceiver: RTCRtpTransceiver) -> list[RTCRtpHeaderExtens
 def set_header_extensions(transceiver: RTCRtpTransceiver,
                           value: list[RTCRtpHeaderExtensionParameters]) -> None:
     transceiver._headerExtensions = value
+
+
+def parse_header_extensions(transceiver: RTCRtpTransceiver, value: list[RTCRtpHeaderExtensionParameters]) -> None:
+    """Have the transport read these header extensions (aiortc configures its one map per
+    transport, adding to it, when a receiver or sender starts)."""
+    transport = transceiver.receiver.transport
+    transport._rtp_header_extensions_map.configure(RTCRtpParameters(headerExtensions=value))
 
 
 def header_extensions_map(transceiver: RTCRtpTransceiver) -> HeaderExtensionsMap:

@@ -324,23 +324,25 @@ class UpTrack:
             self._layer_by_ssrc[packet.ssrc] = layer
         return layer
 
-    async def on_rtp(self, packet: RtpPacket) -> None:
+    async def on_rtp(self, packet: RtpPacket) -> bool:
+        """Forward a packet the publisher sent; False when its stream is not known (yet): a
+        simulcast stream whose rid has not come, which must not be acknowledged."""
         if self.simulcast:
             layer = self._simulcast_layer(packet)
             if layer is None:  # a stream whose rid is not (or not yet) known
-                return
+                return False
         else:
             layer = self.layers[0]
         if packet.payload_type == self.payload_type:
             if packet.ssrc != layer.media_ssrc:
                 if self.simulcast:  # an RTX SSRC carrying the media payload type
-                    return
+                    return True
                 layer.media_ssrc = packet.ssrc
         elif (packet.payload_type in self.rtx_payload_types and len(packet.payload) > 2
               and layer.media_ssrc is not None):
             packet = unwrap_rtx(packet, payload_type=self.payload_type, ssrc=layer.media_ssrc)
         else:  # padding-only RTX, or a payload type this track did not negotiate
-            return
+            return True
         self.packets += 1
         self.bytes += len(packet.payload)
         layer.packets += 1
@@ -360,7 +362,7 @@ class UpTrack:
             layer.keyframes_seen += 1
             layer.keyframes.keyframe_received()  # type: ignore[union-attr]
         if self.held:
-            return
+            return True
         if self.taps and layer.index != self._tap_layer and layer.index == self._tap_target and keyframe:
             self._tap_layer = layer.index
         if layer.index == self._tap_layer:
@@ -374,6 +376,7 @@ class UpTrack:
             ntp_time = aiortc_private.current_ntp_time()
             for down in self.downs:
                 down.write(packet, keyframe, now, ntp_time, layer.index)
+        return True
 
 
 @dataclass(frozen=True)

@@ -270,8 +270,11 @@ class SfuPeerConnection(RTCPeerConnection):
 
     def _receive_simulcast(self, sdp: str) -> None:
         """Take the rid header extensions of every simulcast m-line (aiortc negotiates only the
-        extensions it knows, again on every remote description), so that the transport parses
-        them and the SFU's descriptions keep them."""
+        extensions it knows, again on every remote description), so that the SFU's descriptions
+        keep them, and have the transport parse them now: aiortc may start the m-line's receiver
+        while a description is being set, after it dropped them and before they are put back
+        here (its connection task runs while setRemoteDescription waits on the remote
+        candidates), and the transport reads only what its receivers started with."""
         self.simulcast = simulcast_layers(sdp)
         remote = {media.rtp.muxId: media for media in aiortc_sdp.SessionDescription.parse(sdp).media}
         for transceiver in self.getTransceivers():
@@ -280,9 +283,9 @@ class SfuPeerConnection(RTCPeerConnection):
                 continue
             extensions = aiortc_private.header_extensions(transceiver)
             known = {e.uri for e in extensions}
-            aiortc_private.set_header_extensions(transceiver, [
-                *extensions, *(e for e in media.rtp.headerExtensions
-                               if e.uri in SIMULCAST_EXTENSIONS and e.uri not in known)])
+            rids = [e for e in media.rtp.headerExtensions if e.uri in SIMULCAST_EXTENSIONS]
+            aiortc_private.set_header_extensions(transceiver, [*extensions, *(e for e in rids if e.uri not in known)])
+            aiortc_private.parse_header_extensions(transceiver, rids)
 
     def _choose_upstream_codecs(self) -> None:
         for transceiver in self.getTransceivers():

@@ -228,10 +228,9 @@ class Peer:
                 aiortc_private.tap_receiver(receiver, partial(self._on_rtp, receiver))
                 self._tapped.add(receiver)
 
-    async def _on_rtp(self, receiver: RTCRtpReceiver, packet: RtpPacket) -> None:
+    async def _on_rtp(self, receiver: RTCRtpReceiver, packet: RtpPacket) -> bool:
         up = self._up_by_receiver.get(receiver)
-        if up is not None:
-            await up.on_rtp(packet)
+        return up is None or await up.on_rtp(packet)
 
     def _update_publications(self) -> None:
         remote = parse_description(self.pc.remoteDescription.sdp)

@@ -206,8 +206,11 @@ def media_flows(me: MeetingPage, other: MeetingPage) -> None:
     def tile() -> dict | None:
         return next((t for t in me.remote_tiles() if t["participant"] == other.participant_id), None)
 
-    first = poll(lambda: (t := tile()) and t["width"] > 0 and t["frames"] > 0 and t["audio_packets"] > 0 and t,
-                 f"{me.person.name} shows and hears {other.person.name}", timeout=10)
+    try:
+        first = poll(lambda: (t := tile()) and t["width"] > 0 and t["frames"] > 0 and t["audio_packets"] > 0 and t,
+                     f"{me.person.name} shows and hears {other.person.name}", timeout=10)
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}; the tile: {tile()}") from None
     assert first["name"] == other.person.shown_as
     poll(lambda: (t := tile()) and t["frames"] > first["frames"] and t["audio_packets"] > first["audio_packets"],
          f"{other.person.name}'s frames and audio keep arriving at {me.person.name}", timeout=5)

@@ -155,8 +155,8 @@ async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
     receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
     receiver._set_rtcp_ssrc(5)
 
-    async def on_rtp(packet: Any) -> None:
-        pass
+    async def on_rtp(packet: Any) -> bool:
+        return packet.ssrc != 9999  # a stream the SFU cannot place yet
 
     aiortc_private.tap_receiver(receiver, on_rtp)
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -177,7 +177,10 @@ async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
         aiortc_private.map_rtx_stream(receiver, 4444, 2222)
         await receiver._handle_rtp_packet(wrap_rtx(packets[2222][10], payload_type=97, sequence_number=1,
                                                    ssrc=4444), arrival_time_ms=0)
-        assert set(aiortc_private.media_streams(receiver)) == set(starts)  # the RTX stream left out
+        await receiver._handle_rtp_packet(RtpPacket(payload_type=96, sequence_number=1, timestamp=0, ssrc=9999,
+                                                    payload=b"\x10\x00\x00\x00"), arrival_time_ms=0)
+        # The RTX stream left out, and the stream the SFU could not place: no report acknowledges it.
+        assert set(aiortc_private.media_streams(receiver)) == set(starts)
         # The next gap is NACKed alone: the retransmitted packet counts as received.
         await receiver._handle_rtp_packet(RtpPacket(payload_type=96, sequence_number=30021, timestamp=0,
                                                     ssrc=2222, payload=b"\x10\x00\x00\x00"), arrival_time_ms=0)

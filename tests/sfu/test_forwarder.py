@@ -429,16 +429,17 @@ async def test_simulcast_layers_are_told_apart_by_rid_then_by_ssrc(simulcast_pai
     the highest layer only, from its keyframe; its start asks that layer (its SSRC) for one."""
     up, down, upstream, downstream, stats = simulcast_pair
     assert [layer.rid for layer in up.layers] == ["q", "h", "f"] and down.target == 2
-    await up.on_rtp(_packet(1, 0, VP8_KEY, ssrc=9999))  # an SSRC no rid names yet: dropped
+    # An SSRC no rid names yet: dropped, and left unacknowledged (False) so that its rid keeps coming.
+    assert await up.on_rtp(_packet(1, 0, VP8_KEY, ssrc=9999)) is False
     for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 9, VP8_DELTA))
+        assert await up.on_rtp(_layer_packet(rid, 9, VP8_DELTA)) is True
     assert up.sending == (0, 1, 2) and up.packets == 3
     down.start()
     for seq, payload in [(10, VP8_KEY), (11, VP8_DELTA)]:
         for rid in "qhf":
             await up.on_rtp(_layer_packet(rid, seq, payload))
     for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 12, VP8_DELTA, with_rid=False))
+        assert await up.on_rtp(_layer_packet(rid, 12, VP8_DELTA, with_rid=False)) is True
     assert {layer.rid: layer.media_ssrc for layer in up.layers} == LAYER_SSRCS
     assert [layer.packets for layer in up.layers] == [4, 4, 4] and up.packets == 12
     out = [RtpPacket.parse(data) for data in downstream.sent]

@@ -287,6 +287,32 @@ async def test_a_chromium_simulcast_offer_is_answered_with_its_layers_and_rid_ex
         await pc.close()
 
 
+async def test_the_transport_reads_the_rids_however_the_receiver_started() -> None:
+    """aiortc drops the rid extensions, which it does not know, while it sets a remote
+    description, and its connection task may start the m-line's receiver in that moment (while
+    setRemoteDescription waits on the remote candidates): started so, the transport would not read
+    the rids, the stream would be acknowledged without them, and its layer never known (a Firefox
+    rejoining a meeting sent video that nobody saw). Once the description is set, the transport
+    reads them, whether a receiver started or not."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    browser = HeaderExtensionsMap()  # the IDs of the offer
+    browser.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=10, uri="urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+        RTCRtpHeaderExtensionParameters(id=11, uri="urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id")]))
+    packet = RtpPacket(payload_type=96, ssrc=1234, payload=b"\x10")
+    packet.extensions.rtp_stream_id = "h"
+    pc = SfuPeerConnection(IceSettings().rtc_configuration())
+    try:
+        await pc.setRemoteDescription(CHROME_SIMULCAST)
+        transport = pc.getTransceivers()[1].receiver.transport
+        parsed = RtpPacket.parse(packet.serialize(browser), transport._rtp_header_extensions_map)
+        assert parsed.extensions.rtp_stream_id == "h"
+    finally:
+        await pc.close()
+
+
 def test_simulcast_layers_are_the_sent_rids_in_the_order_listed() -> None:
     def offer(*attributes: str) -> str:
         return "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v", *attributes, ""])
