@@ -149,9 +149,10 @@ class CountedTrack:
         aiortc_private.tap_receiver(self.receiver, self._on_rtp)
         self.link = Link(transceiver)
 
-    async def _on_rtp(self, packet: Any) -> None:
+    async def _on_rtp(self, packet: Any) -> bool:
+        """Count a video frame at its last packet; True: the receiver's own handling goes on."""
         if self.kind != "video" or packet.payload_type not in self._media_types:
-            return  # audio is counted by the receiver's statistics; RTX repeats what was counted
+            return True  # audio is counted by the receiver's statistics; RTX repeats what was counted
         if is_keyframe_start("VP8", packet.payload):
             self.keyframes += 1
             self._decodable = True
@@ -160,6 +161,7 @@ class CountedTrack:
             if self.first_frame_at is None:
                 self.first_frame_at = time.monotonic()
                 self._on_frame()
+        return True
 
     async def consume(self) -> None:
         """Nothing to take from the track: the counting happens as packets arrive."""
