@@ -3,6 +3,7 @@
 Usage: python benchmarks/sfu_vs_janus.py [--subscribers 32] [--seconds 20] [--settle 5]
        [--repeat 2] [--targets confmeet,janus-2-loops,janus]
        python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet-observed --repeat 3
+       python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet@/tmp/before --repeat 5
 
 Every target gets the same load, one after the other and repeated in turns (so that whatever
 else the machine does falls on all of them alike): one publisher sending the load test's media
@@ -24,6 +25,9 @@ Targets:
                   every trace sampled (trace_sample_ratio 1.0) and exported over OTLP/HTTP to a
                   sink in this process that accepts and discards them (Jaeger's place). Against
                   ``confmeet`` it is the cost of metrics and tracing together.
+  confmeet@TREE   ``confmeet`` run from another source tree (for example ``git worktree add
+                  /tmp/before HEAD~1``), with this tree's virtualenv: a change measured beside
+                  the code before it, in the same run.
   janus-2-loops   Janus 1.1.2 (Debian package ``janus``), VideoRoom plugin, HTTP transport,
                   ``event_loops = 2`` (a fixed pool of two event-loop threads).
   janus           the same with Janus's default (no ``event_loops``: a thread per handle).
@@ -149,10 +153,11 @@ def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnection:
 
 # ---------------------------------------------------------------------------- confmeet
 class Confmeet:
-    def __init__(self, scratch: Path, workers: int = 1) -> None:
+    def __init__(self, scratch: Path, workers: int = 1, tree: Path = ROOT, name: str = "confmeet") -> None:
         self.scratch = scratch
         self.workers = workers
-        self.name = "confmeet" if workers == 1 else f"confmeet-{workers}-workers"
+        self.tree = tree
+        self.name = name if workers == 1 else f"{name}-{workers}-workers"
         self.extra_env: dict[str, str] = {}
 
     async def start(self) -> int:
@@ -165,9 +170,9 @@ class Confmeet:
                     "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
                     "CONFMEET_SFU_WORKERS": str(self.workers), **self.extra_env}
         cli = [sys.executable, "-m", "cli"]
-        subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=ROOT,
+        subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=self.tree,
                        env=self.env, input="bench password 1\n", text=True, check=True, capture_output=True)
-        self.proc = subprocess.Popen([*cli, "serve"], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen([*cli, "serve"], cwd=self.tree, env=self.env,
                                      stdout=open(data / "serve.log", "w"), stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(100):
@@ -448,9 +453,10 @@ async def main() -> int:
     args = parser.parse_args()
     quiet_media_logs()
     targets = args.targets.split(",")
-    unknown = [name for name in targets if name not in ("confmeet", "confmeet-observed", "janus-2-loops", "janus")]
+    unknown = [name for name in targets if name not in ("confmeet", "confmeet-observed", "janus-2-loops", "janus")
+               and not (name.startswith("confmeet@") and (Path(name[len("confmeet@"):]) / "cli").is_dir())]
     if unknown:
-        print(f"unknown target(s): {', '.join(unknown)}", file=sys.stderr)
+        print(f"unknown target(s), or no confmeet tree there: {', '.join(unknown)}", file=sys.stderr)
         return 2
     if any(name.startswith("janus") for name in targets) and (shutil.which("janus") is None or shutil.which("gcc") is None):
         print("the janus targets need Debian's janus and gcc: apt-get install -y janus gcc", file=sys.stderr)
@@ -460,7 +466,9 @@ async def main() -> int:
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="sfu-vs-janus-"))
     makers = {"confmeet": lambda: Confmeet(scratch), "confmeet-observed": lambda: ConfmeetObserved(scratch),
-              "janus-2-loops": lambda: Janus(scratch, 2), "janus": lambda: Janus(scratch, None)}
+              "janus-2-loops": lambda: Janus(scratch, 2), "janus": lambda: Janus(scratch, None),
+              **{name: (lambda name=name: Confmeet(scratch, tree=Path(name[len("confmeet@"):]), name=name))
+                 for name in targets if name.startswith("confmeet@")}}
     clips = (encode_video_clip(), encode_audio_clip())
     print(f"publisher: VP8 640x480@30 {clips[0].bitrate / 1000:.0f} kbps + Opus {clips[1].bitrate / 1000:.0f} kbps; "
           f"{args.subscribers} subscribers, {args.seconds:.0f} s windows, {os.cpu_count()} cores", flush=True)
@@ -480,10 +488,16 @@ async def main() -> int:
         runs = ", ".join(f"{r.us_per_packet:.1f}" for r in results if r.target == name)
         ratio = medians["confmeet"] / medians[name] if "confmeet" in medians else float("nan")
         print(f"{name:14}  {runs:36}   {medians[name]:5.1f}   confmeet/{name} = {ratio:.2f}")
-    if "confmeet" in medians and "confmeet-observed" in medians:
-        overhead = medians["confmeet-observed"] / medians["confmeet"] - 1
-        print(f"\nmetrics scraped every 1 s and tracing on: {100 * overhead:+.1f} % CPU per forwarded packet "
-              f"(medians; rounds paired: {', '.join(f'{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %' for c, o in zip([r for r in results if r.target == 'confmeet'], [r for r in results if r.target == 'confmeet-observed']))})")
+    base = [r for r in results if r.target == "confmeet"]
+    for name in (n for n in targets if n.startswith("confmeet-observed") or n.startswith("confmeet@")):
+        if not base:
+            break
+        what = ("metrics scraped every 1 s and tracing on" if name == "confmeet-observed"
+                else f"{name[len('confmeet@'):]} against this tree")
+        paired = ", ".join(f"{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %"
+                           for c, o in zip(base, [r for r in results if r.target == name]))
+        print(f"\n{what}: {100 * (medians[name] / medians['confmeet'] - 1):+.1f} % CPU per forwarded packet "
+              f"(medians; rounds paired: {paired})")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

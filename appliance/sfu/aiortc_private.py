@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
 from typing import Any
 
 from aioice import Connection, stun
@@ -23,7 +22,6 @@ from aiortc import (
     clock,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
@@ -47,7 +45,9 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtpPacket,
+    pack_remb_fci,
     unpack_remb_fci,
+    unwrap_rtx,
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
@@ -57,20 +57,52 @@ RtpHandler = Callable[[RtpPacket], Awaitable[bool]]
 
 # ---------------------------------------------------------------- receivers (upstream)
 def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
-    """Hand every RTP packet the receiver gets to ``on_rtp`` first, then to aiortc's own handling
-    (statistics, receiver reports, NACK, REMB, PLI on loss) — and never decode: the receiver's
-    decoder thread is stopped as soon as aiortc starts it, so assembled frames go nowhere.
+    """Hand every RTP packet the receiver gets to ``on_rtp``, then do what a forwarder needs of
+    aiortc's own handling: the bandwidth estimate (REMB to the publisher), each stream's
+    statistics (receiver reports) and NACKs for the publisher's lost packets, one NACK generator
+    per SSRC (a simulcast receiver gets a stream per layer, whose interleaved sequence numbers one
+    generator would read as endless loss). Nothing is depayloaded, reassembled or decoded: aiortc
+    would do all three for every packet received, for frames nobody reads (the decoder thread is
+    stopped as soon as aiortc starts it).
 
     A packet ``on_rtp`` could not place (False: a simulcast stream whose rid it has not read yet)
-    stays out of aiortc's handling: no receiver report acknowledges its stream, and browsers send
-    the MID and rid extensions until one does. Acknowledged first, the stream's later packets
-    would come without its rid, and the SFU could never tell which layer it is."""
-    handle_rtp = receiver._handle_rtp_packet
+    is not counted: no receiver report acknowledges its stream, and browsers send the MID and rid
+    extensions until one does. Acknowledged first, the stream's later packets would come without
+    its rid, and the SFU could never tell which layer it is."""
+    state = vars(receiver)
+    codecs: dict[int, RTCRtpCodecParameters] = state["_RTCRtpReceiver__codecs"]  # filled by receive()
+    streams: dict[int, StreamStatistics] = state["_RTCRtpReceiver__remote_streams"]
+    rtx_streams: dict[int, int] = state["_RTCRtpReceiver__rtx_ssrc"]
+    estimator = state["_RTCRtpReceiver__remote_bitrate_estimator"]
+    nacks = PerSsrc(NackGenerator) if state["_RTCRtpReceiver__nack_generator"] is not None else None
     receive = receiver.receive
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
-        if await on_rtp(packet):
-            await handle_rtp(packet, arrival_time_ms)
+        if not receiver._enabled or not await on_rtp(packet):
+            return
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(abs_send_time=packet.extensions.abs_send_time, arrival_time_ms=arrival_time_ms,
+                                 payload_size=len(packet.payload) + packet.padding_size, ssrc=packet.ssrc)
+            rtcp_ssrc = state["_RTCRtpReceiver__rtcp_ssrc"]
+            if remb is not None and rtcp_ssrc is not None:
+                await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                                         fci=pack_remb_fci(*remb)))
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if nacks is None:
+            return
+        if codec.name == "rtx":  # a retransmission: the packet it repairs is no longer missing
+            media_ssrc, apt = rtx_streams.get(packet.ssrc), codec.parameters.get("apt")
+            if media_ssrc is None or apt not in codecs or len(packet.payload) < 2:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)  # type: ignore[arg-type]
+        if nacks.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
 
     async def receive_without_decoder(parameters: RTCRtpReceiveParameters) -> None:
         await receive(parameters)
@@ -78,21 +110,12 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
     receiver.receive = receive_without_decoder  # type: ignore[method-assign]
-    # aiortc keeps one NACK generator and one jitter buffer per receiver, as if it received one
-    # stream; a simulcast receiver gets a stream per layer, whose interleaved sequence numbers
-    # would read as endless loss (NACKs, and PLIs from the jitter buffer).
-    nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-    if nacks is not None:
-        receiver._RTCRtpReceiver__nack_generator = PerSsrc(NackGenerator)  # type: ignore[attr-defined]
-    jitter = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
-    receiver._RTCRtpReceiver__jitter_buffer = PerSsrc(partial(  # type: ignore[attr-defined]
-        JitterBuffer, capacity=jitter.capacity, prefetch=jitter._prefetch, is_video=jitter._is_video))
     route_by_mid(receiver.transport)
 
 
 class PerSsrc:
-    """Stands in for a receiver's NackGenerator or JitterBuffer: one of them per SSRC. aiortc
-    calls ``add(packet)`` then, for NACKs, reads ``missing`` of the same stream."""
+    """One NackGenerator per SSRC, used as one: ``add(packet)``, then ``missing`` of the
+    packet's stream."""
 
     def __init__(self, factory: Callable[[], Any]) -> None:
         self._factory = factory

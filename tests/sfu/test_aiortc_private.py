@@ -190,6 +190,45 @@ async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
         await receiver.stop()
 
 
+async def test_a_tapped_receiver_tells_the_publisher_its_bandwidth_and_builds_no_frames() -> None:
+    """The tap keeps aiortc's bandwidth estimate (REMB, which sets the publisher's bitrate) and
+    statistics but skips its depayloading and frame assembly, for a decoder that is stopped."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("video", transport)
+    receiver._track = RemoteStreamTrack(kind="video")
+    sent: list[Any] = []
+
+    async def send_rtcp(packet: Any) -> None:
+        sent.append(packet)
+
+    async def on_rtp(packet: Any) -> bool:
+        return True
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    receiver._set_rtcp_ssrc(5)
+    aiortc_private.tap_receiver(receiver, on_rtp)
+    frames = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    await receiver.receive(RTCRtpReceiveParameters(codecs=[
+        RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)]))
+    try:
+        for i in range(600):  # 6 s of 100 packets/s of 1,000 bytes, one frame each
+            packet = RtpPacket(payload_type=96, sequence_number=i, timestamp=3000 * i, ssrc=1111, marker=1,
+                               payload=b"\x10\x00\x00\x00" + bytes(996))
+            packet.extensions.abs_send_time = int(i * 0.01 * (1 << 18)) & 0xFFFFFF
+            await receiver._handle_rtp_packet(packet, arrival_time_ms=1000 + 10 * i)
+        rembs = [unpack_remb_fci(p.fci) for p in sent if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP]
+        assert rembs and rembs[-1][1] == [1111] and rembs[-1][0] > 0
+        assert aiortc_private.media_streams(receiver)[1111].packets_received == 600
+        assert frames._origin is None  # aiortc's jitter buffer never saw a packet
+    finally:
+        await receiver.stop()
+
+
 def test_unknown_ssrcs_are_routed_by_mid_before_payload_type() -> None:
     """Two video m-lines of one browser share payload types: a simulcast layer's SSRC, in no
     description, reaches its receiver by the MID extension and is remembered."""
