@@ -13,7 +13,10 @@ decoding (they count packets; aiortc still sends receiver reports, NACKs and REM
 last subscriber's first frame and ``--settle`` seconds, a window of ``--seconds``: the SFU
 process's CPU time (utime + stime from /proc) divided by the RTP packets the subscribers
 received in it (receiver statistics) is the CPU per forwarded packet. The load generator (this
-process) runs on the same 2 cores; its own CPU is printed beside.
+process) runs on the same 2 cores; its own CPU is printed beside, and the SFU's CPU over it: the
+generator does the same work for every target, so that ratio cancels the machine's own speed
+changing between rounds (on a shared host the generator's CPU for the same work drifted 1.6x
+within 12 minutes, and the SFU's with it).
 
 Targets:
   confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback, one
@@ -115,6 +118,12 @@ class Result:
     @property
     def us_per_packet(self) -> float:
         return 1e6 * self.sfu_cpu_s / self.packets if self.packets else float("nan")
+
+    @property
+    def per_generator(self) -> float:
+        """The SFU's CPU time over the generator's, for the same packets: what is left of the
+        machine's own speed changing between rounds (the generator's work is the same each time)."""
+        return self.sfu_cpu_s / self.generator_cpu_s if self.generator_cpu_s else float("nan")
 
 
 class Subscriber:
@@ -480,6 +489,7 @@ async def main() -> int:
             print(f"round {round_} {name:14} {result.subscribers_receiving:3}/{args.subscribers} receiving  "
                   f"{result.packets / result.window_s:8,.0f} pkt/s  SFU {100 * result.sfu_cpu_s / result.window_s:5.1f} %"
                   f"  {result.us_per_packet:5.1f} µs/pkt  generator {100 * result.generator_cpu_s / result.window_s:5.1f} %"
+                  f"  SFU/generator {result.per_generator:.3f}"
                   f"  first frame p50 {statistics.median(result.first_frame_ms) if result.first_frame_ms else float('nan'):4.0f} ms",
                   flush=True)
     print("\ntarget          µs per forwarded packet (each round)   median   vs confmeet")
@@ -488,16 +498,26 @@ async def main() -> int:
         runs = ", ".join(f"{r.us_per_packet:.1f}" for r in results if r.target == name)
         ratio = medians["confmeet"] / medians[name] if "confmeet" in medians else float("nan")
         print(f"{name:14}  {runs:36}   {medians[name]:5.1f}   confmeet/{name} = {ratio:.2f}")
+    # The machine's speed may drift between rounds (a shared host): the generator's CPU for the
+    # same work shows it, and the SFU's CPU over the generator's cancels it.
+    relative = {name: statistics.median([r.per_generator for r in results if r.target == name]) for name in targets}
+    print("\ntarget          SFU CPU / generator CPU (each round)   median")
+    for name in targets:
+        print(f"{name:14}  {', '.join(f'{r.per_generator:.3f}' for r in results if r.target == name):36}   "
+              f"{relative[name]:.3f}")
     base = [r for r in results if r.target == "confmeet"]
     for name in (n for n in targets if n.startswith("confmeet-observed") or n.startswith("confmeet@")):
         if not base:
             break
         what = ("metrics scraped every 1 s and tracing on" if name == "confmeet-observed"
                 else f"{name[len('confmeet@'):]} against this tree")
-        paired = ", ".join(f"{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %"
-                           for c, o in zip(base, [r for r in results if r.target == name]))
+        other = [r for r in results if r.target == name]
+        paired = ", ".join(f"{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %" for c, o in zip(base, other))
+        paired_relative = ", ".join(f"{100 * (o.per_generator / c.per_generator - 1):+.1f} %"
+                                    for c, o in zip(base, other))
         print(f"\n{what}: {100 * (medians[name] / medians['confmeet'] - 1):+.1f} % CPU per forwarded packet "
-              f"(medians; rounds paired: {paired})")
+              f"(medians; rounds paired: {paired}); relative to the generator "
+              f"{100 * (relative[name] / relative['confmeet'] - 1):+.1f} % (rounds paired: {paired_relative})")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
