@@ -87,9 +87,13 @@ class SfuCollector:
         yield GaugeMetricFamily("confmeet_sfu_rooms", "rooms with media", value=len(self.host.rooms))
         cpu = CounterMetricFamily("confmeet_sfu_worker_cpu_seconds", "CPU time of each SFU worker process",
                                   labels=["worker"])
-        for worker, seconds in self.host.worker_cpu_seconds().items():
+        forwarded = CounterMetricFamily("confmeet_sfu_worker_forwarded_packets",
+                                        "RTP packets each SFU worker process forwarded to subscribers", labels=["worker"])
+        for worker, (seconds, packets) in self.host.worker_usage().items():
             cpu.add_metric([str(worker)], seconds)
+            forwarded.add_metric([str(worker)], packets)
         yield cpu
+        yield forwarded
         yield CounterMetricFamily("confmeet_sfu_worker_restarts", "SFU worker processes that died and were replaced",
                                   value=self.host.restarts)
         yield from room_metrics(self.host.room_reports())

@@ -76,6 +76,8 @@ _KIND = re.compile(r'kind="([^"]*)"')
 _ROOM = re.compile(r'room="([^"]*)"')
 FORWARDED = ("confmeet_sfu_forwarded_packets_total", "confmeet_sfu_forwarded_packets")
 WORKER_CPU = ("confmeet_sfu_worker_cpu_seconds_total", "confmeet_sfu_worker_cpu_seconds")
+WORKER_FORWARDED = ("confmeet_sfu_worker_forwarded_packets_total", "confmeet_sfu_worker_forwarded_packets")
+_WORKER = re.compile(r'worker="([^"]*)"')
 ROOM_SERIES = {"confmeet_room_forwarded_bytes_total": "forwarded_bytes",
                "confmeet_room_downlink_packets_sent_total": "downlink_packets_sent",
                "confmeet_room_downlink_packets_lost_total": "downlink_packets_lost",
@@ -90,6 +92,7 @@ class MetricsSample:
     rss_bytes: float | None = None
     forwarded: dict[str, float] | None = None  # packets by kind; None: no such counter
     worker_cpu_seconds: float = 0.0  # the SFU's worker processes, all together
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)  # worker -> cpu_seconds, forwarded_packets
     rooms: dict[str, dict[str, float]] = field(default_factory=dict)  # room -> ROOM_SERIES values
 
     @classmethod
@@ -109,8 +112,13 @@ class MetricsSample:
                 sample.cpu_seconds = value
             elif name == "process_resident_memory_bytes":
                 sample.rss_bytes = value
-            elif name in WORKER_CPU:
-                sample.worker_cpu_seconds += value
+            elif name in WORKER_CPU or name in WORKER_FORWARDED:
+                worker = _WORKER.search(labels or "")
+                figure = "cpu_seconds" if name in WORKER_CPU else "forwarded_packets"
+                if figure == "cpu_seconds":
+                    sample.worker_cpu_seconds += value
+                if worker:
+                    sample.workers.setdefault(worker.group(1), {})[figure] = value
             elif name in ROOM_SERIES:
                 room = _ROOM.search(labels or "")
                 if room:
@@ -134,6 +142,7 @@ def sfu_figures(before: MetricsSample | None, start: MetricsSample | None, end: 
         "forwarded_packets_per_s": None, "cpu_us_per_forwarded_packet": None,
         "rss_bytes_before": before.rss_bytes if before else None,
         "rss_bytes_during": end.rss_bytes if end else None, "memory_per_participant_bytes": None,
+        "workers": {},
     }
     if start is None or end is None:
         return figures
@@ -153,7 +162,25 @@ def sfu_figures(before: MetricsSample | None, start: MetricsSample | None, end: 
             figures["cpu_us_per_forwarded_packet"] = round(1e6 * figures["cpu_seconds"] / total, 2)
     if before and before.rss_bytes is not None and end.rss_bytes is not None and participants:
         figures["memory_per_participant_bytes"] = int((end.rss_bytes - before.rss_bytes) / participants)
+    figures["workers"] = worker_figures(start, end, window)
     return figures
+
+
+def worker_figures(start: MetricsSample, end: MetricsSample, window: float) -> dict[str, dict[str, float | None]]:
+    """Each SFU worker process's CPU, packets forwarded per second and CPU per forwarded packet
+    over the window (a worker missing from either sample, or restarted in between, is left out)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for worker, last in sorted(end.workers.items()):
+        first = start.workers.get(worker, {})
+        if window <= 0 or any(k not in last or k not in first or last[k] < first[k]
+                              for k in ("cpu_seconds", "forwarded_packets")):
+            continue
+        cpu = last["cpu_seconds"] - first["cpu_seconds"]
+        packets = last["forwarded_packets"] - first["forwarded_packets"]
+        out[worker] = {"cpu_percent": round(100 * cpu / window, 1),
+                       "forwarded_packets_per_s": round(packets / window, 1),
+                       "cpu_us_per_forwarded_packet": round(1e6 * cpu / packets, 2) if packets else None}
+    return out
 
 
 async def sample_metrics(api: ApplianceApi) -> MetricsSample | None:
@@ -782,6 +809,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                 f", {kind} {count / sfu['window_s']:,.0f}" for kind, count in sorted(forwarded.items()))),
             ("SFU process CPU", _number(sfu["cpu_percent"], 1, " % of a core")),
             ("SFU CPU per forwarded packet", _number(sfu["cpu_us_per_forwarded_packet"], 1, " µs")),
+            *((f"SFU worker {worker}: CPU, packets/s, CPU per packet",
+               f"{_number(w['cpu_percent'], 1, ' %')}, {_number(w['forwarded_packets_per_s'])}, "
+               f"{_number(w['cpu_us_per_forwarded_packet'], 1, ' µs')}") for worker, w in sfu["workers"].items()),
             ("appliance memory per participant",
              _number(None if sfu["memory_per_participant_bytes"] is None
                      else sfu["memory_per_participant_bytes"] / 1e6, 2, " MB")),

@@ -130,19 +130,31 @@ confmeet_sfu_forwarded_packets_total{kind="audio"} 1000.0
 confmeet_sfu_forwarded_packets_total{kind="video",room="r"} 3000.0
 confmeet_sfu_forwarded_packets_created{kind="video"} 1.7e+09
 confmeet_http_requests_total{method="GET",route="/metrics",status="200"} 3.0
+confmeet_sfu_worker_cpu_seconds_total{worker="0"} 2.0
+confmeet_sfu_worker_forwarded_packets_total{worker="0"} 100.0
+confmeet_sfu_worker_cpu_seconds_total{worker="1"} 3.0
+confmeet_sfu_worker_forwarded_packets_total{worker="1"} 200.0
 """
     start = MetricsSample.parse(exposition, at=100.0)
     assert (start.cpu_seconds, start.rss_bytes, start.forwarded) == (12.5, 1.2e8, {"audio": 1000, "video": 3000})
+    assert start.worker_cpu_seconds == 5.0
     end = MetricsSample.parse(exposition.replace("12.5", "13.5").replace("1.2e+08", "1.3e+08")
-                              .replace("1000.0", "6000.0").replace("3000.0", "18000.0"), at=110.0)
+                              .replace("1000.0", "6000.0").replace("3000.0", "18000.0")
+                              .replace("} 2.0", "} 4.0").replace("} 100.0", "} 10100.0")
+                              .replace("} 200.0", "} 150.0"),
+                              at=110.0)
     before = MetricsSample.parse("process_resident_memory_bytes 1.1e+08\n", at=90.0)
     assert before.forwarded is None and before.cpu_seconds is None
 
     figures = sfu_figures(before, start, end, participants=4)
     assert figures["forwarded_packets"] == {"audio": 5000, "video": 15000}
     assert figures["forwarded_packets_per_s"] == 2000.0
-    assert figures["cpu_percent"] == 10.0
-    assert figures["cpu_us_per_forwarded_packet"] == 50.0  # 1 s of CPU for 20,000 packets
+    assert figures["cpu_percent"] == 30.0  # the appliance's process (1 s) and its workers (2 s)
+    assert figures["cpu_us_per_forwarded_packet"] == 150.0  # 3 s of CPU for 20,000 packets
+    # Each worker alone: worker 0 used 2 s for 10,000 packets; worker 1's packet counter went
+    # back (a worker replaced it), so it has no figure.
+    assert figures["workers"] == {"0": {"cpu_percent": 20.0, "forwarded_packets_per_s": 1000.0,
+                                        "cpu_us_per_forwarded_packet": 200.0}}
     assert figures["memory_per_participant_bytes"] == 5_000_000
     # A counter without labels, under the name without _total, still counts.
     unlabelled = MetricsSample.parse("confmeet_sfu_forwarded_packets 42\n", at=0.0)

@@ -235,8 +235,10 @@ class SfuWorkers:
         """Each worker's process metrics as it last reported them, and the counters of dead ones."""
         return [*(w.metrics for w in self.workers if w.alive), *self._dead_metrics]
 
-    def worker_cpu_seconds(self) -> dict[int, float]:
-        return {w.index: w.cpu_seconds for w in self.workers}
+    def worker_usage(self) -> dict[int, tuple[float, int]]:
+        """Each worker process's CPU seconds and the packets it forwarded, as it last reported
+        them (both start again from zero in a worker that replaced a dead one)."""
+        return {w.index: (w.cpu_seconds, sum(w.stats["forwarded_packets"].values())) for w in self.workers}
 
     async def close(self) -> None:
         self._closed = True

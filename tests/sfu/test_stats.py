@@ -21,7 +21,7 @@ def test_keyframe_requests_and_retransmissions_add_up_and_are_exported() -> None
     assert SfuStats.total([two.snapshot()], gauges=False).retransmissions["refused"] == 40  # counters survive
     assert json.loads(json.dumps(total.snapshot())) == total.snapshot()
 
-    host = SimpleNamespace(stats=total, rooms={}, restarts=0, worker_cpu_seconds=dict, room_reports=dict,
+    host = SimpleNamespace(stats=total, rooms={}, restarts=0, worker_usage=dict, room_reports=dict,
                            worker_metrics=list)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in SfuCollector(host).collect() for s in family.samples}

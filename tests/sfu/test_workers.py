@@ -60,7 +60,9 @@ async def test_rooms_spread_over_workers_and_a_dead_worker_takes_only_its_rooms(
     stats = pool.stats.snapshot()
     assert stats["rooms"] == 2 and stats["active_peers"] == 4
     assert stats["forwarded_packets"]["video"] > 0 and stats["forwarded_packets"]["audio"] > 0
-    assert all(seconds > 0 for seconds in pool.worker_cpu_seconds().values())
+    usage = pool.worker_usage()
+    assert set(usage) == {0, 1} and all(seconds > 0 and packets > 0 for seconds, packets in usage.values())
+    assert sum(packets for _, packets in usage.values()) == sum(stats["forwarded_packets"].values())
     reports = pool.room_reports()
     assert set(reports) == {"red-room", "green-room"}
     assert all(r["participants"] == 2 and r["forwarded_bytes"] > 0 for r in reports.values())
