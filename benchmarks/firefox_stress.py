@@ -70,8 +70,9 @@ def main() -> int:
         results[kind].append(took)
 
     camera = write_y4m(scratch / "camera.y4m")
-    firefox = Firefox()
+    firefox = None
     try:
+        firefox = Firefox()
         with sync_playwright() as playwright:
             chromium = playwright.chromium.launch(
                 executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
@@ -103,8 +104,9 @@ def main() -> int:
             grace.close()
             ada.close()
             chromium.close()
-    finally:
-        firefox.close()
+    finally:  # neither browser nor appliance outlives the run, whatever failed
+        if firefox is not None:
+            firefox.close()
         stop(app.proc)
 
     print("\nscenario   passed   seconds to media both ways (median, max)")
