@@ -135,14 +135,12 @@ async def test_rtcp_feedback_is_counted_before_aiortc_handles_it() -> None:
         await pc.close()
 
 
-async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
-    """Three layers' packets interleaved: a gap in one stream is NACKed for that stream only, and
-    nothing else is (aiortc alone would read the interleaving as loss, NACK it and send PLIs);
-    once map_rtx_stream names the RTX stream, a retransmitted packet is no longer missing."""
+async def _tapped_video_receiver(on_rtp: Any) -> tuple[Any, list[Any]]:
+    """A started video receiver (VP8 on 96, its RTX on 97) tapped as the SFU taps publishers'
+    receivers, and the RTCP it sends (its own SSRC 5)."""
     from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
     from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
-    from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket, RtpPacket, wrap_rtx
 
     transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
     receiver = RTCRtpReceiver("video", transport)
@@ -154,14 +152,23 @@ async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
 
     receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
     receiver._set_rtcp_ssrc(5)
-
-    async def on_rtp(packet: Any) -> bool:
-        return packet.ssrc != 9999  # a stream the SFU cannot place yet
-
     aiortc_private.tap_receiver(receiver, on_rtp)
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     rtx = RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96})
     await receiver.receive(RTCRtpReceiveParameters(codecs=[vp8, rtx]))
+    return receiver, sent
+
+
+async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
+    """Three layers' packets interleaved: a gap in one stream is NACKed for that stream only, and
+    nothing else is (aiortc alone would read the interleaving as loss, NACK it and send PLIs);
+    once map_rtx_stream names the RTX stream, a retransmitted packet is no longer missing."""
+    from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket, RtpPacket, wrap_rtx
+
+    async def on_rtp(packet: Any) -> bool:
+        return packet.ssrc != 9999  # a stream the SFU cannot place yet
+
+    receiver, sent = await _tapped_video_receiver(on_rtp)
     try:
         starts = {1111: 100, 2222: 30000, 3333: 60000}
         packets = {ssrc: [RtpPacket(payload_type=96, sequence_number=(start + i) % 65536, timestamp=3000 * i,
@@ -193,28 +200,13 @@ async def test_a_tapped_receiver_keeps_each_simulcast_stream_apart() -> None:
 async def test_a_tapped_receiver_tells_the_publisher_its_bandwidth_and_builds_no_frames() -> None:
     """The tap keeps aiortc's bandwidth estimate (REMB, which sets the publisher's bitrate) and
     statistics but skips its depayloading and frame assembly, for a decoder that is stopped."""
-    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
-    from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
     from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
-
-    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
-    receiver = RTCRtpReceiver("video", transport)
-    receiver._track = RemoteStreamTrack(kind="video")
-    sent: list[Any] = []
-
-    async def send_rtcp(packet: Any) -> None:
-        sent.append(packet)
 
     async def on_rtp(packet: Any) -> bool:
         return True
 
-    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
-    receiver._set_rtcp_ssrc(5)
-    aiortc_private.tap_receiver(receiver, on_rtp)
+    receiver, sent = await _tapped_video_receiver(on_rtp)
     frames = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
-    await receiver.receive(RTCRtpReceiveParameters(codecs=[
-        RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)]))
     try:
         for i in range(600):  # 6 s of 100 packets/s of 1,000 bytes, one frame each
             packet = RtpPacket(payload_type=96, sequence_number=i, timestamp=3000 * i, ssrc=1111, marker=1,
