@@ -161,6 +161,38 @@ def publisher_pc(clips: tuple[EncodedClip, EncodedClip]) -> RTCPeerConnection:
 
 
 # ---------------------------------------------------------------------------- confmeet
+EMAIL, PASSWORD = "bench@example.com", "bench password 1"
+
+
+def serve(scratch: Path, tree: Path = ROOT, workers: int = 1,
+          extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``confmeet serve`` from ``tree`` on a fresh data directory under ``scratch`` with one
+    administrator (EMAIL, PASSWORD), media on loopback, ``workers`` SFU worker processes; returns
+    the process and its URL once /readyz answers (or after 10 s)."""
+    data = Path(tempfile.mkdtemp(dir=scratch, prefix="confmeet-"))
+    (data / "confmeet.toml").touch()
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")},
+           "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(port),
+           "CONFMEET_CONFIG": str(data / "confmeet.toml"), "CONFMEET_MEDIA_LOOPBACK": "true",
+           "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
+           "CONFMEET_SFU_WORKERS": str(workers), **(extra_env or {})}
+    cli = [sys.executable, "-m", "cli"]
+    subprocess.run([*cli, "user", "add", EMAIL, "--admin", "--password-stdin"], cwd=tree,
+                   env=env, input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+    with open(data / "serve.log", "w") as log:
+        proc = subprocess.Popen([*cli, "serve"], cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return proc, url
+
+
 class Confmeet:
     def __init__(self, scratch: Path, workers: int = 1, tree: Path = ROOT, name: str = "confmeet") -> None:
         self.scratch = scratch
@@ -170,29 +202,10 @@ class Confmeet:
         self.extra_env: dict[str, str] = {}
 
     async def start(self) -> int:
-        data = Path(tempfile.mkdtemp(dir=self.scratch, prefix="confmeet-"))
-        (data / "confmeet.toml").touch()
-        self.port = free_port()
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")},
-                    "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(self.port),
-                    "CONFMEET_CONFIG": str(data / "confmeet.toml"), "CONFMEET_MEDIA_LOOPBACK": "true",
-                    "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
-                    "CONFMEET_SFU_WORKERS": str(self.workers), **self.extra_env}
-        cli = [sys.executable, "-m", "cli"]
-        subprocess.run([*cli, "user", "add", "bench@example.com", "--admin", "--password-stdin"], cwd=self.tree,
-                       env=self.env, input="bench password 1\n", text=True, check=True, capture_output=True)
-        self.proc = subprocess.Popen([*cli, "serve"], cwd=self.tree, env=self.env,
-                                     stdout=open(data / "serve.log", "w"), stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
+        self.proc, self.url = serve(self.scratch, self.tree, self.workers, self.extra_env)
+        self.port = int(self.url.rsplit(":", 1)[1])
         self.api = ApplianceApi(self.url)
-        await self.api.sign_in("bench@example.com", "bench password 1")
+        await self.api.sign_in(EMAIL, PASSWORD)
         self.meeting = (await self.api.create_meeting("bench"))["code"]
         self.participants: list[Participant] = []
         return self.proc.pid

@@ -19,52 +19,25 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sfu_vs_janus import EMAIL, PASSWORD, ROOT, serve  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cli"]
-EMAIL, PASSWORD = "bench@example.com", "bench password 1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_once(scratch: Path, workers: int, rooms: int, subscribers: int, duration: float) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(dir=scratch, prefix=f"workers-{workers}-"))
-    (data / "confmeet.toml").touch()
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFMEET_")},
-           "CONFMEET_DATA_DIR": str(data), "CONFMEET_PORT": str(port), "CONFMEET_CONFIG": str(data / "confmeet.toml"),
-           "CONFMEET_MEDIA_LOOPBACK": "true", "CONFMEET_MEDIA_UDP_MIN": "21000", "CONFMEET_MEDIA_UDP_MAX": "21999",
-           "CONFMEET_SFU_WORKERS": str(workers), "BENCH_PASSWORD": PASSWORD}
-    subprocess.run([*CLI, "user", "add", EMAIL, "--admin", "--password-stdin"], cwd=ROOT, env=env,
-                   input=PASSWORD + "\n", text=True, check=True, capture_output=True)
-    with open(data / "serve.log", "w") as log:
-        server = subprocess.Popen([*CLI, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server, url = serve(scratch, workers=workers)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
         run = subprocess.run([*CLI, "loadtest", "--url", url, "--email", EMAIL, "--password-env", "BENCH_PASSWORD",
                               "--rooms", str(rooms), "--publishers", "1", "--subscribers", str(subscribers),
                               "--duration", str(duration), "--json"],
-                             cwd=ROOT, env=env, capture_output=True, text=True)
+                             cwd=ROOT, env={**os.environ, "BENCH_PASSWORD": PASSWORD}, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"loadtest failed ({run.returncode}): {run.stderr[-2000:]}")
         return json.loads(run.stdout)
