@@ -91,9 +91,13 @@ class MetricsSample:
     cpu_seconds: float | None = None
     rss_bytes: float | None = None
     forwarded: dict[str, float] | None = None  # packets by kind; None: no such counter
-    worker_cpu_seconds: float = 0.0  # the SFU's worker processes, all together
     workers: dict[str, dict[str, float]] = field(default_factory=dict)  # worker -> cpu_seconds, forwarded_packets
     rooms: dict[str, dict[str, float]] = field(default_factory=dict)  # room -> ROOM_SERIES values
+
+    @property
+    def worker_cpu_seconds(self) -> float:
+        """The SFU's worker processes, all together."""
+        return sum(figures.get("cpu_seconds", 0.0) for figures in self.workers.values())
 
     @classmethod
     def parse(cls, text: str, at: float) -> MetricsSample:
@@ -114,10 +118,8 @@ class MetricsSample:
                 sample.rss_bytes = value
             elif name in WORKER_CPU or name in WORKER_FORWARDED:
                 worker = _WORKER.search(labels or "")
-                figure = "cpu_seconds" if name in WORKER_CPU else "forwarded_packets"
-                if figure == "cpu_seconds":
-                    sample.worker_cpu_seconds += value
-                if worker:
+                if worker:  # the appliance labels each worker's series
+                    figure = "cpu_seconds" if name in WORKER_CPU else "forwarded_packets"
                     sample.workers.setdefault(worker.group(1), {})[figure] = value
             elif name in ROOM_SERIES:
                 room = _ROOM.search(labels or "")
