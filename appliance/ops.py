@@ -56,6 +56,16 @@ class SfuCollector:
         yield CounterMetricFamily("confmeet_sfu_layer_switches",
                                   "Subscriptions moved from one simulcast layer to another",
                                   value=snap.get("layer_switches", 0))
+        yield CounterMetricFamily("confmeet_sfu_downlink_probes",
+                                  "Probes of a subscriber's downlink started (padding sent to see whether a "
+                                  "higher layer fits)", value=snap.get("probes", 0))
+        yield CounterMetricFamily("confmeet_sfu_padding_bytes",
+                                  "Bytes sent as probe padding (packets already sent, again over RTX)",
+                                  value=snap.get("padding_bytes", 0))
+        yield CounterMetricFamily("confmeet_sfu_duplicate_packets_dropped",
+                                  "Publishers' retransmissions of packets the SFU already had (the padding a "
+                                  "browser sends while it probes its uplink), not forwarded",
+                                  value=snap.get("duplicates_dropped", 0))
         yield from _by_label(CounterMetricFamily, "confmeet_sfu_subscriber_keyframe_requests",
                              "PLIs and FIRs from subscribers: honoured (passed on to the publisher) or throttled "
                              "(held to the subscriber's budget)", "outcome", snap["keyframe_requests"])

@@ -87,15 +87,16 @@ int getifaddrs(struct ifaddrs **ifap) {
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, its threads and its child processes (the appliance's SFU
-    workers), from /proc."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime + stime, stime) of a process, its threads and its child processes (the appliance's
+    SFU workers), from /proc: all its CPU time, and the kernel's part of it."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / TICKS
+    total, system = (int(fields[11]) + int(fields[12])) / TICKS, int(fields[12]) / TICKS
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
+            child_total, child_system = cpu_seconds(int(child))
+            total, system = total + child_total, system + child_system
+    return total, system
 
 
 def free_port() -> int:
@@ -112,12 +113,17 @@ class Result:
     window_s: float
     packets: int
     sfu_cpu_s: float
+    sfu_system_s: float  # the kernel's part of sfu_cpu_s (system calls: sends, receives, polls)
     generator_cpu_s: float
     first_frame_ms: list[float] = field(default_factory=list)
 
     @property
     def us_per_packet(self) -> float:
         return 1e6 * self.sfu_cpu_s / self.packets if self.packets else float("nan")
+
+    @property
+    def kernel_us_per_packet(self) -> float:
+        return 1e6 * self.sfu_system_s / self.packets if self.packets else float("nan")
 
     @property
     def per_generator(self) -> float:
@@ -459,7 +465,8 @@ async def measure(target: Any, clips: tuple[EncodedClip, EncodedClip], subscribe
         await asyncio.sleep(seconds)
         cpu_1, own_1, t_1 = cpu_seconds(pid), time.process_time(), time.monotonic()
         packets_1 = sum([await target.packets(s) for s in joined])
-        return Result(target.name, len(first), t_1 - t_0, packets_1 - packets_0, cpu_1 - cpu_0, own_1 - own_0, first)
+        return Result(target.name, len(first), t_1 - t_0, packets_1 - packets_0, cpu_1[0] - cpu_0[0],
+                      cpu_1[1] - cpu_0[1], own_1 - own_0, first)
     finally:
         await target.stop()
 
@@ -501,7 +508,7 @@ async def main() -> int:
             results.append(result)
             print(f"round {round_} {name:14} {result.subscribers_receiving:3}/{args.subscribers} receiving  "
                   f"{result.packets / result.window_s:8,.0f} pkt/s  SFU {100 * result.sfu_cpu_s / result.window_s:5.1f} %"
-                  f"  {result.us_per_packet:5.1f} µs/pkt  generator {100 * result.generator_cpu_s / result.window_s:5.1f} %"
+                  f"  {result.us_per_packet:5.1f} µs/pkt (kernel {result.kernel_us_per_packet:4.1f})  generator {100 * result.generator_cpu_s / result.window_s:5.1f} %"
                   f"  SFU/generator {result.per_generator:.3f}"
                   f"  first frame p50 {statistics.median(result.first_frame_ms) if result.first_frame_ms else float('nan'):4.0f} ms",
                   flush=True)
@@ -511,6 +518,10 @@ async def main() -> int:
         runs = ", ".join(f"{r.us_per_packet:.1f}" for r in results if r.target == name)
         ratio = medians["confmeet"] / medians[name] if "confmeet" in medians else float("nan")
         print(f"{name:14}  {runs:36}   {medians[name]:5.1f}   confmeet/{name} = {ratio:.2f}")
+    print("\ntarget          of which in the kernel, µs (each round)   median")
+    for name in targets:
+        kernel = [r.kernel_us_per_packet for r in results if r.target == name]
+        print(f"{name:14}  {', '.join(f'{k:.1f}' for k in kernel):36}   {statistics.median(kernel):5.1f}")
     # The machine's speed may drift between rounds (a shared host): the generator's CPU for the
     # same work shows it, and the SFU's CPU over the generator's cancels it.
     relative = {name: statistics.median([r.per_generator for r in results if r.target == name]) for name in targets}

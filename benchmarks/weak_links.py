@@ -7,8 +7,9 @@ Usage: python benchmarks/weak_links.py [--case cap --case loss --case clean] [--
 Each run is a fresh ``confmeet serve`` (listening on the link's host address, default settings
 otherwise: media on the machine's own addresses, two SFU workers on 2 cores) and three Debian
 Chromiums (Playwright), each joining one meeting through the web client:
-  presenter  sends a 640x360 camera (an ffmpeg testsrc2 clip with motion, 24 fps, fed to
-             Chromium's fake capture) and the fake microphone;
+  presenter  sends a 960x540 camera (``--camera``; an ffmpeg testsrc2 clip with motion, 24 fps,
+             fed to Chromium's fake capture) and the fake microphone: three simulcast layers,
+             240, 480 and 960 px wide;
   A          on the host, a clean link; camera and microphone off;
   B          in a network namespace joined to the host by tests/impair.py's ImpairedLink (a TUN
              relay: this kernel has no netem), camera and microphone off. Cases:
@@ -49,14 +50,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Browser, Playwright, expect, sync_playwright
+from playwright.sync_api import Playwright, expect, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from appliance_server import Appliance, start_appliance  # noqa: E402
 from conftest import stop  # noqa: E402
-from e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from e2e.conftest import CHROMIUM, chromium_behind  # noqa: E402
 from e2e.meeting_page import PEOPLE, MeetingPage, poll  # noqa: E402
 from impair import HOST_ADDRESS, ImpairedLink, Impairment, Traffic  # noqa: E402
 from recording.accounts import add_users  # noqa: E402
@@ -177,24 +177,37 @@ def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def presenter_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The presenter's camera over the window: its top layer's frame rate and size, keyframes
+    and bytes of every layer it sends (a simulcast camera sends up to three, by rid)."""
     streams = [_largest(r["outbound"], "framesEncoded") for r in readings]
     first, last = streams[0], streams[-1]
     seconds = (readings[-1]["timestamp"] - readings[0]["timestamp"]) / 1000
+
+    def by_layer(reading: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {s.get("rid") or str(s["ssrc"]): s for s in reading["outbound"]}
+
+    layers_first, layers_last = by_layer(readings[0]), by_layer(readings[-1])
+    keyframes = {rid: _delta(layers_first.get(rid, {}), stream, "keyFramesEncoded")
+                 for rid, stream in sorted(layers_last.items())}
     estimates = [p["availableOutgoingBitrate"] for r in readings for p in r["pairs"]
                  if p.get("availableOutgoingBitrate") is not None]
     limits = Counter(s.get("qualityLimitationReason") for s in streams if s)
     return {
-        "keyframes": _delta(first, last, "keyFramesEncoded"),
+        "keyframes": max(keyframes.values(), default=0.0),  # a keyframe request makes one on every layer
+        "keyframes_by_layer": keyframes,
+        "layers": len(layers_last),
         "fps_sent": _delta(first, last, "framesEncoded") / seconds,
         "width": _mode([s.get("frameWidth") for s in streams]),
         "width_min": min((s["frameWidth"] for s in streams if s.get("frameWidth")), default=None),
         "quality_limitation": limits.most_common(1)[0][0] if limits else None,
         "quality_limited_share": sum(n for reason, n in limits.items() if reason not in (None, "none"))
         / max(1, len(streams)),
-        "outgoing_kbps": 8 * _delta(first, last, "bytesSent") / seconds / 1000,
+        "outgoing_kbps": 8 * sum(_delta(layers_first.get(rid, {}), stream, "bytesSent")
+                                 for rid, stream in layers_last.items()) / seconds / 1000,
         "estimate_kbps": statistics.median(estimates) / 1000 if estimates else None,
         "estimate_min_kbps": min(estimates) / 1000 if estimates else None,
-        "plis_received": _delta(first, last, "pliCount"),
+        "plis_received": sum(_delta(layers_first.get(rid, {}), stream, "pliCount")
+                             for rid, stream in layers_last.items()),
         "nacks_received": _delta(first, last, "nackCount"),
     }
 
@@ -211,6 +224,9 @@ def sfu_figures(first: Sample, last: Sample) -> dict[str, Any]:
         "nacked_packets_received": delta('confmeet_sfu_rtcp_feedback_total{type="nack"}'),
         "plis_received": delta('confmeet_sfu_rtcp_feedback_total{type="pli"}'),
         "cpu_share": delta("confmeet_sfu_worker_cpu_seconds_total") / seconds,
+        "layer_switches": delta("confmeet_sfu_layer_switches_total"),
+        "probes": delta("confmeet_sfu_downlink_probes_total"),
+        "padding_kbps": 8 * delta("confmeet_sfu_padding_bytes_total") / seconds / 1000,
     }
 
 
@@ -250,42 +266,12 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- running a case
-def camera_clip(path: Path, seconds: int = 6) -> Path:
-    """640x360 at 24 fps with motion everywhere (ffmpeg's testsrc2), as y4m for Chromium."""
+def camera_clip(path: Path, size: str, seconds: int = 6) -> Path:
+    """``size`` (WxH) at 24 fps with motion everywhere (ffmpeg's testsrc2), as y4m for Chromium."""
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size=640x360:rate=24:duration={seconds}", "-pix_fmt", "yuv420p", str(path)],
+                    f"testsrc2=size={size}:rate=24:duration={seconds}", "-pix_fmt", "yuv420p", str(path)],
                    check=True)
     return path
-
-
-def wrapper(path: Path, prefix: list[str]) -> Path:
-    """An executable that runs Chromium behind ``prefix`` (nice, a namespace): Playwright's
-    executable_path."""
-    path.write_text("#!/bin/sh\nexec " + " ".join(prefix) + f' {CHROMIUM} "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
-@contextmanager
-def chromium(playwright: Playwright, executable: Path, origin: str, camera: Path) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=str(executable), args=[
-        *CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
-        # The appliance's plain-http origin on a non-loopback address: getUserMedia needs this.
-        f"--unsafely-treat-insecure-origin-as-secure={origin}"])
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-def join(page: MeetingPage, code: str, publish: bool) -> None:
-    page.open(code)
-    if not publish:
-        page.page.locator("#pre-mic").click()
-        page.page.locator("#pre-cam").click()
-    page.type_name()
-    page.click_join()
-    expect(page.page.get_by_role("button", name="Leave")).to_be_visible()
 
 
 def read_sample(pages: dict[str, MeetingPage], app: Appliance, metrics_token: str, link: ImpairedLink) -> Sample:
@@ -326,10 +312,8 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
         code = r.json()["code"]
 
         niced = ["nice", "-n", str(BROWSER_NICE)]
-        on_host = wrapper(work / "chromium-host", niced)
-        in_namespace = wrapper(work / "chromium-b", [*niced, *link.command([])])
-        browsers = {role: stack.enter_context(chromium(playwright, exe, app.url, camera))
-                    for role, exe in (("presenter", on_host), ("a", on_host), ("b", in_namespace))}
+        browsers = {role: stack.enter_context(chromium_behind(playwright, prefix, work, camera, app.url))
+                    for role, prefix in (("presenter", niced), ("a", niced), ("b", [*niced, *link.command([])]))}
         people = {"presenter": "ada", "a": "grace", "b": "linus"}
         pages = {role: MeetingPage(browsers[role], app.url, PEOPLE[people[role]]) for role in ROLES}
         for page in pages.values():
@@ -337,7 +321,7 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
             page.page.set_default_timeout(JOIN_TIMEOUT_S * 1000)
         for role in ROLES:
             try:
-                join(pages[role], code, publish=role == "presenter")
+                pages[role].join(code, publish=role == "presenter")
             except Exception as exc:
                 raise RuntimeError(f"{role} did not join: {str(exc).splitlines()[0]}") from exc
             log.print(f"  {case} #{number}: {role} joined", style="dim")
@@ -379,6 +363,13 @@ def _px(figures: dict[str, Any]) -> str:
     return f"{figures['width']} px" + (f" (min {low})" if low is not None and low != figures["width"] else "")
 
 
+def _keyframes(figures: dict[str, Any]) -> str:
+    layers = figures.get("keyframes_by_layer") or {}
+    if len(layers) < 2:
+        return _n(figures["keyframes"])
+    return f"{figures['keyframes']:.0f} ({', '.join(f'{rid} {n:.0f}' for rid, n in layers.items())})"
+
+
 def tables(runs: list[Run]) -> list[Table]:
     """Issue 24's table, in two: the subscribers' side, and the presenter's and the SFU's."""
     subscribers = Table(title="Subscribers over the window (B on the shaped link, A on a clean one)")
@@ -388,7 +379,7 @@ def tables(runs: list[Run]) -> list[Table]:
     sender = Table(title="Presenter and SFU over the window")
     for column in ("B's link", "run", "keyframes", "fps sent", "width", "limited by", "sent kbit/s",
                    "estimate kbit/s (min)", "PLIs in", "SFU video pkt/s", "SFU PLIs out", "SFU NACKed in",
-                   "SFU CPU", "load 1 min"):
+                   "layer switches", "probes, padding kbit/s", "SFU CPU", "load 1 min"):
         sender.add_column(column, justify="left" if column in ("B's link", "width", "limited by") else "right")
     for run in runs:
         label = CASES[run.case][0]
@@ -404,10 +395,11 @@ def tables(runs: list[Run]) -> list[Table]:
             _n(a["fps"], 1), _n(100 * a["frozen_share"], 0, " %"), _px(a),
             f"{a['transport_pps']:.0f}, {a['transport_kbps']:.0f}")
         sender.add_row(
-            label, str(run.number), _n(p["keyframes"]), _n(p["fps_sent"], 1), _px(p), str(p["quality_limitation"]),
+            label, str(run.number), _keyframes(p), _n(p["fps_sent"], 1), _px(p), str(p["quality_limitation"]),
             _n(p["outgoing_kbps"]), f"{_n(p['estimate_kbps'])} ({_n(p['estimate_min_kbps'])})",
             _n(p["plis_received"]), _n(sfu["video_forwarded_pps"]), _n(sfu["plis_to_publishers"]),
-            _n(sfu["nacked_packets_received"]), _n(100 * sfu["cpu_share"], 0, " %"),
+            _n(sfu["nacked_packets_received"]), _n(sfu.get("layer_switches")),
+            f"{_n(sfu.get('probes'))}, {_n(sfu.get('padding_kbps'))}", _n(100 * sfu["cpu_share"], 0, " %"),
             f"{run.load_before[0]:.1f} → {run.load_after[0]:.1f}")
     return [subscribers, sender]
 
@@ -421,6 +413,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10,
                         help="seconds after the last join before the window (default: 10)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each case, in turns (default: 1)")
+    parser.add_argument("--camera", default="960x540",
+                        help="the presenter's camera, WxH; the web client sends three simulcast layers "
+                             "from 960x540 up, one stream below (default: 960x540, the smallest with three)")
     parser.add_argument("--json", action="store_true",
                         help="print the figures as JSON on stdout (the tables go to stderr)")
     args = parser.parse_args()
@@ -429,7 +424,7 @@ def main() -> int:
     cases = args.case or list(CASES)
     log = Console(stderr=True)
     scratch = Path(tempfile.mkdtemp(prefix="weak-links-"))
-    camera = camera_clip(scratch / "camera.y4m")
+    camera = camera_clip(scratch / "camera.y4m", args.camera)
     expect.set_options(timeout=JOIN_TIMEOUT_S * 1000)
     runs: list[Run] = []
     with sync_playwright() as playwright:

@@ -8,6 +8,7 @@ aiortc 1.16 / aioice 0.13: after upgrading either, check this module first
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -48,6 +49,7 @@ from aiortc.rtp import (
     pack_remb_fci,
     unpack_remb_fci,
     unwrap_rtx,
+    wrap_rtx,
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
@@ -275,7 +277,7 @@ class ForwardingSender:
     when ICE selects another pair. The SFU's candidates are its own host sockets (plus
     server-reflexive addresses of those), so every pair sends through a plain datagram transport."""
 
-    __slots__ = ("_dtls", "_connection", "_state", "_history", "_pair", "_socket", "_address")
+    __slots__ = ("_dtls", "_connection", "_state", "_history", "_pair", "_socket", "_address", "_last")
 
     def __init__(self, sender: RTCRtpSender) -> None:
         self._dtls = sender.transport
@@ -285,9 +287,35 @@ class ForwardingSender:
         self._pair = None
         self._socket = None
         self._address = None
+        self._last: RtpPacket | None = None  # the latest packet sent
 
     def send(self, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
         """Raises ConnectionError when the subscriber's transport is closed."""
+        self._write(data)
+        self._history[packet.sequence_number % RTP_HISTORY_SIZE] = self._last = packet
+        state = self._state
+        state["_RTCRtpSender__ntp_timestamp"] = ntp_time
+        state["_RTCRtpSender__rtp_timestamp"] = packet.timestamp
+        state["_RTCRtpSender__octet_count"] += len(packet.payload)
+        state["_RTCRtpSender__packet_count"] += 1
+
+    def pad(self, ntp_time: int) -> int:
+        """Send the latest packet again over RTX, as padding a browser counts towards its
+        bandwidth estimate and then drops (it has the packet): stamped with the send time now,
+        so the estimate reads it as sent now. The bytes sent; 0 when RTX was not negotiated or
+        nothing was sent yet. Raises ConnectionError when the subscriber's transport is closed."""
+        state = self._state
+        payload_type = state["_RTCRtpSender__rtx_payload_type"]
+        if payload_type is None or self._last is None:
+            return 0
+        sequence_number = state["_RTCRtpSender__rtx_sequence_number"]
+        state["_RTCRtpSender__rtx_sequence_number"] = (sequence_number + 1) & 0xFFFF
+        rtx = wrap_rtx(self._last, payload_type=payload_type, sequence_number=sequence_number,
+                       ssrc=state["_rtx_ssrc"])
+        rtx.extensions = dataclasses.replace(rtx.extensions, abs_send_time=(ntp_time >> 14) & 0xFFFFFF)
+        return self._write(rtx.serialize(state["_RTCRtpSender__rtp_header_extensions_map"]))
+
+    def _write(self, data: bytes) -> int:
         dtls = self._dtls
         if dtls._state is not DtlsState.CONNECTED:
             raise ConnectionError("the subscriber's transport is not connected")
@@ -302,12 +330,7 @@ class ForwardingSender:
         self._socket.sendto(protected, self._address)
         dtls._RTCDtlsTransport__tx_bytes += len(protected)
         dtls._RTCDtlsTransport__tx_packets += 1
-        self._history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
-        state = self._state
-        state["_RTCRtpSender__ntp_timestamp"] = ntp_time
-        state["_RTCRtpSender__rtp_timestamp"] = packet.timestamp
-        state["_RTCRtpSender__octet_count"] += len(packet.payload)
-        state["_RTCRtpSender__packet_count"] += 1
+        return len(protected)
 
 
 def detach_track(sender: RTCRtpSender) -> MediaStreamTrack | None:

@@ -159,9 +159,39 @@ class Layer:
     packets: int = 0
     bytes: int = 0
     keyframes_seen: int = 0
+    # Payload bytes of the media stream alone: not the retransmissions, nor the padding a browser
+    # sends as retransmissions while it probes its uplink (what a layer costs a subscriber).
+    media_bytes: int = 0
+    bitrate_bps: float | None = None  # media_bytes per second lately, in bits (None: not sent now), see measure
+    _metered: tuple[float, int] | None = None  # (when, media_bytes then) at the last measure
+    # The media stream's sequence numbers received lately, a bit each: a retransmission of one
+    # already here is a duplicate (a browser probing its uplink sends its padding as such).
+    _received: bytearray = field(default_factory=lambda: bytearray(SEQ_MOD // 8))
+
+    def mark_received(self, seq: int) -> None:
+        """Note a sequence number, and forget the one half the number space away, so that no
+        mark outlives the numbers' wrap."""
+        self._received[seq >> 3] |= 1 << (seq & 7)
+        far = (seq + SEQ_MOD // 2) % SEQ_MOD
+        self._received[far >> 3] &= ~(1 << (far & 7)) & 0xFF
+
+    def was_received(self, seq: int) -> bool:
+        return bool(self._received[seq >> 3] & (1 << (seq & 7)))
+
+    def forget_received(self) -> None:
+        """A new source (SSRC): its numbers start afresh."""
+        self._received = bytearray(SEQ_MOD // 8)
+
+    def measure(self, now: float, sent: bool) -> None:
+        if self._metered is not None and sent and now > self._metered[0]:
+            rate = 8 * (self.media_bytes - self._metered[1]) / (now - self._metered[0])
+            self.bitrate_bps = rate if self.bitrate_bps is None else 0.5 * (self.bitrate_bps + rate)
+        elif not sent:
+            self.bitrate_bps = None
+        self._metered = (now, self.media_bytes)
 
     def describe(self) -> dict[str, object]:
-        return {"rid": self.rid, "packets": self.packets, "bytes": self.bytes,
+        return {"rid": self.rid, "packets": self.packets, "bytes": self.bytes, "bitrate_bps": self.bitrate_bps,
                 "keyframes": self.keyframes_seen, "plis_sent": self.keyframes.sent if self.keyframes else 0}
 
 
@@ -202,6 +232,7 @@ class UpTrack:
         self.packets = 0
         self.bytes = 0
         self.keyframes_seen = 0
+        self.duplicates = 0  # retransmissions of packets already received, dropped
         self.closed = False
         self.held = False  # a moderator muted it: received, not forwarded
         # Observers of every packet forwarded (recording, captions), of one layer (the highest
@@ -276,6 +307,12 @@ class UpTrack:
             for down in self.downs:
                 down.retarget()
 
+    def measure(self, now: float) -> None:
+        """Bring each layer's bitrate up to date (every allocation interval: a layer's rate is
+        the bytes since the last call, smoothed with the rate before)."""
+        for layer in self.layers:
+            layer.measure(now, now - layer.last_packet_at < LAYER_TIMEOUT)
+
     def keyframe_wanted(self, layer: int) -> bool:
         requester = self.layers[layer].keyframes
         return requester is not None and requester.wanted
@@ -310,6 +347,7 @@ class UpTrack:
             if layer is not None:
                 self._layer_by_ssrc.pop(layer.media_ssrc, None)  # type: ignore[arg-type]
                 layer.media_ssrc = packet.ssrc
+                layer.forget_received()
                 if layer.rtx_ssrc is not None:
                     aiortc_private.map_rtx_stream(self.receiver, layer.rtx_ssrc, packet.ssrc)
         elif packet.payload_type in self.rtx_payload_types:
@@ -338,9 +376,17 @@ class UpTrack:
                 if self.simulcast:  # an RTX SSRC carrying the media payload type
                     return True
                 layer.media_ssrc = packet.ssrc
+                layer.forget_received()
+            layer.media_bytes += len(packet.payload)
+            layer.mark_received(packet.sequence_number)
         elif (packet.payload_type in self.rtx_payload_types and len(packet.payload) > 2
               and layer.media_ssrc is not None):
             packet = unwrap_rtx(packet, payload_type=self.payload_type, ssrc=layer.media_ssrc)
+            if layer.was_received(packet.sequence_number):  # nobody needs it again
+                self.duplicates += 1
+                self.stats.duplicates_dropped += 1
+                return True
+            layer.mark_received(packet.sequence_number)
         else:  # padding-only RTX, or a payload type this track did not negotiate
             return True
         self.packets += 1
@@ -348,8 +394,8 @@ class UpTrack:
         layer.packets += 1
         layer.bytes += len(packet.payload)
         now = time.monotonic()
+        layer.last_packet_at = now
         if self.simulcast:
-            layer.last_packet_at = now
             if now >= self._next_layer_check or layer.index not in self.sending:
                 self._check_layers(now)
         self.stats.count_received(self.kind, len(packet.payload))
@@ -390,8 +436,9 @@ class Downlink:
 @dataclass(frozen=True)
 class DownlinkEstimate:
     """What a subscriber says of its downlink as a whole: the bitrate its latest REMB allows
-    (None before the first, or when it sends none) and the worst loss its latest receiver
-    reports give over its down tracks (None before the first report)."""
+    (None before the first, or when it sends none) and the loss its latest receiver reports
+    give over its down tracks, weighted by the packets each was sent (None before the first
+    report)."""
 
     bitrate_bps: int | None
     loss: float | None
@@ -421,7 +468,8 @@ class DownTrack:
         self.source_ssrc: int | None = None
         self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
         self.max_layer = len(up.layers) - 1  # the highest layer wanted: all unless told otherwise
-        self.target = up.best_layer(self.max_layer)  # the layer to forward: sent, and wanted
+        self.bandwidth_layer: int | None = None  # the highest the subscriber's downlink takes (None: any)
+        self.target = up.best_layer(self.allowed_layer)  # the layer to forward: sent, wanted and fitting
         self.layer_switches = 0
         self.accepted = False
         self.started = False
@@ -479,7 +527,7 @@ class DownTrack:
         self.started_at = time.monotonic()
         self.up.add(self)
         # The layers sent may have changed since it was made: only started ones hear of it.
-        self.target = self.up.best_layer(self.max_layer)
+        self.target = self.up.best_layer(self.allowed_layer)
         self.up.request_keyframe(urgent=True, layer=self.target)
 
     def set_max_layer(self, layer: int | None) -> None:
@@ -488,10 +536,22 @@ class DownTrack:
         self.max_layer = top if layer is None else max(0, min(layer, top))
         self.retarget()
 
+    @property
+    def allowed_layer(self) -> int:
+        """The highest layer both wanted and fitting the subscriber's downlink."""
+        return self.max_layer if self.bandwidth_layer is None else min(self.max_layer, self.bandwidth_layer)
+
+    def set_bandwidth_layer(self, layer: int | None) -> None:
+        """Forward no layer above ``layer``, for the subscriber's downlink (None: no limit); see
+        allocation.py."""
+        if layer != self.bandwidth_layer:
+            self.bandwidth_layer = layer
+            self.retarget()
+
     def retarget(self) -> None:
         """Head for the best layer now (the wanted one, or the layers sent, changed): from its
         next keyframe on, asked for now; until it comes the layer forwarded now goes on."""
-        target = self.up.best_layer(self.max_layer)
+        target = self.up.best_layer(self.allowed_layer)
         if target == self.target:
             return
         self.target = target

@@ -31,6 +31,7 @@ from aiortc.exceptions import (
 from aiortc.rtp import RtpPacket
 
 from . import aiortc_private
+from .allocation import Demand, DownlinkAllocator
 from .errors import SfuError
 from .forwarder import DownlinkEstimate, DownTrack, ForwardedTrack, UpTrack
 from .ice import (
@@ -54,6 +55,8 @@ SOURCES = ("camera", "microphone", "screen")
 DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
 RECEIVING = ("recvonly", "sendrecv")
 T = TypeVar("T")
+# A REMB older than this no longer describes the downlink (browsers send one a second or more).
+REMB_STALE_S = 5.0
 
 
 class RoomLink(Protocol):
@@ -100,6 +103,8 @@ class Peer:
         self._offer_needed = False
         self._sync_queued = False
         self._uplink_counts: dict[tuple[RTCRtpReceiver, int], tuple[int, int]] = {}
+        self.allocator = DownlinkAllocator()
+        self._padding_due = 0.0  # bytes of probe padding owed (see pad)
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any] | None]] = (
             asyncio.Queue())
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -354,15 +359,63 @@ class Peer:
     # ------------------------------------------------------------------ measurements
     def downlink_estimate(self) -> DownlinkEstimate:
         """What the participant's browser says its downlink carries: the latest REMB on any of
-        its down tracks and the worst loss of their latest receiver reports (what a layer
-        allocator starts from)."""
+        its down tracks, and the loss their latest receiver reports give, each weighted by the
+        packets sent it (what the link loses: one stream's few packets, an audio stream's for
+        one, are no measure of the link alone)."""
         latest = max((down for down in self.downs.values() if down.remb_at is not None),
                      key=lambda down: down.remb_at, default=None)  # type: ignore[arg-type,return-value]
-        losses = [link.loss for down in self.downs.values() if (link := down.downlink()) is not None]
+        losses = [(link.loss, down.packets) for down in self.downs.values() if (link := down.downlink()) is not None]
+        packets = sum(count for _, count in losses)
         return DownlinkEstimate(
             bitrate_bps=latest.remb_bps if latest is not None else None,
-            loss=max(losses) if losses else None,
+            loss=(sum(loss * count for loss, count in losses) / packets if packets
+                  else max(loss for loss, _ in losses) if losses else None),
             age_s=time.monotonic() - latest.remb_at if latest is not None and latest.remb_at is not None else None)
+
+    def allocate(self, now: float) -> None:
+        """Share the downlink over the video this participant receives: each video's layer
+        within what its browser's estimate says the link carries (allocation.py). Its up tracks'
+        layer bitrates must have been measured just before."""
+        demands, audio_bps = [], 0.0
+        for down in self.downs.values():
+            if not down.started:
+                continue
+            if down.kind == "audio":
+                audio_bps += down.up.layers[0].bitrate_bps or 0.0
+            else:
+                demands.append(Demand(down.up.key, tuple(layer.bitrate_bps for layer in down.up.layers),
+                                      down.max_layer, 0 if down.up.source == "screen" else 1))
+        estimate = self.downlink_estimate()
+        bitrate = estimate.bitrate_bps if estimate.age_s is not None and estimate.age_s < REMB_STALE_S else None
+        probes = self.allocator.probes
+        decision = self.allocator.update(now, bitrate, estimate.loss, audio_bps, demands, self.rtt_s)
+        self.room.stats.probes += self.allocator.probes - probes
+        for down in self.downs.values():
+            if down.kind == "video":
+                down.set_bandwidth_layer(decision.caps.get(down.up.key))
+
+    def pad(self, seconds: float) -> None:
+        """Send the probe padding the allocator asked for over the last ``seconds``, through a
+        video this participant receives."""
+        if not self.allocator.probe_bps:
+            self._padding_due = 0.0
+            return
+        self._padding_due += self.allocator.probe_bps * seconds / 8
+        ntp_time = aiortc_private.current_ntp_time()
+        for down in self.downs.values():
+            if down.kind == "video" and down.started and down.output is not None:
+                try:
+                    while self._padding_due > 0:
+                        sent = down.output.pad(ntp_time)
+                        if not sent:
+                            break  # no RTX on this one, or nothing sent yet: try another
+                        self._padding_due -= sent
+                        self.room.stats.padding_bytes += sent
+                except ConnectionError:
+                    return
+                if self._padding_due <= 0:
+                    return
+        self._padding_due = 0.0  # nothing could carry it: owe nothing
 
     async def report_quality(self) -> None:
         """Grade the connection from RTCP receiver reports (downlink) and the server's own
@@ -416,10 +469,12 @@ class Peer:
                             "retransmissions_refused": down.retransmissions_refused,
                             "forwarding": down.started, "waiting_for_keyframe": down.gated,
                             "layer": down.layer, "target_layer": down.target,
+                            "bandwidth_layer": down.bandwidth_layer,
                             "layer_switches": down.layer_switches}
                            for down in self.downs.values()],
             "quality": self.quality.describe() if self.quality else None,
             "downlink": dataclasses.asdict(self.downlink_estimate()),
+            "probes": self.allocator.probes, "probe_bps": self.allocator.probe_bps,
         }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aiortc import RTCConfiguration
 
+from . import allocation
 from .errors import SfuError
 from .forwarder import DownTrack, UpTrack
 from .ice import CandidateGatherer
@@ -219,12 +220,32 @@ class Room:
             await self.leave(participant, reason)
 
     # ------------------------------------------------------------------ periodic work
+    def _allocate(self, now: float) -> None:
+        """Measure every published layer's bitrate, then share each subscriber's downlink."""
+        for peer in self.peers.values():
+            for up in peer.ups.values():
+                up.measure(now)
+        for peer in self.peers.values():
+            if not peer.closed:
+                peer.allocate(now)
+
     async def _tick(self) -> None:
         next_quality = time.monotonic() + self.quality_interval
         next_round_trip = time.monotonic() + ROUND_TRIP_INTERVAL
+        next_allocation = time.monotonic() + allocation.INTERVAL
+        last = time.monotonic()
         while True:
             await asyncio.sleep(SPEAKER_INTERVAL)
             now = time.monotonic()
+            try:
+                if now >= next_allocation:
+                    next_allocation = now + allocation.INTERVAL
+                    self._allocate(now)
+                for peer in self.peers.values():
+                    peer.pad(now - last)
+            except Exception:
+                log.exception("room %s: downlink allocation failed", self.name)
+            last = now
             try:
                 change = self.speaker.update(now)
             except Exception:

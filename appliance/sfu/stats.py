@@ -57,6 +57,9 @@ class SfuStats:
     received_bytes: dict[str, int] = field(default_factory=_by_kind)
     plis_sent: int = 0
     layer_switches: int = 0  # a down track moving from one simulcast layer to another
+    probes: int = 0  # probes for a subscriber's downlink started (allocation.py)
+    padding_bytes: int = 0  # sent as probe padding (RTX of packets already sent)
+    duplicates_dropped: int = 0  # publishers' retransmissions of packets already received (their padding)
     # PLI/FIR received from subscribers, by outcome (before the publisher's own coalescing).
     keyframe_requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KEYFRAME_REQUEST_OUTCOMES, 0))
     retransmissions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRANSMISSION_OUTCOMES, 0))
@@ -94,6 +97,9 @@ class SfuStats:
                     mine[key] = mine.get(key, 0) + count
             total.plis_sent += snap["plis_sent"]
             total.layer_switches += snap.get("layer_switches", 0)
+            total.probes += snap.get("probes", 0)
+            total.padding_bytes += snap.get("padding_bytes", 0)
+            total.duplicates_dropped += snap.get("duplicates_dropped", 0)
             total.keyframe_wait.add(snap["keyframe_wait"])
             total.first_media.add(snap["first_media"])
             if gauges:
@@ -109,6 +115,9 @@ class SfuStats:
             "received_bytes": dict(self.received_bytes),
             "plis_sent": self.plis_sent,
             "layer_switches": self.layer_switches,
+            "probes": self.probes,
+            "padding_bytes": self.padding_bytes,
+            "duplicates_dropped": self.duplicates_dropped,
             "keyframe_requests": dict(self.keyframe_requests),
             "retransmissions": dict(self.retransmissions),
             "feedback_received": dict(self.feedback_received),

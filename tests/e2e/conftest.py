@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,24 @@ def chromium_with_camera(playwright: Playwright, **size: int) -> Iterator[Browse
         browser.close()
     finally:
         shutil.rmtree(camera.parent)
+
+
+@contextmanager
+def chromium_behind(playwright: Playwright, prefix: list[str], scratch: Path, camera: Path,
+                    origin: str | None = None) -> Iterator[Browser]:
+    """A Chromium run behind ``prefix`` (``nice``, a network namespace's command, ...), its fake
+    camera playing ``camera`` (a y4m file); ``origin``: a plain-http origin on an address other
+    than loopback, where getUserMedia would otherwise be refused."""
+    executable = Path(tempfile.mkdtemp(prefix="chromium-", dir=scratch)) / "chromium"
+    executable.write_text("#!/bin/sh\nexec " + " ".join(prefix) + f' {CHROMIUM} "$@"\n')
+    executable.chmod(0o755)
+    browser = playwright.chromium.launch(executable_path=str(executable), args=[
+        *CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
+        *([f"--unsafely-treat-insecure-origin-as-secure={origin}"] if origin else [])])
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="package")

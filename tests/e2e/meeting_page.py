@@ -78,6 +78,16 @@ def poll(check: Callable[[], T], what: str, timeout: float | None = None, deadli
         time.sleep(interval)
 
 
+# The one remote video the page receives: its size and decoding counters.
+INBOUND = """async () => {
+  let video = null;
+  (await window.confmeet.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") video = s; });
+  return video && {width: video.frameWidth || 0, frames: video.framesDecoded || 0,
+                   keyframes: video.keyFramesDecoded || 0, dropped: video.framesDropped || 0,
+                   freezes: video.freezeCount || 0, frozen_s: video.totalFreezesDuration || 0,
+                   plis: video.pliCount || 0};
+}"""
+
 class MeetingPage:
     def __init__(self, browser: Browser, base_url: str, person: Person) -> None:
         self.person = person
@@ -114,8 +124,12 @@ class MeetingPage:
     def click_join(self) -> None:
         self.page.get_by_role("button", name="Join").click()
 
-    def join(self, code: str) -> None:
+    def join(self, code: str, publish: bool = True) -> None:
+        """Open, sign in and join; ``publish=False``: with the microphone and camera off."""
         self.open(code)
+        if not publish:
+            self.page.locator("#pre-mic").click()
+            self.page.locator("#pre-cam").click()
         self.type_name()
         self.click_join()
         expect(self.page.get_by_role("button", name="Leave")).to_be_visible()

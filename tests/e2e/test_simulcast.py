@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Playwright
 from appliance_server import Appliance
 
 from .conftest import chromium_with_camera
-from .meeting_page import PEOPLE, MeetingPage, poll
+from .meeting_page import INBOUND, PEOPLE, MeetingPage, poll
 
 pytestmark = pytest.mark.browser
 
@@ -27,15 +27,6 @@ OUTBOUND = """async () => {
       layers[s.rid] = {width: s.frameWidth || 0, frames: s.framesEncoded || 0};
   });
   return layers;
-}"""
-# The one remote video the page receives: its size and decoding counters.
-INBOUND = """async () => {
-  let video = null;
-  (await window.confmeet.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") video = s; });
-  return video && {width: video.frameWidth || 0, frames: video.framesDecoded || 0,
-                   keyframes: video.keyFramesDecoded || 0, dropped: video.framesDropped || 0,
-                   freezes: video.freezeCount || 0, frozen_s: video.totalFreezesDuration || 0,
-                   plis: video.pliCount || 0};
 }"""
 # The presenter's bandwidth estimate (bit/s), for a failure's message.
 ESTIMATE = """async () => {

@@ -144,18 +144,22 @@ async def test_video_waits_for_a_keyframe_then_flows_rewritten(pair: Any) -> Non
     assert aiortc_private.sender_counts(down.sender) == (3, 3 * len(VP8_KEY))
     assert stats.forwarded_packets["video"] == 3
 
-    # A retransmission (RTX) of packet 12 goes out as packet 12 did.
-    rtx = wrap_rtx(_packet(12, 15000, VP8_MORE), payload_type=97, sequence_number=500, ssrc=2222)
-    await up.on_rtp(rtx)
+    # A retransmission (RTX) of packet 14, lost on its way here, goes out as packet 14; one of
+    # packet 12, which came (a browser's padding while it probes its uplink), goes nowhere.
+    await up.on_rtp(wrap_rtx(_packet(14, 18000, VP8_MORE), payload_type=97, sequence_number=500, ssrc=2222))
     again = RtpPacket.parse(downstream.sent[-1], extensions)
-    assert (again.sequence_number, again.payload) == (out[1].sequence_number, VP8_MORE)
+    assert (again.sequence_number, again.payload) == ((out[-1].sequence_number + 1) % 65536, VP8_MORE)
+    for sequence_number, seq in ((501, 12), (502, 14)):
+        assert await up.on_rtp(wrap_rtx(_packet(seq, 15000, VP8_MORE), payload_type=97,
+                                        sequence_number=sequence_number, ssrc=2222))
+    assert len(downstream.sent) == 4 and up.duplicates == stats.duplicates_dropped == 2
 
     # The publisher restarts with a new SSRC: gated again, then numbering continues.
     await up.on_rtp(_packet(7000, 1, VP8_DELTA, ssrc=3333))
     assert down.gated and len(downstream.sent) == 4
     await up.on_rtp(_packet(7001, 3001, VP8_KEY, ssrc=3333))
     restarted = RtpPacket.parse(downstream.sent[-1], extensions)
-    assert restarted.sequence_number == (out[-1].sequence_number + 1) % 65536
+    assert restarted.sequence_number == (again.sequence_number + 1) % 65536
     assert 0 < (restarted.timestamp - out[-1].timestamp) % 2**32 < 90000
 
 
@@ -446,14 +450,15 @@ async def test_simulcast_layers_are_told_apart_by_rid_then_by_ssrc(simulcast_pai
     assert len(out) == 3 and [p.sequence_number - out[0].sequence_number for p in out] == [0, 1, 2]
     assert down.layer == 2
 
-    # A retransmission of the top layer, on its RTX stream named by the repaired-rid.
-    rtx = wrap_rtx(_layer_packet("f", 11, VP8_DELTA, with_rid=False), payload_type=97, sequence_number=1,
+    # A retransmission of the top layer, on its RTX stream named by the repaired-rid, of a packet
+    # lost on its way here.
+    rtx = wrap_rtx(_layer_packet("f", 13, VP8_DELTA, with_rid=False), payload_type=97, sequence_number=1,
                    ssrc=LAYER_RTX_SSRCS["f"])
     rtx.extensions.repaired_rtp_stream_id = "f"
     await up.on_rtp(rtx)
     assert up.layers[2].rtx_ssrc == LAYER_RTX_SSRCS["f"]
     again = RtpPacket.parse(downstream.sent[-1])
-    assert (again.sequence_number, again.payload) == (out[1].sequence_number, VP8_DELTA)
+    assert (again.sequence_number, again.payload) == ((out[-1].sequence_number + 1) % 65536, VP8_DELTA)
     assert aiortc_private.media_streams(up.receiver) == {}  # nothing received through aiortc here
     assert up.receiver._RTCRtpReceiver__rtx_ssrc == {LAYER_RTX_SSRCS["f"]: LAYER_SSRCS["f"]}  # type: ignore[attr-defined]
 
@@ -566,3 +571,94 @@ async def test_taps_get_the_highest_layer_sent_from_its_keyframe(simulcast_pair:
         if seq == 4:
             assert _plis(upstream) == [LAYER_SSRCS["f"]]  # the top layer appeared: its keyframe asked for
     assert tapped[2:] == [(LAYER_SSRCS["h"], 4), (LAYER_SSRCS["h"], 5), (LAYER_SSRCS["f"], 5)]
+
+
+def _allocating_peer(down: DownTrack, stats: SfuStats) -> Any:
+    """What Peer.allocate reads of a peer: its down tracks, allocator, round trip and room's stats."""
+    from appliance.sfu.allocation import DownlinkAllocator
+    from appliance.sfu.peer import Peer
+
+    peer = SimpleNamespace(downs={down.up.key: down}, allocator=DownlinkAllocator(), room=SimpleNamespace(stats=stats),
+                           rtt_s=0.05)
+    peer.downlink_estimate = lambda: Peer.downlink_estimate(peer)  # type: ignore[arg-type]
+    return peer
+
+
+async def test_a_subscriber_whose_downlink_is_narrow_gets_the_layer_that_fits(simulcast_pair: Any) -> None:
+    """The layers' bitrates, measured from what the publisher sends, and the subscriber's REMB
+    decide its layer: at 300 kbit/s the 150 kbit/s layer, its keyframe asked for; nothing is
+    held back before the first REMB."""
+    from appliance.sfu.peer import Peer
+
+    up, down, upstream, downstream, stats = simulcast_pair
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 99, VP8_DELTA))
+    down.start()
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 100, VP8_KEY))
+    t0 = time.monotonic()
+    up.measure(t0)
+    for rid, kbit in zip("qhf", (150, 500, 1200)):  # half a second of each layer
+        await up.on_rtp(_layer_packet(rid, 101, VP8_DELTA + bytes(kbit * 1000 // 16 - len(VP8_DELTA))))
+    rtx = wrap_rtx(_layer_packet("f", 100, VP8_KEY + bytes(50_000), with_rid=False), payload_type=97,
+                   sequence_number=1, ssrc=LAYER_RTX_SSRCS["f"])
+    rtx.extensions.repaired_rtp_stream_id = "f"
+    assert await up.on_rtp(rtx)  # a retransmission, or a browser's padding while it probes: not the layer's rate
+    up.measure(t0 + 0.5)
+    assert [round(layer.bitrate_bps) for layer in up.layers] == [150_000, 500_000, 1_200_000]
+    peer = _allocating_peer(down, stats)
+    Peer.allocate(peer, t0 + 0.5)
+    assert down.bandwidth_layer is None and down.target == 2  # no REMB yet: the estimate is unknown
+
+    await asyncio.sleep(0.01)
+    plis_before = len(_plis(upstream))
+    down.remb_received(300_000)
+    Peer.allocate(peer, t0 + 1.0)  # over the estimate: not yet moved (a dip is not a link)
+    assert down.target == 2
+    Peer.allocate(peer, t0 + 2.0)
+    assert (down.bandwidth_layer, down.target) == (0, 0)
+    await asyncio.sleep(0.01)
+    assert _plis(upstream)[plis_before:] == [LAYER_SSRCS["q"]]
+    assert (await Peer.describe_stats(SimpleNamespace(  # type: ignore[arg-type]
+        pc=SimpleNamespace(connectionState="connected"), ups={}, downs=peer.downs, quality=None,
+        allocator=peer.allocator, downlink_estimate=peer.downlink_estimate)))["subscribed"][0]["bandwidth_layer"] == 0
+
+
+async def test_probe_padding_is_the_latest_packet_again_over_rtx_stamped_with_the_time_it_is_sent(
+        pair: Any) -> None:
+    up, down, _, downstream, _ = pair
+    assert down.accept_negotiation()
+    down.start()
+    assert down.output.pad(aiortc_private.current_ntp_time()) == 0  # nothing sent yet
+    await up.on_rtp(_packet(1, 0, VP8_KEY + b"picture"))
+    assert down.output.pad(aiortc_private.current_ntp_time()) == 0  # no RTX negotiated with this subscriber
+    down.sender._RTCRtpSender__rtx_payload_type = 101  # as sender.send() sets it when RTX is negotiated
+    extensions = HeaderExtensionsMap()
+    extensions.configure(SimpleNamespace(headerExtensions=[MID, ABS_SEND_TIME]))  # type: ignore[arg-type]
+    down.sender._RTCRtpSender__rtp_header_extensions_map = extensions
+    original = RtpPacket.parse(downstream.sent[-1], extensions)
+    ntp_time = aiortc_private.current_ntp_time() + (5 << 32)  # five seconds on
+    sent = [down.output.pad(ntp_time) for _ in range(2)]
+    pads = [RtpPacket.parse(data, extensions) for data in downstream.sent[-2:]]
+    assert sent == [len(data) for data in downstream.sent[-2:]]
+    for pad in pads:
+        assert (pad.payload_type, pad.ssrc) == (101, down.sender._rtx_ssrc)
+        assert pad.payload == original.sequence_number.to_bytes(2, "big") + original.payload
+        assert pad.extensions.abs_send_time == (ntp_time >> 14) & 0xFFFFFF != original.extensions.abs_send_time
+        assert pad.extensions.mid == original.extensions.mid == "3"
+    assert (pads[1].sequence_number - pads[0].sequence_number) % 65536 == 1
+    assert down.output._history[original.sequence_number % aiortc_private.RTP_HISTORY_SIZE].extensions.abs_send_time == original.extensions.abs_send_time
+
+
+def test_the_downlinks_loss_weighs_each_tracks_report_by_the_packets_it_was_sent() -> None:
+    """An audio stream's few packets losing a quarter is not a link losing a quarter."""
+    from appliance.sfu.forwarder import Downlink
+    from appliance.sfu.peer import Peer
+
+    def down(loss: float, packets: int) -> Any:
+        return SimpleNamespace(remb_at=None, packets=packets, downlink=lambda: Downlink(loss, 0.0))
+
+    peer = SimpleNamespace(downs={"audio": down(0.25, 100), "video": down(0.0, 300)})
+    assert Peer.downlink_estimate(peer).loss == 0.0625  # type: ignore[arg-type]
+    peer = SimpleNamespace(downs={"audio": down(0.25, 0)})  # nothing sent yet: the report as it is
+    assert Peer.downlink_estimate(peer).loss == 0.25  # type: ignore[arg-type]
