@@ -31,6 +31,7 @@ import json
 import os
 import random
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -92,6 +93,7 @@ class ImpairedLink:
         self.relay: subprocess.Popen | None = None
         self._traffic_dir = tempfile.TemporaryDirectory(prefix="impair-")
         self.traffic_file = os.path.join(self._traffic_dir.name, "traffic.json")
+        self.control_file = os.path.join(self._traffic_dir.name, "impairment.json")  # see change
         try:
             self.relay = subprocess.Popen(
                 [sys.executable, __file__, str(self.namespace.path), self.host_device,
@@ -123,6 +125,16 @@ class ImpairedLink:
         except FileNotFoundError:  # nothing has crossed the link yet
             return {"down": Traffic(), "up": Traffic()}
         return {direction: Traffic(**counters[direction]) for direction in ("down", "up")}
+
+    def change(self, downlink: Impairment, uplink: Impairment | None = None) -> None:
+        """Impair the link otherwise from now on (``uplink``: as before unless given); packets
+        already queued leave as they were due."""
+        self.impairment = downlink
+        self.uplink = uplink if uplink is not None else self.uplink
+        with open(f"{self.control_file}.new", "w") as fh:
+            json.dump({"down": asdict(downlink), "up": asdict(self.uplink)}, fh)
+        os.replace(f"{self.control_file}.new", self.control_file)
+        self.relay.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.relay is not None and self.relay.poll() is None:
@@ -213,8 +225,16 @@ def relay_main(netns_path: str, host_device: str, downlink: Impairment, uplink: 
     pending: list[tuple[float, int, int, bytes]] = []
     order = itertools.count()
     written = 0.0
+    changed: list[bool] = []
+    signal.signal(signal.SIGHUP, lambda *_: changed.append(True))  # ImpairedLink.change
     print("ready", flush=True)
     while True:
+        if changed:
+            changed.clear()
+            with open(os.path.join(os.path.dirname(traffic_file), "impairment.json")) as fh:
+                new = json.load(fh)
+            for name, direction in named.items():
+                direction.impairment = Impairment(**new[name])
         timeout = min(TRAFFIC_EVERY, max(0.0, pending[0][0] - time.monotonic())) if pending else TRAFFIC_EVERY
         if time.monotonic() - written >= TRAFFIC_EVERY:
             _write_traffic(traffic_file, named)

@@ -128,6 +128,29 @@ def test_a_rate_cap_passes_that_rate_and_no_more() -> None:
     assert kbps == pytest.approx(2000, rel=0.08)
 
 
+def test_a_link_changed_while_it_runs_impairs_from_then_on() -> None:
+    """Half the datagrams lost, then (the link changed: a cap lifted, a loss gone) none."""
+    with ImpairedLink("cm-impair", Impairment(loss=0.5), uplink=Impairment()) as link, \
+            udp_server(echo=False) as (port, arrivals):
+        def send(count: int) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.connect((HOST_ADDRESS, port))
+                for _ in range(count):
+                    client.send(bytes(100))
+                    time.sleep(0.002)
+        link.change(Impairment(), uplink=Impairment(loss=0.5))  # the uplink is the host's way in
+        time.sleep(2 * TRAFFIC_EVERY)
+        link.run(lambda: send(1000))
+        time.sleep(0.3)
+        lossy = len(arrivals)
+        link.change(Impairment(), uplink=Impairment())
+        time.sleep(2 * TRAFFIC_EVERY)
+        link.run(lambda: send(1000))
+        time.sleep(0.3)
+        clean = len(arrivals) - lossy
+    assert 400 <= lossy <= 600 and clean == 1000, (lossy, clean)
+
+
 def test_an_impossible_impairment_is_refused() -> None:
     with pytest.raises(ValueError, match="jitter 20 ms must be between 0 and the delay 10 ms"):
         Impairment(delay_ms=10, jitter_ms=20)
