@@ -15,7 +15,9 @@ Chromiums (Playwright), each joining one meeting through the web client:
              relay: this kernel has no netem), camera and microphone off. Cases:
                cap    B's downlink capped at 300 kbit/s (200 ms queue), uplink clean;
                loss   5 % loss and 80 ms delay, each way;
-               clean  the same relay, no impairment (the control).
+               clean  the same relay, no impairment (the control);
+               lift   capped as in ``cap`` until the window starts, then nothing: how long B
+                      takes to reach the presenter's top layer.
 Every browser runs at nice 10 (on 2 cores a busy browser is read as congestion by the SFU's
 estimator); the relay at nice -10. After everyone has joined and ``--warmup`` seconds, each page's
 RTCPeerConnection (``window.confmeet.pc``, the web client's own debug handle) is read with
@@ -76,7 +78,10 @@ CASES: dict[str, tuple[str, Impairment, Impairment]] = {
     "loss": ("5 % loss + 80 ms delay each way", Impairment(delay_ms=80, loss=0.05),
              Impairment(delay_ms=80, loss=0.05)),
     "clean": ("no impairment, the control", Impairment(), Impairment()),
+    "lift": ("capped at 300 kbit/s, lifted as the window starts", Impairment(rate_kbps=300), Impairment()),
 }
+# Cases whose link changes to this (downlink and uplink) when the window starts.
+LIFTED = {"lift": Impairment()}
 BROWSER_NICE = 10
 # Opening the meeting, signing in and joining, each step: over 300 kbit/s, or beside other work on
 # 2 cores, the page loads slowly (Playwright's default is 30 s).
@@ -291,6 +296,7 @@ class Run:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     b_first_frame_s: float | None = None  # after B's join
+    b_top_layer_s: float | None = None  # from the window's start to B's first reading of the top layer
     error: str | None = None
 
 
@@ -336,10 +342,17 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
         time.sleep(max(0.0, joined + args.warmup - time.monotonic()))
 
         run.load_before = os.getloadavg()
+        if case in LIFTED:
+            link.change(LIFTED[case], uplink=LIFTED[case])
         samples = [read_sample(pages, app, metrics_token, link)]
+        top = max((s.get("frameWidth") or 0 for s in (samples[0].pages["presenter"] or {}).get("outbound", [])),
+                  default=0)
         for second in range(1, args.seconds + 1):
             time.sleep(max(0.0, samples[0].at + second - time.monotonic()))
             samples.append(read_sample(pages, app, metrics_token, link))
+            width = _largest((samples[-1].pages["b"] or {}).get("inbound", []), "packetsReceived").get("frameWidth")
+            if run.b_top_layer_s is None and top and width == top:
+                run.b_top_layer_s = samples[-1].at - samples[0].at
         run.load_after = os.getloadavg()
         run.figures = figures(samples)
         errors = [f"{role}: {e}" for role, page in pages.items() for e in page.errors]
@@ -449,6 +462,9 @@ def main() -> int:
     for table in tables(runs):
         console.print(table)
     for run in runs:
+        if run.case in LIFTED and run.figures:
+            after = "never in the window" if run.b_top_layer_s is None else f"{run.b_top_layer_s:.1f} s after"
+            console.print(f"{run.case} #{run.number}: B on the presenter's top layer {after} its cap was lifted")
         if run.error:
             console.print(f"{run.case} #{run.number}: {run.error}", style="red")
     return 1 if any(run.error for run in runs) else 0

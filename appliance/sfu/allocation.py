@@ -243,9 +243,10 @@ class DownlinkAllocator:
         self.probes += 1
 
     def _end_probe(self, now: float) -> None:
+        """A probe that succeeded: the next (for the next layer up) may start at once."""
         self._stop_probe()
         self._backoff = PROBE_BACKOFF_S
-        self._next_probe_at = now + PROBE_BACKOFF_S
+        self._next_probe_at = now
 
     def _queued(self, rtt_s: float | None, unknown: bool) -> bool:
         """Whether the round trip shows a queue on the way: well above its floor (``unknown``
