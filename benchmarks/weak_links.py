@@ -184,12 +184,12 @@ def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
 def presenter_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
     """The presenter's camera over the window: its top layer's frame rate and size, keyframes
     and bytes of every layer it sends (a simulcast camera sends up to three, by rid)."""
-    streams = [_largest(r["outbound"], "framesEncoded") for r in readings]
+    streams = [_largest(r["outbound"], "frameWidth") for r in readings]  # the top layer
     first, last = streams[0], streams[-1]
     seconds = (readings[-1]["timestamp"] - readings[0]["timestamp"]) / 1000
 
     def by_layer(reading: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {s.get("rid") or str(s["ssrc"]): s for s in reading["outbound"]}
+        return {s.get("rid") or str(s.get("ssrc", "")): s for s in reading["outbound"]}
 
     layers_first, layers_last = by_layer(readings[0]), by_layer(readings[-1])
     keyframes = {rid: _delta(layers_first.get(rid, {}), stream, "keyFramesEncoded")

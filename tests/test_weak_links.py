@@ -69,6 +69,22 @@ def test_the_presenters_keyframes_and_estimate_in_the_window() -> None:
     assert figures["quality_limited_share"] == pytest.approx(2 / 9)
 
 
+def test_a_simulcast_presenters_layers_are_summed_and_its_keyframes_shown_per_layer() -> None:
+    def layer(rid: str, s: int, width: int, keyframes: int) -> dict:
+        return {"rid": rid, "ssrc": hash(rid), "framesEncoded": 24 * s, "keyFramesEncoded": keyframes,
+                "frameWidth": width, "bytesSent": width * 100 * s, "pliCount": s // 4, "nackCount": 0}
+
+    readings = [{"timestamp": 1000.0 * s, "pairs": [],
+                 "outbound": [layer("q", s, 240, 1 + s // 4), layer("h", s, 480, 1 + s // 4),
+                              layer("f", s, 960, 1 + s // 8)]} for s in range(9)]
+    figures = presenter_figures(readings)
+    assert figures["layers"] == 3 and figures["keyframes_by_layer"] == {"f": 1, "h": 2, "q": 2}
+    assert figures["width"] == 960 and figures["fps_sent"] == pytest.approx(24)  # the top layer's
+    assert figures["keyframes"] == 2  # a keyframe request makes one on every layer: not the sum
+    assert figures["outgoing_kbps"] == pytest.approx(8 * (240 + 480 + 960) * 100 / 1000)
+    assert figures["plis_received"] == 3 * 2
+
+
 def test_the_sfus_counters_are_read_by_name_and_label_with_the_workers_summed() -> None:
     text = """# TYPE confmeet_sfu_forwarded_packets counter
 confmeet_sfu_forwarded_packets_total{kind="audio"} 10.0
