@@ -427,6 +427,15 @@ async def simulcast_pair() -> Any:
     await pc.close()
 
 
+async def _forwarding_from_a_keyframe(up: UpTrack, down: DownTrack) -> None:
+    """Every layer sending, the down track started, and a keyframe (sequence number 100) on each."""
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 99, VP8_DELTA))
+    down.start()
+    for rid in "qhf":
+        await up.on_rtp(_layer_packet(rid, 100, VP8_KEY))
+
+
 async def test_simulcast_layers_are_told_apart_by_rid_then_by_ssrc(simulcast_pair: Any) -> None:
     """Each layer's SSRC is learned from the rid of its first packets, its RTX stream's from the
     repaired-rid; later packets carry neither and still reach their layer. A down track forwards
@@ -472,11 +481,7 @@ async def test_simulcast_layers_are_told_apart_by_rid_then_by_ssrc(simulcast_pai
 async def test_a_layer_switch_waits_for_the_target_layers_keyframe_with_numbers_continuing(
         simulcast_pair: Any) -> None:
     up, down, upstream, downstream, stats = simulcast_pair
-    for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 99, VP8_DELTA))
-    down.start()
-    for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 100, VP8_KEY))
+    await _forwarding_from_a_keyframe(up, down)
     await asyncio.sleep(0.01)
     plis_before = len(_plis(upstream))
 
@@ -591,11 +596,7 @@ async def test_a_subscriber_whose_downlink_is_narrow_gets_the_layer_that_fits(si
     from appliance.sfu.peer import Peer
 
     up, down, upstream, downstream, stats = simulcast_pair
-    for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 99, VP8_DELTA))
-    down.start()
-    for rid in "qhf":
-        await up.on_rtp(_layer_packet(rid, 100, VP8_KEY))
+    await _forwarding_from_a_keyframe(up, down)
     t0 = time.monotonic()
     up.measure(t0)
     for rid, kbit in zip("qhf", (150, 500, 1200)):  # half a second of each layer
