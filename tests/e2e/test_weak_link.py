@@ -31,7 +31,7 @@ CAP_KBPS = 300
 WINDOW_S = 6.0
 
 
-def test_a_subscriber_on_a_300_kbit_link_gets_the_lowest_layer_at_full_frame_rate(
+def test_a_subscriber_on_a_300_kbit_link_gets_a_layer_that_fits_at_full_frame_rate(
         playwright: Playwright, tmp_path: Path) -> None:
     camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-", dir=tmp_path)) / "camera.y4m",
                        width=WIDTH, height=HEIGHT, fps=24)
@@ -56,7 +56,10 @@ def test_a_subscriber_on_a_300_kbit_link_gets_the_lowest_layer_at_full_frame_rat
         presenter.join(code)
         narrow.join(code, publish=False)
 
-        # The lowest layer (a quarter of the width) comes, and stays: frames at the camera's rate.
+        # The lowest layer (a quarter of the width) comes; then frames at the camera's rate, on
+        # whichever layer fits the link: while the presenter's upper layers still ramp up their
+        # bitrate, a probe may find one of them fits (seen in CI: the top layer at 19.8 fps, 2 of
+        # 496 packets dropped), which is right as long as the link carries it.
         poll(lambda: (v := narrow.page.evaluate(INBOUND)) and v["width"] == WIDTH // 4 and v["frames"] > 0,
              "the lowest layer decoded on the narrow link", timeout=30, interval=0.5)
         time.sleep(2)  # the switch's keyframe has gone through the link's queue
@@ -69,7 +72,6 @@ def test_a_subscriber_on_a_300_kbit_link_gets_the_lowest_layer_at_full_frame_rat
         dropped = ((traffic_after.lost_packets + traffic_after.overflow_packets)
                    - (traffic_before.lost_packets + traffic_before.overflow_packets))
         figures = f"{fps:.1f} fps, {frozen:.2f} s frozen, {dropped}/{offered} packets dropped by the link; {before} -> {after}"
-        assert after["width"] == WIDTH // 4, figures
         assert fps >= 15 and frozen < 0.5, figures
         # What the SFU sends fits the link: before allocation the link dropped 86-91 % of it.
         assert offered > 0 and dropped / offered < 0.1, figures
