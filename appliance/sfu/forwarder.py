@@ -178,8 +178,9 @@ class Layer:
     def was_received(self, seq: int) -> bool:
         return bool(self._received[seq >> 3] & (1 << (seq & 7)))
 
-    def forget_received(self) -> None:
-        """A new source (SSRC): its numbers start afresh."""
+    def set_media_ssrc(self, ssrc: int) -> None:
+        """The media stream's SSRC, learned or changed: a new source, whose numbers start afresh."""
+        self.media_ssrc = ssrc
         self._received = bytearray(SEQ_MOD // 8)
 
     def measure(self, now: float, sent: bool) -> None:
@@ -346,8 +347,7 @@ class UpTrack:
             layer = self._layer_by_rid.get(packet.extensions.rtp_stream_id)
             if layer is not None:
                 self._layer_by_ssrc.pop(layer.media_ssrc, None)  # type: ignore[arg-type]
-                layer.media_ssrc = packet.ssrc
-                layer.forget_received()
+                layer.set_media_ssrc(packet.ssrc)
                 if layer.rtx_ssrc is not None:
                     aiortc_private.map_rtx_stream(self.receiver, layer.rtx_ssrc, packet.ssrc)
         elif packet.payload_type in self.rtx_payload_types:
@@ -375,8 +375,7 @@ class UpTrack:
             if packet.ssrc != layer.media_ssrc:
                 if self.simulcast:  # an RTX SSRC carrying the media payload type
                     return True
-                layer.media_ssrc = packet.ssrc
-                layer.forget_received()
+                layer.set_media_ssrc(packet.ssrc)
             layer.media_bytes += len(packet.payload)
             layer.mark_received(packet.sequence_number)
         elif (packet.payload_type in self.rtx_payload_types and len(packet.payload) > 2
