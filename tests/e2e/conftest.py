@@ -50,10 +50,8 @@ def chromium_with_camera(playwright: Playwright, **size: int) -> Iterator[Browse
     # The file's path is the camera's name in the device list: keep it short.
     camera = write_y4m(Path(tempfile.mkdtemp(prefix="cam-")) / "camera.y4m", **size)
     try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"])
-        yield browser
-        browser.close()
+        with chromium_behind(playwright, [], camera.parent, camera) as browser:
+            yield browser
     finally:
         shutil.rmtree(camera.parent)
 
@@ -61,12 +59,14 @@ def chromium_with_camera(playwright: Playwright, **size: int) -> Iterator[Browse
 @contextmanager
 def chromium_behind(playwright: Playwright, prefix: list[str], scratch: Path, camera: Path,
                     origin: str | None = None) -> Iterator[Browser]:
-    """A Chromium run behind ``prefix`` (``nice``, a network namespace's command, ...), its fake
-    camera playing ``camera`` (a y4m file); ``origin``: a plain-http origin on an address other
-    than loopback, where getUserMedia would otherwise be refused."""
-    executable = Path(tempfile.mkdtemp(prefix="chromium-", dir=scratch)) / "chromium"
-    executable.write_text("#!/bin/sh\nexec " + " ".join(prefix) + f' {CHROMIUM} "$@"\n')
-    executable.chmod(0o755)
+    """A Chromium run behind ``prefix`` (``nice``, a network namespace's command, ...; none: as
+    it is), its fake camera playing ``camera`` (a y4m file); ``origin``: a plain-http origin on
+    an address other than loopback, where getUserMedia would otherwise be refused."""
+    executable = Path(CHROMIUM)
+    if prefix:
+        executable = Path(tempfile.mkdtemp(prefix="chromium-", dir=scratch)) / "chromium"
+        executable.write_text("#!/bin/sh\nexec " + " ".join(prefix) + f' {CHROMIUM} "$@"\n')
+        executable.chmod(0o755)
     browser = playwright.chromium.launch(executable_path=str(executable), args=[
         *CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
         *([f"--unsafely-treat-insecure-origin-as-secure={origin}"] if origin else [])])
