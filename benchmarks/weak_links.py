@@ -17,7 +17,9 @@ Chromiums (Playwright), each joining one meeting through the web client:
                loss   5 % loss and 80 ms delay, each way;
                clean  the same relay, no impairment (the control);
                lift   capped as in ``cap`` until the window starts, then nothing: how long B
-                      takes to reach the presenter's top layer.
+                      takes to reach the presenter's top layer;
+               busy   clean, and a process spinning on one core through the window: is the
+                      presenter's estimate cut when the machine is busy and the network is not?
 Every browser runs at nice 10 (on 2 cores a busy browser is read as congestion by the SFU's
 estimator); the relay at nice -10. After everyone has joined and ``--warmup`` seconds, each page's
 RTCPeerConnection (``window.confmeet.pc``, the web client's own debug handle) is read with
@@ -33,7 +35,8 @@ counters. Per run:
              link: what was sent);
   presenter  keyframes encoded in the window, frames per second sent, frame width, the
              encoder's quality limitation, the available outgoing bitrate (its estimate, from
-             the SFU's REMB), PLIs received;
+             the SFU's transport-cc feedback; REMB before) and its deepest cut (the largest
+             fall below the highest estimate before it in the window), PLIs received;
   SFU        video RTP packets forwarded per second (all subscribers), PLIs it sent to the
              presenter, NACKed packets and PLIs it received from subscribers, CPU of its workers.
 The 1-minute load average is printed beside each run: the machine is shared, figures from a
@@ -79,9 +82,13 @@ CASES: dict[str, tuple[str, Impairment, Impairment]] = {
              Impairment(delay_ms=80, loss=0.05)),
     "clean": ("no impairment, the control", Impairment(), Impairment()),
     "lift": ("capped at 300 kbit/s, lifted as the window starts", Impairment(rate_kbps=300), Impairment()),
+    "busy": ("clean, a CPU hog on one core from the window's start", Impairment(), Impairment()),
 }
 # Cases whose link changes to this (downlink and uplink) when the window starts.
 LIFTED = {"lift": Impairment()}
+# Cases with a process spinning on one core through the window (at nice 0, like the appliance).
+HOGGED = {"busy"}
+HOG = [sys.executable, "-c", "while True: pass"]
 BROWSER_NICE = 10
 # Opening the meeting, signing in and joining, each step: over 300 kbit/s, or beside other work on
 # 2 cores, the page loads slowly (Playwright's default is 30 s).
@@ -211,10 +218,22 @@ def presenter_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
                                  for rid, stream in layers_last.items()) / seconds / 1000,
         "estimate_kbps": statistics.median(estimates) / 1000 if estimates else None,
         "estimate_min_kbps": min(estimates) / 1000 if estimates else None,
+        "estimate_cut": estimate_cut(estimates),
         "plis_received": sum(_delta(layers_first.get(rid, {}), stream, "pliCount")
                              for rid, stream in layers_last.items()),
         "nacks_received": _delta(first, last, "nackCount"),
     }
+
+
+def estimate_cut(estimates: list[float]) -> float | None:
+    """The deepest fall of an estimate below its highest value before, as a share of that value."""
+    if not estimates:
+        return None
+    highest, cut = estimates[0], 0.0
+    for estimate in estimates:
+        highest = max(highest, estimate)
+        cut = max(cut, 1 - estimate / highest)
+    return cut
 
 
 def sfu_figures(first: Sample, last: Sample) -> dict[str, Any]:
@@ -344,6 +363,10 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
         run.load_before = os.getloadavg()
         if case in LIFTED:
             link.change(LIFTED[case], uplink=LIFTED[case])
+        if case in HOGGED:
+            hog = subprocess.Popen(HOG)
+            stack.callback(hog.wait)
+            stack.callback(hog.kill)
         samples = [read_sample(pages, app, metrics_token, link)]
         top = max((s.get("frameWidth") or 0 for s in (samples[0].pages["presenter"] or {}).get("outbound", [])),
                   default=0)
@@ -391,7 +414,7 @@ def tables(runs: list[Run]) -> list[Table]:
         subscribers.add_column(column, justify="left" if column in ("B's link", "B width", "A width") else "right")
     sender = Table(title="Presenter and SFU over the window")
     for column in ("B's link", "run", "keyframes", "fps sent", "width", "limited by", "sent kbit/s",
-                   "estimate kbit/s (min)", "PLIs in", "SFU video pkt/s", "SFU PLIs out", "SFU NACKed in",
+                   "estimate kbit/s (min, deepest cut)", "PLIs in", "SFU video pkt/s", "SFU PLIs out", "SFU NACKed in",
                    "layer switches", "probes, padding kbit/s", "SFU CPU", "load 1 min"):
         sender.add_column(column, justify="left" if column in ("B's link", "width", "limited by") else "right")
     for run in runs:
@@ -409,7 +432,8 @@ def tables(runs: list[Run]) -> list[Table]:
             f"{a['transport_pps']:.0f}, {a['transport_kbps']:.0f}")
         sender.add_row(
             label, str(run.number), _keyframes(p), _n(p["fps_sent"], 1), _px(p), str(p["quality_limitation"]),
-            _n(p["outgoing_kbps"]), f"{_n(p['estimate_kbps'])} ({_n(p['estimate_min_kbps'])})",
+            _n(p["outgoing_kbps"]),
+            f"{_n(p['estimate_kbps'])} ({_n(p['estimate_min_kbps'])}, {_n(100 * (p['estimate_cut'] or 0))} %)",
             _n(p["plis_received"]), _n(sfu["video_forwarded_pps"]), _n(sfu["plis_to_publishers"]),
             _n(sfu["nacked_packets_received"]), _n(sfu.get("layer_switches")),
             f"{_n(sfu.get('probes'))}, {_n(sfu.get('padding_kbps'))}", _n(100 * sfu["cpu_share"], 0, " %"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from weak_links import parse_metrics, presenter_figures, receiver_figures  # noqa: E402
+from weak_links import estimate_cut, parse_metrics, presenter_figures, receiver_figures  # noqa: E402
 
 
 def reading(second: int, frames: int, **video: float) -> dict:
@@ -65,8 +65,14 @@ def test_the_presenters_keyframes_and_estimate_in_the_window() -> None:
     assert figures["fps_sent"] == pytest.approx(24)
     assert figures["outgoing_kbps"] == pytest.approx(800)
     assert (figures["estimate_kbps"], figures["estimate_min_kbps"]) == (1400, 1000)
+    assert figures["estimate_cut"] == 0  # it only climbed
     assert figures["quality_limitation"] == "none"
     assert figures["quality_limited_share"] == pytest.approx(2 / 9)
+
+
+def test_an_estimates_deepest_cut_is_measured_from_the_highest_before_it() -> None:
+    assert estimate_cut([1000, 2000, 1500, 3000, 2400, 2700]) == pytest.approx(0.25)
+    assert estimate_cut([1000, 900]) == pytest.approx(0.1) and estimate_cut([]) is None
 
 
 def test_a_simulcast_presenters_layers_are_summed_and_its_keyframes_shown_per_layer() -> None:

@@ -53,6 +53,8 @@ from aiortc.rtp import (
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 
+from . import twcc
+
 # Takes a packet; False when the packet's stream is not known yet (see tap_receiver).
 RtpHandler = Callable[[RtpPacket], Awaitable[bool]]
 
@@ -60,7 +62,8 @@ RtpHandler = Callable[[RtpPacket], Awaitable[bool]]
 # ---------------------------------------------------------------- receivers (upstream)
 def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
     """Hand every RTP packet the receiver gets to ``on_rtp``, then do what a forwarder needs of
-    aiortc's own handling: the bandwidth estimate (REMB to the publisher), each stream's
+    aiortc's own handling: what the publisher estimates its uplink from (transport-cc feedback,
+    see ``transport_feedback``; aiortc's REMB for a client without transport-cc), each stream's
     statistics (receiver reports) and NACKs for the publisher's lost packets, one NACK generator
     per SSRC (a simulcast receiver gets a stream per layer, whose interleaved sequence numbers one
     generator would read as endless loss). Nothing is depayloaded, reassembled or decoded: aiortc
@@ -78,14 +81,24 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
     estimator = state["_RTCRtpReceiver__remote_bitrate_estimator"]
     nacks = PerSsrc(NackGenerator) if state["_RTCRtpReceiver__nack_generator"] is not None else None
     receive = receiver.receive
+    route_by_mid(receiver.transport)
+    feedback = transport_feedback(receiver.transport)
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        arrived = arrival_us(receiver.transport, arrival_time_ms)
+        rtcp_ssrc = state["_RTCRtpReceiver__rtcp_ssrc"]
+        transport_cc = packet.extensions.transport_sequence_number is not None
+        # The publisher estimates its uplink from transport-cc feedback (recorded as the
+        # transport parsed the packet), or from REMB where it has no transport-cc.
+        if transport_cc and arrived - feedback.last_report_us >= twcc.INTERVAL_US and rtcp_ssrc is not None:
+            report = feedback.report(rtcp_ssrc, packet.ssrc, arrived)
+            if report is not None:
+                await receiver._send_rtcp(report)  # type: ignore[arg-type]
         if not receiver._enabled or not await on_rtp(packet):
             return
-        if estimator is not None and packet.extensions.abs_send_time is not None:
-            remb = estimator.add(abs_send_time=packet.extensions.abs_send_time, arrival_time_ms=arrival_time_ms,
+        if not transport_cc and estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(abs_send_time=packet.extensions.abs_send_time, arrival_time_ms=arrived // 1000,
                                  payload_size=len(packet.payload) + packet.padding_size, ssrc=packet.ssrc)
-            rtcp_ssrc = state["_RTCRtpReceiver__rtcp_ssrc"]
             if remb is not None and rtcp_ssrc is not None:
                 await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
                                                          fci=pack_remb_fci(*remb)))
@@ -112,7 +125,49 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: RtpHandler) -> None:
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
     receiver.receive = receive_without_decoder  # type: ignore[method-assign]
-    route_by_mid(receiver.transport)
+
+
+def transport_feedback(transport: RTCDtlsTransport) -> twcc.FeedbackRecorder:
+    """The transport-cc recorder of one transport (the receivers of a BUNDLE group share it: the
+    sequence numbers are transport-wide), recording every RTP packet that carries a transport
+    sequence number as the transport parses it, before routing: a browser's probe padding, too,
+    whether a receiver takes it or not (unreported, it would read as lost).
+
+    The arrival time is the kernel's: the ICE transport is made to remember the receive stamp
+    of the datagram it handed out last (``ice.py`` stamps them; NTP-epoch µs, aiortc's clock),
+    which is the one being parsed (aiortc handles a datagram before it reads the next). aiortc
+    itself stamps it with the time its event loop got to it, late by however busy the loop was;
+    that clock is the fallback, for a datagram without a stamp (a TURN relay's)."""
+    recorder = getattr(transport, "transport_feedback", None)
+    if recorder is not None:
+        return recorder
+    ice = transport.transport
+    recv = ice._recv
+    router = transport._rtp_router
+    route_rtp = router.route_rtp
+
+    async def recv_with_arrival() -> bytes:
+        data = await recv()
+        ice.last_arrival_us = getattr(data, "arrival_us", None)
+        return data
+
+    def record(packet: RtpPacket) -> Any:
+        sequence = packet.extensions.transport_sequence_number
+        if sequence is not None:
+            recorder.add(sequence, arrival_us(transport, clock.current_ms()))
+        return route_rtp(packet)
+
+    ice.last_arrival_us = None
+    ice._recv = recv_with_arrival
+    router.route_rtp = record
+    transport.transport_feedback = recorder = twcc.FeedbackRecorder()
+    return recorder
+
+
+def arrival_us(transport: RTCDtlsTransport, fallback_ms: int) -> int:
+    """When the packet the transport is handling arrived (see ``transport_feedback``), or
+    ``fallback_ms`` (aiortc's clock) when its datagram has no stamp."""
+    return transport.transport.last_arrival_us or fallback_ms * 1000
 
 
 class PerSsrc:

@@ -9,10 +9,14 @@ NAT announced instead of the private one, and (for tests) loopback candidates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import ipaddress
 import logging
 import socket
+import struct
+import sys
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -37,6 +41,11 @@ from . import aiortc_private
 log = logging.getLogger("confmeet.sfu")
 
 LOOPBACK = "127.0.0.1"
+# Linux's number, which Python's socket module does not name.
+SIOCGSTAMPNS = 0x8907
+TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+NO_TIME = bytes(TIMESPEC.size)
+NTP_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ class CandidateGatherer:
         if sock is None:
             return None
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(lambda: StunProtocol(connection), sock=sock)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: stamp_arrivals(sock, StunProtocol(connection)), sock=sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
         host, bound_port = transport.get_extra_info("sockname")[:2]
         protocol.local_candidate = Candidate(
@@ -225,6 +235,43 @@ class CandidateGatherer:
             if candidates:
                 media.host = candidates[0].ip
         return str(description)
+
+
+class Datagram(bytes):
+    """A datagram, with when the kernel received it: ``arrival_us``, µs since the NTP epoch
+    (aiortc's clock)."""
+
+    arrival_us: int | None = None
+
+
+def stamp_arrivals(sock: socket.socket, protocol: StunProtocol) -> StunProtocol:
+    """Hand ``protocol`` each datagram as a Datagram with the time the kernel received it.
+
+    ``SIOCGSTAMPNS`` reads the time the kernel stamped on the socket's latest datagram (the first
+    call turns stamping on), which is the one being handed over: both asyncio's and uvloop's
+    datagram transports call ``datagram_received`` right after receiving each datagram. (Not
+    ``SO_TIMESTAMPNS``: with it the kernel puts the stamp in a control message that neither
+    transport reads, and no longer keeps it for the ioctl.)
+    One system call per received packet (the SFU sends far more than it receives); the
+    transports, and their sending in C under uvloop, stay as they are."""
+    if not sys.platform.startswith("linux"):
+        return protocol
+    fd, received = sock.fileno(), protocol.datagram_received
+    with contextlib.suppress(OSError):  # the first call turns stamping on (and has no stamp yet)
+        fcntl.ioctl(fd, SIOCGSTAMPNS, NO_TIME)
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        try:
+            seconds, nanoseconds = TIMESPEC.unpack(fcntl.ioctl(fd, SIOCGSTAMPNS, NO_TIME))
+        except OSError:
+            received(data, addr)
+            return
+        datagram = Datagram(data)
+        datagram.arrival_us = (seconds + NTP_OFFSET_S) * 1_000_000 + nanoseconds // 1000
+        received(datagram, addr)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    return protocol
 
 
 def is_mdns_candidate(candidate: str) -> bool:

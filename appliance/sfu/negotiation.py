@@ -22,6 +22,10 @@ what passthrough forwarding needs.
   repaired-rtp-stream-id header extensions, and every later description the SFU writes keeps
   them (a re-offer without them would turn the browser's simulcast off). aiortc knows neither
   attribute and negotiates only the extensions it knows, so both are added around it.
+* Transport-wide congestion control (``twcc.py``) wherever the browser offers it: the
+  extension and the ``transport-cc`` feedback are answered and kept, so the browser estimates its
+  uplink from the SFU's feedback rather than from aiortc's REMB (slow to ramp up, and fooled by a
+  busy event loop).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
+    RTCRtcpFeedback,
 )
 
 from . import aiortc_private
+from .twcc import TRANSPORT_CC_URI
 from .errors import SfuError
 
 FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
@@ -53,6 +59,7 @@ REMOTE_SETUP = {"client": "passive", "server": "active"}
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 SIMULCAST_EXTENSIONS = (RID_URI, REPAIRED_RID_URI)
+TRANSPORT_CC = RTCRtcpFeedback(type="transport-cc")
 
 
 def _is_forwardable(kind: str, codec: RTCRtpCodecParameters) -> bool:
@@ -266,12 +273,14 @@ class SfuPeerConnection(RTCPeerConnection):
         await super().setRemoteDescription(sessionDescription)
         if sessionDescription.type == "offer":
             self._choose_upstream_codecs()
-        self._receive_simulcast(sessionDescription.sdp)
+        self._keep_remote_extensions(sessionDescription.sdp)
 
-    def _receive_simulcast(self, sdp: str) -> None:
-        """Take the rid header extensions of every simulcast m-line (aiortc negotiates only the
-        extensions it knows, again on every remote description), so that the SFU's descriptions
-        keep them, and have the transport parse them now: aiortc may start the m-line's receiver
+    def _keep_remote_extensions(self, sdp: str) -> None:
+        """Take what aiortc does not know from the remote description: the rid header extensions
+        of every simulcast m-line, and transport-cc (the extension, and the feedback on each codec
+        the remote side asks it for). aiortc negotiates only the extensions and feedback it knows,
+        again on every remote description; put back here, the SFU's descriptions keep them. The
+        transport is made to parse the extensions now: aiortc may start the m-line's receiver
         while a description is being set, after it dropped them and before they are put back
         here (its connection task runs while setRemoteDescription waits on the remote
         candidates), and the transport reads only what its receivers started with."""
@@ -279,13 +288,22 @@ class SfuPeerConnection(RTCPeerConnection):
         remote = {media.rtp.muxId: media for media in aiortc_sdp.SessionDescription.parse(sdp).media}
         for transceiver in self.getTransceivers():
             media = remote.get(transceiver.mid)
-            if transceiver.mid not in self.simulcast or media is None:
+            if media is None:
+                continue
+            kept = {TRANSPORT_CC_URI, *(SIMULCAST_EXTENSIONS if transceiver.mid in self.simulcast else ())}
+            wanted = [e for e in media.rtp.headerExtensions if e.uri in kept]
+            if not wanted:
                 continue
             extensions = aiortc_private.header_extensions(transceiver)
             known = {e.uri for e in extensions}
-            rids = [e for e in media.rtp.headerExtensions if e.uri in SIMULCAST_EXTENSIONS]
-            aiortc_private.set_header_extensions(transceiver, [*extensions, *(e for e in rids if e.uri not in known)])
-            aiortc_private.parse_header_extensions(transceiver, rids)
+            aiortc_private.set_header_extensions(transceiver, [*extensions, *(e for e in wanted if e.uri not in known)])
+            aiortc_private.parse_header_extensions(transceiver, wanted)
+            if any(e.uri == TRANSPORT_CC_URI for e in wanted):
+                asked = {c.payloadType for c in media.rtp.codecs if TRANSPORT_CC in c.rtcpFeedback}
+                aiortc_private.set_codecs(transceiver, [
+                    dataclasses.replace(c, rtcpFeedback=[*c.rtcpFeedback, TRANSPORT_CC])
+                    if c.payloadType in asked and TRANSPORT_CC not in c.rtcpFeedback else c
+                    for c in aiortc_private.codecs(transceiver)])
 
     def _choose_upstream_codecs(self) -> None:
         for transceiver in self.getTransceivers():

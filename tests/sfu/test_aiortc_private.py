@@ -221,6 +221,51 @@ async def test_a_tapped_receiver_tells_the_publisher_its_bandwidth_and_builds_no
         await receiver.stop()
 
 
+async def test_a_publisher_with_transport_cc_gets_feedback_with_the_kernels_arrival_times_and_no_remb() -> None:
+    """Packets with a transport sequence number are recorded as the transport routes them (a
+    packet no receiver takes, like a browser's probe padding, too) at the arrival time of their
+    datagram, not at the time the event loop handles them; the publisher gets transport-cc
+    feedback every 50 ms, and no REMB, which would cap its own estimate."""
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket
+
+    from appliance.sfu import twcc
+
+    async def on_rtp(packet: Any) -> bool:
+        return True
+
+    receiver, sent = await _tapped_video_receiver(on_rtp)
+    transport = receiver.transport
+    router = transport._rtp_router
+    router.register_receiver(receiver, ssrcs=[1111], payload_types=[96, 97])
+    ice = transport.transport
+    start_us = 3_900_000_000 * 1_000_000
+    try:
+        for i in range(100):  # 1 s: 100 packets 10 ms apart, handled all at once by a busy loop
+            if i == 50:
+                continue  # lost on the way
+            packet = RtpPacket(payload_type=96, sequence_number=i, timestamp=900 * i, ssrc=1111 if i != 70 else 4242,
+                               payload=bytes(1000))  # SSRC 4242: no receiver takes it
+            packet.extensions.transport_sequence_number = 65500 + i & 0xFFFF
+            packet.extensions.abs_send_time = int(i * 0.01 * (1 << 18)) & 0xFFFFFF
+            ice.last_arrival_us = start_us + 10_000 * i  # as ice.py's stamped datagram gives it
+            routed = router.route_rtp(packet)
+            if routed is not None:
+                await routed._handle_rtp_packet(packet, arrival_time_ms=0)
+        reports = [twcc.parse(bytes(p)) for p in sent if isinstance(p, twcc.Feedback)]
+        assert len(reports) == 20  # the first packet, then every 5th (50 ms)
+        arrivals: dict[int, int | None] = {}
+        for report in reports:
+            for n, at in enumerate(report.arrivals):
+                arrivals[(report.base_sequence + n) & 0xFFFF] = at
+        assert arrivals[(65500 + 50) & 0xFFFF] is None and arrivals[(65500 + 70) & 0xFFFF] is not None
+        received = [arrivals[(65500 + i) & 0xFFFF] for i in range(96) if i != 50]
+        gaps = {b - a for a, b in zip(received, received[1:])}
+        assert gaps <= {10_000, 20_000}, gaps  # the kernel's 10 ms, and 20 ms across the lost one
+        assert not [p for p in sent if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP]
+    finally:
+        await receiver.stop()
+
+
 def test_unknown_ssrcs_are_routed_by_mid_before_payload_type() -> None:
     """Two video m-lines of one browser share payload types: a simulcast layer's SSRC, in no
     description, reaches its receiver by the MID extension and is remembered."""

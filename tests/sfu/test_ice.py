@@ -120,3 +120,57 @@ def test_busy_ports_are_skipped_and_never_handed_out_twice() -> None:
             for s in reserved:
                 if s is not None:
                     s.close()
+
+
+@pytest.mark.parametrize("event_loop_kind", ["asyncio", "uvloop"])
+def test_datagrams_carry_the_kernels_arrival_time_however_late_the_loop_reads_them(event_loop_kind: str) -> None:
+    """Three datagrams 50 ms apart arrive while the event loop is busy for 300 ms: read late, and
+    together, each still carries the time it arrived (what transport-cc feedback reports). Both
+    event loops the SFU runs on."""
+    import asyncio
+    import socket
+    import time
+
+    from aioice.ice import StunProtocol
+
+    from appliance.sfu.ice import NTP_OFFSET_S, stamp_arrivals
+
+    received: list[tuple[bytes, int | None, float]] = []
+
+    class Recorder(StunProtocol):
+        def __init__(self) -> None:  # no ICE connection behind it
+            self.receiver = None
+
+        def datagram_received(self, data: bytes | str, addr: tuple) -> None:
+            received.append((bytes(data), getattr(data, "arrival_us", None), time.time()))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass
+
+    async def main() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: stamp_arrivals(sock, Recorder()), sock=sock)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sent = []
+                for n in range(3):
+                    sent.append(time.time())
+                    sender.sendto(b"%d" % n, sock.getsockname())
+                    time.sleep(0.05)  # the loop is blocked all along
+                time.sleep(0.2)
+                while len(received) < 3:
+                    await asyncio.sleep(0.01)
+        finally:
+            transport.close()
+        for (data, arrival_us, handled), at in zip(received, sent):
+            assert arrival_us is not None, data
+            arrived = arrival_us / 1e6 - NTP_OFFSET_S
+            assert at <= arrived < at + 0.01 and handled - arrived > 0.1, (data, at, arrived, handled)
+
+    if event_loop_kind == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

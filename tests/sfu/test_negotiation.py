@@ -37,6 +37,13 @@ def _extensions(media: aiortc_sdp.MediaDescription) -> dict[str, int]:
     return {e.uri.rsplit(":", 1)[-1].rsplit("/", 1)[-1]: e.id for e in media.rtp.headerExtensions}
 
 
+TWCC = "draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+def _feedback(codec: RTCRtpCodecParameters) -> list[str]:
+    return [f.type for f in codec.rtcpFeedback]
+
+
 async def test_answer_takes_one_forwardable_codec_per_published_track() -> None:
     pc = SfuPeerConnection(IceSettings().rtc_configuration())
     try:
@@ -266,8 +273,11 @@ async def test_a_chromium_simulcast_offer_is_answered_with_its_layers_and_rid_ex
         audio, video = aiortc_sdp.SessionDescription.parse(answer).media
         assert _codecs(video) == {"video/VP8": 96, "video/rtx/96": 97}
         assert _extensions(video) == {"mid": 4, "abs-send-time": 2, "rtp-stream-id": 10,
-                                      "repaired-rtp-stream-id": 11}
-        assert "rtp-stream-id" not in _extensions(audio)
+                                      "repaired-rtp-stream-id": 11, TWCC: 3}
+        assert "rtp-stream-id" not in _extensions(audio) and _extensions(audio)[TWCC] == 3
+        # Transport-cc feedback on the codecs the browser sends (not on RTX: it did not ask).
+        assert [(c.mimeType, "transport-cc" in _feedback(c)) for c in [*audio.rtp.codecs, *video.rtp.codecs]] == [
+            ("audio/opus", True), ("video/VP8", True), ("video/rtx", False)]
         assert pc.simulcast == {"1": ["q", "h", "f"]}
 
         transceiver = pc.addTransceiver(ForwardedTrack("video", "remote"), direction="sendonly")
@@ -278,6 +288,7 @@ async def test_a_chromium_simulcast_offer_is_answered_with_its_layers_and_rid_ex
             assert _simulcast_lines(offer) == {"1": RECEIVE_QHF}
             media = aiortc_sdp.SessionDescription.parse(offer).media
             assert _extensions(media[1])["rtp-stream-id"] == 10 and "rtp-stream-id" not in _extensions(media[2])
+            assert _extensions(media[1])[TWCC] == 3 and "transport-cc" in _feedback(media[1].rtp.codecs[0])
             answer = _answer_like_firefox(offer, ["active"] * 3).replace(" recv", " send").replace(":recv", ":send")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             assert pc.simulcast == {"1": ["q", "h", "f"]}
