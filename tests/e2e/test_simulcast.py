@@ -81,8 +81,8 @@ def test_a_subscriber_gets_the_full_layer_then_the_low_one_without_a_break(
                         for t in p["published"] if t["kind"] == "video")
 
         # The subscriber receives the whole picture.
-        full = poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH and v["frames"] > 0 and v,
-                    "the full layer decoded", timeout=20)
+        poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH and v["frames"] > 0 and v,
+             "the full layer decoded", timeout=20)
 
         # Asked for the lowest layer: it comes, at a keyframe, and frames go on without a freeze
         # or a decoding error (the decoder would ask for a keyframe: a PLI).
