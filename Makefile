@@ -54,7 +54,7 @@ test-setup: $(BIN)/python system-packages
 	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix $(FIREFOX_DRIVER) --silent
 
 test: test-setup
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/api_bench.py
