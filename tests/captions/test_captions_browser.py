@@ -343,22 +343,49 @@ def test_mandarin_captions_in_the_page(local_appliance: Appliance, playwright: P
         browser.close()
 
 
+def read_in_order(captions: list[dict], sentences: list[str], passes: int) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """The captions matched to the sentences read in a loop: from the sentence the first caption
+    is closest to, each sentence in turn takes the next caption that is its words (WER ≤ 0.5) or
+    a gap marker; a caption that is neither is an insertion (a busy machine once made "1" of a
+    breath between two sentences), which is kept apart rather than shifting every match after it.
+    Returns ((sentence, caption) for up to ``passes`` times the sentences, the insertions)."""
+    texts = [m for m in captions if not m.get("gap")]
+    if not texts:
+        return [], []
+    start = min(range(len(sentences)), key=lambda i: word_error_rate(sentences[i], texts[0]["text"]))
+    matched: list[tuple[str, dict]] = []
+    inserted: list[dict] = []
+    for caption in captions:
+        if len(matched) == passes * len(sentences):
+            break
+        sentence = sentences[(start + len(matched)) % len(sentences)]
+        if caption.get("gap") or word_error_rate(sentence, caption["text"]) <= 0.5:
+            matched.append((sentence, caption))
+        else:
+            inserted.append(caption)
+    return matched, inserted
+
+
 def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, playwright: Playwright,
                                                  tmp_path: Path) -> None:
     """A process keeps one of the two cores busy while Grace reads eight sentences nobody tuned
-    the captions on, twice over: the words come out within 8 % WER over the run (~170 words: over
-    one pass, one misheard word moves the rate by 1.2 points), and anything not transcribed is
-    marked."""
+    the captions on, twice over: every sentence comes out as its words or as a marked gap, and the
+    words (insertions included) are within 8 % WER over the run (~170 words: over one pass, one
+    misheard word moves the rate by 1.2 points)."""
     wav = speak(HELD_OUT, tmp_path / "held-out.wav", pause_ms=1200)
     hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+
+    def after_the_first() -> list[dict]:  # the first caption may be a sentence cut by the start
+        return [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:]
+
     try:
         browser = launch(playwright, wav)
         api, meeting, ada, grace = captioned_meeting(local_appliance, browser, "Busy machine")
         try:
             loop = wave.open(str(wav)).getnframes() / wave.open(str(wav)).getframerate()
-            poll(lambda: len(finals(ada)) >= 2 * len(HELD_OUT) + 2, "two passes of the sentences",
-                 timeout=loop * 3 + 30, interval=0.5)
-            said = [m for m in heard(ada) if m["final"] and (m["text"] or m.get("gap"))][1:2 * len(HELD_OUT) + 1]
+            poll(lambda: len(read_in_order(after_the_first(), HELD_OUT, 2)[0]) == 2 * len(HELD_OUT),
+                 "two passes of the sentences", timeout=loop * 3 + 30, interval=0.5)
+            matched, inserted = read_in_order(after_the_first(), HELD_OUT, 2)
         finally:
             ada.close()
             grace.close()
@@ -367,13 +394,13 @@ def test_a_busy_machine_loses_no_speech_silently(local_appliance: Appliance, pla
     finally:
         hog.kill()
         hog.wait()
-    texts = [m["text"] for m in said if not m.get("gap")]
-    start = min(range(len(HELD_OUT)), key=lambda i: word_error_rate(HELD_OUT[i], texts[0]))
-    script = [HELD_OUT[(start + i) % len(HELD_OUT)] for i in range(len(said))]
-    for sentence, caption in zip(script, said):  # each sentence: its words, or a gap marker
-        assert caption.get("gap") or word_error_rate(sentence, caption["text"]) <= 0.5, (sentence, caption)
-    rate = word_error_rate(" ".join(script), " ".join(texts))
-    print(f"WER under a one-core CPU hog: {rate:.3f} over {len(texts)} captions, {sum(1 for m in said if m.get('gap'))} gaps")
-    for sentence, caption in zip(script, said):
+    script = " ".join(sentence for sentence, _ in matched)
+    words = " ".join(m["text"] for m in [*(c for _, c in matched), *inserted] if not m.get("gap"))
+    rate = word_error_rate(script, words)
+    gaps = sum(1 for _, m in matched if m.get("gap"))
+    print(f"WER under a one-core CPU hog: {rate:.3f} over {len(matched)} sentences, {gaps} gaps, "
+          f"insertions {[m['text'] for m in inserted]}")
+    for sentence, caption in matched:
         print(f"  {sentence!r}\n  -> {caption.get('text')!r}{' (gap)' if caption.get('gap') else ''}")
+    assert len(inserted) <= 1, inserted
     assert rate <= 0.08, "the captions above are more than 8 % off the script"
