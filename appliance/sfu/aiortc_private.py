@@ -154,7 +154,7 @@ def transport_feedback(transport: RTCDtlsTransport) -> twcc.FeedbackRecorder:
     def record(packet: RtpPacket) -> Any:
         sequence = packet.extensions.transport_sequence_number
         if sequence is not None:
-            recorder.add(sequence, arrival_us(transport, clock.current_ms()))
+            recorder.add(sequence, arrival_us(transport))
         return route_rtp(packet)
 
     ice.last_arrival_us = None
@@ -164,10 +164,14 @@ def transport_feedback(transport: RTCDtlsTransport) -> twcc.FeedbackRecorder:
     return recorder
 
 
-def arrival_us(transport: RTCDtlsTransport, fallback_ms: int) -> int:
-    """When the packet the transport is handling arrived (see ``transport_feedback``), or
-    ``fallback_ms`` (aiortc's clock) when its datagram has no stamp."""
-    return transport.transport.last_arrival_us or fallback_ms * 1000
+def arrival_us(transport: RTCDtlsTransport, fallback_ms: int | None = None) -> int:
+    """When the packet the transport is handling arrived (see ``transport_feedback``); when its
+    datagram has no stamp, ``fallback_ms`` or else aiortc's clock now (read only then: it is not
+    free, and this runs for every packet)."""
+    stamp = transport.transport.last_arrival_us
+    if stamp:
+        return stamp
+    return (clock.current_ms() if fallback_ms is None else fallback_ms) * 1000
 
 
 class PerSsrc:

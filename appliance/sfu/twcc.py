@@ -3,7 +3,7 @@
 A browser that negotiates transport-cc numbers every packet it sends on a transport with one
 sequence and estimates its own uplink from what the receiver reports: which of those packets
 arrived, and when. The SFU is that receiver for every publisher. It reports arrival times the
-kernel stamped (``SO_TIMESTAMPNS``, see ``ice.py``), so a busy event loop that reaches a packet
+kernel stamped (``SIOCGSTAMPNS``, see ``ice.py``), so a busy event loop that reaches a packet
 late does not read as a queue on the network: the browser's estimator (Google Congestion Control)
 sees the network's delay only, and its probing ramps a camera to its full layers within seconds
 (aiortc's receive-side estimate took about 30 s and was cut by event-loop delay; issue 24).
@@ -36,6 +36,9 @@ MAX_RUN = 0x1FFF
 # At most this many sequence numbers in one message (about 1 kB of deltas), so a message stays
 # well inside one datagram; a longer gap starts from its end.
 MAX_STATUS_COUNT = 1000
+# Arrivals in one message lie within this span: every receive delta then fits its two bytes
+# (±8.19 s). Older ones (a publisher that sent nothing for seconds) are left out.
+MAX_SPAN_US = 8_000_000
 # A report is sent this often while packets arrive (libwebrtc: every 50-250 ms by bitrate).
 INTERVAL_US = 50_000
 
@@ -187,14 +190,14 @@ class FeedbackRecorder:
         return len(self._arrivals)
 
     def report(self, sender_ssrc: int, media_ssrc: int, now_us: int) -> Feedback | None:
-        if not self._arrivals or self._highest is None or self._next is None:
+        if not self._arrivals or self._highest is None:
             return None
-        start = max(self._next, self._highest - MAX_STATUS_COUNT + 1)
-        while start not in self._arrivals:  # a message starts with a received packet
-            start += 1
-        received = [self._arrivals[n] for n in range(start, self._highest + 1) if n in self._arrivals]
-        reference = min(received) // REFERENCE_US * REFERENCE_US
-        arrivals = tuple(self._arrivals.get(n) for n in range(start, self._highest + 1))
+        latest = max(self._arrivals.values())
+        kept = {n: at for n, at in self._arrivals.items() if at >= latest - MAX_SPAN_US}
+        end = max(kept)
+        start = min(n for n in kept if n > end - MAX_STATUS_COUNT)  # a message starts with a received packet
+        arrivals = tuple(kept.get(n) for n in range(start, end + 1))
+        reference = min(at for at in arrivals if at is not None) // REFERENCE_US * REFERENCE_US
         feedback = Feedback(sender_ssrc, media_ssrc, start & 0xFFFF, reference, self._count, arrivals)
         self._count = (self._count + 1) & 0xFF
         self._next = self._highest + 1

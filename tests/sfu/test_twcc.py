@@ -98,3 +98,16 @@ def test_after_a_long_gap_the_report_covers_the_latest_numbers_only() -> None:
     report = recorder.report(1, 2, now_us=0)
     assert report is not None and len(report.arrivals) <= twcc.MAX_STATUS_COUNT
     assert report.arrivals[0] is not None and report.arrivals[-1] == REF + 9000
+
+
+def test_a_publisher_silent_for_seconds_gets_a_report_that_fits() -> None:
+    """Packets left unreported before ten seconds of silence: the next report leaves them out
+    rather than carry a delta its two bytes cannot hold (building it raised, in the receive path)."""
+    recorder = FeedbackRecorder()
+    recorder.add(0, REF)
+    recorder.report(1, 2, now_us=0)
+    recorder.add(1, REF + 10_000)  # under 50 ms after the report: still pending at the silence
+    recorder.add(2, REF + 10_010_000)
+    report = recorder.report(1, 2, now_us=0)
+    assert report is not None and report.base_sequence == 2 and report.arrivals == (REF + 10_010_000,)
+    assert twcc.parse(bytes(report)).arrivals[0] is not None
