@@ -42,7 +42,7 @@ import yaml
 from minio import Minio
 
 import dockerd
-from appliance.machine import images
+from appliance.machine import deploy, images
 
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[1]
@@ -69,13 +69,12 @@ def show(done: subprocess.CompletedProcess) -> str:
 
 
 def default_ports() -> set[int]:
-    """The appliance's HTTPS port and every port of bundles/components.toml (each component's
-    `port`, and its `extra_ports`, offsets from it)."""
+    """The appliance's HTTPS port and every component's ports (its `port`, and its `extra_ports`,
+    offsets from it), as the installer reads them from bundles/components.toml."""
     ports = {443}
-    for component in tomllib.loads((PROJECT / "bundles/components.toml").read_text()).values():
-        if isinstance(component, dict) and isinstance(component.get("port"), int):
-            ports.add(component["port"])
-            ports.update(component["port"] + offset for offset in component.get("extra_ports", {}).values())
+    for component in deploy.COMPONENTS.values():
+        ports.add(component.port)
+        ports.update(component.port + offset for offset in component.extra_ports.values())
     return ports
 
 
