@@ -296,15 +296,15 @@ def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
     sender._handle_rtcp_packet = observed  # type: ignore[method-assign]
 
 
-def gate_retransmissions(sender: RTCRtpSender, allow: Callable[[int], bool]) -> None:
-    """Ask ``allow(payload_bytes)`` before the sender answers a NACK with a packet from its RTP
+def gate_retransmissions(sender: RTCRtpSender, allow: Callable[[RtpPacket], bool]) -> None:
+    """Ask ``allow(packet)`` before the sender answers a NACK with a packet from its RTP
     history; a packet no longer there is not asked about (aiortc sends nothing for it)."""
     history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     retransmit = sender._retransmit
 
     async def gated(sequence_number: int) -> None:
         packet = history.get(sequence_number % RTP_HISTORY_SIZE)
-        if packet is not None and packet.sequence_number == sequence_number and allow(len(packet.payload)):
+        if packet is not None and packet.sequence_number == sequence_number and allow(packet):
             await retransmit(sequence_number)
 
     sender._retransmit = gated  # type: ignore[method-assign]

@@ -42,6 +42,7 @@ REORDER_HORIZON = 0x4000
 # silent layer still counts as sent (seconds).
 LAYER_CHECK_INTERVAL = 0.25
 LAYER_TIMEOUT = 1.0
+KEYFRAME_RESENDS = 3  # times a packet of the latest keyframe is sent again outside the budget
 
 
 def _initial_sequence_number() -> int:
@@ -479,6 +480,8 @@ class DownTrack:
         self.retransmissions = RetransmissionBudget()
         self.retransmitted = 0  # packets sent again on the subscriber's NACKs
         self.retransmissions_refused = 0  # NACKed packets not sent again: over the budget
+        self.keyframe_timestamp: int | None = None  # the latest keyframe forwarded (as sent)
+        self._keyframe_resends: dict[int, int] = {}  # its packets sent again, by sequence number
         self.remb_bps: int | None = None  # the subscriber's latest REMB naming this track
         self.remb_at: float | None = None
         self.started_at: float | None = None
@@ -569,9 +572,19 @@ class DownTrack:
     def remb_received(self, bitrate: int) -> None:
         self.remb_bps, self.remb_at = bitrate, time.monotonic()
 
-    def allow_retransmission(self, payload_bytes: int) -> bool:
-        """The subscriber NACKed a packet of ``payload_bytes`` that its sender still has."""
-        if self.retransmissions.allow(time.monotonic(), payload_bytes, self.bytes):
+    def allow_retransmission(self, packet: RtpPacket) -> bool:
+        """The subscriber NACKed ``packet``, which its sender still has (as sent). A packet of
+        the latest keyframe is sent again whatever the budget, up to ``KEYFRAME_RESENDS``
+        times (counted in it all the same): until that keyframe is whole the subscriber sees
+        nothing of the track, and a track just started or resumed has forwarded too little
+        yet for its budget to carry one packet."""
+        now = time.monotonic()
+        always = False
+        if packet.timestamp == self.keyframe_timestamp:
+            resends = self._keyframe_resends.get(packet.sequence_number, 0)
+            always = resends < KEYFRAME_RESENDS
+            self._keyframe_resends[packet.sequence_number] = resends + 1
+        if self.retransmissions.allow(now, len(packet.payload), self.bytes, always):
             self.retransmitted += 1
             self.stats.retransmissions["sent"] += 1
             return True
@@ -622,6 +635,8 @@ class DownTrack:
             return
         if keyframe:
             self.keyframe_budget.keyframe_forwarded()  # type: ignore[union-attr]
+            self.keyframe_timestamp = mapped[1]
+            self._keyframe_resends.clear()
         if self.packets == 0 and self.on_first_packet is not None:
             self.on_first_packet(self)
         self.packets += 1

@@ -42,18 +42,20 @@ class RetransmissionBudget:
         self.next_sample = now + SAMPLE_INTERVAL
         self._expire(now)
 
-    def allow(self, now: float, size: int, forwarded_bytes: int) -> bool:
+    def allow(self, now: float, size: int, forwarded_bytes: int, always: bool = False) -> bool:
         """Whether a retransmission of ``size`` payload bytes fits, ``forwarded_bytes`` being
-        the down track's count now; a retransmission allowed is counted against the budget."""
+        the down track's count now (``always``: it is sent whether it fits or not); a
+        retransmission allowed is counted against the budget."""
         horizon = self._expire(now)
-        forwarded = self._forwarded
-        if not forwarded or forwarded[-1][0] <= horizon:  # nothing forwarded within the window
-            return False
-        # The count at the window's start: the last one noted before it, or none (0) when the
-        # track began within it.
-        base = forwarded[0][1] if forwarded[0][0] <= horizon else 0
-        if self._resent_bytes + size > self.share * (forwarded_bytes - base):
-            return False
+        if not always:
+            forwarded = self._forwarded
+            if not forwarded or forwarded[-1][0] <= horizon:  # nothing forwarded within the window
+                return False
+            # The count at the window's start: the last one noted before it, or none (0) when the
+            # track began within it.
+            base = forwarded[0][1] if forwarded[0][0] <= horizon else 0
+            if self._resent_bytes + size > self.share * (forwarded_bytes - base):
+                return False
         self._resent.append((now, size))
         self._resent_bytes += size
         return True

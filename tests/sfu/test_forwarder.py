@@ -337,6 +337,29 @@ async def test_a_subscriber_that_loses_most_packets_gets_retransmissions_within_
     assert down.retransmissions_refused == stats.retransmissions["refused"] > 10 * down.retransmitted
 
 
+async def test_a_lost_packet_of_the_keyframe_a_subscriber_starts_from_is_sent_again_whatever_the_budget(
+        pair: Any) -> None:
+    """A video just started (or resumed) has forwarded too little for its budget to carry one
+    packet, and nothing shows until its keyframe is whole: a NACKed packet of the latest keyframe
+    is sent again regardless, three times at most; a lost packet of another frame is not."""
+    up, down, _, downstream, stats = pair
+    aiortc_private.gate_retransmissions(down.sender, down.allow_retransmission)  # as Peer does
+    down.accept_negotiation()
+    down.start()
+    for seq, ts, payload in [(1, 3000, VP8_KEY + bytes(1095)), (2, 3000, VP8_MORE + bytes(1095)),
+                             (3, 6000, VP8_DELTA + bytes(1095))]:
+        await up.on_rtp(_packet(seq, ts, payload))
+    sent = [RtpPacket.parse(data) for data in downstream.sent]
+    for _ in range(5):  # the second packet of the keyframe, then the delta frame's, lost and asked for again
+        for lost in (sent[1], sent[2]):
+            nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=99, media_ssrc=down.ssrc)
+            nack.lost = [lost.sequence_number]
+            await down.sender._handle_rtcp_packet(nack)
+    again = [RtpPacket.parse(data) for data in downstream.sent[3:]]
+    assert [p.sequence_number for p in again] == [sent[1].sequence_number] * 3
+    assert (down.retransmitted, down.retransmissions_refused) == (3, 7)
+
+
 async def test_a_subscribers_remb_and_receiver_reports_make_its_downlink_estimate(pair: Any) -> None:
     """Chromium's REMB (one for every stream it receives) and its receiver reports, as they come
     off the wire, become the estimate the layer allocator will read (Peer.downlink_estimate)."""
