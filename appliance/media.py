@@ -29,7 +29,8 @@ def worker_host(ice: IceSettings, settings: Settings) -> RoomHost:
     tracing.configure(settings, "confmeet-sfu")  # captions' spans; sent at the worker's exit too
     inference = open_inference(settings.inference, settings.model_repository_path)
     return RoomHost(ice, sinks={"captions": caption_sink_factory(inference),
-                                RECORDING: recording_sink_factory(settings)})
+                                RECORDING: recording_sink_factory(settings)},
+                    last_n=settings.last_n)
 
 
 async def start_sfu(settings: Settings) -> SfuWorkers:

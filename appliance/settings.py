@@ -112,6 +112,9 @@ class Settings:
     # SFU worker processes the rooms are spread over; 0: one per core this process may use. Each
     # takes an equal slice of the media UDP port range.
     sfu_workers: int = 0
+    # Cameras each participant receives: those of the N who spoke most recently (0: everyone's).
+    # A screen share always reaches everyone.
+    last_n: int = 25
     # Recording: days a recording is kept (0: until deleted), and the free disk space under which
     # a recording stops (it is written to <data_dir>/recordings first).
     recording_retention_days: int = 0
@@ -193,6 +196,8 @@ class Settings:
         if not (1024 <= self.media_udp_min <= self.media_udp_max <= 65535):
             raise SettingsError(f"media UDP ports {self.media_udp_min}-{self.media_udp_max}: set "
                                 "1024 <= media_udp_min <= media_udp_max <= 65535")
+        if self.last_n < 0:
+            raise SettingsError(f"last_n = {self.last_n}: set 0 (every camera) or how many cameras each participant receives")
         if self.sfu_workers < 0:
             raise SettingsError(f"sfu_workers = {self.sfu_workers}: set 0 (one per core) or a number of processes")
         for name in POSITIVE_FIELDS:

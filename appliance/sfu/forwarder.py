@@ -449,7 +449,10 @@ class DownTrack:
     """One subscriber's copy of an up track, written through one of its senders: of a simulcast
     track, one layer at a time. It forwards ``layer`` and moves to ``target`` — the best layer
     the publisher sends up to ``max_layer`` — at that layer's next keyframe (asked for when the
-    target changes), the sequence numbers and timestamps going on without a gap."""
+    target changes), the sequence numbers and timestamps going on without a gap. A video the
+    subscriber does not show (``max_layer`` -1) or the room leaves out of its last N
+    (``shown`` False) is paused: its target is None and nothing of it is forwarded; it starts
+    again from a keyframe."""
 
     def __init__(self, subscriber: str, up: UpTrack, transceiver: RTCRtpTransceiver,
                  stats: SfuStats) -> None:
@@ -467,9 +470,10 @@ class DownTrack:
         self.header: HeaderTemplate | None = None
         self.source_ssrc: int | None = None
         self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
-        self.max_layer = len(up.layers) - 1  # the highest layer wanted: all unless told otherwise
+        self.max_layer = len(up.layers) - 1  # the highest layer wanted (-1: none): all unless told otherwise
         self.bandwidth_layer: int | None = None  # the highest the subscriber's downlink takes (None: any)
-        self.target = up.best_layer(self.allowed_layer)  # the layer to forward: sent, wanted and fitting
+        self.shown = True  # False: a camera the room's last-N leaves out for this subscriber
+        self.target = self._best()  # the layer to forward: sent, wanted and fitting (None: paused)
         self.layer_switches = 0
         self.accepted = False
         self.started = False
@@ -492,8 +496,8 @@ class DownTrack:
 
     @property
     def gated(self) -> bool:
-        """Video waiting for a keyframe before anything is forwarded."""
-        return self.kind == "video" and self.source_ssrc is None
+        """Video waiting for a keyframe before anything is forwarded (not paused)."""
+        return self.kind == "video" and self.source_ssrc is None and self.target is not None
 
     def accept_negotiation(self) -> bool:
         """Take the payload type, MID and header extension IDs the subscriber's answer agreed
@@ -529,19 +533,37 @@ class DownTrack:
         self.started_at = time.monotonic()
         self.up.add(self)
         # The layers sent may have changed since it was made: only started ones hear of it.
-        self.target = self.up.best_layer(self.allowed_layer)
-        self.up.request_keyframe(urgent=True, layer=self.target)
+        self.target = self._best()
+        if self.target is not None:
+            self.up.request_keyframe(urgent=True, layer=self.target)
 
     def set_max_layer(self, layer: int | None) -> None:
-        """Forward no layer above ``layer`` (clamped to the track's layers; None: the highest)."""
+        """Forward no layer above ``layer`` (clamped to the track's layers; None: the highest;
+        negative: none, the video is paused)."""
         top = len(self.up.layers) - 1
-        self.max_layer = top if layer is None else max(0, min(layer, top))
+        self.max_layer = top if layer is None else -1 if layer < 0 else min(layer, top)
         self.retarget()
+
+    def set_shown(self, shown: bool) -> None:
+        """Forward this video or not, as the room's last-N says (see room.py)."""
+        if shown != self.shown:
+            self.shown = shown
+            self.retarget()
+
+    @property
+    def paused(self) -> bool:
+        return self.target is None
 
     @property
     def allowed_layer(self) -> int:
-        """The highest layer both wanted and fitting the subscriber's downlink."""
+        """The highest layer wanted, shown and fitting the subscriber's downlink (-1: none)."""
+        if not self.shown:
+            return -1
         return self.max_layer if self.bandwidth_layer is None else min(self.max_layer, self.bandwidth_layer)
+
+    def _best(self) -> int | None:
+        allowed = self.allowed_layer
+        return None if allowed < 0 else self.up.best_layer(allowed)
 
     def set_bandwidth_layer(self, layer: int | None) -> None:
         """Forward no layer above ``layer``, for the subscriber's downlink (None: no limit); see
@@ -553,15 +575,19 @@ class DownTrack:
     def retarget(self) -> None:
         """Head for the best layer now (the wanted one, or the layers sent, changed): from its
         next keyframe on, asked for now; until it comes the layer forwarded now goes on."""
-        target = self.up.best_layer(self.allowed_layer)
+        target = self._best()
         if target == self.target:
             return
         self.target = target
-        if self.started and target != self.layer:
+        if target is None:  # paused: at once, and from a keyframe when it resumes
+            self.source_ssrc = self.layer = None
+        elif self.started and target != self.layer:
             self.up.request_keyframe(urgent=True, layer=target)
 
     def _repair_keyframe(self) -> None:
-        self.up.request_keyframe(layer=self.target if self.layer is None else self.layer)
+        layer = self.target if self.layer is None else self.layer
+        if layer is not None:
+            self.up.request_keyframe(layer=layer)
 
     def stop(self) -> None:
         self.started = False

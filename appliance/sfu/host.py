@@ -15,7 +15,7 @@ message                                                                reply
 ``{"type": "stats", "participant"}``                                   ``{"type": "stats", ...}``
 ``{"type": "hold", "participant", "source", "held"}``                  ``{"type": "ok"}``
 ``{"type": "video_layer", "participant", "publisher", "track_id",``    ``{"type": "ok"}``
-``"max_layer": int | null}``
+``"max_layer": int (-1: none) | null}``
 ``{"type": "sink_start", "participant", "sink", "options"?}``          ``{"type": "ok"}``
 ``{"type": "sink_stop", "participant", "sink"}``                       ``{"type": "sink_stopped", ...}``
 =====================================================================  ==============================
@@ -33,7 +33,8 @@ events on without renaming anything: ``participant_joined`` and ``participant_le
 (``track``: ``{participant, track_id, kind, source, stream_id, codec}``), ``offer`` (``sdp``,
 ``tracks``: each a track with its ``mid``), ``active_speaker`` (``participant_id``,
 ``level_dbov``), ``connection_quality`` (``participant_id``, ``quality``, ``loss``,
-``jitter_ms``), and the sinks' events (``sink_stopped``, ``caption``, ...). SfuWorkers adds
+``jitter_ms``), ``last_n`` (``participants``: whose cameras the participant receives, the most
+recent speaker first; null: everyone's), and the sinks' events (``sink_stopped``, ``caption``, ...). SfuWorkers adds
 ``media_lost`` (``participants``: everyone of a room whose worker died).
 
 Ordering: one participant's requests are handled one at a time, in the order ``request`` was
@@ -55,7 +56,7 @@ from typing import Any
 from .errors import SfuError
 from .ice import CandidateGatherer, IceSettings
 from .peer import SOURCES
-from .room import Room, TrackSink
+from .room import DEFAULT_LAST_N, Room, TrackSink
 from .speaker import SpeakerSettings
 from .stats import SfuStats
 
@@ -125,9 +126,11 @@ class RoomHost:
     """Hosts every room of this process (see the module doc for the messages)."""
 
     def __init__(self, ice: IceSettings | None = None, speaker: SpeakerSettings | None = None,
-                 quality_interval: float = 2.0, sinks: dict[str, SinkFactory] | None = None) -> None:
+                 quality_interval: float = 2.0, sinks: dict[str, SinkFactory] | None = None,
+                 last_n: int = DEFAULT_LAST_N) -> None:
         self.ice = ice or IceSettings()
         self.speaker = speaker or SpeakerSettings()
+        self.last_n = last_n  # cameras forwarded to each participant (the most recent speakers'); 0: all
         self.quality_interval = quality_interval
         self.stats = SfuStats()
         self._gatherer = CandidateGatherer(self.ice)
@@ -196,7 +199,7 @@ class RoomHost:
         room = self._rooms.get(room_name)
         if room is None:
             room = Room(room_name, self._gatherer, self.ice.rtc_configuration(), self._emit,
-                        self._room_empty, self.stats, self.speaker, self.quality_interval)
+                        self._room_empty, self.stats, self.speaker, self.quality_interval, self.last_n)
             self._rooms[room_name] = room
             self.stats.rooms += 1
         return await room.join(participant, name, self.ice.client_ice_servers())
@@ -252,12 +255,12 @@ class RoomHost:
         return {"type": "ok"}
 
     async def _video_layer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
-        """The highest simulcast layer (0 the lowest; null: any) the participant wants of one
-        track published in the room, received yet or not."""
+        """The highest simulcast layer (0 the lowest; null: any; -1: none, a video not shown)
+        the participant wants of one track published in the room, received yet or not."""
         publisher, track_id = _text(message, "publisher"), _text(message, "track_id")
         max_layer = message.get("max_layer")
-        if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < 0):
-            raise SfuError("bad_message", "'max_layer' must be a layer number (0 the lowest) or null")
+        if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < -1):
+            raise SfuError("bad_message", "'max_layer' must be a layer number (0 the lowest), -1 (none) or null")
         room = self._room(room_name)
         peer = room.peer(participant)
         if (publisher, track_id) not in room.tracks:

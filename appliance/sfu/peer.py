@@ -91,6 +91,7 @@ class Peer:
         self.downs: dict[tuple[str, str], DownTrack] = {}
         self.wanted: dict[tuple[str, str], UpTrack] = {}
         self.max_layers: dict[tuple[str, str], int | None] = {}  # asked for with "video_layer"
+        self.cameras_shown: frozenset[str] | None = None  # whose cameras the room's last-N forwards (None: all)
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
@@ -282,6 +283,18 @@ class Peer:
         if down is not None:
             down.set_max_layer(layer)
 
+    def show_cameras(self, publishers: frozenset[str] | None) -> None:
+        """Forward only these publishers' cameras (None: everyone's): the room's last-N. Not
+        queued to the peer's task: it only pauses and resumes down tracks, as the media path
+        would."""
+        self.cameras_shown = publishers
+        for down in self.downs.values():
+            self._show(down)
+
+    def _show(self, down: DownTrack) -> None:
+        if down.kind == "video" and down.up.source == "camera":
+            down.set_shown(self.cameras_shown is None or down.up.publisher in self.cameras_shown)
+
     async def unsubscribe(self, key: tuple[str, str]) -> None:
         self.wanted.pop(key, None)
         self.max_layers.pop(key, None)
@@ -329,6 +342,7 @@ class Peer:
         aiortc_private.set_stream_id(transceiver.sender, up.publisher)
         down = DownTrack(self.participant, up, transceiver, self.room.stats)
         down.set_max_layer(self.max_layers.get(up.key))
+        self._show(down)
         down.on_first_packet = self._first_packet
         self.room.stats.subscribed_tracks[up.kind] += 1
         aiortc_private.on_keyframe_request(transceiver.sender, down.keyframe_requested)
@@ -378,7 +392,7 @@ class Peer:
         layer bitrates must have been measured just before."""
         demands, audio_bps = [], 0.0
         for down in self.downs.values():
-            if not down.started:
+            if not down.started or down.paused:
                 continue
             if down.kind == "audio":
                 audio_bps += down.up.layers[0].bitrate_bps or 0.0
@@ -403,7 +417,7 @@ class Peer:
         self._padding_due += self.allocator.probe_bps * seconds / 8
         ntp_time = aiortc_private.current_ntp_time()
         for down in self.downs.values():
-            if down.kind == "video" and down.started and down.output is not None:
+            if down.kind == "video" and down.started and not down.paused and down.output is not None:
                 try:
                     while self._padding_due > 0:
                         sent = down.output.pad(ntp_time)
@@ -467,7 +481,8 @@ class Peer:
                             "kind": down.kind, "packets": down.packets, "bytes": down.bytes,
                             "retransmitted": down.retransmitted, "remb_bps": down.remb_bps,
                             "retransmissions_refused": down.retransmissions_refused,
-                            "forwarding": down.started, "waiting_for_keyframe": down.gated,
+                            "forwarding": down.started and not down.paused,
+                            "paused": down.paused, "waiting_for_keyframe": down.gated,
                             "layer": down.layer, "target_layer": down.target,
                             "bandwidth_layer": down.bandwidth_layer,
                             "layer_switches": down.layer_switches}

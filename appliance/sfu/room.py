@@ -1,5 +1,11 @@
 """A room: its peers, the tracks published in it, and who is speaking.
 
+Last-N: each participant receives the cameras of at most ``last_n`` others, those who spoke most
+recently (who never spoke ranks by arrival, the earliest first); the others' cameras are paused
+for it, and each participant is told whose it gets (event ``last_n``) when that changes. A
+screen share is always forwarded. Someone who starts speaking enters everyone's last N at once,
+from a keyframe asked for then.
+
 The room routes between peers only by queueing actions to them (subscribe, unsubscribe,
 report_quality); it never negotiates on a peer's behalf.
 """
@@ -25,6 +31,7 @@ from .stats import SfuStats
 log = logging.getLogger("confmeet.sfu")
 
 SPEAKER_INTERVAL = 0.2
+DEFAULT_LAST_N = 25
 ROUND_TRIP_INTERVAL = 1.0
 
 
@@ -43,7 +50,8 @@ class TrackSink(Protocol):
 class Room:
     def __init__(self, name: str, gatherer: CandidateGatherer, configuration: RTCConfiguration,
                  emit: Callable[[dict[str, Any]], None], on_empty: Callable[[Room], None],
-                 stats: SfuStats, speaker: SpeakerSettings, quality_interval: float) -> None:
+                 stats: SfuStats, speaker: SpeakerSettings, quality_interval: float,
+                 last_n: int = DEFAULT_LAST_N) -> None:
         self.name = name
         self.gatherer = gatherer
         self.configuration = configuration
@@ -52,6 +60,8 @@ class Room:
         self.tracks: dict[tuple[str, str], UpTrack] = {}
         self.speaker = ActiveSpeakerDetector(speaker)
         self.quality_interval = quality_interval
+        self.last_n = last_n
+        self._recent: list[str] = []  # participants, the most recent speaker first, then by arrival
         self._emit = emit
         self._on_empty = on_empty
         self._leaving: set[str] = set()
@@ -82,10 +92,12 @@ class Room:
         joined = {**self.describe(ice_servers), "type": "joined"}
         peer = Peer(participant, name, self, self.gatherer, self.configuration)
         self.peers[participant] = peer
+        self._recent.append(participant)
         self.stats.active_peers += 1
         for up in self.tracks.values():
             peer.post(peer.subscribe, up)
         self.emit(None, {"type": "participant_joined", "participant_id": participant, "name": name})
+        self._apply_last_n()
         return joined
 
     def describe(self, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,11 +114,14 @@ class Room:
         finally:
             self._leaving.discard(participant)
             del self.peers[participant]
+            self._recent.remove(participant)
             self.stats.active_peers -= 1
             self.speaker.forget(participant)
         self.emit(None, {"type": "participant_left", "participant_id": participant, "reason": reason})
         if not self.peers:
             self._on_empty(self)
+        else:
+            self._apply_last_n()
 
     async def close(self) -> None:
         for participant in list(self.peers):
@@ -162,6 +177,8 @@ class Room:
         for peer in self.peers.values():
             if peer.participant != up.publisher:
                 peer.post(peer.subscribe, up)
+        if up.source == "camera":
+            self._apply_last_n()
 
     def track_unpublished(self, up: UpTrack) -> None:
         self.tracks.pop(up.key, None)
@@ -173,6 +190,8 @@ class Room:
         for peer in self.peers.values():
             if peer.participant != up.publisher:
                 peer.post(peer.unsubscribe, up.key)
+        if up.source == "camera":
+            self._apply_last_n()
 
     def down_stopped(self, down: DownTrack) -> None:
         down.downlink()
@@ -219,6 +238,19 @@ class Room:
         if participant in self.peers and participant not in self._leaving:
             await self.leave(participant, reason)
 
+    def _apply_last_n(self) -> None:
+        """Give each participant the cameras of the ``last_n`` others who spoke most recently
+        (see the module's docstring), and tell it when that changed."""
+        cameras = {up.publisher for up in self.tracks.values() if up.source == "camera" and not up.closed}
+        ranked = [participant for participant in self._recent if participant in cameras]
+        for peer in self.peers.values():
+            others = [participant for participant in ranked if participant != peer.participant]
+            chosen = others[:self.last_n] if self.last_n and len(others) > self.last_n else None
+            shown = None if chosen is None else frozenset(chosen)
+            if shown != peer.cameras_shown:
+                peer.show_cameras(shown)
+                self.emit(peer.participant, {"type": "last_n", "participants": chosen})
+
     # ------------------------------------------------------------------ periodic work
     def _allocate(self, now: float) -> None:
         """Measure every published layer's bitrate, then share each subscriber's downlink."""
@@ -254,6 +286,10 @@ class Room:
             if change is not None:
                 self.emit(None, {"type": "active_speaker", "participant_id": change.participant,
                                  "level_dbov": change.level_dbov})
+                if change.participant in self.peers:
+                    self._recent.remove(change.participant)
+                    self._recent.insert(0, change.participant)
+                    self._apply_last_n()
             if now >= next_round_trip:
                 next_round_trip = now + ROUND_TRIP_INTERVAL
                 for peer in self.peers.values():

@@ -65,11 +65,12 @@ class ToneTrack(AudioStreamTrack):
 
 
 class ColourTrack(VideoStreamTrack):
-    """640x480 frames of one colour (a moving bar keeps the encoder honest)."""
+    """Frames of one colour, 640x480 unless told (a moving bar keeps the encoder honest)."""
 
-    def __init__(self, rgb: tuple[int, int, int] = (200, 30, 30)) -> None:
+    def __init__(self, rgb: tuple[int, int, int] = (200, 30, 30), width: int = 640, height: int = 480) -> None:
         super().__init__()
         self.rgb = rgb
+        self.width, self.height = width, height
         self._count = 0
         self._began: float | None = None
 
@@ -80,10 +81,10 @@ class ColourTrack(VideoStreamTrack):
             self._began = time.monotonic()
         else:
             await asyncio.sleep(max(0.0, self._began + self._count / VIDEO_FPS - time.monotonic()))
-        row = bytes(self.rgb) * 640
-        bar = (self._count * 8) % 480
-        image = b"".join(b"\xff" * 1920 if bar <= y < bar + 16 else row for y in range(480))
-        frame = VideoFrame(width=640, height=480, format="rgb24")
+        row = bytes(self.rgb) * self.width
+        bar = (self._count * 8) % self.height
+        image = b"".join(b"\xff" * 3 * self.width if bar <= y < bar + 16 else row for y in range(self.height))
+        frame = VideoFrame(width=self.width, height=self.height, format="rgb24")
         frame.planes[0].update(image)
         frame.pts = self._count * (90000 // VIDEO_FPS)
         frame.time_base = fractions.Fraction(1, 90000)
@@ -118,11 +119,13 @@ class Received:
 
 
 class Participant:
-    def __init__(self, host: RoomHost, room: str, participant: str, auto_answer: bool = True) -> None:
+    def __init__(self, host: RoomHost, room: str, participant: str, auto_answer: bool = True,
+                 receive_audio: bool = True) -> None:
         self.host = host
         self.room = room
         self.id = participant
         self.auto_answer = auto_answer
+        self.receive_audio = receive_audio  # False: the server's offers of audio are answered inactive
         # max-bundle as browsers effectively do; aiortc's "balanced" leaves a second video
         # m-line of one offer on a transport it has already stopped.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
@@ -172,6 +175,10 @@ class Participant:
     async def answer(self, sdp: str) -> dict[str, Any]:
         async with self.negotiating:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if not self.receive_audio:
+                for transceiver in self.pc.getTransceivers():
+                    if transceiver.kind == "audio" and transceiver.sender.track is None:
+                        transceiver.direction = "inactive"
             answer = await self.pc.createAnswer()
             LOOPBACK.prepare(self.pc)
             await self.pc.setLocalDescription(answer)
@@ -258,8 +265,9 @@ class Meeting:
         self._stream = host.subscribe_events()
         self._pump = asyncio.get_running_loop().create_task(self._run())
 
-    def participant(self, participant: str, room: str = "room", auto_answer: bool = True) -> Participant:
-        client = Participant(self.host, room, participant, auto_answer)
+    def participant(self, participant: str, room: str = "room", auto_answer: bool = True,
+                    receive_audio: bool = True) -> Participant:
+        client = Participant(self.host, room, participant, auto_answer, receive_audio)
         self.participants[participant] = client
         return client
 

@@ -537,6 +537,37 @@ async def test_a_layer_switch_waits_for_the_target_layers_keyframe_with_numbers_
     assert (down.layer, stats.layer_switches) == (2, 2)
 
 
+async def test_a_paused_video_sends_nothing_and_resumes_from_a_keyframe_with_numbers_continuing(
+        simulcast_pair: Any) -> None:
+    """A tile the subscriber does not show (max_layer -1) or a camera the room's last-N leaves
+    out: nothing of it is forwarded from that moment, not even the rest of the frame; shown
+    again, it asks for a keyframe and starts from it, its numbers going on where they stopped."""
+    up, down, upstream, downstream, stats = simulcast_pair
+    await _forwarding_from_a_keyframe(up, down)
+    await asyncio.sleep(0.01)
+    for pause, resume in [(lambda: down.set_max_layer(-1), lambda: down.set_max_layer(None)),
+                          (lambda: down.set_shown(False), lambda: down.set_shown(True))]:
+        sent = len(downstream.sent)
+        pause()
+        assert down.paused and down.target is None and not down.gated
+        for seq, payload in [(201, VP8_DELTA), (202, VP8_KEY), (203, VP8_DELTA)]:
+            for rid in "qhf":
+                await up.on_rtp(_layer_packet(rid, seq, payload))
+        down.keyframe_requested()  # a late PLI of the subscriber's asks the publisher nothing
+        await asyncio.sleep(0.01)
+        plis = len(_plis(upstream))
+        assert len(downstream.sent) == sent and plis <= 3
+        resume()
+        await asyncio.sleep(0.05)
+        assert _plis(upstream)[plis:] == [LAYER_SSRCS["f"]] and down.gated
+        await up.on_rtp(_layer_packet("f", 204, VP8_DELTA))  # not from a delta
+        await up.on_rtp(_layer_packet("f", 205, VP8_KEY))
+        out = [RtpPacket.parse(data) for data in downstream.sent[sent - 1:]]
+        assert [p.payload for p in out[1:]] == [VP8_KEY] and down.layer == 2
+        assert out[1].sequence_number == (out[0].sequence_number + 1) % 65536
+        await asyncio.sleep(0.35)  # urgent PLIs of one layer are 300 ms apart at least
+
+
 async def test_a_track_without_simulcast_has_one_layer_and_learns_its_ssrc_as_before(pair: Any) -> None:
     up, down, _, _, _ = pair
     assert not up.simulcast and len(up.layers) == 1 and up.layers[0].rid is None

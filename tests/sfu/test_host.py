@@ -281,6 +281,6 @@ async def test_video_layer_caps_the_layer_a_subscriber_receives(
     assert peer.downs[key].max_layer == 0  # bob's camera has one layer: 0 is the highest
     reply = await alice.request({**ask, "publisher": "nobody", "max_layer": 1})
     assert (reply["type"], reply["code"]) == ("error", "unknown_track")
-    for bad in (-1, "high", True, 1.5):
+    for bad in (-2, "high", True, 1.5):  # -1 is "none" (tests/sfu/test_last_n.py)
         reply = await alice.request({**ask, "max_layer": bad})
         assert (reply["type"], reply["code"]) == ("error", "bad_message"), bad
