@@ -14,6 +14,7 @@ import { Captions } from "/static/captions.js";
 import { Recording } from "/static/recording.js";
 import { Screens } from "/static/screens.js";
 import { ConnectionError, Signaling } from "/static/signaling.js";
+import { Views } from "/static/views.js";
 
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
 // The camera is sent as up to three encodings (simulcast), lowest first: the SFU gives each
@@ -502,7 +503,15 @@ class Grid {
     if (!tile) return;
     if (tile.self && tile.stream) play(tile.video, tile.stream);
     const video = tile.stream?.getVideoTracks().find((t) => t.readyState === "live" && (tile.self || !t.muted));
-    tile.root.classList.toggle("no-video", !video || Boolean(tile.cameraOff));
+    tile.root.classList.toggle("no-video", !video || Boolean(tile.cameraOff) || Boolean(tile.paused));
+  }
+
+  /** Show the avatar of someone whose camera is not sent to us (last-N, low-bandwidth mode). */
+  setPaused(id, paused) {
+    const tile = this.tiles.get(id);
+    if (!tile || tile.self || Boolean(tile.paused) === paused) return;
+    tile.paused = paused;
+    this.refresh(id);
   }
 
   setCameraOff(id, off) {
@@ -570,6 +579,24 @@ class Grid {
 }
 
 const grid = new Grid($("#grid"));
+const views = new Views((publisher, trackId, maxLayer) => {
+  session?.signaling.request("video_layer", { publisher, track_id: trackId, max_layer: maxLayer })
+    .catch((error) => console.warn("video_layer not sent", error));
+});
+
+// Low-bandwidth mode (kept for the next meeting): only the speaker's camera is received.
+const LOW_BANDWIDTH = "confmeet.lowBandwidth";
+function setLowBandwidth(on) {
+  const button = $("#low-bandwidth");
+  button.setAttribute("aria-pressed", String(on));
+  button.title = on ? "Low bandwidth is on: only the speaker's video. Turn it off"
+    : "Low bandwidth: receive only the speaker's video";
+  try { localStorage.setItem(LOW_BANDWIDTH, on ? "1" : ""); } catch { /* private mode: not kept */ }
+  views.setLowBandwidth(on);
+  session?.refreshPaused();
+}
+$("#low-bandwidth").addEventListener("click", () => setLowBandwidth(!views.lowBandwidth));
+try { setLowBandwidth(localStorage.getItem(LOW_BANDWIDTH) === "1"); } catch { /* no storage */ }
 const menu = new PopupMenu($("#menu"));
 const screens = new Screens((presenting) => $("#stage-main").classList.toggle("presenting", presenting));
 const people = new People($("#people-list"), menu,
@@ -659,6 +686,7 @@ class Session {
     this.unsentAnswer = null;
     this.glares = 0;
     this.closed = false;
+    this.lastN = null;                // whose cameras the SFU sends us (null: everyone's)
 
     for (const [type, handler] of Object.entries({
       offer: (m) => this.#serverOffer(m),
@@ -667,7 +695,8 @@ class Session {
       participant_updated: (m) => this.#updated(m.participant),
       participant_left: (m) => this.#left(m.participant_id),
       track_unpublished: (m) => this.#unpublished(m.track),
-      active_speaker: (m) => grid.speaking(m.participant_id),
+      active_speaker: (m) => this.#speaking(m.participant_id),
+      last_n: (m) => { this.lastN = m.participants && new Set(m.participants); this.refreshPaused(); },
       connection_quality: (m) => this.#quality(m.participant_id, m.quality),
       meeting_ended: () => this.end("This meeting has ended", "The host ended the meeting for everyone."),
       reconnecting: () => { $("#reconnecting").hidden = false; },
@@ -736,6 +765,10 @@ class Session {
       }
       const stream = streams[0] ?? new MediaStream([track]);
       grid.attach(id, stream);
+      if (label?.source === "camera") {
+        views.track(id, label.track_id, grid.tiles.get(id).root);
+        this.refreshPaused();
+      }
     });
     pc.addEventListener("connectionstatechange", () => {
       this.#quality(this.me.id, pc.connectionState === "connected" ? this.myQuality ?? "good" : pc.connectionState);
@@ -821,6 +854,7 @@ class Session {
       }
       screens.clear();
       this.remoteByMid.clear();
+      views.clear();  // the SFU took us back afresh: it sends every camera again
       const publisher = new Publisher(await certificate);
       this.pc.close();
       this.sources = publisher.sources;
@@ -937,6 +971,7 @@ class Session {
 
   #left(id) {
     this.participants.delete(id);
+    views.forget(id);
     grid.remove(id);
     screens.removeParticipant(id);
     this.#roster();
@@ -944,6 +979,7 @@ class Session {
 
   #unpublished(track) {
     if (track?.source === "screen") screens.remove(track.track_id);
+    if (track?.source === "camera") views.forget(track.participant);
     grid.refresh(track?.participant);
   }
 
@@ -1006,6 +1042,20 @@ class Session {
   #renegotiate() {
     this.needsOffer = true;
     this.#enqueue(() => this.#offer());
+  }
+
+  #speaking(id) {
+    grid.speaking(id);
+    if (id !== this.me.id) views.setSpeaker(id);
+    this.refreshPaused();
+  }
+
+  /** Tiles whose camera the SFU does not send us show the avatar. */
+  refreshPaused() {
+    for (const id of grid.tiles.keys()) {
+      if (!views.cameras.has(id)) continue;
+      grid.setPaused(id, Boolean(this.lastN && !this.lastN.has(id)) || (views.lowBandwidth && id !== views.speaker));
+    }
   }
 
   #quality(id, quality) {
@@ -1133,6 +1183,7 @@ class Session {
     this.screen?.track.stop();
     this.screen = null;
     screens.clear();
+    views.clear();
     this.pc.close();
     if (this.signaling.state !== "closed") this.signaling.leave();  // closes the socket once `left` is in
     grid.clear();

@@ -289,6 +289,68 @@ def test_a_screen_share_is_shown_large_beside_the_speaker_strip(room: Room) -> N
     assert all(not page.errors for page in room.everyone)
 
 
+def cameras_arriving(page: MeetingPage, seconds: float = 2.0) -> set[str]:
+    """The names on the remote tiles whose camera frames the page decodes over ``seconds``."""
+    before = {t["name"]: t["frames"] for t in page.remote_tiles()}
+    page.page.wait_for_timeout(seconds * 1000)
+    return {t["name"] for t in page.remote_tiles() if t["frames"] > before.get(t["name"], 0)}
+
+
+def test_a_camera_not_shown_is_not_received(room: Room) -> None:
+    """Low-bandwidth mode: Ada's page receives only the camera of whoever spoke last, the other
+    tile shows the name; the camera follows the floor. A tile scrolled out of the presenter strip
+    receives nothing either. Each comes back within a second and a half of being shown."""
+    ada, grace, linus = room.pages["ada"], room.pages["grace"], room.pages["linus"]
+    for page in (ada, linus):  # only Grace's microphone (Chromium's beep) is on: she has the floor
+        page.button("Microphone").click()
+        expect(page.button("Microphone")).to_have_attribute("aria-pressed", "false")
+    expect(ada.tile("Grace Hopper")).to_have_class(re.compile(r"(^|\s)speaking(\s|$)"))
+    assert cameras_arriving(ada) == {"Grace Hopper", "Linus Torvalds"}
+
+    low = ada.page.get_by_role("button", name="Low bandwidth")
+    low.click()
+    expect(low).to_have_attribute("aria-pressed", "true")
+    expect(ada.tile("Linus Torvalds")).to_have_class(NO_VIDEO)
+    expect(ada.tile("Grace Hopper")).not_to_have_class(NO_VIDEO)
+    ada.page.wait_for_timeout(500)  # what was on its way
+    assert cameras_arriving(ada) == {"Grace Hopper"}
+    ada.screenshot("low-bandwidth.png")
+
+    linus.button("Microphone").click()  # the floor moves to Linus, and his camera with it
+    grace.button("Microphone").click()
+    expect(ada.tile("Linus Torvalds")).to_have_class(re.compile(r"(^|\s)speaking(\s|$)"), timeout=10_000)
+    poll(lambda: cameras_arriving(ada, 1.0) == {"Linus Torvalds"}, "only Linus's camera, once he speaks", timeout=5)
+    expect(ada.tile("Grace Hopper")).to_have_class(NO_VIDEO)
+
+    low.click()
+    expect(low).to_have_attribute("aria-pressed", "false")
+    poll(lambda: cameras_arriving(ada, 1.5) == {"Grace Hopper", "Linus Torvalds"}, "both cameras again", timeout=5)
+    expect(ada.tile("Grace Hopper")).not_to_have_class(NO_VIDEO)
+
+    # Grace presents: the tiles are a strip beside the share; in a window too short for three
+    # (even at their smallest) Linus's tile is scrolled out of it, and nothing of his camera comes.
+    ada.page.set_viewport_size({"width": 1280, "height": 240})
+    grace.button("Share screen").click()
+    expect(ada.page.get_by_role("region", name="Screen share")).to_be_visible()
+    out_of_sight = """name => {
+      const strip = document.querySelector('#grid').getBoundingClientRect();
+      const tile = document.querySelector(`.tile[aria-label="${name}"]`).getBoundingClientRect();
+      return tile.top >= strip.bottom || tile.bottom <= strip.top;
+    }"""
+    poll(lambda: ada.page.evaluate(out_of_sight, "Linus Torvalds"), "Linus's tile scrolled out of the strip", timeout=5)
+    ada.page.wait_for_timeout(500)
+    assert cameras_arriving(ada) == {"Grace Hopper"}
+    ada.page.locator("#grid").evaluate("grid => { grid.scrollTop = grid.scrollHeight; }")
+    poll(lambda: "Linus Torvalds" in cameras_arriving(ada, 0.5), "Linus's camera once his tile is in sight",
+         timeout=1.5)
+    grace.page.get_by_role("button", name="Stop presenting").click()
+    ada.page.set_viewport_size({"width": 1280, "height": 720})
+    for page in (ada, grace):
+        page.button("Microphone").click()
+        expect(page.button("Microphone")).to_have_attribute("aria-pressed", "true")
+    assert all(not page.errors for page in room.everyone)
+
+
 def test_the_host_removes_someone(room: Room) -> None:
     ada, grace, linus = room.pages["ada"], room.pages["grace"], room.pages["linus"]
     ada.open_panel("People")
