@@ -27,8 +27,10 @@ getStats() every second for ``--seconds`` seconds, with /metrics of the applianc
 counters. Per run:
   A, B       received video fps (framesDecoded), the share of the window frozen (seconds with
              no frame decoded, and Chromium's totalFreezesDuration for the shorter freezes, see
-             frozen_seconds), frame width (the most common over the seconds with frames
-             decoded), video packets lost, NACK messages and PLIs sent;
+             frozen_seconds), B's mean jitter-buffer delay (jitterBufferDelay over the frames
+             it emitted: what a playout delay the SFU asks for lengthens), frame width (the
+             most common over the seconds with frames decoded), video packets lost, NACK
+             messages and PLIs sent;
   to B, to A packets per second the SFU sent that way: for B the relay's count of packets
              offered to B's downlink (everything, retransmissions and audio included) and the
              share of them the link dropped; for A the packets A's transport received (clean
@@ -172,8 +174,11 @@ def receiver_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
     widths = [sb.get("frameWidth") for sa, sb in zip(streams, streams[1:], strict=False)
               if sb.get("framesDecoded", 0) > sa.get("framesDecoded", 0)]
     transports = [_largest(r["transports"], "packetsReceived") for r in readings]
+    emitted = _delta(first, last, "jitterBufferEmittedCount")
     return {
         "fps": _delta(first, last, "framesDecoded") / seconds,
+        # How long a frame waited in the jitter buffer, on average (a playout delay lengthens it).
+        "delay_ms": 1000 * _delta(first, last, "jitterBufferDelay") / emitted if emitted else None,
         "frozen_share": min(1.0, frozen / seconds),
         "freezes": _delta(first, last, "freezeCount"),
         "width": _mode(widths),
@@ -409,7 +414,7 @@ def _keyframes(figures: dict[str, Any]) -> str:
 def tables(runs: list[Run]) -> list[Table]:
     """Issue 24's table, in two: the subscribers' side, and the presenter's and the SFU's."""
     subscribers = Table(title="Subscribers over the window (B on the shaped link, A on a clean one)")
-    for column in ("B's link", "run", "B fps", "B frozen", "B width", "B lost", "B NACKs", "B PLIs",
+    for column in ("B's link", "run", "B fps", "B frozen", "B delay", "B width", "B lost", "B NACKs", "B PLIs",
                    "to B pkt/s, kbit/s (dropped)", "A fps", "A frozen", "A width", "to A pkt/s, kbit/s"):
         subscribers.add_column(column, justify="left" if column in ("B's link", "B width", "A width") else "right")
     sender = Table(title="Presenter and SFU over the window")
@@ -425,7 +430,7 @@ def tables(runs: list[Run]) -> list[Table]:
             continue
         b, a, p, sfu, link = (run.figures[k] for k in ("b", "a", "presenter", "sfu", "link"))
         subscribers.add_row(
-            label, str(run.number), _n(b["fps"], 1), _n(100 * b["frozen_share"], 0, " %"), _px(b),
+            label, str(run.number), _n(b["fps"], 1), _n(100 * b["frozen_share"], 0, " %"), _n(b["delay_ms"], 0, " ms"), _px(b),
             _n(b["packets_lost"]), _n(b["nacks_sent"]), _n(b["plis_sent"]),
             f"{link['to_b_pps']:.0f}, {link['to_b_kbps']:.0f} ({100 * link['to_b_dropped_share']:.0f} %)",
             _n(a["fps"], 1), _n(100 * a["frozen_share"], 0, " %"), _px(a),

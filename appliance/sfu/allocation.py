@@ -274,3 +274,33 @@ class DownlinkAllocator:
     def _stop_probe(self) -> None:
         self.probe_bps = 0.0
         self._probe_key, self._probe_layer = None, -1
+
+
+# A downlink that loses packets gets them again a round trip later (the subscriber's NACK, the
+# SFU's retransmission); a browser that plays frames as soon as they are whole freezes the picture
+# while it waits (measured: B on a 5 % loss, 80 ms each way link frozen 5-15 % of the time). Such
+# a subscriber is asked (the playout-delay header extension) to hold its video that round trip
+# plus a margin, from the first report of loss until ``PLAYOUT_HOLD_S`` after the last.
+PLAYOUT_LOSS = 0.01
+PLAYOUT_MARGIN_MS = 60
+PLAYOUT_MIN_MS, PLAYOUT_MAX_MS = 100, 400
+PLAYOUT_HOLD_S = 10.0
+
+
+@dataclass
+class PlayoutDelay:
+    """One subscriber's requested minimum playout delay, updated every ``INTERVAL``."""
+
+    delay_ms: int = 0
+    _until: float = 0.0
+
+    def update(self, now: float, loss: float | None, rtt_s: float | None) -> int:
+        if loss is not None and loss >= PLAYOUT_LOSS and rtt_s is not None:
+            wanted = round(1000 * rtt_s) + PLAYOUT_MARGIN_MS
+            self.delay_ms = max(self.delay_ms if now < self._until else 0,
+                                min(PLAYOUT_MAX_MS, max(PLAYOUT_MIN_MS, wanted)))
+            self._until = now + PLAYOUT_HOLD_S
+        elif now >= self._until:
+            self.delay_ms = 0
+        return self.delay_ms
+

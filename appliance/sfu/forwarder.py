@@ -93,17 +93,22 @@ class RtpRewriter:
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+PLAYOUT_DELAY_MAX = 0xFFF  # the largest delay the extension can state, in its 10 ms units
 
 
 @dataclass
 class HeaderTemplate:
-    """A subscriber's RTP header extensions (MID, abs-send-time, audio level) in RFC 8285's
-    one-byte form, with the constant part packed once: the same bytes RtpPacket.serialize writes
-    for the extensions this SFU sets, for a fraction of its per-packet cost."""
+    """A subscriber's RTP header extensions (MID, abs-send-time, audio level, and a playout
+    delay while its link needs one) in RFC 8285's one-byte form, with the constant part packed
+    once: the same bytes RtpPacket.serialize writes for the extensions this SFU sets, for a
+    fraction of its per-packet cost."""
 
     mid: bytes  # the MID element, whole
     abs_send_time_id: int
     audio_level_id: int
+    playout_delay_id: int = 0
+    playout_delay: bytes = b""  # the playout-delay element, whole (b"": none)
 
     @classmethod
     def for_subscriber(cls, mid: str | None, extensions: list) -> HeaderTemplate | None:
@@ -114,11 +119,26 @@ class HeaderTemplate:
         if any(i > 14 for i in ids.values()) or len(mid_bytes) > 16:
             return None
         mid_element = bytes([(ids[MID_URI] << 4) | (len(mid_bytes) - 1)]) + mid_bytes if mid_bytes else b""
-        return cls(mid_element, ids.get(ABS_SEND_TIME_URI, 0), ids.get(AUDIO_LEVEL_URI, 0))
+        return cls(mid_element, ids.get(ABS_SEND_TIME_URI, 0), ids.get(AUDIO_LEVEL_URI, 0),
+                   ids.get(PLAYOUT_DELAY_URI, 0))
+
+    def set_playout_delay(self, minimum_ms: int) -> None:
+        """Ask the subscriber's jitter buffer to hold frames at least ``minimum_ms`` (0: stop
+        asking; nothing when the subscriber did not negotiate the extension). The maximum is left
+        at the largest the extension states, so the browser's own estimate still rules above it."""
+        if not self.playout_delay_id:
+            return
+        if minimum_ms <= 0:
+            self.playout_delay = b""
+            return
+        units = min(PLAYOUT_DELAY_MAX, round(minimum_ms / 10))
+        self.playout_delay = bytes([(self.playout_delay_id << 4) | 2]) + (
+            (units << 12) | PLAYOUT_DELAY_MAX).to_bytes(3, "big")
 
     def serialize(self, packet: RtpPacket) -> bytes:
-        """``packet`` (no CSRCs, no padding) as RtpPacket.serialize would write it."""
-        ext = self.mid
+        """``packet`` (no CSRCs, no padding) as RtpPacket.serialize would write it, with the
+        playout delay if one is set."""
+        ext = self.mid + self.playout_delay
         if self.abs_send_time_id and packet.extensions.abs_send_time is not None:
             ext += bytes([(self.abs_send_time_id << 4) | 2]) + packet.extensions.abs_send_time.to_bytes(3, "big")
         level = packet.extensions.audio_level
@@ -485,6 +505,7 @@ class DownTrack:
         self.retransmitted = 0  # packets sent again on the subscriber's NACKs
         self.retransmissions_refused = 0  # NACKed packets not sent again: over the budget
         self.keyframe_timestamp: int | None = None  # the latest keyframe forwarded (as sent)
+        self.playout_delay_ms = 0  # the least the subscriber's jitter buffer is asked to hold (video)
         self._keyframe_resends: dict[int, int] = {}  # its packets sent again, by sequence number
         self.remb_bps: int | None = None  # the subscriber's latest REMB naming this track
         self.remb_at: float | None = None
@@ -512,6 +533,8 @@ class DownTrack:
         self.mid = self.transceiver.mid
         self.extensions = aiortc_private.header_extensions_map(self.transceiver)
         self.header = HeaderTemplate.for_subscriber(self.mid, aiortc_private.header_extensions(self.transceiver))
+        if self.header is not None:
+            self.header.set_playout_delay(self.playout_delay_ms)
         self.accepted = True
         return True
 
@@ -594,6 +617,14 @@ class DownTrack:
         self.up.discard(self)
         if self.keyframe_budget is not None:
             self.keyframe_budget.close()
+
+    def set_playout_delay(self, minimum_ms: int) -> None:
+        """Ask the subscriber to play this video at least ``minimum_ms`` late (0: as it likes),
+        from the next packet on (see Peer.allocate)."""
+        if minimum_ms != self.playout_delay_ms:
+            self.playout_delay_ms = minimum_ms
+            if self.header is not None:
+                self.header.set_playout_delay(minimum_ms)
 
     def remb_received(self, bitrate: int) -> None:
         self.remb_bps, self.remb_at = bitrate, time.monotonic()

@@ -45,6 +45,7 @@ from aiortc.rtcrtpparameters import (
 )
 
 from . import aiortc_private
+from .forwarder import PLAYOUT_DELAY_URI
 from .twcc import TRANSPORT_CC_URI
 from .errors import SfuError
 
@@ -290,7 +291,8 @@ class SfuPeerConnection(RTCPeerConnection):
             media = remote.get(transceiver.mid)
             if media is None:
                 continue
-            kept = {TRANSPORT_CC_URI, *(SIMULCAST_EXTENSIONS if transceiver.mid in self.simulcast else ())}
+            kept = {TRANSPORT_CC_URI, *(SIMULCAST_EXTENSIONS if transceiver.mid in self.simulcast else ()),
+                    *((PLAYOUT_DELAY_URI,) if transceiver.kind == "video" and transceiver.direction == "sendonly" else ())}
             wanted = [e for e in media.rtp.headerExtensions if e.uri in kept]
             if not wanted:
                 continue
@@ -332,7 +334,10 @@ class SfuPeerConnection(RTCPeerConnection):
                 codecs, extensions = negotiated[transceiver]
             else:
                 codecs = [with_loss_protection(c) for c in payloads.number_codecs(aiortc_private.codecs(transceiver))]
-                extensions = payloads.number_extensions(aiortc_private.header_extensions(transceiver))
+                offered = aiortc_private.header_extensions(transceiver)
+                if media.kind == "video" and transceiver.direction == "sendonly":  # a subscriber's video
+                    offered = [*offered, RTCRtpHeaderExtensionParameters(id=0, uri=PLAYOUT_DELAY_URI)]
+                extensions = payloads.number_extensions(offered)
             aiortc_private.set_codecs(transceiver, codecs)
             aiortc_private.set_header_extensions(transceiver, extensions)
             media.rtp.codecs = codecs

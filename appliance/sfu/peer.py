@@ -31,7 +31,7 @@ from aiortc.exceptions import (
 from aiortc.rtp import RtpPacket
 
 from . import aiortc_private
-from .allocation import Demand, DownlinkAllocator
+from .allocation import Demand, DownlinkAllocator, PlayoutDelay
 from .errors import SfuError
 from .forwarder import DownlinkEstimate, DownTrack, ForwardedTrack, UpTrack
 from .ice import (
@@ -105,6 +105,7 @@ class Peer:
         self._sync_queued = False
         self._uplink_counts: dict[tuple[RTCRtpReceiver, int], tuple[int, int]] = {}
         self.allocator = DownlinkAllocator()
+        self.playout = PlayoutDelay()
         self._padding_due = 0.0  # bytes of probe padding owed (see pad)
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any] | None]] = (
             asyncio.Queue())
@@ -404,9 +405,11 @@ class Peer:
         probes = self.allocator.probes
         decision = self.allocator.update(now, bitrate, estimate.loss, audio_bps, demands, self.rtt_s)
         self.room.stats.probes += self.allocator.probes - probes
+        delay = self.playout.update(now, estimate.loss, self.rtt_s)
         for down in self.downs.values():
             if down.kind == "video":
                 down.set_bandwidth_layer(decision.caps.get(down.up.key))
+                down.set_playout_delay(delay)
 
     def pad(self, seconds: float) -> None:
         """Send the probe padding the allocator asked for over the last ``seconds``, through a

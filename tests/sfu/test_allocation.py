@@ -2,8 +2,8 @@
 time: the estimates a browser's REMB would give and the layer bitrates the SFU measures."""
 
 from appliance.sfu.allocation import (
-    DOWN_AFTER_S, INTERVAL, MIN_PROBE_BPS, PROBE_BACKOFF_S, PROBE_REPORT_S, PROBE_S, PROBE_STAGE_S, UP_AFTER_S,
-    Demand, DownlinkAllocator, share,
+    DOWN_AFTER_S, INTERVAL, MIN_PROBE_BPS, PLAYOUT_HOLD_S, PROBE_BACKOFF_S, PROBE_REPORT_S, PROBE_S, PROBE_STAGE_S,
+    UP_AFTER_S, Demand, DownlinkAllocator, PlayoutDelay, share,
 )
 
 CAMERA = (150_000.0, 500_000.0, 1_200_000.0)  # a 1280x720 camera's three layers, as measured
@@ -183,4 +183,20 @@ def test_loss_without_a_queue_is_not_congestion_unless_heavy():
     allocator = DownlinkAllocator()
     run(allocator, 5.0, None, rtt=0.16)
     assert allocator.update(5.5, None, 0.25, AUDIO, [camera()], 0.16).caps == {"ada": 1}
+
+
+def test_a_lossy_downlink_is_asked_to_hold_its_video_a_round_trip_more_until_it_has_been_clean_a_while() -> None:
+    """Loss in the receiver reports: the subscriber plays its video the round trip (which a
+    retransmission takes) plus 60 ms late, 100 to 400 ms; the longest asked for stays while loss
+    goes on, and it ends 10 s after the last report of loss. A clean link, or no round trip
+    measured yet, is asked nothing."""
+    playout = PlayoutDelay()
+    assert playout.update(0.0, 0.0, 0.16) == 0
+    assert playout.update(0.5, 0.05, None) == 0  # no round trip yet: nothing to go by
+    assert playout.update(1.0, 0.05, 0.16) == 220
+    assert playout.update(1.5, 0.05, 0.01) == 220  # a shorter round trip does not shorten it meanwhile
+    assert playout.update(2.0, 0.0, 0.16) == 220
+    assert playout.update(1.5 + PLAYOUT_HOLD_S - 0.1, 0.0, 0.16) == 220
+    assert playout.update(1.5 + PLAYOUT_HOLD_S, 0.0, 0.16) == 0
+    assert playout.update(20.0, 0.3, 2.0) == 400 and playout.update(40.0, 0.3, 0.001) == 100
 

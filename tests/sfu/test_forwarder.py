@@ -412,6 +412,26 @@ def test_header_template_writes_what_rtp_packet_serialize_writes(
         assert template.serialize(packet) == packet.serialize(extensions)
 
 
+def test_header_template_adds_the_playout_delay_asked_for_when_negotiated() -> None:
+    """The playout-delay element (ID, length 2, then 12-bit minimum and maximum in 10 ms units)
+    goes after the MID while a delay is asked for; the maximum is left at its largest."""
+    delay = RTCRtpHeaderExtensionParameters(id=5, uri="http://www.webrtc.org/experiments/rtp-hdrext/playout-delay")
+    packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3, payload=b"x")
+    packet.extensions.abs_send_time = 0xABCDEF
+    template = HeaderTemplate.for_subscriber("1", [MID, ABS_SEND_TIME, delay])
+    plain = template.serialize(packet)
+    template.set_playout_delay(220)
+    delayed = template.serialize(packet)
+    assert delayed[12:16] == b"\xbe\xde\x00\x03"  # three words of extensions now
+    assert delayed[16:18] == plain[16:18] == b"\x40" + b"1"  # the MID (ID 4)
+    assert delayed[18:22] == bytes([0x52, 0x01, 0x6F, 0xFF])  # 22 x 10 ms, 4095 x 10 ms
+    template.set_playout_delay(0)
+    assert template.serialize(packet) == plain
+    without = HeaderTemplate.for_subscriber("1", [MID, ABS_SEND_TIME])
+    without.set_playout_delay(220)  # not negotiated: nothing written
+    assert without.serialize(packet) == plain
+
+
 def test_header_template_leaves_the_two_byte_form_to_aiortc() -> None:
     wide = [RTCRtpHeaderExtensionParameters(id=15, uri="urn:ietf:params:rtp-hdrext:sdes:mid")]
     assert HeaderTemplate.for_subscriber("0", wide) is None
@@ -634,11 +654,11 @@ async def test_taps_get_the_highest_layer_sent_from_its_keyframe(simulcast_pair:
 
 def _allocating_peer(down: DownTrack, stats: SfuStats) -> Any:
     """What Peer.allocate reads of a peer: its down tracks, allocator, round trip and room's stats."""
-    from appliance.sfu.allocation import DownlinkAllocator
+    from appliance.sfu.allocation import DownlinkAllocator, PlayoutDelay
     from appliance.sfu.peer import Peer
 
     peer = SimpleNamespace(downs={down.up.key: down}, allocator=DownlinkAllocator(), room=SimpleNamespace(stats=stats),
-                           rtt_s=0.05)
+                           rtt_s=0.05, playout=PlayoutDelay())
     peer.downlink_estimate = lambda: Peer.downlink_estimate(peer)  # type: ignore[arg-type]
     return peer
 

@@ -80,7 +80,8 @@ async def test_server_offer_keeps_the_browsers_numbering_in_the_bundle() -> None
         assert _codecs(media[2]) == {"audio/opus": 111}
         assert _codecs(media[3]) == {"video/VP8": 96, "video/rtx/96": 97}
         assert _extensions(media[2]) == {"mid": 4, "ssrc-audio-level": 1}
-        assert _extensions(media[3]) == {"mid": 4, "abs-send-time": 2}
+        # A subscriber's video also offers playout-delay (asked of a lossy link: allocation.py).
+        assert _extensions(media[3]) == {"mid": 4, "abs-send-time": 2, "playout-delay": 5}
         assert [m.direction for m in media] == ["recvonly", "recvonly", "sendonly", "sendonly"]
         # The transceivers send with what was offered.
         assert aiortc_private.codecs(pc.getTransceivers()[3])[0].payloadType == 96
