@@ -854,7 +854,9 @@ class Session {
       }
       screens.clear();
       this.remoteByMid.clear();
-      views.clear();  // the SFU took us back afresh: it sends every camera again
+      views.clear();  // the SFU took us back afresh: it sends every camera again,
+      this.lastN = null;  // and says anew whose when last-N applies
+      this.refreshPaused();
       const publisher = new Publisher(await certificate);
       this.pc.close();
       this.sources = publisher.sources;
@@ -979,7 +981,10 @@ class Session {
 
   #unpublished(track) {
     if (track?.source === "screen") screens.remove(track.track_id);
-    if (track?.source === "camera") views.forget(track.participant);
+    if (track?.source === "camera") {
+      views.forget(track.participant);
+      this.refreshPaused();
+    }
     grid.refresh(track?.participant);
   }
 
@@ -1053,8 +1058,8 @@ class Session {
   /** Tiles whose camera the SFU does not send us show the avatar. */
   refreshPaused() {
     for (const id of grid.tiles.keys()) {
-      if (!views.cameras.has(id)) continue;
-      grid.setPaused(id, Boolean(this.lastN && !this.lastN.has(id)) || (views.lowBandwidth && id !== views.speaker));
+      const notSent = Boolean(this.lastN && !this.lastN.has(id)) || (views.lowBandwidth && id !== views.speaker);
+      grid.setPaused(id, views.cameras.has(id) && notSent);
     }
   }
 
