@@ -355,7 +355,12 @@ function meterMicrophone() {
   if (!track || meter?.track === track) return;
   meter?.context.close();
   const context = new AudioContext();
-  if (context.state === "suspended") document.addEventListener("click", () => context.resume(), { once: true });
+  // Resumed at the first click, unless it was closed meanwhile (a new meter, or the page joined):
+  // resuming a closed context rejects, an error on the page.
+  if (context.state === "suspended") {
+    document.addEventListener("click", () => { if (context.state === "suspended") context.resume().catch(() => {}); },
+                              { once: true });
+  }
   const analyser = context.createAnalyser();
   analyser.fftSize = 512;
   context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
