@@ -3,6 +3,7 @@
 Usage: python benchmarks/sfu_vs_janus.py [--subscribers 32] [--seconds 20] [--settle 5]
        [--repeat 2] [--targets confmeet,janus-2-loops,janus]
        python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet-observed --repeat 3
+       python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet-simulcast --repeat 3
        python benchmarks/sfu_vs_janus.py --targets confmeet,confmeet@/tmp/before --repeat 5
 
 Every target gets the same load, one after the other and repeated in turns (so that whatever
@@ -22,6 +23,12 @@ Targets:
   confmeet        ``confmeet serve`` from this tree, a fresh data directory, media on loopback, one
                   SFU worker process (the meeting's room lives on one worker anyway; the CPU
                   counted is the appliance's process and its worker's together).
+  confmeet-simulcast
+                  the same with the camera sent as a browser sends it with simulcast: three layers
+                  (160x120 ~50 kbps, 320x240 ~200 kbps, and the 640x480 clip), each with its rid,
+                  one chosen per subscriber (see cli/client/clips.py SimulcastCamera). Against
+                  ``confmeet`` it is the cost of receiving three layers and choosing among them, per
+                  packet forwarded; the video each subscriber got is printed, to show its layer.
   confmeet-observed
                   the same with the observability on, as an install runs it and harder: Debian's
                   Prometheus scraping /metrics every second (an install scrapes every 15 s), and
@@ -61,7 +68,8 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli.client.api import ApplianceApi  # noqa: E402
-from cli.client.clips import EncodedClip, encode_audio_clip, encode_video_clip, send_looped  # noqa: E402
+from cli.client.clips import (EncodedClip, encode_audio_clip, encode_simulcast_clips,  # noqa: E402
+                              encode_video_clip, send_looped)
 from cli.client.participant import LOOPBACK, Participant  # noqa: E402
 from cli.client.received import CountedTrack  # noqa: E402
 from cli.loadtest import quiet_media_logs  # noqa: E402
@@ -116,6 +124,7 @@ class Result:
     sfu_system_s: float  # the kernel's part of sfu_cpu_s (system calls: sends, receives, polls)
     generator_cpu_s: float
     first_frame_ms: list[float] = field(default_factory=list)
+    video_bytes: int = 0  # video payload the subscribers received in the window, all together
 
     @property
     def us_per_packet(self) -> float:
@@ -124,6 +133,11 @@ class Result:
     @property
     def kernel_us_per_packet(self) -> float:
         return 1e6 * self.sfu_system_s / self.packets if self.packets else float("nan")
+
+    @property
+    def video_kbps(self) -> float:
+        """The video each receiving subscriber got, kbit/s: which layer it was sent."""
+        return 8 * self.video_bytes / self.window_s / 1000 / max(1, self.subscribers_receiving)
 
     @property
     def per_generator(self) -> float:
@@ -154,6 +168,9 @@ class Subscriber:
 
     async def packets(self) -> int:
         return sum([await t.packets_received() for t in self.tracks])
+
+    def video_bytes(self) -> int:
+        return sum(t.media_bytes for t in self.tracks if t.kind == "video")
 
     def first_frame(self) -> float | None:
         return next((t.first_frame_at for t in self.tracks if t.kind == "video" and t.first_frame_at), None)
@@ -200,12 +217,14 @@ def serve(scratch: Path, tree: Path = ROOT, workers: int = 1,
 
 
 class Confmeet:
-    def __init__(self, scratch: Path, workers: int = 1, tree: Path = ROOT, name: str = "confmeet") -> None:
+    def __init__(self, scratch: Path, workers: int = 1, tree: Path = ROOT, name: str = "confmeet",
+                 simulcast: list[EncodedClip] | None = None) -> None:
         self.scratch = scratch
         self.workers = workers
         self.tree = tree
         self.name = name if workers == 1 else f"{name}-{workers}-workers"
         self.extra_env: dict[str, str] = {}
+        self.simulcast = simulcast  # the camera's layers, when it sends simulcast
 
     async def start(self) -> int:
         self.proc, self.url = serve(self.scratch, self.tree, self.workers, self.extra_env)
@@ -218,6 +237,9 @@ class Confmeet:
 
     async def publish(self, clips: tuple[EncodedClip, EncodedClip]) -> None:
         publisher = await self._joined("publisher", receive=False)
+        if self.simulcast:
+            publisher.publish_simulcast(self.simulcast)
+            clips = clips[1:]
         for clip in clips:
             publisher.publish_clip(clip)
         await publisher.offer(check=True)
@@ -238,6 +260,10 @@ class Confmeet:
     @staticmethod
     async def packets(subscriber: Participant) -> int:
         return sum([await t.packets_received() for t in subscriber.received])
+
+    @staticmethod
+    def video_bytes(subscriber: Participant) -> int:
+        return sum(t.media_bytes for t in subscriber.video())
 
     @staticmethod
     def first_frame(subscriber: Participant) -> float | None:
@@ -433,6 +459,10 @@ class Janus:
         return await subscriber.packets()
 
     @staticmethod
+    def video_bytes(subscriber: Subscriber) -> int:
+        return subscriber.video_bytes()
+
+    @staticmethod
     def first_frame(subscriber: Subscriber) -> float | None:
         return subscriber.first_frame()
 
@@ -461,12 +491,14 @@ async def measure(target: Any, clips: tuple[EncodedClip, EncodedClip], subscribe
         first = [1000 * (target.first_frame(s) - t0) for s, t0 in zip(joined, started) if target.first_frame(s)]
         await asyncio.sleep(settle)
         packets_0 = sum([await target.packets(s) for s in joined])
+        bytes_0 = sum(map(target.video_bytes, joined))
         cpu_0, own_0, t_0 = cpu_seconds(pid), time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
         cpu_1, own_1, t_1 = cpu_seconds(pid), time.process_time(), time.monotonic()
         packets_1 = sum([await target.packets(s) for s in joined])
+        bytes_1 = sum(map(target.video_bytes, joined))
         return Result(target.name, len(first), t_1 - t_0, packets_1 - packets_0, cpu_1[0] - cpu_0[0],
-                      cpu_1[1] - cpu_0[1], own_1 - own_0, first)
+                      cpu_1[1] - cpu_0[1], own_1 - own_0, first, bytes_1 - bytes_0)
     finally:
         await target.stop()
 
@@ -482,7 +514,8 @@ async def main() -> int:
     args = parser.parse_args()
     quiet_media_logs()
     targets = args.targets.split(",")
-    unknown = [name for name in targets if name not in ("confmeet", "confmeet-observed", "janus-2-loops", "janus")
+    unknown = [name for name in targets if name not in ("confmeet", "confmeet-simulcast", "confmeet-observed",
+                                                          "janus-2-loops", "janus")
                and not (name.startswith("confmeet@") and (Path(name[len("confmeet@"):]) / "cli").is_dir())]
     if unknown:
         print(f"unknown target(s), or no confmeet tree there: {', '.join(unknown)}", file=sys.stderr)
@@ -499,6 +532,8 @@ async def main() -> int:
               **{name: (lambda name=name: Confmeet(scratch, tree=Path(name[len("confmeet@"):]), name=name))
                  for name in targets if name.startswith("confmeet@")}}
     clips = (encode_video_clip(), encode_audio_clip())
+    simulcast = encode_simulcast_clips()
+    makers["confmeet-simulcast"] = lambda: Confmeet(scratch, name="confmeet-simulcast", simulcast=simulcast)
     print(f"publisher: VP8 640x480@30 {clips[0].bitrate / 1000:.0f} kbps + Opus {clips[1].bitrate / 1000:.0f} kbps; "
           f"{args.subscribers} subscribers, {args.seconds:.0f} s windows, {os.cpu_count()} cores", flush=True)
     results: list[Result] = []
@@ -509,7 +544,7 @@ async def main() -> int:
             print(f"round {round_} {name:14} {result.subscribers_receiving:3}/{args.subscribers} receiving  "
                   f"{result.packets / result.window_s:8,.0f} pkt/s  SFU {100 * result.sfu_cpu_s / result.window_s:5.1f} %"
                   f"  {result.us_per_packet:5.1f} µs/pkt (kernel {result.kernel_us_per_packet:4.1f})  generator {100 * result.generator_cpu_s / result.window_s:5.1f} %"
-                  f"  SFU/generator {result.per_generator:.3f}"
+                  f"  SFU/generator {result.per_generator:.3f}  video {result.video_kbps:4.0f} kbit/s each"
                   f"  first frame p50 {statistics.median(result.first_frame_ms) if result.first_frame_ms else float('nan'):4.0f} ms",
                   flush=True)
     print("\ntarget          µs per forwarded packet (each round)   median   vs confmeet")
@@ -530,11 +565,12 @@ async def main() -> int:
         print(f"{name:14}  {', '.join(f'{r.per_generator:.3f}' for r in results if r.target == name):36}   "
               f"{relative[name]:.3f}")
     base = [r for r in results if r.target == "confmeet"]
-    for name in (n for n in targets if n.startswith("confmeet-observed") or n.startswith("confmeet@")):
+    for name in (n for n in targets if n in ("confmeet-observed", "confmeet-simulcast") or n.startswith("confmeet@")):
         if not base:
             break
-        what = ("metrics scraped every 1 s and tracing on" if name == "confmeet-observed"
-                else f"{name[len('confmeet@'):]} against this tree")
+        what = {"confmeet-observed": "metrics scraped every 1 s and tracing on",
+                "confmeet-simulcast": "simulcast on (three layers received, one chosen per subscriber)"}.get(
+                    name, f"{name[len('confmeet@'):]} against this tree")
         other = [r for r in results if r.target == name]
         paired = ", ".join(f"{100 * (o.us_per_packet / c.us_per_packet - 1):+.1f} %" for c, o in zip(base, other))
         paired_relative = ", ".join(f"{100 * (o.per_generator / c.per_generator - 1):+.1f} %"

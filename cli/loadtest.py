@@ -455,6 +455,7 @@ class Plan:
     metrics_token: str | None = None
     rooms: int = 1
     decode: int = 2  # subscribers per worker that decode; the others count without decoding
+    simulcast: bool = False  # cameras send three layers, as a browser's does
 
     @property
     def all_subscribers(self) -> int:
@@ -514,7 +515,7 @@ def join_failure(meeting: str, exc: SignalingError) -> str:
 
 
 async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
-    from .client.clips import encode_audio_clip, encode_video_clip
+    from .client.clips import encode_audio_clip, encode_simulcast_clips, encode_video_clip
     from .client.participant import Participant
     from .client.signaling import SignalingError
 
@@ -535,6 +536,7 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
 
     state.phase = "encoding media"
     clips = await asyncio.to_thread(lambda: (encode_video_clip(), encode_audio_clip()))
+    layers = await asyncio.to_thread(encode_simulcast_clips) if plan.simulcast else None
 
     publishers: list[Participant] = []
     workers: list[WorkerProcess] = []
@@ -551,7 +553,11 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
                     await publisher.join(meeting["code"], check=True)
                 except SignalingError as exc:
                     raise LoadTestError(join_failure(meeting["code"], exc)) from None
-                camera, _ = [publisher.publish_clip(clip) for clip in clips]
+                if layers:
+                    camera = publisher.publish_simulcast(layers)
+                    publisher.publish_clip(clips[1])
+                else:
+                    camera, _ = [publisher.publish_clip(clip) for clip in clips]
                 try:
                     await publisher.offer(check=True)
                 except SignalingError as exc:
@@ -568,7 +574,7 @@ async def run_load_test(plan: Plan, state: LiveState) -> dict[str, Any]:
     problems = [f"{p.name}: {p.failure}" for p in publishers if p.failure]
     problems += [f"worker {w.index} exited with {w.process.returncode}: " + " / ".join(list(w.stderr_tail)[-3:])
                  for w in workers if w.process.returncode]
-    return build_report(plan, meetings, clips, before, measured, problems)
+    return build_report(plan, meetings, clips, before, measured, problems, layers)
 
 
 @dataclass
@@ -681,7 +687,8 @@ async def run_subscribers(plan: Plan, api: ApplianceApi, meetings: list[str], st
 
 
 def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[EncodedClip, EncodedClip],
-                 before: MetricsSample | None, measured: Measured, problems: list[str]) -> dict[str, Any]:
+                 before: MetricsSample | None, measured: Measured, problems: list[str],
+                 layers: list[EncodedClip] | None = None) -> dict[str, Any]:
     from .client.clips import VIDEO_FPS, VIDEO_HEIGHT, VIDEO_WIDTH
 
     results = measured.results
@@ -715,7 +722,8 @@ def build_report(plan: Plan, meetings: list[dict[str, Any]], clips: tuple[Encode
         "published_media": {"video": f"VP8 {VIDEO_WIDTH}x{VIDEO_HEIGHT}@{VIDEO_FPS}",
                             "video_kbps": round(clips[0].bitrate / 1000), "audio": "Opus",
                             "audio_kbps": round(clips[1].bitrate / 1000),
-                            "video_fps_sent": measured.camera_fps},
+                            "video_fps_sent": measured.camera_fps,
+                            "simulcast_kbps": [round(layer.bitrate / 1000) for layer in layers] if layers else None},
         "summary": summary,
         "sfu": sfu,
         "rooms": rooms,
@@ -795,7 +803,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     summary.add_column("value", justify="right")
     rows = [
         ("each publisher sends", f"{media['video']} {media['video_kbps']} kbps, "
-                                 f"{media['audio']} {media['audio_kbps']} kbps"),
+                                 + (f"simulcast with layers of {' + '.join(map(str, media['simulcast_kbps'][:-1]))} kbps, "
+                                    if media.get("simulcast_kbps") else "")
+                                 + f"{media['audio']} {media['audio_kbps']} kbps"),
         ("video frames sent per second", ", ".join(f"{v:.1f}" for v in media["video_fps_sent"])),
         ("subscribers receiving / failed", f"{s['subscribers_ok']} / {s['subscribers_failed']}"),
         ("received video fps, mean / min", f"{_number(s['video_fps_mean'])} / {_number(s['video_fps_min'])}"),
@@ -885,6 +895,9 @@ def loadtest(
         "--metrics-token-env", metavar="VAR",
         help="Read the appliance's metrics_token from this environment variable (needed for its /metrics "
              "unless this machine's address is in its metrics_addresses).")] = None,
+    simulcast: Annotated[bool, typer.Option(
+        help="Send each camera as a browser sends simulcast: three layers (160x120, 320x240 and the "
+             "640x480 one), each subscriber given the one the SFU chooses.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON for scripts.")] = False,
 ) -> None:
     """Load meetings with publishers and subscribers and measure the SFU (like `lk load-test`).
@@ -904,7 +917,7 @@ def loadtest(
                 raise LoadTestError(f"the environment variable {metrics_token_env} (--metrics-token-env) is not set")
         plan = Plan(url, email, read_password(password_stdin, password_env), meeting, publishers,
                     subscribers, min(workers or os.cpu_count() or 1, subscribers * rooms), duration, join_rate,
-                    settle, metrics_token, rooms, decode)
+                    settle, metrics_token, rooms, decode, simulcast)
         quiet_media_logs()
         state = LiveState(plan)
         if as_json:

@@ -21,7 +21,9 @@ from aiortc.rtcrtpreceiver import decoder_worker
 from rich.console import Console
 
 from appliance_server import CONFMEET, Appliance, start_appliance
-from cli.client.clips import LoopedTrack, encode_audio_clip, encode_video_clip
+from cli.client.api import ApplianceApi
+from cli.client.clips import LoopedTrack, encode_audio_clip, encode_simulcast_clips, encode_video_clip
+from cli.client.participant import Participant
 from cli.client.received import count_decode_errors
 from cli.loadtest import MetricsSample, render_report, sfu_figures
 from conftest import free_port, stop
@@ -176,6 +178,45 @@ async def test_looped_clips_rise_in_time_and_restart_at_the_keyframe_on_request(
     assert bytes(await track.recv()) == video.frames[0]
     assert bytes(await track.recv()) == video.frames[1]
     track.stop()
+
+
+async def test_a_simulcast_camera_sends_three_layers_the_sfu_chooses_among(appliance: Appliance) -> None:
+    """The load test's simulcast camera offers its layers as a browser does (rids, no SSRCs) and
+    sends each with its rid: a subscriber decodes the whole picture, then, asking for the lowest
+    layer (``video_layer``), a quarter of it."""
+    api = ApplianceApi(appliance.url)
+    await api.sign_in(*ADMIN)
+    meeting = await api.create_meeting("simulcast")
+    publisher = Participant(api.url, api.token, name="camera", receive=False)
+    viewer = Participant(api.url, api.token, name="viewer")
+    try:
+        await publisher.connect()
+        await publisher.join(meeting["code"], check=True)
+        camera = publisher.publish_simulcast(encode_simulcast_clips(seconds=1))
+        await publisher.offer(check=True)
+        sent = publisher.pc.localDescription.sdp
+        assert "a=simulcast" not in sent  # aiortc's own description: the rids go in what is offered
+        assert [layer.track.clip.frames[0][0] & 0x01 for layer in camera.layers] == [0, 0, 0]
+        await publisher.connected()
+        await viewer.connect()
+        await viewer.join(meeting["code"], check=True)
+        await viewer.offer(check=True)
+        await viewer.wait_for_video(1, timeout=20)
+        await viewer.wait_until(lambda: viewer.frames_from(publisher.joined["participant"]["id"], "video") >= 15)
+        video = viewer.video()[0]
+        assert video.sizes == {(640, 480)}, video.sizes
+
+        track_id = next(t["track_id"] for t in viewer.joined["tracks"] if t["kind"] == "video")
+        reply = await viewer.request({"type": "video_layer", "publisher": publisher.joined["participant"]["id"],
+                                      "track_id": track_id, "max_layer": 0})
+        assert reply["type"] == "ok", reply
+        await viewer.wait_until(lambda: (160, 120) in video.sizes, timeout=10)
+        assert video.decode_errors is not None and video.decode_errors.count == 0
+        assert camera.sent > 0 and publisher.failures == [] and viewer.failures == []
+    finally:
+        await viewer.leave()
+        await publisher.leave()
+        await api.end_meeting(meeting["id"])
 
 
 async def test_decode_errors_are_counted_where_aiortc_reports_them() -> None:

@@ -31,7 +31,7 @@ from appliance.sfu import aiortc_private
 from appliance.sfu.ice import CandidateGatherer, IceSettings
 
 from . import REQUEST_TIMEOUT, ClientError
-from .clips import EncodedClip, LoopedTrack, send_loop, send_looped
+from .clips import EncodedClip, LoopedTrack, SimulcastCamera, send_loop, send_looped
 from .received import CountedTrack, ReceivedTrack
 from .signaling import SignalingClient, SignalingError, signaling_url
 
@@ -83,6 +83,7 @@ class Participant:
         self._negotiating = asyncio.Lock()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []  # cancelled by close()
+        self._simulcast: list[SimulcastCamera] = []
 
     # ------------------------------------------------------------------ signaling
     async def connect(self) -> None:
@@ -159,6 +160,8 @@ class Participant:
         self.leaving = True
         for task in self._tasks:
             task.cancel()
+        for camera in self._simulcast:
+            camera.stop()
         if self.pc is not None:
             await self.pc.close()
         if self.signaling is not None:
@@ -185,6 +188,13 @@ class Participant:
         """Send ``clip``, looped (see clips.send_looped), from the next ``offer``."""
         return send_looped(self._peer(), clip)
 
+    def publish_simulcast(self, clips: list[EncodedClip]) -> SimulcastCamera:
+        """Send ``clips`` (clips.encode_simulcast_clips) as a camera's simulcast layers, looped,
+        from the next ``offer``."""
+        camera = SimulcastCamera(self._peer(), clips)
+        self._simulcast.append(camera)
+        return camera
+
     async def offer(self, *, check: bool = False) -> dict[str, Any]:
         """Offer what this participant publishes, apply the server's answer, and return the reply
         (see request for ``check``)."""
@@ -195,10 +205,14 @@ class Participant:
             await pc.setLocalDescription(offer)
             tracks = [{"mid": t.mid, "source": SOURCES[t.kind]}
                       for t in pc.getTransceivers() if t.direction == "sendonly" and t.mid]
-            reply = await self.request({"type": "offer", "sdp": pc.localDescription.sdp, "tracks": tracks},
-                                       check=check)
+            sdp = pc.localDescription.sdp
+            for camera in self._simulcast:
+                sdp = camera.describe(sdp)
+            reply = await self.request({"type": "offer", "sdp": sdp, "tracks": tracks}, check=check)
             if reply["type"] == "answer":
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+                for camera in self._simulcast:
+                    camera.start(reply["sdp"])
             return reply
 
     async def connected(self) -> None:

@@ -142,6 +142,7 @@ class CountedTrack:
         self.stream_id = ""
         self.frames = 0
         self.keyframes = 0
+        self.media_bytes = 0  # video payload bytes received (RTX not counted)
         self.first_frame_at: float | None = None
         self._on_frame = on_frame
         self._media_types = {c.payloadType for c in aiortc_private.codecs(transceiver) if c.name != "rtx"}
@@ -153,6 +154,7 @@ class CountedTrack:
         """Count a video frame at its last packet; True: the receiver's own handling goes on."""
         if self.kind != "video" or packet.payload_type not in self._media_types:
             return True  # audio is counted by the receiver's statistics; RTX repeats what was counted
+        self.media_bytes += len(packet.payload)
         if is_keyframe_start("VP8", packet.payload):
             self.keyframes += 1
             self._decodable = True
