@@ -321,6 +321,7 @@ class Run:
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     b_first_frame_s: float | None = None  # after B's join
     b_top_layer_s: float | None = None  # from the window's start to B's first reading of the top layer
+    b_seconds: list[str] = field(default_factory=list)  # B second by second: "width/frames", "!" a PLI sent
     error: str | None = None
 
 
@@ -383,6 +384,7 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
                 run.b_top_layer_s = samples[-1].at - samples[0].at
         run.load_after = os.getloadavg()
         run.figures = figures(samples)
+        run.b_seconds = b_seconds(samples)
         errors = [f"{role}: {e}" for role, page in pages.items() for e in page.errors]
         if errors:
             run.error = "; ".join(errors)
@@ -393,6 +395,14 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
 
 
 # ---------------------------------------------------------------------------- report
+def b_seconds(samples: list[Sample]) -> list[str]:
+    """B's video second by second: the width decoded and the frames decoded in it, "!" for each
+    PLI it sent (a picture it could not decode), so a freeze can be placed against the switches."""
+    streams = [_largest((s.pages["b"] or {}).get("inbound", []), "packetsReceived") for s in samples]
+    return [f"{b.get('frameWidth') or 0}/{int(_delta(a, b, 'framesDecoded'))}" + "!" * int(_delta(a, b, "pliCount"))
+            for a, b in zip(streams, streams[1:], strict=False)]
+
+
 def _n(value: float | None, digits: int = 0, suffix: str = "") -> str:
     return "–" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -493,7 +503,8 @@ def main() -> int:
     for run in runs:
         if run.case in LIFTED and run.figures:
             after = "never in the window" if run.b_top_layer_s is None else f"{run.b_top_layer_s:.1f} s after"
-            console.print(f"{run.case} #{run.number}: B on the presenter's top layer {after} its cap was lifted")
+            console.print(f"{run.case} #{run.number}: B on the presenter's top layer {after} its cap was lifted; "
+                          f"B each second (width/frames decoded, ! a PLI): {' '.join(run.b_seconds)}")
         if run.error:
             console.print(f"{run.case} #{run.number}: {run.error}", style="red")
     return 1 if any(run.error for run in runs) else 0

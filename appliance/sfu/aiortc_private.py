@@ -164,6 +164,30 @@ def transport_feedback(transport: RTCDtlsTransport) -> twcc.FeedbackRecorder:
     return recorder
 
 
+def on_transport_feedback(transport: RTCDtlsTransport, callback: Callable[[twcc.Feedback], None]) -> None:
+    """Call ``callback`` with each transport-cc feedback message the transport receives (once
+    per transport: a later call changes nothing). aiortc would read such a message as a NACK's
+    list and drop it; the compound RTCP packet is looked through before aiortc parses it."""
+    if getattr(transport, "feedback_callback", None) is not None:
+        return
+    handle = transport._handle_rtcp_data
+
+    async def handle_with_feedback(data: bytes) -> None:
+        offset = 0
+        while offset + 4 <= len(data):
+            length = (int.from_bytes(data[offset + 2:offset + 4], "big") + 1) * 4
+            if data[offset + 1] == twcc.RTCP_RTPFB and data[offset] & 0x1F == twcc.FMT_TRANSPORT_CC:
+                try:
+                    callback(twcc.parse(data[offset:offset + length]))
+                except ValueError:
+                    pass  # malformed: aiortc's parser will say so
+            offset += length
+        await handle(data)
+
+    transport.feedback_callback = callback
+    transport._handle_rtcp_data = handle_with_feedback
+
+
 def arrival_us(transport: RTCDtlsTransport, fallback_ms: int | None = None) -> int:
     """When the packet the transport is handling arrived (see ``transport_feedback``); when its
     datagram has no stamp, ``fallback_ms`` or else aiortc's clock now (read only then: it is not
@@ -358,10 +382,11 @@ class ForwardingSender:
         state["_RTCRtpSender__octet_count"] += len(packet.payload)
         state["_RTCRtpSender__packet_count"] += 1
 
-    def pad(self, ntp_time: int) -> int:
+    def pad(self, ntp_time: int, numbers: twcc.SendHistory | None = None) -> int:
         """Send the latest packet again over RTX, as padding a browser counts towards its
         bandwidth estimate and then drops (it has the packet): stamped with the send time now,
-        so the estimate reads it as sent now. The bytes sent; 0 when RTX was not negotiated or
+        so the estimate reads it as sent now, and numbered from ``numbers`` (the transport's
+        transport-wide sequence) when given. The bytes sent; 0 when RTX was not negotiated or
         nothing was sent yet. Raises ConnectionError when the subscriber's transport is closed."""
         state = self._state
         payload_type = state["_RTCRtpSender__rtx_payload_type"]
@@ -371,7 +396,9 @@ class ForwardingSender:
         state["_RTCRtpSender__rtx_sequence_number"] = (sequence_number + 1) & 0xFFFF
         rtx = wrap_rtx(self._last, payload_type=payload_type, sequence_number=sequence_number,
                        ssrc=state["_rtx_ssrc"])
-        rtx.extensions = dataclasses.replace(rtx.extensions, abs_send_time=(ntp_time >> 14) & 0xFFFFFF)
+        rtx.extensions = dataclasses.replace(
+            rtx.extensions, abs_send_time=(ntp_time >> 14) & 0xFFFFFF,
+            transport_sequence_number=None if numbers is None else numbers.take(time.monotonic()))
         return self._write(rtx.serialize(state["_RTCRtpSender__rtp_header_extensions_map"]))
 
     def _write(self, data: bytes) -> int:

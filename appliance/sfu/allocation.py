@@ -30,6 +30,14 @@ receiver report made during it (``CLEAN_LOSS``). With REMB the probe lets the es
 that much, and the last stage the layer. A probe that fails is tried again after a back-off that
 doubles from ``PROBE_BACKOFF_S`` up to ``PROBE_BACKOFF_MAX_S``.
 
+A browser that takes transport-cc on the video it is sent (Chromium does) reports when each
+packet arrived, every 50-100 ms: the queue those packets met (twcc.SendHistory) is then known
+ten times a second instead of once, and a probe ends the moment that queue passes
+``QUEUE_RISE_S`` — before a narrow link's queue overflows. Probing that fails that cheaply can
+be bolder: while such feedback comes (``FEEDBACK_FRESH_S``), stages last one allocation interval
+(``FED_STAGE_S``), the first is ``FED_FIRST_SHARE`` of what is sent, and the back-off stops at
+``FED_BACKOFF_MAX_S``.
+
 Nothing is held back while nothing is known: no REMB and no loss.
 """
 
@@ -56,6 +64,11 @@ CALM_S = 1.5  # the report that showed the loss is not read twice
 PROBE_BACKOFF_S = 2.0
 PROBE_BACKOFF_MAX_S = 30.0
 MIN_PROBE_BPS = 50_000
+QUEUE_RISE_S = 0.03  # a queue this long on the downlink (transport-cc feedback): a probe stops
+FEEDBACK_FRESH_S = 1.0
+FED_STAGE_S = 0.45  # one INTERVAL (the allocation runs every INTERVAL, not exactly)
+FED_FIRST_SHARE = 0.5
+FED_BACKOFF_MAX_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,17 @@ class DownlinkAllocator:
     _probe_layer: int = -1
     _next_probe_at: float = 0.0
     _backoff: float = PROBE_BACKOFF_S
+    _queue_at: float | None = None  # when transport-cc feedback last measured the queue
+
+    def queue_measured(self, now: float, queue_s: float) -> None:
+        """The queue the latest transport-cc feedback shows on the downlink: a probe that built
+        it ends now."""
+        self._queue_at = now
+        if self.probe_bps and queue_s > QUEUE_RISE_S:
+            self._fail_probe(now)
+
+    def _fed(self, now: float) -> bool:
+        return self._queue_at is not None and now - self._queue_at < FEEDBACK_FRESH_S
 
     def update(self, now: float, remb_bps: float | None, loss: float | None, audio_bps: float,
                demands: Sequence[Demand], rtt_s: float | None = None) -> Decision:
@@ -219,7 +243,7 @@ class DownlinkAllocator:
             if all(not (d.key == self._probe_key and layer < self._probe_layer) for d, layer in held):
                 self._end_probe(now)  # the layer probed for is allowed now (the estimate climbed)
                 return
-            if stage >= PROBE_STAGE_S:  # this stage's padding went through: it is carried
+            if stage >= (FED_STAGE_S if self._fed(now) else PROBE_STAGE_S):  # its padding went through: carried
                 if remb_bps is None:
                     self.learned_bps = max(self.learned_bps or 0.0, forwarded + self.probe_bps)
                 if self.probe_bps >= self._probe_gap:
@@ -238,7 +262,8 @@ class DownlinkAllocator:
         up = next(i for i in demand.sent() if i > layer)
         self._probe_key, self._probe_layer = demand.key, up
         self._probe_gap = max(MIN_PROBE_BPS, demand.rates[up] - demand.rates[layer])  # type: ignore[operator]
-        self.probe_bps = min(self._probe_gap, max(MIN_PROBE_BPS, PROBE_FIRST_SHARE * forwarded))
+        first = FED_FIRST_SHARE if self._fed(now) else PROBE_FIRST_SHARE
+        self.probe_bps = min(self._probe_gap, max(MIN_PROBE_BPS, first * forwarded))
         self._probe_started = self._stage_started = now
         self.probes += 1
 
@@ -269,7 +294,7 @@ class DownlinkAllocator:
     def _fail_probe(self, now: float) -> None:
         self._stop_probe()
         self._next_probe_at = now + self._backoff
-        self._backoff = min(PROBE_BACKOFF_MAX_S, 2 * self._backoff)
+        self._backoff = min(FED_BACKOFF_MAX_S if self._fed(now) else PROBE_BACKOFF_MAX_S, 2 * self._backoff)
 
     def _stop_probe(self) -> None:
         self.probe_bps = 0.0

@@ -29,6 +29,7 @@ from . import aiortc_private
 from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
 from .retransmissions import RetransmissionBudget
 from .stats import SfuStats
+from .twcc import TRANSPORT_CC_URI, SendHistory
 
 log = logging.getLogger("confmeet.sfu")
 
@@ -99,15 +100,16 @@ PLAYOUT_DELAY_MAX = 0xFFF  # the largest delay the extension can state, in its 1
 
 @dataclass
 class HeaderTemplate:
-    """A subscriber's RTP header extensions (MID, abs-send-time, audio level, and a playout
-    delay while its link needs one) in RFC 8285's one-byte form, with the constant part packed
-    once: the same bytes RtpPacket.serialize writes for the extensions this SFU sets, for a
-    fraction of its per-packet cost."""
+    """A subscriber's RTP header extensions (MID, abs-send-time, audio level, the transport-wide
+    sequence number, and a playout delay while its link needs one) in RFC 8285's one-byte form,
+    with the constant part packed once: the same bytes RtpPacket.serialize writes for the
+    extensions this SFU sets, for a fraction of its per-packet cost."""
 
     mid: bytes  # the MID element, whole
     abs_send_time_id: int
     audio_level_id: int
     playout_delay_id: int = 0
+    transport_cc_id: int = 0
     playout_delay: bytes = b""  # the playout-delay element, whole (b"": none)
 
     @classmethod
@@ -120,7 +122,7 @@ class HeaderTemplate:
             return None
         mid_element = bytes([(ids[MID_URI] << 4) | (len(mid_bytes) - 1)]) + mid_bytes if mid_bytes else b""
         return cls(mid_element, ids.get(ABS_SEND_TIME_URI, 0), ids.get(AUDIO_LEVEL_URI, 0),
-                   ids.get(PLAYOUT_DELAY_URI, 0))
+                   ids.get(PLAYOUT_DELAY_URI, 0), ids.get(TRANSPORT_CC_URI, 0))
 
     def set_playout_delay(self, minimum_ms: int) -> None:
         """Ask the subscriber's jitter buffer to hold frames at least ``minimum_ms`` (0: stop
@@ -144,6 +146,9 @@ class HeaderTemplate:
         level = packet.extensions.audio_level
         if self.audio_level_id and level is not None:
             ext += bytes([self.audio_level_id << 4, (0x80 if level[0] else 0) | level[1]])
+        sequence = packet.extensions.transport_sequence_number
+        if self.transport_cc_id and sequence is not None:
+            ext += bytes([(self.transport_cc_id << 4) | 1, sequence >> 8, sequence & 0xFF])
         if not ext:
             return struct.pack("!BBHLL", 0x80, (packet.marker << 7) | packet.payload_type,
                                packet.sequence_number, packet.timestamp, packet.ssrc) + packet.payload
@@ -475,7 +480,7 @@ class DownTrack:
     again from a keyframe."""
 
     def __init__(self, subscriber: str, up: UpTrack, transceiver: RTCRtpTransceiver,
-                 stats: SfuStats) -> None:
+                 stats: SfuStats, history: SendHistory | None = None) -> None:
         self.subscriber = subscriber
         self.up = up
         self.kind = up.kind
@@ -488,6 +493,8 @@ class DownTrack:
         self.mid: str | None = None
         self.extensions = HeaderExtensionsMap()
         self.header: HeaderTemplate | None = None
+        self._history = history  # the subscriber transport's transport-wide sequence numbers
+        self.transport_sequence: SendHistory | None = None  # that, once negotiated on this track
         self.source_ssrc: int | None = None
         self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
         self.max_layer = len(up.layers) - 1  # the highest layer wanted (-1: none): all unless told otherwise
@@ -532,7 +539,10 @@ class DownTrack:
         self.payload_type = cast(int, codec.payloadType)
         self.mid = self.transceiver.mid
         self.extensions = aiortc_private.header_extensions_map(self.transceiver)
-        self.header = HeaderTemplate.for_subscriber(self.mid, aiortc_private.header_extensions(self.transceiver))
+        extensions = aiortc_private.header_extensions(self.transceiver)
+        self.header = HeaderTemplate.for_subscriber(self.mid, extensions)
+        self.transport_sequence = (self._history if any(e.uri == TRANSPORT_CC_URI for e in extensions)
+                                   else None)
         if self.header is not None:
             self.header.set_playout_delay(self.playout_delay_ms)
         self.accepted = True
@@ -642,6 +652,8 @@ class DownTrack:
             always = resends < KEYFRAME_RESENDS
             self._keyframe_resends[packet.sequence_number] = resends + 1
         if self.retransmissions.allow(now, len(packet.payload), self.bytes, always):
+            if self.transport_sequence is not None:  # a packet sent again is a packet of its own
+                packet.extensions.transport_sequence_number = self.transport_sequence.take(now)
             self.retransmitted += 1
             self.stats.retransmissions["sent"] += 1
             return True
@@ -684,6 +696,8 @@ class DownTrack:
         out.extensions.mid = self.mid
         out.extensions.abs_send_time = (ntp_time >> 14) & 0xFFFFFF
         out.extensions.audio_level = packet.extensions.audio_level
+        if self.transport_sequence is not None:
+            out.extensions.transport_sequence_number = self.transport_sequence.take(now)
         data = (self.header.serialize(out) if self.header is not None and not out.csrc and not out.padding_size
                 else out.serialize(self.extensions))
         try:

@@ -25,7 +25,8 @@ what passthrough forwarding needs.
 * Transport-wide congestion control (``twcc.py``) wherever the browser offers it: the
   extension and the ``transport-cc`` feedback are answered and kept, so the browser estimates its
   uplink from the SFU's feedback rather than from aiortc's REMB (slow to ramp up, and fooled by a
-  busy event loop).
+  busy event loop). The other way too: the video offered to a subscriber offers transport-cc,
+  and the feedback its browser sends shows the SFU the queue on its downlink (allocation.py).
 """
 
 from __future__ import annotations
@@ -336,7 +337,10 @@ class SfuPeerConnection(RTCPeerConnection):
                 codecs = [with_loss_protection(c) for c in payloads.number_codecs(aiortc_private.codecs(transceiver))]
                 offered = aiortc_private.header_extensions(transceiver)
                 if media.kind == "video" and transceiver.direction == "sendonly":  # a subscriber's video
-                    offered = [*offered, RTCRtpHeaderExtensionParameters(id=0, uri=PLAYOUT_DELAY_URI)]
+                    offered = [*offered, RTCRtpHeaderExtensionParameters(id=0, uri=PLAYOUT_DELAY_URI),
+                               RTCRtpHeaderExtensionParameters(id=0, uri=TRANSPORT_CC_URI)]
+                    codecs = [c if c.name == "rtx" or TRANSPORT_CC in c.rtcpFeedback
+                              else dataclasses.replace(c, rtcpFeedback=[*c.rtcpFeedback, TRANSPORT_CC]) for c in codecs]
                 extensions = payloads.number_extensions(offered)
             aiortc_private.set_codecs(transceiver, codecs)
             aiortc_private.set_header_extensions(transceiver, extensions)

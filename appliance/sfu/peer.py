@@ -30,7 +30,7 @@ from aiortc.exceptions import (
 )
 from aiortc.rtp import RtpPacket
 
-from . import aiortc_private
+from . import aiortc_private, twcc
 from .allocation import Demand, DownlinkAllocator, PlayoutDelay
 from .errors import SfuError
 from .forwarder import DownlinkEstimate, DownTrack, ForwardedTrack, UpTrack
@@ -105,6 +105,7 @@ class Peer:
         self._sync_queued = False
         self._uplink_counts: dict[tuple[RTCRtpReceiver, int], tuple[int, int]] = {}
         self.allocator = DownlinkAllocator()
+        self.transport_sequence = twcc.SendHistory()  # numbers the video sent this participant (transport-cc)
         self.playout = PlayoutDelay()
         self._padding_due = 0.0  # bytes of probe padding owed (see pad)
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any] | None]] = (
@@ -341,7 +342,7 @@ class Peer:
         transceiver = self.pc.addTransceiver(ForwardedTrack(up.kind, up.track_id), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(up.codec))
         aiortc_private.set_stream_id(transceiver.sender, up.publisher)
-        down = DownTrack(self.participant, up, transceiver, self.room.stats)
+        down = DownTrack(self.participant, up, transceiver, self.room.stats, self.transport_sequence)
         down.set_max_layer(self.max_layers.get(up.key))
         self._show(down)
         down.on_first_packet = self._first_packet
@@ -370,6 +371,16 @@ class Peer:
             await down.sender.stop()
         elif down.accepted:
             down.start()
+            aiortc_private.on_transport_feedback(down.sender.transport, self._transport_feedback)
+
+    def _transport_feedback(self, message: twcc.Feedback) -> None:
+        """The browser's transport-cc feedback on the video it was sent: the queue on its
+        downlink, which a probe must not build (allocation.py)."""
+        now = time.monotonic()
+        self.room.stats.feedback_received["transport-cc"] += 1
+        queue = self.transport_sequence.feedback(message, now)
+        if queue is not None:
+            self.allocator.queue_measured(now, queue)
 
     # ------------------------------------------------------------------ measurements
     def downlink_estimate(self) -> DownlinkEstimate:
@@ -423,7 +434,7 @@ class Peer:
             if down.kind == "video" and down.started and not down.paused and down.output is not None:
                 try:
                     while self._padding_due > 0:
-                        sent = down.output.pad(ntp_time)
+                        sent = down.output.pad(ntp_time, down.transport_sequence)
                         if not sent:
                             break  # no RTX on this one, or nothing sent yet: try another
                         self._padding_due -= sent
@@ -493,6 +504,8 @@ class Peer:
             "quality": self.quality.describe() if self.quality else None,
             "downlink": dataclasses.asdict(self.downlink_estimate()),
             "probes": self.allocator.probes, "probe_bps": self.allocator.probe_bps,
+            "downlink_queue_ms": (None if self.transport_sequence.queue_s is None
+                                  else round(1000 * self.transport_sequence.queue_s, 1)),
         }
 
 

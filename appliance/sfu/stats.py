@@ -9,7 +9,7 @@ from typing import Any
 
 # Seconds: a keyframe is a round trip plus the publisher's encoder away; media a whole negotiation.
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
-FEEDBACK = ("nack", "pli", "fir")
+FEEDBACK = ("nack", "pli", "fir", "transport-cc")
 # What became of a subscriber's PLI/FIR: passed on to the publisher, or held to the subscriber's budget.
 KEYFRAME_REQUEST_OUTCOMES = ("honoured", "throttled")
 # Packets subscribers NACKed that the SFU still had: sent again, or refused (over the down track's budget).

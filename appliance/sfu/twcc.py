@@ -204,3 +204,56 @@ class FeedbackRecorder:
         self._arrivals.clear()
         self.last_report_us = now_us
         return feedback
+
+
+# The sender's side: the SFU numbers the video it sends a subscriber, whose browser reports when
+# each packet arrived. A packet's one-way delay (arrival on the browser's clock less the send time
+# on the SFU's: an unknown offset, constant) above the lowest of the last QUEUE_FLOOR_S is the queue
+# it met on the way; each message's smallest such queue is the queue all its packets met, which
+# jitter alone does not make.
+HISTORY = 4096  # packets remembered: over a second of video at the highest rate a subscriber gets
+QUEUE_FLOOR_S = 10.0
+
+
+class SendHistory:
+    """The transport-wide sequence numbers of one subscriber's transport: ``take`` numbers a packet
+    sent now; ``feedback`` reads a message of the subscriber's about them and sets ``queue_s``
+    (None until a message has come) and ``feedback_at``."""
+
+    def __init__(self) -> None:
+        self.next_sequence = 0
+        self._numbers = [-1] * HISTORY
+        self._times = [0.0] * HISTORY
+        self._floors: list[tuple[float, float]] = []  # (when, the smallest delay of one message), oldest first
+        self.queue_s: float | None = None
+        self.feedback_at: float | None = None
+
+    def take(self, now: float) -> int:
+        sequence = self.next_sequence
+        self.next_sequence = (sequence + 1) & 0xFFFF
+        slot = sequence % HISTORY
+        self._numbers[slot] = sequence
+        self._times[slot] = now
+        return sequence
+
+    def feedback(self, message: Feedback, now: float) -> float | None:
+        """The queue (seconds) the packets of ``message`` met, also kept as ``queue_s``; None
+        when it names none this history still holds."""
+        delays = []
+        for index, arrival in enumerate(message.arrivals):
+            if arrival is None:
+                continue
+            sequence = (message.base_sequence + index) & 0xFFFF
+            slot = sequence % HISTORY
+            if self._numbers[slot] == sequence:
+                delays.append(arrival / 1e6 - self._times[slot])
+        if not delays:
+            return None
+        smallest = min(delays)
+        floors = self._floors
+        floors.append((now, smallest))
+        while floors[0][0] < now - QUEUE_FLOOR_S:
+            floors.pop(0)
+        self.queue_s = max(0.0, smallest - min(delay for _, delay in floors))
+        self.feedback_at = now
+        return self.queue_s

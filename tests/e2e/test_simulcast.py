@@ -56,6 +56,14 @@ def three_layers(presenter: MeetingPage, timeout: float = 45) -> dict:
                              f"its encodings: {presenter.page.evaluate(OUTBOUND)}") from None
 
 
+def transport_cc_messages(appliance: Appliance) -> float:
+    """The transport-cc messages subscribers have sent the SFU (its /metrics)."""
+    for line in httpx.get(f"{appliance.url}/metrics").text.splitlines():
+        if line.startswith('confmeet_sfu_rtcp_feedback_total{type="transport-cc"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.fixture(scope="module")
 def hd_browser(playwright: Playwright) -> Iterator[Browser]:
     """A Chromium of its own whose camera is large enough for three layers."""
@@ -129,6 +137,10 @@ def test_the_presenters_estimate_climbs_at_once_and_a_busy_machine_does_not_cut_
         grace.join(code, publish=False)
         poll(lambda: (v := grace.page.evaluate(INBOUND)) and v["width"] == WIDTH, "the full layer decoded",
              timeout=20)
+        # The other way, the SFU offered grace transport-cc on the video it sends her, and her
+        # Chromium reports the arrivals: the queue on her downlink (allocation.py).
+        assert "transport-wide-cc" in grace.page.evaluate("window.confmeet.pc.remoteDescription.sdp")
+        poll(lambda: transport_cc_messages(appliance) > 0, "transport-cc feedback from the subscriber", timeout=5)
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         estimates, end = [], time.monotonic() + 10
         while time.monotonic() < end:

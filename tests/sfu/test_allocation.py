@@ -2,8 +2,8 @@
 time: the estimates a browser's REMB would give and the layer bitrates the SFU measures."""
 
 from appliance.sfu.allocation import (
-    DOWN_AFTER_S, INTERVAL, MIN_PROBE_BPS, PLAYOUT_HOLD_S, PROBE_BACKOFF_S, PROBE_REPORT_S, PROBE_S, PROBE_STAGE_S,
-    UP_AFTER_S, Demand, DownlinkAllocator, PlayoutDelay, share,
+    DOWN_AFTER_S, FED_BACKOFF_MAX_S, FED_FIRST_SHARE, INTERVAL, MIN_PROBE_BPS, PLAYOUT_HOLD_S, PROBE_BACKOFF_S,
+    PROBE_REPORT_S, PROBE_S, PROBE_STAGE_S, QUEUE_RISE_S, UP_AFTER_S, Demand, DownlinkAllocator, PlayoutDelay, share,
 )
 
 CAMERA = (150_000.0, 500_000.0, 1_200_000.0)  # a 1280x720 camera's three layers, as measured
@@ -171,6 +171,67 @@ def test_without_an_estimate_a_probe_that_queues_ends_and_the_video_stays():
     decision = run(allocator, 0.0, None, start=PROBE_BACKOFF_S + INTERVAL, rtt=0.2)
     assert decision.probe_bps == 0 and decision.caps == {"ada": 0}
     assert allocator.learned_bps == (CAMERA[2] + AUDIO) * 0.4  # what got through when it was congested
+
+
+def fed_run(allocator, seconds, start, queue=0.0):
+    """``run`` without REMB, the browser's transport-cc feedback measuring ``queue`` before each update."""
+    now, decision = start, None
+    while now <= start + seconds + 1e-9:
+        allocator.queue_measured(now, queue)
+        decision = allocator.update(now, None, 0.0, AUDIO, [camera()], 0.05)
+        now += INTERVAL
+    return decision
+
+
+def test_with_transport_cc_a_probe_climbs_a_stage_each_interval_from_half_of_what_is_sent():
+    """Feedback ten times a second: each stage lasts one allocation interval, the first half of
+    what is sent; the camera is on the next layer up as soon as the last stage has passed."""
+    allocator = DownlinkAllocator()
+    allocator.queue_measured(0.0, 0.0)
+    allocator.update(0.0, None, 0.6, AUDIO, [camera()], 0.05)  # congested: the lowest layer
+    assert allocator.caps == {"ada": 0}
+    started = PROBE_BACKOFF_S
+    fed_run(allocator, PROBE_BACKOFF_S - 2 * INTERVAL, INTERVAL)
+    assert allocator.probe_bps == 0
+    first = FED_FIRST_SHARE * (CAMERA[0] + AUDIO)
+    stages = [fed_run(allocator, 0.0, started + i * INTERVAL).probe_bps for i in range(3)]
+    assert stages == [first, 2 * first, CAMERA[1] - CAMERA[0]]
+    decision = fed_run(allocator, 0.0, started + 3 * INTERVAL)
+    assert decision.caps == {"ada": 1}
+    # The probe for the top layer starts at the next update, from half of what is sent now.
+    assert fed_run(allocator, 0.0, started + 4 * INTERVAL).probe_bps == FED_FIRST_SHARE * (CAMERA[1] + AUDIO)
+
+
+def test_with_transport_cc_a_probe_ends_the_moment_the_feedback_shows_a_queue_and_retries_within_seconds():
+    allocator = DownlinkAllocator()
+    allocator.queue_measured(0.0, 0.0)
+    allocator.update(0.0, None, 0.6, AUDIO, [camera()], 0.05)
+    fed_run(allocator, PROBE_BACKOFF_S - INTERVAL, INTERVAL)
+    assert allocator.probe_bps > 0
+    at = PROBE_BACKOFF_S + 0.1
+    allocator.queue_measured(at, QUEUE_RISE_S / 2)  # jitter: goes on
+    assert allocator.probe_bps > 0
+    allocator.queue_measured(at + 0.1, 2 * QUEUE_RISE_S)  # a queue: over, between two updates
+    assert allocator.probe_bps == 0 and allocator.caps == {"ada": 0}
+    # Failing costs little: the back-off doubles, but only up to FED_BACKOFF_MAX_S.
+    now, starts = at + 0.1, []
+    while now < at + 40:
+        now += INTERVAL
+        if fed_run(allocator, 0.0, now).probe_bps:
+            starts.append(now)
+            allocator.queue_measured(now + 0.1, 2 * QUEUE_RISE_S)
+    gaps = [round(b - a, 1) for a, b in zip(starts, starts[1:])]
+    assert gaps and max(gaps) <= FED_BACKOFF_MAX_S + INTERVAL and gaps[-1] >= FED_BACKOFF_MAX_S, gaps
+    assert allocator.caps == {"ada": 0}
+
+
+def test_without_fresh_feedback_the_probe_goes_back_to_its_slow_stages():
+    allocator = DownlinkAllocator()
+    allocator.queue_measured(0.0, 0.0)  # once, long ago
+    allocator.update(0.0, None, 0.6, AUDIO, [camera()], 0.05)
+    assert run(allocator, 0.0, None, start=5.0).probe_bps == MIN_PROBE_BPS  # a quarter of what is sent, or this
+    assert run(allocator, PROBE_STAGE_S - 2 * INTERVAL, None, start=5.0 + INTERVAL).probe_bps == MIN_PROBE_BPS
+    assert run(allocator, 0.0, None, start=5.0 + PROBE_STAGE_S).probe_bps == 2 * MIN_PROBE_BPS
 
 
 def test_loss_without_a_queue_is_not_congestion_unless_heavy():

@@ -391,14 +391,17 @@ async def test_a_subscribers_remb_and_receiver_reports_make_its_downlink_estimat
 
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
 @pytest.mark.parametrize("level", [None, (True, 30), (False, 127)])
-@pytest.mark.parametrize("ids", [(4, 2, 1), (1, 14, 0), (0, 3, 5)])
+@pytest.mark.parametrize("ids", [(4, 2, 1, 3), (1, 14, 0, 0), (0, 3, 5, 14)])
+@pytest.mark.parametrize("sequence", [None, 0, 0xABCD])
 def test_header_template_writes_what_rtp_packet_serialize_writes(
-        mid: str, level: tuple[bool, int] | None, ids: tuple[int, int, int]) -> None:
-    mid_id, abs_id, level_id = ids
+        mid: str, level: tuple[bool, int] | None, ids: tuple[int, int, int, int], sequence: int | None) -> None:
+    mid_id, abs_id, level_id, transport_cc_id = ids
     negotiated = [RTCRtpHeaderExtensionParameters(id=i, uri=uri) for i, uri in
                   [(mid_id, "urn:ietf:params:rtp-hdrext:sdes:mid"),
                    (abs_id, "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
-                   (level_id, "urn:ietf:params:rtp-hdrext:ssrc-audio-level")] if i]
+                   (level_id, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+                   (transport_cc_id, "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01")]
+                  if i]
     extensions = HeaderExtensionsMap()
     extensions.configure(type("P", (), {"headerExtensions": negotiated})())
     template = HeaderTemplate.for_subscriber(mid, negotiated)
@@ -409,6 +412,7 @@ def test_header_template_writes_what_rtp_packet_serialize_writes(
         packet.extensions.mid = mid
         packet.extensions.abs_send_time = 0xABCDEF
         packet.extensions.audio_level = level
+        packet.extensions.transport_sequence_number = sequence
         assert template.serialize(packet) == packet.serialize(extensions)
 
 
@@ -657,8 +661,10 @@ def _allocating_peer(down: DownTrack, stats: SfuStats) -> Any:
     from appliance.sfu.allocation import DownlinkAllocator, PlayoutDelay
     from appliance.sfu.peer import Peer
 
+    from appliance.sfu.twcc import SendHistory
+
     peer = SimpleNamespace(downs={down.up.key: down}, allocator=DownlinkAllocator(), room=SimpleNamespace(stats=stats),
-                           rtt_s=0.05, playout=PlayoutDelay())
+                           rtt_s=0.05, playout=PlayoutDelay(), transport_sequence=SendHistory())
     peer.downlink_estimate = lambda: Peer.downlink_estimate(peer)  # type: ignore[arg-type]
     return peer
 
@@ -696,7 +702,8 @@ async def test_a_subscriber_whose_downlink_is_narrow_gets_the_layer_that_fits(si
     assert _plis(upstream)[plis_before:] == [LAYER_SSRCS["q"]]
     assert (await Peer.describe_stats(SimpleNamespace(  # type: ignore[arg-type]
         pc=SimpleNamespace(connectionState="connected"), ups={}, downs=peer.downs, quality=None,
-        allocator=peer.allocator, downlink_estimate=peer.downlink_estimate)))["subscribed"][0]["bandwidth_layer"] == 0
+        allocator=peer.allocator, downlink_estimate=peer.downlink_estimate,
+        transport_sequence=peer.transport_sequence)))["subscribed"][0]["bandwidth_layer"] == 0
 
 
 async def test_probe_padding_is_the_latest_packet_again_over_rtx_stamped_with_the_time_it_is_sent(

@@ -80,8 +80,11 @@ async def test_server_offer_keeps_the_browsers_numbering_in_the_bundle() -> None
         assert _codecs(media[2]) == {"audio/opus": 111}
         assert _codecs(media[3]) == {"video/VP8": 96, "video/rtx/96": 97}
         assert _extensions(media[2]) == {"mid": 4, "ssrc-audio-level": 1}
-        # A subscriber's video also offers playout-delay (asked of a lossy link: allocation.py).
-        assert _extensions(media[3]) == {"mid": 4, "abs-send-time": 2, "playout-delay": 5}
+        # A subscriber's video also offers playout-delay (asked of a lossy link: allocation.py)
+        # and transport-cc with the browser's number for it, and asks for its feedback.
+        assert _extensions(media[3]) == {"mid": 4, "abs-send-time": 2, "playout-delay": 5,
+                                         "draft-holmer-rmcat-transport-wide-cc-extensions-01": 3}
+        assert [c.rtcpFeedback for c in media[3].rtp.codecs if c.name == "VP8"][0][-1].type == "transport-cc"
         assert [m.direction for m in media] == ["recvonly", "recvonly", "sendonly", "sendonly"]
         # The transceivers send with what was offered.
         assert aiortc_private.codecs(pc.getTransceivers()[3])[0].payloadType == 96

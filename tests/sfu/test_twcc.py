@@ -111,3 +111,67 @@ def test_a_publisher_silent_for_seconds_gets_a_report_that_fits() -> None:
     report = recorder.report(1, 2, now_us=0)
     assert report is not None and report.base_sequence == 2 and report.arrivals == (REF + 10_010_000,)
     assert twcc.parse(bytes(report)).arrivals[0] is not None
+
+
+def test_the_send_history_reads_the_queue_the_packets_of_a_message_met() -> None:
+    """One-way delay = the browser's arrival clock less the SFU's send clock (offset unknown):
+    above its lowest of the last ten seconds, the smallest of a message is the queue they met."""
+    history = twcc.SendHistory()
+    offset_us = 5_000_000_000  # the browser's clock, far from ours
+    sent = [(history.take(10.0 + i / 100), 10.0 + i / 100) for i in range(40)]
+    assert [number for number, _ in sent] == list(range(40))
+
+    def message(numbers: range, extra_s: float) -> Feedback:
+        arrivals = tuple(round(offset_us + (sent[n][1] + 0.02 + extra_s) * 1e6) for n in numbers)
+        return Feedback(1, 2, numbers.start, 0, 0, arrivals)
+
+    assert history.queue_s is None
+    assert history.feedback(message(range(0, 10), 0.0), 10.2) == 0.0  # 20 ms of path, no queue
+    assert abs(history.feedback(message(range(10, 20), 0.045), 10.3) - 0.045) < 1e-6
+    # One packet late (jitter) does not make a queue: the message's smallest delay does.
+    jittery = message(range(20, 30), 0.0)
+    jittery = Feedback(1, 2, 20, 0, 0, (*jittery.arrivals[:5], jittery.arrivals[5] + 80_000, *jittery.arrivals[6:]))
+    assert history.feedback(jittery, 10.4) == 0.0
+    # Lost packets are skipped; numbers this history no longer holds say nothing.
+    assert history.feedback(Feedback(1, 2, 30, 0, 0, (None, None)), 10.5) is None
+    assert history.feedback(Feedback(1, 2, 1000, 0, 0, (offset_us,)), 10.5) is None
+    assert history.queue_s == 0.0 and history.feedback_at == 10.4
+
+
+def test_the_send_history_numbers_across_the_wrap() -> None:
+    history = twcc.SendHistory()
+    history.next_sequence = 65534
+    assert [history.take(1.0) for _ in range(4)] == [65534, 65535, 0, 1]
+    message = Feedback(1, 2, 65535, 0, 0, (1_010_000, 1_010_000))
+    assert history.feedback(message, 1.1) == 0.0
+
+
+async def test_transport_feedback_in_a_compound_rtcp_packet_is_read_before_aiortc_parses_it() -> None:
+    """A real aiortc DTLS transport: the hook finds the transport-cc message between a receiver
+    report and a NACK, and aiortc still gets the whole packet."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtcpRtpfbPacket
+
+    from appliance.sfu import aiortc_private
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    handled: list[bytes] = []
+    original = transport._handle_rtcp_data
+
+    async def aiortc_handles(data: bytes) -> None:
+        handled.append(data)
+        await original(data)
+
+    transport._handle_rtcp_data = aiortc_handles
+    seen: list[Feedback] = []
+    aiortc_private.on_transport_feedback(transport, seen.append)
+    aiortc_private.on_transport_feedback(transport, lambda _: None)  # a second call changes nothing
+    feedback = Feedback(0x1234, 0x5678, 7, REF, 3, (REF + 1000, None, REF + 5000))
+    report = RtcpRrPacket(ssrc=0x1234, reports=[RtcpReceiverInfo(ssrc=0x5678, fraction_lost=0, packets_lost=0,
+                                                                 highest_sequence=1, jitter=0, lsr=0, dlsr=0)])
+    nack = RtcpRtpfbPacket(fmt=1, ssrc=0x1234, media_ssrc=0x5678, lost=[3])
+    compound = bytes(report) + bytes(feedback) + bytes(nack)
+    await transport._handle_rtcp_data(compound)
+    assert seen == [feedback] and handled == [compound]
+    await transport._handle_rtcp_data(bytes(report) + bytes([0x8F, 205, 0, 2]) + bytes(8))  # malformed: skipped
+    assert seen == [feedback] and len(handled) == 2
