@@ -30,6 +30,7 @@ from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_
 from .retransmissions import RetransmissionBudget
 from .stats import SfuStats
 from .twcc import TRANSPORT_CC_URI, SendHistory
+from .vp8 import Vp8Rewriter
 
 log = logging.getLogger("confmeet.sfu")
 
@@ -489,6 +490,8 @@ class DownTrack:
         self.ssrc: int = transceiver.sender._ssrc
         self.stats = stats
         self.rewriter = RtpRewriter(up.codec.clockRate)
+        self.vp8 = Vp8Rewriter() if up.codec.name == "VP8" else None
+        self._last_payload: bytes | None = None  # the latest payload sent, as sent
         self.payload_type = 0
         self.mid: str | None = None
         self.extensions = HeaderExtensionsMap()
@@ -685,12 +688,16 @@ class DownTrack:
                 self.stats.layer_switches += 1
             self.source_ssrc, self.layer = packet.ssrc, layer
             self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
+            if self.vp8 is not None:
+                self.vp8.restart(self._last_payload, packet.payload)
         mapped = self.rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
         if mapped is None:
             return
+        payload = self.vp8.rewrite(packet.payload) if self.vp8 is not None and self.vp8.active else packet.payload
+        self._last_payload = payload
         out = RtpPacket(payload_type=self.payload_type, marker=packet.marker,
                         sequence_number=mapped[0], timestamp=mapped[1], ssrc=self.ssrc,
-                        payload=packet.payload)
+                        payload=payload)
         out.csrc = packet.csrc
         out.padding_size = packet.padding_size
         out.extensions.mid = self.mid

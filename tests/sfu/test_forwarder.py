@@ -744,3 +744,24 @@ def test_the_downlinks_loss_weighs_each_tracks_report_by_the_packets_it_was_sent
     assert Peer.downlink_estimate(peer).loss == 0.0625  # type: ignore[arg-type]
     peer = SimpleNamespace(downs={"audio": down(0.25, 0)})  # nothing sent yet: the report as it is
     assert Peer.downlink_estimate(peer).loss == 0.25  # type: ignore[arg-type]
+
+
+async def test_a_layer_switch_carries_the_vp8_picture_id_and_tl0picidx_on(simulcast_pair: Any) -> None:
+    """Each layer numbers its pictures on its own: after a switch the subscriber sees them go
+    on from the last it was sent, as Chromium's frame buffer needs (vp8.py)."""
+    from .test_vp8 import FRAME, descriptor, values
+
+    def vp8(picture_id: int, tl0: int, key: bool) -> bytes:
+        return descriptor(picture_id, tl0, 0, 0)[:-len(FRAME)] + (b"\x00\x9d\x01\x2a" if key else b"\x01\x00\x00")
+
+    up, down, upstream, downstream, stats = simulcast_pair
+    await up.on_rtp(_layer_packet("q", 9, vp8(499, 49, False)))
+    down.start()
+    await up.on_rtp(_layer_packet("q", 10, vp8(500, 50, True)))
+    await up.on_rtp(_layer_packet("q", 11, vp8(501, 51, False)))
+    assert down.layer == 0
+    for seq, picture_id, key in [(10, 20000, True), (11, 20001, False)]:
+        await up.on_rtp(_layer_packet("h", seq, vp8(picture_id, 200 + seq, key)))
+    assert down.layer == 1
+    sent = [values(RtpPacket.parse(data).payload)[:2] for data in downstream.sent]
+    assert sent == [(500, 50), (501, 51), (502, 52), (503, 53)]
