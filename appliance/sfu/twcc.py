@@ -24,6 +24,7 @@ reference time.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 RTCP_RTPFB = 205
@@ -224,7 +225,7 @@ class SendHistory:
         self.next_sequence = 0
         self._numbers = [-1] * HISTORY
         self._times = [0.0] * HISTORY
-        self._floors: list[tuple[float, float]] = []  # (when, the smallest delay of one message), oldest first
+        self._floors: deque[tuple[float, float]] = deque()  # (when, the smallest delay of one message), oldest first
         self.queue_s: float | None = None
         self.feedback_at: float | None = None
 
@@ -253,7 +254,7 @@ class SendHistory:
         floors = self._floors
         floors.append((now, smallest))
         while floors[0][0] < now - QUEUE_FLOOR_S:
-            floors.pop(0)
+            floors.popleft()
         self.queue_s = max(0.0, smallest - min(delay for _, delay in floors))
         self.feedback_at = now
         return self.queue_s

@@ -21,9 +21,7 @@ def fields(payload: bytes) -> tuple[int, int, int, int]:
     """Where the descriptor's fields are: (PictureID offset, its width in bytes (0: absent),
     TL0PICIDX offset (0: absent), TID/Y/KEYIDX offset (0: absent)); all absent when the
     descriptor is cut short."""
-    if len(payload) < 1 or not payload[0] & 0x80:  # X: no extension byte, no fields
-        return 0, 0, 0, 0
-    if len(payload) < 2:
+    if len(payload) < 2 or not payload[0] & 0x80:  # X: no extension byte, no fields
         return 0, 0, 0, 0
     flags = payload[1]
     position = 2

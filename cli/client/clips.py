@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 
 import av
-from aiortc import RTCPeerConnection, RTCRtpHeaderExtensionParameters, RTCRtpParameters, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpParameters, RTCRtpSender
+from aiortc import sdp as aiortc_sdp
 from aiortc.clock import current_ntp_time
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -165,8 +166,6 @@ def send_loop(pc: RTCPeerConnection, track: LoopedTrack) -> LoopedTrack:
 
 
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 SIMULCAST_RIDS = ("q", "h", "f")  # lowest first, as the web client names its camera's layers
 
 
@@ -238,14 +237,11 @@ class SimulcastCamera:
         sending (a later answer keeps the IDs)."""
         if self._tasks:
             return
-        section = next(s for s in answer.split("\r\nm=") if f"a=mid:{self.transceiver.mid}" in s.split("\r\n"))
-        extensions = [RTCRtpHeaderExtensionParameters(id=int(line.split()[0][len("a=extmap:"):].split("/")[0]),
-                                                      uri=line.split()[1])
-                      for line in section.split("\r\n") if line.startswith("a=extmap:")]
+        media = next(m for m in aiortc_sdp.SessionDescription.parse(answer).media
+                     if m.rtp.muxId == self.transceiver.mid)
         extensions_map = HeaderExtensionsMap()
-        extensions_map.configure(RTCRtpParameters(headerExtensions=extensions))
-        payload_type = next(int(line.split()[0][len("a=rtpmap:"):]) for line in section.split("\r\n")
-                            if line.startswith("a=rtpmap:") and line.split()[1].upper().startswith("VP8/"))
+        extensions_map.configure(RTCRtpParameters(headerExtensions=media.rtp.headerExtensions))
+        payload_type = next(c.payloadType for c in media.rtp.codecs if c.mimeType.lower() == "video/vp8")
         self._tasks = [asyncio.ensure_future(self._send(layer, payload_type, extensions_map)) for layer in self.layers]
 
     async def _send(self, layer: _SimulcastLayer, payload_type: int, extensions_map: HeaderExtensionsMap) -> None:

@@ -749,10 +749,10 @@ def test_the_downlinks_loss_weighs_each_tracks_report_by_the_packets_it_was_sent
 async def test_a_layer_switch_carries_the_vp8_picture_id_and_tl0picidx_on(simulcast_pair: Any) -> None:
     """Each layer numbers its pictures on its own: after a switch the subscriber sees them go
     on from the last it was sent, as Chromium's frame buffer needs (vp8.py)."""
-    from .test_vp8 import FRAME, descriptor, values
+    from .test_vp8 import descriptor, values
 
     def vp8(picture_id: int, tl0: int, key: bool) -> bytes:
-        return descriptor(picture_id, tl0, 0, 0)[:-len(FRAME)] + (b"\x00\x9d\x01\x2a" if key else b"\x01\x00\x00")
+        return descriptor(picture_id, tl0, 0, 0, frame=b"\x00\x9d\x01\x2a" if key else b"\x01\x00\x00")
 
     up, down, upstream, downstream, stats = simulcast_pair
     await up.on_rtp(_layer_packet("q", 9, vp8(499, 49, False)))

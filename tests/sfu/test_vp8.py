@@ -11,8 +11,8 @@ FRAME = b"\x9d"  # a byte of the frame after it
 
 
 def descriptor(picture_id: int | None = None, tl0: int | None = None, tid: int | None = None,
-               keyidx: int | None = None, start: bool = True, wide: bool = True) -> bytes:
-    """A descriptor as Chromium writes one (X, I with a 15-bit PictureID, L, T, K), then FRAME."""
+               keyidx: int | None = None, start: bool = True, wide: bool = True, frame: bytes = FRAME) -> bytes:
+    """A descriptor as Chromium writes one (X, I with a 15-bit PictureID, L, T, K), then ``frame``."""
     flags = ((0x80 if picture_id is not None else 0) | (0x40 if tl0 is not None else 0)
              | (0x20 if tid is not None else 0) | (0x10 if keyidx is not None else 0))
     out = bytearray([0x80 | (0x10 if start else 0), flags])
@@ -22,7 +22,7 @@ def descriptor(picture_id: int | None = None, tl0: int | None = None, tid: int |
         out.append(tl0)
     if tid is not None or keyidx is not None:
         out.append(((tid or 0) << 6) | (keyidx or 0))
-    return bytes(out) + FRAME
+    return bytes(out) + frame
 
 
 def values(payload: bytes) -> tuple[int | None, int | None, int | None]:
