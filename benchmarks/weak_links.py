@@ -125,7 +125,7 @@ class Sample:
     at: float  # time.monotonic()
     pages: dict[str, dict[str, Any] | None]
     sfu: dict[str, float]
-    link: dict[str, dict[str, int]]
+    link: dict[str, dict[str, Any]]
 
 
 def _largest(streams: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -397,10 +397,24 @@ def run_case(playwright: Playwright, case: str, number: int, args: argparse.Name
 # ---------------------------------------------------------------------------- report
 def b_seconds(samples: list[Sample]) -> list[str]:
     """B's video second by second: the width decoded and the frames decoded in it, "!" for each
-    PLI it sent (a picture it could not decode), so a freeze can be placed against the switches."""
+    PLI it sent (a picture it could not decode), "fN" when a freeze of N ms ended in it, "r" for
+    each retransmission to B the link dropped (a packet of its video's RTX SSRC: that packet needs
+    another round trip) and "n" for each RTCP packet from B it dropped (one may have carried a
+    NACK), so a freeze can be placed against the switches and the losses."""
     streams = [_largest((s.pages["b"] or {}).get("inbound", []), "packetsReceived") for s in samples]
-    return [f"{b.get('frameWidth') or 0}/{int(_delta(a, b, 'framesDecoded'))}" + "!" * int(_delta(a, b, "pliCount"))
-            for a, b in zip(streams, streams[1:], strict=False)]
+    down, up = samples[-1].link["down"], samples[-1].link["up"]
+    rtx = {str(s["rtxSsrc"]) for s in streams if s.get("rtxSsrc")}
+    retransmissions = sorted(at for ssrc in rtx for at in down.get("rtp_dropped_at", {}).get(ssrc, []))
+    feedback = up.get("rtcp_dropped_at", [])
+    out = []
+    for (a, b), (sa, sb) in zip(zip(streams, streams[1:], strict=False), zip(samples, samples[1:], strict=False),
+                                strict=False):
+        frozen_ms = round(1000 * _delta(a, b, "totalFreezesDuration"))
+        out.append(f"{b.get('frameWidth') or 0}/{int(_delta(a, b, 'framesDecoded'))}" + "!" * int(_delta(a, b, "pliCount"))
+                   + (f"f{frozen_ms}" if frozen_ms else "")
+                   + "r" * sum(1 for at in retransmissions if sa.at < at <= sb.at)
+                   + "n" * sum(1 for at in feedback if sa.at < at <= sb.at))
+    return out
 
 
 def _n(value: float | None, digits: int = 0, suffix: str = "") -> str:
@@ -501,10 +515,12 @@ def main() -> int:
     for table in tables(runs):
         console.print(table)
     for run in runs:
-        if run.case in LIFTED and run.figures:
+        if run.figures:
             after = "never in the window" if run.b_top_layer_s is None else f"{run.b_top_layer_s:.1f} s after"
-            console.print(f"{run.case} #{run.number}: B on the presenter's top layer {after} its cap was lifted; "
-                          f"B each second (width/frames decoded, ! a PLI): {' '.join(run.b_seconds)}")
+            lifted = f"B on the presenter's top layer {after} its cap was lifted; " if run.case in LIFTED else ""
+            console.print(f"{run.case} #{run.number}: {lifted}B each second (width/frames decoded, ! a PLI, fN a "
+                          f"freeze of N ms ended, r a retransmission dropped, n an RTCP packet from B dropped): "
+                          f"{' '.join(run.b_seconds)}")
         if run.error:
             console.print(f"{run.case} #{run.number}: {run.error}", style="red")
     return 1 if any(run.error for run in runs) else 0

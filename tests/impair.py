@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 from netns import Namespace
@@ -74,6 +74,10 @@ class Traffic:
     bytes: int = 0
     lost_packets: int = 0  # dropped at random (``loss``)
     overflow_packets: int = 0  # dropped by a full queue (``rate_kbps``, ``queue_ms``)
+    # When each dropped RTP packet was dropped, by its SSRC (SRTP leaves the header clear; padded
+    # packets, probes, are left out), and each dropped RTCP packet (time.monotonic(): the clock of every process on the machine)
+    rtp_dropped_at: dict[str, list[float]] = field(default_factory=dict)
+    rtcp_dropped_at: list[float] = field(default_factory=list)
 
     @property
     def delivered_packets(self) -> int:
@@ -162,24 +166,39 @@ class Direction:
         self.last_due = 0.0
         self.traffic = Traffic()
 
-    def due(self, now: float, size: int) -> float | None:
-        """When a packet of ``size`` bytes arriving ``now`` leaves; None: it is dropped."""
+    def due(self, now: float, packet: bytes) -> float | None:
+        """When ``packet`` (an IP packet) arriving ``now`` leaves; None: it is dropped."""
         link = self.impairment
+        size = len(packet)
         self.traffic.packets += 1
         self.traffic.bytes += size
         if self.rng.random() < link.loss:
             self.traffic.lost_packets += 1
+            self._drop(now, packet)
             return None
         sent = now
         if link.rate_kbps:
             start = max(now, self.free_at)
             if start - now > link.queue_ms / 1000:
                 self.traffic.overflow_packets += 1
+                self._drop(now, packet)
                 return None
             self.free_at = sent = start + size * 8 / (link.rate_kbps * 1000)
         delay = (link.delay_ms + self.rng.uniform(-link.jitter_ms, link.jitter_ms)) / 1000
         self.last_due = max(sent + delay, self.last_due)
         return self.last_due
+
+    def _drop(self, now: float, packet: bytes) -> None:
+        """Note when an RTP packet without padding or an RTCP packet (IPv4, UDP, version 2) was dropped."""
+        if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != 17:
+            return
+        rtp = packet[(packet[0] & 0x0F) * 4 + 8:]
+        if len(rtp) < 12 or rtp[0] >> 6 != 2:
+            return
+        if 192 <= rtp[1] <= 223:  # RTCP's packet types (RFC 5761)
+            self.traffic.rtcp_dropped_at.append(now)
+        elif not rtp[0] & 0x20:  # a packet with padding is a probe: not noted
+            self.traffic.rtp_dropped_at.setdefault(str(int.from_bytes(rtp[8:12], "big")), []).append(now)
 
 
 def _open_tun(name: str) -> int:
@@ -246,7 +265,7 @@ def relay_main(netns_path: str, host_device: str, downlink: Impairment, uplink: 
                     packet = os.read(device, 65535)
                 except BlockingIOError:
                     break
-                due = direction.due(time.monotonic(), len(packet))
+                due = direction.due(time.monotonic(), packet)
                 if due is not None:
                     heapq.heappush(pending, (due, next(order), direction.out, packet))
         now = time.monotonic()

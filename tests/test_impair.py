@@ -7,6 +7,7 @@ import socket
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -106,6 +107,48 @@ def test_an_uplink_of_its_own_and_the_traffic_each_direction_was_offered_and_dro
     assert down.packets >= 2000 and down.delivered_packets == down.packets - down.lost_packets, down
     assert down.lost_packets == pytest.approx(2000 - len(rtts), abs=5), down
     assert up.bytes >= 2000 * (64 + 28)
+
+
+def test_the_relay_notes_when_it_dropped_each_rtp_and_rtcp_packet() -> None:
+    """RTP on two SSRCs, padding (a probe) and RTCP over a link losing 20 %: the relay's note of
+    the RTP packets it dropped, by SSRC, and of the RTCP ones are exactly what did not arrive; the
+    padding it dropped is not noted."""
+    with ImpairedLink("cm-impair", Impairment(), uplink=Impairment(loss=0.2)) as link, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((HOST_ADDRESS, 0))
+        server.settimeout(1.0)
+        arrived: Counter[str] = Counter()
+
+        def receive() -> None:
+            try:
+                while True:
+                    data = server.recv(2048)
+                    kind = "rtcp" if data[1] == 200 else "padding" if data[0] & 0x20 else ""
+                    arrived[kind or str(int.from_bytes(data[8:12], "big"))] += 1
+            except TimeoutError:
+                pass
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.connect(server.getsockname())
+                for sequence in range(500):
+                    for ssrc in (1234, 5678):
+                        client.send(bytes([0x80, 96]) + sequence.to_bytes(2, "big") + bytes(4)
+                                    + ssrc.to_bytes(4, "big") + bytes(100))
+                    client.send(bytes([0xA0, 96]) + bytes(6) + (1234).to_bytes(4, "big") + bytes(99) + b"\x64")
+                    client.send(bytes([0x80, 200, 0, 6]) + (1234).to_bytes(4, "big") + bytes(20))
+                    time.sleep(0.001)
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        link.run(send)
+        receiver.join()
+        time.sleep(2 * TRAFFIC_EVERY)
+        up = link.traffic()["up"]
+    dropped = {ssrc: len(times) for ssrc, times in up.rtp_dropped_at.items()}
+    assert dropped == {"1234": 500 - arrived["1234"], "5678": 500 - arrived["5678"]}, (dropped, arrived)
+    assert len(up.rtcp_dropped_at) == 500 - arrived["rtcp"] and 50 <= len(up.rtcp_dropped_at) <= 150
+    assert up.lost_packets == sum(dropped.values()) + len(up.rtcp_dropped_at) + 500 - arrived["padding"]
+    assert arrived["padding"] < 470
 
 
 def test_a_rate_cap_passes_that_rate_and_no_more() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from weak_links import estimate_cut, parse_metrics, presenter_figures, receiver_figures  # noqa: E402
+from weak_links import Sample, b_seconds, estimate_cut, parse_metrics, presenter_figures, receiver_figures  # noqa: E402
 
 
 def reading(second: int, frames: int, **video: float) -> dict:
@@ -107,3 +107,15 @@ http_requests_total 7.0
                                    'confmeet_sfu_forwarded_packets_total{kind="video"}': 250.0,
                                    "confmeet_sfu_keyframe_requests_total": 3.0,
                                    "confmeet_sfu_worker_cpu_seconds_total": 2.0}
+
+
+def test_each_second_of_b_places_its_freezes_beside_the_retransmissions_and_feedback_the_link_dropped() -> None:
+    """B's timeline: width/frames, "!" per PLI, "fN" for a freeze of N ms ended in the second, "r"
+    per packet of B's RTX SSRC the downlink dropped, "n" per RTCP packet of B's the uplink dropped.
+    A drop on the video's own SSRC, or outside the window, is not marked."""
+    link = {"down": {"rtp_dropped_at": {"111": [100.5, 101.5], "222": [101.2, 101.4, 99.0]}},
+            "up": {"rtcp_dropped_at": [100.2, 102.9]}}
+    samples = [Sample(100.0 + s, {"b": reading(s, 24 * s, frameWidth=480, pliCount=int(s == 3), ssrc=111,
+                                               rtxSsrc=222, totalFreezesDuration=0.21 * (s >= 2))},
+                      {}, link) for s in range(4)]
+    assert b_seconds(samples) == ["480/24n", "480/24f210rr", "480/24!n"]
