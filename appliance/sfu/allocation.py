@@ -305,8 +305,13 @@ class DownlinkAllocator:
 # SFU's retransmission); a browser that plays frames as soon as they are whole freezes the picture
 # while it waits (measured: B on a 5 % loss, 80 ms each way link frozen 5-15 % of the time). Such
 # a subscriber is asked (the playout-delay header extension) to hold its video that round trip
-# plus a margin, from the first report of loss until ``PLAYOUT_HOLD_S`` after the last.
+# plus a margin, from the first report of loss until ``PLAYOUT_HOLD_S`` after the last. From
+# ``PLAYOUT_TWO_ROUNDS_LOSS`` on, two round trips: a NACK or a retransmission lost in its turn
+# (at 5 % each way, one lost packet in ten) costs another. B's freezes with one round trip lasted
+# ~210 or ~380 ms, a frame interval plus one or two more round trips, several in the second the
+# link dropped a retransmission (docs/benchmarks.md); with two, one freeze in six runs.
 PLAYOUT_LOSS = 0.01
+PLAYOUT_TWO_ROUNDS_LOSS = 0.03
 PLAYOUT_MARGIN_MS = 60
 PLAYOUT_MIN_MS, PLAYOUT_MAX_MS = 100, 400
 PLAYOUT_HOLD_S = 10.0
@@ -321,7 +326,8 @@ class PlayoutDelay:
 
     def update(self, now: float, loss: float | None, rtt_s: float | None) -> int:
         if loss is not None and loss >= PLAYOUT_LOSS and rtt_s is not None:
-            wanted = round(1000 * rtt_s) + PLAYOUT_MARGIN_MS
+            rounds = 2 if loss >= PLAYOUT_TWO_ROUNDS_LOSS else 1
+            wanted = round(1000 * rtt_s * rounds) + PLAYOUT_MARGIN_MS
             self.delay_ms = max(self.delay_ms if now < self._until else 0,
                                 min(PLAYOUT_MAX_MS, max(PLAYOUT_MIN_MS, wanted)))
             self._until = now + PLAYOUT_HOLD_S

@@ -248,16 +248,19 @@ def test_loss_without_a_queue_is_not_congestion_unless_heavy():
 
 def test_a_lossy_downlink_is_asked_to_hold_its_video_a_round_trip_more_until_it_has_been_clean_a_while() -> None:
     """Loss in the receiver reports: the subscriber plays its video the round trip (which a
-    retransmission takes) plus 60 ms late, 100 to 400 ms; the longest asked for stays while loss
-    goes on, and it ends 10 s after the last report of loss. A clean link, or no round trip
-    measured yet, is asked nothing."""
+    retransmission takes) plus 60 ms late, two round trips from 3 % of loss on (a NACK or a
+    retransmission lost in its turn is then frequent), 100 to 400 ms; the longest asked for stays
+    while loss goes on, and it ends 10 s after the last report of loss. A clean link, or no round
+    trip measured yet, is asked nothing."""
     playout = PlayoutDelay()
     assert playout.update(0.0, 0.0, 0.16) == 0
-    assert playout.update(0.5, 0.05, None) == 0  # no round trip yet: nothing to go by
-    assert playout.update(1.0, 0.05, 0.16) == 220
-    assert playout.update(1.5, 0.05, 0.01) == 220  # a shorter round trip does not shorten it meanwhile
+    assert playout.update(0.5, 0.02, None) == 0  # no round trip yet: nothing to go by
+    assert playout.update(1.0, 0.02, 0.16) == 220
+    assert playout.update(1.5, 0.02, 0.01) == 220  # a shorter round trip does not shorten it meanwhile
     assert playout.update(2.0, 0.0, 0.16) == 220
     assert playout.update(1.5 + PLAYOUT_HOLD_S - 0.1, 0.0, 0.16) == 220
     assert playout.update(1.5 + PLAYOUT_HOLD_S, 0.0, 0.16) == 0
-    assert playout.update(20.0, 0.3, 2.0) == 400 and playout.update(40.0, 0.3, 0.001) == 100
+    assert playout.update(20.0, 0.05, 0.16) == 380  # 5 % lost: two round trips
+    assert playout.update(20.5, 0.02, 0.16) == 380  # the longer stays while loss goes on
+    assert playout.update(40.0, 0.3, 2.0) == 400 and playout.update(60.0, 0.3, 0.001) == 100
 
