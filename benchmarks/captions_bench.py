@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/captions_bench.py meeting [--inference local|triton] [--seconds 60] [--language en]
   python benchmarks/captions_bench.py speakers [--inference local|triton|both] [--speakers 1,2,3,4] [--seconds 40]
+  python benchmarks/captions_bench.py accuracy [--beams 1,5] [--bitrates 16,24,32,48,64]
 
 ``meeting`` (the figure that counts): a two-person meeting in Chromium on this machine. The
 appliance runs as `confmeet serve`; Grace's microphone is Chromium's fake capture playing
@@ -26,6 +27,13 @@ fixtures).
 ``speakers``: N speakers at once, each espeak-ng reading sentences with pauses, Opus-encoded into
 20 ms RTP packets (with their RFC 6464 audio level) fed in real time through the SFU's tap into
 the captions sink, without WebRTC or browsers: how many overlapping talkers 2 cores keep up with.
+
+``accuracy``: the ASR model alone (local://'s code, in this process) on each test sentence as a
+final caption, after an Opus round trip at each bitrate (what a browser's microphone goes
+through), for each beam width of the final decoding: WER over the English sentences (espeak-ng:
+the meeting's six and the tests' eight held out), CER over the Mandarin ones in Simplified
+characters, and the recognition time per sentence. The same audio for every beam: a paired
+comparison, free of the meeting's segmentation.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
+import io
 import os
 import sys
 import tempfile
@@ -305,6 +314,68 @@ async def simultaneous(backends: list[str], speakers: list[int], seconds: float)
                     triton.stop()
 
 
+# ---------------------------------------------------------------------- the model alone
+def opus_round_trip(audio: np.ndarray, kbps: int) -> np.ndarray:
+    """16 kHz mono float32 audio through libopus at ``kbps`` (48 kHz, 20 ms frames), decoded and
+    resampled back to 16 kHz."""
+    from appliance.captions.audio import decode_file
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        stream.bit_rate, stream.layout = kbps * 1000, "mono"
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        frame = av.AudioFrame.from_ndarray((audio * 32767).clip(-32768, 32767).astype(np.int16)[None, :],
+                                           format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(resampled):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return decode_file(out.getvalue(), 60)
+
+
+def accuracy(beams: list[int], bitrates: list[int]) -> None:
+    from opencc import OpenCC
+
+    from appliance.captions.audio import decode_file
+    from appliance.inference.models import load_model
+    from captions.conftest import MANDARIN, character_error_rate, mandarin_audio
+    from captions.test_captions_browser import HELD_OUT
+
+    simplified = OpenCC("t2s")
+    with tempfile.TemporaryDirectory(prefix="captions-accuracy-") as tmp:
+        scratch = Path(tmp)
+        repository = scratch / "model_repository"
+        import_models("packages", repository)
+        model = load_model(repository, "asr")
+        english = [(s, decode_file(speak([s], scratch / f"en-{i}.wav", pause_ms=300).read_bytes(), 60))
+                   for i, s in enumerate(SENTENCES + HELD_OUT)]
+        mandarin = [(item["zh-CN"], mandarin_audio(item["name"])) for item in MANDARIN]
+        print(f"{len(english)} English sentences ({sum(len(s.split()) for s, _ in english)} words), "
+              f"{len(mandarin)} Mandarin; Whisper on {model.device}; load {load()}", flush=True)
+        # The same audio for every beam: each sentence through Opus once per bitrate.
+        heard_en = {kbps: [opus_round_trip(a, kbps) for _, a in english] for kbps in bitrates}
+        heard_zh = {kbps: [opus_round_trip(a, kbps) for _, a in mandarin] for kbps in bitrates}
+        for beam in beams:
+            model.final_beam = beam
+            rates, times, cers = [], [], []
+            for kbps in bitrates:
+                heard = []
+                for audio in heard_en[kbps]:
+                    started = time.perf_counter()
+                    heard.append(model.transcribe(audio, "en")[0])
+                    times.append(time.perf_counter() - started)
+                rates.append(word_error_rate(" ".join(s for s, _ in english), " ".join(heard)))
+                said = [simplified.convert(model.transcribe(a, "zh")[0]) for a in heard_zh[kbps]]
+                cers.append(character_error_rate("".join(s for s, _ in mandarin), "".join(said)))
+            print(f"beam {beam}: English WER " + ", ".join(f"{k} kbit/s {r:.1%}" for k, r in zip(bitrates, rates))
+                  + f"; mean {np.mean(rates):.1%} | Mandarin CER mean {np.mean(cers):.1%} "
+                  f"({', '.join(f'{c:.1%}' for c in cers)}) | English recognition per sentence: median "
+                  f"{pick(times, 0.5) * 1000:.0f} ms, p90 {pick(times, 0.9) * 1000:.0f} ms; load {load()}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     modes = parser.add_subparsers(dest="mode", required=True)
@@ -316,8 +387,13 @@ def main() -> None:
     many.add_argument("--inference", choices=["local", "triton", "both"], default="both")
     many.add_argument("--speakers", default="1,2,3,4")
     many.add_argument("--seconds", type=float, default=40.0)
+    alone = modes.add_parser("accuracy", help="the model alone: WER/CER by beam width after an Opus round trip")
+    alone.add_argument("--beams", default="1,5", help="beam widths of the final decoding to compare")
+    alone.add_argument("--bitrates", default="16,24,32,48,64", help="Opus bitrates, kbit/s")
     options = parser.parse_args()
-    if options.mode == "meeting":
+    if options.mode == "accuracy":
+        accuracy([int(x) for x in options.beams.split(",")], [int(x) for x in options.bitrates.split(",")])
+    elif options.mode == "meeting":
         meeting(options.inference, options.seconds, options.language)
     else:
         backends = ["local", "triton"] if options.inference == "both" else [options.inference]

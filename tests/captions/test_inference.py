@@ -103,3 +103,29 @@ async def test_mandarin_in_the_script_its_tag_asks_for(inference: Inference) -> 
     assert detected.language == "zh" and OpenCC("t2s").convert(detected.text) == detected.text
     with pytest.raises(InferenceError, match="not a caption language"):
         await inference.transcribe(mandarin_audio(MANDARIN[0]["name"]), "zh-XX")
+
+
+def test_a_final_caption_is_decoded_with_a_beam_and_interim_text_greedily(model_repository: Path,
+                                                                          script_audio: np.ndarray) -> None:
+    """The real model, its CTranslate2 decoder watched: a final's decoding asks for a beam of 5
+    (fewer words wrong, docs/benchmarks.md), an interim draft's for greedy decoding (quick)."""
+    from appliance.inference.base import FINAL_WINDOW, INTERIM_WINDOW
+    from appliance.inference.models import load_model
+
+    model = load_model(model_repository, "asr")
+    decoder, beams = model.model.model, []
+
+    class Watched:
+        def __getattr__(self, name: str) -> object:
+            return getattr(decoder, name)
+
+        def generate(self, *args: object, **options: object) -> object:
+            beams.append(options["beam_size"])
+            return decoder.generate(*args, **options)
+
+    model.model.model = Watched()
+    sentence = script_audio[:5 * SAMPLE_RATE]
+    final = model.transcribe(sentence, "en", FINAL_WINDOW)[0]
+    interim = model.transcribe(sentence, "en", INTERIM_WINDOW)[0]
+    assert beams == [5, 1]
+    assert "morning" in final.lower() and "morning" in interim.lower(), (final, interim)
