@@ -188,6 +188,7 @@ async def test_reconnect_resumes_the_seat_unseen(appliance: Appliance) -> None:
         resumed = await ada.resume()
         assert resumed["type"] == "joined" and resumed["resumed"] is True
         assert resumed["participant"]["id"] == ada_id
+        assert resumed["last_n"] is None  # two in the meeting: everyone's camera (tests/sfu/test_last_n.py)
         before = grace.frames_from(ada_id, "video")
         await grace.wait_until(lambda: grace.frames_from(ada_id, "video") >= before + 10, timeout=10)
         assert (await ada.request({"type": "ping"}))["type"] == "pong"

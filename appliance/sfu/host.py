@@ -207,8 +207,7 @@ class RoomHost:
     async def _describe_room(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         """The room as a participant in it sees it now (as ``joined`` says it, for a resume)."""
         room = self._room(room_name)
-        room.peer(participant)
-        return {**room.describe(self.ice.client_ice_servers()), "type": "room"}
+        return {**room.describe(self.ice.client_ice_servers(), participant), "type": "room"}
 
     async def _offer(self, room_name: str, participant: str, message: dict[str, Any]) -> dict[str, Any]:
         sdp, labels = _text(message, "sdp"), _track_labels(message)

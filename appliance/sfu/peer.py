@@ -92,6 +92,7 @@ class Peer:
         self.wanted: dict[tuple[str, str], UpTrack] = {}
         self.max_layers: dict[tuple[str, str], int | None] = {}  # asked for with "video_layer"
         self.cameras_shown: frozenset[str] | None = None  # whose cameras the room's last-N forwards (None: all)
+        self.last_n_told: list[str] | None = None  # the same, as the latest last_n event listed them
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None

@@ -100,11 +100,16 @@ class Room:
         self._apply_last_n()
         return joined
 
-    def describe(self, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
-        """Who is in the room and what they publish, with the ICE servers for clients."""
-        return {"ice_servers": ice_servers,
-                "participants": [{"participant": p.participant, "name": p.name} for p in self.peers.values()],
-                "tracks": [up.describe() for up in self.tracks.values()]}
+    def describe(self, ice_servers: list[dict[str, Any]], participant: str | None = None) -> dict[str, Any]:
+        """Who is in the room and what they publish, with the ICE servers for clients; for a
+        ``participant`` in it also whose cameras it gets (its latest ``last_n`` event's list: a
+        resume's catching up, since events to a dropped signaling socket are lost)."""
+        described = {"ice_servers": ice_servers,
+                     "participants": [{"participant": p.participant, "name": p.name} for p in self.peers.values()],
+                     "tracks": [up.describe() for up in self.tracks.values()]}
+        if participant is not None:
+            described["last_n"] = self.peer(participant).last_n_told
+        return described
 
     async def leave(self, participant: str, reason: str) -> None:
         peer = self.peer(participant)
@@ -125,7 +130,8 @@ class Room:
 
     async def close(self) -> None:
         for participant in list(self.peers):
-            if participant not in self._leaving:
+            # One may have left meanwhile, its connection lost while another's closed.
+            if participant in self.peers and participant not in self._leaving:
                 await self.leave(participant, "closed")
         await asyncio.gather(*self._departures)
         self.stop()
@@ -249,6 +255,7 @@ class Room:
             shown = None if chosen is None else frozenset(chosen)
             if shown != peer.cameras_shown:
                 peer.show_cameras(shown)
+                peer.last_n_told = chosen
                 self.emit(peer.participant, {"type": "last_n", "participants": chosen})
 
     # ------------------------------------------------------------------ periodic work

@@ -347,6 +347,7 @@ class Signaling:
         if sfu.get("type") == "error":
             raise sfu_refusal(sfu, "resuming the media")
         joined = self._joined(seat, resumed=True, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        joined["last_n"] = sfu.get("last_n")  # what last_n events the dropped socket missed came to
         return await self._with_features(joined, seat)
 
     def _attach(self, seat: Seat, conn: Connection) -> None:

@@ -837,6 +837,8 @@ class Session {
     for (const id of [...this.participants.keys()]) if (!present.has(id)) this.#left(id);
     for (const p of present.values()) this.#updated(p);
     this.#updated(joined.participant);
+    this.lastN = joined.last_n ? new Set(joined.last_n) : null;  // last_n events sent meanwhile were lost
+    this.refreshPaused();
     chat.merge(joined.chat ?? []);
     if (isModerator(this.me)) this.#lobby(joined.waiting ?? []);
     this.#enqueue(async () => {

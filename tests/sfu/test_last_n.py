@@ -185,6 +185,35 @@ async def test_a_video_the_subscriber_does_not_show_is_not_sent_until_shown_agai
 
 
 
+async def test_the_room_a_resume_is_built_from_says_whose_cameras_the_participant_gets() -> None:
+    """last_n 1, three publishers: each gets one other's camera and a ``last_n`` event naming it;
+    the ``room`` reply (what signaling answers a resume with, after a blip lost the events meanwhile)
+    names the same; with last-N not applying (one of them gone) it says everyone's, null."""
+    meeting = Meeting(RoomHost(IceSettings(loopback=True), last_n=1))
+    try:
+        clients = []
+        for index, name in enumerate(("ada", "grace", "linus")):
+            client = meeting.participant(name, receive_audio=False)
+            assert (await client.join())["type"] == "joined"
+            client.publish(ColourTrack((80 * index, 100, 200), width=160, height=120))
+            assert (await client.offer())["type"] == "answer"
+            clients.append(client)
+        ada, grace, linus = clients
+        await ada.wait_until(lambda: all(c.events_of("last_n") and c.events_of("last_n")[-1]["participants"]
+                                         for c in clients), timeout=20)
+        for client in clients:
+            told = client.events_of("last_n")[-1]["participants"]
+            assert len(told) == 1 and told[0] != client.id
+            room = await client.request({"type": "room"})
+            assert room["type"] == "room" and room["last_n"] == told, (client.id, room["last_n"], told)
+        assert ada.events_of("last_n")[-1]["participants"] == ["grace"]  # nobody spoke: by arrival
+        assert (await linus.request({"type": "leave"}))["type"] == "left"
+        await ada.wait_until(lambda: ada.events_of("last_n")[-1]["participants"] is None, timeout=10)
+        assert (await ada.request({"type": "room"}))["last_n"] is None
+    finally:
+        await meeting.close()
+
+
 def test_last_n_is_a_setting_that_refuses_a_negative_number() -> None:
     from appliance.settings import Settings, SettingsError
 
