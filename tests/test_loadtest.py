@@ -237,3 +237,26 @@ async def test_decode_errors_are_counted_where_aiortc_reports_them() -> None:
     assert counter.count == 1 and counter.is_set()
     assert await decoded.get() is not None
     await pc.close()
+
+
+async def test_a_signaling_connection_that_broke_under_a_send_closes_quietly() -> None:
+    """A server (real websockets, 1 KiB message limit) that closes the connection while the
+    client's send of a large message is still blocked: the request fails with the connection's
+    end, and closing the client afterwards raises nothing (websockets' closing handshake on that
+    aborted transport raised AttributeError, a traceback at a load test's exit)."""
+    from websockets.asyncio.server import serve
+
+    from cli.client.signaling import SignalingClient, SignalingError
+
+    async def handler(websocket) -> None:  # noqa: ANN001 - websockets' server connection
+        await websocket.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, max_size=1024) as server:
+        port = server.sockets[0].getsockname()[1]
+        for _ in range(3):
+            client = await SignalingClient.connect(f"ws://127.0.0.1:{port}/", lambda m: None, lambda c: None)
+            with pytest.raises(SignalingError) as failed:
+                await client.request({"type": "chat", "text": "y" * 20_000_000}, timeout=10)
+            assert failed.value.code == "closed"
+            await client.close()
+            assert client.close_code == 1009  # message too big

@@ -149,5 +149,6 @@ class SignalingClient:
 
     async def close(self) -> None:
         self._pinger.cancel()
-        await self._ws.close()
+        if self.closed is None:  # an ended connection has no closing handshake left (and websockets
+            await self._ws.close()  # fails one on a transport aborted under a blocked send)
         await self._reader
