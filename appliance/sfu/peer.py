@@ -91,8 +91,8 @@ class Peer:
         self.downs: dict[tuple[str, str], DownTrack] = {}
         self.wanted: dict[tuple[str, str], UpTrack] = {}
         self.max_layers: dict[tuple[str, str], int | None] = {}  # asked for with "video_layer"
-        self.cameras_shown: frozenset[str] | None = None  # whose cameras the room's last-N forwards (None: all)
-        self.last_n_told: list[str] | None = None  # the same, as the latest last_n event listed them
+        # Whose cameras the room's last-N forwards, as its latest last_n event listed them (None: all).
+        self.last_n: list[str] | None = None
         self.labels: dict[str, str] = {}
         self.negotiated = False
         self.quality: Quality | None = None
@@ -286,17 +286,21 @@ class Peer:
         if down is not None:
             down.set_max_layer(layer)
 
-    def show_cameras(self, publishers: frozenset[str] | None) -> None:
+    @property
+    def cameras_shown(self) -> frozenset[str] | None:
+        return None if self.last_n is None else frozenset(self.last_n)
+
+    def show_cameras(self, publishers: list[str] | None) -> None:
         """Forward only these publishers' cameras (None: everyone's): the room's last-N. Not
         queued to the peer's task: it only pauses and resumes down tracks, as the media path
         would."""
-        self.cameras_shown = publishers
+        self.last_n = publishers
         for down in self.downs.values():
             self._show(down)
 
     def _show(self, down: DownTrack) -> None:
         if down.kind == "video" and down.up.source == "camera":
-            down.set_shown(self.cameras_shown is None or down.up.publisher in self.cameras_shown)
+            down.set_shown(self.last_n is None or down.up.publisher in self.last_n)
 
     async def unsubscribe(self, key: tuple[str, str]) -> None:
         self.wanted.pop(key, None)

@@ -108,7 +108,7 @@ class Room:
                      "participants": [{"participant": p.participant, "name": p.name} for p in self.peers.values()],
                      "tracks": [up.describe() for up in self.tracks.values()]}
         if participant is not None:
-            described["last_n"] = self.peer(participant).last_n_told
+            described["last_n"] = self.peer(participant).last_n
         return described
 
     async def leave(self, participant: str, reason: str) -> None:
@@ -254,8 +254,7 @@ class Room:
             chosen = others[:self.last_n] if self.last_n and len(others) > self.last_n else None
             shown = None if chosen is None else frozenset(chosen)
             if shown != peer.cameras_shown:
-                peer.show_cameras(shown)
-                peer.last_n_told = chosen
+                peer.show_cameras(chosen)
                 self.emit(peer.participant, {"type": "last_n", "participants": chosen})
 
     # ------------------------------------------------------------------ periodic work
