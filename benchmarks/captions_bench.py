@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from captions.conftest import mandarin_wav, speak, word_error_rate  # noqa: E402
 from triton_server import start_triton  # noqa: E402
 
+from appliance.captions.audio import decode_file  # noqa: E402
 from appliance.captions.sink import CaptionSink  # noqa: E402
 from appliance.inference import open_inference  # noqa: E402
 from appliance.inference.models import import_models  # noqa: E402
@@ -318,8 +319,6 @@ async def simultaneous(backends: list[str], speakers: list[int], seconds: float)
 def opus_round_trip(audio: np.ndarray, kbps: int) -> np.ndarray:
     """16 kHz mono float32 audio through libopus at ``kbps`` (48 kHz, 20 ms frames), decoded and
     resampled back to 16 kHz."""
-    from appliance.captions.audio import decode_file
-
     out = io.BytesIO()
     with av.open(out, "w", format="ogg") as container:
         stream = container.add_stream("libopus", rate=48000)
@@ -339,7 +338,6 @@ def opus_round_trip(audio: np.ndarray, kbps: int) -> np.ndarray:
 def accuracy(beams: list[int], bitrates: list[int]) -> None:
     from opencc import OpenCC
 
-    from appliance.captions.audio import decode_file
     from appliance.inference.models import load_model
     from captions.conftest import MANDARIN, character_error_rate, mandarin_audio
     from captions.test_captions_browser import HELD_OUT

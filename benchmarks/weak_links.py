@@ -59,6 +59,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -404,11 +405,10 @@ def b_seconds(samples: list[Sample]) -> list[str]:
     streams = [_largest((s.pages["b"] or {}).get("inbound", []), "packetsReceived") for s in samples]
     down, up = samples[-1].link["down"], samples[-1].link["up"]
     rtx = {str(s["rtxSsrc"]) for s in streams if s.get("rtxSsrc")}
-    retransmissions = sorted(at for ssrc in rtx for at in down.get("rtp_dropped_at", {}).get(ssrc, []))
+    retransmissions = [at for ssrc in rtx for at in down.get("rtp_dropped_at", {}).get(ssrc, [])]
     feedback = up.get("rtcp_dropped_at", [])
     out = []
-    for (a, b), (sa, sb) in zip(zip(streams, streams[1:], strict=False), zip(samples, samples[1:], strict=False),
-                                strict=False):
+    for (sa, a), (sb, b) in pairwise(zip(samples, streams, strict=True)):
         frozen_ms = round(1000 * _delta(a, b, "totalFreezesDuration"))
         out.append(f"{b.get('frameWidth') or 0}/{int(_delta(a, b, 'framesDecoded'))}" + "!" * int(_delta(a, b, "pliCount"))
                    + (f"f{frozen_ms}" if frozen_ms else "")
