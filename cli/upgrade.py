@@ -87,7 +87,7 @@ def _new_version(source: Path) -> str:
 
 
 def upgrade(
-    source: Annotated[Path, typer.Argument(help="A confmeet wheel (confmeet-VERSION-py3-none-any.whl) or an "
+    source: Annotated[Path, typer.Argument(help="A confmeet wheel (confmeet-VERSION-*.whl) or an "
                                                 "offline bundle ('confmeet bundle create').", show_default=False)],
     wheelhouse: Annotated[Optional[Path], typer.Option(help="The new release's dependencies from this "
                                                             "directory instead of the package index (a bundle "

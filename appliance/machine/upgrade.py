@@ -323,7 +323,7 @@ def release_source(path: Path, wheelhouse: Path | None, log: Log) -> Iterator[tu
     """A confmeet wheel as it is, or an offline bundle's (checked against its manifest, its
     wheels unpacked for the release's dependencies)."""
     if not path.is_file():
-        raise UpgradeError(f"{path} does not exist: give a confmeet wheel (confmeet-VERSION-py3-none-any.whl) "
+        raise UpgradeError(f"{path} does not exist: give a confmeet wheel (confmeet-VERSION-*.whl) "
                            "or an offline bundle (confmeet bundle create)")
     if path.name.endswith(".whl"):
         if not path.name.startswith("confmeet-"):
@@ -480,7 +480,7 @@ def go_back(host: Host, record: UpgradeRecord, outcome: Outcome, log: Log, timeo
     layout, old = host.layout, Path(record.from_release)
     if not (old / "bin/confmeet").exists():
         raise UpgradeError(f"the release {old} is gone: install {record.from_version} again with its "
-                           f"wheel ('confmeet upgrade confmeet-{record.from_version}-py3-none-any.whl')")
+                           f"wheel ('confmeet upgrade confmeet-{record.from_version}-*.whl')")
     host.stop()
     if host.schema(old)["schema"] != record.schema_before:
         archive = f"{record.backup_location.rstrip('/')}/{record.backup_archive}"
@@ -531,7 +531,7 @@ def plan_rollback(host: Host) -> RollbackPlan:
                            "rollback only undoes the last upgrade")
     if not Path(record.from_release, "bin/confmeet").exists():
         raise UpgradeError(f"the release to go back to ({record.from_release}) is gone; install it again with "
-                           f"'confmeet upgrade confmeet-{record.from_version}-py3-none-any.whl'")
+                           f"'confmeet upgrade confmeet-{record.from_version}-*.whl'")
     schema = host.schema(Path(record.from_release))
     restore = schema["schema"] != record.schema_before
     if restore and "://" not in record.backup_location and not Path(record.backup_location,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import pylibsrtp
 from aioice import Connection, stun
 from aioice.ice import StunProtocol
 from aiortc import (
@@ -52,8 +53,13 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
-from . import twcc
+from . import _fastpath, twcc
+
+# libsrtp's srtp_protect, as pylibsrtp (aiortc's SRTP) exports it: _fastpath.Down protects with it.
+_SRTP_PROTECT = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
 
 # Takes a packet; False when the packet's stream is not known yet (see tap_receiver).
 RtpHandler = Callable[[RtpPacket], Awaitable[bool]]
@@ -323,10 +329,10 @@ def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
 def gate_retransmissions(sender: RTCRtpSender, allow: Callable[[RtpPacket], bool]) -> None:
     """Ask ``allow(packet)`` before the sender answers a NACK with a packet from its RTP
     history; a packet no longer there is not asked about (aiortc sends nothing for it)."""
-    history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     retransmit = sender._retransmit
 
     async def gated(sequence_number: int) -> None:
+        history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]  # (ForwardingSender replaces it)
         packet = history.get(sequence_number % RTP_HISTORY_SIZE)
         if packet is not None and packet.sequence_number == sequence_number and allow(packet):
             await retransmit(sequence_number)
@@ -350,37 +356,99 @@ def sender_encodes(sender: RTCRtpSender) -> bool:
     return sender._RTCRtpSender__encoder is not None  # type: ignore[attr-defined]
 
 
+class _SentPackets:
+    """What a sender's RTP history is for the SFU's down tracks: aiortc's NACK handling reads
+    ``get(sequence_number % RTP_HISTORY_SIZE)``; the packets are those _fastpath.Down kept,
+    serialised, parsed here only when asked for."""
+
+    def __init__(self, native: _fastpath.Down, sender: RTCRtpSender) -> None:
+        self._native = native
+        self._sender = sender
+
+    def get(self, slot: int) -> RtpPacket | None:
+        data = self._native.sent_slot(slot)
+        if data is None:
+            return None
+        return RtpPacket.parse(data, self._sender._RTCRtpSender__rtp_header_extensions_map)  # type: ignore[attr-defined]
+
+    def __getitem__(self, slot: int) -> RtpPacket:
+        packet = self.get(slot)
+        if packet is None:
+            raise KeyError(slot)
+        return packet
+
+    def values(self) -> list[RtpPacket]:
+        return [p for p in map(self.get, range(RTP_HISTORY_SIZE)) if p is not None]
+
+
+def _counted(name: str) -> property:
+    return property(lambda sender: getattr(sender._confmeet_sent, name), lambda sender, value: None)
+
+
+class _ForwardingRtpSender(RTCRtpSender):
+    """An RTCRtpSender whose sender reports and statistics state what its _fastpath.Down sent
+    (aiortc's own sending, which would set these, never runs for a forwarding sender)."""
+
+    _RTCRtpSender__packet_count = _counted("packets")
+    _RTCRtpSender__octet_count = _counted("bytes")
+    _RTCRtpSender__rtp_timestamp = _counted("last_rtp_timestamp")
+    _RTCRtpSender__ntp_timestamp = _counted("last_ntp_timestamp")
+
+
 class ForwardingSender:
-    """Writes already serialised packets through one RTCRtpSender: encrypted and handed to the
-    UDP socket of the selected ICE pair at once — aiortc's own path awaits through five
-    coroutines per packet — then accounted for as if the sender had produced them: transport
-    statistics, RTP history (so NACKs are answered, over RTX when negotiated) and the packet and
-    octet counts and timestamps of its sender reports. What does not change from packet to packet
-    (the transports, the selected pair's socket and address) is looked up once, and again only
-    when ICE selects another pair. The SFU's candidates are its own host sockets (plus
+    """Where a down track's packets go (_fastpath.Down does the sending): its subscriber's
+    RTCRtpSender, the transport's libsrtp session and the selected ICE pair's socket and address.
+    ``bind`` looks them up, and again only when ICE selects another pair; until then the C path
+    checks on each packet that the DTLS transport is connected and the pair still selected. The
+    sender is made to report (sender reports, statistics, NACKs answered from its history, over
+    RTX when negotiated) what the Down sent. The SFU's candidates are its own host sockets (plus
     server-reflexive addresses of those), so every pair sends through a plain datagram transport."""
 
-    __slots__ = ("_dtls", "_connection", "_state", "_history", "_pair", "_socket", "_address", "_last")
+    __slots__ = ("_sender", "_native", "_dtls", "_connection", "_state", "_pair", "_socket", "_address")
 
-    def __init__(self, sender: RTCRtpSender) -> None:
+    def __init__(self, sender: RTCRtpSender, native: _fastpath.Down) -> None:
+        sender.__class__ = _ForwardingRtpSender
+        sender._confmeet_sent = native  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_history = _SentPackets(native, sender)  # type: ignore[attr-defined]
+        self._sender = sender
+        self._native = native
         self._dtls = sender.transport
         self._connection = self._dtls.transport._connection
-        self._state = vars(sender)  # the sender's (name-mangled) counters and history, by name
-        self._history = self._state["_RTCRtpSender__rtp_history"]
+        self._state = vars(sender)  # the sender's (name-mangled) RTX state, by name
         self._pair = None
         self._socket = None
         self._address = None
-        self._last: RtpPacket | None = None  # the latest packet sent
 
-    def send(self, packet: RtpPacket, data: bytes, ntp_time: int) -> None:
-        """Raises ConnectionError when the subscriber's transport is closed."""
-        self._write(data)
-        self._history[packet.sequence_number % RTP_HISTORY_SIZE] = self._last = packet
-        state = self._state
-        state["_RTCRtpSender__ntp_timestamp"] = ntp_time
-        state["_RTCRtpSender__rtp_timestamp"] = packet.timestamp
-        state["_RTCRtpSender__octet_count"] += len(packet.payload)
-        state["_RTCRtpSender__packet_count"] += 1
+    @property
+    def _history(self) -> _SentPackets:
+        return self._sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+
+    def bind(self) -> None:
+        """Point the Down at the selected pair (when it changed). Raises ConnectionError when
+        the subscriber's transport is closed."""
+        dtls = self._dtls
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("the subscriber's transport is not connected")
+        pair = self._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            raise ConnectionError("the subscriber's ICE connection is closed")
+        if pair is self._pair and self._native.bound:
+            return
+        self._pair, self._socket, self._address = pair, pair.protocol.transport, pair.remote_addr
+        if self._socket.is_closing():
+            raise ConnectionError("the subscriber's ICE connection is closed")
+        session = dtls._tx_srtp
+        if isinstance(session, pylibsrtp.Session):
+            try:
+                self._native.bind_socket(
+                    keep=session, session=int(_srtp_ffi.cast("uintptr_t", session._srtp[0])),
+                    protect=_SRTP_PROTECT, fd=self._socket.get_extra_info("socket").fileno(),
+                    host=self._address[0], port=self._address[1], dtls=dtls, connected=DtlsState.CONNECTED,
+                    nominated=self._connection._nominated, pair=pair)
+                return
+            except ValueError:  # not a numeric address: sent from Python
+                pass
+        self._native.bind_output(self._write)
 
     def pad(self, ntp_time: int, numbers: twcc.SendHistory | None = None) -> int:
         """Send the latest packet again over RTX, as padding a browser counts towards its
@@ -390,32 +458,26 @@ class ForwardingSender:
         nothing was sent yet. Raises ConnectionError when the subscriber's transport is closed."""
         state = self._state
         payload_type = state["_RTCRtpSender__rtx_payload_type"]
-        if payload_type is None or self._last is None:
+        last = self._native.last_sequence
+        if payload_type is None or last is None:
             return 0
+        extensions = state["_RTCRtpSender__rtp_header_extensions_map"]
         sequence_number = state["_RTCRtpSender__rtx_sequence_number"]
         state["_RTCRtpSender__rtx_sequence_number"] = (sequence_number + 1) & 0xFFFF
-        rtx = wrap_rtx(self._last, payload_type=payload_type, sequence_number=sequence_number,
-                       ssrc=state["_rtx_ssrc"])
+        rtx = wrap_rtx(RtpPacket.parse(self._native.sent(last), extensions), payload_type=payload_type,
+                       sequence_number=sequence_number, ssrc=state["_rtx_ssrc"])
         rtx.extensions = dataclasses.replace(
             rtx.extensions, abs_send_time=(ntp_time >> 14) & 0xFFFFFF,
             transport_sequence_number=None if numbers is None else numbers.take(time.monotonic()))
-        return self._write(rtx.serialize(state["_RTCRtpSender__rtp_header_extensions_map"]))
+        self.bind()
+        return self._write(rtx.serialize(extensions))
 
     def _write(self, data: bytes) -> int:
-        dtls = self._dtls
-        if dtls._state is not DtlsState.CONNECTED:
-            raise ConnectionError("the subscriber's transport is not connected")
-        pair = self._connection._nominated.get(1)
-        if pair is not self._pair:
-            if pair is None or pair.protocol.transport is None:
-                raise ConnectionError("the subscriber's ICE connection is closed")
-            self._pair, self._socket, self._address = pair, pair.protocol.transport, pair.remote_addr
-        if self._socket.is_closing():
+        """Protect and send a packet from Python (RTX padding; a pair without a numeric address)."""
+        if self._socket.is_closing():  # type: ignore[union-attr]
             raise ConnectionError("the subscriber's ICE connection is closed")
-        protected = dtls._tx_srtp.protect(data)
-        self._socket.sendto(protected, self._address)
-        dtls._RTCDtlsTransport__tx_bytes += len(protected)
-        dtls._RTCDtlsTransport__tx_packets += 1
+        protected = self._dtls._tx_srtp.protect(data)
+        self._socket.sendto(protected, self._address)  # type: ignore[union-attr]
         return len(protected)
 
 

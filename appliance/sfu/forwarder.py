@@ -13,7 +13,7 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -25,7 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from aiortc.utils import uint16_gt
 
-from . import aiortc_private
+from . import _fastpath, aiortc_private
 from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
 from .retransmissions import RetransmissionBudget
 from .stats import SfuStats
@@ -36,8 +36,6 @@ log = logging.getLogger("confmeet.sfu")
 
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
-# After this many sequence numbers past a (re)start, stop dropping packets older than it.
-REORDER_HORIZON = 0x4000
 # A simulcast layer is sent while its packets keep coming: a browser stops sending its upper
 # layers when its bandwidth estimate falls (and starts them as it climbs), and a video stream
 # sends a packet at least every frame. How often the layers sent are looked at, and how long a
@@ -52,44 +50,16 @@ def _initial_sequence_number() -> int:
     return random.randrange(SEQ_MOD // 2)
 
 
-@dataclass
-class RtpRewriter:
+def RtpRewriter(clock_rate: int, last_seq: int | None = None, last_ts: int | None = None) -> _fastpath.Rewriter:
     """Maps the sequence numbers and timestamps of one source onto a subscriber's own, so the
-    subscriber sees one continuous stream even when the source restarts or is switched."""
-
-    clock_rate: int
-    seq_offset: int = 0
-    ts_offset: int = 0
-    last_seq: int = field(default_factory=_initial_sequence_number)
-    last_ts: int = field(default_factory=lambda: random.randrange(TS_MOD))
-    last_time: float | None = None
-    start_seq: int | None = None
-    highest_seq: int = 0
-
-    def restart(self, seq: int, ts: int, now: float) -> None:
-        """Make (seq, ts) — the next packet, from a new or restarted source — follow the last
-        packet sent, with the timestamp advanced by the wall-clock time in between."""
-        elapsed = 0.0 if self.last_time is None else now - self.last_time
-        self.seq_offset = (self.last_seq + 1 - seq) % SEQ_MOD
-        self.ts_offset = (self.last_ts + max(1, int(elapsed * self.clock_rate)) - ts) % TS_MOD
-        self.start_seq = seq
-        self.highest_seq = seq
-
-    def rewrite(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
-        """The subscriber's (seq, ts) for a source packet; None for a packet older than the
-        restart (it would land on sequence numbers already used)."""
-        if self.start_seq is not None:
-            if uint16_gt(self.start_seq, seq):
-                return None
-            if uint16_gt(seq, self.highest_seq):
-                self.highest_seq = seq
-                if (seq - self.start_seq) % SEQ_MOD > REORDER_HORIZON:
-                    self.start_seq = None
-        out_seq = (seq + self.seq_offset) % SEQ_MOD
-        out_ts = (ts + self.ts_offset) % TS_MOD
-        if self.last_time is None or uint16_gt(out_seq, self.last_seq):
-            self.last_seq, self.last_ts, self.last_time = out_seq, out_ts, now
-        return out_seq, out_ts
+    subscriber sees one continuous stream even when the source restarts or is switched: its
+    ``restart(seq, ts, now)`` makes (seq, ts), the next packet of a new or restarted source,
+    follow the last packet sent with the timestamp advanced by the wall-clock time in between;
+    ``rewrite(seq, ts, now)`` gives the subscriber's (seq, ts), or None for a packet older than
+    the restart (it would land on sequence numbers already used), until 0x4000 numbers past
+    the restart. In C (_fastpath.c), where each forwarded packet is rewritten."""
+    return _fastpath.Rewriter(clock_rate, _initial_sequence_number() if last_seq is None else last_seq,
+                              random.randrange(TS_MOD) if last_ts is None else last_ts)
 
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -104,7 +74,7 @@ class HeaderTemplate:
     """A subscriber's RTP header extensions (MID, abs-send-time, audio level, the transport-wide
     sequence number, and a playout delay while its link needs one) in RFC 8285's one-byte form,
     with the constant part packed once: the same bytes RtpPacket.serialize writes for the
-    extensions this SFU sets, for a fraction of its per-packet cost."""
+    extensions this SFU sets, written per packet by _fastpath.Down."""
 
     mid: bytes  # the MID element, whole
     abs_send_time_id: int
@@ -115,8 +85,9 @@ class HeaderTemplate:
 
     @classmethod
     def for_subscriber(cls, mid: str | None, extensions: list) -> HeaderTemplate | None:
-        """None when the negotiated IDs or the MID do not fit the one-byte form (then
-        RtpPacket.serialize writes the two-byte form)."""
+        """None when the negotiated IDs or the MID do not fit the one-byte form (the SFU offers
+        IDs below 15 and MIDs of a few characters, so a subscriber cannot make it so; a track
+        negotiated otherwise is declined)."""
         ids = {e.uri: e.id for e in extensions}
         mid_bytes = (mid or "").encode("utf8") if ids.get(MID_URI) else b""
         if any(i > 14 for i in ids.values()) or len(mid_bytes) > 16:
@@ -138,24 +109,12 @@ class HeaderTemplate:
         self.playout_delay = bytes([(self.playout_delay_id << 4) | 2]) + (
             (units << 12) | PLAYOUT_DELAY_MAX).to_bytes(3, "big")
 
-    def serialize(self, packet: RtpPacket) -> bytes:
-        """``packet`` (no CSRCs, no padding) as RtpPacket.serialize would write it, with the
-        playout delay if one is set."""
-        ext = self.mid + self.playout_delay
-        if self.abs_send_time_id and packet.extensions.abs_send_time is not None:
-            ext += bytes([(self.abs_send_time_id << 4) | 2]) + packet.extensions.abs_send_time.to_bytes(3, "big")
-        level = packet.extensions.audio_level
-        if self.audio_level_id and level is not None:
-            ext += bytes([self.audio_level_id << 4, (0x80 if level[0] else 0) | level[1]])
-        sequence = packet.extensions.transport_sequence_number
-        if self.transport_cc_id and sequence is not None:
-            ext += bytes([(self.transport_cc_id << 4) | 1, sequence >> 8, sequence & 0xFF])
-        if not ext:
-            return struct.pack("!BBHLL", 0x80, (packet.marker << 7) | packet.payload_type,
-                               packet.sequence_number, packet.timestamp, packet.ssrc) + packet.payload
-        ext += b"\x00" * (-len(ext) % 4)
-        return struct.pack("!BBHLLHH", 0x90, (packet.marker << 7) | packet.payload_type, packet.sequence_number,
-                           packet.timestamp, packet.ssrc, 0xBEDE, len(ext) >> 2) + ext + packet.payload
+    @property
+    def constant(self) -> bytes:
+        """The elements written the same in every packet: the MID, and the playout delay if one
+        is set. The rest (abs-send-time, audio level, transport-wide sequence number) follow per
+        packet, in that order, where negotiated, then padding to 32 bits (_fastpath.c)."""
+        return self.mid + self.playout_delay
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -257,6 +216,7 @@ class UpTrack:
         self._tap_target = len(self.layers) - 1
         self._next_layer_check = 0.0
         self.downs: tuple[DownTrack, ...] = ()
+        self._natives: tuple[_fastpath.Down, ...] = ()  # theirs, in the same order
         self.packets = 0
         self.bytes = 0
         self.keyframes_seen = 0
@@ -288,9 +248,11 @@ class UpTrack:
     def add(self, down: DownTrack) -> None:
         if not self.closed and down not in self.downs:
             self.downs += (down,)
+            self._natives += (down.native,)
 
     def discard(self, down: DownTrack) -> None:
         self.downs = tuple(d for d in self.downs if d is not down)
+        self._natives = tuple(d.native for d in self.downs)
 
     def add_tap(self, tap: Callable[[UpTrack, RtpPacket], None]) -> None:
         if not self.closed and tap not in self.taps:
@@ -351,8 +313,8 @@ class UpTrack:
             if layer.keyframes is not None:
                 layer.keyframes.close()
         for down in self.downs:
-            down.started = False
-        self.downs = ()
+            down.started = down.native.fast = False
+        self.downs = self._natives = ()
         self.taps = ()
 
     async def _send_pli(self, index: int) -> bool:
@@ -444,10 +406,19 @@ class UpTrack:
                 except Exception:
                     log.exception("a tap on track %s of %s failed; it is removed", self.track_id, self.publisher)
                     self.remove_tap(tap)
-        if self.downs:
+        downs = self.downs
+        if downs:
             ntp_time = aiortc_private.current_ntp_time()
-            for down in self.downs:
-                down.write(packet, keyframe, now, ntp_time, layer.index)
+            if packet.csrc:
+                left: Iterable[int] = range(len(downs))
+            else:  # each down track in its steady state in C; the rest decide here first
+                level = packet.extensions.audio_level
+                left = _fastpath.fanout(self._natives, packet.payload, packet.marker, packet.sequence_number,
+                                        packet.timestamp, packet.ssrc,
+                                        -1 if level is None else (0x80 if level[0] else 0) | level[1],
+                                        packet.padding_size, keyframe, now, ntp_time)
+            for index in left:
+                downs[index].write(packet, keyframe, now, ntp_time, layer.index)
         return True
 
 
@@ -490,15 +461,15 @@ class DownTrack:
         self.ssrc: int = transceiver.sender._ssrc
         self.stats = stats
         self.rewriter = RtpRewriter(up.codec.clockRate)
+        # What is sent, as sent, and the steady state's forwarding path (see _fastpath.c).
+        self.native = _fastpath.Down(self.ssrc, self.kind == "video", self.rewriter, stats.forwarded)
         self.vp8 = Vp8Rewriter() if up.codec.name == "VP8" else None
-        self._last_payload: bytes | None = None  # the latest payload sent, as sent
         self.payload_type = 0
         self.mid: str | None = None
         self.extensions = HeaderExtensionsMap()
         self.header: HeaderTemplate | None = None
         self._history = history  # the subscriber transport's transport-wide sequence numbers
         self.transport_sequence: SendHistory | None = None  # that, once negotiated on this track
-        self.source_ssrc: int | None = None
         self.layer: int | None = None  # the layer forwarded now (None: waiting for a keyframe)
         self.max_layer = len(up.layers) - 1  # the highest layer wanted (-1: none): all unless told otherwise
         self.bandwidth_layer: int | None = None  # the highest the subscriber's downlink takes (None: any)
@@ -508,8 +479,6 @@ class DownTrack:
         self.accepted = False
         self.started = False
         self.output: aiortc_private.ForwardingSender | None = None
-        self.packets = 0
-        self.bytes = 0
         self.lost = 0  # packets lost, as the subscriber's receiver reports count them; never goes down
         self.retransmissions = RetransmissionBudget()
         self.retransmitted = 0  # packets sent again on the subscriber's NACKs
@@ -526,6 +495,24 @@ class DownTrack:
         self.on_first_packet: Callable[[DownTrack], None] | None = None
 
     @property
+    def source_ssrc(self) -> int | None:
+        """The source forwarded now (None: waiting for a keyframe, or paused)."""
+        return self.native.source_ssrc
+
+    @source_ssrc.setter
+    def source_ssrc(self, ssrc: int | None) -> None:
+        self.native.source_ssrc = ssrc
+
+    @property
+    def packets(self) -> int:
+        return self.native.packets
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes forwarded."""
+        return self.native.bytes
+
+    @property
     def gated(self) -> bool:
         """Video waiting for a keyframe before anything is forwarded (not paused)."""
         return self.kind == "video" and self.source_ssrc is None and self.target is not None
@@ -540,16 +527,28 @@ class DownTrack:
         if codec is None:
             return False
         self.payload_type = cast(int, codec.payloadType)
+        extensions = aiortc_private.header_extensions(self.transceiver)
+        header = HeaderTemplate.for_subscriber(self.transceiver.mid, extensions)
+        if header is None:
+            log.warning("%s's answer for track %s of %s has header extension IDs or a MID the one-byte form "
+                        "cannot carry; the track is not sent", self.subscriber, self.up.track_id, self.up.publisher)
+            return False
+        self.payload_type = self.native.payload_type = cast(int, codec.payloadType)
         self.mid = self.transceiver.mid
         self.extensions = aiortc_private.header_extensions_map(self.transceiver)
-        extensions = aiortc_private.header_extensions(self.transceiver)
-        self.header = HeaderTemplate.for_subscriber(self.mid, extensions)
+        self.header = header
         self.transport_sequence = (self._history if any(e.uri == TRANSPORT_CC_URI for e in extensions)
                                    else None)
-        if self.header is not None:
-            self.header.set_playout_delay(self.playout_delay_ms)
+        self.native.send_times = None if self.transport_sequence is None else self.transport_sequence.times
+        header.set_playout_delay(self.playout_delay_ms)
+        self._set_header()
         self.accepted = True
         return True
+
+    def _set_header(self) -> None:
+        header = cast(HeaderTemplate, self.header)
+        self.native.set_template(header.constant, header.abs_send_time_id, header.audio_level_id,
+                                 header.transport_cc_id)
 
     def downlink(self) -> Downlink | None:
         """The subscriber's latest receiver report on this track (None before the first); it
@@ -564,8 +563,8 @@ class DownTrack:
         """Begin forwarding; video waits for a keyframe, which is requested now."""
         if self.started or self.up.closed:
             return
-        self.output = aiortc_private.ForwardingSender(self.sender)
-        self.started = True
+        self.output = aiortc_private.ForwardingSender(self.sender, self.native)
+        self.started = self.native.fast = True
         self.started_at = time.monotonic()
         self.up.add(self)
         # The layers sent may have changed since it was made: only started ones hear of it.
@@ -626,7 +625,8 @@ class DownTrack:
             self.up.request_keyframe(layer=layer)
 
     def stop(self) -> None:
-        self.started = False
+        self.started = self.native.fast = False
+        self.native.unbind()
         self.up.discard(self)
         if self.keyframe_budget is not None:
             self.keyframe_budget.close()
@@ -638,6 +638,7 @@ class DownTrack:
             self.playout_delay_ms = minimum_ms
             if self.header is not None:
                 self.header.set_playout_delay(minimum_ms)
+                self._set_header()
 
     def remb_received(self, bitrate: int) -> None:
         self.remb_bps, self.remb_at = bitrate, time.monotonic()
@@ -672,6 +673,8 @@ class DownTrack:
         self.stats.keyframe_requests[outcome] += 1
 
     def write(self, packet: RtpPacket, keyframe: bool, now: float, ntp_time: int, layer: int = 0) -> None:
+        """Forward ``packet`` of ``layer`` (a keyframe's first when ``keyframe``), deciding
+        first whether and how: what _fastpath.fanout leaves to Python (see UpTrack.on_rtp)."""
         if not self.started:
             return
         if packet.ssrc != self.source_ssrc:
@@ -689,36 +692,24 @@ class DownTrack:
             self.source_ssrc, self.layer = packet.ssrc, layer
             self.rewriter.restart(packet.sequence_number, packet.timestamp, now)
             if self.vp8 is not None:
-                self.vp8.restart(self._last_payload, packet.payload)
-        mapped = self.rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
-        if mapped is None:
-            return
-        payload = self.vp8.rewrite(packet.payload) if self.vp8 is not None and self.vp8.active else packet.payload
-        self._last_payload = payload
-        out = RtpPacket(payload_type=self.payload_type, marker=packet.marker,
-                        sequence_number=mapped[0], timestamp=mapped[1], ssrc=self.ssrc,
-                        payload=payload)
-        out.csrc = packet.csrc
-        out.padding_size = packet.padding_size
-        out.extensions.mid = self.mid
-        out.extensions.abs_send_time = (ntp_time >> 14) & 0xFFFFFF
-        out.extensions.audio_level = packet.extensions.audio_level
-        if self.transport_sequence is not None:
-            out.extensions.transport_sequence_number = self.transport_sequence.take(now)
-        data = (self.header.serialize(out) if self.header is not None and not out.csrc and not out.padding_size
-                else out.serialize(self.extensions))
+                self.vp8.restart(self.native.last_payload, packet.payload)
+                self.native.set_vp8(*self.vp8.offsets)
+        level = packet.extensions.audio_level
         try:
-            self.output.send(out, data, ntp_time)  # type: ignore[union-attr]
+            self.output.bind()  # type: ignore[union-attr]
+            mapped = self.native.forward(packet.payload, packet.marker, packet.sequence_number, packet.timestamp,
+                                         -1 if level is None else (0x80 if level[0] else 0) | level[1],
+                                         packet.padding_size, packet.csrc, now, ntp_time)
         except ConnectionError:  # the subscriber's transport closed under us
+            return
+        if mapped is None:  # older than the source's restart
             return
         if keyframe:
             self.keyframe_budget.keyframe_forwarded()  # type: ignore[union-attr]
             self.keyframe_timestamp = mapped[1]
             self._keyframe_resends.clear()
-        if self.packets == 0 and self.on_first_packet is not None:
+        if self.native.packets == 1 and self.on_first_packet is not None:
             self.on_first_packet(self)
-        self.packets += 1
-        self.bytes += len(packet.payload)
-        self.stats.count_forwarded(self.kind, len(packet.payload))
         if now >= self.retransmissions.next_sample:
             self.retransmissions.sample(now, self.bytes)
+            self.native.next_sample = self.retransmissions.next_sample

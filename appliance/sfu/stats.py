@@ -7,6 +7,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _fastpath
+
 # Seconds: a keyframe is a round trip plus the publisher's encoder away; media a whole negotiation.
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 FEEDBACK = ("nack", "pli", "fir", "transport-cc")
@@ -51,8 +53,7 @@ class Durations:
 
 @dataclass
 class SfuStats:
-    forwarded_packets: dict[str, int] = field(default_factory=_by_kind)
-    forwarded_bytes: dict[str, int] = field(default_factory=_by_kind)
+    forwarded: _fastpath.Counters = field(default_factory=_fastpath.Counters)  # counted where it is done
     received_packets: dict[str, int] = field(default_factory=_by_kind)  # from publishers
     received_bytes: dict[str, int] = field(default_factory=_by_kind)
     plis_sent: int = 0
@@ -74,9 +75,14 @@ class SfuStats:
     published_tracks: dict[str, int] = field(default_factory=_by_kind)
     subscribed_tracks: dict[str, int] = field(default_factory=_by_kind)
 
-    def count_forwarded(self, kind: str, payload_bytes: int) -> None:
-        self.forwarded_packets[kind] += 1
-        self.forwarded_bytes[kind] += payload_bytes
+    @property
+    def forwarded_packets(self) -> dict[str, int]:
+        return {"audio": self.forwarded.audio_packets, "video": self.forwarded.video_packets}
+
+    @property
+    def forwarded_bytes(self) -> dict[str, int]:
+        """Payload bytes."""
+        return {"audio": self.forwarded.audio_bytes, "video": self.forwarded.video_bytes}
 
     def count_received(self, kind: str, payload_bytes: int) -> None:
         self.received_packets[kind] += 1
@@ -88,7 +94,10 @@ class SfuStats:
         the counters (a worker that died has no peers, rooms or tracks left)."""
         total = cls()
         for snap in snapshots:
-            for name in ("forwarded_packets", "forwarded_bytes", "received_packets", "received_bytes",
+            for kind in ("audio", "video"):
+                total.forwarded.add(kind == "video", snap["forwarded_packets"].get(kind, 0),
+                                    snap["forwarded_bytes"].get(kind, 0))
+            for name in ("received_packets", "received_bytes",
                          "feedback_received", "connection_failures", "keyframe_requests",
                          "retransmissions",
                          *(("published_tracks", "subscribed_tracks") if gauges else ())):

@@ -27,6 +27,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
+from . import _fastpath
+
 RTCP_RTPFB = 205
 FMT_TRANSPORT_CC = 15
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -222,20 +224,22 @@ class SendHistory:
     (None until a message has come) and ``feedback_at``."""
 
     def __init__(self) -> None:
-        self.next_sequence = 0
-        self._numbers = [-1] * HISTORY
-        self._times = [0.0] * HISTORY
+        # The numbers and when each was sent, kept where the forwarding path takes them (_fastpath.c).
+        self.times = _fastpath.SendTimes(HISTORY)
         self._floors: deque[tuple[float, float]] = deque()  # (when, the smallest delay of one message), oldest first
         self.queue_s: float | None = None
         self.feedback_at: float | None = None
 
+    @property
+    def next_sequence(self) -> int:
+        return self.times.next_sequence
+
+    @next_sequence.setter
+    def next_sequence(self, sequence: int) -> None:
+        self.times.next_sequence = sequence
+
     def take(self, now: float) -> int:
-        sequence = self.next_sequence
-        self.next_sequence = (sequence + 1) & 0xFFFF
-        slot = sequence % HISTORY
-        self._numbers[slot] = sequence
-        self._times[slot] = now
-        return sequence
+        return self.times.take(now)
 
     def feedback(self, message: Feedback, now: float) -> float | None:
         """The queue (seconds) the packets of ``message`` met, also kept as ``queue_s``; None
@@ -244,10 +248,9 @@ class SendHistory:
         for index, arrival in enumerate(message.arrivals):
             if arrival is None:
                 continue
-            sequence = (message.base_sequence + index) & 0xFFFF
-            slot = sequence % HISTORY
-            if self._numbers[slot] == sequence:
-                delays.append(arrival / 1e6 - self._times[slot])
+            sent = self.times.sent_at((message.base_sequence + index) & 0xFFFF)
+            if sent is not None:
+                delays.append(arrival / 1e6 - sent)
         if not delays:
             return None
         smallest = min(delays)

@@ -6,11 +6,13 @@ stream) would see them jump; Chromium's frame reference finder and frame buffer 
 them (a frame whose PictureID is not after the last one decoded is dropped, one whose TL0PICIDX
 seems old is stashed waiting for its base layer), so like the RTP sequence numbers and timestamps
 (``RtpRewriter``) they are carried on from the last ones sent: ``Vp8Rewriter.restart`` at the
-keyframe the new source starts with, then ``rewrite`` each payload. Until a restart with values
-that differ, payloads go through untouched (nothing is parsed per packet).
+keyframe the new source starts with, then each payload is rewritten in _fastpath.c. Until a
+restart with values that differ, payloads go through untouched (nothing is parsed per packet).
 """
 
 from __future__ import annotations
+
+from . import _fastpath
 
 PICTURE_ID_MOD = 1 << 15
 TL0_MOD = 1 << 8
@@ -69,23 +71,15 @@ class Vp8Rewriter:
                 self.keyidx_offset = ((last_sent[old_key] & 0x1F) + 1 - (first[key] & 0x1F)) % KEYIDX_MOD
         self.active = bool(self.picture_id_offset or self.tl0_offset or self.keyidx_offset)
 
+    @property
+    def offsets(self) -> tuple[int, int, int]:
+        """(PictureID, TL0PICIDX, KEYIDX) offsets, as _fastpath.Down.set_vp8 takes them."""
+        return self.picture_id_offset, self.tl0_offset, self.keyidx_offset
+
     def rewrite(self, payload: bytes) -> bytes:
-        """``payload`` with its descriptor's fields carried on (call only while ``active``)."""
-        picture_id, width, tl0, keyidx = fields(payload)
-        if not (picture_id or tl0 or keyidx):
-            return payload
-        out = bytearray(payload[:max(picture_id + width, tl0 + 1, keyidx + 1)])
-        if picture_id:
-            if width == 2:
-                value = (_picture_id(payload, picture_id, 2) + self.picture_id_offset) % PICTURE_ID_MOD
-                out[picture_id], out[picture_id + 1] = 0x80 | value >> 8, value & 0xFF
-            else:
-                out[picture_id] = (payload[picture_id] + self.picture_id_offset) % (1 << 7)
-        if tl0:
-            out[tl0] = (payload[tl0] + self.tl0_offset) % TL0_MOD
-        if keyidx:
-            out[keyidx] = (payload[keyidx] & 0xE0) | ((payload[keyidx] + self.keyidx_offset) & 0x1F)
-        return bytes(out) + payload[len(out):]
+        """``payload`` with its descriptor's fields carried on (what _fastpath.Down does to each
+        payload it sends while ``active``)."""
+        return _fastpath.vp8_rewrite(payload, *self.offsets)
 
 
 def _picture_id(payload: bytes, position: int, width: int) -> int:

@@ -20,7 +20,7 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 
-from appliance.sfu import aiortc_private
+from appliance.sfu import _fastpath, aiortc_private
 from appliance.sfu.forwarder import DownlinkEstimate, DownTrack, HeaderTemplate, RtpRewriter, UpTrack
 from appliance.sfu.stats import SfuStats
 
@@ -389,11 +389,32 @@ async def test_a_subscribers_remb_and_receiver_reports_make_its_downlink_estimat
     assert down.remb_bps == 287_000
 
 
+def _sent_with(template: HeaderTemplate, packet: RtpPacket) -> bytes:
+    """What a _fastpath.Down writing ``template`` sends for ``packet``, numbered as it is."""
+    sent: list[bytes] = []
+    rewriter = RtpRewriter(90000, last_seq=(packet.sequence_number - 1) % 65536, last_ts=(packet.timestamp - 1) % 2**32)
+    rewriter.restart(packet.sequence_number, packet.timestamp, 0.0)
+    down = _fastpath.Down(packet.ssrc, True, rewriter, _fastpath.Counters())
+    down.payload_type = packet.payload_type
+    down.set_template(template.constant, template.abs_send_time_id, template.audio_level_id, template.transport_cc_id)
+    if packet.extensions.transport_sequence_number is not None:
+        down.send_times = _fastpath.SendTimes(16)
+        down.send_times.next_sequence = packet.extensions.transport_sequence_number
+    down.bind_output(sent.append)
+    level = packet.extensions.audio_level
+    assert down.forward(packet.payload, packet.marker, packet.sequence_number, packet.timestamp,
+                        -1 if level is None else (0x80 if level[0] else 0) | level[1], packet.padding_size,
+                        packet.csrc, 0.0, (packet.extensions.abs_send_time or 0) << 14) == (
+        packet.sequence_number, packet.timestamp)
+    assert down.sent(packet.sequence_number) == sent[0] and (down.packets, down.bytes) == (1, len(packet.payload))
+    return sent[0]
+
+
 @pytest.mark.parametrize("mid", ["0", "3", "video-16-chars-x"])
 @pytest.mark.parametrize("level", [None, (True, 30), (False, 127)])
 @pytest.mark.parametrize("ids", [(4, 2, 1, 3), (1, 14, 0, 0), (0, 3, 5, 14)])
 @pytest.mark.parametrize("sequence", [None, 0, 0xABCD])
-def test_header_template_writes_what_rtp_packet_serialize_writes(
+def test_the_forwarding_path_writes_what_rtp_packet_serialize_writes(
         mid: str, level: tuple[bool, int] | None, ids: tuple[int, int, int, int], sequence: int | None) -> None:
     mid_id, abs_id, level_id, transport_cc_id = ids
     negotiated = [RTCRtpHeaderExtensionParameters(id=i, uri=uri) for i, uri in
@@ -406,14 +427,21 @@ def test_header_template_writes_what_rtp_packet_serialize_writes(
     extensions.configure(type("P", (), {"headerExtensions": negotiated})())
     template = HeaderTemplate.for_subscriber(mid, negotiated)
     assert template is not None
-    for marker, payload in [(0, VP8_KEY), (1, b"x" * 1100)]:
+    for marker, payload, csrc, padding in [(0, VP8_KEY, [], 0), (1, b"x" * 1100, [], 0),
+                                           (0, b"y" * 7, [1, 0xFFFFFFFF], 5)]:
         packet = RtpPacket(payload_type=111, marker=marker, sequence_number=65535, timestamp=2**32 - 1,
                            ssrc=0xDEADBEEF, payload=payload)
+        packet.csrc, packet.padding_size = csrc, padding
         packet.extensions.mid = mid
         packet.extensions.abs_send_time = 0xABCDEF
         packet.extensions.audio_level = level
         packet.extensions.transport_sequence_number = sequence
-        assert template.serialize(packet) == packet.serialize(extensions)
+        ours, aiortcs = _sent_with(template, packet), packet.serialize(extensions)
+        if not padding:
+            assert ours == aiortcs
+            continue
+        end = len(ours) - padding  # the padding: zeros here, random bytes there, then its length
+        assert (ours[:end], ours[end:-1], ours[-1]) == (aiortcs[:end], bytes(padding - 1), aiortcs[-1])
 
 
 def test_header_template_adds_the_playout_delay_asked_for_when_negotiated() -> None:
@@ -423,20 +451,20 @@ def test_header_template_adds_the_playout_delay_asked_for_when_negotiated() -> N
     packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3, payload=b"x")
     packet.extensions.abs_send_time = 0xABCDEF
     template = HeaderTemplate.for_subscriber("1", [MID, ABS_SEND_TIME, delay])
-    plain = template.serialize(packet)
+    plain = _sent_with(template, packet)
     template.set_playout_delay(220)
-    delayed = template.serialize(packet)
+    delayed = _sent_with(template, packet)
     assert delayed[12:16] == b"\xbe\xde\x00\x03"  # three words of extensions now
     assert delayed[16:18] == plain[16:18] == b"\x40" + b"1"  # the MID (ID 4)
     assert delayed[18:22] == bytes([0x52, 0x01, 0x6F, 0xFF])  # 22 x 10 ms, 4095 x 10 ms
     template.set_playout_delay(0)
-    assert template.serialize(packet) == plain
+    assert _sent_with(template, packet) == plain
     without = HeaderTemplate.for_subscriber("1", [MID, ABS_SEND_TIME])
     without.set_playout_delay(220)  # not negotiated: nothing written
-    assert without.serialize(packet) == plain
+    assert _sent_with(without, packet) == plain
 
 
-def test_header_template_leaves_the_two_byte_form_to_aiortc() -> None:
+def test_header_template_refuses_what_the_one_byte_form_cannot_carry() -> None:
     wide = [RTCRtpHeaderExtensionParameters(id=15, uri="urn:ietf:params:rtp-hdrext:sdes:mid")]
     assert HeaderTemplate.for_subscriber("0", wide) is None
     assert HeaderTemplate.for_subscriber("m" * 17, [MID]) is None
