@@ -29,14 +29,15 @@ run: models
 # release in /opt/confmeet and the bootstrap are virtualenvs of the system's python3) and Podman
 # (a real systemd as PID 1 in a container: tests/test_systemd.py), a CJK font for screenshots of
 # Chinese captions, Prometheus and Alertmanager (the alerts and dashboards checked for real), the
-# PostgreSQL and Redis exporters (stand-ins for the official images). PACKAGE:COMMAND, or PACKAGE: for a package without a command of its own.
+# PostgreSQL and Redis exporters (stand-ins for the official images), gcc and python3-dev (the SFU's
+# forwarding path is a C extension, built by pip install). PACKAGE:COMMAND, or PACKAGE: for a package without a command of its own.
 SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr xvfb:Xvfb pulseaudio:pulseaudio \
                    docker.io:dockerd debootstrap:debootstrap \
                    coturn:turnserver tmux:tmux wrk:wrk espeak-ng:espeak-ng ffmpeg:ffprobe npm:npm \
                    python3-venv: podman:podman fonts-noto-cjk: prometheus:prometheus \
                    prometheus-alertmanager:prometheus-alertmanager \
                    prometheus-postgres-exporter:prometheus-postgres-exporter \
-                   prometheus-redis-exporter:prometheus-redis-exporter
+                   prometheus-redis-exporter:prometheus-redis-exporter gcc:gcc python3-dev:
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command=$${pair#*:}; \
 		if [ -n "$$command" ]; then command -v $$command >/dev/null; \

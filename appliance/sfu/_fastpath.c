@@ -15,6 +15,10 @@
  * single-threaded like the event loop that calls it.
  */
 #define PY_SSIZE_T_CLEAN
+/* The stable ABI of Python 3.11 and later: one build of the wheel serves every such Python. */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030B0000
+#endif
 #include <Python.h>
 #include <structmember.h>
 
@@ -32,6 +36,23 @@
 #define MAX_HEADER (12 + 15 * 4 + 4 + MAX_TEMPLATE + 4 + 2 + 3 + 3)
 #define SRTP_TRAILER 160     /* >= libsrtp's SRTP_MAX_TRAILER_LEN (tag + MKI) */
 #define MAX_TEMPLATE 64
+
+/* What the limited API has as functions only. */
+#define BYTES(o) ((unsigned char *)PyBytes_AsString(o))
+#define BYTES_SIZE(o) PyBytes_Size(o)
+
+static void replace(PyObject **slot, PyObject *value) {  /* takes value's reference */
+    PyObject *old = *slot;
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+static void free_object(PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free(self);
+    Py_DECREF(type);  /* a heap type's instances hold a reference to it */
+}
 
 typedef int (*protect_fn)(void *session, void *packet, int *length);
 
@@ -71,16 +92,16 @@ static PyMemberDef Counters_members[] = {
     {"video_bytes", T_LONGLONG, offsetof(Counters, bytes) + sizeof(long long), READONLY, NULL},
     {NULL}};
 
-static PyTypeObject CountersType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.sfu._fastpath.Counters",
-    .tp_basicsize = sizeof(Counters),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Packets and payload bytes forwarded, audio and video.",
-    .tp_new = PyType_GenericNew,
-    .tp_methods = Counters_methods,
-    .tp_members = Counters_members,
-};
+static PyTypeObject *CountersType;
+
+static PyType_Slot Counters_slots[] = {
+    {Py_tp_doc, (void *)"Packets and payload bytes forwarded, audio and video."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, Counters_methods},
+    {Py_tp_members, Counters_members},
+    {0, NULL}};
+
+static PyType_Spec Counters_spec = {"appliance.sfu._fastpath.Counters", sizeof(Counters), 0, Py_TPFLAGS_DEFAULT, Counters_slots};
 
 /* ---------- SendTimes: one transport's transport-wide sequence numbers (twcc.py) ---------- */
 
@@ -121,7 +142,7 @@ static int SendTimes_init(SendTimes *self, PyObject *args, PyObject *kwds) {
 static void SendTimes_dealloc(SendTimes *self) {
     PyMem_Free(self->numbers);
     PyMem_Free(self->times);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    free_object((PyObject *)self);
 }
 
 static int take(SendTimes *self, double now) {
@@ -159,18 +180,18 @@ static PyMemberDef SendTimes_members[] = {
     {"next_sequence", T_INT, offsetof(SendTimes, next), 0, "the next number taken (0..65535)"},
     {NULL}};
 
-static PyTypeObject SendTimesType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.sfu._fastpath.SendTimes",
-    .tp_basicsize = sizeof(SendTimes),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SendTimes(size): transport-wide sequence numbers and when each was sent (the last size).",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)SendTimes_init,
-    .tp_dealloc = (destructor)SendTimes_dealloc,
-    .tp_methods = SendTimes_methods,
-    .tp_members = SendTimes_members,
-};
+static PyTypeObject *SendTimesType;
+
+static PyType_Slot SendTimes_slots[] = {
+    {Py_tp_doc, (void *)"SendTimes(size): transport-wide sequence numbers and when each was sent (the last size)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, (initproc)SendTimes_init},
+    {Py_tp_dealloc, (destructor)SendTimes_dealloc},
+    {Py_tp_methods, SendTimes_methods},
+    {Py_tp_members, SendTimes_members},
+    {0, NULL}};
+
+static PyType_Spec SendTimes_spec = {"appliance.sfu._fastpath.SendTimes", sizeof(SendTimes), 0, Py_TPFLAGS_DEFAULT, SendTimes_slots};
 
 /* ---------- Rewriter: a source's numbers onto a subscriber's (forwarder.RtpRewriter) ---------- */
 
@@ -284,19 +305,19 @@ static PyGetSetDef Rewriter_getset[] = {
     {"start_seq", (getter)Rewriter_get_start_seq, NULL, "the restart's sequence number (None: past the horizon)"},
     {NULL}};
 
-static PyTypeObject RewriterType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.sfu._fastpath.Rewriter",
-    .tp_basicsize = sizeof(Rewriter),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Rewriter(clock_rate, last_seq, last_ts): one source's sequence numbers and timestamps mapped "
-              "onto a subscriber's, continuous across restarts (see forwarder.RtpRewriter).",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Rewriter_init,
-    .tp_methods = Rewriter_methods,
-    .tp_members = Rewriter_members,
-    .tp_getset = Rewriter_getset,
-};
+static PyTypeObject *RewriterType;
+
+static PyType_Slot Rewriter_slots[] = {
+    {Py_tp_doc, (void *)"Rewriter(clock_rate, last_seq, last_ts): one source's sequence numbers and timestamps mapped "
+              "onto a subscriber's, continuous across restarts (see forwarder.RtpRewriter)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, (initproc)Rewriter_init},
+    {Py_tp_methods, Rewriter_methods},
+    {Py_tp_members, Rewriter_members},
+    {Py_tp_getset, Rewriter_getset},
+    {0, NULL}};
+
+static PyType_Spec Rewriter_spec = {"appliance.sfu._fastpath.Rewriter", sizeof(Rewriter), 0, Py_TPFLAGS_DEFAULT, Rewriter_slots};
 
 /* ---------- VP8 payload descriptor (vp8.py) ---------- */
 
@@ -349,7 +370,7 @@ static PyObject *vp8_rewrite(PyObject *module, PyObject *args) {
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(payload.buf, payload.len);
     if (out != NULL)
-        vp8_rewrite_in_place((unsigned char *)PyBytes_AS_STRING(out), payload.len, picture_id_offset, tl0_offset,
+        vp8_rewrite_in_place(BYTES(out), payload.len, picture_id_offset, tl0_offset,
                              keyidx_offset);
     PyBuffer_Release(&payload);
     return out;
@@ -418,8 +439,8 @@ static int Down_init(Down *self, PyObject *args, PyObject *kwds) {
     unsigned long ssrc;
     int video;
     PyObject *rewriter, *counters;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kpO!O!", kwlist, &ssrc, &video, &RewriterType, &rewriter,
-                                     &CountersType, &counters))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kpO!O!", kwlist, &ssrc, &video, RewriterType, &rewriter,
+                                     CountersType, &counters))
         return -1;
     self->ssrc = (uint32_t)ssrc;
     self->video = video;
@@ -427,13 +448,14 @@ static int Down_init(Down *self, PyObject *args, PyObject *kwds) {
     self->last_sequence = -1;
     self->fd = -1;
     Py_INCREF(rewriter);
-    Py_XSETREF(self->rewriter, (Rewriter *)rewriter);
+    replace((PyObject **)&self->rewriter, rewriter);
     Py_INCREF(counters);
-    Py_XSETREF(self->counters, (Counters *)counters);
+    replace((PyObject **)&self->counters, counters);
     return 0;
 }
 
 static int Down_traverse(Down *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE((PyObject *)self));
     Py_VISIT(self->rewriter);
     Py_VISIT(self->counters);
     Py_VISIT(self->send_times);
@@ -459,7 +481,7 @@ static int Down_clear(Down *self) {
 static void Down_dealloc(Down *self) {
     PyObject_GC_UnTrack(self);
     Down_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    free_object((PyObject *)self);
 }
 
 /* Whether the binding still holds: the DTLS transport connected and the pair still nominated. */
@@ -489,9 +511,9 @@ static int keep_and_protect(Down *self, unsigned char *buffer, int length, unsig
     PyObject *kept = PyBytes_FromStringAndSize((char *)buffer, length);
     if (kept == NULL)
         return -1;
-    Py_XSETREF(self->history[sequence % HISTORY], kept);
+    replace(&self->history[sequence % HISTORY], kept);
     if (self->bound == PYTHON) {
-        PyObject *result = PyObject_CallOneArg(self->output, kept);
+        PyObject *result = PyObject_CallFunctionObjArgs(self->output, kept, NULL);
         if (result == NULL)
             return -1;
         Py_DECREF(result);
@@ -539,7 +561,7 @@ static void send_all(Datagram *datagrams, Py_ssize_t count) {
  * to send from buffer (0: nothing). 1: done; 0: dropped (older than the restart); -1: an
  * exception is set. */
 static size_t packet_room(PyObject *payload, int padding) {
-    return MAX_HEADER + PyBytes_GET_SIZE(payload) + padding + SRTP_TRAILER;
+    return MAX_HEADER + BYTES_SIZE(payload) + padding + SRTP_TRAILER;
 }
 
 static int write_packet(Down *self, unsigned char *buffer, PyObject *payload, int marker, unsigned seq, uint32_t ts,
@@ -547,7 +569,7 @@ static int write_packet(Down *self, unsigned char *buffer, PyObject *payload, in
                         unsigned long long ntp, int *send_length) {
     unsigned out_seq;
     uint32_t out_ts;
-    Py_ssize_t payload_length = PyBytes_GET_SIZE(payload);
+    Py_ssize_t payload_length = BYTES_SIZE(payload);
     int length, extension_start, transport_sequence = -1;
 
     *send_length = 0;
@@ -611,7 +633,7 @@ static int write_packet(Down *self, unsigned char *buffer, PyObject *payload, in
         buffer[extension_start + 2] = words >> 8;
         buffer[extension_start + 3] = words & 0xFF;
     }
-    memcpy(buffer + length, PyBytes_AS_STRING(payload), payload_length);
+    memcpy(buffer + length, BYTES(payload), payload_length);
     int rewritten = self->video && (self->picture_id_offset || self->tl0_offset || self->keyidx_offset);
     if (rewritten)
         vp8_rewrite_in_place(buffer + length, payload_length, self->picture_id_offset, self->tl0_offset,
@@ -620,10 +642,10 @@ static int write_packet(Down *self, unsigned char *buffer, PyObject *payload, in
         PyObject *sent_payload = PyBytes_FromStringAndSize((char *)buffer + length, payload_length);
         if (sent_payload == NULL)
             return -1;
-        Py_XSETREF(self->last_payload, sent_payload);
+        replace(&self->last_payload, sent_payload);
     } else {
         Py_INCREF(payload);
-        Py_XSETREF(self->last_payload, payload);
+        replace(&self->last_payload, payload);
     }
     length += payload_length;
     if (padding) {
@@ -681,19 +703,20 @@ static PyObject *Down_forward(Down *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "padding must be 0..255");
         return NULL;
     }
-    PyObject *fast = PySequence_Fast(csrc_list, "csrc must be a sequence");
-    if (fast == NULL)
+    Py_ssize_t csrc_count = PySequence_Size(csrc_list);
+    if (csrc_count < 0)
         return NULL;
-    Py_ssize_t csrc_count = PySequence_Fast_GET_SIZE(fast);
     if (csrc_count > 15) {
-        Py_DECREF(fast);
         PyErr_SetString(PyExc_ValueError, "at most 15 CSRCs");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < csrc_count; i++) {
-        csrc[i] = (uint32_t)PyLong_AsUnsignedLongMask(PySequence_Fast_GET_ITEM(fast, i));
+        PyObject *item = PySequence_GetItem(csrc_list, i);
+        if (item == NULL)
+            return NULL;
+        csrc[i] = (uint32_t)PyLong_AsUnsignedLongMask(item);
+        Py_DECREF(item);
     }
-    Py_DECREF(fast);
     if (PyErr_Occurred())
         return NULL;
     if (!still_bound(self)) {
@@ -785,9 +808,9 @@ static PyObject *Down_sent(Down *self, PyObject *arg) {
     if (sequence == -1 && PyErr_Occurred())
         return NULL;
     PyObject *kept = self->history[(sequence & 0xFFFF) % HISTORY];
-    if (kept == NULL || PyBytes_GET_SIZE(kept) < 4)
+    if (kept == NULL || BYTES_SIZE(kept) < 4)
         Py_RETURN_NONE;
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(kept);
+    unsigned char *p = BYTES(kept);
     if ((unsigned)((p[2] << 8) | p[3]) != (unsigned)(sequence & 0xFFFF))
         Py_RETURN_NONE;
     Py_INCREF(kept);
@@ -850,18 +873,18 @@ static int Down_set_source_ssrc(Down *self, PyObject *value, void *closure) {
 static PyObject *Down_get_send_times(Down *self, void *closure) {
     if (self->send_times == NULL)
         Py_RETURN_NONE;
-    Py_INCREF(self->send_times);
+    Py_INCREF((PyObject *)self->send_times);
     return (PyObject *)self->send_times;
 }
 
 static int Down_set_send_times(Down *self, PyObject *value, void *closure) {
-    if (value != NULL && value != Py_None && !PyObject_TypeCheck(value, &SendTimesType)) {
+    if (value != NULL && value != Py_None && !PyObject_TypeCheck(value, SendTimesType)) {
         PyErr_SetString(PyExc_TypeError, "send_times must be a SendTimes or None");
         return -1;
     }
     PyObject *old = (PyObject *)self->send_times;
     self->send_times = (value == NULL || value == Py_None) ? NULL : (SendTimes *)value;
-    Py_XINCREF(self->send_times);
+    Py_XINCREF((PyObject *)self->send_times);
     Py_XDECREF(old);
     return 0;
 }
@@ -925,21 +948,21 @@ static PyGetSetDef Down_getset[] = {
     {"bound", (getter)Down_get_bound, NULL, "'native', 'python' or '' (not bound)"},
     {NULL}};
 
-static PyTypeObject DownType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.sfu._fastpath.Down",
-    .tp_basicsize = sizeof(Down),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Down(ssrc, video, rewriter, counters): one subscriber's copy of a track, as sent.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Down_init,
-    .tp_dealloc = (destructor)Down_dealloc,
-    .tp_traverse = (traverseproc)Down_traverse,
-    .tp_clear = (inquiry)Down_clear,
-    .tp_methods = Down_methods,
-    .tp_members = Down_members,
-    .tp_getset = Down_getset,
-};
+static PyTypeObject *DownType;
+
+static PyType_Slot Down_slots[] = {
+    {Py_tp_doc, (void *)"Down(ssrc, video, rewriter, counters): one subscriber's copy of a track, as sent."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, (initproc)Down_init},
+    {Py_tp_dealloc, (destructor)Down_dealloc},
+    {Py_tp_traverse, (traverseproc)Down_traverse},
+    {Py_tp_clear, (inquiry)Down_clear},
+    {Py_tp_methods, Down_methods},
+    {Py_tp_members, Down_members},
+    {Py_tp_getset, Down_getset},
+    {0, NULL}};
+
+static PyType_Spec Down_spec = {"appliance.sfu._fastpath.Down", sizeof(Down), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Down_slots};
 
 /* ---------- fanout ---------- */
 
@@ -959,7 +982,7 @@ static PyObject *fanout(PyObject *module, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "padding must be 0..255");
         return NULL;
     }
-    Py_ssize_t count = PyTuple_GET_SIZE(downs);
+    Py_ssize_t count = PyTuple_Size(downs);
     size_t room = packet_room(payload, padding);
     unsigned char *buffers = count ? PyMem_Malloc(room * count) : NULL;
     Datagram *datagrams = count ? PyMem_New(Datagram, count) : NULL;
@@ -972,8 +995,8 @@ static PyObject *fanout(PyObject *module, PyObject *args, PyObject *kwds) {
     if (left == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Down *down = (Down *)PyTuple_GET_ITEM(downs, i);
-        if (!PyObject_TypeCheck((PyObject *)down, &DownType)) {
+        Down *down = (Down *)PyTuple_GetItem(downs, i);
+        if (!PyObject_TypeCheck((PyObject *)down, DownType)) {
             PyErr_SetString(PyExc_TypeError, "downs must hold Down objects");
             goto error;
         }
@@ -1030,10 +1053,11 @@ static struct PyModuleDef module = {
     module_methods};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    PyTypeObject *types[] = {&CountersType, &SendTimesType, &RewriterType, &DownType};
+    PyType_Spec *specs[] = {&Counters_spec, &SendTimes_spec, &Rewriter_spec, &Down_spec};
+    PyTypeObject **types[] = {&CountersType, &SendTimesType, &RewriterType, &DownType};
     const char *names[] = {"Counters", "SendTimes", "Rewriter", "Down"};
     for (int i = 0; i < 4; i++)
-        if (PyType_Ready(types[i]) < 0)
+        if ((*types[i] = (PyTypeObject *)PyType_FromSpec(specs[i])) == NULL)
             return NULL;
     str_state = PyUnicode_InternFromString("_state");
     one = PyLong_FromLong(1);
@@ -1043,9 +1067,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (m == NULL)
         return NULL;
     for (int i = 0; i < 4; i++) {
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
+        Py_INCREF((PyObject *)*types[i]);
+        if (PyModule_AddObject(m, names[i], (PyObject *)*types[i]) < 0) {
+            Py_DECREF((PyObject *)*types[i]);
             Py_DECREF(m);
             return NULL;
         }
