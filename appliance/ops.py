@@ -51,6 +51,9 @@ class SfuCollector:
             octets.add_metric([kind], snap["forwarded_bytes"].get(kind, 0))
         yield packets
         yield octets
+        yield CounterMetricFamily("confmeet_sfu_send_errors",
+                                  "Forwarded datagrams lost before the wire: the kernel refused them (a full socket "
+                                  "buffer) or SRTP could not protect them", value=snap.get("send_errors", 0))
         yield CounterMetricFamily("confmeet_sfu_keyframe_requests", "PLIs sent to publishers",
                                   value=snap["plis_sent"])
         yield CounterMetricFamily("confmeet_sfu_layer_switches",

@@ -69,20 +69,23 @@ typedef struct {
     PyObject_HEAD
     long long packets[2];  /* audio, video */
     long long bytes[2];
+    long long send_errors;  /* datagrams the kernel refused (a full socket buffer) or SRTP could not protect */
 } Counters;
 
 static PyObject *Counters_add(Counters *self, PyObject *args) {
     int video;
-    long long packets, bytes;
-    if (!PyArg_ParseTuple(args, "pLL", &video, &packets, &bytes))
+    long long packets, bytes, send_errors = 0;
+    if (!PyArg_ParseTuple(args, "pLL|L", &video, &packets, &bytes, &send_errors))
         return NULL;
     self->packets[video] += packets;
     self->bytes[video] += bytes;
+    self->send_errors += send_errors;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Counters_methods[] = {
-    {"add", (PyCFunction)Counters_add, METH_VARARGS, "add(video, packets, bytes): count packets forwarded"},
+    {"add", (PyCFunction)Counters_add, METH_VARARGS,
+     "add(video, packets, bytes, send_errors=0): count packets forwarded (and datagrams lost sending)"},
     {NULL}};
 
 static PyMemberDef Counters_members[] = {
@@ -90,6 +93,7 @@ static PyMemberDef Counters_members[] = {
     {"video_packets", T_LONGLONG, offsetof(Counters, packets) + sizeof(long long), READONLY, NULL},
     {"audio_bytes", T_LONGLONG, offsetof(Counters, bytes), READONLY, NULL},
     {"video_bytes", T_LONGLONG, offsetof(Counters, bytes) + sizeof(long long), READONLY, NULL},
+    {"send_errors", T_LONGLONG, offsetof(Counters, send_errors), READONLY, NULL},
     {NULL}};
 
 static PyTypeObject *CountersType;
@@ -522,6 +526,7 @@ static int keep_and_protect(Down *self, unsigned char *buffer, int length, unsig
     int protected_length = length;
     if (self->protect(self->session, buffer, &protected_length) != 0) {
         self->send_errors++;
+        self->counters->send_errors++;
         return 0;
     }
     return protected_length;
@@ -552,8 +557,10 @@ static void send_all(Datagram *datagrams, Py_ssize_t count) {
         datagrams[i].error = sent < 0;
     }
     Py_END_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++)
+    for (Py_ssize_t i = 0; i < count; i++) {
         datagrams[i].down->send_errors += datagrams[i].error;
+        datagrams[i].down->counters->send_errors += datagrams[i].error;
+    }
 }
 
 /* Write, keep, protect and count one packet into buffer (at least packet_room() bytes); the

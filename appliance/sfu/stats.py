@@ -97,6 +97,7 @@ class SfuStats:
             for kind in ("audio", "video"):
                 total.forwarded.add(kind == "video", snap["forwarded_packets"].get(kind, 0),
                                     snap["forwarded_bytes"].get(kind, 0))
+            total.forwarded.add(False, 0, 0, snap.get("send_errors", 0))
             for name in ("received_packets", "received_bytes",
                          "feedback_received", "connection_failures", "keyframe_requests",
                          "retransmissions",
@@ -120,6 +121,7 @@ class SfuStats:
         return {
             "forwarded_packets": dict(self.forwarded_packets),
             "forwarded_bytes": dict(self.forwarded_bytes),
+            "send_errors": self.forwarded.send_errors,
             "received_packets": dict(self.received_packets),
             "received_bytes": dict(self.received_bytes),
             "plis_sent": self.plis_sent,
