@@ -48,7 +48,7 @@ ADDRESS = "10.213.1.2"  # the container's own address, in the namespace this tes
 CONFIG = "/etc/confmeet/confmeet.toml"
 WHEELHOUSE = "/wheelhouse"
 # What goes into a wheel (setup.cfg's packages and data_files).
-TREE = ["appliance", "cli", "systemd", "bundles", "model_repository", "setup.cfg", "pyproject.toml",
+TREE = ["appliance", "cli", "systemd", "bundles", "model_repository", "setup.cfg", "setup.py", "pyproject.toml",
         "MANIFEST.in", "README.md"]
 
 pytestmark = pytest.mark.docker
