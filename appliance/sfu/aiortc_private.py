@@ -41,7 +41,6 @@ from aiortc.rtp import (
     RTCP_RTPFB_NACK,
     RTP_HISTORY_SIZE,
     AnyRtcpPacket,
-    HeaderExtensionsMap,
     RtcpPsfbPacket,
     RtcpReceiverInfo,
     RtcpRrPacket,
@@ -536,12 +535,6 @@ def parse_header_extensions(transceiver: RTCRtpTransceiver, value: list[RTCRtpHe
     transport, adding to it, when a receiver or sender starts)."""
     transport = transceiver.receiver.transport
     transport._rtp_header_extensions_map.configure(RTCRtpParameters(headerExtensions=value))
-
-
-def header_extensions_map(transceiver: RTCRtpTransceiver) -> HeaderExtensionsMap:
-    extensions = HeaderExtensionsMap()
-    extensions.configure(RTCRtpParameters(headerExtensions=transceiver._headerExtensions))
-    return extensions
 
 
 def offered_direction(transceiver: RTCRtpTransceiver) -> str | None:

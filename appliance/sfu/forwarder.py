@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,8 +21,7 @@ from aiortc import RTCRtpReceiver, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
-from aiortc.utils import uint16_gt
+from aiortc.rtp import RtpPacket, unwrap_rtx
 
 from . import _fastpath, aiortc_private
 from .keyframes import KeyframeRequester, SubscriberKeyframeBudget, is_keyframe_start
@@ -60,6 +58,13 @@ def RtpRewriter(clock_rate: int, last_seq: int | None = None, last_ts: int | Non
     the restart. In C (_fastpath.c), where each forwarded packet is rewritten."""
     return _fastpath.Rewriter(clock_rate, _initial_sequence_number() if last_seq is None else last_seq,
                               random.randrange(TS_MOD) if last_ts is None else last_ts)
+
+
+def audio_level_byte(packet: RtpPacket) -> int:
+    """The packet's audio level as its header extension's byte (V bit, then the level), as
+    _fastpath writes it; -1 for none."""
+    level = packet.extensions.audio_level
+    return -1 if level is None else (0x80 if level[0] else 0) | level[1]
 
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -412,10 +417,8 @@ class UpTrack:
             if packet.csrc:
                 left: Iterable[int] = range(len(downs))
             else:  # each down track in its steady state in C; the rest decide here first
-                level = packet.extensions.audio_level
                 left = _fastpath.fanout(self._natives, packet.payload, packet.marker, packet.sequence_number,
-                                        packet.timestamp, packet.ssrc,
-                                        -1 if level is None else (0x80 if level[0] else 0) | level[1],
+                                        packet.timestamp, packet.ssrc, audio_level_byte(packet),
                                         packet.padding_size, keyframe, now, ntp_time)
             for index in left:
                 downs[index].write(packet, keyframe, now, ntp_time, layer.index)
@@ -466,7 +469,6 @@ class DownTrack:
         self.vp8 = Vp8Rewriter() if up.codec.name == "VP8" else None
         self.payload_type = 0
         self.mid: str | None = None
-        self.extensions = HeaderExtensionsMap()
         self.header: HeaderTemplate | None = None
         self._history = history  # the subscriber transport's transport-wide sequence numbers
         self.transport_sequence: SendHistory | None = None  # that, once negotiated on this track
@@ -535,7 +537,6 @@ class DownTrack:
             return False
         self.payload_type = self.native.payload_type = cast(int, codec.payloadType)
         self.mid = self.transceiver.mid
-        self.extensions = aiortc_private.header_extensions_map(self.transceiver)
         self.header = header
         self.transport_sequence = (self._history if any(e.uri == TRANSPORT_CC_URI for e in extensions)
                                    else None)
@@ -694,12 +695,10 @@ class DownTrack:
             if self.vp8 is not None:
                 self.vp8.restart(self.native.last_payload, packet.payload)
                 self.native.set_vp8(*self.vp8.offsets)
-        level = packet.extensions.audio_level
         try:
             self.output.bind()  # type: ignore[union-attr]
             mapped = self.native.forward(packet.payload, packet.marker, packet.sequence_number, packet.timestamp,
-                                         -1 if level is None else (0x80 if level[0] else 0) | level[1],
-                                         packet.padding_size, packet.csrc, now, ntp_time)
+                                         audio_level_byte(packet), packet.padding_size, packet.csrc, now, ntp_time)
         except ConnectionError:  # the subscriber's transport closed under us
             return
         if mapped is None:  # older than the source's restart

@@ -21,7 +21,8 @@ from aiortc.rtp import (
 )
 
 from appliance.sfu import _fastpath, aiortc_private
-from appliance.sfu.forwarder import DownlinkEstimate, DownTrack, HeaderTemplate, RtpRewriter, UpTrack
+from appliance.sfu.forwarder import (DownlinkEstimate, DownTrack, HeaderTemplate, RtpRewriter, UpTrack,
+                                     audio_level_byte)
 from appliance.sfu.stats import SfuStats
 
 VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame tag with P=0
@@ -401,9 +402,8 @@ def _sent_with(template: HeaderTemplate, packet: RtpPacket) -> bytes:
         down.send_times = _fastpath.SendTimes(16)
         down.send_times.next_sequence = packet.extensions.transport_sequence_number
     down.bind_output(sent.append)
-    level = packet.extensions.audio_level
     assert down.forward(packet.payload, packet.marker, packet.sequence_number, packet.timestamp,
-                        -1 if level is None else (0x80 if level[0] else 0) | level[1], packet.padding_size,
+                        audio_level_byte(packet), packet.padding_size,
                         packet.csrc, 0.0, (packet.extensions.abs_send_time or 0) << 14) == (
         packet.sequence_number, packet.timestamp)
     assert down.sent(packet.sequence_number) == sent[0] and (down.packets, down.bytes) == (1, len(packet.payload))
