@@ -45,7 +45,6 @@ LOOPBACK = "127.0.0.1"
 SIOCGSTAMPNS = 0x8907
 TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
 NO_TIME = bytes(TIMESPEC.size)
-NTP_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
 
 
 @dataclass(frozen=True)
@@ -253,21 +252,37 @@ def stamp_arrivals(sock: socket.socket, protocol: StunProtocol) -> StunProtocol:
     ``SO_TIMESTAMPNS``: with it the kernel puts the stamp in a control message that neither
     transport reads, and no longer keeps it for the ioctl.)
     One system call per received packet (the SFU sends far more than it receives); the
-    transports, and their sending in C under uvloop, stay as they are."""
+    transports, and their sending in C under uvloop, stay as they are.
+
+    Once the peer connection is up, ``protocol.srtp_received`` (set by
+    ``aiortc_private.receive_srtp_directly``) takes each SRTP/SRTCP datagram (first byte
+    128-191, RFC 7983) with its stamp, past aioice's STUN parsing and queue."""
+    protocol.srtp_received = None  # type: ignore[attr-defined]
     if not sys.platform.startswith("linux"):
         return protocol
     fd, received = sock.fileno(), protocol.datagram_received
     with contextlib.suppress(OSError):  # the first call turns stamping on (and has no stamp yet)
         fcntl.ioctl(fd, SIOCGSTAMPNS, NO_TIME)
 
-    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+    def stamp() -> int | None:
         try:
             seconds, nanoseconds = TIMESPEC.unpack(fcntl.ioctl(fd, SIOCGSTAMPNS, NO_TIME))
         except OSError:
+            return None
+        return (seconds + aiortc_private.NTP_OFFSET_S) * 1_000_000 + nanoseconds // 1000
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        direct = protocol.srtp_received  # type: ignore[attr-defined]
+        if direct is not None and len(data) > 1 and 127 < data[0] < 192:
+            # Only RTP's arrival is read (transport-cc, the uplink's estimate): none for RTCP.
+            direct(data, None if 192 <= data[1] <= 208 else stamp())
+            return
+        arrival = stamp()
+        if arrival is None:
             received(data, addr)
             return
         datagram = Datagram(data)
-        datagram.arrival_us = (seconds + NTP_OFFSET_S) * 1_000_000 + nanoseconds // 1000
+        datagram.arrival_us = arrival
         received(datagram, addr)
 
     protocol.datagram_received = datagram_received  # type: ignore[method-assign]

@@ -162,6 +162,8 @@ class Peer:
         await self.pc.close()
 
     def _on_connection_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            aiortc_private.receive_srtp_directly(self.pc)
         # "closed" without our asking: the client shut DTLS down (closed its peer connection).
         if self.pc.connectionState == "failed" and not self.closed:
             cause = "ice" if self.pc.iceConnectionState == "failed" else "dtls"

@@ -133,7 +133,8 @@ def test_datagrams_carry_the_kernels_arrival_time_however_late_the_loop_reads_th
 
     from aioice.ice import StunProtocol
 
-    from appliance.sfu.ice import NTP_OFFSET_S, stamp_arrivals
+    from appliance.sfu.aiortc_private import NTP_OFFSET_S
+    from appliance.sfu.ice import stamp_arrivals
 
     received: list[tuple[bytes, int | None, float]] = []
 

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from aioice import Connection
 from aiortc import RTCRtpReceiver, rtcrtpreceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -120,6 +121,32 @@ async def test_the_server_neither_decodes_nor_encodes(
     client_receivers = [r for c in (alice, bob) for r in c.pc.getReceivers() if r.track]
     assert all(decoded[track_queue(r)] > 10 for r in client_receivers if r.track.kind == "video")
     assert all(encoded[id(s)] > 10 for c in (alice, bob) for s in c.pc.getSenders() if s.track)
+
+
+async def test_received_srtp_goes_straight_to_its_transport_not_through_aioices_queue(
+        meeting: Meeting, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once connected, the server's ICE sockets hand SRTP/SRTCP to the DTLS transport directly
+    (aiortc_private.receive_srtp_directly); only what came before its DTLS handshake ended may
+    take aioice's queue. The clients (plain aiortc) show that the counter counts."""
+    queued: Counter[int] = Counter()
+    data_received = Connection.data_received
+
+    def counting(self: Connection, data: bytes, component: int) -> None:
+        if 127 < data[0] < 192:
+            queued[id(self)] += 1
+        data_received(self, data, component)
+
+    monkeypatch.setattr(Connection, "data_received", counting)
+    alice = await join_publishing(meeting, "alice", 0.5, (200, 30, 30))
+    bob = await join_publishing(meeting, "bob", 0.5, (30, 30, 200))
+    await bob.wait_for_media("alice", video_frames=15)
+    await alice.wait_for_media("bob", video_frames=15)
+    peers = server_peers(meeting).values()
+    received = sum(up.packets for peer in peers for up in peer.ups.values())
+    assert received > 100
+    server = sum(queued[id(c)] for peer in peers for c in aiortc_private.ice_connections(peer.pc))
+    clients = sum(queued[id(c)] for p in (alice, bob) for c in aiortc_private.ice_connections(p.pc))
+    assert server <= 10 and clients > 100, (server, clients, received)
 
 
 async def test_a_late_joiner_sees_everyone_within_two_seconds(
