@@ -36,6 +36,8 @@
 #define MAX_HEADER (12 + 15 * 4 + 4 + MAX_TEMPLATE + 4 + 2 + 3 + 3)
 #define SRTP_TRAILER 160     /* >= libsrtp's SRTP_MAX_TRAILER_LEN (tag + MKI) */
 #define MAX_TEMPLATE 64
+#define SAMPLES 16           /* byte counts noted for the retransmission budget: over 1.5 s at one per 0.1 s */
+#define SAMPLE_INTERVAL 0.1  /* at most this often (the budget's window is known to that) */
 
 /* What the limited API has as functions only. */
 #define BYTES(o) ((unsigned char *)PyBytes_AsString(o))
@@ -391,7 +393,11 @@ typedef struct {
     int payload_type;
     long long source_ssrc;  /* -1: none */
     int fast;               /* the steady state: fanout may forward without asking Python */
-    double next_sample;     /* fanout leaves a packet at or after this time to Python */
+    /* the payload byte count noted at most every SAMPLE_INTERVAL, a ring (see window_base) */
+    double next_sample;
+    double sample_time[SAMPLES];
+    long long sample_bytes[SAMPLES];
+    int samples, sample_next;
     Rewriter *rewriter;
     Counters *counters;
     /* the header: the constant extension elements (MID, playout delay), then the IDs of those
@@ -671,6 +677,14 @@ static int write_packet(Down *self, unsigned char *buffer, PyObject *payload, in
     self->last_sequence = out_seq;
     self->counters->packets[self->video]++;
     self->counters->bytes[self->video] += payload_length;
+    if (now >= self->next_sample) {
+        self->sample_time[self->sample_next] = now;
+        self->sample_bytes[self->sample_next] = self->bytes;
+        self->sample_next = (self->sample_next + 1) % SAMPLES;
+        if (self->samples < SAMPLES)
+            self->samples++;
+        self->next_sample = now + SAMPLE_INTERVAL;
+    }
     return 1;
 }
 
@@ -824,6 +838,25 @@ static PyObject *Down_sent(Down *self, PyObject *arg) {
     return kept;
 }
 
+/* The payload bytes forwarded until the window that starts at `horizon`: the count noted last at or
+ * before it, 0 when the track began within the window, None when nothing was noted within it. */
+static PyObject *Down_window_base(Down *self, PyObject *arg) {
+    double horizon = PyFloat_AsDouble(arg);
+    if (horizon == -1.0 && PyErr_Occurred())
+        return NULL;
+    int newest = (self->sample_next + SAMPLES - 1) % SAMPLES;
+    if (!self->samples || self->sample_time[newest] <= horizon)
+        Py_RETURN_NONE;
+    for (int k = 1; k < self->samples; k++) {
+        int i = (newest + SAMPLES - k) % SAMPLES;
+        if (self->sample_time[i] <= horizon)
+            return PyLong_FromLongLong(self->sample_bytes[i]);
+    }
+    /* every count noted is within the window: the track began in it, unless the ring is full (a
+     * window longer than the ring holds), where its oldest count is the nearest there is */
+    return PyLong_FromLongLong(self->samples < SAMPLES ? 0 : self->sample_bytes[self->sample_next]);
+}
+
 static PyObject *Down_sent_slot(Down *self, PyObject *arg) {
     long slot = PyLong_AsLong(arg);
     if (slot == -1 && PyErr_Occurred())
@@ -926,6 +959,9 @@ static PyMethodDef Down_methods[] = {
     {"unbind", (PyCFunction)Down_unbind, METH_NOARGS, "send nothing more"},
     {"sent", (PyCFunction)Down_sent, METH_O, "sent(seq): the packet sent with that sequence number, or None"},
     {"sent_slot", (PyCFunction)Down_sent_slot, METH_O, "sent_slot(n): the packet kept in slot n (seq % 128), or None"},
+    {"window_base", (PyCFunction)Down_window_base, METH_O,
+     "window_base(horizon): the payload bytes forwarded until horizon, as noted every 0.1 s at most (0: the "
+     "track began after it), or None when nothing was forwarded since"},
     {"set_template", (PyCFunction)Down_set_template, METH_VARARGS,
      "set_template(constant, abs_send_time_id, audio_level_id, transport_cc_id): the header extensions"},
     {"set_vp8", (PyCFunction)Down_set_vp8, METH_VARARGS,
@@ -936,7 +972,6 @@ static PyMemberDef Down_members[] = {
     {"ssrc", T_UINT, offsetof(Down, ssrc), READONLY, NULL},
     {"payload_type", T_INT, offsetof(Down, payload_type), 0, NULL},
     {"fast", T_BOOL, offsetof(Down, fast), 0, NULL},
-    {"next_sample", T_DOUBLE, offsetof(Down, next_sample), 0, NULL},
     {"packets", T_LONGLONG, offsetof(Down, packets), READONLY, NULL},
     {"bytes", T_LONGLONG, offsetof(Down, bytes), READONLY, NULL},
     {"send_errors", T_LONGLONG, offsetof(Down, send_errors), READONLY, NULL},
@@ -1009,7 +1044,7 @@ static PyObject *fanout(PyObject *module, PyObject *args, PyObject *kwds) {
         }
         int done = 0;
         if (down->fast && !keyframe && down->source_ssrc == (long long)(ssrc & 0xFFFFFFFF) && down->packets > 0 &&
-            now < down->next_sample && still_bound(down)) {
+            still_bound(down)) {
             Datagram *datagram = &datagrams[pending];
             datagram->down = down;
             datagram->buffer = buffers + room * pending;

@@ -656,7 +656,7 @@ class DownTrack:
             resends = self._keyframe_resends.get(packet.sequence_number, 0)
             always = resends < KEYFRAME_RESENDS
             self._keyframe_resends[packet.sequence_number] = resends + 1
-        if self.retransmissions.allow(now, len(packet.payload), self.bytes, always):
+        if self.retransmissions.allow(now, len(packet.payload), self.native, always):
             if self.transport_sequence is not None:  # a packet sent again is a packet of its own
                 packet.extensions.transport_sequence_number = self.transport_sequence.take(now)
             self.retransmitted += 1
@@ -709,6 +709,3 @@ class DownTrack:
             self._keyframe_resends.clear()
         if self.native.packets == 1 and self.on_first_packet is not None:
             self.on_first_packet(self)
-        if now >= self.retransmissions.next_sample:
-            self.retransmissions.sample(now, self.bytes)
-            self.native.next_sample = self.retransmissions.next_sample

@@ -16,56 +16,47 @@ total per subscriber, which is what matters without per-subscriber layers.
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 RETRANSMISSION_SHARE = 0.15
 WINDOW = 1.0  # seconds of forwarded media the share is taken of
-SAMPLE_INTERVAL = 0.1  # how often the forwarded byte count is noted: the window's resolution
+
+
+class Forwarded(Protocol):
+    """What the forwarding path counts (``_fastpath.Down``): the payload bytes forwarded, and the
+    count at the start of a window, noted every 0.1 s at most (the window's resolution)."""
+
+    @property
+    def bytes(self) -> int: ...
+
+    def window_base(self, horizon: float) -> int | None: ...
 
 
 class RetransmissionBudget:
-    """One down track's allowance. The forwarding path notes its cumulative payload byte count
-    at most every ``SAMPLE_INTERVAL`` (``sample`` when ``now >= next_sample``: one comparison
-    per packet); ``allow`` decides each retransmission."""
+    """One down track's allowance: ``allow`` decides each retransmission."""
 
-    __slots__ = ("share", "window", "next_sample", "_forwarded", "_resent", "_resent_bytes")
+    __slots__ = ("share", "window", "_resent", "_resent_bytes")
 
     def __init__(self, share: float = RETRANSMISSION_SHARE, window: float = WINDOW) -> None:
         self.share = share
         self.window = window
-        self.next_sample = 0.0
-        self._forwarded: deque[tuple[float, int]] = deque()  # (time, bytes forwarded until then)
         self._resent: deque[tuple[float, int]] = deque()  # (time, payload bytes) of retransmissions
         self._resent_bytes = 0
 
-    def sample(self, now: float, forwarded_bytes: int) -> None:
-        self._forwarded.append((now, forwarded_bytes))
-        self.next_sample = now + SAMPLE_INTERVAL
-        self._expire(now)
-
-    def allow(self, now: float, size: int, forwarded_bytes: int, always: bool = False) -> bool:
-        """Whether a retransmission of ``size`` payload bytes fits, ``forwarded_bytes`` being
-        the down track's count now (``always``: it is sent whether it fits or not); a
-        retransmission allowed is counted against the budget."""
-        horizon = self._expire(now)
-        if not always:
-            forwarded = self._forwarded
-            if not forwarded or forwarded[-1][0] <= horizon:  # nothing forwarded within the window
-                return False
-            # The count at the window's start: the last one noted before it, or none (0) when the
-            # track began within it.
-            base = forwarded[0][1] if forwarded[0][0] <= horizon else 0
-            if self._resent_bytes + size > self.share * (forwarded_bytes - base):
-                return False
-        self._resent.append((now, size))
-        self._resent_bytes += size
-        return True
-
-    def _expire(self, now: float) -> float:
+    def allow(self, now: float, size: int, forwarded: Forwarded, always: bool = False) -> bool:
+        """Whether a retransmission of ``size`` payload bytes fits in what was ``forwarded``
+        within the window (``always``: it is sent whether it fits or not); a retransmission
+        allowed is counted against the budget."""
         horizon = now - self.window
-        forwarded = self._forwarded
-        while len(forwarded) > 1 and forwarded[1][0] <= horizon:  # keep the last count at or before it
-            forwarded.popleft()
         resent = self._resent
         while resent and resent[0][0] <= horizon:
             self._resent_bytes -= resent.popleft()[1]
-        return horizon
+        if not always:
+            base = forwarded.window_base(horizon)
+            if base is None:  # nothing forwarded within the window
+                return False
+            if self._resent_bytes + size > self.share * (forwarded.bytes - base):
+                return False
+        resent.append((now, size))
+        self._resent_bytes += size
+        return True

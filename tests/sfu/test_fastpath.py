@@ -58,7 +58,7 @@ def test_what_is_sent_is_srtp_of_what_is_kept_for_nacks(wire: tuple) -> None:
 
 def test_nothing_is_sent_once_the_transport_is_closed_or_the_pair_changed(wire: tuple) -> None:
     down, receiver, dtls, nominated = wire
-    down.source_ssrc, down.fast, down.next_sample = 77, True, 1e9
+    down.source_ssrc, down.fast = 77, True
     assert down.forward(b"first", False, 5000, 1, -1, 0, [], 0.0, 0) is not None
     receiver.recv(2048)
     args = dict(payload=b"x", marker=False, seq=5001, ts=1, ssrc=77, audio_level=-1, padding=0, keyframe=False,
