@@ -36,6 +36,10 @@ async def test_private_attributes_used_by_the_sfu_exist() -> None:
         assert callable(connections[0].get_component_candidates)
         assert callable(RTCRtpSender._send_keyframe) and callable(receiver._handle_rtp_packet)
         assert callable(RTCRtpSender._retransmit) and callable(RTCRtpSender._handle_rtcp_packet)
+        transport = receiver.transport  # what receive_srtp_directly reads and calls
+        assert transport._rx_srtp is None and transport._state.name == "NEW"
+        assert transport._RTCDtlsTransport__rx_bytes == transport._RTCDtlsTransport__rx_packets == 0  # type: ignore[attr-defined]
+        assert callable(transport._handle_rtp_data) and callable(transport._handle_rtcp_data)
     finally:
         await pc.close()
 
