@@ -37,7 +37,8 @@ SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr xvfb:Xvfb pulseaudi
                    python3-venv: podman:podman fonts-noto-cjk: prometheus:prometheus \
                    prometheus-alertmanager:prometheus-alertmanager \
                    prometheus-postgres-exporter:prometheus-postgres-exporter \
-                   prometheus-redis-exporter:prometheus-redis-exporter gcc:gcc python3-dev:
+                   prometheus-redis-exporter:prometheus-redis-exporter gcc:gcc python3-dev: \
+                   slapd:slapd
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command=$${pair#*:}; \
 		if [ -n "$$command" ]; then command -v $$command >/dev/null; \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -14,13 +15,16 @@ import peewee as pw
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import audit
-from .errors import Conflict, Forbidden, Invalid, Unauthorized
+from .directory import Directory, DirectoryError, DirectoryUser
+from .errors import Conflict, Forbidden, Invalid, Unauthorized, Unavailable
 from .fsutil import write_atomically
 from .roles import GUEST
 from .security import (TokenError, TokenIssuer, hash_password, hash_refresh_token, new_refresh_token,
                        refresh_token_session, verify_password)
 from .stores.bus import EventBus
 from .stores.relational import AuthSession, Prepared, Relational, User, new_id, utcnow
+
+log = logging.getLogger("confmeet.accounts")
 
 RECENT_SECONDS = 5.0
 GUEST_HOURS = 12
@@ -31,6 +35,9 @@ RECENT_TOKENS = 10_000
 REUSE_GRACE_SECONDS = 10.0
 ACCOUNTS_CHANNEL = "accounts"  # bus channel: sessions that ended, accounts disabled
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# The password hash of an account whose password the directory checks: no password verifies
+# against it (not an argon2 hash), so such an account never signs in with a local password.
+DIRECTORY_ACCOUNT = "!directory"
 
 
 def nonblank(value: str) -> str:
@@ -162,8 +169,10 @@ class SetupLink:
 
 
 class Accounts:
-    def __init__(self, db: Relational, issuer: TokenIssuer, refresh_ttl: dt.timedelta, bus: EventBus) -> None:
+    def __init__(self, db: Relational, issuer: TokenIssuer, refresh_ttl: dt.timedelta, bus: EventBus,
+                 directory: Directory | None = None) -> None:
         self.db = db
+        self.directory = directory
         self.issuer = issuer
         self.refresh_ttl = refresh_ttl
         self.bus = bus
@@ -212,11 +221,48 @@ class Accounts:
 
     # ------------------------------------------------------------------ sessions
     async def login(self, email: str, password: str) -> Tokens:
+        """A local account's password is checked here; any other sign-in goes to the directory
+        when one is configured (a local account never falls through to it: a directory entry
+        with the same e-mail cannot take it over)."""
         user = await self.db.run(lambda: User.get_or_none(User.email == email))
-        ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
-        if not ok or user is None or not user.active:
+        if self.directory is not None and (user is None or user.password_hash == DIRECTORY_ACCOUNT):
+            user = await self._directory_login(self.directory, email, password)
+        elif not await asyncio.to_thread(verify_password, user.password_hash if user else None, password):
+            user = None
+        if user is None or not user.active:
             raise Unauthorized("wrong e-mail or password, or the account is disabled", code="invalid_credentials")
         return await self.db.run(self._start_session, user)
+
+    async def _directory_login(self, directory: Directory, login: str, password: str) -> User | None:
+        try:
+            found = await asyncio.to_thread(directory.authenticate, login, password)
+        except DirectoryError as exc:
+            log.warning("directory sign-in unavailable: %s", exc)
+            raise Unavailable(f"sign-in through the directory is unavailable: {exc}", code="directory_unavailable") from None
+        return None if found is None else await self.db.run(self._directory_account, found)
+
+    def _directory_account(self, found: DirectoryUser) -> User | None:
+        """The account of a user the directory signed in: made at the first sign-in; its role
+        follows the admin group (when one is set) at each. None when the e-mail is a local
+        account's: the two are not merged."""
+        role = "admin" if found.admin else "member"
+        with self.db.atomic():
+            user = User.get_or_none(User.email == found.email)
+            if user is None:
+                user = User.create(email=found.email, password_hash=DIRECTORY_ACCOUNT, name=found.name, role=role)
+                audit.record("user.created", None, user_id=user.id, email=found.email, role=role, source="directory",
+                             dn=found.dn)
+                return user
+            if user.password_hash != DIRECTORY_ACCOUNT:
+                return None
+            changes = {key: value for key, value in (("name", found.name), ("role", role))
+                       if getattr(user, key) != value and (key != "role" or self.directory.settings.ldap_admin_group)}
+            if changes:
+                for key, value in changes.items():
+                    setattr(user, key, value)
+                user.save()
+                audit.record("user.updated", None, user_id=user.id, source="directory", **changes)
+            return user
 
     def _start_session(self, user: User) -> Tokens:
         session_id = new_id()

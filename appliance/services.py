@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from .accounts import Accounts
+from .directory import Directory
 from .captions.files import FileJobs
 from .captions.transcripts import Transcripts
 from .inference import Inference, open_inference
@@ -57,7 +58,8 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     features here (adding one is adding its module and one line below)."""
     stores = await open_stores(settings)
     issuer = TokenIssuer(settings.secret_key, dt.timedelta(minutes=settings.access_token_minutes))
-    accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days), stores.bus)
+    directory = Directory(settings) if settings.ldap_url else None
+    accounts = Accounts(stores.db, issuer, dt.timedelta(days=settings.refresh_token_days), stores.bus, directory)
     meetings = Meetings(stores.db, stores.bus, stores.documents, settings.base_url)
     throttle = appliance_throttle(settings, stores.db)
     inference = open_inference(settings.inference, settings.model_repository_path)

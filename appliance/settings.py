@@ -20,7 +20,7 @@ from .fsutil import write_atomically
 DEFAULT_CONFIG = Path("/etc/confmeet/confmeet.toml")
 ENV_PREFIX = "CONFMEET_"
 SECRET_FIELDS = ("secret_key", "turn_secret")
-MASKED_FIELDS = (*SECRET_FIELDS, "metrics_token")  # never shown by ``config show``
+MASKED_FIELDS = (*SECRET_FIELDS, "metrics_token", "ldap_bind_password")  # never shown by ``config show``
 POSITIVE_FIELDS = ("setup_link_seconds", "session_check_seconds", "throttle_window_seconds", "lockout_seconds",
                    "lockout_max_seconds", "login_failures_per_account", "login_failures_per_address",
                    "password_failures_per_meeting", "password_failures_per_address", "guest_tokens_per_address",
@@ -78,6 +78,23 @@ class Settings:
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     setup_link_seconds: int = 3600  # how long the first-start setup link works
+    # Sign-in through an LDAP directory (OpenLDAP, Active Directory) beside local accounts
+    # (appliance/directory.py); empty ldap_url: off. ldaps://HOST:636, or ldap://HOST:389 with
+    # StartTLS (ldap_start_tls); the directory's certificate is checked against ldap_ca_file (empty:
+    # the system's CAs). The appliance finds users with ldap_bind_dn (empty: anonymously) under
+    # ldap_user_base by ldap_user_filter ({login}: what the user typed; Active Directory:
+    # "(userPrincipalName={login})"), then binds as the user with the password typed.
+    ldap_url: str = ""
+    ldap_start_tls: bool = True
+    ldap_ca_file: str = ""
+    ldap_bind_dn: str = ""
+    ldap_bind_password: str = ""
+    ldap_user_base: str = ""
+    ldap_user_filter: str = "(mail={login})"
+    ldap_email_attribute: str = "mail"
+    ldap_name_attribute: str = "cn"
+    ldap_admin_group: str = ""  # DN of the group whose members are administrators (read at each sign-in)
+    ldap_allowed_group: str = ""  # DN of the group whose members alone may sign in (empty: anyone found)
     session_check_seconds: int = 60  # how often an open WebSocket's sign-in is checked again
     log_level: str = "INFO"
     # auto: JSON lines when stdout is not a terminal (systemd/journald, a container), text on one.
@@ -216,6 +233,7 @@ class Settings:
             path = getattr(self, path_name)
             if path and not Path(path).is_file():
                 raise SettingsError(f"setting '{path_name}' names {path}, which does not exist")
+        self._validate_ldap()
         trace_url = urlsplit(self.trace_endpoint)
         if self.trace_endpoint and (trace_url.scheme not in ("http", "https") or not trace_url.netloc):
             raise SettingsError(f"setting 'trace_endpoint' = {self.trace_endpoint!r}: use the OTLP/HTTP base URL, "
@@ -223,6 +241,34 @@ class Settings:
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise SettingsError(f"setting 'trace_sample_ratio' = {self.trace_sample_ratio} must be between 0 and 1 "
                                 "(the share of traces kept)")
+
+
+    def _validate_ldap(self) -> None:
+        if not self.ldap_url:
+            return
+        url = urlsplit(self.ldap_url)
+        if url.scheme not in ("ldap", "ldaps") or not url.hostname:
+            raise SettingsError(f"setting 'ldap_url' = {self.ldap_url!r}: use ldaps://HOST:636 or ldap://HOST:389 "
+                                "(with ldap_start_tls), or leave it empty to turn directory sign-in off")
+        if url.scheme == "ldap" and not self.ldap_start_tls:
+            raise SettingsError("ldap_url is ldap:// and ldap_start_tls is off: passwords would cross the network in "
+                                "clear; set ldap_start_tls = true or use an ldaps:// URL")
+        if not self.ldap_user_base:
+            raise SettingsError("ldap_url is set but ldap_user_base is not: set the DN users are found under, "
+                                "e.g. ldap_user_base = \"ou=people,dc=example,dc=org\"")
+        if "{login}" not in self.ldap_user_filter or not self.ldap_user_filter.startswith("("):
+            raise SettingsError(f"setting 'ldap_user_filter' = {self.ldap_user_filter!r}: an LDAP filter in "
+                                "parentheses naming {login}, e.g. \"(mail={login})\" or \"(uid={login})\"")
+        try:
+            self.ldap_user_filter.format(login="x")
+        except (IndexError, KeyError, ValueError):
+            raise SettingsError(f"setting 'ldap_user_filter' = {self.ldap_user_filter!r}: only {{login}} may be in "
+                                "braces") from None
+        if bool(self.ldap_bind_dn) != bool(self.ldap_bind_password):
+            raise SettingsError("set both 'ldap_bind_dn' and 'ldap_bind_password' (the account that finds users), "
+                                "or neither (anonymous search)")
+        if self.ldap_ca_file and not Path(self.ldap_ca_file).is_file():
+            raise SettingsError(f"setting 'ldap_ca_file' names {self.ldap_ca_file}, which does not exist")
 
 
 def mask_url_password(url: str) -> str:

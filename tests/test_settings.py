@@ -45,6 +45,12 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
     ("", {"CONFMEET_ALLOW_REGISTRATION": "maybe"}, "wrong type"),
     ('tls_cert = "/nonexistent.pem"\ntls_key = "/nonexistent.key"', {}, "does not exist"),
     ('tls_cert = "/etc/hostname"', {}, "both 'tls_cert' and 'tls_key'"),
+    ('ldap_url = "http://dir"', {}, "ldaps://HOST:636"),
+    ('ldap_url = "ldap://dir"\nldap_start_tls = false\nldap_user_base = "dc=x"', {}, "in clear"),
+    ('ldap_url = "ldaps://dir"', {}, "ldap_user_base"),
+    ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"\nldap_user_filter = "uid={user}"', {}, "naming {login}"),
+    ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"', {"CONFMEET_LDAP_BIND_DN": "cn=a"}, "both 'ldap_bind_dn'"),
+    ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"\nldap_ca_file = "/nonexistent.pem"', {}, "does not exist"),
 ])
 def test_wrong_settings_say_what_to_fix(tmp_path: Path, content: str, env: dict, message: str) -> None:
     config = tmp_path / "c.toml"

@@ -16,7 +16,7 @@ def _pair(tokens) -> TokenPair:
 
 
 @api.route("POST", "/api/v1/auth/login", summary="Sign in with e-mail and password", tag="auth",
-           auth=None, body=LoginRequest, response=TokenPair, errors=(401, 429))
+           auth=None, body=LoginRequest, response=TokenPair, errors=(401, 429, 503))
 async def login(call: Call) -> TokenPair:
     """Returns a short-lived access token and a refresh token. Send the access token as
     `Authorization: Bearer <token>`; when it expires, exchange the refresh token for a new pair.

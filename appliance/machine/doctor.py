@@ -392,6 +392,22 @@ def check_alert_receivers(settings: Settings) -> list[Finding]:
     return [Finding("alert receiver", "pass", "Alertmanager sends alerts: " + "; ".join(receivers))]
 
 
+async def check_directory(settings: Settings, timeout: float) -> list[Finding]:
+    """Directory sign-in configured: the appliance reaches the directory over TLS, binds, and
+    finds the user base and the groups."""
+    if not settings.ldap_url:
+        return []
+    from ..directory import Directory, DirectoryError
+
+    try:
+        detail = await asyncio.to_thread(Directory(settings, timeout=timeout).check)
+    except DirectoryError as exc:
+        return [Finding("directory", "fail", f"directory sign-in cannot work: {exc}",
+                        "correct the ldap_* settings (see docs/configuration.md), then rerun confmeet doctor; "
+                        "local accounts sign in meanwhile")]
+    return [Finding("directory", "pass", detail)]
+
+
 async def check_settings(settings: Settings, options: DoctorOptions | None = None) -> list[Finding]:
     """Every check of a configuration that loaded."""
     options = options or DoctorOptions()
@@ -412,6 +428,7 @@ async def check_settings(settings: Settings, options: DoctorOptions | None = Non
         ("models", lambda: check_models(repository, options.required_models)),
         ("GPU", inference_gpu),
         ("alert receiver", lambda: check_alert_receivers(settings)),
+        ("directory", lambda: check_directory(settings, options.timeout)),
     ]
     findings = [Finding("configuration", "pass", f"{settings.source}: settings are valid")]
     for name, work in checks:
