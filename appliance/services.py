@@ -16,6 +16,7 @@ from .instance import InstanceLock
 from .media import start_sfu
 from .meetings import Meetings
 from .monitoring import Monitor
+from .oidc import Oidc
 from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings
@@ -47,6 +48,7 @@ class Services:
     chat: Chat
     captions: Captions
     monitor: Monitor
+    oidc: Oidc | None = None  # sign-in with an OpenID provider, when oidc_issuer is set
 
     @property
     def db(self) -> Relational:
@@ -74,4 +76,5 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
                   Recording(room, recordings))
     return Services(settings, instance, stores, accounts, meetings, throttle, inference,
                     FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions,
-                    Monitor(settings, stores, inference, captions))
+                    Monitor(settings, stores, inference, captions),
+                    Oidc(settings, settings.secret_key) if settings.oidc_issuer else None)

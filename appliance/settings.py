@@ -20,7 +20,7 @@ from .fsutil import write_atomically
 DEFAULT_CONFIG = Path("/etc/confmeet/confmeet.toml")
 ENV_PREFIX = "CONFMEET_"
 SECRET_FIELDS = ("secret_key", "turn_secret")
-MASKED_FIELDS = (*SECRET_FIELDS, "metrics_token", "ldap_bind_password")  # never shown by ``config show``
+MASKED_FIELDS = (*SECRET_FIELDS, "metrics_token", "ldap_bind_password", "oidc_client_secret")  # never shown by ``config show``
 POSITIVE_FIELDS = ("setup_link_seconds", "session_check_seconds", "throttle_window_seconds", "lockout_seconds",
                    "lockout_max_seconds", "login_failures_per_account", "login_failures_per_address",
                    "password_failures_per_meeting", "password_failures_per_address", "guest_tokens_per_address",
@@ -95,6 +95,20 @@ class Settings:
     ldap_name_attribute: str = "cn"
     ldap_admin_group: str = ""  # DN of the group whose members are administrators (read at each sign-in)
     ldap_allowed_group: str = ""  # DN of the group whose members alone may sign in (empty: anyone found)
+    # Sign-in with an OpenID provider (appliance/oidc.py); empty oidc_issuer: off. Register
+    # PUBLIC_URL/api/v1/auth/oidc/callback as the client's redirect URI at the provider. The
+    # groups claim's oidc_admin_group makes administrators; oidc_allowed_groups and
+    # oidc_allowed_domains (e-mail domains), when set, limit who may sign in.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_name: str = "single sign-on"  # the sign-in button reads "Sign in with <oidc_name>"
+    oidc_scopes: str = "openid email profile"
+    oidc_ca_file: str = ""
+    oidc_groups_claim: str = "groups"
+    oidc_admin_group: str = ""
+    oidc_allowed_groups: list[str] = field(default_factory=list)
+    oidc_allowed_domains: list[str] = field(default_factory=list)
     session_check_seconds: int = 60  # how often an open WebSocket's sign-in is checked again
     log_level: str = "INFO"
     # auto: JSON lines when stdout is not a terminal (systemd/journald, a container), text on one.
@@ -234,6 +248,7 @@ class Settings:
             if path and not Path(path).is_file():
                 raise SettingsError(f"setting '{path_name}' names {path}, which does not exist")
         self._validate_ldap()
+        self._validate_oidc()
         trace_url = urlsplit(self.trace_endpoint)
         if self.trace_endpoint and (trace_url.scheme not in ("http", "https") or not trace_url.netloc):
             raise SettingsError(f"setting 'trace_endpoint' = {self.trace_endpoint!r}: use the OTLP/HTTP base URL, "
@@ -269,6 +284,26 @@ class Settings:
                                 "or neither (anonymous search)")
         if self.ldap_ca_file and not Path(self.ldap_ca_file).is_file():
             raise SettingsError(f"setting 'ldap_ca_file' names {self.ldap_ca_file}, which does not exist")
+
+
+    def _validate_oidc(self) -> None:
+        if not self.oidc_issuer:
+            return
+        url = urlsplit(self.oidc_issuer)
+        loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise SettingsError(f"setting 'oidc_issuer' = {self.oidc_issuer!r}: the provider's issuer URL, https:// "
+                                "(http:// only on loopback), or leave it empty to turn OpenID sign-in off")
+        if not self.oidc_client_id:
+            raise SettingsError("oidc_issuer is set but oidc_client_id is not: register confmeet as a client at the "
+                                "provider and set its client ID (and oidc_client_secret for a confidential client)")
+        if "openid" not in self.oidc_scopes.split():
+            raise SettingsError(f"setting 'oidc_scopes' = {self.oidc_scopes!r} must include openid")
+        if self.oidc_ca_file and not Path(self.oidc_ca_file).is_file():
+            raise SettingsError(f"setting 'oidc_ca_file' names {self.oidc_ca_file}, which does not exist")
+        if not self.public_url and self.host in ("0.0.0.0", "::"):
+            raise SettingsError("OpenID sign-in needs the address browsers use: set public_url (the provider sends "
+                                "them back to PUBLIC_URL/api/v1/auth/oidc/callback)")
 
 
 def mask_url_password(url: str) -> str:

@@ -51,6 +51,10 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
     ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"\nldap_user_filter = "uid={user}"', {}, "naming {login}"),
     ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"', {"CONFMEET_LDAP_BIND_DN": "cn=a"}, "both 'ldap_bind_dn'"),
     ('ldap_url = "ldaps://dir"\nldap_user_base = "dc=x"\nldap_ca_file = "/nonexistent.pem"', {}, "does not exist"),
+    ('oidc_issuer = "http://id.example.org"\noidc_client_id = "c"', {}, "http:// only on loopback"),
+    ('oidc_issuer = "https://id.example.org"', {}, "oidc_client_id"),
+    ('oidc_issuer = "https://id.example.org"\noidc_client_id = "c"\noidc_scopes = "email"', {}, "include openid"),
+    ('oidc_issuer = "https://id.example.org"\noidc_client_id = "c"\nhost = "0.0.0.0"', {}, "set public_url"),
 ])
 def test_wrong_settings_say_what_to_fix(tmp_path: Path, content: str, env: dict, message: str) -> None:
     config = tmp_path / "c.toml"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import quote
+
+from sanic.response import HTTPResponse, redirect
+
+from ..errors import Forbidden, NotFound, Unauthorized
+from ..oidc import CALLBACK_PATH, FLOW_COOKIE, FLOW_SECONDS, OidcRejected, OidcUnavailable
 from ..throttle import client_address
 from . import api
 from .endpoint import Call
-from ..errors import Forbidden, Unauthorized
-from .models import LoginRequest, RefreshRequest, RegisterRequest, SetupRequest, TokenPair, User
+from .models import (LoginRequest, OidcCallback, RefreshRequest, RegisterRequest, SetupRequest, SignInMethods,
+                     TokenPair, User)
 from .users import user_view
+
+log = logging.getLogger("confmeet.api")
 
 
 def _pair(tokens) -> TokenPair:
@@ -67,3 +76,67 @@ async def setup(call: Call) -> User:
     body = call.body
     user = await call.services.accounts.complete_setup(body.token, body.email, body.password, body.name)
     return user_view(user)
+
+
+@api.route("GET", "/api/v1/auth/methods", summary="How people sign in here", tag="auth", auth=None,
+           response=SignInMethods)
+async def methods(call: Call) -> SignInMethods:
+    settings = call.services.settings
+    return SignInMethods(password=True, directory=bool(settings.ldap_url),
+                         oidc=settings.oidc_name if call.services.oidc is not None else None)
+
+
+def _to_page(fragment: str, cookie: str | None = None, secure: bool = False) -> HTTPResponse:
+    """Back to the web client, with ``fragment`` for it to read (a fragment never reaches a
+    server or a log); the flow cookie set, or cleared when None."""
+    response = redirect(f"/#{fragment}")
+    response.add_cookie(FLOW_COOKIE, cookie or "", path=CALLBACK_PATH, httponly=True, samesite="Lax", secure=secure,
+                        max_age=FLOW_SECONDS if cookie else 0)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@api.route("GET", "/api/v1/auth/oidc/start", summary="Sign in with the OpenID provider (a browser navigation)",
+           tag="auth", auth=None, status=302, errors=(404,))
+async def oidc_start(call: Call) -> HTTPResponse:
+    """Sends the browser to the provider, with a signed cookie holding this sign-in's state,
+    nonce and PKCE verifier (10 minutes). If the provider cannot be asked, back to the web client
+    with `#oidc_error=oidc_unavailable`."""
+    oidc = call.services.oidc
+    if oidc is None:
+        raise NotFound("OpenID sign-in (oidc_issuer is not set)")
+    try:
+        url, cookie = await oidc.begin()
+    except OidcUnavailable as exc:
+        log.warning("OpenID sign-in unavailable: %s", exc)
+        return _to_page("oidc_error=oidc_unavailable")
+    response = _to_page("", cookie, secure=call.services.settings.base_url.startswith("https://"))
+    response.headers["Location"] = url
+    return response
+
+
+@api.route("GET", CALLBACK_PATH, summary="Where the OpenID provider sends the browser back", tag="auth",
+           auth=None, query=OidcCallback, status=302, errors=(404,))
+async def oidc_callback(call: Call) -> HTTPResponse:
+    """Signs the user in and sends the browser to the web client with `#oidc=<refresh token>`,
+    which the client exchanges at once (`/auth/refresh`: refresh tokens rotate, and the one in the
+    address, presented again once its successor was used, ends the session); or with `#oidc_error=<code>`: oidc_cancelled, oidc_expired,
+    oidc_invalid_token, oidc_no_email, oidc_not_allowed, oidc_unavailable, oidc_error."""
+    services = call.services
+    if services.oidc is None:
+        raise NotFound("OpenID sign-in (oidc_issuer is not set)")
+    query = {key: value for key, value in call.query.model_dump().items() if value is not None}
+    try:
+        user = await services.oidc.complete(query, call.request.cookies.get(FLOW_COOKIE))
+        admin = user.admin if services.settings.oidc_admin_group else None
+        tokens = await services.accounts.external_login(user.email, user.name, admin, "oidc", {"subject": user.subject})
+    except OidcRejected as exc:
+        log.info("OpenID sign-in refused (%s): %s", exc.code, exc)
+        return _to_page(f"oidc_error={exc.code}")
+    except OidcUnavailable as exc:
+        log.warning("OpenID sign-in unavailable: %s", exc)
+        return _to_page("oidc_error=oidc_unavailable")
+    except Unauthorized as exc:
+        log.info("OpenID sign-in refused: %s", exc)
+        return _to_page("oidc_error=oidc_not_allowed")
+    return _to_page(f"oidc={quote(tokens.refresh_token, safe='')}")

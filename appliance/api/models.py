@@ -63,6 +63,24 @@ class LoginRequest(Strict):
     password: Annotated[str, Field(min_length=1, max_length=256)]
 
 
+class OidcCallback(BaseModel):
+    """What an OpenID provider sends the browser back with (providers add their own fields, such
+    as Keycloak's session_state: those are ignored)."""
+
+    code: Annotated[str, Field(max_length=2048)] = ""
+    state: Annotated[str, Field(max_length=256)] = ""
+    iss: Annotated[str, Field(max_length=2048)] | None = None
+    error: Annotated[str, Field(max_length=256)] | None = None
+    error_description: Annotated[str, Field(max_length=2048)] | None = None
+
+
+class SignInMethods(BaseModel):
+    password: bool = Field(description="e-mail and password (local accounts, and the directory's when configured)")
+    directory: bool = Field(description="passwords are also checked by an LDAP directory")
+    oidc: str | None = Field(description="the OpenID provider's name for a 'Sign in with …' button (null: none); "
+                                         "the button opens GET /api/v1/auth/oidc/start")
+
+
 class RefreshRequest(Strict):
     refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
 

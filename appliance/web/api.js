@@ -59,6 +59,15 @@ export async function signIn(email, password) {
   forgetGuest();
 }
 
+/** Sign in with the refresh token the OpenID callback handed over (#oidc=...): rotated at once,
+ * so the one that was in the address is spent. Says whether it worked. */
+export async function signInWithRefreshToken(refreshToken) {
+  saveTokens({ refresh_token: refreshToken });
+  const ok = await refresh();
+  if (ok) forgetGuest();
+  return ok;
+}
+
 export async function signOut() {
   try { await call("POST", "/api/v1/auth/logout"); } finally { saveTokens(null); }
 }

@@ -1,5 +1,5 @@
 // Home: first-admin setup, sign in, create a meeting, list my meetings with their join links.
-import { call, signIn, signOut, tokens } from "/static/api.js";
+import { call, saveTokens, signIn, signInWithRefreshToken, signOut, tokens } from "/static/api.js";
 import { recordingsButton } from "/static/recordings.js";
 import { transcriptButton } from "/static/transcript.js";
 
@@ -8,10 +8,39 @@ const show = (id) => { for (const s of ["setup", "signin", "dashboard"]) $(`#${s
 
 function formError(form, error) { form.querySelector(".error").textContent = error ? error.message : ""; }
 
+// Why the OpenID provider's sign-in did not end here (the callback's #oidc_error=<code>).
+const OIDC_ERRORS = {
+  oidc_cancelled: "Sign-in was cancelled at the provider.",
+  oidc_expired: "That sign-in took too long or began in another browser: try again.",
+  oidc_invalid_token: "The provider's answer could not be trusted: ask your administrator to check the log.",
+  oidc_no_email: "The provider gave no verified e-mail address for your account.",
+  oidc_not_allowed: "Your account may not sign in here: ask your administrator.",
+  oidc_unavailable: "The sign-in provider cannot be reached now: try again later.",
+};
+
+async function showSignIn(error) {
+  show("signin");
+  $("#signin-form .error").textContent = error || "";
+  try {
+    const methods = await call("GET", "/api/v1/auth/methods");
+    $("#oidc-signin").hidden = !methods.oidc;
+    if (methods.oidc) $("#oidc-signin span").textContent = methods.oidc;
+  } catch { $("#oidc-signin").hidden = true; }
+}
+
 async function start() {
-  const setupToken = new URLSearchParams(location.hash.slice(1)).get("setup");
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const setupToken = fragment.get("setup");
   if (setupToken && !tokens()) { show("setup"); $("#setup-form").dataset.token = setupToken; return; }
-  if (!tokens()) { show("signin"); return; }
+  if (fragment.has("oidc") || fragment.has("oidc_error")) {
+    history.replaceState(null, "", "/");  // the token in the address works once: take it out at once
+    if (fragment.has("oidc_error") || !await signInWithRefreshToken(fragment.get("oidc"))) {
+      saveTokens(null);
+      await showSignIn(OIDC_ERRORS[fragment.get("oidc_error")] || "Sign-in with the provider failed: try again.");
+      return;
+    }
+  }
+  if (!tokens()) { await showSignIn(); return; }
   try {
     const me = await call("GET", "/api/v1/users/me");
     $("#who-name").textContent = me.name;
@@ -19,7 +48,7 @@ async function start() {
     show("dashboard");
     await listMeetings();
   } catch {
-    show("signin");
+    await showSignIn();
   }
 }
 
