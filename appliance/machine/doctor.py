@@ -408,6 +408,25 @@ async def check_directory(settings: Settings, timeout: float) -> list[Finding]:
     return [Finding("directory", "pass", detail)]
 
 
+async def check_oidc(settings: Settings, timeout: float) -> list[Finding]:
+    """OpenID sign-in configured: the provider's discovery document and keys are there and read."""
+    if not settings.oidc_issuer:
+        return []
+    from ..oidc import CALLBACK_PATH, Oidc, OidcUnavailable
+
+    oidc = Oidc(settings, settings.secret_key or "doctor", timeout=timeout)
+    try:
+        metadata = await oidc.metadata()
+    except OidcUnavailable as exc:
+        return [Finding("OpenID provider", "fail", f"OpenID sign-in cannot work: {exc}",
+                        "correct oidc_issuer (the provider's issuer URL exactly) or oidc_ca_file, then rerun "
+                        "confmeet doctor; local accounts sign in meanwhile")]
+    finally:
+        await oidc.close()
+    return [Finding("OpenID provider", "pass", f"{metadata['issuer']}: discovery and keys read; the provider must "
+                    f"list {settings.base_url}{CALLBACK_PATH} as client {settings.oidc_client_id}'s redirect URI")]
+
+
 async def check_settings(settings: Settings, options: DoctorOptions | None = None) -> list[Finding]:
     """Every check of a configuration that loaded."""
     options = options or DoctorOptions()
@@ -429,6 +448,7 @@ async def check_settings(settings: Settings, options: DoctorOptions | None = Non
         ("GPU", inference_gpu),
         ("alert receiver", lambda: check_alert_receivers(settings)),
         ("directory", lambda: check_directory(settings, options.timeout)),
+        ("OpenID provider", lambda: check_oidc(settings, options.timeout)),
     ]
     findings = [Finding("configuration", "pass", f"{settings.source}: settings are valid")]
     for name, work in checks:

@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, expect
 
 from appliance.oidc import CALLBACK_PATH, Oidc, OidcRejected
 from appliance.settings import Settings
-from appliance_server import Appliance, start_appliance
+from appliance_server import CONFMEET, Appliance, start_appliance
 from conftest import free_port, stop, wait_port
 
 PROVIDER = Path(__file__).resolve().parent.parent / "oidc"
@@ -88,6 +88,17 @@ def sign_in_over_http(app: Appliance, login: str) -> str:
     assert answer.status_code == 302 and answer.headers["location"].startswith("/#"), answer.headers
     assert answer.headers["cache-control"] == "no-store"
     return answer.headers["location"][2:]
+
+
+def test_doctor_reads_the_providers_discovery_and_keys(oidc: tuple[Appliance, Provider]) -> None:
+    app, _ = oidc
+    found = {f["check"]: f for f in json.loads(app.cli("doctor", "--json").stdout)["checks"]}
+    assert found["OpenID provider"]["status"] == "pass", found["OpenID provider"]
+    assert app.url + CALLBACK_PATH in found["OpenID provider"]["detail"]
+    env = {**app.env, "CONFMEET_OIDC_ISSUER": f"http://127.0.0.1:{free_port()}"}
+    broken = subprocess.run([*CONFMEET, "doctor", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    found = {f["check"]: f for f in json.loads(broken.stdout)["checks"]}
+    assert found["OpenID provider"]["status"] == "fail" and "oidc_issuer" in found["OpenID provider"]["fix"]
 
 
 def test_people_sign_in_in_chromium_through_the_provider_and_its_groups_decide(
