@@ -1,31 +1,24 @@
 // Home: first-admin setup, sign in, create a meeting, list my meetings with their join links.
 import { call, saveTokens, signIn, signInWithRefreshToken, signOut, tokens } from "/static/api.js";
+import { errorText, languagePicker, t, translatePage } from "/static/i18n.js";
 import { recordingsButton } from "/static/recordings.js";
 import { transcriptButton } from "/static/transcript.js";
 
 const $ = (sel) => document.querySelector(sel);
 const show = (id) => { for (const s of ["setup", "signin", "dashboard"]) $(`#${s}`).hidden = s !== id; };
 
-function formError(form, error) { form.querySelector(".error").textContent = error ? error.message : ""; }
+function formError(form, error) { form.querySelector(".error").textContent = error ? errorText(error) : ""; }
 
-// Why the OpenID provider's sign-in did not end here (the callback's #oidc_error=<code>).
-const OIDC_ERRORS = {
-  oidc_cancelled: "Sign-in was cancelled at the provider.",
-  oidc_expired: "That sign-in took too long or began in another browser: try again.",
-  oidc_invalid_token: "The provider's answer could not be trusted: ask your administrator to check the log.",
-  oidc_no_email: "The provider gave no verified e-mail address for your account.",
-  oidc_not_allowed: "Your account may not sign in here: ask your administrator.",
-  oidc_unavailable: "The sign-in provider cannot be reached now: try again later.",
-};
+let oidcProvider = null;  // the OpenID provider's name, when it has a sign-in button
 
 async function showSignIn(error) {
   show("signin");
   $("#signin-form .error").textContent = error || "";
   try {
-    const methods = await call("GET", "/api/v1/auth/methods");
-    $("#oidc-signin").hidden = !methods.oidc;
-    if (methods.oidc) $("#oidc-signin span").textContent = methods.oidc;
-  } catch { $("#oidc-signin").hidden = true; }
+    oidcProvider = (await call("GET", "/api/v1/auth/methods")).oidc;
+  } catch { oidcProvider = null; }
+  $("#oidc-signin").hidden = !oidcProvider;
+  $("#oidc-signin a").textContent = oidcProvider ? t("signin.with", { provider: oidcProvider }) : "";
 }
 
 async function start() {
@@ -36,7 +29,8 @@ async function start() {
     history.replaceState(null, "", "/");  // the token in the address works once: take it out at once
     if (fragment.has("oidc_error") || !await signInWithRefreshToken(fragment.get("oidc"))) {
       saveTokens(null);
-      await showSignIn(OIDC_ERRORS[fragment.get("oidc_error")] || "Sign-in with the provider failed: try again.");
+      const reason = fragment.get("oidc_error");
+      await showSignIn(reason?.startsWith("oidc_") ? t(`oidc.${reason}`) : t("oidc.failed"));
       return;
     }
   }
@@ -52,8 +46,16 @@ async function start() {
   }
 }
 
+let shown = [];  // the meetings listed, drawn again in another language
+
 async function listMeetings() {
   const { meetings } = await call("GET", "/api/v1/meetings");
+  shown = meetings;
+  drawMeetings();
+}
+
+function drawMeetings() {
+  const meetings = shown;
   const list = $("#meetings");
   list.replaceChildren();
   $("#empty").hidden = meetings.length > 0;
@@ -64,22 +66,23 @@ async function listMeetings() {
     title.textContent = m.title;
     const meta = document.createElement("div");
     meta.className = "muted";
-    meta.textContent = `${m.code} · ${m.my_role}${m.status === "ended" ? " · ended" : ""}`;
+    const role = m.my_role ? t(`role.${m.my_role}`) : "";
+    meta.textContent = [m.code, role, m.status === "ended" ? t("home.ended") : ""].filter(Boolean).join(" · ");
     const copy = document.createElement("button");
     copy.type = "button";
     copy.className = "ghost";
-    copy.textContent = "Copy link";
-    copy.setAttribute("aria-label", `Copy join link of ${m.title}`);
+    copy.textContent = t("home.copy_link");
+    copy.setAttribute("aria-label", t("home.copy_link_of", { title: m.title }));
     copy.addEventListener("click", async () => {
       await navigator.clipboard?.writeText(m.join_url).catch(() => {});
-      copy.textContent = "Copied";
-      setTimeout(() => { copy.textContent = "Copy link"; }, 1500);
+      copy.textContent = t("home.copied");
+      setTimeout(() => { copy.textContent = t("home.copy_link"); }, 1500);
     });
     const join = document.createElement("a");
     join.className = "button";
     join.href = `/m/${m.code}`;
-    join.textContent = "Join";
-    join.setAttribute("aria-label", `Join ${m.title}`);
+    join.textContent = t("home.join");
+    join.setAttribute("aria-label", t("home.join_meeting", { title: m.title }));
     const text = document.createElement("div");
     text.className = "grow";
     text.append(title, meta);
@@ -129,4 +132,10 @@ $("#signout").addEventListener("click", async () => {
   show("signin");
 });
 
+$("#languages").append(languagePicker());
+translatePage();
 start();
+window.addEventListener("languagechange", () => {
+  if (oidcProvider) $("#oidc-signin a").textContent = t("signin.with", { provider: oidcProvider });
+  drawMeetings();
+});

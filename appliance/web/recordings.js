@@ -2,6 +2,7 @@
 // (made in the background, its progress shown) and, for the host and moderators, delete.
 import { call } from "/static/api.js";
 import { el } from "/static/dom.js";
+import { t } from "/static/i18n.js";
 
 const POLL_MS = 1000;
 const MODERATORS = ["host", "moderator"];
@@ -24,9 +25,9 @@ async function download(path, error) {
 
 /** A "Recordings" button for a meeting of the list, and the panel it opens below `item`. */
 export function recordingsButton(meeting, item) {
-  const panel = el("li", { className: "recordings-panel", hidden: true, "aria-label": `Recordings of ${meeting.title}` });
+  const panel = el("li", { className: "recordings-panel", hidden: true, "aria-label": t("home.recordings_of", { title: meeting.title }) });
   const button = el("button", { type: "button", className: "ghost", "aria-expanded": "false",
-                                "aria-label": `Recordings of ${meeting.title}` }, "Recordings");
+                                "aria-label": t("home.recordings_of", { title: meeting.title }) }, t("home.recordings"));
   button.addEventListener("click", async () => {
     const open = panel.hidden;
     panel.hidden = !open;

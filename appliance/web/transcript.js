@@ -5,6 +5,7 @@
 // API: GET /api/v1/meetings/{id}/transcript[?format=vtt|srt|txt], GET .../transcript/search?q=
 import { call, tokens } from "/static/api.js";
 import { el } from "/static/dom.js";
+import { t } from "/static/i18n.js";
 
 const GAP_TITLE = "Speech skipped here: the server fell too far behind to transcribe it";
 
@@ -161,9 +162,9 @@ export function transcriptButton(meeting, item) {
     await call("GET", `/api/v1/meetings/${encodeURIComponent(meeting.id)}`);
     return tokens()?.access_token;
   };
-  const panel = el("li", { className: "transcript-home", hidden: true, "aria-label": `Transcript of ${meeting.title}` });
+  const panel = el("li", { className: "transcript-home", hidden: true, "aria-label": t("home.transcript_of", { title: meeting.title }) });
   const button = el("button", { type: "button", className: "ghost", "aria-expanded": "false",
-                                "aria-label": `Transcript of ${meeting.title}` }, "Transcript");
+                                "aria-label": t("home.transcript_of", { title: meeting.title }) }, t("home.transcript"));
   let view = null;
   button.addEventListener("click", async () => {
     const open = panel.hidden;

@@ -1,0 +1,83 @@
+// The web client's languages: message catalogues (locales/*.js), the language chosen (the
+// browser's, until someone picks one: remembered in localStorage), and the page translated.
+//
+// In HTML, an element's text comes from `data-i18n="key"`; its attributes from
+// `data-i18n-placeholder`, `data-i18n-aria-label` and `data-i18n-title`. In JavaScript, `t(key,
+// {name: ...})` fills `{name}` in the message. A key missing from a catalogue falls back to English.
+// Errors from the server are translated by their stable code (`error.<code>`), else shown as sent.
+import en from "/static/locales/en.js";
+import zhCN from "/static/locales/zh-CN.js";
+
+const CATALOGUES = { en, "zh-CN": zhCN };
+export const LANGUAGES = [["en", "English"], ["zh-CN", "简体中文"]];
+const KEY = "confmeet.language";
+
+function fromBrowser() {
+  for (const tag of navigator.languages || [navigator.language || "en"]) {
+    const lower = tag.toLowerCase();
+    if (lower.startsWith("zh")) return "zh-CN";  // Chinese of any region: the catalogue there is
+    if (lower.startsWith("en")) return "en";
+  }
+  return "en";
+}
+
+let current = (() => {
+  try { const kept = localStorage.getItem(KEY); if (CATALOGUES[kept]) return kept; } catch { /* no storage */ }
+  return fromBrowser();
+})();
+
+export function language() { return current; }
+
+export function t(key, params = {}) {
+  const message = CATALOGUES[current][key] ?? en[key] ?? key;
+  return message.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
+}
+
+/** An ApiError in the user's language: by its code when the catalogue has it. */
+export function errorText(error) {
+  const key = error?.code ? `error.${error.code}` : "";
+  return key && (CATALOGUES[current][key] ?? en[key]) ? t(key) : error?.message || t("error.unknown");
+}
+
+/** A date and time as people of the language write them. */
+export function dateTime(value) {
+  return new Intl.DateTimeFormat(current, { dateStyle: "medium", timeStyle: "short" }).format(new Date(value));
+}
+
+export function translatePage(root = document) {
+  document.documentElement.lang = current;
+  for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const [attribute, data] of [["placeholder", "i18nPlaceholder"], ["aria-label", "i18nAriaLabel"],
+                                   ["title", "i18nTitle"]]) {
+    for (const node of root.querySelectorAll(`[data-${attribute === "aria-label" ? "i18n-aria-label" : `i18n-${attribute}`}]`)) {
+      node.setAttribute(attribute, t(node.dataset[data]));
+    }
+  }
+}
+
+/** Choose the language (remembered), translate the page, and tell the page's code
+ * (a "languagechange" event on window) to redraw what it wrote itself. */
+export function setLanguage(tag) {
+  if (!CATALOGUES[tag]) return;
+  current = tag;
+  try { localStorage.setItem(KEY, tag); } catch { /* private mode: for this page only */ }
+  translatePage();
+  window.dispatchEvent(new Event("languagechange"));
+}
+
+/** A <select> of the languages, set to the current one. */
+export function languagePicker() {
+  const select = document.createElement("select");
+  select.className = "language";
+  select.setAttribute("aria-label", "Language / 语言");
+  for (const [tag, name] of LANGUAGES) {
+    const option = document.createElement("option");
+    option.value = tag;
+    option.lang = tag;
+    option.textContent = name;
+    select.append(option);
+  }
+  select.value = current;
+  select.addEventListener("change", () => setLanguage(select.value));
+  return select;
+}
