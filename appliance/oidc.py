@@ -152,7 +152,11 @@ class Oidc:
             response = await self._http.post(metadata["token_endpoint"], data=form, auth=auth)
         except httpx.HTTPError as exc:
             raise OidcUnavailable(f"the OpenID provider's token endpoint did not answer: {exc}") from None
-        answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        answer = answer if isinstance(answer, dict) else {}
         if response.status_code != 200 or not isinstance(answer.get("id_token"), str):
             raise OidcRejected("oidc_error", f"the token endpoint refused the code ({response.status_code}): "
                                f"{answer.get('error', '')} {answer.get('error_description', '')}; check "
