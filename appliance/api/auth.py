@@ -116,7 +116,7 @@ async def oidc_start(call: Call) -> HTTPResponse:
 
 
 @api.route("GET", CALLBACK_PATH, summary="Where the OpenID provider sends the browser back", tag="auth",
-           auth=None, query=OidcCallback, status=302, errors=(404,))
+           auth=None, query=OidcCallback, status=302, errors=(404, 413))
 async def oidc_callback(call: Call) -> HTTPResponse:
     """Signs the user in and sends the browser to the web client with `#oidc=<refresh token>`,
     which the client exchanges at once (`/auth/refresh`: refresh tokens rotate, and the one in the

@@ -67,11 +67,11 @@ class OidcCallback(BaseModel):
     """What an OpenID provider sends the browser back with (providers add their own fields, such
     as Keycloak's session_state: those are ignored)."""
 
-    code: Annotated[str, Field(max_length=2048)] = ""
+    code: Annotated[str, Field(max_length=1024)] = ""  # Entra ID's run to about 1000
     state: Annotated[str, Field(max_length=256)] = ""
-    iss: Annotated[str, Field(max_length=2048)] | None = None
-    error: Annotated[str, Field(max_length=256)] | None = None
-    error_description: Annotated[str, Field(max_length=2048)] | None = None
+    iss: Annotated[str, Field(max_length=512)] | None = None
+    error: Annotated[str, Field(max_length=128)] | None = None
+    error_description: Annotated[str, Field(max_length=512)] | None = None
 
 
 class SignInMethods(BaseModel):
