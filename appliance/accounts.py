@@ -242,8 +242,8 @@ class Accounts:
             raise Unavailable(f"sign-in through the directory is unavailable: {exc}", code="directory_unavailable") from None
         if found is None:
             return None
-        admin = found.admin if directory.settings.ldap_admin_group else None
-        return await self.db.run(self._external_account, found.email, found.name, admin, "directory", {"dn": found.dn})
+        return await self.db.run(self._external_account, found.email, found.name, found.admin, "directory",
+                                 {"dn": found.dn})
 
     async def external_login(self, email: str, name: str, admin: bool | None, source: str,
                              detail: dict[str, str]) -> Tokens:

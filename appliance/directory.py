@@ -32,7 +32,7 @@ class DirectoryUser:
     dn: str
     email: str
     name: str
-    admin: bool
+    admin: bool | None  # a member of ldap_admin_group; None when none is set (the role is left as it is)
 
 
 class Directory:
@@ -95,7 +95,7 @@ class Directory:
             user.unbind()
             if settings.ldap_allowed_group and not self._member(service, settings.ldap_allowed_group, dn):
                 return None
-            admin = bool(settings.ldap_admin_group) and self._member(service, settings.ldap_admin_group, dn)
+            admin = self._member(service, settings.ldap_admin_group, dn) if settings.ldap_admin_group else None
         finally:
             service.unbind()
         email = _first(attributes.get(settings.ldap_email_attribute)) or (login if "@" in login else "")

@@ -21,7 +21,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import jwt as pyjwt
@@ -58,7 +58,7 @@ class OidcUser:
     subject: str
     email: str
     name: str
-    admin: bool
+    admin: bool | None  # in oidc_admin_group; None when none is set (the role is left as it is)
 
 
 def _b64(data: bytes) -> str:
@@ -218,8 +218,4 @@ class Oidc:
             raise OidcRejected("oidc_not_allowed", f"{email} is in none of oidc_allowed_groups")
         name = str(claims.get("name") or claims.get("preferred_username") or email.split("@", 1)[0])
         return OidcUser(subject=str(claims["sub"]), email=email, name=name[:200],
-                        admin=bool(settings.oidc_admin_group) and settings.oidc_admin_group in groups)
-
-
-def is_loopback_url(url: str) -> bool:
-    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+                        admin=(settings.oidc_admin_group in groups) if settings.oidc_admin_group else None)

@@ -86,10 +86,15 @@ async def methods(call: Call) -> SignInMethods:
                          oidc=settings.oidc_name if call.services.oidc is not None else None)
 
 
-def _to_page(fragment: str, cookie: str | None = None, secure: bool = False) -> HTTPResponse:
+def _to_page(fragment: str) -> HTTPResponse:
     """Back to the web client, with ``fragment`` for it to read (a fragment never reaches a
-    server or a log); the flow cookie set, or cleared when None."""
-    response = redirect(f"/#{fragment}")
+    server or a log); the flow cookie cleared."""
+    return _redirect(f"/#{fragment}")
+
+
+def _redirect(location: str, cookie: str | None = None, secure: bool = False) -> HTTPResponse:
+    """A redirect that sets the flow cookie, or clears it when None."""
+    response = redirect(location)
     response.add_cookie(FLOW_COOKIE, cookie or "", path=CALLBACK_PATH, httponly=True, samesite="Lax", secure=secure,
                         max_age=FLOW_SECONDS if cookie else 0)
     response.headers["Cache-Control"] = "no-store"
@@ -110,9 +115,7 @@ async def oidc_start(call: Call) -> HTTPResponse:
     except OidcUnavailable as exc:
         log.warning("OpenID sign-in unavailable: %s", exc)
         return _to_page("oidc_error=oidc_unavailable")
-    response = _to_page("", cookie, secure=call.services.settings.base_url.startswith("https://"))
-    response.headers["Location"] = url
-    return response
+    return _redirect(url, cookie, secure=call.services.settings.base_url.startswith("https://"))
 
 
 @api.route("GET", CALLBACK_PATH, summary="Where the OpenID provider sends the browser back", tag="auth",
@@ -128,8 +131,8 @@ async def oidc_callback(call: Call) -> HTTPResponse:
     query = {key: value for key, value in call.query.model_dump().items() if value is not None}
     try:
         user = await services.oidc.complete(query, call.request.cookies.get(FLOW_COOKIE))
-        admin = user.admin if services.settings.oidc_admin_group else None
-        tokens = await services.accounts.external_login(user.email, user.name, admin, "oidc", {"subject": user.subject})
+        tokens = await services.accounts.external_login(user.email, user.name, user.admin, "oidc",
+                                                        {"subject": user.subject})
     except OidcRejected as exc:
         log.info("OpenID sign-in refused (%s): %s", exc.code, exc)
         return _to_page(f"oidc_error={exc.code}")

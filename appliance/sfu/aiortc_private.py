@@ -48,6 +48,7 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtpPacket,
+    is_rtcp,
     pack_remb_fci,
     unpack_remb_fci,
     unwrap_rtx,
@@ -217,20 +218,22 @@ def receive_srtp_directly(pc: RTCPeerConnection) -> None:
                 protocol.srtp_received = handler
 
 
-def _srtp_receiver(transport: RTCDtlsTransport) -> Callable[[bytes, int | None], None]:
+def _srtp_receiver(transport: RTCDtlsTransport) -> Callable[[bytes, Callable[[], int | None]], None]:
+    """Handles one datagram, given the function that reads when the kernel received it."""
     ice = transport.transport
     session = transport._rx_srtp
 
-    def received(data: bytes, arrived_us: int | None) -> None:
+    def received(data: bytes, stamp: Callable[[], int | None]) -> None:
         if transport._state != DtlsState.CONNECTED:
             return  # stopped: the queue's way would not have read it either
         transport._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
         transport._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
-        ice.last_arrival_us = arrived_us
         try:
-            if len(data) >= 2 and 192 <= data[1] <= 208:  # aiortc's is_rtcp
+            if is_rtcp(data):
+                ice.last_arrival_us = None
                 handling = transport._handle_rtcp_data(session.unprotect_rtcp(data))
             else:
+                ice.last_arrival_us = arrived_us = stamp()
                 arrived_ms = arrived_us // 1000 if arrived_us else clock.current_ms()
                 handling = transport._handle_rtp_data(session.unprotect(data), arrival_time_ms=arrived_ms)
         except pylibsrtp.Error:

@@ -256,7 +256,8 @@ def stamp_arrivals(sock: socket.socket, protocol: StunProtocol) -> StunProtocol:
 
     Once the peer connection is up, ``protocol.srtp_received`` (set by
     ``aiortc_private.receive_srtp_directly``) takes each SRTP/SRTCP datagram (first byte
-    128-191, RFC 7983) with its stamp, past aioice's STUN parsing and queue."""
+    128-191, RFC 7983), past aioice's STUN parsing and queue, with the function that reads its
+    stamp (called for RTP only: RTCP's arrival is never read)."""
     protocol.srtp_received = None  # type: ignore[attr-defined]
     if not sys.platform.startswith("linux"):
         return protocol
@@ -273,9 +274,8 @@ def stamp_arrivals(sock: socket.socket, protocol: StunProtocol) -> StunProtocol:
 
     def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
         direct = protocol.srtp_received  # type: ignore[attr-defined]
-        if direct is not None and len(data) > 1 and 127 < data[0] < 192:
-            # Only RTP's arrival is read (transport-cc, the uplink's estimate): none for RTCP.
-            direct(data, None if 192 <= data[1] <= 208 else stamp())
+        if direct is not None and data and 127 < data[0] < 192:
+            direct(data, stamp)
             return
         arrival = stamp()
         if arrival is None:

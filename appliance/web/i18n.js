@@ -5,11 +5,14 @@
 // `data-i18n-placeholder`, `data-i18n-aria-label` and `data-i18n-title`. In JavaScript, `t(key,
 // {name: ...})` fills `{name}` in the message. A key missing from a catalogue falls back to English.
 // Errors from the server are translated by their stable code (`error.<code>`), else shown as sent.
+import { el } from "/static/dom.js";
 import en from "/static/locales/en.js";
 import zhCN from "/static/locales/zh-CN.js";
 
 const CATALOGUES = { en, "zh-CN": zhCN };
-export const LANGUAGES = [["en", "English"], ["zh-CN", "简体中文"]];
+const LANGUAGES = [["en", "English"], ["zh-CN", "简体中文"]];
+// data-i18n-* attributes (as dataset names) and the attribute each one fills.
+const ATTRIBUTES = { i18nPlaceholder: "placeholder", i18nAriaLabel: "aria-label", i18nTitle: "title" };
 const KEY = "confmeet.language";
 
 function fromBrowser() {
@@ -26,8 +29,6 @@ let current = (() => {
   return fromBrowser();
 })();
 
-export function language() { return current; }
-
 export function t(key, params = {}) {
   const message = CATALOGUES[current][key] ?? en[key] ?? key;
   return message.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
@@ -39,18 +40,12 @@ export function errorText(error) {
   return key && (CATALOGUES[current][key] ?? en[key]) ? t(key) : error?.message || t("error.unknown");
 }
 
-/** A date and time as people of the language write them. */
-export function dateTime(value) {
-  return new Intl.DateTimeFormat(current, { dateStyle: "medium", timeStyle: "short" }).format(new Date(value));
-}
-
 export function translatePage(root = document) {
   document.documentElement.lang = current;
   for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
-  for (const [attribute, data] of [["placeholder", "i18nPlaceholder"], ["aria-label", "i18nAriaLabel"],
-                                   ["title", "i18nTitle"]]) {
-    for (const node of root.querySelectorAll(`[data-${attribute === "aria-label" ? "i18n-aria-label" : `i18n-${attribute}`}]`)) {
-      node.setAttribute(attribute, t(node.dataset[data]));
+  for (const node of root.querySelectorAll("[data-i18n-placeholder], [data-i18n-aria-label], [data-i18n-title]")) {
+    for (const [data, attribute] of Object.entries(ATTRIBUTES)) {
+      if (node.dataset[data]) node.setAttribute(attribute, t(node.dataset[data]));
     }
   }
 }
@@ -67,16 +62,8 @@ export function setLanguage(tag) {
 
 /** A <select> of the languages, set to the current one. */
 export function languagePicker() {
-  const select = document.createElement("select");
-  select.className = "language";
-  select.setAttribute("aria-label", "Language / 语言");
-  for (const [tag, name] of LANGUAGES) {
-    const option = document.createElement("option");
-    option.value = tag;
-    option.lang = tag;
-    option.textContent = name;
-    select.append(option);
-  }
+  const select = el("select", { className: "language", "aria-label": "Language / 语言" },
+                    ...LANGUAGES.map(([tag, name]) => el("option", { value: tag, lang: tag }, name)));
   select.value = current;
   select.addEventListener("change", () => setLanguage(select.value));
   return select;
