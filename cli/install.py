@@ -41,7 +41,7 @@ from appliance.inference import models as model_store
 from appliance.machine.deploy import component_files, monitoring_dir
 
 from .options import FAILED, console, err, fail
-from .status import PROBES, Probe, probe_http, timed
+from appliance.machine.probes import PROBES, Probe, probe_http, timed
 
 bundle_app = typer.Typer(help="Offline bundles: everything an install needs, for hosts without network.",
                          no_args_is_help=True)
@@ -402,7 +402,7 @@ class Installer:
         reported (status names it) and the install stands."""
         if "triton" not in self.record.components:
             return
-        from .status import load_triton_models
+        from appliance.machine.probes import load_triton_models
 
         url = settings_for(self.record, self.layout)["inference"]
         with self.step("loading the models in Triton"):

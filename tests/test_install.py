@@ -731,7 +731,7 @@ def test_triton_gets_the_gpu_only_when_docker_can_use_it(tmp_path: Path) -> None
 def test_status_gpu_row_says_what_triton_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an H200 host without the NVIDIA container toolkit reports (measured on one)."""
     from appliance.machine import gpu
-    from cli.status import probe_gpu
+    from appliance.machine.probes import probe_gpu
 
     fix = "install nvidia-container-toolkit, run 'nvidia-ctk runtime configure --runtime=docker'"
     report = gpu.GpuReport(present=True, driver_loaded=True, driver_version="580.159.04", cuda_version="13.0",

@@ -339,7 +339,7 @@ def test_grafana_serves_https_with_the_installs_certificate_and_its_probe_checks
 
     from appliance.machine import tls
     from appliance.machine.deploy import config_digest, health_context
-    from cli.status import probe_http, timed
+    from appliance.machine.probes import probe_http, timed
 
     record, layout = record_for(tmp_path)
     made = tls.ensure_certificates(layout.tls_dir, ["meet.example.org", "localhost", "127.0.0.1"])  # as install

@@ -266,7 +266,7 @@ async def test_s3_unreachable_raises_store_unavailable() -> None:
 def test_the_store_and_confmeet_status_read_secure_alike(option: str, https: bool) -> None:
     """One URL, one meaning: the store and the status probe both speak HTTPS for secure=1, true,
     yes or on (the probe once took only "secure=true")."""
-    from cli.status import probe_objects, timed
+    from appliance.machine.probes import probe_objects, timed
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
