@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import secrets
 import time
@@ -16,13 +17,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from . import audit
 from .directory import Directory, DirectoryError
-from .errors import Conflict, Forbidden, Invalid, Unauthorized, Unavailable
+from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, Unavailable
 from .fsutil import write_atomically
 from .roles import GUEST
 from .security import (TokenError, TokenIssuer, hash_password, hash_refresh_token, new_refresh_token,
                        refresh_token_session, verify_password)
 from .stores.bus import EventBus
-from .stores.relational import AuthSession, Prepared, Relational, User, new_id, utcnow
+from .stores.relational import AuthSession, PasswordLink, Prepared, Relational, User, new_id, utcnow
 
 log = logging.getLogger("confmeet.accounts")
 
@@ -39,6 +40,10 @@ EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # provider): no password verifies against it (not an argon2 hash), so such an account never signs
 # in with a local password.
 EXTERNAL_ACCOUNT = "!external"
+# The password hash of a local account that has no password yet (invited) or no longer (reset by
+# an administrator): it signs in only after its one-time password link sets one.
+NO_PASSWORD = "!unset"
+PASSWORD_LINK_TTL = dt.timedelta(days=7)
 
 
 def nonblank(value: str) -> str:
@@ -136,6 +141,20 @@ def lock_users(db: pw.Database) -> None:
         db.execute_sql('UPDATE "user" SET id = id WHERE 0')
 
 
+def _new_link_token() -> tuple[str, str]:
+    """A one-time password link's token and the hash that is stored."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+def password_link_url(base_url: str, token: str) -> str:
+    return f"{base_url}/#set-password={token}"
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 class SetupLink:
     """The one-time link that creates the first administrator. It works for ``ttl`` seconds and
     only while no account exists. It is written to a file only the appliance's user reads (0600),
@@ -219,6 +238,88 @@ class Accounts:
         if self.setup is not None:
             self.setup.close()
             self.setup = None
+
+    # ------------------------------------------------------------------ one-time password links
+    async def invite(self, email: str, name: str | None, role: str, actor: str, base_url: str) -> tuple[User, str, dt.datetime]:
+        """A new local account without a password, and the one-time link (PASSWORD_LINK_TTL) with
+        which its owner chooses one: (the user, the link, when it expires). Conflict when the e-mail is taken."""
+        token, token_hash = _new_link_token()
+
+        def create() -> tuple[User, dt.datetime]:
+            with self.db.atomic():
+                try:
+                    user = User.create(email=email, password_hash=NO_PASSWORD, name=name or email.split("@", 1)[0],
+                                       role=role)
+                except pw.IntegrityError:
+                    raise Conflict(f"a user with e-mail {email} already exists", "email") from None
+                link = PasswordLink.create(token_hash=token_hash, user=user, purpose="invite", created_by=actor,
+                                           expires_at=utcnow() + PASSWORD_LINK_TTL)
+                audit.record("user.invited", actor, user_id=user.id, email=email, role=role,
+                             expires_at=_iso(link.expires_at))
+                return user, link.expires_at
+
+        user, expires_at = await self.db.run(create)
+        return user, password_link_url(base_url, token), expires_at
+
+    async def reset_password(self, user_id: str, actor: str, base_url: str) -> tuple[User, str, dt.datetime]:
+        """Take a local account's password away, end its sessions, and make a one-time link with
+        which its owner chooses a new one (earlier links of the account stop working). Conflict for
+        an account whose password is the directory's or the OpenID provider's."""
+        token, token_hash = _new_link_token()
+
+        def reset() -> tuple[User, list[str], dt.datetime]:
+            with self.db.atomic():
+                user = User.get_or_none(User.id == user_id)
+                if user is None:
+                    raise NotFound("user")
+                if user.password_hash == EXTERNAL_ACCOUNT:
+                    raise Conflict(f"{user.email} signs in through the directory or the OpenID provider: "
+                                   "reset the password there", code="external_account")
+                user.password_hash = NO_PASSWORD
+                user.save()
+                PasswordLink.delete().where(PasswordLink.user == user, PasswordLink.used_at.is_null()).execute()
+                link = PasswordLink.create(token_hash=token_hash, user=user, purpose="reset", created_by=actor,
+                                           expires_at=utcnow() + PASSWORD_LINK_TTL)
+                sessions = [s.id for s in AuthSession.select(AuthSession.id).where(
+                    AuthSession.user == user, AuthSession.revoked_at.is_null())]
+                AuthSession.update(revoked_at=utcnow()).where(AuthSession.id.in_(sessions)).execute()
+                audit.record("user.password_reset", actor, user_id=user.id, sessions_ended=len(sessions),
+                             expires_at=_iso(link.expires_at))
+                return user, sessions, link.expires_at
+
+        user, sessions, expires_at = await self.db.run(reset)
+        for session_id in sessions:
+            await self.session_ended(session_id)
+        self.forget(user_id=user.id)
+        return user, password_link_url(base_url, token), expires_at
+
+    async def set_password(self, token: str, password: str) -> Tokens:
+        """The password chosen through a one-time link (spent by it), and a session for its owner.
+        Forbidden when the link is unknown, used or expired, or the account is disabled."""
+        token_hash = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        password_hash = await asyncio.to_thread(hash_password, password)
+
+        def use() -> Tokens:
+            with self.db.atomic():
+                link = (PasswordLink.select(PasswordLink, User).join(User, on=(PasswordLink.user == User.id))
+                        .where(PasswordLink.token_hash == token_hash).first())
+                invalid = Forbidden("this password link is not valid: it was used already, has expired or was "
+                                    "replaced, or the account is disabled; ask an administrator for a new one",
+                                    code="invalid_password_link")
+                if link is None or link.used_at is not None or link.expires_at < utcnow() or not link.user.active:
+                    raise invalid
+                # Spent only if no one else spent it meanwhile (two tabs, two clicks): a link works once.
+                spent = PasswordLink.update(used_at=utcnow()).where(PasswordLink.token_hash == token_hash,
+                                                                    PasswordLink.used_at.is_null()).execute()
+                if not spent:
+                    raise invalid
+                user = link.user
+                user.password_hash = password_hash
+                user.save()
+                audit.record("user.password_set", user.id, user_id=user.id, link=link.purpose)
+                return self._start_session(user)
+
+        return await self.db.run(use)
 
     # ------------------------------------------------------------------ sessions
     async def login(self, email: str, password: str) -> Tokens:

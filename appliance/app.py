@@ -89,6 +89,10 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
     async def meeting_page(request: Request, code: str) -> HTTPResponse:
         return await file(WEB / "meeting.html")
 
+    @app.get("/admin", name="admin_page")
+    async def admin_page(request: Request) -> HTTPResponse:
+        return await file(WEB / "admin.html")
+
     app.add_route(files.download, "/files/<token:str>", methods=["GET"], name="file_download")
     app.add_route(recordings.download, "/recordings/<token:str>", methods=["GET"], name="recording_download")
 

@@ -11,12 +11,13 @@ from typing import Any
 from .stores.relational import AuditEvent
 
 ACTIONS = frozenset({
-    "user.created", "user.updated", "session.refresh_reused", "security.lockout",
+    "user.created", "user.updated", "user.invited", "user.password_reset", "user.password_set",
+    "session.refresh_reused", "security.lockout", "audit.exported",
     "meeting.created", "meeting.updated", "meeting.ended", "meeting.deleted",
     "moderation.admit", "moderation.deny", "moderation.set_role", "moderation.lock", "moderation.unlock",
     "moderation.mute", "moderation.ask_unmute", "moderation.stop_camera", "moderation.remove",
     "moderation.captions_on", "moderation.captions_off",
-    "recording.started", "recording.stopped", "recording.expired",
+    "recording.started", "recording.stopped", "recording.expired", "recording.deleted",
 })
 
 

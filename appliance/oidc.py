@@ -126,6 +126,17 @@ class Oidc:
                                "exp": int(time.time()) + FLOW_SECONDS}, self._flow_key, algorithm="HS256")
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}", cookie
 
+    async def logout_url(self) -> str | None:
+        """Where the browser ends its session at the provider too (OpenID Connect RP-Initiated
+        Logout: the provider's ``end_session_endpoint``, which sends it back to ``base_url``/);
+        None when the provider has none. No ID token is kept, so ``client_id`` says who asks."""
+        endpoint = (await self.metadata()).get("end_session_endpoint")
+        if not isinstance(endpoint, str):
+            return None
+        query = urlencode({"client_id": self.settings.oidc_client_id,
+                           "post_logout_redirect_uri": self.settings.base_url + "/"})
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
     async def complete(self, query: dict[str, str], cookie: str | None) -> OidcUser:
         """The user the provider's answer (the callback's query) signs in."""
         if "error" in query:

@@ -7,3 +7,4 @@ api = Api()
 from . import audit, auth, files, meetings, users  # noqa: E402,F401  (modules register their endpoints)
 from . import ai, transcripts  # noqa: E402,F401
 from . import recordings  # noqa: E402,F401
+from . import admin  # noqa: E402,F401

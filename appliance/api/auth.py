@@ -12,8 +12,8 @@ from ..oidc import CALLBACK_PATH, FLOW_COOKIE, FLOW_SECONDS, OidcRejected, OidcU
 from ..throttle import client_address
 from . import api
 from .endpoint import Call
-from .models import (LoginRequest, OidcCallback, RefreshRequest, RegisterRequest, SetupRequest, SignInMethods,
-                     TokenPair, User)
+from .models import (LoginRequest, OidcCallback, RefreshRequest, RegisterRequest, SetPassword, SetupRequest,
+                     SignInMethods, TokenPair, User)
 from .users import user_view
 
 log = logging.getLogger("confmeet.api")
@@ -41,6 +41,25 @@ async def login(call: Call) -> TokenPair:
         await throttle.record(*attempt)
         raise
     throttle.clear(limits.login_account, call.body.email)
+    return _pair(tokens)
+
+
+@api.route("POST", "/api/v1/auth/set-password", summary="Choose a password with a one-time link",
+           tag="auth", auth=None, body=SetPassword, response=TokenPair, errors=(403, 429))
+async def set_password(call: Call) -> TokenPair:
+    """`token` is what follows `#set-password=` in the link an administrator made (an invitation
+    or a password reset, valid 7 days, once). The password is set and the person signed in: the
+    reply is a token pair, as from sign-in. A link that is unknown, used, replaced or expired gets
+    403 (code `invalid_password_link`); wrong links are limited per address like sign-ins (429)."""
+    services = call.services
+    throttle, limits = services.throttle, services.throttle.limits
+    attempt = ((limits.login_address, client_address(call.request)),)
+    throttle.check(*attempt)
+    try:
+        tokens = await services.accounts.set_password(call.body.token, call.body.password)
+    except Forbidden:
+        await throttle.record(*attempt)
+        raise
     return _pair(tokens)
 
 
@@ -116,6 +135,24 @@ async def oidc_start(call: Call) -> HTTPResponse:
         log.warning("OpenID sign-in unavailable: %s", exc)
         return _to_page("oidc_error=oidc_unavailable")
     return _redirect(url, cookie, secure=call.services.settings.base_url.startswith("https://"))
+
+
+@api.route("GET", "/api/v1/auth/oidc/logout", summary="Sign out at the OpenID provider too (a browser navigation)",
+           tag="auth", auth=None, status=302, errors=(404,))
+async def oidc_logout(call: Call) -> HTTPResponse:
+    """After `POST /auth/logout`, for a session that came from the provider: sends the browser to
+    the provider's `end_session_endpoint` to end its session there as well (the provider then
+    sends it back to the web client); straight back to the web client when the provider has no
+    such endpoint or cannot be asked."""
+    oidc = call.services.oidc
+    if oidc is None:
+        raise NotFound("OpenID sign-in (oidc_issuer is not set)")
+    try:
+        url = await oidc.logout_url()
+    except OidcUnavailable as exc:
+        log.warning("OpenID sign-out at the provider skipped: %s", exc)
+        url = None
+    return _redirect(url or "/")
 
 
 @api.route("GET", CALLBACK_PATH, summary="Where the OpenID provider sends the browser back", tag="auth",

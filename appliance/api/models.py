@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from ..accounts import AccountRole, Email, NewUser, Password, UserName, nonblank
+from ..audit import ACTIONS
 from ..display_names import name_problem
 from ..roles import ROLES
 
@@ -26,7 +27,7 @@ MeetingPassword = Annotated[str, Field(min_length=MIN_MEETING_PASSWORD, max_leng
 PasswordAttempt = Annotated[str, Field(min_length=1, max_length=128)]  # what someone types to get in
 
 
-def _utc_text(value: dt.datetime) -> str:
+def utc_text(value: dt.datetime) -> str:
     if value.tzinfo is None:  # the database keeps naive UTC
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
@@ -42,7 +43,7 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 # A time sent to the API: ISO 8601, with an offset or taken as UTC; kept as naive UTC.
 When = Annotated[dt.datetime, AfterValidator(_naive_utc)]
-UtcDatetime = Annotated[dt.datetime, PlainSerializer(_utc_text, return_type=str)]
+UtcDatetime = Annotated[dt.datetime, PlainSerializer(utc_text, return_type=str)]
 
 
 class Strict(BaseModel):
@@ -181,7 +182,9 @@ class AuditEvent(BaseModel):
     id: int
     at: UtcDatetime
     actor_id: str | None
+    actor_name: str | None = Field(None, description="the actor's name now (null: no actor, or the account is gone)")
     meeting_id: str | None
+    meeting_title: str | None = Field(None, description="the meeting's title (null: none, or it was deleted)")
     action: str
     detail: dict
 
@@ -189,11 +192,103 @@ class AuditEvent(BaseModel):
 class AuditList(BaseModel):
     events: list[AuditEvent]
     total: int
+    actions: list[str] = Field(description="every action the log knows (appliance/audit.py), for a filter")
 
 
-class AuditQuery(Page):
+AuditAction = Literal[tuple(sorted(ACTIONS))]
+
+
+class AuditFilter(Strict):
     meeting_id: Annotated[str, Field(max_length=64)] | None = None
-    action: Annotated[str, Field(max_length=64)] | None = None
+    actor_id: Annotated[str, Field(max_length=64)] | None = None
+    action: AuditAction | None = None
+    since: When | None = Field(None, description="events at or after this time (ISO 8601; UTC unless it has an offset)")
+    until: When | None = Field(None, description="events before this time")
+
+
+class AuditQuery(AuditFilter, Page):
+    pass
+
+
+MAX_AUDIT_EXPORT = 10_000
+
+
+class AuditExportQuery(AuditFilter):
+    limit: Annotated[int, Field(ge=1, le=MAX_AUDIT_EXPORT)] = MAX_AUDIT_EXPORT
+
+
+class UserInvite(Strict):
+    email: Email
+    name: UserName | None = None
+    role: AccountRole = "member"
+
+
+class PasswordLink(BaseModel):
+    user: User
+    url: str = Field(description="the one-time link (give it to the person): it sets the account's password once")
+    expires_at: UtcDatetime
+
+
+class SetPassword(Strict):
+    token: Annotated[str, Field(min_length=1, max_length=512)]
+    password: Password
+
+
+class LiveSeat(BaseModel):
+    id: str
+    name: str
+    role: str
+    guest: bool
+
+
+class MeetingInProgress(BaseModel):
+    id: str
+    code: str
+    title: str
+    owner_name: str
+    participants: list[LiveSeat]
+
+
+class MeetingsInProgress(BaseModel):
+    meetings: list[MeetingInProgress]
+
+
+class RecordingSummary(BaseModel):
+    id: str
+    meeting_id: str
+    meeting_title: str
+    status: str
+    started_at: UtcDatetime
+    duration_s: float
+    size: int = Field(description="bytes of its track files")
+    exports_size: int = Field(description="bytes of its composite exports")
+
+
+class StorageUse(BaseModel):
+    recordings: int = Field(description="bytes of recordings' track files")
+    exports: int = Field(description="bytes of composite exports")
+    files: int = Field(description="bytes of files shared in meetings' chats")
+    total: int
+
+
+class RecordingsOverview(BaseModel):
+    recordings: list[RecordingSummary]
+    total: int
+    storage: StorageUse
+
+
+class ComponentHealth(BaseModel):
+    component: str
+    state: Literal["up", "degraded", "down", "n/a"]
+    version: str
+    ms: float | None
+    detail: str
+    serves: str = Field(description="the setting the component serves (empty: the appliance, the GPU)")
+
+
+class SystemHealth(BaseModel):
+    state: Literal["up", "degraded", "down"]
+    components: list[ComponentHealth]
 
 
 class LiveTrack(BaseModel):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sanic import Request
 from sanic.response import HTTPResponse, ResponseStream
 
+from .. import audit
 from ..errors import Conflict, Forbidden, NotFound
 from ..recording.service import was_interrupted
 from ..roles import MODERATORS
@@ -22,7 +23,7 @@ from ..stores.objects import ObjectNotFound
 from ..stores.relational import Recording, RecordingExport, User
 from . import api
 from .endpoint import Call
-from .models import DownloadLink, Strict, UtcDatetime
+from .models import DownloadLink, Strict, UtcDatetime, utc_text
 
 LINK_TTL = dt.timedelta(minutes=10)
 
@@ -156,6 +157,8 @@ async def delete_recording(call: Call, recording_id: str) -> None:
     if row.status == "recording":
         raise Conflict("the recording is under way; stop it first")
     await services.recordings.delete(row)
+    await services.db.run(audit.record, "recording.deleted", call.principal.id, row.meeting_id, recording=row.id,
+                          started_at=utc_text(row.started_at), size=row.size_bytes)
 
 
 async def _link(call: Call, row: Recording, key: str, name: str) -> dict:

@@ -7,7 +7,7 @@ from ..errors import Conflict, NotFound
 from ..stores.relational import User as UserRow
 from . import api
 from .endpoint import Call
-from .models import Page, User, UserCreate, UserList, UserPatch
+from .models import Page, PasswordLink, User, UserCreate, UserInvite, UserList, UserPatch
 
 
 def user_view(user: UserRow) -> User:
@@ -64,3 +64,26 @@ async def patch_user(call: Call, user_id: str) -> User:
     user = await call.services.db.run(patch)
     await call.services.accounts.user_changed(user_id, user.active)
     return user
+
+
+@api.route("POST", "/api/v1/users/invitations", summary="Invite someone: an account and a one-time link",
+           tag="users", auth="admin", body=UserInvite, response=PasswordLink, status=201, errors=(409,))
+async def invite_user(call: Call) -> PasswordLink:
+    """The account is made without a password; give its owner the `url`: it lets them choose
+    one, once, within 7 days (then they are signed in)."""
+    body = call.body
+    user, url, expires_at = await call.services.accounts.invite(
+        body.email, body.name, body.role, call.principal.id, call.services.settings.base_url)
+    return PasswordLink(user=user_view(user), url=url, expires_at=expires_at)
+
+
+@api.route("POST", "/api/v1/users/{user_id}/password-reset", summary="Reset a password: a one-time link",
+           tag="users", auth="admin", response=PasswordLink, status=201, errors=(409,))
+async def reset_password(call: Call, user_id: str) -> PasswordLink:
+    """The account's password stops working and its sessions end at once; give its owner the
+    `url` to choose a new one (once, within 7 days; an earlier link of the account stops
+    working). 409 (code `external_account`) for an account that signs in through the directory
+    or the OpenID provider."""
+    user, url, expires_at = await call.services.accounts.reset_password(
+        user_id, call.principal.id, call.services.settings.base_url)
+    return PasswordLink(user=user_view(user), url=url, expires_at=expires_at)

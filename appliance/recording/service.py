@@ -215,7 +215,8 @@ class Recordings:
         """The row first (so a backup never restores a row without its files), then the files."""
         await self.uploader.cancel(recording.id)
         await self.db.run(lambda: recording.delete_instance(recursive=True))
-        keys = [info.key async for info in self.objects.list(recording.object_prefix)]
+        # An empty prefix (nothing was ever stored) would list every object of the store.
+        keys = [info.key async for info in self.objects.list(recording.object_prefix)] if recording.object_prefix else []
         for key in keys:
             await self.objects.delete(key)
         await asyncio.to_thread(shutil.rmtree, self.spool / recording.id, True)

@@ -96,6 +96,13 @@ class Signaling:
     def in_meeting(self, meeting_id: str) -> list[Seat]:
         return self.room.in_meeting(meeting_id)
 
+    def meetings_in_progress(self) -> dict[str, list[Seat]]:
+        """Every meeting someone is in now, with their seats (the administrators' overview)."""
+        meetings: dict[str, list[Seat]] = {}
+        for seat in self.seats.values():
+            meetings.setdefault(seat.meeting_id, []).append(seat)
+        return meetings
+
     def seat_of(self, meeting_id: str, principal_id: str) -> Seat | None:
         """The seat someone holds in a meeting now, if any."""
         return next((s for s in self.in_meeting(meeting_id) if s.user_id == principal_id), None)

@@ -166,6 +166,19 @@ class MeetingFile(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
 
 
+class PasswordLink(BaseModel):
+    """A one-time link that sets an account's password (an invitation or a reset by an
+    administrator): only the token's hash is kept; it works once, until ``expires_at``."""
+
+    token_hash = pw.CharField(primary_key=True, max_length=64)
+    user = pw.ForeignKeyField(User, backref="password_links", on_delete="CASCADE")
+    purpose = pw.CharField(max_length=16)  # invite | reset
+    created_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField()
+    used_at = pw.DateTimeField(null=True)
+
+
 class SchemaVersion(BaseModel):
     version = pw.IntegerField(primary_key=True)
     description = pw.CharField(max_length=200)
@@ -174,6 +187,7 @@ class SchemaVersion(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     User, AuthSession, Meeting, MeetingRole, Participant, Recording, AuditEvent, MeetingFile, RecordingExport,
+    PasswordLink,
 ]
 
 
@@ -197,11 +211,16 @@ def _m3_recording_details(db: pw.Database) -> None:
     db.create_tables([RecordingExport], safe=True)
 
 
+def _m4_password_links(db: pw.Database) -> None:
+    db.create_tables([PasswordLink], safe=True)
+
+
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
     (2, "files shared in meetings", _m2_meeting_files),
     (3, "recordings: end, stop reason, upload state; composite exports", _m3_recording_details),
+    (4, "one-time password links (invitations, resets)", _m4_password_links),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

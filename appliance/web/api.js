@@ -3,6 +3,7 @@
 // to the tab that joined and goes when the tab closes.
 const KEY = "confmeet.tokens";
 const GUEST_KEY = "confmeet.guest";
+const FROM_PROVIDER = "confmeet.signedInWith";  // "oidc" while the session came from the OpenID provider
 let guest = null;  // the guest token this page acts with, when it acts for a guest (actAsGuest)
 
 export function tokens() {
@@ -56,6 +57,7 @@ export async function call(method, path, body) {
 
 export async function signIn(email, password) {
   saveTokens(await call("POST", "/api/v1/auth/login", { email, password }));
+  localStorage.removeItem(FROM_PROVIDER);
   forgetGuest();
 }
 
@@ -64,12 +66,21 @@ export async function signIn(email, password) {
 export async function signInWithRefreshToken(refreshToken) {
   saveTokens({ refresh_token: refreshToken });
   const ok = await refresh();
-  if (ok) forgetGuest();
+  if (ok) {
+    forgetGuest();
+    localStorage.setItem(FROM_PROVIDER, "oidc");
+  }
   return ok;
 }
 
+/** Sign out here; a session that came from the OpenID provider ends there too: the browser goes
+ * to the provider, which sends it back to the home page. Says whether the browser is going there. */
 export async function signOut() {
+  const fromProvider = localStorage.getItem(FROM_PROVIDER) === "oidc";
+  localStorage.removeItem(FROM_PROVIDER);
   try { await call("POST", "/api/v1/auth/logout"); } finally { saveTokens(null); }
+  if (fromProvider) location.assign("/api/v1/auth/oidc/logout");
+  return fromProvider;
 }
 
 /** Act as the guest of meeting `code` if this tab holds an unexpired guest token for it; says whether it does. */

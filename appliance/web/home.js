@@ -5,7 +5,7 @@ import { recordingsButton } from "/static/recordings.js";
 import { transcriptButton } from "/static/transcript.js";
 
 const $ = (sel) => document.querySelector(sel);
-const show = (id) => { for (const s of ["setup", "signin", "dashboard"]) $(`#${s}`).hidden = s !== id; };
+const show = (id) => { for (const s of ["setup", "set-password", "signin", "dashboard"]) $(`#${s}`).hidden = s !== id; };
 
 function formError(form, error) { form.querySelector(".error").textContent = error ? errorText(error) : ""; }
 
@@ -25,6 +25,11 @@ async function start() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const setupToken = fragment.get("setup");
   if (setupToken && !tokens()) { show("setup"); $("#setup-form").dataset.token = setupToken; return; }
+  if (fragment.has("set-password")) {  // an administrator's one-time link (an invitation, a reset)
+    show("set-password");
+    $("#set-password-form").dataset.token = fragment.get("set-password");
+    return;
+  }
   if (fragment.has("oidc") || fragment.has("oidc_error")) {
     history.replaceState(null, "", "/");  // the token in the address works once: take it out at once
     if (fragment.has("oidc_error") || !await signInWithRefreshToken(fragment.get("oidc"))) {
@@ -38,6 +43,7 @@ async function start() {
   try {
     const me = await call("GET", "/api/v1/users/me");
     $("#who-name").textContent = me.name;
+    $("#admin-link").hidden = me.role !== "admin";
     $("#who").hidden = false;
     show("dashboard");
     await listMeetings();
@@ -113,6 +119,18 @@ $("#setup-form").addEventListener("submit", async (event) => {
   } catch (error) { formError(form, error); }
 });
 
+$("#set-password-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target;
+  try {
+    saveTokens(await call("POST", "/api/v1/auth/set-password", { token: form.dataset.token, password: form.password.value }));
+    history.replaceState(null, "", "/");  // the link is spent
+    form.reset();
+    formError(form, null);
+    await start();
+  } catch (error) { formError(form, error); }
+});
+
 $("#create-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = event.target;
@@ -127,7 +145,7 @@ $("#create-form").addEventListener("submit", async (event) => {
 });
 
 $("#signout").addEventListener("click", async () => {
-  await signOut();
+  if (await signOut()) return;  // to the OpenID provider, and back
   $("#who").hidden = true;
   show("signin");
 });

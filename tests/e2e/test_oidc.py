@@ -46,7 +46,8 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, 
     app = start_appliance(tmp_path_factory.mktemp("oidc"), oidc_issuer=provider.url, oidc_client_id="confmeet",
                           oidc_client_secret=SECRET, oidc_name="Example SSO", oidc_scopes="openid email profile groups",
                           oidc_admin_group="confmeet-admins", oidc_allowed_domains="example.org")
-    clients = [{"client_id": "confmeet", "client_secret": SECRET, "redirect_uris": [app.url + CALLBACK_PATH]},
+    clients = [{"client_id": "confmeet", "client_secret": SECRET, "redirect_uris": [app.url + CALLBACK_PATH],
+                "post_logout_redirect_uris": [app.url + "/"]},
                {"client_id": OTHER[0], "client_secret": OTHER[1], "redirect_uris": [OTHER[2]]}]
     log = (tmp_path_factory.mktemp("provider") / "provider.log").open("w")
     proc = subprocess.Popen(["node", "provider.mjs", str(port), json.dumps(clients)], cwd=PROVIDER,
@@ -121,6 +122,33 @@ def test_people_sign_in_in_chromium_through_the_provider_and_its_groups_decide(
         if login == "ann":
             page.screenshot(path=str(app.data_dir / "oidc-signed-in.png"))
         context.close()
+
+
+def test_signing_out_ends_the_session_at_the_provider_too(oidc: tuple[Appliance, Provider], browser: Browser) -> None:
+    app, _ = oidc
+    context = browser.new_context()
+    page = context.new_page()
+
+    def sign_in(asked_to_log_in: bool) -> None:
+        page.get_by_role("link", name="Sign in with Example SSO").click()
+        if asked_to_log_in:
+            page.get_by_placeholder("Enter any login").fill("li.wei")
+            page.get_by_placeholder("and password").fill("any")
+            page.get_by_role("button", name="Sign-in").click()
+            page.get_by_role("button", name="Continue").click()
+        expect(page.locator("#who-name")).to_have_text("李伟")
+
+    page.goto(app.url)
+    sign_in(asked_to_log_in=True)
+    page.evaluate("localStorage.removeItem('confmeet.tokens')")  # signed out here only: the provider
+    page.reload()                                                # still knows the browser
+    sign_in(asked_to_log_in=False)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Yes, sign me out").click()  # the provider's own question
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.url == app.url + "/"
+    sign_in(asked_to_log_in=True)  # the provider's session ended too
+    context.close()
 
 
 def test_refusals_come_back_to_the_sign_in_page_with_their_reason(

@@ -56,7 +56,7 @@ async def test_migration_3_adds_the_recording_columns_to_an_older_schema(db_url:
     await db.close()
     again = Relational(db_url)
     await again.open()
-    assert again.migrations_run == 1 and SCHEMA_VERSION == 3
+    assert again.migrations_run == 1 and SCHEMA_VERSION == 4
     old = await again.run(Recording.get_by_id, "r1")
     assert (old.duration_s, old.stop_reason, old.upload_error, old.ended_at) == (1.5, "", "", None)
     await again.close()
@@ -149,6 +149,18 @@ async def test_retention_deletes_recordings_past_their_time(recordings: Recordin
     assert [o.key async for o in recordings.objects.list("recordings/")] == [
         f"{recent.object_prefix}a.webm", f"{recent.object_prefix}exports/x.mp4"]
 
+
+
+async def test_deleting_a_recording_without_objects_deletes_no_one_elses(recordings: Recordings) -> None:
+    """A row whose object prefix is empty (nothing was ever stored for it) must not list, and so
+    delete, the whole object store."""
+    kept = await recordings.db.run(new_recording, "ready", utcnow())
+    await recordings.objects.put(f"{kept.object_prefix}a.webm", b"track")
+    empty = await recordings.db.run(new_recording, "failed", utcnow())
+    empty.object_prefix = ""
+    await recordings.db.run(empty.save)
+    await recordings.delete(empty)
+    assert [o.key async for o in recordings.objects.list("")] == [f"{kept.object_prefix}a.webm"]
 
 # ---------------------------------------------------------------------------- the file store's links
 @pytest.fixture(scope="module")
