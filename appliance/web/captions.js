@@ -8,20 +8,25 @@
 // Messages: set_captions / show_captions / caption_language, events caption / captions_state,
 // joined.captions (docs/meetings.md, "Captions"; docs/protocol.md).
 import { el } from "/static/dom.js";
+import { errorText, languageName, t } from "/static/i18n.js";
 import { TranscriptView, langOf } from "/static/transcript.js";
 
 const MODERATORS = ["host", "moderator"];
-// Caption languages (tags the server knows); the script of Chinese follows the tag.
-const LANGUAGES = { en: "English", "zh-CN": "中文（简体）", "zh-TW": "中文（繁體）", "zh-HK": "中文（香港）",
-                    de: "Deutsch", fr: "Français", es: "Español", it: "Italiano", ja: "日本語", ko: "한국어",
-                    nl: "Nederlands", pt: "Português", pl: "Polski", sv: "Svenska", "": "Detect" };
+// Caption languages (tags the server knows, "" for "detect it"), named in the page's language.
+const LANGUAGES = ["en", "zh-CN", "zh-TW", "zh-HK", "de", "fr", "es", "it", "ja", "ko", "nl", "pt", "pl", "sv", ""];
 const MEETINGS = "meeting";  // "I speak" value: the meeting's language
 const LINE_SECONDS = 8;  // a final caption stays on the line this long after it came
 const LINES = 2;
 
-function options(entries) {
-  return entries.map(([code, name]) => el("option", { value: code, lang: langOf(code) }, name));
+// What the server says of captions falling behind ("captions are 5 s behind the speech", "... some
+// speech was skipped (...)"), in the page's language.
+function behind(detail) {
+  const seconds = /(\d+) s behind/.exec(detail ?? "")?.[1];
+  if (seconds) return t("captions.behind_seconds", { n: seconds });
+  return t(/skipped/.test(detail ?? "") ? "captions.skipped" : "captions.behind");
 }
+
+const spoken = (code) => (code ? languageName(code) : t("captions.detect"));
 
 export class Captions {
   /** @param token () => Promise<string>, the API access token (for the transcript)
@@ -39,16 +44,12 @@ export class Captions {
     this.interims = new Map();  // participant → {id, name, text, language}: what they are saying
 
     this.button = el("button", { id: "captions", className: "control accent captions-toggle", type: "button",
-                                 "aria-label": "Captions", "aria-pressed": "false", onclick: () => this.#toggle() },
-                     el("span", { className: "cc", "aria-hidden": "true" }, "CC"));
+                                 "aria-pressed": "false", onclick: () => this.#toggle() },
+                     el("span", { className: "cc", "aria-hidden": "true" }));  // "CC", an icon drawn by captions.css
     this.language = el("select", { id: "captions-language", className: "captions-language",
-                                   "aria-label": "Spoken language", title: "The language people speak in this meeting",
-                                   onchange: () => this.#setLanguage() }, ...options(Object.entries(LANGUAGES)));
+                                   onchange: () => this.#setLanguage() });
     this.mine = el("select", { id: "my-caption-language", className: "captions-language",
-                               "aria-label": "I speak", title: "The language you speak, if not the meeting's",
-                               onchange: () => this.#setMine() },
-                   el("option", { value: MEETINGS }, "I speak the meeting's language"),
-                   ...options(Object.entries(LANGUAGES).map(([code, name]) => [code, `I speak ${name}`])));
+                               onchange: () => this.#setMine() });
     document.querySelector("#leave").before(this.button, this.language, this.mine);
 
     this.status = el("p", { id: "captions-status", className: "captions-status", role: "status", hidden: true });
@@ -59,16 +60,17 @@ export class Captions {
     this.transcript = new TranscriptView({ meeting: this.meeting, token, notify });
     this.panel = el("aside", { id: "transcript-panel", className: "panel transcript-panel", hidden: true,
                                "aria-labelledby": "transcript-title" },
-      el("header", { className: "panel-head" }, el("h2", { id: "transcript-title" }, "Transcript"),
-         el("button", { type: "button", className: "icon-button", "aria-label": "Close transcript",
+      el("header", { className: "panel-head" }, el("h2", { id: "transcript-title", "data-i18n": "captions.transcript" }, t("captions.transcript")),
+         el("button", { type: "button", className: "icon-button", "data-i18n-aria-label": "captions.close_transcript",
+                        "aria-label": t("captions.close_transcript"),
                         onclick: () => this.#openPanel(false) }, "✕")),
       this.transcript.node);
     document.querySelector("#chat-panel").after(this.panel);
     this.panelButton = el("button", { id: "transcript-button", className: "pill icon-only", type: "button",
-                                      "aria-label": "Transcript", "aria-expanded": "false",
-                                      "aria-controls": "transcript-panel", title: "The meeting's transcript",
+                                      "aria-expanded": "false", "aria-controls": "transcript-panel",
                                       onclick: () => this.#openPanel(this.panel.hidden) }, "Aa");
     document.querySelector("#chat-button").after(this.panelButton);
+    this.#label();
 
     this.stop = [
       signaling.on("caption", (m) => this.#caption(m)),
@@ -78,12 +80,29 @@ export class Captions {
         if (participant.id === this.me) { this.role = participant.role; this.#render(); }
       }),
     ];
+    this.relabel = () => { this.#label(); this.#render(); };
+    window.addEventListener("languagechange", this.relabel);
     this.timer = setInterval(() => this.#expire(), 1000);
     this.#render();
   }
 
+  // Names and options in the page's language (again when it changes).
+  #label() {
+    const options = (name) => LANGUAGES.map((code) => el("option", { value: code, lang: langOf(code) }, name(code)));
+    this.button.setAttribute("aria-label", t("captions.captions"));
+    this.language.setAttribute("aria-label", t("captions.spoken_language"));
+    this.language.title = t("captions.spoken_language_title");
+    this.language.replaceChildren(...options(spoken));
+    this.mine.setAttribute("aria-label", t("captions.i_speak"));
+    this.mine.title = t("captions.i_speak_title");
+    this.mine.replaceChildren(el("option", { value: MEETINGS }, t("captions.i_speak_meetings")),
+                              ...options((code) => t("captions.i_speak_language", { language: spoken(code) })));
+    this.panelButton.setAttribute("aria-label", t("captions.transcript"));
+    this.panelButton.title = t("captions.transcript_title");
+  }
+
   #caption(m) {
-    const entry = { id: m.id, name: m.name || "Someone", text: m.text, language: m.language };
+    const entry = { id: m.id, name: m.name || t("captions.someone"), text: m.text, language: m.language };
     if (!m.final) {  // interim: replaces the speaker's previous interim text, never stored
       this.interims.set(m.participant_id, entry);
       this.#renderLine();
@@ -103,7 +122,7 @@ export class Captions {
     this.state = { ...this.state, ...Object.fromEntries(Object.entries(m).filter(([k]) => k in this.state)) };
     if (typeof m.showing === "boolean") this.showing = m.showing;
     if (m.by && m.enabled !== wasEnabled) {
-      this.notify(m.enabled ? `${m.by} turned captions on.` : `${m.by} turned captions off.`);
+      this.notify(t(m.enabled ? "captions.turned_on_by" : "captions.turned_off_by", { name: m.by }));
     }
     if (!this.state.interim) this.interims.clear();
     this.#render();
@@ -121,9 +140,9 @@ export class Captions {
       }
       const reply = await this.signaling.request("show_captions", { enabled: show });
       this.#changed(reply);
-      if (show && !this.state.enabled) this.notify("Captions are off in this meeting; the host can turn them on.");
+      if (show && !this.state.enabled) this.notify(t("captions.off_ask_host"));
     } catch (error) {
-      this.notify(error.message);
+      this.notify(errorText(error));
     }
   }
 
@@ -132,7 +151,7 @@ export class Captions {
     try {
       await this.signaling.request("set_captions", { enabled: true, language: this.language.value });
     } catch (error) {
-      this.notify(error.message);
+      this.notify(errorText(error));
     }
   }
 
@@ -141,7 +160,7 @@ export class Captions {
       const language = this.mine.value === MEETINGS ? null : this.mine.value;
       this.#changed(await this.signaling.request("caption_language", { language }));
     } catch (error) {
-      this.notify(error.message);
+      this.notify(errorText(error));
     }
   }
 
@@ -167,21 +186,20 @@ export class Captions {
     const moderator = MODERATORS.includes(this.role);
     const on = this.showing && this.state.enabled;
     this.button.setAttribute("aria-pressed", String(this.showing));
-    this.button.title = this.showing ? "Hide captions" : (this.state.enabled || !moderator
-      ? "Show captions" : "Turn captions on for the meeting");
+    this.button.title = t(this.showing ? "captions.hide" : (this.state.enabled || !moderator
+      ? "captions.show" : "captions.turn_on"));
     this.language.hidden = !moderator;
     this.language.value = this.state.language ?? "en";
     this.mine.hidden = !this.state.enabled;
     this.mine.value = this.me in (this.state.speakers ?? {}) ? this.state.speakers[this.me] : MEETINGS;
     const messages = {
-      unavailable: "Captions are unavailable right now; they come back by themselves.",
-      degraded: this.state.detail ? `${this.state.detail[0].toUpperCase()}${this.state.detail.slice(1)}.`
-                                  : "Captions are behind the speech.",
+      unavailable: t("captions.unavailable"),
+      degraded: behind(this.state.detail),
     };
     let message = on ? messages[this.state.state] : null;
     let state = this.state.state;
     if (on && !message && !this.state.interim) {
-      message = "Live text while people speak is paused: the server is busy. Captions still come after each sentence.";
+      message = t("captions.interim_paused");
       state = "interim-off";
     }
     this.status.textContent = message ?? "";
@@ -199,6 +217,7 @@ export class Captions {
   close() {
     for (const stop of this.stop) stop();
     clearInterval(this.timer);
+    window.removeEventListener("languagechange", this.relabel);
     for (const node of [this.button, this.language, this.mine, this.overlay, this.panel, this.panelButton]) node.remove();
   }
 }

@@ -4,6 +4,7 @@
 // http(s) addresses in it become links.
 import { call } from "/static/api.js";
 import { $, el, icon } from "/static/dom.js";
+import { clockTime, errorText, t, tn } from "/static/i18n.js";
 
 export const MAX_CHAT = 4000;  // appliance/controls.py MAX_CHAT
 const ADDRESS = /\bhttps?:\/\/[^\s<>"]+/gi;
@@ -31,10 +32,6 @@ export function fileSize(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
   return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
-}
-
-function clock(iso) {
-  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
 export class Chat {
@@ -105,11 +102,11 @@ export class Chat {
     const select = $("#chat-to");
     const gone = this.recipient && !others.some((p) => p.id === this.recipient);
     if (gone) {
-      this.#status("They left the meeting: messages go to everyone again.");
+      this.#status(t("chat.recipient_left"));
       this.recipient = "";
     }
     const sorted = [...others].sort((a, b) => a.name.localeCompare(b.name));
-    select.replaceChildren(new Option("Everyone", ""), ...sorted.map((p) => new Option(p.name, p.id)));
+    select.replaceChildren(new Option(t("chat.everyone"), ""), ...sorted.map((p) => new Option(p.name, p.id)));
     select.value = this.recipient;
   }
 
@@ -127,12 +124,13 @@ export class Chat {
     const mine = message.from === this.hooks.me().id;
     let privately = null;
     if (message.private) {
-      privately = mine ? `Privately to ${this.hooks.name(message.to) ?? "someone who left"}` : "Privately to you";
+      const to = this.hooks.name(message.to) ?? t("chat.someone_who_left");
+      privately = mine ? t("chat.privately_to", { name: to }) : t("chat.privately_to_you");
     }
     const meta = el("div", { className: "chat-meta" },
-      el("span", { className: "chat-from" }, mine ? "You" : message.from_name),
+      el("span", { className: "chat-from" }, mine ? t("chat.you") : message.from_name),
       privately && el("span", { className: "chat-private" }, privately),
-      el("time", { dateTime: message.at }, clock(message.at)));
+      el("time", { dateTime: message.at }, clockTime(new Date(message.at))));
     const body = message.file ? this.#file(message.file)
       : el("p", { className: "chat-text" }, ...linkify(message.text));
     return el("li", {
@@ -144,7 +142,7 @@ export class Chat {
   // A shared file: a link that fetches a signed, expiring download address when it is followed.
   #file(file) {
     const link = el("a", { className: "chat-file", href: "#", download: file.name,
-                           "aria-label": `Download ${file.name}` },
+                           "aria-label": t("chat.download", { name: file.name }) },
       icon("file"),
       el("span", { className: "chat-file-text" },
         el("span", { className: "chat-file-name" }, file.name),
@@ -164,7 +162,7 @@ export class Chat {
       link.dataset.expires = String(Date.now() + seconds * 1000 - LINK_MARGIN_MS);
       link.click();
     } catch (error) {
-      this.#status(`Cannot download ${file.name}: ${error.message}`);
+      this.#status(t("chat.cannot_download", { name: file.name, reason: errorText(error) }));
     }
   }
 
@@ -173,7 +171,7 @@ export class Chat {
     const text = box.value;
     if (!text.trim()) return;
     if (text.length > MAX_CHAT) {
-      this.#status(`Messages are limited to ${MAX_CHAT} characters.`);
+      this.#status(t("chat.too_long", { n: MAX_CHAT }));
       return;
     }
     const button = $("#chat-send");
@@ -185,7 +183,7 @@ export class Chat {
       this.#fit();
       this.#status("");
     } catch (error) {
-      this.#status(`Not sent: ${error.message}`);
+      this.#status(t("chat.not_sent", { reason: errorText(error) }));
     } finally {
       button.disabled = false;
       box.focus();
@@ -195,12 +193,12 @@ export class Chat {
   // Files go to everyone, whoever the messages are addressed to.
   async #upload(file) {
     const meeting = encodeURIComponent(this.hooks.meeting());
-    this.#status(`Sharing ${file.name}…`);
+    this.#status(t("chat.sharing", { name: file.name }));
     try {
       await call("POST", `/api/v1/meetings/${meeting}/files?name=${encodeURIComponent(file.name)}`, file);
       this.#status("");
     } catch (error) {
-      this.#status(`${file.name} was not shared: ${error.message}`);
+      this.#status(t("chat.not_shared", { name: file.name, reason: errorText(error) }));
     }
   }
 
@@ -210,18 +208,20 @@ export class Chat {
     box.style.height = "auto";
     box.style.height = `${Math.min(box.scrollHeight, 120)}px`;
     const left = MAX_CHAT - box.value.length;
-    if (left < 200) this.#status(`${left} characters left`);
-    else if ($("#chat-status").textContent.endsWith("characters left")) this.#status("");
+    const counting = $("#chat-status").dataset.counting === "true";
+    if (left < 200) this.#status(tn("chat.characters_left", left), { counting: true });
+    else if (counting) this.#status("");
   }
 
-  #status(text) {
+  #status(text, { counting = false } = {}) {
     $("#chat-status").textContent = text;
+    $("#chat-status").dataset.counting = String(counting);
   }
 
   #badge() {
     const badge = $("#chat-badge");
     badge.textContent = this.unread > 99 ? "99+" : String(this.unread);
     badge.hidden = this.unread === 0;
-    $("#chat-button").title = this.unread ? `Chat: ${this.unread} unread` : "Chat with everyone";
+    $("#chat-button").title = this.unread ? tn("chat.unread", this.unread) : t("chat.with_everyone");
   }
 }

@@ -40,13 +40,6 @@ export function initials(name) {
   return ((words[0]?.[0] ?? "?") + (words.length > 1 ? words.at(-1)[0] : "")).toUpperCase();
 }
 
-export function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
-
-export function ordinal(n) {
-  const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] ?? "th";
-  return `${n}${suffix}`;
-}
-
 /** A menu of actions (role=menu) that opens beside the button that asked for it. */
 export class PopupMenu {
   constructor(element) {

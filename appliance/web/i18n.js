@@ -34,6 +34,29 @@ export function t(key, params = {}) {
   return message.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
 }
 
+/** A message about a count: `key.one`, `key.other` (…) by the language's plural rules, with
+ * `{n}` the count. */
+export function tn(key, n, params = {}) {
+  return t(`${key}.${new Intl.PluralRules(current).select(n)}`, { n, ...params });
+}
+
+/** 1st, 2nd, … in English; 第1, 第2, … in Chinese (`ordinal.*` by the ordinal rules). */
+export function ordinal(n) {
+  return t(`ordinal.${new Intl.PluralRules(current, { type: "ordinal" }).select(n)}`, { n });
+}
+
+/** A time of day (hours and minutes) and a date with its time, as people of the language write them. */
+export const clockTime = (date) => date.toLocaleTimeString(current, { hour: "2-digit", minute: "2-digit" });
+export const dateTime = (date) => date.toLocaleString(current, { dateStyle: "medium", timeStyle: "short" });
+
+// Chinese named by its script (简体中文, 繁体中文), as people choose it; other tags by their language.
+const SCRIPTS = { "zh-CN": "zh-Hans", "zh-TW": "zh-Hant" };
+
+/** A language tag's name in the page's language ("German", "德语"). */
+export function languageName(tag) {
+  try { return new Intl.DisplayNames([current], { type: "language" }).of(SCRIPTS[tag] ?? tag); } catch { return tag; }
+}
+
 /** An ApiError in the user's language: by its code when the catalogue has it. */
 export function errorText(error) {
   const key = error?.code ? `error.${error.code}` : "";

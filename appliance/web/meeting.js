@@ -8,12 +8,15 @@
 import { actAsGuest, ApiError, call, forgetGuest, guestToken, joinAsGuest, saveTokens, signIn, tokens }
   from "/static/api.js";
 import { Chat } from "/static/chat.js";
-import { $, el, initials, ordinal, plural, PopupMenu } from "/static/dom.js";
+import { $, el, initials, PopupMenu } from "/static/dom.js";
+import { clockTime, errorText, languagePicker, ordinal, t, tn, translatePage } from "/static/i18n.js";
 import { handOrder, isModerator, People } from "/static/people.js";
 import { Captions } from "/static/captions.js";
 import { Recording } from "/static/recording.js";
 import { Screens } from "/static/screens.js";
+import { Shortcuts } from "/static/shortcuts.js";
 import { ConnectionError, Signaling } from "/static/signaling.js";
+import { TilePages } from "/static/pages.js";
 import { Views } from "/static/views.js";
 
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
@@ -47,13 +50,10 @@ const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl:
 const SOURCE = { audio: "microphone", video: "camera" };
 // A shared screen is mostly text and still pictures: sharpness before motion.
 const SCREEN = { video: { frameRate: { ideal: 15, max: 30 } }, audio: false };
-const REACTIONS = [["👍", "Thumbs up"], ["👏", "Clap"], ["😂", "Laugh"], ["❤️", "Heart"], ["🎉", "Celebrate"],
-                   ["😮", "Surprised"]];  // appliance/controls.py REACTIONS
+const REACTIONS = [["👍", "thumbs_up"], ["👏", "clap"], ["😂", "laugh"], ["❤️", "heart"], ["🎉", "celebrate"],
+                   ["😮", "surprised"]];  // appliance/controls.py REACTIONS; names: reaction.* messages
 const REACTION_MS = 3000;
 const NOTICE_MS = 5000;
-// The server answers a stranger the same way whatever was wrong, so as not to tell which meetings exist.
-const NOT_FOR_GUESTS = "This meeting doesn’t exist, doesn’t allow guests, or the password is wrong.";
-const GUEST_EXPIRED = "Your guest pass has expired: join again.";
 
 let session = null;       // the meeting we are in, once joined
 let devicesReady = null;  // settles once the camera and microphone were asked for
@@ -74,6 +74,7 @@ function show(view) {
   $("#topbar").hidden = view === "stage";
 }
 
+/** A full-page message (`title` and `text` already in the page's language). */
 function showMessage(title, text, { rejoin = false } = {}) {
   $("#message-title").textContent = title;
   $("#message-text").textContent = text;
@@ -83,10 +84,12 @@ function showMessage(title, text, { rejoin = false } = {}) {
 
 // A device toggle: `on` is whether the device is in use; `pressedWhenOn` says what aria-pressed
 // means for this button ("Microphone" is pressed when on, "Mute" when off).
-function setToggle(button, on, { pressedWhenOn, onTitle, offTitle }) {
+// `label`, `onTitle` and `offTitle` are message keys.
+function setToggle(button, on, { pressedWhenOn, label, onTitle, offTitle }) {
   button.setAttribute("aria-pressed", String(on === pressedWhenOn));
+  button.setAttribute("aria-label", t(label));
   button.dataset.state = on ? "on" : "off";
-  button.title = on ? onTitle : offTitle;
+  button.title = t(on ? onTitle : offTitle);
 }
 
 // Point a <video> at a stream; reload it only when the stream or its set of tracks changed (a
@@ -104,12 +107,12 @@ function play(video, stream) {
 async function accessToken() {
   const guest = guestToken();
   if (guest) {
-    if (secondsLeft(guest) < 60) throw new ConnectionError("unauthorized", GUEST_EXPIRED);
+    if (secondsLeft(guest) < 60) throw new ConnectionError("unauthorized", t("error.guest_expired"));
     return guest;
   }
   if (secondsLeft(tokens()?.access_token) < 60) await call("GET", "/api/v1/users/me").catch(() => {});
   const token = tokens()?.access_token;
-  if (!token) throw new ConnectionError("unauthorized", "Your sign-in has expired. Sign in again to rejoin.");
+  if (!token) throw new ConnectionError("unauthorized", t("error.unauthorized"));
   return token;
 }
 
@@ -145,7 +148,7 @@ class LocalMedia {
 
   /** Ask for both devices; fall back to each alone so a missing one does not block the other. */
   async open() {
-    if (!navigator.mediaDevices) return "The camera and microphone need a secure (https) connection to the appliance.";
+    if (!navigator.mediaDevices) return { key: "devices.need_https" };
     const problems = [];
     for (const kinds of [["audio", "video"], ["audio"], ["video"]]) {
       try {
@@ -159,12 +162,11 @@ class LocalMedia {
     this.hasMicrophone = Boolean(this.audio);
     this.hasCamera = Boolean(this.video);
     if (!this.hasMicrophone || !this.hasCamera) {
-      const missing = [!this.hasCamera && "camera", !this.hasMicrophone && "microphone"].filter(Boolean);
+      const missing = !this.hasCamera && !this.hasMicrophone ? "both" : this.hasCamera ? "microphone" : "camera";
       const denied = problems.some((e) => e.name === "NotAllowedError");
-      return denied ? `The browser did not allow the ${missing.join(" and ")}.`
-        : `No ${missing.join(" or ")} found: you can join without.`;
+      return { key: `devices.${denied ? "not_allowed" : "missing"}.${missing}` };
     }
-    return "";
+    return null;
   }
 
   /** Use another device of one kind (deviceId from enumerateDevices). */
@@ -254,20 +256,20 @@ async function prepare() {
       return;
     }
     if (error instanceof ApiError && error.status === 404) {
-      showMessage("Meeting not found", `There is no meeting with the code “${code}”. Check the link you were given.`);
+      showMessage(t("message.not_found"), t("message.not_found_text", { code }));
       return;
     }
-    showMessage("Cannot open the meeting", error.message, { rejoin: true });
+    showMessage(t("message.cannot_open"), errorText(error), { rejoin: true });
     return;
   }
   if (meeting.status === "ended") {
-    showMessage("This meeting has ended", `“${meeting.title}” is over.`);
+    showMessage(t("message.ended"), t("message.ended_text", { title: meeting.title }));
     return;
   }
   meetingInfo = meeting;
   document.title = `${meeting.title} · confmeet`;
   $("#meeting-title").textContent = meeting.title;
-  $("#meeting-code").textContent = `Meeting code ${meeting.code}`;
+  labelPrejoin();
   const form = $("#join-form");
   if (!form.name.value) form.name.value = me.name;
   askPassword(meeting.has_password && meeting.my_role !== "host" ? "required" : "no");
@@ -280,9 +282,7 @@ async function prepare() {
 async function prepareGuest() {
   joiningAs = "guest";
   meetingInfo = null;
-  document.title = "Join a meeting · confmeet";
-  $("#meeting-title").textContent = "Join as a guest";
-  $("#meeting-code").textContent = `Meeting code ${code}`;
+  labelPrejoin();
   askPassword("optional");
   await getReady();
 }
@@ -294,7 +294,19 @@ function askPassword(need) {
   $("#join-form").password.required = need === "required";
 }
 
-const joinLabel = () => (joiningAs === "guest" ? "Join as guest" : "Join");
+const joinLabel = () => t(joiningAs === "guest" ? "join.join_as_guest" : "join.join");
+
+// What the script writes on the pre-join screen, in the page's language (again when it changes).
+function labelPrejoin() {
+  if (!meetingInfo) {
+    document.title = `${t("join.page_title")} · confmeet`;
+    $("#meeting-title").textContent = t("join.guest_title");
+  }
+  $("#meeting-code").textContent = t("join.meeting_code", { code: meetingInfo?.code ?? code });
+  if (!$("#join").disabled) $("#join").textContent = joinLabel();
+  $("#device-notice").textContent = deviceNotice ? t(deviceNotice.key, deviceNotice) : "";
+}
+let deviceNotice = null;  // what the device notice says: {key, ...params}, or null
 
 /** The pre-join screen: preview, devices, and the signaling connection opened ahead of joining. */
 async function getReady() {
@@ -308,7 +320,8 @@ async function getReady() {
   }
   certificate ??= RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" }).catch(() => null);
   devicesReady ??= media.open().then(async (notice) => {
-    $("#device-notice").textContent = notice;
+    deviceNotice = notice;
+    labelPrejoin();
     await listDevices();
   });
   await devicesReady;
@@ -322,15 +335,15 @@ async function listDevices() {
     const found = devices.filter((d) => d.kind === kind && d.deviceId);
     const current = track?.getSettings().deviceId;
     select.replaceChildren(...found.map((device, i) => {
-      const option = new Option(device.label || `${none.split(" ")[1]} ${i + 1}`, device.deviceId);
+      const option = new Option(device.label || t(`devices.unnamed_${kind}`, { n: i + 1 }), device.deviceId);
       option.selected = device.deviceId === current;
       return option;
     }));
-    if (!found.length) select.append(new Option(none, ""));
+    if (!found.length) select.append(new Option(t(none), ""));
     select.disabled = !found.length;
   };
-  fill($("#camera"), "videoinput", media.video, "No camera found");
-  fill($("#microphone"), "audioinput", media.audio, "No microphone found");
+  fill($("#camera"), "videoinput", media.video, "devices.no_camera");
+  fill($("#microphone"), "audioinput", media.audio, "devices.no_microphone");
 }
 
 function updatePreview() {
@@ -338,12 +351,12 @@ function updatePreview() {
   play($("#preview"), media.stream);
   const showing = Boolean(media.video) && media.cameraOn;
   $("#preview-off").hidden = showing;
-  $("#preview-off-text").textContent = !media.hasCamera ? "No camera" : "Your camera is off";
+  $("#preview-off-text").textContent = t(!media.hasCamera ? "join.no_camera" : "join.camera_is_off");
   $("#preview-initials").textContent = initials(form.name.value || "?");
   setToggle($("#pre-mic"), media.microphoneOn && media.hasMicrophone,
-            { pressedWhenOn: false, onTitle: "Mute microphone", offTitle: "Unmute microphone" });
+            { pressedWhenOn: false, label: "controls.mute", onTitle: "controls.mute_title", offTitle: "controls.unmute_title" });
   setToggle($("#pre-cam"), media.cameraOn && media.hasCamera,
-            { pressedWhenOn: false, onTitle: "Turn camera off", offTitle: "Turn camera on" });
+            { pressedWhenOn: false, label: "controls.hide_video", onTitle: "controls.camera_off_title", offTitle: "controls.camera_on_title" });
   $("#pre-mic").disabled = !media.hasMicrophone;
   $("#pre-cam").disabled = !media.hasCamera;
 }
@@ -381,7 +394,7 @@ function meterMicrophone() {
 
 $("#pre-mic").addEventListener("click", () => { media.setMicrophone(!media.microphoneOn); updatePreview(); });
 $("#pre-cam").addEventListener("click", async () => {
-  await media.setCamera(!media.cameraOn).catch((e) => { $("#device-notice").textContent = e.message; });
+  await media.setCamera(!media.cameraOn).catch((e) => { $("#device-notice").textContent = t("devices.cannot_use", { reason: e.message }); });
   updatePreview();
 });
 $("#join-form").name.addEventListener("input", updatePreview);
@@ -391,7 +404,7 @@ for (const [select, kind] of [[$("#camera"), "video"], [$("#microphone"), "audio
       await media.choose(kind, select.value);
       $("#device-notice").textContent = "";
     } catch (error) {
-      $("#device-notice").textContent = `Cannot use that device: ${error.message}`;
+      $("#device-notice").textContent = t("devices.cannot_use", { reason: error.message });
     }
     updatePreview();
     meterMicrophone();
@@ -403,11 +416,11 @@ $("#join-form").addEventListener("submit", async (event) => {
   const form = event.currentTarget;
   const button = $("#join");
   button.disabled = true;
-  button.textContent = "Joining…";
+  button.textContent = t("join.joining");
   $(".error", form).textContent = "";
   const waiting = () => {
-    button.textContent = "Waiting to be let in…";
-    $("#join-status").textContent = "The host knows you are here: you join as soon as they let you in.";
+    button.textContent = t("join.waiting");
+    $("#join-status").textContent = t("join.waiting_text");
   };
   const name = form.name.value.trim();
   const password = form.password.value;
@@ -420,13 +433,14 @@ $("#join-form").addEventListener("submit", async (event) => {
     }
     await Session.join({ name, password, waiting });
   } catch (error) {
-    let text = error.message;
+    let text = errorText(error);
     if (joiningAs === "guest" && error.code === "not_found") {
-      text = NOT_FOR_GUESTS;
+      // The server answers a stranger the same way whatever was wrong, so as not to tell which meetings exist.
+      text = t("error.not_for_guests");
     } else if (joiningAs === "guest" && error.code === "unauthorized") {  // the guest pass ran out
       forgetGuest();
       askPassword("optional");
-      text = GUEST_EXPIRED;
+      text = t("error.guest_expired");
     } else if (error.code === "unauthorized") {  // the sign-in was revoked or has run out: sign in again
       saveTokens(null);
       show("signin");
@@ -454,6 +468,7 @@ class Grid {
     let tile = this.tiles.get(id);
     if (!tile) {
       const root = $("#tile-template").content.firstElementChild.cloneNode(true);
+      translatePage(root);
       tile = { root, video: $("video", root), stream: null, self };
       root.dataset.participant = id;
       if (self) {
@@ -464,7 +479,7 @@ class Grid {
       this.element.append(root);
     }
     // Guests are marked: a name alone cannot pass for someone with an account.
-    const label = tile.self ? `${name} (You)` : guest ? `${name} (guest)` : name;
+    const label = tile.self ? t("people.you_named", { name }) : guest ? t("people.guest_named", { name }) : name;
     $(".tile-name", tile.root).textContent = label;
     $(".avatar-circle", tile.root).textContent = initials(name);
     tile.root.setAttribute("aria-label", label);
@@ -543,14 +558,14 @@ class Grid {
     hand.hidden = order === null;
     if (order === null) return;
     $("b", hand).textContent = String(order);
-    hand.setAttribute("aria-label", `Hand raised, ${ordinal(order)}`);
+    hand.setAttribute("aria-label", t("people.hand_raised", { nth: ordinal(order) }));
   }
 
   /** An emoji that floats up the tile for a few seconds. */
   react(id, emoji) {
     const tile = this.tiles.get(id);
     if (!tile) return;
-    const shown = el("span", { className: "tile-reaction", role: "img", "aria-label": `Reaction ${emoji}` }, emoji);
+    const shown = el("span", { className: "tile-reaction", role: "img", "aria-label": t("reaction.named", { emoji }) }, emoji);
     const box = $(".tile-reactions", tile.root);
     while (box.childElementCount >= 4) box.firstElementChild.remove();
     box.append(shown);
@@ -562,21 +577,23 @@ class Grid {
     if (!tile) return;
     const badge = $(".tile-quality", tile.root);
     badge.dataset.quality = quality;
-    badge.setAttribute("aria-label", `Connection quality: ${quality}`);
+    badge.setAttribute("aria-label", t("quality.label", { quality: t(`quality.${quality}`) }));
     badge.hidden = quality === "good";  // only worth a glance when it is not
   }
 
-  // The tile width that fills the stage best for this many 16:9 tiles.
+  // The tile width that fills the stage best for the tiles on show, of the shape meeting.css gives
+  // them (--tile-ratio: 16:9, 3:4 on a phone held upright).
   layout() {
-    const n = Math.max(1, this.tiles.size);
+    const n = Math.max(1, this.element.querySelectorAll(".tile:not(.off-page)").length);  // pages.js
     const style = getComputedStyle(this.element);
     const gap = parseFloat(style.columnGap) || 0;
+    const ratio = parseFloat(style.getPropertyValue("--tile-ratio")) || 16 / 9;
     const width = this.element.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
     const height = this.element.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
     let best = 0;
     for (let columns = 1; columns <= n; columns++) {
       const rows = Math.ceil(n / columns);
-      const tile = Math.min((width - gap * (columns - 1)) / columns, ((height - gap * (rows - 1)) / rows) * 16 / 9);
+      const tile = Math.min((width - gap * (columns - 1)) / columns, ((height - gap * (rows - 1)) / rows) * ratio);
       best = Math.max(best, tile);
     }
     this.element.style.setProperty("--tile-width", `${Math.max(120, Math.floor(best))}px`);
@@ -584,6 +601,7 @@ class Grid {
 }
 
 const grid = new Grid($("#grid"));
+new TilePages($("#grid"), () => grid.layout());
 const views = new Views((publisher, trackId, maxLayer) => {
   session?.signaling.request("video_layer", { publisher, track_id: trackId, max_layer: maxLayer })
     .catch((error) => console.warn("video_layer not sent", error));
@@ -594,8 +612,7 @@ const LOW_BANDWIDTH = "confmeet.lowBandwidth";
 function setLowBandwidth(on) {
   const button = $("#low-bandwidth");
   button.setAttribute("aria-pressed", String(on));
-  button.title = on ? "Low bandwidth is on: only the speaker's video. Turn it off"
-    : "Low bandwidth: receive only the speaker's video";
+  button.title = t(on ? "controls.low_bandwidth_on" : "controls.low_bandwidth_title");
   try { localStorage.setItem(LOW_BANDWIDTH, on ? "1" : ""); } catch { /* private mode: not kept */ }
   views.setLowBandwidth(on);
   session?.refreshPaused();
@@ -623,7 +640,10 @@ function openPanel(name) {
   chat.setOpen(name === "chat");
 }
 for (const [key, [panel, button]] of Object.entries(PANELS)) {
-  $(button).addEventListener("click", () => openPanel($(panel).hidden ? key : null));
+  $(button).addEventListener("click", () => {
+    openPanel($(panel).hidden ? key : null);
+    if (!$(panel).hidden) $(`${panel} [data-close]`).focus();  // the focus follows (on a phone: the whole screen)
+  });
   $(`${panel} [data-close]`).addEventListener("click", () => { openPanel(null); $(button).focus(); });
   $(panel).addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || event.defaultPrevented) return;  // a menu closes first
@@ -631,6 +651,7 @@ for (const [key, [panel, button]] of Object.entries(PANELS)) {
     $(button).focus();
   });
 }
+new Shortcuts({ active: () => Boolean(session) && !session.closed });
 
 // ----------------------------------------------------------------------------- the meeting
 /** The peer connection that publishes the camera and microphone, and its first offer. */
@@ -703,11 +724,11 @@ class Session {
       active_speaker: (m) => this.#speaking(m.participant_id),
       last_n: (m) => { this.lastN = m.participants && new Set(m.participants); this.refreshPaused(); },
       connection_quality: (m) => this.#quality(m.participant_id, m.quality),
-      meeting_ended: () => this.end("This meeting has ended", "The host ended the meeting for everyone."),
+      meeting_ended: () => this.end(t("message.ended"), t("message.ended_by_host")),
       reconnecting: () => { $("#reconnecting").hidden = false; },
       resumed: (resumed) => this.#resumed(resumed),
       closed: ({ error }) => error && this.#lost(error),
-      error: (m) => this.#notify(m.message || m.code),
+      error: (m) => this.#notify(errorText(m)),
       muted: (m) => this.#stopped("microphone", m.by),
       camera_stopped: (m) => this.#stopped("camera", m.by),
       unmute_request: (m) => this.#askedToUnmute(m.by),
@@ -760,7 +781,7 @@ class Session {
       const label = this.remoteByMid.get(transceiver.mid);
       const id = streams[0]?.id ?? label?.participant;
       if (!id || id === this.me.id) return;
-      if (!this.participants.has(id)) this.#joined({ id, name: label?.name ?? "Guest", role: "participant" });
+      if (!this.participants.has(id)) this.#joined({ id, name: label?.name ?? t("people.role.guest"), role: "participant" });
       if (label?.source === "screen") {
         // The SFU sends all of a publisher's tracks in one stream: the tile keeps the camera.
         streams[0]?.removeTrack(track);
@@ -883,7 +904,7 @@ class Session {
       await Session.join({ name, password: $("#join-form").password.value });
     } catch (error) {
       media.stop();
-      showMessage("The media connection failed", error.message, { rejoin: true });
+      showMessage(t("message.media_failed"), errorText(error), { rejoin: true });
     }
   }
 
@@ -915,23 +936,20 @@ class Session {
     for (const id of grid.tiles.keys()) grid.setHand(id, hands.get(id) ?? null);
     people.render(this.me, others);
     chat.setPeople(others);
-    $("#count-text").textContent = plural(others.length + 1, "participant");
+    $("#count-text").textContent = tn("stage.participants_count", others.length + 1);
     const raised = hands.has(this.me.id);
     const hand = $("#hand");
     hand.setAttribute("aria-pressed", String(raised));
-    hand.title = raised ? "Lower your hand" : "Raise your hand";
+    hand.title = t(raised ? "controls.lower_hand_title" : "controls.raise_hand_title");
     $("#moderation").hidden = !isModerator(this.me);
     $("#end-tools").hidden = !isModerator(this.me);
   }
 
   /** A host's or moderator's action on one participant (people.js), confirmed in a notice. */
   async moderate(type, participant, fields = {}) {
-    const done = {
-      mute: `${participant.name} is muted.`, ask_unmute: `${participant.name} was asked to unmute.`,
-      stop_camera: `${participant.name}’s camera is off.`, remove: `${participant.name} was removed.`,
-      set_role: `${participant.name} is ${fields.role === "moderator" ? "now a moderator" : "no longer a moderator"}.`,
-    }[type];
-    await this.#request(type, { participant_id: participant.id, ...fields }, done);
+    const done = type === "set_role" ? `done.${fields.role === "moderator" ? "made_moderator" : "unmade_moderator"}`
+      : `done.${type}`;
+    await this.#request(type, { participant_id: participant.id, ...fields }, t(done, { name: participant.name }));
   }
 
   async #request(type, fields = {}, done = "") {
@@ -939,7 +957,7 @@ class Session {
       await this.signaling.request(type, fields);
       if (done) this.#notify(done);
     } catch (error) {
-      if (error.code !== "too_fast") this.#notify(error.message);
+      if (error.code !== "too_fast") this.#notify(errorText(error));
     }
   }
 
@@ -954,28 +972,28 @@ class Session {
     if (device === "microphone") media.setMicrophone(false);
     else await media.setCamera(false);
     this.updateControls();
-    this.#notify(`${by} turned your ${device} off.`);
+    this.#notify(t(`done.your_${device}_off`, { name: by }));
   }
 
   // Hosts and moderators: who waits in the lobby, to let in or turn away; a newcomer is announced.
   #lobby(waiting, knocked = null) {
+    this.waiting = waiting;
     $("#lobby-list").replaceChildren(...waiting.map((knock) => {
-      const decide = (type, label, style) => el("button", {
-        type: "button", className: style, "aria-label": `${label} ${knock.name}`,
+      const decide = (type, style) => el("button", {
+        type: "button", className: style, "aria-label": t(`lobby.${type}_named`, { name: knock.name }),
         onclick: () => this.#request(type, { knock_id: knock.id }),
-      }, label);
+      }, t(`lobby.${type}`));
       return el("li", {}, el("span", { className: "avatar-circle small", "aria-hidden": "true" }, initials(knock.name)),
                 el("span", { className: "lobby-name", title: knock.name }, knock.name),
-                decide("admit", "Admit", ""), decide("deny", "Deny", "ghost"));
+                decide("admit", ""), decide("deny", "ghost"));
     }));
     $("#lobby").hidden = waiting.length === 0;
     $("#lobby-count").textContent = String(waiting.length);
     const badge = $("#people-badge");
     badge.textContent = String(waiting.length);
     badge.hidden = waiting.length === 0;
-    $("#people-button").title = waiting.length ? `${plural(waiting.length, "person")} waiting to join`
-      : "People in the meeting";
-    if (knocked) this.#notify(`${knocked.name} wants to join.`);
+    $("#people-button").title = waiting.length ? tn("lobby.waiting", waiting.length) : t("people.button_title");
+    if (knocked) this.#notify(t("lobby.knocked", { name: knocked.name }));
   }
 
   #left(id) {
@@ -998,13 +1016,15 @@ class Session {
   #setLocked(locked) {
     this.locked = locked;
     $("#locked").hidden = !locked;
-    $("#lock").lastChild.textContent = locked ? " Unlock meeting" : " Lock meeting";
+    const text = $("#lock-text");
+    text.dataset.i18n = locked ? "people.unlock" : "people.lock";
+    text.textContent = t(text.dataset.i18n);
   }
 
   // Never forced: the person decides.
   #askedToUnmute(by) {
     if (!media.hasMicrophone || media.microphoneOn) return;
-    $("#unmute-text").textContent = `${by} asks you to unmute your microphone.`;
+    $("#unmute-text").textContent = t("stage.unmute_request", { name: by });
     $("#unmute-request").hidden = false;
     $("#unmute-accept").focus();
   }
@@ -1016,7 +1036,7 @@ class Session {
     try {
       [track] = (await navigator.mediaDevices.getDisplayMedia(SCREEN)).getVideoTracks();
     } catch (error) {
-      if (error.name !== "NotAllowedError") this.#notify(`Cannot share the screen: ${error.message}`);
+      if (error.name !== "NotAllowedError") this.#notify(t("screens.cannot_share", { reason: error.message }));
       return;
     }
     if (this.closed || this.screen) { track.stop(); return; }
@@ -1048,7 +1068,7 @@ class Session {
   #sharing() {
     const button = $("#share");
     button.setAttribute("aria-pressed", String(Boolean(this.screen)));
-    button.title = this.screen ? "Stop presenting" : "Present your screen";
+    button.title = t(this.screen ? "screens.stop" : "controls.share_title");
   }
 
   #renegotiate() {
@@ -1075,8 +1095,8 @@ class Session {
     if (["good", "fair", "poor"].includes(quality)) this.myQuality = quality;
     const badge = $("#quality");
     badge.dataset.quality = quality;
-    badge.setAttribute("aria-label", `Connection quality: ${quality}`);
-    badge.title = `Connection: ${quality}`;
+    badge.setAttribute("aria-label", t("quality.label", { quality: t(`quality.${quality}`) }));
+    badge.title = t("quality.title", { quality: t(`quality.${quality}`) });
   }
 
   #controls() {
@@ -1084,9 +1104,9 @@ class Session {
     const cam = $("#cam");
     const update = this.updateControls = () => {
       setToggle(mic, media.microphoneOn && media.hasMicrophone,
-                { pressedWhenOn: true, onTitle: "Mute microphone", offTitle: "Unmute microphone" });
+                { pressedWhenOn: true, label: "controls.microphone", onTitle: "controls.mute_title", offTitle: "controls.unmute_title" });
       setToggle(cam, media.cameraOn && media.hasCamera,
-                { pressedWhenOn: true, onTitle: "Turn camera off", offTitle: "Turn camera on" });
+                { pressedWhenOn: true, label: "controls.camera", onTitle: "controls.camera_off_title", offTitle: "controls.camera_on_title" });
       mic.disabled = !media.hasMicrophone;
       cam.disabled = !media.hasCamera;
       grid.setMuted(this.me.id, !(media.microphoneOn && media.hasMicrophone));
@@ -1099,20 +1119,21 @@ class Session {
       this.#sendState();
     };
     cam.onclick = async () => {
-      await media.setCamera(!media.cameraOn).catch((error) => this.#notify(error.message));
+      await media.setCamera(!media.cameraOn).catch((error) => this.#notify(t("devices.cannot_use", { reason: error.message })));
       update();
       this.#sendState();
     };
     $("#leave").onclick = () => this.leave();
     $("#share").onclick = () => (this.screen ? this.#stopSharing() : this.#share());
+    $("#share").hidden = !navigator.mediaDevices?.getDisplayMedia;  // phones' browsers cannot share a screen
     $("#stop-presenting").onclick = () => this.#stopSharing();
     $("#hand").onclick = () => this.#request(this.me.hand_raised_at != null ? "lower_hand" : "raise_hand");
     const react = $("#react");
     react.onclick = () => {
       if (menu.openFor === react) { menu.close(); return; }
-      menu.open(react, REACTIONS.map(([emoji, label]) => ({
-        text: emoji, label, action: () => this.#request("reaction", { emoji }),
-      })), { row: true, above: true, label: "Reactions" });
+      menu.open(react, REACTIONS.map(([emoji, name]) => ({
+        text: emoji, label: t(`reaction.${name}`), action: () => this.#request("reaction", { emoji }),
+      })), { row: true, above: true, label: t("controls.reactions") });
     };
     const prompt = $("#unmute-request");
     $("#unmute-accept").onclick = () => {
@@ -1121,9 +1142,9 @@ class Session {
     };
     $("#unmute-decline").onclick = () => { prompt.hidden = true; };
     // Moderators
-    $("#mute-all").onclick = () => this.#request("mute", { all: true }, "Everyone else is muted.");
+    $("#mute-all").onclick = () => this.#request("mute", { all: true }, t("done.muted_all"));
     $("#lock").onclick = () => this.#request("lock", { locked: !this.locked },
-                                             this.locked ? "The meeting is open again." : "Nobody else can join now.");
+                                             t(this.locked ? "done.unlocked" : "done.locked"));
     const confirmEnd = (asking) => {
       $("#end-confirm").hidden = !asking;
       $("#end-meeting").hidden = asking;
@@ -1132,7 +1153,7 @@ class Session {
     $("#end-meeting").onclick = () => confirmEnd(true);
     $("#end-cancel").onclick = () => confirmEnd(false);
     $("#end-for-all").onclick = () => call("POST", `/api/v1/meetings/${encodeURIComponent(this.meeting.id)}/end`)
-      .catch((error) => this.#notify(error.message));
+      .catch((error) => this.#notify(errorText(error)));
     update();
   }
 
@@ -1149,13 +1170,12 @@ class Session {
     this.close();
     media.stop();
     if (error.code === "meeting_ended") {
-      showMessage("This meeting has ended", "The host ended the meeting for everyone.");
+      showMessage(t("message.ended"), t("message.ended_by_host"));
     } else if (error.code === "removed") {
-      showMessage("You were removed from the meeting",
-                  `${this.removedBy ?? "A moderator"} removed you. Rejoining asks the host to let you in again.`,
+      showMessage(t("message.removed"), t("message.removed_text", { name: this.removedBy ?? t("message.a_moderator") }),
                   { rejoin: true });
     } else {
-      showMessage("You are no longer in the meeting", error.message, { rejoin: true });
+      showMessage(t("message.no_longer_in"), errorText(error), { rejoin: true });
     }
   }
 
@@ -1171,7 +1191,7 @@ class Session {
     media.stop();  // the camera light goes out at once
     await this.signaling.leave();
     this.close();
-    showMessage("You left the meeting", "You can rejoin while the meeting goes on.", { rejoin: true });
+    showMessage(t("message.left"), t("message.left_text"), { rejoin: true });
   }
 
   /**
@@ -1182,6 +1202,19 @@ class Session {
     this.pc.close();
     this.signaling.leaveNow();
     this.close();
+  }
+
+  /** What the script wrote on the stage, again in the page's language. */
+  relabel() {
+    for (const [id, p] of this.participants) grid.add(id, p.name, { guest: Boolean(p.guest) });
+    grid.add(this.me.id, this.me.name, { self: true });
+    this.#roster();
+    this.#lobby(this.waiting ?? []);
+    this.updateControls();
+    this.#sharing();
+    this.#setLocked(this.locked);
+    this.#quality(this.me.id, $("#quality").dataset.quality);
+    tick();
   }
 
   close() {
@@ -1204,10 +1237,19 @@ class Session {
 }
 
 function tick() {
-  $("#clock").textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  $("#clock").textContent = clockTime(new Date());
 }
 
 // A closed tab or a navigation away leaves at once, so the others see it now, not in 30 s.
 window.addEventListener("pagehide", () => session?.leaveNow());
+
+$("#languages").replaceChildren(languagePicker());
+translatePage();
+window.addEventListener("languagechange", () => {
+  labelPrejoin();
+  updatePreview();
+  listDevices();
+  session?.relabel();
+});
 
 prepare();

@@ -1,10 +1,10 @@
 // The participant list: names (guests marked), roles, microphone, camera and raised hands (in the
 // order they went up), with the moderators' actions beside each name for hosts and moderators.
 // The server decides who may do what; this only leaves out the buttons that would be refused.
-import { el, icon, initials, ordinal } from "/static/dom.js";
+import { el, icon, initials } from "/static/dom.js";
+import { ordinal, t } from "/static/i18n.js";
 
 export const MODERATORS = ["host", "moderator"];
-const ROLES = { host: "Host", moderator: "Moderator", participant: "Participant", guest: "Guest" };
 
 export const isModerator = (participant) => MODERATORS.includes(participant?.role);
 
@@ -38,7 +38,8 @@ export class People {
       let row = this.rows.get(p.id);
       if (!row) this.rows.set(p.id, row = el("li", { className: "person" }));
       if (this.menu.openFor && row.contains(this.menu.openFor)) this.menu.close();
-      row.setAttribute("aria-label", p.id === me.id ? `${p.name} (You)` : p.guest ? `${p.name} (guest)` : p.name);
+      row.setAttribute("aria-label", p.id === me.id ? t("people.you_named", { name: p.name })
+        : p.guest ? t("people.guest_named", { name: p.name }) : p.name);
       row.replaceChildren(...this.#content(p, me, hands.get(p.id)));
     }
     const present = new Set(everyone.map((p) => p.id));
@@ -53,31 +54,31 @@ export class People {
     const self = p.id === me.id;
     const moderating = isModerator(me) && !self;
     const state = el("div", { className: "person-state" },
-      hand && el("span", { className: "person-hand", role: "img", "aria-label": `Hand raised, ${ordinal(hand)}`,
-                           title: `Hand raised (${ordinal(hand)})` }, icon("hand"), String(hand)),
-      p.camera_off && icon("cam-off", "Camera off"),
-      p.muted ? icon("mic-off", "Microphone off")
-        : moderating ? el("button", { type: "button", className: "icon-button", "aria-label": `Mute ${p.name}`,
-                                      title: `Mute ${p.name}`, onclick: () => this.act("mute", p) }, icon("mic"))
-          : icon("mic", "Microphone on"));
+      hand && el("span", { className: "person-hand", role: "img", "aria-label": t("people.hand_raised", { nth: ordinal(hand) }),
+                           title: t("people.hand_raised", { nth: ordinal(hand) }) }, icon("hand"), String(hand)),
+      p.camera_off && icon("cam-off", t("people.camera_off")),
+      p.muted ? icon("mic-off", t("people.microphone_off"))
+        : moderating ? el("button", { type: "button", className: "icon-button", "aria-label": t("people.mute_named", { name: p.name }),
+                                      title: t("people.mute_named", { name: p.name }), onclick: () => this.act("mute", p) }, icon("mic"))
+          : icon("mic", t("people.microphone_on")));
     return [
       el("span", { className: "avatar-circle small", "aria-hidden": "true" }, initials(p.name)),
       el("div", { className: "person-text" },
-        el("span", { className: "person-name" }, p.name, self && el("span", { className: "you" }, " (You)"),
-           !self && p.guest && el("span", { className: "guest-mark" }, " (guest)")),
-        el("span", { className: "person-role" }, ROLES[p.role] ?? p.role)),
+        el("span", { className: "person-name" }, p.name, self && el("span", { className: "you" }, ` ${t("people.you")}`),
+           !self && p.guest && el("span", { className: "guest-mark" }, ` ${t("people.guest")}`)),
+        el("span", { className: "person-role" }, t(`people.role.${p.role}`))),
       state,
       moderating && this.#more(p, me),
     ].filter(Boolean);
   }
 
   #more(p, me) {
-    const button = el("button", { type: "button", className: "icon-button", "aria-label": `More actions for ${p.name}`,
-                                  title: "More actions", "aria-haspopup": "menu", "aria-expanded": "false" },
+    const button = el("button", { type: "button", className: "icon-button", "aria-label": t("people.more_named", { name: p.name }),
+                                  title: t("people.more"), "aria-haspopup": "menu", "aria-expanded": "false" },
                       icon("more"));
     button.onclick = () => {
       if (this.menu.openFor === button) this.menu.close();
-      else this.menu.open(button, this.#actions(p, me), { label: `Actions for ${p.name}` });
+      else this.menu.open(button, this.#actions(p, me), { label: t("people.actions_named", { name: p.name }) });
     };
     return button;
   }
@@ -85,14 +86,14 @@ export class People {
   #actions(p, me) {
     const act = (type, fields) => () => this.act(type, p, fields);
     return [
-      p.muted ? { label: "Ask to unmute", action: act("ask_unmute") } : { label: "Mute", action: act("mute") },
-      !p.camera_off && { label: "Stop camera", action: act("stop_camera") },
-      p.hand_raised_at != null && { label: "Lower hand", action: act("lower_hand") },
+      p.muted ? { label: t("people.ask_unmute"), action: act("ask_unmute") } : { label: t("people.mute"), action: act("mute") },
+      !p.camera_off && { label: t("people.stop_camera"), action: act("stop_camera") },
+      p.hand_raised_at != null && { label: t("people.lower_hand"), action: act("lower_hand") },
       me.role === "host" && p.role === "participant"
-        && { label: "Make moderator", action: act("set_role", { role: "moderator" }) },
+        && { label: t("people.make_moderator"), action: act("set_role", { role: "moderator" }) },
       me.role === "host" && p.role === "moderator"
-        && { label: "Remove moderator", action: act("set_role", { role: "participant" }) },
-      p.role !== "host" && { label: "Remove from meeting", danger: true, action: act("remove") },
+        && { label: t("people.remove_moderator"), action: act("set_role", { role: "participant" }) },
+      p.role !== "host" && { label: t("people.remove"), danger: true, action: act("remove") },
     ].filter(Boolean);
   }
 }

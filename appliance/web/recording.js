@@ -2,8 +2,18 @@
 // sees while a recording runs, and the notice (consent) when one starts or is running as you join.
 // Messages: recording_start / recording_stop, events `recording`, `joined.recording` (docs/protocol.md).
 import { $, el } from "/static/dom.js";
+import { errorText, t } from "/static/i18n.js";
 
 const MODERATORS = ["host", "moderator"];
+
+// Why a recording stopped (the `reason` docs/protocol.md lists), in the page's language; a disk's
+// trouble as the server says it.
+function stopped(reason) {
+  const by = /^stopped by (.+)$/.exec(reason)?.[1];
+  if (by) return t("recording.stopped_by", { name: by });
+  if (reason === "everyone left the meeting") return t("recording.everyone_left");
+  return reason ? t("recording.stopped_because", { reason }) : t("recording.stopped");
+}
 
 export class Recording {
   /** @param notify (text) shows a short message on the page. */
@@ -15,19 +25,19 @@ export class Recording {
     this.current = null;  // {id, started_at, started_by} while a recording runs
     this.busy = false;
 
-    this.button = el("button", { id: "record", className: "control record", type: "button", "aria-label": "Record",
-                                 "aria-pressed": "false", title: "Record the meeting", onclick: () => this.#toggle() },
+    this.button = el("button", { id: "record", className: "control record", type: "button", "aria-pressed": "false", onclick: () => this.#toggle() },
                      el("span", { className: "record-dot", "aria-hidden": "true" }));
     $("#leave").before(this.button);
     this.indicator = el("span", { id: "recording-indicator", className: "recording-indicator", role: "status",
                                   hidden: true }, el("span", { className: "record-dot", "aria-hidden": "true" }),
-                        "Recording");
+                        el("span", { "data-i18n": "recording.indicator" }, t("recording.indicator")));
     $(".meeting-info").append(this.indicator);
     this.text = el("p", { id: "recording-notice-text" });
     this.notice = el("div", { id: "recording-notice", className: "prompt recording-notice", role: "alertdialog",
                               "aria-labelledby": "recording-notice-text", hidden: true },
                      el("span", { className: "record-dot", "aria-hidden": "true" }), this.text,
-                     el("button", { type: "button", onclick: () => { this.notice.hidden = true; } }, "OK"));
+                     el("button", { type: "button", "data-i18n": "recording.ok", onclick: () => { this.notice.hidden = true; } },
+                        t("recording.ok")));
     $("#stage").append(this.notice);
 
     this.stop = [
@@ -37,6 +47,8 @@ export class Recording {
         if (participant.id === this.me) { this.role = participant.role; this.#render(); }
       }),
     ];
+    this.relabel = () => { if (this.current) this.#announce(this.current); this.#render(); };
+    window.addEventListener("languagechange", this.relabel);
     this.#show(joined.recording ?? null);
   }
 
@@ -47,7 +59,7 @@ export class Recording {
     }
     this.#show(null);
     this.notice.hidden = true;
-    this.notify(`The recording stopped${recording?.reason ? `: ${recording.reason}` : ""}.`);
+    this.notify(stopped(recording?.reason ?? ""));
   }
 
   // A recording running (a new one, or one already running as we join) is announced once.
@@ -55,11 +67,14 @@ export class Recording {
     const isNew = recording && recording.id !== this.current?.id;
     this.current = recording;
     if (isNew) {
-      this.text.textContent = `This meeting is being recorded (started by ${recording.started_by}). ` +
-        "Everyone's camera, microphone and shared screen are recorded while it runs.";
+      this.#announce(recording);
       this.notice.hidden = false;
     }
     this.#render();
+  }
+
+  #announce(recording) {
+    this.text.textContent = t("recording.notice", { name: recording.started_by });
   }
 
   #render() {
@@ -68,8 +83,8 @@ export class Recording {
     this.button.hidden = !MODERATORS.includes(this.role);
     this.button.disabled = this.busy;
     this.button.setAttribute("aria-pressed", String(on));
-    this.button.setAttribute("aria-label", on ? "Stop recording" : "Record");
-    this.button.title = on ? "Stop recording the meeting" : "Record the meeting";
+    this.button.setAttribute("aria-label", t(on ? "recording.stop" : "recording.record"));
+    this.button.title = t(on ? "recording.stop_title" : "recording.record_title");
   }
 
   async #toggle() {
@@ -78,7 +93,7 @@ export class Recording {
     try {
       await this.signaling.request(this.current ? "recording_stop" : "recording_start");
     } catch (error) {
-      this.notify(error.message);
+      this.notify(errorText(error));
     } finally {
       this.busy = false;
       this.#render();
@@ -87,6 +102,7 @@ export class Recording {
 
   close() {
     for (const stop of this.stop) stop();
+    window.removeEventListener("languagechange", this.relabel);
     this.button.remove();
     this.indicator.remove();
     this.notice.remove();

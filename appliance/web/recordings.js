@@ -2,7 +2,7 @@
 // (made in the background, its progress shown) and, for the host and moderators, delete.
 import { call } from "/static/api.js";
 import { el } from "/static/dom.js";
-import { t } from "/static/i18n.js";
+import { dateTime, errorText, t } from "/static/i18n.js";
 
 const POLL_MS = 1000;
 const MODERATORS = ["host", "moderator"];
@@ -20,7 +20,7 @@ async function download(path, error) {
   try {
     const { url } = await call("GET", path);
     window.location.assign(url);
-  } catch (e) { error.textContent = e.message; }
+  } catch (e) { error.textContent = errorText(e); }
 }
 
 /** A "Recordings" button for a meeting of the list, and the panel it opens below `item`. */
@@ -45,12 +45,12 @@ async function render(meeting, panel) {
   try {
     ({ recordings } = await call("GET", `/api/v1/meetings/${encodeURIComponent(meeting.id)}/recordings`));
   } catch (error) {
-    panel.replaceChildren(el("p", { className: "error" }, error.message));
+    panel.replaceChildren(el("p", { className: "error" }, errorText(error)));
     return;
   }
   const list = el("ul");
-  panel.replaceChildren(el("h3", {}, `Recordings of ${meeting.title}`),
-                        recordings.length ? list : el("p", { className: "muted" }, "No recordings yet."));
+  panel.replaceChildren(el("h3", {}, t("home.recordings_of", { title: meeting.title })),
+                        recordings.length ? list : el("p", { className: "muted" }, t("recordings.none")));
   for (const recording of recordings) list.append(recordingItem(meeting, recording, () => render(meeting, panel)));
   if (recordings.some((r) => r.status === "recording" || r.status === "uploading" ||
                              r.exports.some((e) => e.status === "queued" || e.status === "running"))) {
@@ -63,62 +63,63 @@ async function render(meeting, panel) {
 function note(recording) {
   if (recording.status === "failed") return recording.stop_reason;
   if (recording.interrupted) {
-    return `Interrupted: the appliance stopped during this recording; ${duration(recording.duration_s)} ` +
-           "were kept, up to about half a second before it stopped.";
+    return t("recordings.interrupted", { duration: duration(recording.duration_s) });
   }
   return "";
 }
 
 function recordingItem(meeting, recording, refresh) {
   const base = `/api/v1/recordings/${encodeURIComponent(recording.id)}`;
-  const when = new Date(recording.started_at).toLocaleString();
-  const status = { recording: "recording now", uploading: "saving…", ready: "", failed: "failed" }[recording.status];
+  const when = dateTime(new Date(recording.started_at));
+  const status = recording.status === "ready" ? "" : t(`recordings.status.${recording.status}`);
   const error = el("p", { className: "error", role: "alert" });
   const item = el("li", { className: "recording-item", "data-recording": recording.id },
     el("div", { className: "row" },
       el("strong", {}, when), el("span", { className: "muted" },
-        `${duration(recording.duration_s)} · ${size(recording.size)}${recording.started_by_name ? ` · by ${recording.started_by_name}` : ""}`),
+        `${duration(recording.duration_s)} · ${size(recording.size)}${recording.started_by_name
+          ? ` · ${t("recordings.by", { name: recording.started_by_name })}` : ""}`),
       status ? el("span", { className: "muted" }, status) : null),
     note(recording) ? el("p", { className: "muted recording-note" }, note(recording)) : null,
     recording.upload_error ? el("p", { className: "error" }, recording.upload_error) : null);
   if (recording.status === "ready") {
-    const files = el("div", { className: "row" }, el("span", { className: "muted" }, "Tracks:"));
+    const files = el("div", { className: "row" }, el("span", { className: "muted" }, t("recordings.tracks")));
     for (const track of recording.tracks) {
       files.append(el("button", { type: "button", className: "ghost", onclick: () => download(`${base}/files/${encodeURIComponent(track.file)}`, error) },
-                      `${track.name || track.participant_id} ${track.source}`));
+                      t(`recordings.track.${track.source}`, { name: track.name || track.participant_id })));
     }
     item.append(files);
   }
   const exports = el("div", { className: "row" });
   for (const exported of recording.exports) exports.append(exportItem(base, exported, error));
   if (["uploading", "ready"].includes(recording.status) && recording.tracks.length) {
-    const layout = el("select", { "aria-label": "Layout" }, el("option", { value: "grid" }, "Grid"),
-                      el("option", { value: "speaker" }, "Active speaker"));
-    const format = el("select", { "aria-label": "Format" }, el("option", { value: "mp4" }, "MP4"),
+    const layout = el("select", { "aria-label": t("recordings.layout") },
+                      el("option", { value: "grid" }, t("recordings.layout.grid")),
+                      el("option", { value: "speaker" }, t("recordings.layout.speaker")));
+    const format = el("select", { "aria-label": t("recordings.format") }, el("option", { value: "mp4" }, "MP4"),
                       el("option", { value: "webm" }, "WebM"));
-    const resolution = el("select", { "aria-label": "Resolution" }, el("option", { value: "1280x720" }, "720p"),
+    const resolution = el("select", { "aria-label": t("recordings.resolution") }, el("option", { value: "1280x720" }, "720p"),
                           el("option", { value: "1920x1080" }, "1080p"), el("option", { value: "640x360" }, "360p"));
     exports.append(layout, format, resolution, el("button", { type: "button", onclick: async () => {
       const [width, height] = resolution.value.split("x").map(Number);
       try {
         await call("POST", `${base}/exports`, { layout: layout.value, format: format.value, width, height });
         refresh();
-      } catch (e) { error.textContent = e.message; }
-    } }, "Export video"));
+      } catch (e) { error.textContent = errorText(e); }
+    } }, t("recordings.export")));
   }
   item.append(exports);
   if (MODERATORS.includes(meeting.my_role) && recording.status !== "recording") {
-    const remove = el("button", { type: "button", className: "ghost danger" }, "Delete recording");
+    const remove = el("button", { type: "button", className: "ghost danger" }, t("recordings.delete"));
     remove.addEventListener("click", async () => {
       if (remove.dataset.confirm !== "yes") {  // a second click confirms
         remove.dataset.confirm = "yes";
-        remove.textContent = "Delete it and its exports for good";
+        remove.textContent = t("recordings.delete_confirm");
         return;
       }
       try {
         await call("DELETE", base);
         refresh();
-      } catch (e) { error.textContent = e.message; }
+      } catch (e) { error.textContent = errorText(e); }
     });
     item.append(el("div", { className: "row" }, remove));
   }
@@ -127,12 +128,12 @@ function recordingItem(meeting, recording, refresh) {
 }
 
 function exportItem(base, exported, error) {
-  const label = `${exported.format.toUpperCase()} ${exported.layout} ${exported.width}×${exported.height}`;
+  const label = `${exported.format === "webm" ? "WebM" : "MP4"} ${t(`recordings.layout.${exported.layout}`)} ${exported.width}×${exported.height}`;
   if (exported.status === "ready") {
     return el("button", { type: "button", onclick: () => download(`${base}/exports/${encodeURIComponent(exported.id)}/download`, error) },
-              `Download ${label}`);
+              t("recordings.download", { label }));
   }
-  if (exported.status === "failed") return el("span", { className: "error" }, `${label} failed: ${exported.error}`);
+  if (exported.status === "failed") return el("span", { className: "error" }, t("recordings.export_failed", { label, reason: exported.error }));
   return el("span", { className: "muted" }, `${label} `,
-            el("progress", { max: 1, value: exported.progress, "aria-label": `Export ${label}` }));
+            el("progress", { max: 1, value: exported.progress, "aria-label": t("recordings.exporting", { label }) }));
 }

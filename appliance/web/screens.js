@@ -1,6 +1,7 @@
 // Screen shares, shown large: the latest share by default, the others one click away. While
 // anyone presents, the stage puts the camera tiles in a strip beside the share (onChange).
 import { $, el } from "/static/dom.js";
+import { t } from "/static/i18n.js";
 
 export class Screens {
   /** @param onChange (presenting) is called whenever the set of shares changes. */
@@ -58,7 +59,7 @@ export class Screens {
       this.onChange(false);
       return;
     }
-    const title = (s) => (s.self ? "Your screen" : `${s.name}’s screen`);
+    const title = (s) => (s.self ? t("screens.yours") : t("screens.named", { name: s.name }));
     const tabs = $("#screen-tabs");
     tabs.hidden = this.shares.size < 2;
     tabs.replaceChildren(...[...this.shares.values()].map((s) => el("button", {
@@ -74,7 +75,7 @@ export class Screens {
       video.srcObject = stream;
       if (stream) video.play().catch(() => {});
     }
-    $("#screen-label").textContent = share.self ? "" : `${share.name} is presenting`;
+    $("#screen-label").textContent = share.self ? "" : t("screens.presenting_named", { name: share.name });
     $("#screen-label").hidden = share.self;
     this.onChange(true);
   }

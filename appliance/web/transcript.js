@@ -5,9 +5,7 @@
 // API: GET /api/v1/meetings/{id}/transcript[?format=vtt|srt|txt], GET .../transcript/search?q=
 import { call, tokens } from "/static/api.js";
 import { el } from "/static/dom.js";
-import { t } from "/static/i18n.js";
-
-const GAP_TITLE = "Speech skipped here: the server fell too far behind to transcribe it";
+import { t, tn } from "/static/i18n.js";
 
 // The transcript's styles live in captions.css, which the meeting page loads; elsewhere, load it.
 function styles() {
@@ -39,16 +37,16 @@ export class TranscriptView {
     this.startedAt = null;
     this.segments = [];
     this.query = "";
-    this.list = el("ol", { id: `${idPrefix}-list`, className: "transcript-list", "aria-label": "Transcript" });
+    this.list = el("ol", { id: `${idPrefix}-list`, className: "transcript-list", "aria-label": t("captions.transcript") });
     this.search = el("input", { id: `${idPrefix}-search`, type: "search", className: "transcript-search",
-                                placeholder: "Search the transcript", "aria-label": "Search the transcript",
+                                placeholder: t("transcript.search_placeholder"), "aria-label": t("transcript.search_placeholder"),
                                 autocomplete: "off" });
     this.matches = el("p", { id: `${idPrefix}-matches`, className: "transcript-matches", role: "status", hidden: true });
     const form = el("form", { role: "search", className: "transcript-find",
                               onsubmit: (event) => { event.preventDefault(); this.find(this.search.value); } },
-                    this.search, el("button", { type: "submit", className: "ghost" }, "Search"));
+                    this.search, el("button", { type: "submit", className: "ghost" }, t("transcript.search")));
     this.search.addEventListener("search", () => this.find(this.search.value));  // the field's clear button
-    this.downloads = el("footer", { className: "panel-foot transcript-downloads" }, "Download ",
+    this.downloads = el("footer", { className: "panel-foot transcript-downloads" }, `${t("transcript.download")} `,
       ...["vtt", "srt", "txt"].map((format) => el("button", {
         type: "button", className: "ghost", "data-format": format, onclick: () => this.download(format),
       }, format.toUpperCase())));
@@ -65,7 +63,7 @@ export class TranscriptView {
     const response = await this.#get("");
     if (!response.ok) {
       this.list.replaceChildren(el("li", { className: "muted" },
-        response.status === 404 ? "No transcript: captions were never on in this meeting." : "The transcript could not be read."));
+        t(response.status === 404 ? "transcript.none" : "transcript.unreadable")));
       return false;
     }
     const transcript = await response.json();
@@ -94,14 +92,14 @@ export class TranscriptView {
     }
     const response = await this.#get(`/search?q=${encodeURIComponent(this.query)}&limit=500`);
     if (!response.ok) {
-      this.notify(response.status === 404 ? "There is no transcript to search yet." : "The search did not work.");
+      this.notify(t(response.status === 404 ? "transcript.none_to_search" : "transcript.search_failed"));
       return;
     }
     const { segments } = await response.json();
     if (this.startedAt === null) await this.load();
     this.matches.textContent = segments.length
-      ? `${segments.length} ${segments.length === 1 ? "caption" : "captions"} with “${this.query}”: click a time to see it in the transcript`
-      : `Nothing said “${this.query}”.`;
+      ? tn("transcript.found", segments.length, { query: this.query })
+      : t("transcript.not_found", { query: this.query });
     this.matches.hidden = false;
     this.#show(segments);
   }
@@ -126,13 +124,13 @@ export class TranscriptView {
 
   #item(segment) {
     const at = clock(segment.start - (this.startedAt ?? segment.start));
-    const time = el("button", { type: "button", className: "transcript-time", title: "Show this moment in the transcript",
-                                "aria-label": `${at}, ${segment.name || "someone"}`, onclick: () => this.jump(segment.start) }, at);
+    const time = el("button", { type: "button", className: "transcript-time", title: t("transcript.show_moment"),
+                                "aria-label": `${at}, ${segment.name || t("captions.someone")}`, onclick: () => this.jump(segment.start) }, at);
     const text = segment.gap
-      ? el("span", { className: "transcript-gap", title: GAP_TITLE }, segment.text)
+      ? el("span", { className: "transcript-gap", title: t("transcript.gap_title") }, segment.text)
       : el("span", { className: "transcript-text" }, ...this.#marked(segment.text));
     return el("li", { "data-start": String(segment.start), lang: langOf(segment.language) },
-              time, " ", el("strong", {}, `${segment.name || "Someone"}: `), text);
+              time, " ", el("strong", {}, t("transcript.speaker", { name: segment.name || t("captions.someone") })), text);
   }
 
   #marked(text) {  // the query marked where it appears as typed (any case)
@@ -144,8 +142,7 @@ export class TranscriptView {
   async download(format) {
     const response = await this.#get(`?format=${format}`);
     if (!response.ok) {
-      this.notify(response.status === 404 ? "There is no transcript yet: captions were never on."
-                                          : "The transcript could not be downloaded.");
+      this.notify(t(response.status === 404 ? "transcript.none_yet" : "transcript.download_failed"));
       return;
     }
     const link = el("a", { href: URL.createObjectURL(await response.blob()), download: `transcript.${format}` });
@@ -176,7 +173,7 @@ export function transcriptButton(meeting, item) {
       const status = el("p", { className: "muted", role: "status" });
       view = new TranscriptView({ meeting: meeting.id, token, idPrefix: `transcript-${meeting.id}`,
                                   notify: (text) => { status.textContent = text; } });
-      panel.replaceChildren(el("h3", {}, `Transcript of ${meeting.title}`), status, view.node);
+      panel.replaceChildren(el("h3", {}, t("home.transcript_of", { title: meeting.title })), status, view.node);
     }
     await view.load();
   });

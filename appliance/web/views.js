@@ -1,7 +1,8 @@
 // Which of the others' cameras this page shows. The SFU sends nothing of a camera that is not
-// shown (video_layer with max_layer -1): a tile scrolled out of sight, every tile while the page
-// is in the background, and in low-bandwidth mode every camera but the last speaker's. Shown
-// again, the picture comes back from a keyframe the SFU asks for at once.
+// shown (video_layer with max_layer -1): a tile scrolled out of sight or on another page of a
+// phone's tiles (pages.js), every tile while the page is in the background, and in low-bandwidth
+// mode every camera but the last speaker's. Shown again, the picture comes back from a keyframe
+// the SFU asks for at once.
 
 export class Views {
   /** `send(publisher, trackId, maxLayer)` tells the SFU (maxLayer -1: none, null: any). */

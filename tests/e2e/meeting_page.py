@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from playwright.sync_api import Browser, Locator, Page, expect
 
@@ -89,9 +89,10 @@ INBOUND = """async () => {
 }"""
 
 class MeetingPage:
-    def __init__(self, browser: Browser, base_url: str, person: Person) -> None:
+    def __init__(self, browser: Browser, base_url: str, person: Person, **context: Any) -> None:
+        """``context``: options of the browser context over the default (a 1280x720 desktop)."""
         self.person = person
-        self.context = browser.new_context(viewport={"width": 1280, "height": 720}, base_url=base_url)
+        self.context = browser.new_context(**{"viewport": {"width": 1280, "height": 720}, **context}, base_url=base_url)
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))

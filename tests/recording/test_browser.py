@@ -182,7 +182,7 @@ def test_a_recorded_meeting_plays_back_per_track_and_as_a_composite(
         expect(panel.get_by_role("button", name="Grace Hopper camera")).to_be_visible(timeout=TIMEOUT_MS)
         panel.get_by_label("Resolution").select_option(label="360p")
         panel.get_by_role("button", name="Export video").click()
-        expect(panel.get_by_role("button", name="Download MP4 grid 640×360")).to_be_visible(timeout=60_000)
+        expect(panel.get_by_role("button", name="Download MP4 Grid 640×360")).to_be_visible(timeout=60_000)
         assert not home.errors
     finally:
         home.close()
