@@ -3,22 +3,20 @@
 // export CSV) and the health of every component. Each action is one API call, authorised and
 // audited by the server; a member gets the API's 403 and the page says so.
 import { ApiError, call, signOut, tokens } from "/static/api.js";
-import { el } from "/static/dom.js";
-import { errorText, languagePicker, t, translatePage } from "/static/i18n.js";
+import { $, el } from "/static/dom.js";
+import { errorText, language, languagePicker, t, translatePage } from "/static/i18n.js";
 
-const $ = (sel, root = document) => root.querySelector(sel);
 const TABS = ["users", "meetings", "recordings", "audit", "health"];
 const AUDIT_PAGE = 50;
 
-const lang = () => document.documentElement.lang || "en";
-const when = (iso) => (iso ? new Intl.DateTimeFormat(lang(), { dateStyle: "medium", timeStyle: "medium" })
+const when = (iso) => (iso ? new Intl.DateTimeFormat(language(), { dateStyle: "medium", timeStyle: "medium" })
   .format(new Date(iso)) : "");
-const day = (iso) => new Intl.DateTimeFormat(lang(), { dateStyle: "medium" }).format(new Date(iso));
+const day = (iso) => new Intl.DateTimeFormat(language(), { dateStyle: "medium" }).format(new Date(iso));
 
 function size(bytes) {
   const units = [["gigabyte", 1e9], ["megabyte", 1e6], ["kilobyte", 1e3]];
   const [unit, scale] = units.find(([, s]) => bytes >= s) ?? ["byte", 1];
-  return new Intl.NumberFormat(lang(), { style: "unit", unit, maximumFractionDigits: 1 }).format(bytes / scale);
+  return new Intl.NumberFormat(language(), { style: "unit", unit, maximumFractionDigits: 1 }).format(bytes / scale);
 }
 
 function duration(seconds) {
@@ -320,7 +318,7 @@ function drawHealth() {
     el("td", {}, el("span", { className: `badge ${c.state === "n/a" ? "na" : c.state}` },
                     label(`admin.state.${c.state === "n/a" ? "na" : c.state}`, c.state))),
     el("td", {}, c.version || "–"),
-    el("td", { className: "number" }, c.ms === null ? "–" : new Intl.NumberFormat(lang()).format(c.ms)),
+    el("td", { className: "number" }, c.ms === null ? "–" : new Intl.NumberFormat(language()).format(c.ms)),
     el("td", { className: "detail" }, c.detail))));
 }
 

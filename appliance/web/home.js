@@ -1,10 +1,10 @@
 // Home: first-admin setup, sign in, create a meeting, list my meetings with their join links.
 import { call, saveTokens, signIn, signInWithRefreshToken, signOut, tokens } from "/static/api.js";
+import { $ } from "/static/dom.js";
 import { errorText, languagePicker, t, translatePage } from "/static/i18n.js";
 import { recordingsButton } from "/static/recordings.js";
 import { transcriptButton } from "/static/transcript.js";
 
-const $ = (sel) => document.querySelector(sel);
 const show = (id) => { for (const s of ["setup", "set-password", "signin", "dashboard"]) $(`#${s}`).hidden = s !== id; };
 
 function formError(form, error) { form.querySelector(".error").textContent = error ? errorText(error) : ""; }

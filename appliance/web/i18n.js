@@ -29,6 +29,9 @@ let current = (() => {
   return fromBrowser();
 })();
 
+/** The page's language: a tag of the catalogues ("en", "zh-CN"). */
+export const language = () => current;
+
 export function t(key, params = {}) {
   const message = CATALOGUES[current][key] ?? en[key] ?? key;
   return message.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));

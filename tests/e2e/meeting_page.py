@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 from playwright.sync_api import Browser, Locator, Page, expect
 
 T = TypeVar("T")
@@ -214,6 +215,13 @@ class MeetingPage:
 
     def close(self) -> None:
         self.context.close()
+
+
+def live(host: httpx.Client, meeting: dict) -> dict[str, dict]:
+    """Who the server has in ``meeting`` now (asked by its host), by participant id."""
+    r = host.get(f"/api/v1/meetings/{meeting['id']}/live")
+    assert r.status_code == 200, r.text
+    return {p["id"]: p for p in r.json()["participants"]}
 
 
 def media_flows(me: MeetingPage, other: MeetingPage) -> None:

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, expect
 from appliance_server import Appliance
 
 from .flaky_proxy import FlakyProxy
-from .meeting_page import PEOPLE, SCREENSHOTS, MeetingPage, media_flows, poll
+from .meeting_page import PEOPLE, SCREENSHOTS, MeetingPage, live, media_flows, poll
 
 pytestmark = pytest.mark.browser
 
@@ -45,12 +45,6 @@ def room(host: httpx.Client) -> Iterator[Room]:
     yield room
     for page in room.pages.values():
         page.close()
-
-
-def live(host: httpx.Client, room: Room) -> dict[str, dict]:
-    r = host.get(f"/api/v1/meetings/{room.meeting['id']}/live")
-    assert r.status_code == 200, r.text
-    return {p["id"]: p for p in r.json()["participants"]}
 
 
 def speaking(participant: dict) -> bool:
@@ -88,7 +82,7 @@ def test_two_people_join_and_see_and_hear_each_other(browser: Browser, appliance
         for control in ("Microphone", "Camera"):
             expect(me.page.get_by_role("button", name=control, exact=True)).to_have_attribute("aria-pressed", "true")
     ids = {ada.participant_id, grace.participant_id}
-    poll(lambda: (now := live(host, room)).keys() == ids and all(speaking(p) for p in now.values()),
+    poll(lambda: (now := live(host, room.meeting)).keys() == ids and all(speaking(p) for p in now.values()),
          "the server receives both microphones, not silent", timeout=10)
 
     # Grace mutes herself: her button says so, and Ada sees it on Grace's tile.
@@ -116,7 +110,7 @@ def test_network_blip_resumes_the_same_seat(host: httpx.Client, proxy: FlakyProx
     expect(notice).to_be_hidden(timeout=15000)
 
     assert ada.participant_id == ada_id
-    assert live(host, room)[ada_id]["connected"] is True
+    assert live(host, room.meeting)[ada_id]["connected"] is True
     expect(tile_on_grace).to_have_attribute("data-before", "blip")
     media_flows(grace, ada)
     media_flows(ada, grace)
@@ -170,7 +164,8 @@ def test_closed_tab_frees_its_seat_within_5_s(host: httpx.Client, room: Room) ->
     closed = time.monotonic()
     closed_at = time.time() * 1000
     grace.page.close()
-    poll(lambda: grace_id not in live(host, room), "the server frees the closed tab's seat", deadline=closed + 5.0)
+    poll(lambda: grace_id not in live(host, room.meeting), "the server frees the closed tab's seat",
+         deadline=closed + 5.0)
     print(f"closed tab: gone from /live after {time.monotonic() - closed:.2f} s")
     took_ms = ada.tile_gone_at(grace_id) - closed_at
     print(f"closed tab: Ada dropped the tile after {took_ms:.0f} ms")
@@ -190,7 +185,7 @@ def test_tracks_published_during_a_blip_arrive_after_resume(host: httpx.Client, 
     linus.type_name()
     linus.click_join()
     expect(linus.page.get_by_role("button", name="Leave")).to_be_visible()
-    poll(lambda: (me := live(host, room).get(linus.participant_id)) and speaking(me),
+    poll(lambda: (me := live(host, room.meeting).get(linus.participant_id)) and speaking(me),
          "the server receives the newcomer's microphone", timeout=10)
 
     proxy.restore()

@@ -9,7 +9,7 @@ none of it while she types. The tests run in order and share one meeting."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import threading
 import time
@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from appliance_server import Appliance
-from cli.client.signaling import signaling_url
+from cli.client.signaling import SignalingClient, signaling_url
 
-from .meeting_page import PEOPLE, REMOTE_TILES, MeetingPage, media_flows, poll
+from .meeting_page import PEOPLE, REMOTE_TILES, MeetingPage, live, media_flows, poll
 
 pytestmark = pytest.mark.browser
 
@@ -81,54 +79,45 @@ def room(host: httpx.Client) -> Iterator[Room]:
         page.close()
 
 
-def live(host: httpx.Client, room: Room) -> dict[str, dict]:
-    r = host.get(f"/api/v1/meetings/{room.meeting['id']}/live")
-    assert r.status_code == 200, r.text
-    return {p["id"]: p for p in r.json()["participants"]}
-
-
 @contextmanager
 def guests_in(base_url: str, code: str, names: list[str]) -> Iterator[None]:
-    """People in the meeting with no media: a guest pass and a signaling connection each, kept
-    open (pings) until the block ends, then left."""
-    stop = threading.Event()
-    sockets = []
+    """People in the meeting with no media: a guest pass and a signaling connection each (the
+    project's SignalingClient, which pings), in an event loop of their own until the block ends,
+    then left."""
+    passes = []
     for name in names:
         r = httpx.post(f"{base_url}/api/v1/meetings/by-code/{code}/guest", json={"name": name})
         assert r.status_code in (200, 201), r.text
-        ws = connect(signaling_url(base_url, r.json()["guest_token"]))
-        ws.send(json.dumps({"type": "join", "id": 1, "meeting": code, "name": name}))
-        while (reply := json.loads(ws.recv(timeout=10))).get("re") != 1:
-            pass
-        assert reply["type"] == "joined", reply
-        sockets.append(ws)
+        passes.append((name, r.json()["guest_token"]))
 
-    def keep_open(ws) -> None:  # noqa: ANN001 - websockets' ClientConnection
-        pinged = time.monotonic()
-        try:
-            while not stop.is_set():
-                if time.monotonic() - pinged > 5:
-                    ws.send(json.dumps({"type": "ping"}))
-                    pinged = time.monotonic()
-                try:
-                    ws.recv(timeout=0.5)
-                except TimeoutError:
-                    pass
-        except ConnectionClosed:
-            pass
+    async def join(name: str, token: str) -> SignalingClient:
+        client = await SignalingClient.connect(signaling_url(base_url, token), lambda _: None, lambda _: None)
+        await client.request({"type": "join", "meeting": code, "name": name}, check=True)
+        return client
 
-    threads = [threading.Thread(target=keep_open, args=(ws,), daemon=True) for ws in sockets]
-    for thread in threads:
-        thread.start()
+    async def leave(client: SignalingClient) -> None:
+        await client.request({"type": "leave"}, timeout=5)
+        await client.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(works: list) -> list:  # coroutines, run together in the loop: their results
+        async def together() -> list:
+            return await asyncio.gather(*works)
+        return asyncio.run_coroutine_threadsafe(together(), loop).result(30)
+
     try:
-        yield
+        clients = run([join(name, token) for name, token in passes])
+        try:
+            yield
+        finally:
+            run([leave(client) for client in clients])
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(5)
-        for ws in sockets:
-            ws.send(json.dumps({"type": "leave"}))
-            ws.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 def out_of_reach(page: Page) -> dict:
@@ -231,7 +220,7 @@ def test_a_phone_joins_sees_video_mutes_and_pages_through_the_tiles(
 
     # Ada taps mute: her button and Grace's view of her tile say so, and the server hears silence.
     def level() -> float | None:
-        return live(host, room)[ada.participant_id]["audio_level_dbov"]
+        return live(host, room.meeting)[ada.participant_id]["audio_level_dbov"]
 
     poll(lambda: (level() or SILENCE_DBOV) > SILENCE_DBOV, "the server hears Ada's microphone", timeout=10)
     phone.locator("#mic").tap()
