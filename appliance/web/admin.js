@@ -4,7 +4,7 @@
 // audited by the server; a member gets the API's 403 and the page says so.
 import { ApiError, call, signOut, tokens } from "/static/api.js";
 import { $, el } from "/static/dom.js";
-import { errorText, language, languagePicker, t, translatePage } from "/static/i18n.js";
+import { byteSize, duration, errorText, language, languagePicker, t, translatePage } from "/static/i18n.js";
 
 const TABS = ["users", "meetings", "recordings", "audit", "health"];
 const AUDIT_PAGE = 50;
@@ -12,18 +12,6 @@ const AUDIT_PAGE = 50;
 const when = (iso) => (iso ? new Intl.DateTimeFormat(language(), { dateStyle: "medium", timeStyle: "medium" })
   .format(new Date(iso)) : "");
 const day = (iso) => new Intl.DateTimeFormat(language(), { dateStyle: "medium" }).format(new Date(iso));
-
-function size(bytes) {
-  const units = [["gigabyte", 1e9], ["megabyte", 1e6], ["kilobyte", 1e3]];
-  const [unit, scale] = units.find(([, s]) => bytes >= s) ?? ["byte", 1];
-  return new Intl.NumberFormat(language(), { style: "unit", unit, maximumFractionDigits: 1 }).format(bytes / scale);
-}
-
-function duration(seconds) {
-  const s = Math.round(seconds);
-  const hms = [Math.floor(s / 3600), Math.floor(s / 60) % 60, s % 60];
-  return (hms[0] ? `${hms[0]}:${String(hms[1]).padStart(2, "0")}` : String(hms[1])) + `:${String(hms[2]).padStart(2, "0")}`;
-}
 
 /** A message of the catalogue, or `fallback` (data: a code the catalogue does not know). */
 function label(key, fallback) {
@@ -190,15 +178,15 @@ function drawRecordings() {
   if (!state.recordings) return;
   const { recordings, storage } = state.recordings;
   $("#storage").textContent = t("admin.recordings.storage", {
-    total: size(storage.total), recordings: size(storage.recordings), exports: size(storage.exports),
-    files: size(storage.files) });
+    total: byteSize(storage.total), recordings: byteSize(storage.recordings), exports: byteSize(storage.exports),
+    files: byteSize(storage.files) });
   $("#recordings .empty").hidden = recordings.length > 0;
   $("#recordings-table").hidden = recordings.length === 0;
   $("#recordings-table tbody").replaceChildren(...recordings.map((r) => el("tr", { "aria-label": r.meeting_title },
     el("td", {}, r.meeting_title),
     el("td", {}, when(r.started_at)),
     el("td", {}, duration(r.duration_s)),
-    el("td", {}, size(r.size + r.exports_size)),
+    el("td", {}, byteSize(r.size + r.exports_size)),
     el("td", {}, label(`admin.recording.${r.status}`, r.status)),
     el("td", { className: "actions" }, el("button", {
       type: "button", className: "ghost danger-text", disabled: r.status === "recording",

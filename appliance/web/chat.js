@@ -4,7 +4,7 @@
 // http(s) addresses in it become links.
 import { call } from "/static/api.js";
 import { $, el, icon } from "/static/dom.js";
-import { clockTime, errorText, t, tn } from "/static/i18n.js";
+import { byteSize, clockTime, errorText, t, tn } from "/static/i18n.js";
 
 export const MAX_CHAT = 4000;  // appliance/controls.py MAX_CHAT
 const ADDRESS = /\bhttps?:\/\/[^\s<>"]+/gi;
@@ -26,12 +26,6 @@ export function linkify(text) {
   }
   nodes.push(text.slice(at));
   return nodes.filter((node) => node !== "");
-}
-
-export function fileSize(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
 }
 
 export class Chat {
@@ -146,7 +140,7 @@ export class Chat {
       icon("file"),
       el("span", { className: "chat-file-text" },
         el("span", { className: "chat-file-name" }, file.name),
-        el("span", { className: "chat-file-size" }, fileSize(file.size))),
+        el("span", { className: "chat-file-size" }, byteSize(file.size))),
       icon("download"));
     link.addEventListener("click", (event) => this.#download(event, link, file));
     return link;

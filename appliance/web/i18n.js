@@ -48,6 +48,20 @@ export function ordinal(n) {
   return t(`ordinal.${new Intl.PluralRules(current, { type: "ordinal" }).select(n)}`, { n });
 }
 
+/** A number of bytes as people of the language read it (1.5 MB, 1.5 兆字节): decimal units. */
+export function byteSize(bytes) {
+  const units = [["gigabyte", 1e9], ["megabyte", 1e6], ["kilobyte", 1e3]];
+  const [unit, scale] = units.find(([, s]) => bytes >= s) ?? ["byte", 1];
+  return new Intl.NumberFormat(current, { style: "unit", unit, maximumFractionDigits: 1 }).format(bytes / scale);
+}
+
+/** A length of time as a clock reads it: 4:05, 1:02:03. */
+export function duration(seconds) {
+  const s = Math.round(seconds);
+  const hms = [Math.floor(s / 3600), Math.floor(s / 60) % 60, s % 60];
+  return (hms[0] ? `${hms[0]}:${String(hms[1]).padStart(2, "0")}` : String(hms[1])) + `:${String(hms[2]).padStart(2, "0")}`;
+}
+
 /** A time of day (hours and minutes) and a date with its time, as people of the language write them. */
 export const clockTime = (date) => date.toLocaleTimeString(current, { hour: "2-digit", minute: "2-digit" });
 export const dateTime = (date) => date.toLocaleString(current, { dateStyle: "medium", timeStyle: "short" });

@@ -2,19 +2,10 @@
 // (made in the background, its progress shown) and, for the host and moderators, delete.
 import { call } from "/static/api.js";
 import { el } from "/static/dom.js";
-import { dateTime, errorText, t } from "/static/i18n.js";
+import { byteSize, dateTime, duration, errorText, t } from "/static/i18n.js";
 
 const POLL_MS = 1000;
 const MODERATORS = ["host", "moderator"];
-
-function duration(seconds) {
-  const s = Math.round(seconds);
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
-
-function size(bytes) {
-  return bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : `${Math.ceil(bytes / 1024)} KiB`;
-}
 
 async function download(path, error) {
   try {
@@ -76,7 +67,7 @@ function recordingItem(meeting, recording, refresh) {
   const item = el("li", { className: "recording-item", "data-recording": recording.id },
     el("div", { className: "row" },
       el("strong", {}, when), el("span", { className: "muted" },
-        `${duration(recording.duration_s)} · ${size(recording.size)}${recording.started_by_name
+        `${duration(recording.duration_s)} · ${byteSize(recording.size)}${recording.started_by_name
           ? ` · ${t("recordings.by", { name: recording.started_by_name })}` : ""}`),
       status ? el("span", { className: "muted" }, status) : null),
     note(recording) ? el("p", { className: "muted recording-note" }, note(recording)) : null,

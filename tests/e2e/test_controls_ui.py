@@ -110,7 +110,7 @@ def test_a_shared_file_reaches_members_only(appliance: Appliance, host: httpx.Cl
 
     expect(ada.page.locator("#chat-badge")).to_have_text("1")  # unread while her chat is closed
     link = ada.open_panel("Chat").get_by_role("link", name="Download checklist.bin")
-    expect(link).to_contain_text("4 KB")
+    expect(link).to_contain_text("4.1 kB")  # 4113 bytes (i18n.js byteSize: decimal units)
     expect(ada.page.locator("#chat-badge")).to_be_hidden()
     with ada.page.expect_download() as download:
         link.click()
