@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,3 +87,15 @@ def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = Non
         time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"confmeet serve not ready after {timeout}s:\n{log.read_text()}")
+
+
+def serving(data_dir: Path, users: Mapping[str, tuple[str, ...]], **settings: str) -> Iterator[Appliance]:
+    """A module's appliance (``yield from`` it in a fixture): started with these settings and
+    accounts (email, password, …; the first one an administrator), stopped after the module's
+    tests, and failing them if its output holds a traceback."""
+    app = start_appliance(data_dir, **settings)
+    for i, (email, password, *_) in enumerate(users.values()):
+        app.add_user(email, password, admin=i == 0)
+    yield app
+    stop(app.proc)
+    assert "Traceback" not in app.output(), app.output()

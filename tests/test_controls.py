@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from appliance_server import Appliance, start_appliance
+from appliance_server import Appliance, serving
 from cli.client.participant import Participant
-from conftest import stop
 from sfu.participants import ColourTrack, ToneTrack
 
 USERS = {"host": ("host@example.com", "host password 1"), "pat": ("pat@example.com", "pat password 1"),
@@ -26,12 +25,7 @@ HOST_ONLY = [
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    app = start_appliance(tmp_path_factory.mktemp("controls"), media_loopback="true", max_upload_bytes="200000")
-    for i, (email, password) in enumerate(USERS.values()):
-        app.add_user(email, password, admin=i == 0)
-    yield app
-    stop(app.proc)
-    assert "Traceback" not in app.output(), app.output()
+    yield from serving(tmp_path_factory.mktemp("controls"), USERS, media_loopback="true", max_upload_bytes="200000")
 
 
 def token(app: Appliance, who: str) -> str:

@@ -27,10 +27,9 @@ from appliance.inference.models import import_models
 from appliance.sfu import IceSettings, RoomHost
 from appliance.sfu.stats import WAIT_BUCKETS, Durations, SfuStats
 from appliance.sfu.workers import SfuWorkers
-from appliance_server import Appliance, start_appliance
+from appliance_server import Appliance, serving
 from captions.test_sink import SlowRecogniser, said, sink_with
 from cli.client.participant import Participant
-from conftest import stop
 from sfu.participants import LOOPBACK, ColourTrack, Meeting, ToneTrack
 from sfu.participants import Participant as SfuParticipant
 
@@ -252,12 +251,7 @@ async def test_metrics_counted_in_sfu_workers_reach_the_parent_and_outlive_a_dea
 # ---------------------------------------------------------------- a meeting on the real appliance
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    app = start_appliance(tmp_path_factory.mktemp("metrics"), media_loopback="true", sfu_workers="2")
-    for i, (email, password) in enumerate(USERS.values()):
-        app.add_user(email, password, admin=i == 0)
-    yield app
-    stop(app.proc)
-    assert "Traceback" not in app.output(), app.output()
+    yield from serving(tmp_path_factory.mktemp("metrics"), USERS, media_loopback="true", sfu_workers="2")
 
 
 def scrape(app: Appliance) -> Samples:

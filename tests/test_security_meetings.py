@@ -10,8 +10,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from appliance_server import Appliance, start_appliance
-from conftest import stop
+from appliance_server import Appliance, serving
 from cli.client.participant import Participant
 
 USERS = {"host": ("host@example.com", "host password 1"), "pat": ("pat@example.com", "pat password 1"),
@@ -20,13 +19,7 @@ USERS = {"host": ("host@example.com", "host password 1"), "pat": ("pat@example.c
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    app = start_appliance(tmp_path_factory.mktemp("meetings"), media_loopback="true", chat_messages_per_10s="5",
-                          max_tracks_per_participant="2", max_waiting_per_meeting="2")
-    for i, (email, password) in enumerate(USERS.values()):
-        app.add_user(email, password, admin=i == 0)
-    yield app
-    stop(app.proc)
-    assert "Traceback" not in app.output(), app.output()
+    yield from serving(tmp_path_factory.mktemp("meetings"), USERS, media_loopback="true", chat_messages_per_10s="5", max_tracks_per_participant="2", max_waiting_per_meeting="2")
 
 
 def api(app: Appliance, who: str | None = None, bearer: str | None = None) -> httpx.Client:

@@ -14,7 +14,7 @@ import jwt
 import psycopg2
 import pytest
 
-from appliance_server import Appliance, start_appliance
+from appliance_server import Appliance, serving, start_appliance
 from cli.client.participant import Participant
 from conftest import stop
 from sfu.participants import ColourTrack, ToneTrack
@@ -25,12 +25,7 @@ USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    app = start_appliance(tmp_path_factory.mktemp("signaling"), media_loopback="true", sfu_workers="2")
-    for i, (email, password) in enumerate(USERS.values()):
-        app.add_user(email, password, admin=i == 0)
-    yield app
-    stop(app.proc)
-    assert "Traceback" not in app.output(), app.output()
+    yield from serving(tmp_path_factory.mktemp("signaling"), USERS, media_loopback="true", sfu_workers="2")
 
 
 def token(app: Appliance, who: str) -> str:

@@ -19,8 +19,7 @@ import pytest
 from aiortc.contrib.media import MediaPlayer
 from opencc import OpenCC
 
-from appliance_server import Appliance, start_appliance
-from conftest import stop
+from appliance_server import Appliance, serving
 from triton_server import Triton
 
 from appliance.captions.transcripts import columns
@@ -35,13 +34,7 @@ USERS = {"ada": ("ada@example.com", "ada password 1", "Ada"), "grace": ("grace@e
 @pytest.fixture(scope="module")
 def appliance(triton: Triton, model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     """With Triton; test_captions_browser.py runs captions with local:// as well."""
-    app = start_appliance(tmp_path_factory.mktemp("captions"), media_loopback="true",
-                          inference=triton.url, model_repository=str(model_repository))
-    for i, (email, password, _) in enumerate(USERS.values()):
-        app.add_user(email, password, admin=i == 0)
-    yield app
-    stop(app.proc)
-    assert "Traceback" not in app.output(), app.output()
+    yield from serving(tmp_path_factory.mktemp("captions"), USERS, media_loopback="true", inference=triton.url, model_repository=str(model_repository))
 
 
 def api(app: Appliance, who: str) -> httpx.Client:
