@@ -18,6 +18,13 @@ ACTIONS = frozenset({
     "moderation.mute", "moderation.ask_unmute", "moderation.stop_camera", "moderation.remove",
     "moderation.captions_on", "moderation.captions_off",
     "recording.started", "recording.stopped", "recording.expired", "recording.deleted",
+    # polls
+    "poll.created", "poll.closed", "poll.published",
+    # whiteboard
+    "whiteboard.locked", "whiteboard.unlocked",
+    # breakout rooms
+    "breakout.created", "breakout.opened", "breakout.closed",
+    # end-to-end encryption
 })
 
 

@@ -20,7 +20,7 @@ from .stores.relational import Meeting, MeetingRole, Participant, Prepared, Rela
 from .throttle import Throttle
 
 CODE_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # no l/o: they read as 1/0
-EDITABLE = ("title", "starts_at", "lobby", "allow_guests", "locked")
+EDITABLE = ("title", "starts_at", "lobby", "allow_guests", "locked", "e2ee")
 REMOVALS = "meeting_removals"  # documents: who was removed from which meeting, until let back in
 
 
@@ -87,7 +87,8 @@ class Meetings:
             "id": meeting.id, "code": meeting.code, "title": meeting.title,
             "owner_id": meeting.owner_id, "starts_at": meeting.starts_at,
             "has_password": meeting.password_hash is not None, "lobby": meeting.lobby,
-            "allow_guests": meeting.allow_guests, "locked": meeting.locked, "status": meeting.status,
+            "allow_guests": meeting.allow_guests, "locked": meeting.locked, "e2ee": meeting.e2ee,
+            "status": meeting.status,
             "created_at": meeting.created_at, "ended_at": meeting.ended_at,
             "join_url": f"{self.base_url}/m/{meeting.code}", "my_role": my_role,
         }
@@ -174,7 +175,7 @@ class Meetings:
         return await asyncio.to_thread(verify_password, meeting.password_hash, password or "")
 
     async def create(self, principal: Principal, title: str, starts_at: dt.datetime | None,
-                     password: str | None, lobby: bool, allow_guests: bool) -> dict[str, Any]:
+                     password: str | None, lobby: bool, allow_guests: bool, e2ee: bool = False) -> dict[str, Any]:
         if principal.kind != "user":
             raise Forbidden("guests cannot create meetings")
         password_hash = await asyncio.to_thread(hash_password, password) if password else None
@@ -186,9 +187,10 @@ class Meetings:
                         meeting = Meeting.create(
                             code=new_code(), title=title, owner=principal.id,
                             starts_at=starts_at, password_hash=password_hash,
-                            lobby=lobby, allow_guests=allow_guests)
+                            lobby=lobby, allow_guests=allow_guests, e2ee=e2ee)
                         MeetingRole.create(meeting=meeting, user=principal.id, role=HOST)
-                        audit.record("meeting.created", principal.id, meeting.id, title=title)
+                        audit.record("meeting.created", principal.id, meeting.id, title=title,
+                                     **({"e2ee": True} if e2ee else {}))
                         return self.view(meeting, HOST)
                 except pw.IntegrityError:
                     continue  # a code collision: draw another

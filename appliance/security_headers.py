@@ -16,7 +16,10 @@ from sanic.response import HTTPResponse
 
 from .settings import Settings
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+# 'wasm-unsafe-eval' lets the page compile WebAssembly it loaded from 'self' (noise suppression);
+# worker-src 'self' is for the frame-encryption worker (end-to-end encryption).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+                           "style-src 'self'; img-src 'self' data: blob:; "
                            "media-src 'self' blob:; font-src 'self' data:; connect-src 'self' {websocket}; "
                            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 HSTS_SECONDS = 180 * 86400

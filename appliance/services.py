@@ -21,12 +21,16 @@ from .recording.service import Recordings
 from .security import TokenIssuer
 from .settings import Settings
 from .sfu.workers import SfuWorkers
+from .signaling.breakouts import Breakouts
 from .signaling.captions import Captions
 from .signaling.chat import Chat
+from .signaling.e2ee import E2ee
 from .signaling.lobby import Lobby
 from .signaling.moderation import Moderation
+from .signaling.polls import Polls
 from .signaling.recording import Recording
 from .signaling.server import Signaling
+from .signaling.whiteboard import Whiteboard
 from .stores import Stores, open_stores
 from .stores.relational import Relational
 from .throttle import Throttle, appliance_throttle
@@ -71,9 +75,14 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     room = signaling.room
     lobby = Lobby(room, meetings, settings.max_waiting_per_meeting)
     chat = Chat(room, stores.documents, throttle)
-    captions = Captions(room, Transcripts(stores.documents), stores.db)
+    e2ee = E2ee(room, stores.db, throttle)
+    captions = Captions(room, Transcripts(stores.documents), stores.db, e2ee)
     signaling.use(lobby, Moderation(room, meetings, stores.db, throttle, lobby), chat, captions,
-                  Recording(room, recordings))
+                  Recording(room, recordings, e2ee))
+    signaling.use(Whiteboard(room, stores.documents, throttle))
+    signaling.use(Polls(room, stores.documents, throttle, settings.secret_key))
+    signaling.use(e2ee)
+    signaling.use(Breakouts(room, stores.documents, stores.db, chat, throttle))
     return Services(settings, instance, stores, accounts, meetings, throttle, inference,
                     FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions,
                     Monitor(settings, stores, inference, captions),

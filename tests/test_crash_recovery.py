@@ -254,8 +254,8 @@ def test_a_second_appliance_on_the_same_data_refuses_to_start_and_repairs_nothin
     with sqlite3.connect(app.data_dir / "confmeet.db") as db:  # as if someone were in a meeting
         db.execute("INSERT INTO user (id, email, name, password_hash, role, active, created_at) "
                    "VALUES ('u', 'u@example.org', '', 'x', 'member', 1, '2026-01-01')")
-        db.execute("INSERT INTO meeting (id, code, title, owner_id, lobby, allow_guests, locked, status, created_at) "
-                   "VALUES ('m', 'abc-defg-hij', 't', 'u', 0, 0, 0, 'live', '2026-01-01')")
+        db.execute("INSERT INTO meeting (id, code, title, owner_id, lobby, allow_guests, locked, e2ee, status, created_at) "
+                   "VALUES ('m', 'abc-defg-hij', 't', 'u', 0, 0, 0, 0, 'live', '2026-01-01')")
         db.execute("INSERT INTO participant (id, meeting_id, display_name, role, joined_at) "
                    "VALUES ('p', 'm', 'Seated', 'host', '2026-01-01')")
     env = appliance_env(app.data_dir, free_port())

@@ -6,8 +6,8 @@ import datetime as dt
 
 from sanic.response import HTTPResponse, json
 
-from ..errors import NotFound
-from ..roles import MODERATORS
+from ..errors import Conflict, NotFound
+from ..roles import HOST, MODERATORS
 from ..stores.relational import MeetingFile, Recording
 from ..throttle import client_address
 from . import api
@@ -21,10 +21,11 @@ GUEST_COOKIE_TTL = dt.timedelta(days=30)
 @api.route("POST", "/api/v1/meetings", summary="Create a meeting", tag="meetings",
            body=MeetingCreate, response=Meeting, status=201, errors=(403,))
 async def create_meeting(call: Call) -> dict:
-    """You become its host. The reply carries the join `code` and `join_url` to share."""
+    """You become its host. The reply carries the join `code` and `join_url` to share. With `e2ee`
+    the media is end-to-end encrypted: the meeting cannot be recorded or captioned."""
     b = call.body
     return await call.services.meetings.create(
-        call.principal, b.title, b.starts_at, b.password, b.lobby, b.allow_guests)
+        call.principal, b.title, b.starts_at, b.password, b.lobby, b.allow_guests, b.e2ee)
 
 
 @api.route("GET", "/api/v1/meetings", summary="Meetings you host or have a role in", tag="meetings",
@@ -46,10 +47,16 @@ async def get_meeting_by_code(call: Call, code: str) -> dict:
 
 
 @api.route("PATCH", "/api/v1/meetings/{meeting_id}", summary="Change a meeting (host)", tag="meetings",
-           body=MeetingPatch, response=Meeting, errors=(403,))
+           body=MeetingPatch, response=Meeting, errors=(403, 409))
 async def patch_meeting(call: Call, meeting_id: str) -> dict:
-    return await call.services.meetings.update(
-        call.principal, meeting_id, call.body.model_dump(exclude_unset=True))
+    """`e2ee` changes only while nobody is in the meeting (409, code `meeting_in_progress`): every
+    client takes the meeting's encryption as it joins."""
+    changes = call.body.model_dump(exclude_unset=True)
+    if changes.get("e2ee") is not None and call.services.signaling.in_meeting(meeting_id):
+        await call.services.meetings.require_role(call.principal, meeting_id, (HOST,))  # 403/404 first
+        raise Conflict("end-to-end encryption can be turned on or off only while nobody is in the meeting",
+                       field="e2ee", code="meeting_in_progress")
+    return await call.services.meetings.update(call.principal, meeting_id, changes)
 
 
 @api.route("DELETE", "/api/v1/meetings/{meeting_id}", summary="Delete a meeting (host)", tag="meetings",

@@ -141,6 +141,7 @@ class MeetingCreate(Strict):
     password: MeetingPassword | None = None
     lobby: bool = False
     allow_guests: bool = False
+    e2ee: bool = Field(False, description="end-to-end encrypted media: no recording, no live captions")
 
 
 class MeetingPatch(Strict):
@@ -151,6 +152,7 @@ class MeetingPatch(Strict):
     lobby: bool | None = None
     allow_guests: bool | None = None
     locked: bool | None = None
+    e2ee: bool | None = Field(None, description="end-to-end encrypted media; changed only while nobody is in it")
 
 
 MeetingRoleName = Literal[ROLES]
@@ -166,6 +168,7 @@ class Meeting(BaseModel):
     lobby: bool
     allow_guests: bool
     locked: bool
+    e2ee: bool = Field(description="end-to-end encrypted media: recording and live captions are off")
     status: Literal["scheduled", "live", "ended"]
     created_at: UtcDatetime
     ended_at: UtcDatetime | None

@@ -9,6 +9,8 @@ from sanic.response import HTTPResponse, text
 
 from ..captions.transcripts import FORMATS, Transcripts, to_srt, to_text, to_vtt
 from ..errors import Forbidden, NotFound
+from ..roles import MODERATORS
+from ..signaling.polls import exported, polls_text
 from . import api
 from .endpoint import Call
 
@@ -23,11 +25,29 @@ class TranscriptSegment(BaseModel):
     gap: bool = False  # speech that was never transcribed (text "[…]"): the server fell too far behind
 
 
+class PollOption(BaseModel):
+    text: str
+    votes: int
+    voters: list[str] | None = None  # by name, for a named poll only
+
+
+class TranscriptPoll(BaseModel):
+    question: str
+    multiple: bool
+    anonymous: bool
+    state: Literal["open", "closed", "published"]
+    created_at: str
+    closed_at: str | None
+    ballots: int
+    options: list[PollOption]
+
+
 class Transcript(BaseModel):
     meeting_id: str
-    started_at: float
+    started_at: float | None  # None: captions were never on (only polls)
     language: str
     segments: list[TranscriptSegment]
+    polls: list[TranscriptPoll] = Field(default_factory=list)
 
 
 class TranscriptQuery(BaseModel):
@@ -89,17 +109,29 @@ async def _member(call: Call, meeting_id: str) -> Transcripts:
 async def get_transcript(call: Call, meeting_id: str) -> dict | HTTPResponse:
     """What was said while captions were on, so far (during the meeting) or all of it (after):
     `format=json` (default), `vtt` (WebVTT), `srt` (SubRip) or `txt`. Times in JSON are seconds
-    since the epoch; in the other formats, from when captions were first turned on."""
+    since the epoch; in the other formats, from when captions were first turned on. The meeting's
+    polls come after the captions (JSON, text, WebVTT notes; SubRip has no place for them): all of
+    them for its hosts, moderators and administrators, those whose results were published for the
+    others; who voted what only for named polls."""
     transcripts = await _member(call, meeting_id)
     header = await transcripts.header(meeting_id)
-    if header is None:
-        raise NotFound("transcript (captions were never turned on in this meeting)")
-    segments = await transcripts.segments(meeting_id)
+    meeting = await call.services.meetings.get(call.principal, meeting_id)
+    polls = await exported(call.services.stores.documents, meeting_id,
+                           everything=call.principal.is_admin or meeting["my_role"] in MODERATORS)
     kind = call.query.format
+    if header is None and (not polls or kind == "srt"):
+        raise NotFound("transcript (captions were never turned on in this meeting)")
+    segments = await transcripts.segments(meeting_id) if header is not None else []
+    started_at = header["started_at"] if header is not None else None
     if kind == "json":
-        return {"meeting_id": meeting_id, "started_at": header["started_at"], "language": header["language"],
-                "segments": segments}
-    body = {"vtt": to_vtt, "srt": to_srt, "txt": to_text}[kind](header["started_at"], segments)
+        return {"meeting_id": meeting_id, "started_at": started_at,
+                "language": header["language"] if header is not None else "", "segments": segments, "polls": polls}
+    body = {"vtt": to_vtt, "srt": to_srt, "txt": to_text}[kind](started_at or 0.0, segments)
+    if polls and kind == "txt":
+        body += ("\n" if body else "") + "".join(f"{line}\n" for line in polls_text(polls))
+    elif polls and kind == "vtt":  # one note per poll: a note ends at a blank line and holds no "-->"
+        body += "\n" + "".join("NOTE\n" + "\n".join(line.replace("-->", "->") for line in polls_text([poll])) + "\n\n"
+                        for poll in polls)
     return text(body, content_type=FORMATS[kind], headers={
         "Content-Disposition": f'attachment; filename="transcript-{meeting_id}.{kind}"'})
 

@@ -22,6 +22,10 @@ what passthrough forwarding needs.
   repaired-rtp-stream-id header extensions, and every later description the SFU writes keeps
   them (a re-offer without them would turn the browser's simulcast off). aiortc knows neither
   attribute and negotiates only the extensions it knows, so both are added around it.
+* An m-line the SFU stopped sending on (``inactive``) is offered without ``a=msid``: the same
+  publisher's track may come back on a new m-line (someone back from a breakout room publishes
+  the same browser track again, under the same participant id), and Chrome rejects an offer in
+  which two m-lines carry one msid.
 * Transport-wide congestion control (``twcc.py``) wherever the browser offers it: the
   extension and the ``transport-cc`` feedback are answered and kept, so the browser estimates its
   uplink from the SFU's feedback rather than from aiortc's REMB (slow to ramp up, and fooled by a
@@ -344,6 +348,8 @@ class SfuPeerConnection(RTCPeerConnection):
                 extensions = payloads.number_extensions(offered)
             aiortc_private.set_codecs(transceiver, codecs)
             aiortc_private.set_header_extensions(transceiver, extensions)
+            if transceiver.direction == "inactive":  # a stopped track: it sends nothing, names nothing
+                media.msid = None
             media.rtp.codecs = codecs
             media.fmt = [c.payloadType for c in codecs]
             media.rtp.headerExtensions = extensions

@@ -16,6 +16,7 @@ from ..captions import metrics
 from ..captions.transcripts import Transcripts
 from ..inference.languages import canonical, is_tag
 from ..stores.relational import Participant, Relational
+from .e2ee import E2ee
 from .protocol import Seat, SignalingError, flag, sfu_refusal
 from .room import Feature, RoomView, moderator
 
@@ -48,8 +49,9 @@ class MeetingCaptions:
 
 
 class Captions(Feature):
-    def __init__(self, room: RoomView, transcripts: Transcripts, db: Relational) -> None:
+    def __init__(self, room: RoomView, transcripts: Transcripts, db: Relational, e2ee: E2ee | None = None) -> None:
         self.room = room
+        self.e2ee = e2ee
         self.transcripts = transcripts
         self.db = db
         self.meetings: dict[str, MeetingCaptions] = {}
@@ -88,6 +90,10 @@ class Captions(Feature):
     async def set_captions(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
         moderator(seat, "turn captions on or off")
         enabled = flag(message, "enabled")
+        if seat.breakout is not None:
+            raise SignalingError("in_breakout", "captions caption the main room: go back to it to turn them on or off")
+        if enabled and self.e2ee is not None:
+            await self.e2ee.refuse(seat.meeting_id, "caption it")
         captions = self.meetings.setdefault(seat.meeting_id, MeetingCaptions())
         language = message.get("language", captions.language)
         if not is_tag(language):
@@ -121,9 +127,10 @@ class Captions(Feature):
         else:
             captions.speakers[seat.id] = canonical(language) if language else ""
         if captions.speakers.get(seat.id) != before:
-            if captions.running:  # the sink takes its languages when it starts
-                await self._stop(seat.meeting_id, seat.id)
-                await self._start(seat.meeting_id, seat.id)
+            if captions.running:  # the sink takes its languages when it starts (from someone in the main room)
+                starter = next((s.id for s in self.room.in_media_room(seat.meeting_id)), seat.id)
+                await self._stop(seat.meeting_id, starter)
+                await self._start(seat.meeting_id, starter)
             self._announce(seat.meeting_id)
         return {"type": "captions_state", **captions.view(), "showing": seat.id in captions.viewers}
 
@@ -188,6 +195,9 @@ class Captions(Feature):
         await self._caption(meeting_id, captions, event)
 
     async def _restart(self, meeting_id: str, participant: str) -> None:
+        if self.e2ee is not None and await self.e2ee.encrypted(meeting_id, fresh=True):  # made encrypted while empty
+            self.meetings.pop(meeting_id, None)
+            return
         reply = await self._start(meeting_id, participant)
         if reply.get("type") == "error" and reply.get("code") != "already_running":
             log.warning("captions of meeting %s did not restart: %s", meeting_id, reply.get("message"))
@@ -208,7 +218,7 @@ class Captions(Feature):
                    "final": final, "merged": event.get("merged", 1),
                    **({"timing": {**event["timing"], "sent": round(sent, 3)}} if "timing" in event else {})}
         for seat in self.room.in_meeting(meeting_id):
-            if seat.id in captions.viewers:
+            if seat.id in captions.viewers and seat.breakout is None:  # the main room's speech
                 seat.send(message)
         first_interim = not final and captions.interim_of.get(participant) != event.get("id")
         if not final:

@@ -1,5 +1,6 @@
 """The meeting's chat: messages to everyone or to one person, files shared into it, and the
-history a late joiner gets. docs/protocol.md, "Meeting controls".
+history a late joiner gets. A message to everyone sent from a breakout room stays in that room; a
+moderator's message to every room (breakouts.py) reaches all. docs/protocol.md, "Meeting controls".
 """
 
 from __future__ import annotations
@@ -22,7 +23,19 @@ def chat_view(entry: dict[str, Any]) -> dict[str, Any]:
             "private": entry.get("to") is not None, "text": entry["text"], "at": entry["at"]}
     if entry.get("file"):
         view["file"] = entry["file"]
+    if entry.get("room") is not None:
+        view["room"] = entry["room"]
+    if entry.get("everywhere"):
+        view["broadcast"] = True
     return view
+
+
+def _reaches(entry: dict[str, Any], seat: Seat) -> bool:
+    """Whether a seat sees a message: a private one if it is one of the two, one to everyone if
+    it is in the room it was sent in (or it went to every room)."""
+    if entry.get("to") is not None:
+        return seat.id in (entry["to"], entry["from"])
+    return bool(entry.get("everywhere")) or entry.get("room") == seat.breakout
 
 
 class Chat(Feature):
@@ -48,21 +61,26 @@ class Chat(Feature):
         await self.post(seat, file["name"], file=file)
 
     async def post(self, seat: Seat, text: str, to: str | None = None,
-                   file: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Store a chat message and deliver it: to everyone, or privately to sender and recipient."""
+                   file: dict[str, Any] | None = None, everywhere: bool = False) -> dict[str, Any]:
+        """Store a chat message and deliver it: to everyone in the sender's room (or, ``everywhere``,
+        in every room), or privately to sender and recipient."""
         entry = {"_id": uuid.uuid4().hex, "meeting_id": seat.meeting_id, "from": seat.id, "from_name": seat.name,
-                 "to": to, "text": text, "at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")}
+                 "to": to, "text": text, "at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                 "room": seat.breakout, "everywhere": everywhere}
         if file is not None:
             entry["file"] = file
         await self.documents.insert("chat", entry)
         view = chat_view(entry)
         for other in self.room.in_meeting(seat.meeting_id):
-            if to is None or other.id in (to, seat.id):
+            if _reaches(entry, other):
                 other.send({"type": "chat", "message": view})
         return view
 
-    async def joined(self, seat: Seat) -> dict[str, Any]:
-        """What a (late) joiner sees: the meeting's public messages and their own private ones."""
+    async def history(self, seat: Seat) -> list[dict[str, Any]]:
+        """What a seat sees of the chat: its room's messages to everyone and its own private ones."""
         entries = await self.documents.find("chat", {"meeting_id": seat.meeting_id}, sort=[("at", 1)])
-        visible = [chat_view(e) for e in entries if e.get("to") is None or seat.id in (e.get("to"), e.get("from"))]
-        return {"chat": visible[-CHAT_HISTORY:]}
+        return [chat_view(e) for e in entries if _reaches(e, seat)][-CHAT_HISTORY:]
+
+    async def joined(self, seat: Seat) -> dict[str, Any]:
+        """What a (late) joiner sees (see history)."""
+        return {"chat": await self.history(seat)}

@@ -36,7 +36,7 @@ class Moderation(Feature):
 
     async def _hold(self, target: Seat, source: str, held: bool) -> None:
         """Stop (or resume) forwarding one source of someone's media in the SFU."""
-        await self.room.sfu.request(target.meeting_id, {"type": "hold", "participant": target.id,
+        await self.room.sfu.request(target.media_room, {"type": "hold", "participant": target.id,
                                                         "source": source, "held": held})
 
     # ------------------------------------------------------------------ roles and the meeting

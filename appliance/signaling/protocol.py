@@ -145,6 +145,12 @@ class Knock:
         return {"id": self.id, "name": self.name, "role": self.role, "removed": self.removed}
 
 
+def media_room(meeting_id: str, breakout: str | None) -> str:
+    """The SFU room of a meeting's main room (the meeting's id) or of one of its breakout rooms
+    (``<meeting id>/<room id>``: a meeting id never holds a slash)."""
+    return meeting_id if breakout is None else f"{meeting_id}/{breakout}"
+
+
 @dataclass(eq=False)
 class Seat:
     """Someone's place in a meeting; it outlives a dropped WebSocket for a while (a resume)."""
@@ -161,7 +167,16 @@ class Seat:
     muted: bool = False
     camera_off: bool = False
     hand_at: float | None = None  # when the hand went up (the order hands are taken in)
-    pending_offer: dict[str, Any] | None = None  # the SFU's offer this seat has not answered yet
+    # What the client must get right after a resume: the SFU's offer it has not answered yet, or a
+    # media_reset (its media moved to another room while the socket was down).
+    pending_offer: dict[str, Any] | None = None
+    breakout: str | None = None  # the breakout room the seat is in (None: the main room)
+    offer_left_behind: bool = False  # an offer of the SFU room the seat has left is unanswered
+
+    @property
+    def media_room(self) -> str:
+        """The SFU room the seat's media lives in (see :func:`media_room`)."""
+        return media_room(self.meeting_id, self.breakout)
 
     @property
     def user_id(self) -> str:
@@ -178,7 +193,8 @@ class Seat:
 
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role, "guest": self.principal.kind == "guest",
-                "muted": self.muted, "camera_off": self.camera_off, "hand_raised_at": self.hand_at}
+                "muted": self.muted, "camera_off": self.camera_off, "hand_raised_at": self.hand_at,
+                "breakout": self.breakout}
 
     def send(self, message: dict[str, Any]) -> None:
         if self.connection is not None:

@@ -9,14 +9,16 @@ from typing import Any
 
 from ..recording.service import Recordings
 from ..recording.sink import SINK
+from .e2ee import E2ee
 from .protocol import Seat, SignalingError, sfu_refusal
 from .room import Feature, RoomView, moderator
 
 
 class Recording(Feature):
-    def __init__(self, room: RoomView, recordings: Recordings) -> None:
+    def __init__(self, room: RoomView, recordings: Recordings, e2ee: E2ee | None = None) -> None:
         self.room = room
         self.recordings = recordings
+        self.e2ee = e2ee
         self.handlers = {"recording_start": self.start, "recording_stop": self.stop}
 
     async def joined(self, seat: Seat) -> dict[str, Any]:
@@ -24,6 +26,10 @@ class Recording(Feature):
 
     async def start(self, seat: Seat, message: dict[str, Any]) -> dict[str, Any]:
         moderator(seat, "start a recording")
+        if seat.breakout is not None:
+            raise SignalingError("in_breakout", "a recording records the main room: go back to it to start one")
+        if self.e2ee is not None:
+            await self.e2ee.refuse(seat.meeting_id, "record it")
         live = await self.recordings.begin(seat.meeting_id, seat.name, seat.account)
         try:
             reply = await self.room.sfu.request(seat.meeting_id, {

@@ -1,8 +1,9 @@
 """What a signaling feature sees and may do, and what makes something a feature.
 
-A feature (the lobby, moderation, chat, captions, recording) is one module written against
-:class:`RoomView`: the seats of a meeting, a way to send to them, the SFU gateway, the audit log,
-and the two acts that change who is seated (release a seat; seat a connection that waited). It
+A feature (the lobby, moderation, chat, captions, recording, breakout rooms) is one module written
+against :class:`RoomView`: the seats of a meeting, a way to send to them, the SFU gateway, the
+audit log, the two acts that change who is seated (release a seat; seat a connection that waited)
+and the one that changes where a seat's media is (move it to a breakout room). It
 never sees the server itself, and nothing imports it back: app.py hands the features to the
 server, which builds its dispatch table from their ``handlers``.
 """
@@ -43,17 +44,23 @@ class RoomView:
     def __init__(self, seats: Mapping[str, Seat], sfu: SfuGateway, db: Relational,
                  release: Callable[[Seat, str, int | None], Awaitable[None]],
                  seat: Callable[[Connection, Meeting, str, str], Awaitable[dict[str, Any]]],
-                 check_name: Callable[[str, Any, str], None]) -> None:
+                 check_name: Callable[[str, Any, str], None],
+                 move: Callable[[Seat, str | None], Awaitable[None]]) -> None:
         self._seats = seats
         self.sfu = sfu
         self._db = db
         self._release = release
         self._seat = seat
         self._check_name = check_name
+        self._move = move
 
     # ------------------------------------------------------------------ who is there
     def in_meeting(self, meeting_id: str) -> list[Seat]:
         return [seat for seat in self._seats.values() if seat.meeting_id == meeting_id]
+
+    def in_media_room(self, room: str) -> list[Seat]:
+        """The seats whose media is in one SFU room (a meeting's main room or a breakout room)."""
+        return [seat for seat in self._seats.values() if seat.media_room == room]
 
     def seat(self, seat_id: str) -> Seat | None:
         return self._seats.get(seat_id)
@@ -83,6 +90,11 @@ class RoomView:
     async def release(self, seat: Seat, reason: str, close: int | None = None) -> None:
         """End a seat: the others are told, the SFU and the record follow."""
         await self._release(seat, reason, close)
+
+    async def move(self, seat: Seat, breakout: str | None) -> None:
+        """Move a seat's media to a breakout room of its meeting (None: the main room); its
+        client connects its media afresh and everyone sees the seat's new room."""
+        await self._move(seat, breakout)
 
     async def seat_connection(self, conn: Connection, meeting: Meeting, role: str, name: str) -> dict[str, Any]:
         """Seat a connection that waited (in the lobby); its ``joined`` reply."""
@@ -120,5 +132,6 @@ class Feature:
         """A WebSocket ended (whether or not it held a seat)."""
 
     async def media_lost(self, meeting_id: str) -> None:
-        """The SFU lost the meeting's media (its worker process died): whatever ran there is gone;
-        the participants are about to join the SFU again."""
+        """The SFU lost a room's media (its worker process died): whatever ran there is gone; the
+        participants are about to join the SFU again. ``meeting_id`` is the SFU room: a meeting's
+        id for its main room, protocol.media_room's key for a breakout room."""

@@ -59,7 +59,7 @@ class Signaling:
         self.seats: dict[str, Seat] = {}
         self.sessions: dict[str, Seat] = {}
         self.connections: set[Connection] = set()
-        self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name)
+        self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name, self.move)
         self.features: list[Feature] = []
         self.handlers: dict[str, Handler] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -222,16 +222,20 @@ class Signaling:
             return None
         if kind == "offer":
             self._check_published(message)
+        answered = seat.pending_offer
+        if kind == "answer" and answered is None and seat.offer_left_behind:
+            seat.offer_left_behind = False
+            return {"type": "ok"}  # to an offer of the room the seat has left since: dropped
         forwarded = {k: v for k, v in message.items()
                      if k in ("type", "sdp", "tracks", "candidate", "publisher", "track_id", "max_layer")}
         first_offer = kind == "offer" and conn.trace.open
         with conn.trace.step("sfu.answer") if first_offer else contextlib.nullcontext():
-            reply = await self.sfu.request(seat.meeting_id, {**forwarded, "participant": seat.id})
+            reply = await self.sfu.request(seat.media_room, {**forwarded, "participant": seat.id})
             if reply.get("type") == "error":
                 raise sfu_refusal(reply, "media negotiation")
         if first_offer:
             conn.trace.finish("answered")
-        if kind == "answer":
+        if kind == "answer" and seat.pending_offer is answered:  # not the SFU's next offer, sent meanwhile
             seat.pending_offer = None
         return reply
 
@@ -350,7 +354,7 @@ class Signaling:
                                   "message": "this seat was taken over by a newer connection"})
             seat.connection.close(Close.REPLACED)
         self._attach(seat, conn)
-        sfu = await self.sfu.request(seat.meeting_id, {"type": "room", "participant": seat.id})
+        sfu = await self.sfu.request(seat.media_room, {"type": "room", "participant": seat.id})
         if sfu.get("type") == "error":
             raise sfu_refusal(sfu, "resuming the media")
         joined = self._joined(seat, resumed=True, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
@@ -423,7 +427,7 @@ class Signaling:
         await asyncio.shield(task)
 
     async def _finish_release(self, seat: Seat, reason: str) -> None:
-        await self.sfu.request(seat.meeting_id, {"type": "leave", "participant": seat.id})
+        await self.sfu.request(seat.media_room, {"type": "leave", "participant": seat.id})
         await self.db.run(lambda: Participant.update(left_at=utcnow()).where(Participant.id == seat.id).execute())
         await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
                                                           "participant_id": seat.id, "reason": reason})
@@ -437,50 +441,77 @@ class Signaling:
                 log.exception("handling SFU event %s failed", event.get("type"))
 
     async def _sfu_event(self, event: dict[str, Any]) -> None:
-        kind, meeting_id, to = event["type"], event["room"], event.get("to")
+        kind, room, to = event["type"], event["room"], event.get("to")
         feature = next((f for f in self.features if f.handles(event)), None)
         if feature is not None:
             await feature.sfu_event(event)
             return
         if kind == "participant_left":
             seat = self.seats.get(event["participant_id"])
-            if seat is not None and event.get("reason") != "left":
+            if seat is not None and seat.media_room == room and event.get("reason") != "left":
                 # The media connection closed or failed (a closed tab, a dead network).
                 await self.release(seat, "disconnected", close=Close.LEFT)
             return
         if kind == "participant_joined":
             return  # signaling announces seats itself, with their roles
         if kind == "media_lost":
-            await self._media_lost(meeting_id, event["participants"])
+            await self._media_lost(room, event["participants"])
             return
         message = {k: v for k, v in event.items() if k not in ROUTING}
         if to is not None:
             seat = self.seats.get(to)
-            if seat is not None:
+            if seat is not None and seat.media_room == room:  # not of a room the seat has left
                 if kind == "offer":
                     seat.pending_offer = message  # resent after a resume if the socket is down now
                 seat.send(message)
             return
-        for seat in self.in_meeting(meeting_id):
+        for seat in self.room.in_media_room(room):
             if kind in ("track_published", "track_unpublished") and message["track"]["participant"] == seat.id:
                 continue
             seat.send(message)
 
-    async def _media_lost(self, meeting_id: str, participants: list[str]) -> None:
-        """The SFU worker hosting the meeting died. The seats stay: each joins the SFU again (which
-        places the room on a live worker) and its client is told to connect its media afresh."""
-        log.warning("meeting %s lost its media (an SFU worker stopped); its participants reconnect", meeting_id)
+    async def _media_lost(self, room: str, participants: list[str]) -> None:
+        """The SFU worker hosting a room (a meeting's main room or a breakout room) died. The seats
+        stay: each joins the SFU again (which places the room on a live worker) and its client is
+        told to connect its media afresh."""
+        log.warning("SFU room %s lost its media (an SFU worker stopped); its participants reconnect", room)
         for feature in self.features:
-            await feature.media_lost(meeting_id)
+            await feature.media_lost(room)
         for seat in [self.seats[p] for p in participants if p in self.seats]:
-            sfu = await self.sfu.request(meeting_id, {"type": "join", "participant": seat.id, "name": seat.name})
-            if sfu.get("type") == "error":
-                log.error("participant %s could not join the SFU again: %s", seat.id, sfu.get("message"))
-                await self.release(seat, "disconnected", close=Close.LEFT)
-                continue
-            seat.pending_offer = None
-            seat.send({"type": "media_reset", "tracks": [t for t in sfu["tracks"] if t["participant"] != seat.id],
-                       "ice_servers": [*sfu["ice_servers"], *self._turn_servers(seat.id)]})
+            if seat.media_room == room:  # not moved to another room meanwhile
+                await self._media_reset(seat)
+
+    async def move(self, seat: Seat, breakout: str | None) -> None:
+        """Move a seat's media to a breakout room of its meeting (None: the main room): it leaves
+        its SFU room and joins the other, its client connects its media afresh (``media_reset``),
+        and everyone sees the seat's new room."""
+        if seat.breakout == breakout or self.seats.get(seat.id) is not seat:
+            return
+        left, seat.breakout = seat.media_room, breakout
+        # An answer on its way now is to an offer of the room it leaves: dropped when it comes.
+        seat.offer_left_behind, seat.pending_offer = seat.pending_offer is not None, None
+        await self.sfu.request(left, {"type": "leave", "participant": seat.id})
+        await self._media_reset(seat)
+        if self.seats.get(seat.id) is seat:
+            self.room.updated(seat)
+
+    async def _media_reset(self, seat: Seat) -> None:
+        """Join the seat to its SFU room afresh (a moderator's hold of its microphone or camera
+        included) and tell its client to connect its media anew; a seat the SFU refuses ends."""
+        sfu = await self.sfu.request(seat.media_room, {"type": "join", "participant": seat.id, "name": seat.name})
+        if sfu.get("type") == "error":
+            log.error("participant %s could not join the SFU again: %s", seat.id, sfu.get("message"))
+            await self.release(seat, "disconnected", close=Close.LEFT)
+            return
+        for source, held in (("microphone", seat.muted), ("camera", seat.camera_off)):
+            if held:  # lifted again by the participant's own update_state, as before
+                await self.sfu.request(seat.media_room, {"type": "hold", "participant": seat.id,
+                                                         "source": source, "held": True})
+        reset = {"type": "media_reset", "tracks": [t for t in sfu["tracks"] if t["participant"] != seat.id],
+                 "ice_servers": [*sfu["ice_servers"], *self._turn_servers(seat.id)]}
+        # A seat whose socket is down gets it right after its resume instead.
+        seat.pending_offer = None if seat.connection is not None else reset
+        seat.send(reset)
 
     async def _bus_events(self) -> None:
         async with self.bus.subscribe("meeting.*") as events:
@@ -534,7 +565,7 @@ class Signaling:
         """Who is in the meeting now, with their media counters (for hosts and operators)."""
         out = []
         for seat in self.in_meeting(meeting_id):
-            stats = await self.sfu.request(meeting_id, {"type": "stats", "participant": seat.id})
+            stats = await self.sfu.request(seat.media_room, {"type": "stats", "participant": seat.id})
             out.append({**seat.view(), "connected": seat.connection is not None,
                         "connection_state": stats.get("connection_state"),
                         "audio_level_dbov": stats.get("audio_level_dbov"),

@@ -85,6 +85,7 @@ class Meeting(BaseModel):
     lobby = pw.BooleanField(default=False)
     allow_guests = pw.BooleanField(default=False)
     locked = pw.BooleanField(default=False)
+    e2ee = pw.BooleanField(default=False)  # end-to-end encrypted media (signaling/e2ee.py)
     status = pw.CharField(max_length=16, default="scheduled")  # scheduled | live | ended
     created_at = pw.DateTimeField(default=utcnow)
     ended_at = pw.DateTimeField(null=True)
@@ -215,12 +216,18 @@ def _m4_password_links(db: pw.Database) -> None:
     db.create_tables([PasswordLink], safe=True)
 
 
+def _m5_meeting_e2ee(db: pw.Database) -> None:
+    if "e2ee" not in {column.name for column in db.get_columns("meeting")}:
+        run_migrations(SchemaMigrator.from_database(db).add_column("meeting", "e2ee", Meeting.e2ee))
+
+
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
     (2, "files shared in meetings", _m2_meeting_files),
     (3, "recordings: end, stop reason, upload state; composite exports", _m3_recording_details),
     (4, "one-time password links (invitations, resets)", _m4_password_links),
+    (5, "meetings: end-to-end encryption", _m5_meeting_e2ee),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -40,6 +40,7 @@ export class Captions {
     this.state = { enabled: false, language: "en", state: "off", detail: "", interim: true, interim_detail: "",
                    speakers: {}, ...joined.captions };
     this.showing = false;
+    this.encrypted = Boolean(joined.e2ee?.enabled);  // end-to-end encrypted: the server cannot caption it
     this.lines = [];  // final captions on screen: {id, name, text, language, at}
     this.interims = new Map();  // participant → {id, name, text, language}: what they are saying
 
@@ -186,9 +187,10 @@ export class Captions {
     const moderator = MODERATORS.includes(this.role);
     const on = this.showing && this.state.enabled;
     this.button.setAttribute("aria-pressed", String(this.showing));
-    this.button.title = t(this.showing ? "captions.hide" : (this.state.enabled || !moderator
-      ? "captions.show" : "captions.turn_on"));
-    this.language.hidden = !moderator;
+    this.button.title = t(this.encrypted ? "e2ee.no_captions" : this.showing ? "captions.hide"
+      : (this.state.enabled || !moderator ? "captions.show" : "captions.turn_on"));
+    this.button.disabled = this.encrypted;
+    this.language.hidden = !moderator || this.encrypted;
     this.language.value = this.state.language ?? "en";
     this.mine.hidden = !this.state.enabled;
     this.mine.value = this.me in (this.state.speakers ?? {}) ? this.state.speakers[this.me] : MEETINGS;

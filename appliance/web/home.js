@@ -1,6 +1,6 @@
 // Home: first-admin setup, sign in, create a meeting, list my meetings with their join links.
 import { call, saveTokens, signIn, signInWithRefreshToken, signOut, tokens } from "/static/api.js";
-import { $ } from "/static/dom.js";
+import { $, el } from "/static/dom.js";
 import { errorText, languagePicker, t, translatePage } from "/static/i18n.js";
 import { recordingsButton } from "/static/recordings.js";
 import { transcriptButton } from "/static/transcript.js";
@@ -74,6 +74,7 @@ function drawMeetings() {
     meta.className = "muted";
     const role = m.my_role ? t(`role.${m.my_role}`) : "";
     meta.textContent = [m.code, role, m.status === "ended" ? t("home.ended") : ""].filter(Boolean).join(" · ");
+    if (m.e2ee) meta.append(" · ", el("span", { className: "meeting-e2ee" }, t("e2ee.list_marker")));
     const copy = document.createElement("button");
     copy.type = "button";
     copy.className = "ghost";
@@ -134,7 +135,8 @@ $("#set-password-form").addEventListener("submit", async (event) => {
 $("#create-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = event.target;
-  const body = { title: form.title.value, lobby: form.lobby.checked, allow_guests: form.allow_guests.checked };
+  const body = { title: form.title.value, lobby: form.lobby.checked, allow_guests: form.allow_guests.checked,
+                 e2ee: form.e2ee.checked };
   if (form.password.value) body.password = form.password.value;
   try {
     await call("POST", "/api/v1/meetings", body);

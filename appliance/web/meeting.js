@@ -4,7 +4,9 @@
 // participant, screen shares shown large (screens.js), the participant list with the moderators'
 // controls (people.js) and the chat (chat.js). For tests and diagnostics, window.confmeet.pc is
 // the page's RTCPeerConnection (read getStats() from it) and window.confmeet.signaling its
-// signaling session (to send protocol messages such as video_layer); nothing else is exposed.
+// signaling session (to send protocol messages such as video_layer), window.confmeet.e2ee the
+// frame counters of an end-to-end encrypted meeting, window.confmeet.whiteboard the shared
+// whiteboard's pages, items and state vector as this page holds them; nothing else is exposed.
 import { actAsGuest, ApiError, call, forgetGuest, guestToken, joinAsGuest, saveTokens, signIn, tokens }
   from "/static/api.js";
 import { Chat } from "/static/chat.js";
@@ -12,12 +14,18 @@ import { $, el, initials, PopupMenu } from "/static/dom.js";
 import { clockTime, errorText, languagePicker, ordinal, t, tn, translatePage } from "/static/i18n.js";
 import { handOrder, isModerator, People } from "/static/people.js";
 import { Captions } from "/static/captions.js";
+import { NoiseControls, NoiseSuppression } from "/static/noise.js";
+import { Polls } from "/static/polls.js";
+import { Breakouts } from "/static/breakouts.js";
 import { Recording } from "/static/recording.js";
+import { E2ee, e2eePeerConfig, e2eeSupported } from "/static/e2ee.js";
 import { Screens } from "/static/screens.js";
 import { Shortcuts } from "/static/shortcuts.js";
 import { ConnectionError, Signaling } from "/static/signaling.js";
+import { Overflow } from "/static/overflow.js";
 import { TilePages } from "/static/pages.js";
 import { Views } from "/static/views.js";
+import { Whiteboard } from "/static/whiteboard.js";
 
 const code = decodeURIComponent(location.pathname.replace(/^\/m\//, "").replace(/\/+$/, ""));
 // The camera is sent as up to three encodings (simulcast), lowest first: the SFU gives each
@@ -65,6 +73,8 @@ let joiningAs = "account";  // or "guest": someone without an account, with a na
 window.confmeet = Object.freeze({
   get pc() { return session?.pc ?? null; },
   get signaling() { return session?.signaling ?? null; },
+  get e2ee() { return session?.e2ee ? { ...session.e2ee.counters } : null; },  // frames through e2ee-worker.js
+  get whiteboard() { return session?.whiteboard.summary() ?? null; },
 });
 
 function show(view) {
@@ -200,6 +210,7 @@ class LocalMedia {
 
   stop() {
     for (const track of this.stream.getTracks()) track.stop();
+    noise.close();
   }
 
   #constraints(kinds) {
@@ -215,11 +226,18 @@ class LocalMedia {
     if (old) { this.stream.removeTrack(old); old.stop(); }
     if (track.kind === "audio") track.enabled = this.microphoneOn;
     this.stream.addTrack(track);
-    this.onTrack(track.kind, track);
+    this.onTrack(track.kind, track.kind === "audio" ? noise.use(track) : track);
   }
+
+  /** The microphone's track as it is sent: through noise suppression while that runs. */
+  get sent() { return noise.sending(this.audio); }
 }
 
+const noise = new NoiseSuppression();
 const media = new LocalMedia();
+// Noise suppression turned on or off, or started by the first click: the sender gets the other track.
+noise.onChange = () => { if (media.audio) media.onTrack("audio", media.sent); if (!$("#prejoin").hidden) meterMicrophone(); };
+new NoiseControls(noise);
 
 // ----------------------------------------------------------------------------- sign in
 $("#signin-form").addEventListener("submit", async (event) => {
@@ -364,7 +382,7 @@ function updatePreview() {
 // A level meter on the preview, so people see their microphone works before joining.
 let meter = null;
 function meterMicrophone() {
-  const track = media.audio;
+  const track = media.sent;  // what the others will hear
   if (!track || meter?.track === track) return;
   meter?.context.close();
   const context = new AudioContext();
@@ -631,13 +649,15 @@ const chat = new Chat({
 });
 
 // The side panel shows the people or the chat, or nothing.
-const PANELS = { people: ["#people-panel", "#people-button"], chat: ["#chat-panel", "#chat-button"] };
+const PANELS = { people: ["#people-panel", "#people-button"], chat: ["#chat-panel", "#chat-button"],
+                 polls: ["#polls-panel", "#polls-button"], breakouts: ["#breakouts-panel", "#breakouts-button"] };
 function openPanel(name) {
   for (const [key, [panel, button]] of Object.entries(PANELS)) {
     $(panel).hidden = key !== name;
     $(button).setAttribute("aria-expanded", String(key === name));
   }
   chat.setOpen(name === "chat");
+  session?.polls.setOpen(name === "polls");
 }
 for (const [key, [panel, button]] of Object.entries(PANELS)) {
   $(button).addEventListener("click", () => {
@@ -656,21 +676,24 @@ new Shortcuts({ active: () => Boolean(session) && !session.closed });
 // ----------------------------------------------------------------------------- the meeting
 /** The peer connection that publishes the camera and microphone, and its first offer. */
 class Publisher {
-  constructor(certificate) {
+  /** `e2ee`: the meeting's encryption (e2ee.js), which must see the senders before the offer. */
+  constructor(certificate, e2ee = null) {
     const kinds = [media.hasMicrophone && "audio", media.hasCamera && "video"].filter(Boolean);
     this.pc = new RTCPeerConnection({
       // Chrome refuses max-bundle for an offer without m-lines, the offer of someone who publishes nothing.
       bundlePolicy: kinds.length ? "max-bundle" : "balanced",
       ...(certificate ? { certificates: [certificate] } : {}),
+      ...e2eePeerConfig(Boolean(e2ee)),
     });
     this.sources = new Map();
     for (const kind of kinds) {
-      const track = kind === "audio" ? media.audio : media.video;  // none while the camera is off
+      const track = kind === "audio" ? media.sent : media.video;  // none while the camera is off
       const transceiver = this.pc.addTransceiver(track ?? kind, {
         direction: "sendonly", streams: [media.stream],
         ...(kind === "video" ? { sendEncodings: cameraEncodings(track?.getSettings().height) } : {}),
       });
       this.sources.set(transceiver, SOURCE[kind]);
+      e2ee?.protectSender(transceiver);
     }
     this.offer = this.pc.createOffer();
     this.offer.catch(() => {});  // a failure surfaces where the offer is used
@@ -684,20 +707,32 @@ class Session {
     const stopWaiting = signaling.on("waiting", waiting);
     // The peer connection and its first offer are made while the join is under way; only the ICE
     // servers, which come with `joined`, are set afterwards (before anything is gathered).
-    const publisher = new Publisher(await certificate);
+    let e2ee = meetingInfo?.e2ee && e2eeSupported() ? new E2ee() : null;
+    let publisher = new Publisher(await certificate, e2ee);
     try {
       const joined = await signaling.join({ meeting: code, name, password });
-      session = new Session(signaling, joined, publisher);
+      if (joined.e2ee?.enabled && !e2eeSupported()) {
+        await signaling.leave();
+        throw new ConnectionError("e2ee_unsupported", t("error.e2ee_unsupported"));
+      }
+      if (Boolean(joined.e2ee?.enabled) !== Boolean(e2ee)) {  // a guest learns it only now
+        publisher.pc.close();
+        e2ee?.close();
+        e2ee = joined.e2ee?.enabled ? new E2ee() : null;
+        publisher = new Publisher(await certificate, e2ee);
+      }
+      session = new Session(signaling, joined, publisher, e2ee);
       return session;
     } catch (error) {
       publisher.pc.close();
+      e2ee?.close();
       throw error;
     } finally {
       stopWaiting();
     }
   }
 
-  constructor(signaling, joined, publisher) {
+  constructor(signaling, joined, publisher, e2ee = null) {
     this.signaling = signaling;
     this.meeting = joined.meeting;
     this.me = joined.participant;
@@ -739,8 +774,15 @@ class Session {
       chat: (m) => chat.add(m.message),
     })) signaling.on(type, handler);
 
+    this.e2ee = e2ee;  // end-to-end encryption (e2ee.js), when the meeting has it
+    e2ee?.start(signaling, joined);
     this.recording = new Recording(signaling, joined, (text) => this.#notify(text));
     this.captions = new Captions(signaling, joined, { token: accessToken, notify: (text) => this.#notify(text) });
+    this.polls = new Polls(signaling, joined, (text) => this.#notify(text));
+    this.whiteboard = new Whiteboard(signaling, joined, { notify: (text) => this.#notify(text) });
+    this.breakouts = new Breakouts(signaling, joined, { notify: (text) => this.#notify(text), me: () => this.me,
+                                                        people: () => [...this.participants.values()],
+                                                        chat: (history) => chat.reset(history) });
     this.pc = this.#connect(publisher.pc, joined.ice_servers ?? []);
     // Negotiation steps run one at a time, in order; the first is under way while the stage is drawn.
     this.chain = this.#offer().catch((error) => this.#failed(error));
@@ -778,6 +820,7 @@ class Session {
         .catch((error) => console.warn("candidate not sent", error));
     });
     pc.addEventListener("track", ({ track, streams, transceiver }) => {
+      this.e2ee?.protectReceiver(transceiver.receiver);
       const label = this.remoteByMid.get(transceiver.mid);
       const id = streams[0]?.id ?? label?.participant;
       if (!id || id === this.me.id) return;
@@ -885,7 +928,7 @@ class Session {
       views.clear();  // the SFU took us back afresh: it sends every camera again,
       this.lastN = null;  // and says anew whose when last-N applies
       this.refreshPaused();
-      const publisher = new Publisher(await certificate);
+      const publisher = new Publisher(await certificate, this.e2ee);
       this.pc.close();
       this.sources = publisher.sources;
       this.preparedOffer = publisher.offer;
@@ -916,8 +959,14 @@ class Session {
   #updated(participant) {
     if (participant.id === this.me.id) {
       const wasModerator = isModerator(this.me);
+      const moved = (participant.breakout ?? null) !== (this.me.breakout ?? null);
       this.me = { ...this.me, ...participant };
       if (wasModerator && !isModerator(this.me)) this.#lobby([]);
+      if (moved) for (const p of this.participants.values()) this.#updated(p);  // the tiles of your new room
+    } else if ((participant.breakout ?? null) !== (this.me.breakout ?? null)) {  // in another room (breakouts.js)
+      this.participants.set(participant.id, participant);
+      grid.remove(participant.id);
+      screens.removeParticipant(participant.id);
     } else {
       this.participants.set(participant.id, participant);
       grid.add(participant.id, participant.name, { guest: Boolean(participant.guest) });
@@ -1045,6 +1094,7 @@ class Session {
     // Each share is a new track on a new transceiver: the SFU announces it afresh to everyone.
     const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [new MediaStream([track])] });
     this.sources.set(transceiver, "screen");
+    this.e2ee?.protectSender(transceiver);
     this.screen = { track, transceiver };
     screens.add("self", { participant: this.me.id, name: this.me.name, self: true });
     this.#sharing();
@@ -1206,7 +1256,9 @@ class Session {
 
   /** What the script wrote on the stage, again in the page's language. */
   relabel() {
-    for (const [id, p] of this.participants) grid.add(id, p.name, { guest: Boolean(p.guest) });
+    for (const [id, p] of this.participants) {
+      if ((p.breakout ?? null) === (this.me.breakout ?? null)) grid.add(id, p.name, { guest: Boolean(p.guest) });
+    }
     grid.add(this.me.id, this.me.name, { self: true });
     this.#roster();
     this.#lobby(this.waiting ?? []);
@@ -1225,6 +1277,10 @@ class Session {
     menu.close();
     this.recording.close();
     this.captions.close();
+    this.polls.close();
+    this.breakouts.close();
+    this.whiteboard.close();
+    this.e2ee?.close();
     this.screen?.track.stop();
     this.screen = null;
     screens.clear();
@@ -1244,6 +1300,7 @@ function tick() {
 window.addEventListener("pagehide", () => session?.leaveNow());
 
 $("#languages").replaceChildren(languagePicker());
+new Overflow($(".controlbar"));  // what does not fit the window goes into "More"
 translatePage();
 window.addEventListener("languagechange", () => {
   labelPrejoin();

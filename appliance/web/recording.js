@@ -23,6 +23,7 @@ export class Recording {
     this.role = joined.participant.role;
     this.notify = notify;
     this.current = null;  // {id, started_at, started_by} while a recording runs
+    this.encrypted = Boolean(joined.e2ee?.enabled);  // end-to-end encrypted: the server cannot record it
     this.busy = false;
 
     this.button = el("button", { id: "record", className: "control record", type: "button", "aria-pressed": "false", onclick: () => this.#toggle() },
@@ -81,10 +82,10 @@ export class Recording {
     const on = Boolean(this.current);
     this.indicator.hidden = !on;
     this.button.hidden = !MODERATORS.includes(this.role);
-    this.button.disabled = this.busy;
+    this.button.disabled = this.busy || this.encrypted;
     this.button.setAttribute("aria-pressed", String(on));
     this.button.setAttribute("aria-label", t(on ? "recording.stop" : "recording.record"));
-    this.button.title = t(on ? "recording.stop_title" : "recording.record_title");
+    this.button.title = t(this.encrypted ? "e2ee.no_recording" : on ? "recording.stop_title" : "recording.record_title");
   }
 
   async #toggle() {

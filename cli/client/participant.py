@@ -25,6 +25,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamTrack
 
 from appliance.sfu import aiortc_private
@@ -37,6 +38,7 @@ from .signaling import SignalingClient, SignalingError, signaling_url
 
 CONNECT_TIMEOUT = 15.0  # ICE + DTLS
 SOURCES = {"video": "camera", "audio": "microphone"}  # what a published track is, by its kind
+CLOSED = "RTCPeerConnection is closed"  # aiortc's InvalidStateError on a connection that ended
 # aioice never gathers on 127.0.0.1: against an appliance on loopback, gather there only.
 LOOPBACK = CandidateGatherer(IceSettings(loopback=True))
 
@@ -48,6 +50,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class SentTrack(MediaStreamTrack):
+    """A published track as one peer connection sends it. aiortc stops a sender's track when its
+    connection ends, the SFU's closing it included (as when the seat moves to another room): this
+    one stops, its source goes on for the next connection (``media_reset``)."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self.source = source
+
+    async def recv(self) -> Any:
+        return await self.source.recv()
 
 
 class Participant:
@@ -84,6 +100,7 @@ class Participant:
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []  # cancelled by close()
         self._simulcast: list[SimulcastCamera] = []
+        self._published: list[MediaStreamTrack] = []  # what publish() was given
 
     # ------------------------------------------------------------------ signaling
     async def connect(self) -> None:
@@ -164,6 +181,8 @@ class Participant:
             camera.stop()
         if self.pc is not None:
             await self.pc.close()
+        for track in self._published:  # a sender stops only what it sends (SentTrack)
+            track.stop()
         if self.signaling is not None:
             await self.signaling.close()
 
@@ -182,7 +201,8 @@ class Participant:
 
     def publish(self, track: MediaStreamTrack) -> RTCRtpTransceiver:
         """Send ``track`` (a camera if video, a microphone if audio) from the next ``offer``."""
-        return self._peer().addTransceiver(track, direction="sendonly")
+        self._published.append(track)
+        return self._peer().addTransceiver(SentTrack(track), direction="sendonly")
 
     def publish_clip(self, clip: EncodedClip) -> LoopedTrack:
         """Send ``clip``, looped (see clips.send_looped), from the next ``offer``."""
@@ -275,8 +295,10 @@ class Participant:
             for track in tracks:
                 if isinstance(track, LoopedTrack):
                     send_loop(self._peer(), track)
-                else:
-                    self.publish(track)
+                elif not isinstance(track, SentTrack):
+                    self._peer().addTransceiver(track, direction="sendonly")
+            for source in self._published:  # whether or not aiortc stopped what sent it
+                self._peer().addTransceiver(SentTrack(source), direction="sendonly")
         await self.offer()
 
     async def _answer(self, offer: dict[str, Any]) -> None:
@@ -296,6 +318,10 @@ class Participant:
                 await self.request({"type": "answer", "sdp": pc.localDescription.sdp}, check=True)
             except SignalingError as exc:
                 self.failures.append(f"the server refused our answer: {exc}")
+            except InvalidStateError as exc:
+                # Not an offer to a connection that ended meanwhile (the SFU closed it: a media_reset follows).
+                if str(exc) != CLOSED:
+                    self.failures.append(f"cannot apply the server's offer: {exc!r}")
             except Exception as exc:  # aiortc raises assorted errors on an offer it cannot apply
                 self.failures.append(f"cannot apply the server's offer: {exc!r}")
 

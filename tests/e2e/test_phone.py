@@ -349,3 +349,31 @@ def test_keyboard_shortcuts_and_their_help(room: Room) -> None:
     assert [i for i in order if i in CONTROL_ORDER] == CONTROL_ORDER[:-1], order
     assert all(f["ring"] for f in visited + [focused]), visited + [focused]
     assert grace.errors == []
+
+
+def test_a_narrow_window_moves_the_least_used_buttons_into_more(room: Room) -> None:
+    grace = room.pages["grace"]
+    page = grace.page
+    bar, more = page.locator(".controlbar"), page.get_by_role("button", name="More")
+    popover = page.locator("#more-popover")
+    out_of_window = "() => [...document.querySelectorAll('.controlbar button')].filter((b) => b.getClientRects().length)" \
+                    ".filter((b) => { const r = b.getBoundingClientRect(); return r.left < 0 || r.right > innerWidth; })" \
+                    ".map((b) => b.id)"
+    try:
+        expect(more).to_be_hidden()  # 1280 px: everything fits
+        page.set_viewport_size({"width": 900, "height": 720})
+        expect(more).to_be_visible()
+        assert page.evaluate(out_of_window) == []
+        expect(bar.locator(".meeting-status").get_by_role("button", name="Low bandwidth")).to_have_count(0)
+        more.click()
+        expect(popover).to_be_visible()
+        popover.get_by_role("button", name="Low bandwidth").click()  # the same button, named in full
+        expect(popover).to_be_hidden()
+        page.set_viewport_size({"width": 1280, "height": 720})
+        expect(more).to_be_hidden()
+        low = bar.locator(".meeting-status").get_by_role("button", name="Low bandwidth")
+        expect(low).to_have_attribute("aria-pressed", "true")  # back in the bar, as it was left
+        low.click()
+        expect(low).to_have_attribute("aria-pressed", "false")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 720})
