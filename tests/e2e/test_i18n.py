@@ -127,6 +127,19 @@ def test_the_meeting_in_chinese_from_the_join_page_to_people_chat_and_recording(
         page.screenshot(path=str(SCREENSHOTS / "meeting-zh-CN.png"))
         page.get_by_role("button", name="停止录制", exact=True).click()
         expect(page.locator("#notice")).to_have_text(f"录制已停止：{ada.name}停止了录制。")
+        expect(page.locator("#notice")).to_be_hidden(timeout=8000)
+
+        # What came with issue 19 speaks Chinese too: polls, breakout rooms, the whiteboard.
+        page.get_by_role("button", name="投票", exact=True).click()
+        page.get_by_role("complementary", name="投票").get_by_role("button", name="发起投票").click()
+        assert english_left(page, data) == []
+        page.get_by_role("button", name="分组讨论室", exact=True).click()
+        expect(page.get_by_role("complementary", name="分组讨论室")).to_be_visible()
+        assert english_left(page, data) == []
+        page.get_by_role("button", name="白板", exact=True).click()
+        expect(page.locator("#whiteboard canvas, .whiteboard canvas").first).to_be_visible()
+        assert english_left(page, data) == []
+        page.screenshot(path=str(SCREENSHOTS / "whiteboard-zh-CN.png"))
     finally:
         zh.close()
         en.close()
