@@ -23,7 +23,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
