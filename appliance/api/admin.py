@@ -54,7 +54,7 @@ async def recordings_overview(call: Call) -> dict:
                  .join(MeetingRow, on=(Recording.meeting == MeetingRow.id)).order_by(Recording.started_at.desc()))
         listed = [{"id": r.id, "meeting_id": r.meeting_id, "meeting_title": r.meeting_title, "status": r.status,
                    "started_at": r.started_at, "duration_s": round(r.duration_s, 3), "size": r.size_bytes,
-                   "exports_size": export_bytes.get(r.id, 0)}
+                   "exports_size": export_bytes.get(r.id, 0), "room": r.room}
                   for r in query.objects().limit(q.limit).offset(q.offset)]
         recordings = Recording.select(pw.fn.COALESCE(pw.fn.SUM(Recording.size_bytes), 0)).scalar()
         files = MeetingFile.select(pw.fn.COALESCE(pw.fn.SUM(MeetingFile.size), 0)).scalar()

@@ -265,6 +265,7 @@ class RecordingSummary(BaseModel):
     duration_s: float
     size: int = Field(description="bytes of its track files")
     exports_size: int = Field(description="bytes of its composite exports")
+    room: str | None = Field(None, description="the name of the breakout room recorded; null: the main room")
 
 
 class StorageUse(BaseModel):

@@ -72,6 +72,7 @@ class RecordingView(BaseModel):
     upload_error: str = Field(description="why the last upload failed, while it is retried")
     tracks: list[RecordingTrack]
     exports: list[RecordingExportView]
+    room: str | None = Field(None, description="the name of the breakout room recorded; null: the main room")
 
 
 class RecordingList(BaseModel):
@@ -99,7 +100,7 @@ def recording_view(row: Recording, starter: str, exports: list[RecordingExport])
             "started_by_name": starter, "started_at": row.started_at, "ended_at": row.ended_at,
             "duration_s": round(row.duration_s, 3), "size": row.size_bytes, "stop_reason": row.stop_reason,
             "interrupted": was_interrupted(row.stop_reason), "upload_error": row.upload_error, "tracks": tracks,
-            "exports": [export_view(e) for e in exports]}
+            "exports": [export_view(e) for e in exports], "room": row.room}
 
 
 def _views(rows: list[Recording]) -> list[dict]:

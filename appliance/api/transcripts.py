@@ -23,6 +23,7 @@ class TranscriptSegment(BaseModel):
     end: float
     language: str = ""
     gap: bool = False  # speech that was never transcribed (text "[…]"): the server fell too far behind
+    room: str | None = None  # the breakout room's name for speech in one; None: the main room
 
 
 class PollOption(BaseModel):

@@ -3,7 +3,8 @@
 Collection ``transcripts``: one document per meeting (``_id`` the meeting id) with when captions
 were first turned on and the language. Collection ``transcript_segments``: one document per
 final caption, ``{meeting, participant, name, text, start, end, language, folded}`` with
-wall-clock times in seconds (``gap``: true for speech that was never transcribed, text "[…]");
+wall-clock times in seconds (``gap``: true for speech that was never transcribed, text "[…]";
+``room``: the breakout room's name for speech in one, absent for the main room's);
 ``folded`` is the text as search compares it (case, width and Chinese script folded, see
 inference/languages.py), so that a Simplified word finds a Traditional transcript. Exports give
 times from the transcript's ``started_at``; cue lines wrap by display width (a Chinese character
@@ -70,7 +71,7 @@ class Transcripts:
 
 
 def _segment(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: doc[k] for k in ("participant", "name", "text", "start", "end", "language", "gap") if k in doc}
+    return {k: doc[k] for k in ("participant", "name", "text", "start", "end", "language", "gap", "room") if k in doc}
 
 
 def columns(text: str) -> int:
@@ -111,8 +112,11 @@ def _cues(started_at: float, segments: list[dict[str, Any]]) -> list[tuple[float
         start = seg["start"] - started_at
         end = max(seg["end"] - started_at, start + 0.5)
         text = " ".join(seg["text"].split())  # no blank line can end the cue early
-        if seg.get("name"):
-            text = f"{seg['name']}{'：' if has_cjk(text[:1]) else ': '}{text}"
+        speaker = seg.get("name", "")
+        if seg.get("room"):  # spoken in a breakout room
+            speaker = f"{speaker} ({seg['room']})" if speaker else f"({seg['room']})"
+        if speaker:
+            text = f"{speaker}{'：' if has_cjk(text[:1]) else ': '}{text}"
         cues.append((start, end, text))
     return cues
 

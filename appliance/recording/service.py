@@ -51,10 +51,12 @@ class LiveRecording:
     started_at: dt.datetime
     started_by: str  # the name of who started it
     stop_reason: str = ""
+    room: str | None = None  # the breakout room's name; None: the main room
+    sfu_room: str = ""  # where it records (protocol.media_room): the key of Recordings.live
 
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
-                "started_by": self.started_by}
+                "started_by": self.started_by, **({"room": self.room} if self.room is not None else {})}
 
 
 class Recordings:
@@ -66,7 +68,7 @@ class Recordings:
         self.retention_days = settings.recording_retention_days
         self.uploader = Uploader(db, objects, self.spool)
         self.exports = Exports(db, objects, self.spool)
-        self.live: dict[str, LiveRecording] = {}
+        self.live: dict[str, LiveRecording] = {}  # by SFU room: a meeting's id, or a breakout room's key
         ACTIVE.set_function(lambda: len(self.live))
         self.stopping = False  # the appliance is stopping: recordings that end now end because of it
         self._retention: asyncio.Task[None] | None = None
@@ -97,7 +99,7 @@ class Recordings:
         (uploads not finished now are resumed at the next start, as is a recording whose sink
         did not get to stop)."""
         for live in list(self.live.values()):
-            self.live.pop(live.meeting_id, None)
+            self.live.pop(live.sfu_room, None)
             result = await asyncio.to_thread(read_manifest, self.spool / live.id)
             if result is not None and result.get("state") == STOPPED:
                 await self._store(live.id, result, INTERRUPTED)
@@ -107,46 +109,49 @@ class Recordings:
         await self.exports.close()
 
     # ------------------------------------------------------------------ recordings under way
-    def view(self, meeting_id: str) -> dict[str, Any] | None:
-        """The meeting's recording under way, or None."""
-        live = self.live.get(meeting_id)
+    def view(self, sfu_room: str) -> dict[str, Any] | None:
+        """The recording under way in an SFU room (a meeting's main room: its id), or None."""
+        live = self.live.get(sfu_room)
         return live.view() if live is not None else None
 
-    async def begin(self, meeting_id: str, started_by: str, account: str | None) -> LiveRecording:
-        """The row of a recording about to start (the caller starts the sink next, or
-        :meth:`abandon` s it)."""
-        if meeting_id in self.live:
+    async def begin(self, sfu_room: str, started_by: str, account: str | None,
+                    room: str | None = None) -> LiveRecording:
+        """The row of a recording about to start in an SFU room (a meeting's id for its main
+        room; a breakout room's key, with the room's name): the caller starts the sink next, or
+        :meth:`abandon` s it."""
+        meeting_id = sfu_room.partition("/")[0]
+        if sfu_room in self.live:
             raise Conflict("this meeting is already being recorded", code="already_recording")
         free = await asyncio.to_thread(self._free_bytes)
         if free < self.min_free_bytes:
             raise Invalid(f"only {free // MB} MB are free on the appliance's disk; recordings need "
                           f"{self.min_free_bytes // MB} MB (recording_min_free_mb)", code="disk_full")
-        live = LiveRecording(new_id(), meeting_id, dt.datetime.now(dt.UTC), started_by)
-        self.live[meeting_id] = live
+        live = LiveRecording(new_id(), meeting_id, dt.datetime.now(dt.UTC), started_by, room=room, sfu_room=sfu_room)
+        self.live[sfu_room] = live
         try:
             await self.db.run(lambda: Recording.create(
                 id=live.id, meeting=meeting_id, started_by=account, started_at=live.started_at.replace(tzinfo=None),
-                object_prefix=f"recordings/{live.id}/"))
+                object_prefix=f"recordings/{live.id}/", room=room))
         except BaseException:
-            self.live.pop(meeting_id, None)
+            self.live.pop(sfu_room, None)
             raise
         return live
 
     async def abandon(self, live: LiveRecording) -> None:
         """A recording whose sink did not start: no trace of it stays."""
-        self.live.pop(live.meeting_id, None)
+        self.live.pop(live.sfu_room, None)
         await self.db.run(lambda: Recording.delete().where(Recording.id == live.id).execute())
 
-    async def finish(self, meeting_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
-        """The sink stopped (asked to, the room emptied, or it failed): store what it wrote. What
-        the meeting is told (``{"id", "duration_s", "reason"}``), or None when nothing was under
-        way there."""
-        live = self.live.get(meeting_id)
+    async def finish(self, sfu_room: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The sink of an SFU room stopped (asked to, the room emptied, or it failed): store what
+        it wrote. What the room is told (``{"id", "duration_s", "reason"}``), or None when
+        nothing was under way there."""
+        live = self.live.get(sfu_room)
         recording_id = result.get("recording_id") or (live.id if live is not None else None)
         if recording_id is None:
             return None
         if live is not None and live.id == recording_id:
-            del self.live[meeting_id]
+            del self.live[sfu_room]
         if self.stopping:
             reason = INTERRUPTED
         else:

@@ -28,7 +28,7 @@ from ..stores.documents import DocumentExists, DocumentStore
 from ..stores.relational import Relational
 from ..throttle import Rule, Throttle
 from .chat import MAX_CHAT, Chat
-from .protocol import Seat, SignalingError, flag
+from .protocol import Seat, SignalingError, flag, media_room
 from .room import Feature, RoomView, moderator
 
 log = logging.getLogger("confmeet.breakouts")
@@ -126,6 +126,8 @@ class Breakouts(Feature):
             plan = self.plans[meeting_id] = Plan.from_document(meeting_id, doc)
             if plan.open and plan.ends_at is not None:
                 self._schedule(plan)
+            if plan.open:  # what runs per room (captions) follows them again
+                await self._rooms_changed(plan)
         return plan
 
     async def _existing(self, seat: Seat) -> Plan:
@@ -141,6 +143,11 @@ class Breakouts(Feature):
                 await self.documents.insert(COLLECTION, {"_id": plan.meeting_id, **doc})
                 return
             await self.documents.update(COLLECTION, plan.meeting_id, doc)
+
+    async def _rooms_changed(self, plan: Plan) -> None:
+        """Every feature learns which rooms are open now (their SFU rooms and names)."""
+        rooms = {media_room(plan.meeting_id, r): name for r, name in plan.rooms.items()} if plan.open else {}
+        await self.room.breakout_rooms(plan.meeting_id, rooms)
 
     def _announce(self, plan: Plan) -> None:
         seats = self.room.in_meeting(plan.meeting_id)
@@ -235,6 +242,7 @@ class Breakouts(Feature):
             for target in self.room.in_meeting(seat.meeting_id):
                 if target.user_id in plan.assigned:
                     await self._move(target, plan, plan.assigned[target.user_id])
+            await self._rooms_changed(plan)
         self._announce(plan)
         await self.room.audit(seat, "breakout.opened", rooms=len(plan.rooms), minutes=minutes,
                               allow_choose=allow_choose)
@@ -308,6 +316,7 @@ class Breakouts(Feature):
             plan.timers.clear()
             plan.open, plan.ends_at = False, None
             await self._save(plan)
+            await self._rooms_changed(plan)  # what runs per room stops while its people are still there
             for seat in self.room.in_meeting(plan.meeting_id):
                 await self._move(seat, plan, None)
         self._announce(plan)

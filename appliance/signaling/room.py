@@ -45,7 +45,8 @@ class RoomView:
                  release: Callable[[Seat, str, int | None], Awaitable[None]],
                  seat: Callable[[Connection, Meeting, str, str], Awaitable[dict[str, Any]]],
                  check_name: Callable[[str, Any, str], None],
-                 move: Callable[[Seat, str | None], Awaitable[None]]) -> None:
+                 move: Callable[[Seat, str | None], Awaitable[None]],
+                 breakout_rooms: Callable[[str, dict[str, str]], Awaitable[None]]) -> None:
         self._seats = seats
         self.sfu = sfu
         self._db = db
@@ -53,6 +54,7 @@ class RoomView:
         self._seat = seat
         self._check_name = check_name
         self._move = move
+        self._breakout_rooms = breakout_rooms
 
     # ------------------------------------------------------------------ who is there
     def in_meeting(self, meeting_id: str) -> list[Seat]:
@@ -96,6 +98,11 @@ class RoomView:
         client connects its media afresh and everyone sees the seat's new room."""
         await self._move(seat, breakout)
 
+    async def breakout_rooms(self, meeting_id: str, rooms: dict[str, str]) -> None:
+        """Tell every feature which breakout rooms of a meeting are open now (``{}`` once they
+        close): their SFU rooms and names (see :meth:`Feature.breakout_rooms`)."""
+        await self._breakout_rooms(meeting_id, rooms)
+
     async def seat_connection(self, conn: Connection, meeting: Meeting, role: str, name: str) -> dict[str, Any]:
         """Seat a connection that waited (in the lobby); its ``joined`` reply."""
         return await self._seat(conn, meeting, role, name)
@@ -135,3 +142,13 @@ class Feature:
         """The SFU lost a room's media (its worker process died): whatever ran there is gone; the
         participants are about to join the SFU again. ``meeting_id`` is the SFU room: a meeting's
         id for its main room, protocol.media_room's key for a breakout room."""
+
+    async def breakout_rooms(self, meeting_id: str, rooms: dict[str, str]) -> None:
+        """The breakout rooms of a meeting that are open now, by their SFU room
+        (protocol.media_room's key) with each room's name; ``{}`` once they close. Told when
+        they open or close (by a host or by their timer) and when a restarted server finds them
+        open; what runs per room (captions, recording) follows them."""
+
+    async def moved(self, seat: Seat) -> None:
+        """A seat's media moved to another SFU room (``seat.media_room``: a breakout room, or
+        back to the main room), already joined there."""

@@ -59,7 +59,8 @@ class Signaling:
         self.seats: dict[str, Seat] = {}
         self.sessions: dict[str, Seat] = {}
         self.connections: set[Connection] = set()
-        self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name, self.move)
+        self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name, self.move,
+                             self._breakout_rooms)
         self.features: list[Feature] = []
         self.handlers: dict[str, Handler] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -481,6 +482,15 @@ class Signaling:
             if seat.media_room == room:  # not moved to another room meanwhile
                 await self._media_reset(seat)
 
+    async def _breakout_rooms(self, meeting_id: str, rooms: dict[str, str]) -> None:
+        """A meeting's open breakout rooms changed: every feature is told (one failing does not
+        keep it from the others)."""
+        for feature in self.features:
+            try:
+                await feature.breakout_rooms(meeting_id, dict(rooms))
+            except Exception:
+                log.exception("a feature failed to follow the breakout rooms of meeting %s", meeting_id)
+
     async def move(self, seat: Seat, breakout: str | None) -> None:
         """Move a seat's media to a breakout room of its meeting (None: the main room): it leaves
         its SFU room and joins the other, its client connects its media afresh (``media_reset``),
@@ -494,6 +504,11 @@ class Signaling:
         await self._media_reset(seat)
         if self.seats.get(seat.id) is seat:
             self.room.updated(seat)
+            for feature in self.features:
+                try:
+                    await feature.moved(seat)
+                except Exception:
+                    log.exception("a feature failed to follow participant %s to room %s", seat.id, seat.media_room)
 
     async def _media_reset(self, seat: Seat) -> None:
         """Join the seat to its SFU room afresh (a moderator's hold of its microphone or camera

@@ -125,6 +125,7 @@ class Recording(BaseModel):
     ended_at = pw.DateTimeField(null=True)
     stop_reason = pw.CharField(max_length=255, default="")
     upload_error = pw.TextField(default="")  # the last failed upload, while it is retried
+    room = pw.CharField(max_length=60, null=True)  # the breakout room it recorded; None: the main room
 
 
 class RecordingExport(BaseModel):
@@ -221,6 +222,11 @@ def _m5_meeting_e2ee(db: pw.Database) -> None:
         run_migrations(SchemaMigrator.from_database(db).add_column("meeting", "e2ee", Meeting.e2ee))
 
 
+def _m6_recording_room(db: pw.Database) -> None:
+    if "room" not in {column.name for column in db.get_columns("recording")}:  # made by _m1 from today's models
+        run_migrations(SchemaMigrator.from_database(db).add_column("recording", "room", Recording.room))
+
+
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
@@ -228,6 +234,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (3, "recordings: end, stop reason, upload state; composite exports", _m3_recording_details),
     (4, "one-time password links (invitations, resets)", _m4_password_links),
     (5, "meetings: end-to-end encryption", _m5_meeting_e2ee),
+    (6, "recordings: the breakout room recorded", _m6_recording_room),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -183,7 +183,7 @@ function drawRecordings() {
   $("#recordings .empty").hidden = recordings.length > 0;
   $("#recordings-table").hidden = recordings.length === 0;
   $("#recordings-table tbody").replaceChildren(...recordings.map((r) => el("tr", { "aria-label": r.meeting_title },
-    el("td", {}, r.meeting_title),
+    el("td", {}, r.room ? t("admin.recordings.in_room", { title: r.meeting_title, room: r.room }) : r.meeting_title),
     el("td", {}, when(r.started_at)),
     el("td", {}, duration(r.duration_s)),
     el("td", {}, byteSize(r.size + r.exports_size)),

@@ -113,7 +113,7 @@ export class Captions {
     if (m.text) {
       this.lines = [...this.lines, { ...entry, gap: Boolean(m.gap), at: Date.now() }].slice(-LINES);
       this.transcript.add({ participant: m.participant_id, name: m.name, text: m.text, start: m.start, end: m.end,
-                            language: m.language, gap: Boolean(m.gap) });
+                            language: m.language, gap: Boolean(m.gap), ...(m.room ? { room: m.room } : {}) });
     }
     this.#renderLine();
   }

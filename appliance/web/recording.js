@@ -12,6 +12,8 @@ function stopped(reason) {
   const by = /^stopped by (.+)$/.exec(reason)?.[1];
   if (by) return t("recording.stopped_by", { name: by });
   if (reason === "everyone left the meeting") return t("recording.everyone_left");
+  if (reason === "the breakout rooms closed") return t("recording.rooms_closed");
+  if (reason === "the main room's recording stopped") return t("recording.main_stopped");
   return reason ? t("recording.stopped_because", { reason }) : t("recording.stopped");
 }
 
@@ -53,7 +55,11 @@ export class Recording {
     this.#show(joined.recording ?? null);
   }
 
-  #changed({ active, recording }) {
+  #changed({ active, recording, moved }) {
+    if (moved) {  // into a breakout room or back: that room's recording, or none, without a notice of a stop
+      this.#show(recording ?? null);
+      return;
+    }
     if (active) {
       this.#show(recording);
       return;

@@ -66,7 +66,8 @@ function recordingItem(meeting, recording, refresh) {
   const error = el("p", { className: "error", role: "alert" });
   const item = el("li", { className: "recording-item", "data-recording": recording.id },
     el("div", { className: "row" },
-      el("strong", {}, when), el("span", { className: "muted" },
+      el("strong", {}, recording.room ? t("recordings.in_room", { when, room: recording.room }) : when),
+      el("span", { className: "muted" },
         `${duration(recording.duration_s)} · ${byteSize(recording.size)}${recording.started_by_name
           ? ` · ${t("recordings.by", { name: recording.started_by_name })}` : ""}`),
       status ? el("span", { className: "muted" }, status) : null),

@@ -130,7 +130,12 @@ export class TranscriptView {
       ? el("span", { className: "transcript-gap", title: t("transcript.gap_title") }, segment.text)
       : el("span", { className: "transcript-text" }, ...this.#marked(segment.text));
     return el("li", { "data-start": String(segment.start), lang: langOf(segment.language) },
-              time, " ", el("strong", {}, t("transcript.speaker", { name: segment.name || t("captions.someone") })), text);
+              time, " ", el("strong", {}, this.#speaker(segment)), text);
+  }
+
+  #speaker(segment) {  // a line spoken in a breakout room says which
+    const name = segment.name || t("captions.someone");
+    return segment.room ? t("transcript.speaker_in_room", { name, room: segment.room }) : t("transcript.speaker", { name });
   }
 
   #marked(text) {  // the query marked where it appears as typed (any case)

@@ -245,7 +245,7 @@ async def test_a_disk_filling_up_stops_the_recording_and_everyone_is_told(record
     sfu = SfuMeeting(RoomHost(IceSettings(loopback=True), sinks={"recording": factory}))
     seat, connection = seated(meeting.id, owner.id)
     room = RoomView({seat.id: seat}, sfu.host, recordings.db, release=None, seat=None,  # type: ignore[arg-type]
-                    check_name=None, move=None)  # type: ignore[arg-type]
+                    check_name=None, move=None, breakout_rooms=None)  # type: ignore[arg-type]
     feature = RecordingFeature(room, recordings)
     pumping = asyncio.get_running_loop().create_task(pump(sfu.host, feature))
     try:
