@@ -75,6 +75,8 @@ def recording_sink_factory(settings: Settings) -> Callable[[str, dict[str, Any],
 
 
 class RecordingSink:
+    keeps_room = True  # stopped by signaling when the meeting empties, not when one room does
+
     def __init__(self, recording_id: str, directory: Path, emit: Emit, min_free_bytes: int = 0,
                  interval: float = DRAIN_INTERVAL, sync_interval: float = SYNC_INTERVAL) -> None:
         self.recording_id = recording_id

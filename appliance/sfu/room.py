@@ -37,7 +37,10 @@ ROUND_TRIP_INTERVAL = 1.0
 
 class TrackSink(Protocol):
     """Something that consumes a room's published tracks as they arrive (a recording, the
-    captions): told of every track present and to come, it taps the packets it wants."""
+    captions): told of every track present and to come, it taps the packets it wants. One with
+    ``keeps_room = True`` keeps its room open while nobody is in it (a recording goes on while
+    everyone is in breakout rooms, until whoever started it stops it); others stop when the room
+    empties."""
 
     def track_added(self, up: UpTrack) -> None: ...
 
@@ -64,6 +67,7 @@ class Room:
         self._recent: list[str] = []  # participants, the most recent speaker first, then by arrival
         self._emit = emit
         self._on_empty = on_empty
+        self._emptied = False  # on_empty was called: the room is closing
         self._leaving: set[str] = set()
         self._departures: set[asyncio.Task[None]] = set()
         self._measuring: set[asyncio.Task[None]] = set()  # round trips to the participants
@@ -123,10 +127,16 @@ class Room:
             self.stats.active_peers -= 1
             self.speaker.forget(participant)
         self.emit(None, {"type": "participant_left", "participant_id": participant, "reason": reason})
-        if not self.peers:
-            self._on_empty(self)
-        else:
+        if self.peers:
             self._apply_last_n()
+        else:
+            self._check_empty()
+
+    def _check_empty(self) -> None:
+        """Nobody left, and no sink that keeps the room: it closes (on_empty stops it)."""
+        if not self._emptied and not self.peers and not any(getattr(s, "keeps_room", False) for s in self.sinks.values()):
+            self._emptied = True
+            self._on_empty(self)
 
     async def close(self) -> None:
         for participant in list(self.peers):
@@ -171,6 +181,7 @@ class Room:
             log.exception("room %s: stopping %s failed", self.name, name)
             result = {"error": str(exc) or type(exc).__name__}
         self.emit(None, {"type": "sink_stopped", "sink": name, "result": result})
+        self._check_empty()
         return result
 
     # ------------------------------------------------------------------ called by peers

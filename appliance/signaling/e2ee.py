@@ -24,7 +24,6 @@ from .room import Feature, RoomView
 PUBLIC_KEY_BYTES = 65  # an uncompressed P-256 point: 0x04, x, y
 MAX_WRAPPED_BYTES = 128  # a wrapped frame key: IV (12) + key (32) + tag (16), with room to spare
 MAX_KEY_ID = 2**32 - 1
-KEEP_MEETINGS = 1000  # past that, what is known of meetings nobody is in is forgotten
 # Each change of who is in the meeting costs every sender one wrapped key per other participant.
 KEY_MESSAGES = Rule("e2ee_key", 300, 10.0, message="too many e2ee_key messages", code="too_fast")
 
@@ -59,14 +58,14 @@ class E2ee(Feature):
         if known is None:
             known = bool(await self.db.run(
                 lambda: Meeting.select(Meeting.e2ee).where(Meeting.id == meeting_id).scalar()))
-            if self.room.in_meeting(meeting_id):
+            if self.room.in_meeting(meeting_id):  # forgotten when it empties
                 self.encrypted_meetings[meeting_id] = known
             else:
                 self.encrypted_meetings.pop(meeting_id, None)
-            if len(self.encrypted_meetings) > KEEP_MEETINGS:
-                for empty in [m for m in self.encrypted_meetings if not self.room.in_meeting(m)]:
-                    del self.encrypted_meetings[empty]
         return known
+
+    async def meeting_emptied(self, meeting_id: str) -> None:
+        self.encrypted_meetings.pop(meeting_id, None)
 
     async def refuse(self, meeting_id: str, what: str) -> None:
         """Refuse ``what`` (something the server would have to see or hear the media for) in an

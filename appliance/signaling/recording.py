@@ -3,8 +3,9 @@ in it is told (``recording`` events, ``joined.recording`` for late joiners), and
 recording sink writes it (appliance/recording/). While the main room is recorded, each open
 breakout room is recorded too, as a recording of its own (its row names the room), started as the
 rooms open or when the first person arrives in one, and stopped when the rooms close or the main
-room's recording stops; a room's ``recording`` events go to the people in it. docs/protocol.md,
-"Recording".
+room's recording stops; a room's ``recording`` events go to the people in it. A recording goes on
+while its room is empty (everyone in breakout rooms, or back from one) and stops when the meeting
+empties. docs/protocol.md, "Recording".
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Recording(Feature):
         if live is None:
             return
         live.stop_reason = live.stop_reason or reason
-        # Its sink_stopped event stores it; a room gone already (it emptied) sent one as it closed.
+        # Its sink_stopped event stores it; a room gone already (its worker died) sent none: media_lost.
         await self.room.sfu.request(room, {"type": "sink_stop", "participant": SINK, "sink": SINK})
 
     async def _stop_rooms(self, meeting_id: str, reason: str) -> None:
@@ -131,6 +132,15 @@ class Recording(Feature):
             return
         for seat in self.room.in_media_room(room):
             seat.send(message)
+
+    async def meeting_emptied(self, meeting_id: str) -> None:
+        """Everyone left: the recordings stop (not when one room empties: the main room's goes on
+        while everyone is in breakout rooms, the sink keeping its SFU room open)."""
+        live = self.recordings.live.get(meeting_id)
+        if live is not None:
+            live.stop_reason = live.stop_reason or "everyone left the meeting"
+            await self.room.sfu.request(meeting_id, {"type": "sink_stop", "participant": SINK, "sink": SINK})
+        await self._stop_rooms(meeting_id, "everyone left the meeting")
 
     async def media_lost(self, meeting_id: str) -> None:
         """The sink died with the SFU worker: what it wrote is kept, as after a crash."""

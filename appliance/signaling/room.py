@@ -149,6 +149,10 @@ class Feature:
         they open or close (by a host or by their timer) and when a restarted server finds them
         open; what runs per room (captions, recording) follows them."""
 
+    async def meeting_emptied(self, meeting_id: str) -> None:
+        """The last seat of a meeting was released: what the feature keeps for the meeting while
+        people are in it (a recording running, a cache) ends or is dropped."""
+
     async def moved(self, seat: Seat) -> None:
         """A seat's media moved to another SFU room (``seat.media_room``: a breakout room, or
         back to the main room), already joined there."""

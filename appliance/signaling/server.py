@@ -432,6 +432,12 @@ class Signaling:
         await self.db.run(lambda: Participant.update(left_at=utcnow()).where(Participant.id == seat.id).execute())
         await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
                                                           "participant_id": seat.id, "reason": reason})
+        if not self.in_meeting(seat.meeting_id):
+            for feature in self.features:
+                try:
+                    await feature.meeting_emptied(seat.meeting_id)
+                except Exception:
+                    log.exception("a feature failed to end its part of meeting %s", seat.meeting_id)
 
     # ------------------------------------------------------------------ events
     async def _sfu_events(self) -> None:

@@ -180,7 +180,14 @@ class Participant:
         for camera in self._simulcast:
             camera.stop()
         if self.pc is not None:
-            await self.pc.close()
+            try:
+                await self.pc.close()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # An earlier close of this connection ran in a task cancelled above (aiortc then
+                # cancels the future every close awaits): that one was stopping it already.
         for track in self._published:  # a sender stops only what it sends (SentTrack)
             track.stop()
         if self.signaling is not None:

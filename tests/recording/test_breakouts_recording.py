@@ -108,3 +108,42 @@ async def test_each_open_breakout_room_is_recorded_on_its_own(appliance: Applian
     finally:
         for client in people.values():
             await client.close()
+
+
+async def test_the_main_rooms_recording_goes_on_while_everyone_is_in_breakout_rooms(appliance: Appliance) -> None:
+    """The host visits a breakout room while everyone else is in one: the main room is empty for a
+    while, and its recording goes on (one recording, no 'stopped' event); it stops, ready, once
+    the last person leaves the meeting."""
+    headers = {"Authorization": f"Bearer {token(appliance, 'ada')}"}
+    meeting = httpx.post(f"{appliance.url}/api/v1/meetings", json={"title": "host visits"}, headers=headers).json()
+    people = {who: await joined(appliance, who, meeting["code"], rgb)
+              for who, rgb in (("ada", (200, 30, 30)), ("grace", (30, 200, 30)))}
+    ada, grace = people.values()
+    grace_id = grace.joined["participant"]["id"]
+    try:
+        await ok(ada, {"type": "breakout_create", "rooms": ["Room 1"]})
+        await ok(ada, {"type": "breakout_assign", "assignments": {grace_id: "r1"}})
+        main = (await ok(ada, {"type": "recording_start"}))["recording"]
+        await ada.wait_until(lambda: ada.frames_from(grace_id, "video") > 5, 20)  # media while recorded
+        await ok(ada, {"type": "breakout_open"})
+        await grace.wait_until(lambda: len(active_in(grace, "Room 1")) == 1)
+        await ok(ada, {"type": "breakout_join", "room": "r1"})  # the main room is empty now
+        before = ada.frames_from(grace_id, "video")
+        await ada.wait_until(lambda: ada.frames_from(grace_id, "video") > before + 5, 20)
+        await asyncio.sleep(1.5)
+        await ok(ada, {"type": "breakout_join", "room": None})
+        await ada.wait_until(lambda: any(e.get("moved") and (e["recording"] or {}).get("id") == main["id"]
+                                         for e in ada.events_of("recording")))
+        assert not [e for e in ada.events_of("recording") if not e["active"] and e["recording"]["id"] == main["id"]]
+        row = httpx.get(f"{appliance.url}/api/v1/recordings/{main['id']}", headers=headers).json()
+        assert row["status"] == "recording", row
+    finally:
+        for client in people.values():
+            await client.close()
+    deadline = time.monotonic() + 30
+    while (row := httpx.get(f"{appliance.url}/api/v1/recordings/{main['id']}", headers=headers).json())["status"] in (
+            "recording", "uploading"):
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+    assert row["status"] == "ready" and row["stop_reason"] == "everyone left the meeting", row
+    assert {t["participant_id"] for t in row["tracks"]} == {ada.joined["participant"]["id"], grace_id}
