@@ -38,7 +38,7 @@ SYSTEM_PACKAGES := chromium:chromium firefox-esr:firefox-esr xvfb:Xvfb pulseaudi
                    prometheus-alertmanager:prometheus-alertmanager \
                    prometheus-postgres-exporter:prometheus-postgres-exporter \
                    prometheus-redis-exporter:prometheus-redis-exporter gcc:gcc python3-dev: \
-                   slapd:slapd
+                   slapd:slapd nginx:nginx
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command=$${pair#*:}; \
 		if [ -n "$$command" ]; then command -v $$command >/dev/null; \

@@ -110,6 +110,8 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         instance.start_heartbeat()
         await services.recordings.start()
         await services.signaling.start()
+        if services.cluster is not None:
+            await services.cluster.start()  # after signaling: joins may come from now
         services.monitor.start()
         if await services.accounts.user_count() == 0:
             link = services.accounts.begin_setup(settings.data_dir / "setup-link", settings.base_url,
@@ -121,6 +123,8 @@ def create_app(settings: Settings, name: str = "confmeet") -> Sanic:
         await services.monitor.close()
         await services.file_jobs.close()  # each job marked interrupted, to resume at the next start
         await services.signaling.close()
+        if services.cluster is not None:
+            await services.cluster.close()  # its meetings are placed anew at their next join
         await services.sfu.close()  # recordings' files finished
         await services.recordings.close()
         await services.inference.close()

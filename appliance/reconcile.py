@@ -3,8 +3,8 @@ half-done is closed here, in one place, before the appliance serves. Each kind o
 rule, and none reports a loss as a success:
 
 - participants still seated (``left_at`` empty): they left when the dead process was last known
-  alive;
-- recordings under way: every track file finished up to its last complete frame, the recording
+  alive (this node's only: several nodes share the database, appliance/cluster.py);
+- recordings under way (this node's): every track file finished up to its last complete frame, the recording
   stored as interrupted (recording/service.py); pending recording uploads and exports resumed;
 - transcription jobs queued, running or interrupted: resumed from their last utterance, or failed
   with the reason (captions/files.py);
@@ -43,8 +43,8 @@ async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, reco
     """Repair what a previous process left (see the module docstring); what was repaired, counted."""
     repaired: dict[str, int] = {}
     left_at = min(lock.last_alive, utcnow()) if lock.last_alive is not None else utcnow()
-    repaired["participants closed"] = await stores.db.run(
-        lambda: Participant.update(left_at=left_at).where(Participant.left_at.is_null()).execute())
+    repaired["participants closed"] = await stores.db.run(lambda: Participant.update(left_at=left_at).where(
+        Participant.left_at.is_null(), (Participant.node == settings.node) | Participant.node.is_null()).execute())
     repaired |= await recordings.recover()
     repaired |= await file_jobs.resume()
     partial = 0

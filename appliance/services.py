@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from .accounts import Accounts
+from .cluster import Cluster
 from .directory import Directory
 from .captions.files import FileJobs
 from .captions.transcripts import Transcripts
@@ -53,6 +54,7 @@ class Services:
     captions: Captions
     monitor: Monitor
     oidc: Oidc | None = None  # sign-in with an OpenID provider, when oidc_issuer is set
+    cluster: Cluster | None = None  # several nodes, when the bus is Redis (appliance/cluster.py)
 
     @property
     def db(self) -> Relational:
@@ -71,7 +73,9 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     inference = open_inference(settings.inference, settings.model_repository_path)
     recordings = Recordings(settings, stores.db, stores.objects)
     sfu = await start_sfu(settings)
-    signaling = Signaling(settings, sfu, accounts, meetings, stores.db, stores.bus, throttle)
+    cluster = (Cluster(settings.bus, settings.node, settings.internal_url, lambda: signaling.meetings_in_progress())
+               if stores.bus.kind == "redis" else None)
+    signaling = Signaling(settings, sfu, accounts, meetings, stores.db, stores.bus, throttle, cluster)
     room = signaling.room
     lobby = Lobby(room, meetings, settings.max_waiting_per_meeting)
     chat = Chat(room, stores.documents, throttle)
@@ -86,4 +90,4 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     return Services(settings, instance, stores, accounts, meetings, throttle, inference,
                     FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions,
                     Monitor(settings, stores, inference, captions),
-                    Oidc(settings, settings.secret_key) if settings.oidc_issuer else None)
+                    Oidc(settings, settings.secret_key) if settings.oidc_issuer else None, cluster)

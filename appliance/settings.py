@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,11 @@ class Settings:
     # SFU worker processes the rooms are spread over; 0: one per core this process may use. Each
     # takes an equal slice of the media UDP port range.
     sfu_workers: int = 0
+    # Several nodes (appliance/cluster.py; on when 'bus' is Redis, which every node shares): this
+    # node's name (empty: the host name) and the URL the other nodes reach it at (empty:
+    # http://<host name>:<port>, or http://<host>:<port> when 'host' is one address).
+    node_name: str = ""
+    node_url: str = ""
     # Cameras each participant receives: those of the N who spoke most recently (0: everyone's).
     # A screen share always reaches everyone.
     last_n: int = 25
@@ -186,6 +192,19 @@ class Settings:
             return self.public_url.rstrip("/")
         scheme = "https" if self.tls_cert else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def node(self) -> str:
+        return self.node_name or socket.gethostname()
+
+    @property
+    def internal_url(self) -> str:
+        """Where the other nodes reach this one (its relayed signaling)."""
+        if self.node_url:
+            return self.node_url.rstrip("/")
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def effective(self, mask_secrets: bool = True) -> dict[str, Any]:
         """The settings as an operator sees them: embedded defaults spelled out, secrets masked."""

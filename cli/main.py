@@ -19,6 +19,7 @@ from .doctor import doctor
 from . import install as install_cli, status as status_cli
 from .loadtest import loadtest
 from .models import models_app
+from .node import node_app
 from .options import ConfigOpt, DataDirOpt, console, fail
 
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
@@ -29,6 +30,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(config_app, name="config")
 app.add_typer(backup_app, name="backup")
 app.add_typer(models_app, name="models")
+app.add_typer(node_app, name="node")
 app.command("loadtest")(loadtest)
 install_cli.register(app)
 status_cli.register(app)

@@ -64,6 +64,7 @@ class Recordings:
         self.db = db
         self.objects = objects
         self.spool = settings.data_dir / "recordings"
+        self.node = settings.node  # several nodes share the database: each repairs its own
         self.min_free_bytes = settings.recording_min_free_mb * MB
         self.retention_days = settings.recording_retention_days
         self.uploader = Uploader(db, objects, self.spool)
@@ -80,7 +81,8 @@ class Recordings:
         self.spool.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.rmtree, self.spool / ".exports", True)  # scratch of exports cut off
         rows = await self.db.run(lambda: list(Recording.select().where(
-            Recording.status.in_(("recording", "uploading")))))
+            Recording.status.in_(("recording", "uploading")),
+            (Recording.node == self.node) | Recording.node.is_null())))  # not another node's
         for row in rows:
             if row.status == "uploading":
                 self.uploader.submit(row.id)
@@ -131,7 +133,7 @@ class Recordings:
         try:
             await self.db.run(lambda: Recording.create(
                 id=live.id, meeting=meeting_id, started_by=account, started_at=live.started_at.replace(tzinfo=None),
-                object_prefix=f"recordings/{live.id}/", room=room))
+                object_prefix=f"recordings/{live.id}/", room=room, node=self.node))
         except BaseException:
             self.live.pop(sfu_room, None)
             raise

@@ -31,6 +31,8 @@ class Close(IntEnum):
     REPLACED = 4011  # a newer connection took the seat over
     REMOVED = 4013  # a moderator removed you
     DENIED = 4014  # a moderator did not let you in
+    RELAY_DROPPED = 4015  # between nodes: the client's socket to the relaying node dropped (a blip)
+    NODE_LOST = 4016  # the node the meeting was on stopped: resume (the meeting is placed anew)
 
 
 CLIENT_LEFT = (Close.LEFT, Close.GOING_AWAY)  # close codes of a client that went away on purpose
@@ -92,6 +94,8 @@ class Connection:
     close_code: int | None = None
     held: list[dict[str, Any]] | None = None  # events that wait for the join's reply
     trace: JoinTrace = field(default_factory=JoinTrace)  # its way into a meeting (appliance/tracing.py)
+    relay_to: str | None = None  # the node its meeting lives on, when that is another (relay.py)
+    relay_first: str = ""  # the message that found it out, passed on first
 
     def send(self, message: dict[str, Any]) -> None:
         if self.held is not None:

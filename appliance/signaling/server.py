@@ -11,7 +11,10 @@ changes are published on the event bus (``meeting.<id>``) so that a second proce
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -25,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .. import logs
 from ..accounts import ACCOUNTS_CHANNEL, Accounts, Principal
+from ..cluster import Cluster, NoNode
 from ..display_names import name_problem
 from ..errors import DomainError, NotFound
 from ..meetings import Meetings, channel
@@ -36,6 +40,7 @@ from ..tracing import JoinTrace
 from ..turn import turn_credentials
 from .metrics import CONNECTIONS, ERRORS, MESSAGES, REFUSED
 from .protocol import CLIENT_LEFT, Close, Connection, Seat, SignalingError, parse, sfu_refusal
+from .relay import Elsewhere, relay
 from .room import Feature, Handler, RoomView, SfuGateway
 
 log = logging.getLogger("confmeet.signaling")
@@ -48,8 +53,10 @@ ROUTING = ("room", "to")  # what an SFU event carries for signaling alone
 
 class Signaling:
     def __init__(self, settings: Settings, sfu: SfuGateway, accounts: Accounts, meetings: Meetings,
-                 db: Relational, bus: EventBus, throttle: Throttle) -> None:
+                 db: Relational, bus: EventBus, throttle: Throttle, cluster: Cluster | None = None) -> None:
         self.settings = settings
+        self.cluster = cluster  # several nodes: each meeting lives on one (appliance/cluster.py)
+        self._session_key = hmac.new(settings.secret_key.encode(), b"confmeet seat sessions", hashlib.sha256).digest()
         self.sfu = sfu
         self.accounts = accounts
         self.meetings = meetings
@@ -130,6 +137,8 @@ class Signaling:
         writer.add_done_callback(self._writers.discard)
         try:
             await self._read(conn)
+            if conn.relay_to is not None and self.cluster is not None:
+                await relay(conn, self.cluster, request.args.get("token", ""))
         finally:
             self.connections.discard(conn)
             CONNECTIONS.dec()
@@ -180,6 +189,9 @@ class Signaling:
                     reply = await self._dispatch(conn, message)
                 except DomainError as exc:
                     raise SignalingError.of(exc) from None
+            except Elsewhere as exc:  # the meeting lives on another node: relay this socket there
+                conn.relay_to, conn.relay_first = exc.node, raw
+                return
             except SignalingError as exc:
                 ERRORS.labels(exc.code).inc()
                 conn.send(exc.message_for(reply_to))
@@ -264,12 +276,22 @@ class Signaling:
         if conn.seat is not None or conn.knock is not None:
             raise SignalingError("already_joined", "this connection has already joined a meeting")
         resume = message.get("resume")
-        if resume is not None:
+        ref = message.get("meeting")
+        # A seat this node does not hold may be on another node (its meeting placed there).
+        elsewhere = self.cluster is not None and resume not in self.sessions and isinstance(ref, str)
+        if resume is not None and not elsewhere:
             return await self._resume(conn, resume)
         principal = conn.principal
-        ref = message.get("meeting")
         if not isinstance(ref, str) or not 1 <= len(ref) <= 64:
             raise SignalingError("bad_message", "'meeting' must be the meeting's join code or id")
+        if self.cluster is not None:
+            try:
+                found, _ = await self.meetings.find_for_join(principal, ref)
+            except NotFound:
+                raise SignalingError("not_found", "no such meeting") from None
+            await self._place(found.id)
+            if resume is not None:  # a seat not held here, of a meeting placed here now
+                return await self._reclaim(conn, resume, found)
         name = message.get("name", principal.name)
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
             raise SignalingError("bad_message", "'name' must be 1 to 100 characters")
@@ -293,6 +315,17 @@ class Signaling:
                     conn.trace.wait(lobby)  # until let in (seat_connection) or the connection ends
                     return waiting
         return await self.seat_connection(conn, meeting, role, name)
+
+    async def _place(self, meeting_id: str) -> None:
+        """Where the meeting lives (placed now if nowhere): here, or Elsewhere (the connection is
+        relayed to that node)."""
+        assert self.cluster is not None
+        try:
+            node = await self.cluster.place(meeting_id)
+        except NoNode as exc:
+            raise SignalingError("no_capacity", str(exc)) from None
+        if node != self.cluster.name:
+            raise Elsewhere(node)
 
     def check_name(self, meeting_id: str, principal: Principal, name: str) -> None:
         """Refuse a display name that poses as a role or as someone else in the meeting."""
@@ -321,9 +354,10 @@ class Signaling:
         ``joined`` reply."""
         principal = conn.principal
         self.check_name(meeting.id, principal, name)  # again: others may have joined while it waited
-        seat = Seat(id=f"p-{secrets.token_hex(8)}", meeting_id=meeting.id,
+        seat_id = f"p-{secrets.token_hex(8)}"
+        seat = Seat(id=seat_id, meeting_id=meeting.id,
                     meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
-                    principal=principal, name=name, role=role, session=secrets.token_urlsafe(24))
+                    principal=principal, name=name, role=role, session=self._session(seat_id, meeting.id, principal.id))
         conn.trace.admitted()
         conn.trace.seated(meeting.id, seat.id, role)
         with conn.trace.step("sfu.join"):
@@ -341,9 +375,66 @@ class Signaling:
         joined = self._joined(seat, resumed=False, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
         for other in others:
             other.send({"type": "participant_joined", "participant": seat.view()})
-        await self.db.run(self._record_join, seat)
+        await self.db.run(self._record_join, seat, self.settings.node)
         await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
                                                      "participant": seat.view()})
+        return await self._with_features(joined, seat)
+
+    def _session(self, seat_id: str, meeting_id: str, principal_id: str) -> str:
+        """A seat's session token: random, and signed with the install's secret so that another
+        node can tell which seat, meeting and person it was given for (``_reclaim``)."""
+        payload = base64.urlsafe_b64encode(json.dumps(
+            [seat_id, meeting_id, principal_id, secrets.token_urlsafe(12)]).encode()).decode().rstrip("=")
+        return f"{payload}.{self._sign(payload)}"
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._session_key, payload.encode(), hashlib.sha256).digest()[:24]
+        return base64.urlsafe_b64encode(digest).decode()
+
+    def _session_claim(self, session: Any) -> list[str] | None:
+        """[seat, meeting, principal] of a session token this install signed, else None."""
+        if not isinstance(session, str) or len(session) > 512 or "." not in session:
+            return None
+        payload, _, signature = session.rpartition(".")
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            return None
+        try:
+            claim = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            return None
+        return claim[:3] if isinstance(claim, list) and len(claim) == 4 else None
+
+    async def _reclaim(self, conn: Connection, session: Any, meeting: Meeting) -> dict[str, Any]:
+        """A resume of a seat this node does not hold, for a meeting placed here: the seat of a
+        node that died (its meeting was placed anew). Taken over with its id, name and role when
+        the session is one this install gave that person for that seat in this meeting, and the
+        record says the seat is still held by a node whose lease has lapsed; the client connects
+        its media afresh (``media_reset`` in the reply). Anything else: ``session_expired``."""
+        assert self.cluster is not None
+        claim = self._session_claim(session)
+        if claim is None or claim[1] != meeting.id or claim[2] != conn.principal.id or claim[0] in self.seats:
+            raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
+        row = await self.db.run(lambda: Participant.get_or_none(Participant.id == claim[0]))
+        if (row is None or row.left_at is not None or row.node in (None, self.settings.node)
+                or await self.cluster.alive(row.node)):
+            raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
+        seat = Seat(id=row.id, meeting_id=meeting.id,
+                    meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
+                    principal=conn.principal, name=row.display_name, role=row.role, session=session)
+        sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
+        if sfu.get("type") == "error":
+            raise sfu_refusal(sfu, "joining the media")
+        others = self.in_meeting(meeting.id)
+        self.seats[seat.id] = seat
+        self.sessions[seat.session] = seat
+        self._attach(seat, conn)
+        log.info("took over seat %s of node %s, which stopped", seat.id, row.node)
+        joined = self._joined(seat, resumed=True, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        joined["media_reset"] = True  # the media starts over on this node: a new peer connection
+        for other in others:
+            other.send({"type": "participant_joined", "participant": seat.view()})
+        node = self.settings.node
+        await self.db.run(lambda: Participant.update(node=node).where(Participant.id == seat.id).execute())
         return await self._with_features(joined, seat)
 
     async def _resume(self, conn: Connection, session: Any) -> dict[str, Any]:
@@ -396,9 +487,9 @@ class Signaling:
         return [{"urls": turn, "username": username, "credential": credential}]
 
     @staticmethod
-    def _record_join(seat: Seat) -> None:
+    def _record_join(seat: Seat, node: str) -> None:
         Participant.create(id=seat.id, meeting=seat.meeting_id, user=seat.account,
-                           display_name=seat.name, role=seat.role)
+                           display_name=seat.name, role=seat.role, node=node)
         Meeting.update(status="live").where(Meeting.id == seat.meeting_id, Meeting.status == "scheduled").execute()
 
     def _connection_lost(self, seat: Seat) -> None:
@@ -433,6 +524,8 @@ class Signaling:
         await self.bus.publish(channel(seat.meeting_id), {"type": "participant_left", "meeting": seat.meeting_id,
                                                           "participant_id": seat.id, "reason": reason})
         if not self.in_meeting(seat.meeting_id):
+            if self.cluster is not None:
+                await self.cluster.release(seat.meeting_id)
             for feature in self.features:
                 try:
                     await feature.meeting_emptied(seat.meeting_id)

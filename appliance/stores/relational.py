@@ -110,6 +110,7 @@ class Participant(BaseModel):
     role = pw.CharField(max_length=16)
     joined_at = pw.DateTimeField(default=utcnow)
     left_at = pw.DateTimeField(null=True)
+    node = pw.CharField(max_length=64, null=True)  # the node holding the seat (start-up repairs are per node)
 
 
 class Recording(BaseModel):
@@ -126,6 +127,7 @@ class Recording(BaseModel):
     stop_reason = pw.CharField(max_length=255, default="")
     upload_error = pw.TextField(default="")  # the last failed upload, while it is retried
     room = pw.CharField(max_length=60, null=True)  # the breakout room it recorded; None: the main room
+    node = pw.CharField(max_length=64, null=True)  # the node whose SFU records it (its files are there first)
 
 
 class RecordingExport(BaseModel):
@@ -227,6 +229,13 @@ def _m6_recording_room(db: pw.Database) -> None:
         run_migrations(SchemaMigrator.from_database(db).add_column("recording", "room", Recording.room))
 
 
+def _m7_nodes(db: pw.Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    for table, field in (("participant", Participant.node), ("recording", Recording.node)):
+        if "node" not in {column.name for column in db.get_columns(table)}:  # made by _m1 from today's models
+            run_migrations(migrator.add_column(table, "node", field))
+
+
 # Append only: (version, description, function). Each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "users, sessions, meetings, roles, participants, recordings, audit events", _m1_initial),
@@ -235,6 +244,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (4, "one-time password links (invitations, resets)", _m4_password_links),
     (5, "meetings: end-to-end encryption", _m5_meeting_e2ee),
     (6, "recordings: the breakout room recorded", _m6_recording_room),
+    (7, "participants and recordings: the node that holds them", _m7_nodes),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

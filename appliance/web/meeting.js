@@ -905,6 +905,10 @@ class Session {
     this.refreshPaused();
     chat.merge(joined.chat ?? []);
     if (isModerator(this.me)) this.#lobby(joined.waiting ?? []);
+    if (joined.media_reset) {  // the seat was taken over by another node (ours stopped): media anew
+      this.#mediaReset(joined);
+      return;
+    }
     this.#enqueue(async () => {
       if (this.unsentAnswer) {
         await this.signaling.request("answer", { sdp: this.unsentAnswer });

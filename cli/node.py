@@ -1,0 +1,126 @@
+"""``confmeet node list|drain|undrain``: the nodes of an install that spans several machines
+(appliance/cluster.py), read from and written to the Redis they share."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from redis.exceptions import RedisError
+from rich.table import Table
+
+from .options import ConfigOpt, DataDirOpt, console, fail
+
+node_app = typer.Typer(help="See and drain the nodes of a several-node install.", no_args_is_help=True)
+
+
+def _redis(config: Any, data_dir: Any) -> Any:
+    import redis.asyncio as aioredis
+
+    from .main import settings_from
+
+    settings = settings_from(config, data_dir=data_dir)
+    if not settings.bus.startswith(("redis://", "rediss://")):
+        fail(f"this install is one node: its bus is {settings.bus!r}. Several nodes share a Redis bus "
+             "(set 'bus' to its redis:// URL on every node).")
+    return aioredis.from_url(settings.bus, socket_connect_timeout=5)
+
+
+def _run(config: Any, data_dir: Any, work: Any) -> Any:
+    async def go() -> Any:
+        redis = _redis(config, data_dir)
+        try:
+            return await work(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except (RedisError, OSError) as exc:
+        fail(f"cannot reach the Redis the nodes share ({exc}); start it or fix the 'bus' URL")
+
+
+@node_app.command("list")
+def node_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Every node that has registered: alive or not, drained or not, and its load."""
+    from appliance.cluster import list_nodes
+
+    nodes = _run(config, data_dir, list_nodes)
+    if as_json:
+        print(json.dumps([n.view() for n in nodes], indent=2))
+        return
+    table = Table(title=f"{len(nodes)} node(s)")
+    for column in ("node", "url", "state", "meetings", "participants", "up since"):
+        table.add_column(column)
+    now = time.time()
+    for n in nodes:
+        state = ("[red]down[/]" if not n.alive else "[yellow]drained[/]" if n.drained else "[green]serving[/]")
+        if not n.alive and n.drained:
+            state += " (drained)"
+        since = dt.datetime.fromtimestamp(n.started).strftime("%Y-%m-%d %H:%M") if n.alive else "-"
+        table.add_row(n.name, n.url or "-", state, str(n.meetings) if n.alive else "-",
+                      str(n.participants) if n.alive else "-", since)
+    console.print(table)
+    if any(not n.alive for n in nodes):
+        console.print(f"[dim]down: not heard of for over the lease; checked at {dt.datetime.fromtimestamp(now):%H:%M:%S}[/]")
+
+
+def _set_drained(name: str, drained: bool, config: Any, data_dir: Any) -> None:
+    from appliance.cluster import DRAINED, NODES
+
+    async def work(redis: Any) -> bool:
+        if not await redis.sismember(NODES, name):
+            return False
+        await (redis.sadd if drained else redis.srem)(DRAINED, name)
+        return True
+
+    if not _run(config, data_dir, work):
+        fail(f"no node named {name!r} has registered; `confmeet node list` shows the nodes")
+
+
+@node_app.command("drain")
+def node_drain(
+    name: Annotated[str, typer.Argument(help="The node's name (as `confmeet node list` shows it).")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Place no new meeting on a node; the meetings on it now go on until they end."""
+    _set_drained(name, True, config, data_dir)
+    console.print(f"node [bold]{name}[/] is drained: no new meeting goes there; its meetings go on until they end")
+
+
+@node_app.command("undrain")
+def node_undrain(
+    name: Annotated[str, typer.Argument(help="The node's name.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Let a drained node take new meetings again."""
+    _set_drained(name, False, config, data_dir)
+    console.print(f"node [bold]{name}[/] takes new meetings again")
+
+
+@node_app.command("gateway")
+def node_gateway(
+    nodes: Annotated[list[str], typer.Argument(help="Every node's address as host:port (its 'host' and 'port').")],
+    listen: Annotated[str, typer.Option(help="Where the gateway listens (nginx's 'listen': a port, or address:port).")] = "80",
+    tls_cert: Annotated[str, typer.Option(help="Certificate file for HTTPS (then listen on 443).")] = "",
+    tls_key: Annotated[str, typer.Option(help="Its private key file.")] = "",
+) -> None:
+    """Print an nginx.conf for the gateway in front of the nodes (save it as /etc/nginx/nginx.conf)."""
+    from appliance.machine.gateway import nginx_config
+
+    if bool(tls_cert) != bool(tls_key):
+        fail("give both --tls-cert and --tls-key, or neither")
+    bad = [n for n in nodes if ":" not in n or not n.rsplit(":", 1)[1].isdigit()]
+    if bad:
+        fail(f"a node's address is host:port (e.g. 10.0.0.11:8800), not {', '.join(map(repr, bad))}")
+    print(nginx_config(nodes, listen, user="www-data", tls_cert=tls_cert, tls_key=tls_key), end="")

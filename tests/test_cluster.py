@@ -1,0 +1,225 @@
+"""Several nodes (appliance/cluster.py, appliance/signaling/relay.py): three real ``confmeet serve``
+processes sharing one PostgreSQL database, one Redis and their secrets, as three machines of one
+install would. Meetings are placed on the least-loaded node; a participant who reaches another
+node is relayed to the meeting's, with media both ways; a drained node gets no new meeting and
+keeps the one it has; a killed node's lease lapses, its meeting is placed anew, its seats are
+taken over only with their own signed session, and its restart repairs only its own. (On
+loopback, one machine; the gateway and Chromium: tests/e2e/test_cluster_ui.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg2
+import pytest
+import redis
+
+from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance
+from cli.client.participant import Participant
+from conftest import drop_pg_database, make_pg_database, stop
+from sfu.participants import ColourTrack, ToneTrack
+
+USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1"),
+         "linus": ("linus@example.com", "linus password 1")}
+BUS = "redis://127.0.0.1:6379/13"  # this module's own Redis database, emptied before and after
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Appliance]]:
+    base = tmp_path_factory.mktemp("cluster")
+    redis.Redis.from_url(BUS).flushdb()
+    db_name, db_url = make_pg_database()
+    common = {"database": db_url, "bus": BUS, "media_loopback": "true", "sfu_workers": "1"}
+    apps: list[Appliance] = []
+    try:
+        for i in (1, 2, 3):
+            data = base / f"n{i}"
+            if apps:  # the install's secrets, as `confmeet install --join` brings them
+                data.mkdir()
+                shutil.copy(apps[0].data_dir / "secrets.toml", data / "secrets.toml")
+            apps.append(start_appliance(data, node_name=f"n{i}", **common))
+        for i, (email, password) in enumerate(USERS.values()):
+            apps[0].add_user(email, password, admin=i == 0)
+        yield apps
+    finally:
+        for app in apps:
+            stop(app.proc)
+        drop_pg_database(db_name)
+        redis.Redis.from_url(BUS).flushdb()
+    for app in apps:
+        assert "Traceback" not in app.output(), app.output()
+
+
+def node_list(app: Appliance) -> dict[str, dict]:
+    done = app.cli("node", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return {n["name"]: n for n in json.loads(done.stdout)}
+
+
+def new_meeting(app: Appliance, title: str) -> dict:
+    token = app.login(*USERS["ada"])["access_token"]
+    r = httpx.post(f"{app.url}/api/v1/meetings", json={"title": title}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def joined(app: Appliance, who: str, code: str, rgb: tuple[int, int, int]) -> Participant:
+    client = Participant(app.url, app.login(*USERS[who])["access_token"])
+    await client.connect()
+    reply = await client.join(code, who.title())
+    assert reply["type"] == "joined", reply
+    client.publish(ToneTrack(amplitude=0.3))
+    client.publish(ColourTrack(rgb))
+    assert (await client.offer())["type"] == "answer"
+    return client
+
+
+def owner(meeting_id: str) -> str:
+    return redis.Redis.from_url(BUS).get(f"confmeet:meeting:{meeting_id}").decode()
+
+
+async def test_meetings_spread_over_the_nodes_and_a_participant_of_another_node_is_relayed(
+        nodes: list[Appliance]) -> None:
+    assert {n: (v["alive"], v["drained"]) for n, v in node_list(nodes[0]).items()} == {
+        "n1": (True, False), "n2": (True, False), "n3": (True, False)}
+    meetings = [new_meeting(nodes[0], f"room {i}") for i in range(3)]
+    clients: list[Participant] = []
+    try:
+        # The first person of each meeting comes in through node 1: the three land on three nodes.
+        for meeting, rgb in zip(meetings, ((200, 0, 0), (0, 200, 0), (0, 0, 200))):
+            clients.append(await joined(nodes[0], "ada", meeting["code"], rgb))
+        placed = [owner(m["id"]) for m in meetings]
+        assert sorted(placed) == ["n1", "n2", "n3"], placed
+        # Someone joins the meeting that lives on node 3 through node 2: relayed, same meeting, media both ways.
+        target = placed.index("n3")
+        ada = clients[target]
+        grace = await joined(nodes[1], "grace", meetings[target]["code"], (200, 200, 0))
+        clients.append(grace)
+        ada_id, grace_id = ada.joined["participant"]["id"], grace.joined["participant"]["id"]
+        assert {p["id"] for p in grace.joined["participants"]} >= {ada_id}
+        await ada.wait_until(lambda: ada.frames_from(grace_id, "video") > 10, 30)
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "video") > 10, 30)
+        await grace.wait_until(lambda: grace.frames_from(ada_id, "audio") > 10, 30)
+        # A chat message crosses the relay both ways.
+        assert (await grace.request({"type": "chat", "text": "through node 2"}))["type"] == "ok"
+        await ada.wait_until(lambda: any(e["message"]["text"] == "through node 2" for e in ada.events_of("chat")))
+        loads = node_list(nodes[2])
+        assert loads["n3"]["participants"] == 2 and loads["n3"]["meetings"] == 1, loads
+        assert loads["n2"]["participants"] == 1, loads  # its own meeting; grace is counted where her seat is
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_a_drained_node_gets_no_new_meeting_and_keeps_its_own(nodes: list[Appliance]) -> None:
+    kept = new_meeting(nodes[0], "kept")
+    ada = await joined(nodes[0], "ada", kept["code"], (10, 10, 200))
+    clients = [ada]
+    try:
+        node = owner(kept["id"])
+        done = nodes[0].cli("node", "drain", node)
+        assert done.returncode == 0 and "drained" in done.stdout, done.stderr
+        assert node_list(nodes[0])[node]["drained"] is True
+        # New meetings go to the other two nodes, whichever node they come in through.
+        fresh = [new_meeting(nodes[0], f"after drain {i}") for i in range(4)]
+        for i, meeting in enumerate(fresh):
+            clients.append(await joined(nodes[i % 3], "ada", meeting["code"], (0, 100, 0)))
+        assert node not in {owner(m["id"]) for m in fresh}
+        # The drained node's meeting goes on there: a newcomer joins it and sees and hears its host.
+        grace = await joined(nodes[1], "grace", kept["code"], (100, 0, 100))
+        clients.append(grace)
+        assert owner(kept["id"]) == node
+        await grace.wait_until(lambda: grace.frames_from(ada.joined["participant"]["id"], "video") > 10, 30)
+        undone = nodes[0].cli("node", "undrain", node)
+        assert undone.returncode == 0, undone.stderr
+        assert node_list(nodes[0])[node]["drained"] is False
+        missing = nodes[0].cli("node", "drain", "nobody")
+        assert missing.returncode != 0 and "no node named 'nobody'" in missing.stderr
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_a_killed_node_drops_out_its_meetings_go_elsewhere_and_its_restart_repairs_only_its_own(
+        nodes: list[Appliance]) -> None:
+    lost = new_meeting(nodes[0], "on the node killed")
+    clients = [await joined(nodes[0], "ada", lost["code"], (200, 0, 0)),
+               await joined(nodes[0], "linus", lost["code"], (200, 0, 200))]
+    try:
+        victim = owner(lost["id"])
+        for attempt in range(3):  # a meeting on another node (seats of earlier tests weigh for 30 s)
+            kept = new_meeting(nodes[0], f"elsewhere {attempt}")
+            clients.append(await joined(nodes[0], "grace", kept["code"], (0, 200, 0)))
+            if (survivor := owner(kept["id"])) != victim:
+                break
+        assert survivor != victim
+        index = next(i for i, a in enumerate(nodes) if a.env["CONFMEET_NODE_NAME"] == victim)
+        killed = nodes[index]
+        killed.proc.kill()
+        killed.proc.wait()
+        live = next(a for a in nodes if a is not killed)
+        deadline = time.monotonic() + 10
+        while node_list(live)[victim]["alive"]:
+            assert time.monotonic() < deadline, "the killed node's lease did not lapse"
+            time.sleep(0.3)
+        # Its meeting is placed anew on a live node at the next join.
+        clients.append(await joined(live, "grace", lost["code"], (0, 0, 200)))
+        assert owner(lost["id"]) not in (victim,)
+        # A seat of the dead node is taken over by its own person with the session given for it,
+        # and by nobody else: a tampered session, or someone else's, is refused.
+        session, seat = clients[0].joined["session"], clients[0].joined["participant"]["id"]
+
+        async def resume_as(who: str, resume: str) -> dict:
+            client = Participant(live.url, live.login(*USERS[who])["access_token"])
+            await client.connect()
+            clients.append(client)
+            return await client.request({"type": "join", "meeting": lost["code"], "resume": resume})
+
+        tampered = session[:-2] + ("AA" if not session.endswith("AA") else "BB")
+        assert (await resume_as("ada", tampered)).get("code") == "session_expired"
+        assert (await resume_as("grace", session)).get("code") == "session_expired"
+        back = await resume_as("ada", session)
+        assert back["type"] == "joined" and back["resumed"] and back["media_reset"], back
+        assert back["participant"]["id"] == seat and back["participant"]["role"] == "host"
+        # Restarted, it closes the seats it held and leaves the other nodes' alone.
+        nodes[index] = start_appliance(killed.data_dir, node_name=victim, **{
+            k.removeprefix("CONFMEET_").lower(): v for k, v in killed.env.items()
+            if k in ("CONFMEET_DATABASE", "CONFMEET_BUS", "CONFMEET_MEDIA_LOOPBACK", "CONFMEET_SFU_WORKERS")})
+        conn = psycopg2.connect(killed.env["CONFMEET_DATABASE"])
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT node, left_at IS NULL FROM participant WHERE meeting_id IN (%s, %s)",
+                        (lost["id"], kept["id"]))
+            seats = cur.fetchall()
+        conn.close()
+        # Linus's seat (not taken over) closed by its node; ada's (taken over) and grace's open.
+        assert sorted(seats) == sorted([(victim, False), (owner(lost["id"]), True), (survivor, True),
+                                        (owner(lost["id"]), True)]), seats
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_the_gateway_configuration_is_one_nginx_accepts_and_bad_input_is_refused(tmp_path: Path) -> None:
+    env = appliance_env(tmp_path, 8800)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CONFMEET, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    done = cli("node", "gateway", "127.0.0.1:8801", "127.0.0.1:8802", "--listen", "127.0.0.1:8080")
+    assert done.returncode == 0, done.stderr
+    assert "server 127.0.0.1:8801" in done.stdout and "proxy_set_header Upgrade $http_upgrade;" in done.stdout
+    (tmp_path / "nginx.conf").write_text(done.stdout)
+    checked = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    bad = cli("node", "gateway", "somewhere")
+    assert bad.returncode != 0 and "host:port" in bad.stderr and "Traceback" not in bad.stderr
+    half = cli("node", "gateway", "127.0.0.1:8801", "--tls-cert", "/x.pem")
+    assert half.returncode != 0 and "--tls-key" in half.stderr
+    one = cli("node", "list")  # an install on the in-memory bus is one node
+    assert one.returncode != 0 and "is one node" in one.stderr
