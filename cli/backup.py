@@ -15,9 +15,9 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 from rich.table import Table
 from rich.text import Text
 
-from appliance.settings import Settings, SettingsError, load_settings
+from appliance.settings import Settings
 
-from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, err, fail
+from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, err, fail, settings_from
 
 backup_app = typer.Typer(
     help="Back up and restore the whole install: database, documents, objects, settings and secrets.",
@@ -34,10 +34,7 @@ ArchiveArg = Annotated[str, typer.Argument(help="Archive file, or s3://BUCKET/PR
 
 
 def load(config: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return load_settings(config, overrides={"data_dir": data_dir})
-    except SettingsError as exc:
-        fail(str(exc))
+    return settings_from(config, data_dir=data_dir)
 
 
 def read_passphrase(path: Path | None) -> bytes | None:

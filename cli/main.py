@@ -6,13 +6,12 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from appliance.settings import Settings, SettingsError, load_settings
+from appliance.settings import Settings
 
 from .backup import backup_app
 from .doctor import doctor
@@ -20,7 +19,7 @@ from . import install as install_cli, status as status_cli
 from .loadtest import loadtest
 from .models import models_app
 from .node import node_app
-from .options import ConfigOpt, DataDirOpt, console, fail
+from .options import ConfigOpt, DataDirOpt, console, fail, settings_from
 
 app = typer.Typer(help="confmeet: self-hosted web meetings.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -35,13 +34,6 @@ app.command("loadtest")(loadtest)
 install_cli.register(app)
 status_cli.register(app)
 app.command("doctor")(doctor)
-
-
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, overrides=overrides)
-    except SettingsError as exc:
-        fail(str(exc))
 
 
 def run_with_stores(settings: Settings, work: Any) -> Any:

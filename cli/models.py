@@ -19,9 +19,8 @@ import typer
 from rich.table import Table
 
 from appliance.inference.models import MODELS, ModelError, describe, export_bundle, import_models, verify
-from appliance.settings import Settings, SettingsError, load_settings
 
-from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, fail
+from .options import FAILED, ConfigOpt, DataDirOpt, JsonOpt, console, fail, settings_from
 
 models_app = typer.Typer(help="Import, list and verify the AI models (captions: vad and asr).", no_args_is_help=True)
 
@@ -34,11 +33,7 @@ STATE_STYLE = {"ready": "green", "missing": "yellow", "incomplete": "bold red", 
 def repository_of(config: Path | None, data_dir: Path | None, repository: Path | None) -> Path:
     if repository is not None:
         return repository
-    try:
-        settings: Settings = load_settings(config, overrides={"data_dir": data_dir})
-    except SettingsError as exc:
-        fail(str(exc))
-    return settings.model_repository_path
+    return settings_from(config, data_dir=data_dir).model_repository_path
 
 
 @models_app.command("import")

@@ -13,15 +13,13 @@ import typer
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from .options import ConfigOpt, DataDirOpt, console, fail
+from .options import ConfigOpt, DataDirOpt, console, fail, settings_from
 
 node_app = typer.Typer(help="See and drain the nodes of a several-node install.", no_args_is_help=True)
 
 
 def _redis(config: Any, data_dir: Any) -> Any:
     import redis.asyncio as aioredis
-
-    from .main import settings_from
 
     settings = settings_from(config, data_dir=data_dir)
     if not settings.bus.startswith(("redis://", "rediss://")):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+
+from appliance.settings import Settings, SettingsError, load_settings
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -28,3 +30,11 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Setti
                                                    envvar="CONFMEET_CONFIG")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded stores keep data.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    """The settings a command runs with (file, environment, ``overrides``); a bad file is a message."""
+    try:
+        return load_settings(config, overrides=overrides)
+    except SettingsError as exc:
+        fail(str(exc))
