@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import socket
 import tomllib
@@ -241,6 +242,12 @@ class Settings:
                     f"setting '{name}' = {mask_url_password(url)!r} is not a URL confmeet knows; "
                     f"use one of {allowed} (set it in the config file or {ENV_PREFIX}{name.upper()})"
                 )
+        if urlsplit(self.inference).scheme == "triton":
+            try:
+                triton_addresses(self.inference)
+            except ValueError as exc:
+                raise SettingsError(f"setting 'inference' = {self.inference!r}: {exc} (set it in the config file "
+                                    f"or {ENV_PREFIX}INFERENCE)") from None
         if not 0 < self.port < 65536:
             raise SettingsError(f"setting 'port' = {self.port} must be between 1 and 65535")
         if not (1024 <= self.media_udp_min <= self.media_udp_max <= 65535):
@@ -323,6 +330,41 @@ class Settings:
         if not self.public_url and self.host in ("0.0.0.0", "::"):
             raise SettingsError("OpenID sign-in needs the address browsers use: set public_url (the provider sends "
                                 "them back to PUBLIC_URL/api/v1/auth/oidc/callback)")
+
+
+TRITON_FORM = "triton://HOST:PORT, or several servers as one pool: triton://HOST1:PORT,HOST2:PORT"
+
+
+def triton_addresses(url: str) -> list[str]:
+    """The HOST:PORT of each Triton server a ``triton://`` URL names: one, or several, comma-separated,
+    that the appliance uses as a pool (appliance/inference/pool.py). A server without a port is on
+    Triton's HTTP port, 8000. Raises ValueError saying which server of the list is wrong."""
+    addresses: list[str] = []
+    servers = url.partition("://")[2].partition("/")[0].split(",")
+    for number, server in enumerate(servers, 1):
+        server = server.strip()
+        which = f"server {number} of {len(servers)}" if len(servers) > 1 else "the server"
+        if not server:
+            problem = f"{which} is empty (a comma too many?)" if len(servers) > 1 else "no server is named"
+            raise ValueError(f"{problem}; use {TRITON_FORM}")
+        if not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", server):
+            raise ValueError(f"{which}, {server!r}, is not HOST:PORT (servers are separated by commas); "
+                             f"use {TRITON_FORM}")
+        try:
+            parts = urlsplit(f"triton://{server}")
+            port = 8000 if parts.port is None else parts.port
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            raise ValueError(f"{which}, {server!r}, has no valid port (1 to 65535); use {TRITON_FORM}")
+        host = parts.hostname or ""
+        if not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+", host):
+            raise ValueError(f"{which}, {server!r}, is not HOST:PORT; use {TRITON_FORM}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if address in addresses:
+            raise ValueError(f"{address} is listed twice; name each server once")
+        addresses.append(address)
+    return addresses
 
 
 def mask_url_password(url: str) -> str:

@@ -33,6 +33,11 @@ RETRIES = 2  # after the first attempt, for errors that mean "not reachable now"
 BACKOFF = (0.1, 0.3)
 
 
+class TritonUnreachable(InferenceUnavailable):
+    """The server is not there (after the retries): a pool (pool.py) tries another server, which
+    it must not do for a request that was too slow or refused."""
+
+
 def _unreachable(exc: BaseException) -> bool:
     """An error that says the server is not there (retry) rather than that the request is bad."""
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, OSError)):
@@ -73,7 +78,7 @@ class TritonInference(Inference):
                     raise InferenceError(f"Triton refused {what}: {message}") from None
                 if attempt == RETRIES:
                     reason = exc.message() if isinstance(exc, InferenceServerException) else (str(exc) or type(exc).__name__)
-                    raise InferenceUnavailable(f"Triton at {self.address} is unreachable ({reason})") from None
+                    raise TritonUnreachable(f"Triton at {self.address} is unreachable ({reason})") from None
                 await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
         raise AssertionError("unreachable")
 
