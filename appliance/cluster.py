@@ -18,7 +18,6 @@ written anywhere: every meeting is this node's.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -32,7 +31,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger("confmeet.cluster")
 
 PREFIX = "confmeet:"
-NODES = PREFIX + "nodes"  # the names of every node that ever registered (live or not)
+NODES = PREFIX + "nodes"  # the names of the nodes registered and not stopped on purpose (live, or dead)
 DRAINED = PREFIX + "drained"  # names of drained nodes
 HEARTBEAT_SECONDS = 1.0
 LEASE_SECONDS = 4.0  # a node not heard of for this long is dead: its meetings are placed anew
@@ -123,7 +122,7 @@ def default_node_name() -> str:
 
 
 async def list_nodes(redis: aioredis.Redis) -> list[Node]:
-    """Every node that ever registered, live or not (the CLI's ``node list``)."""
+    """Every node registered and not stopped on purpose: live, or down (died without leaving)."""
     names = sorted(n.decode() for n in await redis.smembers(NODES))
     drained = {n.decode() for n in await redis.smembers(DRAINED)}
     nodes = []
@@ -138,11 +137,13 @@ async def list_nodes(redis: aioredis.Redis) -> list[Node]:
 class Cluster:
     """This node's membership: its heartbeat, and the placement of meetings."""
 
-    def __init__(self, url: str, name: str, node_url: str,
+    def __init__(self, url: str, name: str, node_url: str, secret: str,
                  load: Callable[[], dict[str, list[Any]]]) -> None:
-        """``load``: the meetings in progress on this node, each with its seats."""
+        """``load``: the meetings in progress on this node, each with its seats. ``secret``: the
+        install's secret_key, which every node shares (it signs what one node vouches for to another)."""
         self.redis = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         self.name = name
+        self.secret = secret
         self.url = node_url
         self._load = load
         self._started = time.time()
@@ -160,8 +161,11 @@ class Cluster:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
-        try:  # a node that stops on purpose leaves at once: its meetings are placed anew
-            await self.redis.delete(node_key(self.name))
+        try:  # a node that stops on purpose leaves at once (not "down"): its meetings are placed anew
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(node_key(self.name))
+                pipe.srem(NODES, self.name)
+                await pipe.execute()
         except (RedisError, OSError):
             pass
         await self.redis.aclose()
@@ -216,5 +220,10 @@ class Cluster:
         return bool(await self.redis.sismember(DRAINED, self.name))
 
 
-def node_json(nodes: list[Node]) -> str:
-    return json.dumps([n.view() for n in nodes], indent=2)
+async def read_nodes(url: str) -> list[Node]:
+    """The nodes, read from the Redis at ``url`` (a connection of its own, closed after)."""
+    redis = aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        return await list_nodes(redis)
+    finally:
+        await redis.aclose()

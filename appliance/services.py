@@ -73,7 +73,8 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     inference = open_inference(settings.inference, settings.model_repository_path)
     recordings = Recordings(settings, stores.db, stores.objects)
     sfu = await start_sfu(settings)
-    cluster = (Cluster(settings.bus, settings.node, settings.internal_url, lambda: signaling.meetings_in_progress())
+    cluster = (Cluster(settings.bus, settings.node, settings.internal_url, settings.secret_key,
+                       lambda: signaling.meetings_in_progress())
                if stores.bus.kind == "redis" else None)
     signaling = Signaling(settings, sfu, accounts, meetings, stores.db, stores.bus, throttle, cluster)
     room = signaling.room

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,15 +65,18 @@ def appliance_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
     return env
 
 
-def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = None, **settings: str) -> Appliance:
+def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = None, prefix: list[str] | None = None,
+                    **settings: str) -> Appliance:
     """``confmeet serve`` with these settings; over TLS (settings tls_cert and tls_key) when ``ca``
-    names the CA that signed its certificate."""
+    names the CA that signed its certificate. ``prefix``: a command it runs behind (a network
+    namespace's ``ip netns exec NS``: then call this from a thread that reaches ``host`` there,
+    such as Namespace.run's, since the readiness poll runs in the calling thread)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = appliance_env(data_dir, port, **settings)
     log = data_dir / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*CONFMEET, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*(prefix or []), *CONFMEET, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"{'https' if ca else 'http'}://{settings.get('host', '127.0.0.1')}:{port}"
     verify = str(ca) if ca else True
     deadline = time.monotonic() + timeout
@@ -87,6 +91,27 @@ def start_appliance(data_dir: Path, timeout: float = 30.0, ca: Path | None = Non
         time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"confmeet serve not ready after {timeout}s:\n{log.read_text()}")
+
+
+def start_nodes(base: Path, count: int, **settings: str) -> list[Appliance]:
+    """``count`` nodes of one install (appliance/cluster.py): ``confmeet serve`` in base/n1, n2, …
+    named n1, n2, …, each with its own media ports, sharing the stores these settings name and
+    the first node's secrets (as `confmeet install --join` brings them). Stopped by the caller."""
+    nodes: list[Appliance] = []
+    try:
+        for i in range(1, count + 1):
+            data = base / f"n{i}"
+            if nodes:
+                data.mkdir(parents=True)
+                shutil.copy(nodes[0].data_dir / "secrets.toml", data / "secrets.toml")
+            low = 21000 + 100 * i  # each node its own media ports, as on its own machine
+            nodes.append(start_appliance(data, node_name=f"n{i}", media_udp_min=str(low),
+                                         media_udp_max=str(low + 99), **settings))
+    except BaseException:
+        for node in nodes:
+            stop(node.proc)
+        raise
+    return nodes
 
 
 def serving(data_dir: Path, users: Mapping[str, tuple[str, ...]], **settings: str) -> Iterator[Appliance]:

@@ -40,6 +40,25 @@ class Namespace:
             self.delete()
             raise
 
+    def add_bridge(self, bridge: str, address: str) -> None:
+        """A Linux bridge here holding ``address`` (ADDR/PREFIXLEN): the switch of a test LAN whose
+        other hosts are namespaces joined to it with ``plug_into``."""
+        _ip("-n", self.name, "link", "add", bridge, "type", "bridge")
+        _ip("-n", self.name, "addr", "add", address, "dev", bridge)
+        _ip("-n", self.name, "link", "set", bridge, "up")
+
+    def plug_into(self, lan: Namespace, bridge: str, address: str) -> None:
+        """This namespace's ``eth0`` holding ``address`` (ADDR/PREFIXLEN), cabled to ``bridge`` in
+        ``lan``: a veth pair whose other end, a port of the bridge, is named after this namespace
+        (so each host of the LAN has its own). Deleting this namespace removes both ends."""
+        port = self.name[:15]  # the longest name Linux gives a network device
+        _ip("-n", self.name, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lan.name)
+        _ip("-n", self.name, "addr", "add", address, "dev", "eth0")
+        _ip("-n", self.name, "link", "set", "eth0", "up")
+        _ip("-n", lan.name, "link", "set", port, "master", bridge)
+        _ip("-n", lan.name, "link", "set", port, "up")
+        self.address = address.split("/")[0]
+
     @property
     def path(self) -> Path:
         return Path("/run/netns") / self.name

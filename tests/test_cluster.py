@@ -9,7 +9,6 @@ loopback, one machine; the gateway and Chromium: tests/e2e/test_cluster_ui.py.)"
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ import psycopg2
 import pytest
 import redis
 
-from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance
+from appliance.signaling.relay import relayed_client, relayed_for
+from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance, start_nodes
 from cli.client.participant import Participant
 from conftest import drop_pg_database, make_pg_database, stop
 from sfu.participants import ColourTrack, ToneTrack
@@ -35,15 +35,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Appliance]]
     base = tmp_path_factory.mktemp("cluster")
     redis.Redis.from_url(BUS).flushdb()
     db_name, db_url = make_pg_database()
-    common = {"database": db_url, "bus": BUS, "media_loopback": "true", "sfu_workers": "1"}
     apps: list[Appliance] = []
     try:
-        for i in (1, 2, 3):
-            data = base / f"n{i}"
-            if apps:  # the install's secrets, as `confmeet install --join` brings them
-                data.mkdir()
-                shutil.copy(apps[0].data_dir / "secrets.toml", data / "secrets.toml")
-            apps.append(start_appliance(data, node_name=f"n{i}", **common))
+        apps = start_nodes(base, 3, database=db_url, bus=BUS, media_loopback="true", sfu_workers="1")
         for i, (email, password) in enumerate(USERS.values()):
             apps[0].add_user(email, password, admin=i == 0)
         yield apps
@@ -112,6 +106,11 @@ async def test_meetings_spread_over_the_nodes_and_a_participant_of_another_node_
         loads = node_list(nodes[2])
         assert loads["n3"]["participants"] == 2 and loads["n3"]["meetings"] == 1, loads
         assert loads["n2"]["participants"] == 1, loads  # its own meeting; grace is counted where her seat is
+        # `confmeet status` has a row for every node.
+        status = json.loads(nodes[0].cli("status", "--json").stdout)
+        rows = {c["component"]: c for c in status["components"] if c["component"].startswith("node ")}
+        assert set(rows) == {"node n1", "node n2", "node n3"} and {r["state"] for r in rows.values()} == {"up"}
+        assert "1 meeting(s), 2 participant(s)" in rows["node n3"]["detail"], rows
     finally:
         for client in clients:
             await client.close()
@@ -168,6 +167,10 @@ async def test_a_killed_node_drops_out_its_meetings_go_elsewhere_and_its_restart
         while node_list(live)[victim]["alive"]:
             assert time.monotonic() < deadline, "the killed node's lease did not lapse"
             time.sleep(0.3)
+        status = live.cli("status", "--json")
+        assert status.returncode == 2, status.stdout  # a node is down
+        assert [c["state"] for c in json.loads(status.stdout)["components"] if c["component"] == f"node {victim}"] == [
+            "down"]
         # Its meeting is placed anew on a live node at the next join.
         clients.append(await joined(live, "grace", lost["code"], (0, 0, 200)))
         assert owner(lost["id"]) not in (victim,)
@@ -223,3 +226,17 @@ def test_the_gateway_configuration_is_one_nginx_accepts_and_bad_input_is_refused
     assert half.returncode != 0 and "--tls-key" in half.stderr
     one = cli("node", "list")  # an install on the in-memory bus is one node
     assert one.returncode != 0 and "is one node" in one.stderr
+
+
+def test_a_relayed_clients_address_is_believed_only_when_signed_by_the_install() -> None:
+    """The owner counts a relayed client by the address the relaying node vouches for (per-address
+    limits would otherwise lump every client of that node together), and only when the header is
+    signed with the install's secret for that client's token."""
+    header = relayed_for("install secret", "198.51.100.7", "token-a")
+    assert relayed_client("install secret", header, "token-a") == "198.51.100.7"
+    assert relayed_client("another install", header, "token-a") is None  # not signed by this install
+    assert relayed_client("install secret", header, "token-b") is None  # another client's token
+    forged = header.replace("198.51.100.7", "198.51.100.8")
+    assert relayed_client("install secret", forged, "token-a") is None
+    assert relayed_client("install secret", "198.51.100.7", "token-a") is None  # no signature
+    assert relayed_client("install secret", "", "token-a") is None

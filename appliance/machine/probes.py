@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..settings import Settings, mask_url_password
+from ..settings import Settings, mask_url_password, triton_addresses
 
 State = Literal["up", "degraded", "down", "n/a"]
 TIMEOUT = 3.0
@@ -388,7 +388,11 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
     for setting, url in urls.items():
         scheme = urlsplit(url).scheme
         name = NAMES.get(scheme, f"{setting} ({'embedded ' if scheme in ('sqlite', 'file') else ''}{scheme})")
-        if setting == "inference":
+        if setting == "inference" and scheme == "triton" and "," in url:  # a pool: a row per server
+            for address in triton_addresses(url):
+                targets.append((f"triton {address}", setting,
+                                lambda u=f"triton://{address}": probe_inference(u, why_not_gpu)))
+        elif setting == "inference":
             targets.append((name, setting, lambda u=url: probe_inference(u, why_not_gpu)))
         else:
             targets.append((name, setting, lambda p=PROBES[setting], u=url: p(u)))
@@ -412,7 +416,33 @@ def collect(settings: Settings, settings_file: Path) -> list[Probe]:
             probe.detail = f"{probe.detail.rstrip('.')}; {note}" if probe.detail else note
             if probe.state == "up" and (status != "running" or health == "unhealthy"):
                 probe.state = "degraded"
+    if urlsplit(settings.bus).scheme in ("redis", "rediss"):  # every node sharing the bus: one row each
+        results += probe_nodes(settings.bus)
     return results
+
+
+def probe_nodes(bus: str) -> list[Probe]:
+    """The appliance nodes sharing this install's Redis (appliance/cluster.py), one row each:
+    up (serving, or drained: no new meetings), or down (it died without leaving)."""
+    import asyncio
+
+    from appliance.cluster import read_nodes
+
+    try:
+        nodes = asyncio.run(read_nodes(bus))
+    except Exception as exc:  # the bus's own row says why Redis does not answer
+        return [Probe("n/a", detail=f"the node registry cannot be read: {_first_line(exc)}", component="nodes")]
+    rows = []
+    for node in nodes:
+        if not node.alive:
+            rows.append(Probe("down", detail=f"{node.url or 'no URL'}: not heard of for over its lease "
+                                             "(stopped without leaving, or dead); its meetings go to other nodes",
+                              component=f"node {node.name}"))
+            continue
+        load = f"{node.meetings} meeting(s), {node.participants} participant(s)"
+        rows.append(Probe("up", detail=f"{node.url}: {'drained (no new meetings), ' if node.drained else ''}{load}",
+                          component=f"node {node.name}"))
+    return rows
 
 
 def overall(probes: list[Probe]) -> State:

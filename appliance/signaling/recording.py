@@ -136,6 +136,8 @@ class Recording(Feature):
     async def meeting_emptied(self, meeting_id: str) -> None:
         """Everyone left: the recordings stop (not when one room empties: the main room's goes on
         while everyone is in breakout rooms, the sink keeping its SFU room open)."""
+        if self.recordings.stopping:  # the appliance is stopping: the SFU's close finishes the files
+            return                    # and recordings.close() stores them (app.py, drain)
         live = self.recordings.live.get(meeting_id)
         if live is not None:
             live.stop_reason = live.stop_reason or "everyone left the meeting"

@@ -13,6 +13,8 @@ owner's application codes (4xxx) reach the client as they are, and a lost owner 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from urllib.parse import quote
 
@@ -26,6 +28,28 @@ log = logging.getLogger("confmeet.signaling")
 
 CONNECT_SECONDS = 5.0
 MAX_FRAME = 1 << 20  # as the appliance's own WEBSOCKET_MAX_SIZE
+# Between nodes on one network: a node that vanishes (its machine off, its link down: nothing
+# refuses the connection) is noticed within two of these, and its clients told to resume.
+PING_SECONDS = 2.0
+
+
+CLIENT_HEADER = "X-Confmeet-Relayed-For"  # "<client address> <signature>", from a relaying node
+
+
+def relayed_for(secret: str, address: str, token: str) -> str:
+    """The header a relaying node adds: the client's address, signed with the install's secret
+    (and bound to the client's token), so that the owner's per-address limits count the client,
+    not the node that relays it."""
+    digest = hmac.new(secret.encode(), f"relay\n{address}\n{token}".encode(), hashlib.sha256).hexdigest()
+    return f"{address} {digest[:32]}"
+
+
+def relayed_client(secret: str, header: str, token: str) -> str | None:
+    """The client address a genuine relay header names, else None."""
+    address, _, _ = header.partition(" ")
+    if not address or len(header) > 200:
+        return None
+    return address if hmac.compare_digest(relayed_for(secret, address, token), header) else None
 
 
 class Elsewhere(Exception):
@@ -52,14 +76,18 @@ async def relay(conn: Connection, cluster: Cluster, token: str) -> None:
         return
     try:
         async with connect(ws_url(url, token), open_timeout=CONNECT_SECONDS, max_size=MAX_FRAME,
-                           ping_interval=20, additional_headers={"X-Forwarded-For": conn.address}) as upstream:
+                           ping_interval=PING_SECONDS, ping_timeout=PING_SECONDS,
+                           additional_headers={CLIENT_HEADER: relayed_for(cluster.secret, conn.address, token)}
+                           ) as upstream:
             await upstream.send(conn.relay_first)
             down = asyncio.create_task(_down(upstream, conn), name="relay-down")
             up = asyncio.create_task(_up(conn, upstream), name="relay-up")
-            done, _ = await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (down, up):
-                task.cancel()
-            await asyncio.gather(down, up, return_exceptions=True)
+            try:
+                done, _ = await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the relay itself is cancelled (the server stopping)
+                for task in (down, up):
+                    task.cancel()
+                await asyncio.gather(down, up, return_exceptions=True)
             if up in done or (down in done and not down.cancelled() and down.result() == "client"):
                 received = getattr(conn.ws.ws_proto, "close_rcvd", None)
                 code = getattr(received, "code", None)  # the client went: the owner learns how
@@ -67,7 +95,9 @@ async def relay(conn: Connection, cluster: Cluster, token: str) -> None:
                 conn.close(code or Close.LEFT)
                 return
             code = upstream.close_code
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+    except ConnectionClosed as exc:  # the owner closed at once (an expired sign-in: 4001, say)
+        code = exc.rcvd.code if exc.rcvd is not None else None
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         log.warning("relaying a signaling connection to node %s (%s) failed: %s", node, url, exc)
         code = None
     # The owner closed: its own code (1000: the seat ended; 4xxx: why); else the owner is lost.

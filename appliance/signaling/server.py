@@ -40,7 +40,7 @@ from ..tracing import JoinTrace
 from ..turn import turn_credentials
 from .metrics import CONNECTIONS, ERRORS, MESSAGES, REFUSED
 from .protocol import CLIENT_LEFT, Close, Connection, Seat, SignalingError, parse, sfu_refusal
-from .relay import Elsewhere, relay
+from .relay import CLIENT_HEADER, Elsewhere, relay, relayed_client
 from .room import Feature, Handler, RoomView, SfuGateway
 
 log = logging.getLogger("confmeet.signaling")
@@ -129,7 +129,11 @@ class Signaling:
             await ws.send(json.dumps(error.message_for(None)))
             await ws.close(Close.UNAUTHORIZED, "unauthorized")
             return
-        conn = Connection(ws, principal, client_address(request), trace=join)
+        address = client_address(request)
+        relayed = request.headers.get(CLIENT_HEADER)
+        if relayed and self.cluster is not None:  # another node relays the client: count the client
+            address = relayed_client(self.settings.secret_key, relayed, request.args.get("token", "")) or address
+        conn = Connection(ws, principal, address, trace=join)
         self.connections.add(conn)
         CONNECTIONS.inc()
         writer = asyncio.create_task(conn.drain((WebsocketClosed, ConnectionClosed)), name="signaling-writer")
@@ -360,25 +364,30 @@ class Signaling:
                     principal=principal, name=name, role=role, session=self._session(seat_id, meeting.id, principal.id))
         conn.trace.admitted()
         conn.trace.seated(meeting.id, seat.id, role)
-        with conn.trace.step("sfu.join"):
-            sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
-            if sfu.get("type") == "error":
-                raise sfu_refusal(sfu, "joining the media")
-        others = self.in_meeting(meeting.id)
-        self.seats[seat.id] = seat
-        self.sessions[seat.session] = seat
-        self._attach(seat, conn)
+        joined = await self._take_seat(conn, seat, resumed=False)
         logs.bind(meeting_id=meeting.id, participant_id=seat.id)
         log.info("joined the meeting as %s", role)
-        # The meeting as it is at this very moment: everything later reaches the client as an event
-        # (held behind this reply by the connection).
-        joined = self._joined(seat, resumed=False, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
-        for other in others:
-            other.send({"type": "participant_joined", "participant": seat.view()})
         await self.db.run(self._record_join, seat, self.settings.node)
         await self.bus.publish(channel(meeting.id), {"type": "participant_joined", "meeting": meeting.id,
                                                      "participant": seat.view()})
         return await self._with_features(joined, seat)
+
+    async def _take_seat(self, conn: Connection, seat: Seat, resumed: bool) -> dict[str, Any]:
+        """The seat joins the SFU and the roster, on this connection; the others are told. Its
+        ``joined`` reply: the meeting as it is at this very moment (everything later reaches the
+        client as an event, held behind this reply by the connection)."""
+        with conn.trace.step("sfu.join"):
+            sfu = await self.sfu.request(seat.meeting_id, {"type": "join", "participant": seat.id, "name": seat.name})
+            if sfu.get("type") == "error":
+                raise sfu_refusal(sfu, "joining the media")
+        others = self.in_meeting(seat.meeting_id)
+        self.seats[seat.id] = seat
+        self.sessions[seat.session] = seat
+        self._attach(seat, conn)
+        joined = self._joined(seat, resumed=resumed, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        for other in others:
+            other.send({"type": "participant_joined", "participant": seat.view()})
+        return joined
 
     def _session(self, seat_id: str, meeting_id: str, principal_id: str) -> str:
         """A seat's session token: random, and signed with the install's secret so that another
@@ -421,18 +430,9 @@ class Signaling:
         seat = Seat(id=row.id, meeting_id=meeting.id,
                     meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
                     principal=conn.principal, name=row.display_name, role=row.role, session=session)
-        sfu = await self.sfu.request(meeting.id, {"type": "join", "participant": seat.id, "name": seat.name})
-        if sfu.get("type") == "error":
-            raise sfu_refusal(sfu, "joining the media")
-        others = self.in_meeting(meeting.id)
-        self.seats[seat.id] = seat
-        self.sessions[seat.session] = seat
-        self._attach(seat, conn)
-        log.info("took over seat %s of node %s, which stopped", seat.id, row.node)
-        joined = self._joined(seat, resumed=True, tracks=sfu["tracks"], ice_servers=sfu["ice_servers"])
+        joined = await self._take_seat(conn, seat, resumed=True)
         joined["media_reset"] = True  # the media starts over on this node: a new peer connection
-        for other in others:
-            other.send({"type": "participant_joined", "participant": seat.view()})
+        log.info("took over seat %s of node %s, which stopped", seat.id, row.node)
         node = self.settings.node
         await self.db.run(lambda: Participant.update(node=node).where(Participant.id == seat.id).execute())
         return await self._with_features(joined, seat)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -237,3 +237,27 @@ def media_flows(me: MeetingPage, other: MeetingPage) -> None:
     assert first["name"] == other.person.shown_as
     poll(lambda: (t := tile()) and t["frames"] > first["frames"] and t["audio_packets"] > first["audio_packets"],
          f"{other.person.name}'s frames and audio keep arriving at {me.person.name}", timeout=5)
+
+
+def mark_connections(pages: Sequence[MeetingPage]) -> None:
+    """Remember each page's peer connection now (``window.before``), to tell a new one later."""
+    for page in pages:
+        page.page.evaluate("() => { window.before = window.confmeet.pc; }")
+
+
+def media_back_after(kill: Callable[[], None], pages: Sequence[MeetingPage], within: float) -> float:
+    """Run ``kill`` (a node, an SFU worker) and wait until every page has a new peer connection and
+    every two of them see and hear each other again: the seconds that took, asserted under ``within``."""
+    mark_connections(pages)
+    kill()
+    started = time.monotonic()
+    for page in pages:
+        poll(lambda page=page: page.page.evaluate("() => window.confmeet.pc !== window.before"),
+             f"{page.person.name} connects again", timeout=within)
+    for me in pages:
+        for other in pages:
+            if me is not other:
+                media_flows(me, other)
+    took = time.monotonic() - started
+    assert took < within, f"media back {took:.1f} s after the kill"
+    return took
