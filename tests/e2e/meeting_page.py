@@ -17,8 +17,10 @@ from playwright.sync_api import Browser, Locator, Page, expect
 T = TypeVar("T")
 
 # The screenshots in docs/screenshots come from the browser tests: set CONFMEET_SCREENSHOTS=docs/screenshots
-# to refresh them; otherwise they go to a scratch directory and the tree stays clean.
-SCREENSHOTS = Path(os.environ.get("CONFMEET_SCREENSHOTS") or tempfile.mkdtemp(prefix="confmeet-screenshots-"))
+# to refresh them; otherwise they go to one scratch directory (each run overwrites the last), and
+# the tree stays clean.
+SCREENSHOTS = Path(os.environ.get("CONFMEET_SCREENSHOTS") or Path(tempfile.gettempdir()) / "confmeet-screenshots")
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
 # Each remote tile: who, the picture's size, frames decoded and audio packets received for it.
 REMOTE_TILES = """async () => {
