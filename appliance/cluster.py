@@ -157,17 +157,25 @@ class Cluster:
         self._heartbeat = asyncio.create_task(self._beating(), name="cluster-heartbeat")
         log.info("node %s (%s) joined the cluster", self.name, self.url)
 
-    async def close(self) -> None:
+    async def leave(self) -> bool:
+        """Stop on purpose: out of the registry at once (not "down"), so that this node's meetings
+        are placed anew at their next join. Whether another node is there to take them."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
-        try:  # a node that stops on purpose leaves at once (not "down"): its meetings are placed anew
+            self._heartbeat = None
+        try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(node_key(self.name))
                 pipe.srem(NODES, self.name)
                 await pipe.execute()
-        except (RedisError, OSError):
-            pass
+            return any(n.alive and not n.drained for n in await list_nodes(self.redis))
+        except (RedisError, OSError) as exc:
+            log.warning("node %s could not leave the registry in Redis: %s", self.name, exc)
+            return False
+
+    async def close(self) -> None:
+        await self.leave()
         await self.redis.aclose()
 
     async def beat(self) -> None:

@@ -8,6 +8,7 @@ loopback, one machine; the gateway and Chromium: tests/e2e/test_cluster_ui.py.)"
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -206,6 +207,40 @@ async def test_a_killed_node_drops_out_its_meetings_go_elsewhere_and_its_restart
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_node_stopped_on_purpose_hands_its_seats_over(nodes: list[Appliance]) -> None:
+    """A stop (systemctl stop, a rolling upgrade) with other nodes live does not end the meetings
+    on the node: their clients are told to resume (4016) and another node takes the seats over."""
+    meeting = new_meeting(nodes[0], "handed over")
+    ada = await joined(nodes[0], "ada", meeting["code"], (0, 150, 150))
+    clients = [ada]
+    try:
+        node = owner(meeting["id"])
+        index = next(i for i, a in enumerate(nodes) if a.env["CONFMEET_NODE_NAME"] == node)
+        stopping = nodes[index]
+        stopping.proc.terminate()
+        assert await asyncio.to_thread(stopping.proc.wait, 30) == 0
+        assert "handing 1 seat(s) over" in stopping.output()
+        await ada.wait_until(lambda: ada.signaling.close_code is not None, 10)
+        assert ada.signaling.close_code == 4016, ada.signaling.closed  # resume: not "the seat ended"
+        assert node not in node_list(nodes[index - 1])  # it left the registry, not "down"
+        live = nodes[index - 1]
+        back = Participant(live.url, live.login(*USERS["ada"])["access_token"])
+        await back.connect()
+        clients.append(back)
+        again = await back.request({"type": "join", "meeting": meeting["code"], "resume": ada.joined["session"]})
+        assert again["type"] == "joined" and again["resumed"] and again["media_reset"], again
+        assert again["participant"]["id"] == ada.joined["participant"]["id"]
+        assert owner(meeting["id"]) != node
+    finally:
+        for client in clients:
+            await client.close()
+        if nodes[index].proc.poll() is not None:  # back for the tests after this one
+            nodes[index] = start_appliance(stopping.data_dir, node_name=node, **{
+                k.removeprefix("CONFMEET_").lower(): v for k, v in stopping.env.items()
+                if k.startswith("CONFMEET_") and k not in ("CONFMEET_DATA_DIR", "CONFMEET_PORT", "CONFMEET_CONFIG",
+                                                           "CONFMEET_NODE_NAME")})
 
 
 def test_the_gateway_configuration_is_one_nginx_accepts_and_bad_input_is_refused(tmp_path: Path) -> None:

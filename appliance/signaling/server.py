@@ -91,6 +91,18 @@ class Signaling:
                        asyncio.create_task(self._check_sign_ins(), name="signaling-sign-in-checks")]
 
     async def close(self) -> None:
+        """The server stops. With other nodes live, the seats are handed over: this node leaves
+        the registry, and every client is told to resume (Close.NODE_LOST), which another node
+        answers by taking its seat over from the record (``_reclaim``); alone, every seat ends."""
+        if self.cluster is not None and await self.cluster.leave():
+            for seat in list(self.seats.values()):
+                if seat.expiry is not None:
+                    seat.expiry.cancel()
+            log.info("handing %d seat(s) over to the other nodes", len(self.seats))
+            self.seats.clear()
+            self.sessions.clear()
+            for conn in list(self.connections):
+                conn.close(Close.NODE_LOST)
         for seat in list(self.seats.values()):
             await self.release(seat, "left", close=Close.LEFT)
         for conn in list(self.connections):
