@@ -364,7 +364,9 @@ def test_install_status_converge_uninstall(clean_engine: dockerd.Engine, tmp_pat
         code, components, table = status(root, table=True)
         assert code == 0, table
         assert "overall: up" in table
-        assert set(components) == {"appliance", *everything, "gpu"}, table
+        node = f"node {socket.gethostname()}"  # the one node of this install, in the registry (Redis)
+        assert set(components) == {"appliance", *everything, "gpu", node}, table
+        assert components[node]["state"] == "up" and "1 meeting" not in components[node]["detail"], table
         for name in ("appliance", *COMPONENTS):
             assert components[name]["state"] == "up", table
             assert components[name]["ms"] is not None, table
