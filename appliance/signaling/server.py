@@ -65,6 +65,7 @@ class Signaling:
         self.bus = bus
         self.seats: dict[str, Seat] = {}
         self.sessions: dict[str, Seat] = {}
+        self._reclaiming: set[str] = set()  # seats of a stopped node being taken over here now
         self.connections: set[Connection] = set()
         self.room = RoomView(self.seats, sfu, db, self.release, self.seat_connection, self.check_name, self.move,
                              self._breakout_rooms)
@@ -302,12 +303,12 @@ class Signaling:
             raise SignalingError("bad_message", "'meeting' must be the meeting's join code or id")
         if self.cluster is not None:
             try:
-                found, _ = await self.meetings.find_for_join(principal, ref)
+                found, role_now = await self.meetings.find_for_join(principal, ref)
             except NotFound:
                 raise SignalingError("not_found", "no such meeting") from None
             await self._place(found.id)
             if resume is not None:  # a seat not held here, of a meeting placed here now
-                return await self._reclaim(conn, resume, found)
+                return await self._reclaim(conn, resume, found, role_now)
         name = message.get("name", principal.name)
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
             raise SignalingError("bad_message", "'name' must be 1 to 100 characters")
@@ -425,24 +426,31 @@ class Signaling:
             return None
         return claim[:3] if isinstance(claim, list) and len(claim) == 4 else None
 
-    async def _reclaim(self, conn: Connection, session: Any, meeting: Meeting) -> dict[str, Any]:
+    async def _reclaim(self, conn: Connection, session: Any, meeting: Meeting, role_now: str | None) -> dict[str, Any]:
         """A resume of a seat this node does not hold, for a meeting placed here: the seat of a
         node that died (its meeting was placed anew). Taken over with its id, name and role when
         the session is one this install gave that person for that seat in this meeting, and the
         record says the seat is still held by a node whose lease has lapsed; the client connects
-        its media afresh (``media_reset`` in the reply). Anything else: ``session_expired``."""
+        its media afresh (``media_reset`` in the reply). Its role: the one the meeting's roles
+        give now (``role_now``, a promotion since included), else the one it joined with.
+        Anything else: ``session_expired``."""
         assert self.cluster is not None
         claim = self._session_claim(session)
-        if claim is None or claim[1] != meeting.id or claim[2] != conn.principal.id or claim[0] in self.seats:
+        if (claim is None or claim[1] != meeting.id or claim[2] != conn.principal.id
+                or claim[0] in self.seats or claim[0] in self._reclaiming):
             raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
-        row = await self.db.run(lambda: Participant.get_or_none(Participant.id == claim[0]))
-        if (row is None or row.left_at is not None or row.node in (None, self.settings.node)
-                or await self.cluster.alive(row.node)):
-            raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
-        seat = Seat(id=row.id, meeting_id=meeting.id,
-                    meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
-                    principal=conn.principal, name=row.display_name, role=row.role, session=session)
-        joined = await self._take_seat(conn, seat, resumed=True)
+        self._reclaiming.add(claim[0])  # two resumes of one seat racing: the second is refused
+        try:
+            row = await self.db.run(lambda: Participant.get_or_none(Participant.id == claim[0]))
+            if (row is None or row.left_at is not None or row.node in (None, self.settings.node)
+                    or await self.cluster.alive(row.node)):
+                raise SignalingError("session_expired", "that seat is gone; join the meeting afresh")
+            seat = Seat(id=row.id, meeting_id=meeting.id,
+                        meeting={"id": meeting.id, "code": meeting.code, "title": meeting.title},
+                        principal=conn.principal, name=row.display_name, role=role_now or row.role, session=session)
+            joined = await self._take_seat(conn, seat, resumed=True)
+        finally:
+            self._reclaiming.discard(claim[0])
         joined["media_reset"] = True  # the media starts over on this node: a new peer connection
         log.info("took over seat %s of node %s, which stopped", seat.id, row.node)
         node = self.settings.node
