@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
-from conftest import free_port, stop
+from conftest import drop_pg_database, free_port, make_pg_database, stop
 
 CONFMEET = [sys.executable, "-m", "cli"]
 
@@ -112,6 +113,29 @@ def start_nodes(base: Path, count: int, **settings: str) -> list[Appliance]:
             stop(node.proc)
         raise
     return nodes
+
+
+def serving_nodes(base: Path, count: int, bus: str, accounts: list[tuple[str, str]],
+                  **settings: str) -> Iterator[list[Appliance]]:
+    """A module's nodes of one install (``yield from`` it in a fixture): start_nodes on a fresh
+    PostgreSQL database and the Redis database ``bus`` (emptied before and after), with these
+    accounts (email, password; the first an administrator); stopped after the module's tests,
+    failing them if a node's output holds a traceback."""
+    redis.Redis.from_url(bus).flushdb()
+    db_name, db_url = make_pg_database()
+    nodes: list[Appliance] = []
+    try:
+        nodes = start_nodes(base, count, database=db_url, bus=bus, **settings)
+        for i, (email, password) in enumerate(accounts):
+            nodes[0].add_user(email, password, admin=i == 0)
+        yield nodes
+    finally:
+        for node in nodes:
+            stop(node.proc)
+        drop_pg_database(db_name)
+        redis.Redis.from_url(bus).flushdb()
+    for node in nodes:
+        assert "Traceback" not in node.output(), node.output()
 
 
 def serving(data_dir: Path, users: Mapping[str, tuple[str, ...]], **settings: str) -> Iterator[Appliance]:

@@ -21,9 +21,8 @@ import pytest
 import redis
 
 from appliance.signaling.relay import relayed_client, relayed_for
-from appliance_server import CONFMEET, Appliance, appliance_env, start_appliance, start_nodes
+from appliance_server import CONFMEET, Appliance, appliance_env, serving_nodes, start_appliance
 from cli.client.participant import Participant
-from conftest import drop_pg_database, make_pg_database, stop
 from sfu.participants import ColourTrack, ToneTrack
 
 USERS = {"ada": ("ada@example.com", "ada password 1"), "grace": ("grace@example.com", "grace password 1"),
@@ -33,22 +32,8 @@ BUS = "redis://127.0.0.1:6379/13"  # this module's own Redis database, emptied b
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Appliance]]:
-    base = tmp_path_factory.mktemp("cluster")
-    redis.Redis.from_url(BUS).flushdb()
-    db_name, db_url = make_pg_database()
-    apps: list[Appliance] = []
-    try:
-        apps = start_nodes(base, 3, database=db_url, bus=BUS, media_loopback="true", sfu_workers="1")
-        for i, (email, password) in enumerate(USERS.values()):
-            apps[0].add_user(email, password, admin=i == 0)
-        yield apps
-    finally:
-        for app in apps:
-            stop(app.proc)
-        drop_pg_database(db_name)
-        redis.Redis.from_url(BUS).flushdb()
-    for app in apps:
-        assert "Traceback" not in app.output(), app.output()
+    yield from serving_nodes(tmp_path_factory.mktemp("cluster"), 3, BUS, list(USERS.values()),
+                             media_loopback="true", sfu_workers="1")
 
 
 def node_list(app: Appliance) -> dict[str, dict]:

@@ -12,8 +12,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser
 
-from appliance_server import Appliance, start_nodes
-from conftest import drop_pg_database, make_pg_database, stop
+from appliance_server import Appliance, serving_nodes
 
 from .meeting_page import PEOPLE, MeetingPage, media_flows
 
@@ -24,22 +23,8 @@ BUS = "redis://127.0.0.1:6379/14"  # this module's own Redis database, emptied b
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Appliance]]:
-    redis.Redis.from_url(BUS).flushdb()
-    db_name, db_url = make_pg_database()
-    apps: list[Appliance] = []
-    try:
-        apps = start_nodes(tmp_path_factory.mktemp("cluster-ui"), 3, database=db_url, bus=BUS,
-                           media_loopback="true", sfu_workers="1")
-        for i, person in enumerate(PEOPLE.values()):
-            apps[0].add_user(person.email, person.password, admin=i == 0)
-        yield apps
-    finally:
-        for app in apps:
-            stop(app.proc)
-        drop_pg_database(db_name)
-        redis.Redis.from_url(BUS).flushdb()
-    for app in apps:
-        assert "Traceback" not in app.output(), app.output()
+    yield from serving_nodes(tmp_path_factory.mktemp("cluster-ui"), 3, BUS,
+                             [(p.email, p.password) for p in PEOPLE.values()], media_loopback="true", sfu_workers="1")
 
 
 def test_two_pages_on_two_nodes_are_in_one_meeting(browser: Browser, nodes: list[Appliance]) -> None:
