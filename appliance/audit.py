@@ -25,6 +25,8 @@ ACTIONS = frozenset({
     # breakout rooms
     "breakout.created", "breakout.opened", "breakout.closed",
     # end-to-end encryption
+    # several nodes: a machine that joined the install with a one-time token (confmeet node invite)
+    "node.joined",
 })
 
 

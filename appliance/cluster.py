@@ -18,8 +18,11 @@ written anywhere: every meeting is this node's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ log = logging.getLogger("confmeet.cluster")
 PREFIX = "confmeet:"
 NODES = PREFIX + "nodes"  # the names of the nodes registered and not stopped on purpose (live, or dead)
 DRAINED = PREFIX + "drained"  # names of drained nodes
+JOIN_PREFIX = PREFIX + "join:"  # one-time tokens that let a new machine join (confmeet node invite)
+JOIN_SECONDS = 3600
 HEARTBEAT_SECONDS = 1.0
 LEASE_SECONDS = 4.0  # a node not heard of for this long is dead: its meetings are placed anew
 PLACEMENT_SECONDS = 30.0  # a placement the owner stopped refreshing lapses (its meeting emptied)
@@ -96,6 +101,29 @@ return 0
 """
 
 
+def _join_key(token: str) -> str:
+    return JOIN_PREFIX + hashlib.sha256(token.encode()).hexdigest()  # Redis never holds the token itself
+
+
+async def issue_join_token(redis: aioredis.Redis, seconds: int = JOIN_SECONDS) -> str:
+    """A one-time token for ``POST /api/v1/cluster/join``, valid ``seconds``."""
+    token = secrets.token_urlsafe(32)
+    await redis.set(_join_key(token), "1", ex=seconds)
+    return token
+
+
+async def take_join_token(redis: aioredis.Redis, token: str) -> bool:
+    """Whether ``token`` was issued and unused; it is used up by this call (GETDEL: once, even
+    when two machines present it at the same moment)."""
+    return await redis.getdel(_join_key(token)) is not None
+
+
+def node_tls(ca_file: str) -> ssl.SSLContext:
+    """How a node checks another's certificate when it relays there over https: against the
+    install's CA (node_ca_file), else the system's CAs."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
 class NoNode(Exception):
     """No live node takes new meetings (every one is drained)."""
 
@@ -138,12 +166,14 @@ class Cluster:
     """This node's membership: its heartbeat, and the placement of meetings."""
 
     def __init__(self, url: str, name: str, node_url: str, secret: str,
-                 load: Callable[[], dict[str, list[Any]]]) -> None:
+                 load: Callable[[], dict[str, list[Any]]], ca_file: str = "") -> None:
         """``load``: the meetings in progress on this node, each with its seats. ``secret``: the
-        install's secret_key, which every node shares (it signs what one node vouches for to another)."""
+        install's secret_key, which every node shares (it signs what one node vouches for to another).
+        ``ca_file``: what the other nodes' certificates are checked against (node_tls)."""
         self.redis = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         self.name = name
         self.secret = secret
+        self.tls = node_tls(ca_file)
         self.url = node_url
         self._load = load
         self._started = time.time()

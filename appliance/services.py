@@ -74,7 +74,7 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     recordings = Recordings(settings, stores.db, stores.objects)
     sfu = await start_sfu(settings)
     cluster = (Cluster(settings.bus, settings.node, settings.internal_url, settings.secret_key,
-                       lambda: signaling.meetings_in_progress())
+                       lambda: signaling.meetings_in_progress(), settings.node_ca_file)
                if stores.bus.kind == "redis" else None)
     signaling = Signaling(settings, sfu, accounts, meetings, stores.db, stores.bus, throttle, cluster)
     room = signaling.room

@@ -150,6 +150,9 @@ class Settings:
     # http://<host name>:<port>, or http://<host>:<port> when 'host' is one address).
     node_name: str = ""
     node_url: str = ""
+    # The CA the other nodes' certificates are checked against when this node relays to one over
+    # https (empty: the system's CAs). `confmeet install --join` writes the install's private CA here.
+    node_ca_file: str = ""
     # Cameras each participant receives: those of the N who spoke most recently (0: everyone's).
     # A screen share always reaches everyone.
     last_n: int = 25
@@ -269,7 +272,7 @@ class Settings:
                 raise SettingsError(f"ice_servers entry {server!r}: use stun:HOST:PORT or turn:HOST:PORT")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("set both 'tls_cert' and 'tls_key', or neither")
-        for path_name in ("tls_cert", "tls_key"):
+        for path_name in ("tls_cert", "tls_key", "node_ca_file"):
             path = getattr(self, path_name)
             if path and not Path(path).is_file():
                 raise SettingsError(f"setting '{path_name}' names {path}, which does not exist")
@@ -330,6 +333,28 @@ class Settings:
         if not self.public_url and self.host in ("0.0.0.0", "::"):
             raise SettingsError("OpenID sign-in needs the address browsers use: set public_url (the provider sends "
                                 "them back to PUBLIC_URL/api/v1/auth/oidc/callback)")
+
+
+# Settings that belong to one node: the rest of an install's settings are the same on every node
+# and are what a joining node is handed (``shared_settings``; ``confmeet install --join``). Files
+# named by a setting (ldap_ca_file, oidc_ca_file) are this machine's: copy them and set them on each
+# node. trace_endpoint is the node's own Jaeger (on its loopback).
+NODE_SETTINGS = frozenset({
+    "data_dir", "host", "port", "tls_cert", "tls_key", "node_name", "node_url", "node_ca_file", "ice_servers",
+    "announced_addresses", "media_udp_min", "media_udp_max", "media_loopback", "sfu_workers", "metrics_addresses",
+    "ldap_ca_file", "oidc_ca_file", "trace_endpoint", "source"})
+
+
+def shared_settings(settings: Settings) -> dict[str, Any]:
+    """What every node of this install must share, as a settings file would say it: each setting
+    not in NODE_SETTINGS that differs from its default (the secrets and the stores' URLs among them)."""
+    defaults = Settings()
+    shared: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name not in NODE_SETTINGS and value != getattr(defaults, f.name):
+            shared[f.name] = str(value) if isinstance(value, Path) else value
+    return shared
 
 
 TRITON_FORM = "triton://HOST:PORT, or several servers as one pool: triton://HOST1:PORT,HOST2:PORT"

@@ -107,6 +107,12 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
     plan.add("appliance", "current release", f"{layout.opt_dir / 'current'} → releases/{target.name}", "switch"
              if release.current(layout.opt_dir) != target else "keep")
     plan.add("host", "settings", f"{layout.config_file} (0600)", _exists(layout.config_file))
+    if record.joined:
+        plan.add("cluster", "joins", f"the install of {record.joined} as node {record.node_name}: its stores, "
+                 "secrets and settings (and its private CA)", "join" if not record.shared else "keep")
+    elif record.cluster_address:
+        plan.add("cluster", "first node", f"the shared stores listen on {record.cluster_address}; other machines "
+                 "join with 'confmeet node invite' here, then 'confmeet install --join' there", "serve")
     plan.add("host", "install record", f"{layout.record_file} (0600)", _exists(layout.record_file))
     plan.add("host", "data directory", str(layout.data_dir), _exists(layout.data_dir))
     if layout.is_host and _is_root():
@@ -276,8 +282,9 @@ def preflight(record: InstallRecord, layout: Layout, engine: Engine | None) -> l
 class Installer:
     def __init__(self, plan: Plan, engine: Engine | None, bundle: Path | None, timeout: float,
                  quiet: bool, models: str = "packages", wheelhouse: Path | None = None,
-                 allow_other_weights: bool = False) -> None:
+                 allow_other_weights: bool = False, join_ca: tuple[str, str] = ("", "")) -> None:
         self.plan, self.engine, self.bundle, self.timeout = plan, engine, bundle, timeout
+        self.join_ca = join_ca  # the install's private CA (certificate, key), handed over by the node joined
         self.record, self.layout = plan.record, plan.layout
         self.journal = Journal()
         self.done: dict[str, str] = {}
@@ -313,9 +320,11 @@ class Installer:
         if record.tls_generated:
             from appliance.machine import tls
 
+            if all(self.join_ca):
+                self.adopt_ca()
             names = list(dict.fromkeys(n for n in (record.public_host, "localhost", "127.0.0.1",
-                                                   record.listen if record.listen != "0.0.0.0" else "")
-                                       if n))
+                                                   record.listen if record.listen != "0.0.0.0" else "",
+                                                   record.cluster_address) if n))
             tls.ensure_certificates(layout.tls_dir, names)
         self.write_settings()
         if record.mode == "containers":
@@ -331,6 +340,23 @@ class Installer:
         self.install_release()
         self.check_stores()
         self.install_unit()
+
+    def adopt_ca(self) -> None:
+        """The install's CA instead of one of this machine's own, so that every node trusts every
+        other's certificate (node_ca_file); a certificate the old CA issued is issued anew."""
+        tls_dir = self.layout.tls_dir
+        cert, key = self.join_ca
+        if (tls_dir / "ca.pem").exists() and (tls_dir / "ca.pem").read_text() == cert:
+            return
+        write_file(tls_dir / "ca.key", key, 0o600, self.journal, str(tls_dir / "ca.key"))
+        write_file(tls_dir / "ca.pem", cert, 0o644, self.journal, str(tls_dir / "ca.pem"))
+        for stale in ("cert.pem", "key.pem"):
+            path = tls_dir / stale
+            if path.exists():
+                before = path.read_bytes()
+                path.unlink()
+                self.journal.created(f"{path} (restored)", lambda p=path, b=before: p.write_bytes(b))
+        self.done["TLS"] = "the install's CA, from the node joined"
 
     def install_release(self) -> None:
         """confmeet into /opt/confmeet/releases/<version>/, and ``current`` pointing at it."""
@@ -673,6 +699,17 @@ def install(
                                                              "(alerts_email; needs --alerts-smarthost).")] = None,
     alerts_smarthost: Annotated[Optional[str], typer.Option(help="The mail server (HOST:PORT) alerts are sent "
                                                                  "through (alerts_smarthost).")] = None,
+    cluster_address: Annotated[Optional[str], typer.Option(help="This machine's address on the network the nodes "
+                                                                 "of a several-node install share: the stores "
+                                                                 "listen there (the first node), and the other "
+                                                                 "nodes reach this one there.")] = None,
+    join: Annotated[Optional[str], typer.Option(help="Join the install of this node (https://ADDRESS:PORT, as "
+                                                     "'confmeet node invite' prints it): its stores, secrets "
+                                                     "and settings; this machine runs the appliance and coturn.")] = None,
+    join_token: Annotated[Optional[str], typer.Option(help="The one-time token 'confmeet node invite' printed "
+                                                           "for --join.")] = None,
+    node_name: Annotated[Optional[str], typer.Option(help="This node's name among the install's nodes "
+                                                          "(default: the host name).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the components to answer.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (needs --yes or "
                                                          "--dry-run).")] = False,
@@ -691,10 +728,20 @@ def install(
         listen=listen, public_host=public_host, public_ips=public_ip, asr_model=asr_model, cert=cert, key=key,
         retention_days=retention,
         alerts={k: v for k, v in (("alerts_webhook_url", alerts_webhook), ("alerts_email", alerts_email),
-                                  ("alerts_smarthost", alerts_smarthost)) if v is not None})
+                                  ("alerts_smarthost", alerts_smarthost)) if v is not None},
+        cluster_address=cluster_address, node_name=node_name)
+    if (join is None) != (join_token is None):
+        fail("give --join URL and --join-token TOKEN together (both from 'confmeet node invite' on a node of the "
+             "install)")
     installer: Installer | None = None
+    join_ca = ("", "")
     try:
         previous = InstallRecord.read(layout)
+        if join is not None:  # what the node hands over comes once the plan is accepted (the token is once)
+            from appliance.cluster import default_node_name
+
+            options.joined, options.shared = join, {}
+            options.node_name = options.node_name or (previous.node_name if previous else "") or default_node_name()
         bundle_ids: dict[str, str] = {}
         if bundle is not None:
             manifest = images.read_manifest(bundle)
@@ -733,9 +780,11 @@ def install(
             return
         if not yes and not typer.confirm("Apply this plan?", default=False):
             fail("nothing was changed", FAILED)
+        if join is not None:
+            join_ca = _join(record, join, join_token or "")
         installer = Installer(plan, engine, bundle, timeout, quiet=as_json, models=models,
                               wheelhouse=wheelhouse.absolute() if wheelhouse else None,
-                              allow_other_weights=allow_other_weights)
+                              allow_other_weights=allow_other_weights, join_ca=join_ca)
         installer.run()
     except typer.Exit:
         raise
@@ -762,6 +811,22 @@ def install(
         _rollback_report(installer, message)  # type: ignore[arg-type]
         raise typer.Exit(2)
     summary(installer, as_json)
+
+
+def _join(record: InstallRecord, url: str, token: str) -> tuple[str, str]:
+    """Ask the node at ``url`` for what the install's nodes share (appliance/machine/join.py) and
+    put it into ``record``; the install's CA (certificate, key), or two empty strings."""
+    from appliance.machine.join import JoinError, fetch_shared
+
+    try:
+        shared = fetch_shared(url, token, record.node_name)
+    except JoinError as exc:
+        fail(str(exc))
+    record.shared = shared.settings
+    for secret in ("secret_key", "turn_secret"):  # this node's coturn checks the install's TURN credentials
+        if shared.settings.get(secret):
+            record.secrets[secret] = str(shared.settings[secret])
+    return shared.ca_cert, shared.ca_key
 
 
 def _default_mode(options: InstallOptions) -> Mode:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .options import ConfigOpt, DataDirOpt, console, fail, settings_from
 
-node_app = typer.Typer(help="See and drain the nodes of a several-node install.", no_args_is_help=True)
+node_app = typer.Typer(help="See, add and drain the nodes of a several-node install.", no_args_is_help=True)
 
 
 def _redis(config: Any, data_dir: Any) -> Any:
@@ -122,3 +122,43 @@ def node_gateway(
     if bad:
         fail(f"a node's address is host:port (e.g. 10.0.0.11:8800), not {', '.join(map(repr, bad))}")
     print(nginx_config(nodes, listen, user="www-data", tls_cert=tls_cert, tls_key=tls_key), end="")
+
+
+SHARED_URLS = ("database", "bus", "documents", "objects", "inference")
+
+
+@node_app.command("invite")
+def node_invite(
+    hours: Annotated[float, typer.Option(help="How long the token works (once).")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Make a one-time token that lets a new machine join this install (`confmeet install --join`)."""
+    from urllib.parse import urlsplit
+
+    from appliance.cluster import issue_join_token
+    from appliance.machine.join import invitation
+    from appliance.machine.tls import certificate_fingerprint
+
+    if not 0 < hours <= 24 * 7:
+        fail(f"--hours {hours}: give 0.1 to 168 (a week)")
+    settings = settings_from(config, data_dir=data_dir)
+    if not settings.tls_cert:
+        fail("this node serves plain http: a joining machine is handed the install's secrets over TLS only. "
+             "Install it with 'confmeet install' (which makes a certificate) or set tls_cert and tls_key")
+    url = settings.internal_url
+    token = _run(config, data_dir, lambda redis: issue_join_token(redis, int(hours * 3600)))
+    text = invitation(token, certificate_fingerprint(settings.tls_cert))
+    loopback = [name for name in SHARED_URLS if (host := urlsplit(getattr(settings, name)).hostname)
+                and (host == "localhost" or host.startswith("127.") or host == "::1")]
+    if as_json:
+        print(json.dumps({"join": url, "join_token": text, "expires_in": int(hours * 3600),
+                          "loopback_stores": loopback}, indent=2))
+        return
+    console.print(f"On the new machine, as root, within {hours:g} h (the token works once):\n")
+    print(f"  confmeet install --join {url} --join-token {text} --cluster-address ITS_ADDRESS\n")
+    if loopback:
+        console.print(f"[yellow]warning:[/] this node's {', '.join(loopback)} listen on loopback: a node on another "
+                      "machine cannot reach them. Install this node again with --cluster-address ADDRESS (its "
+                      "address on the nodes' network) first")

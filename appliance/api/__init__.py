@@ -8,3 +8,4 @@ from . import audit, auth, files, meetings, users  # noqa: E402,F401  (modules r
 from . import ai, transcripts  # noqa: E402,F401
 from . import recordings  # noqa: E402,F401
 from . import admin  # noqa: E402,F401
+from . import cluster  # noqa: E402,F401

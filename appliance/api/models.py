@@ -361,3 +361,22 @@ class SharedFileList(BaseModel):
 class DownloadLink(BaseModel):
     url: str = Field(description="a link that works without a token, for expires_in seconds")
     expires_in: int
+
+
+NodeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                description="the new node's name (letters, digits, '.', '_', '-')")]
+
+
+class JoinRequest(Strict):
+    token: Annotated[str, Field(min_length=1, max_length=128, description="from `confmeet node invite` "
+                                "(the part before the '.')")]
+    node: NodeName
+
+
+class JoinSettings(BaseModel):
+    node: str
+    settings: dict[str, object] = Field(description="the settings every node of the install shares: the "
+                                        "secrets and the stores' URLs among them")
+    ca_cert: str = Field(description="the install's private CA (PEM), or \"\" when the nodes' certificates "
+                                     "come from elsewhere")
+    ca_key: str = Field(description="its key (PEM), so that the new node's certificate is issued by the same CA")

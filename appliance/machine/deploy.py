@@ -41,6 +41,8 @@ from .images import BUNDLES_DIR
 
 COMPONENTS_FILE = BUNDLES_DIR / "components.toml"
 LOOPBACK = "127.0.0.1"
+# The stores every node of an install shares: on --cluster-address they listen on the nodes' network.
+SHARED_STORES = ("postgresql", "redis", "mongodb", "minio", "triton")
 APPLIANCE_PORT = 443
 COMPONENT_LABEL = "confmeet.component"
 SPEC_LABEL = "confmeet.spec"
@@ -197,6 +199,13 @@ class InstallRecord:
     asr_model: str = ""  # Whisper size: "base" or "small"; "" until the first install chooses
     retention_days: int = DEFAULT_RETENTION_DAYS  # Prometheus, Alertmanager, Loki and Jaeger keep this long
     alerts: dict[str, str] = field(default_factory=dict)  # alerts_webhook_url, alerts_email, alerts_smarthost
+    # Several nodes (docs/operations.md, "Several nodes"): where this node's shared stores listen and
+    # the other nodes reach it ("": loopback, one node); its name among them ("": the host name); the
+    # node it joined through ("": it is the install's first node) and what it was handed there.
+    cluster_address: str = ""
+    node_name: str = ""
+    joined: str = ""
+    shared: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     installed_at: str = ""
     format: int = RECORD_FORMAT
@@ -240,6 +249,10 @@ class InstallOptions:
     key: Path | None = None
     retention_days: int | None = None
     alerts: dict[str, str] | None = None  # ALERT_SETTINGS given ("" clears one)
+    cluster_address: str | None = None
+    node_name: str | None = None
+    joined: str | None = None  # --join URL, with ``shared`` what that node handed over
+    shared: dict[str, Any] | None = None
 
 
 def default_docker_url() -> str:
@@ -249,11 +262,36 @@ def default_docker_url() -> str:
 def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode) -> InstallRecord:
     """The record this install converges to: options, else the previous install's, else defaults.
     Secrets are kept from the previous install and generated only where missing."""
+    joining = options.shared is not None or bool(previous and previous.joined)
+    if options.shared is not None and previous and not previous.joined:
+        own = [n for n in previous.components if n in SHARED_STORES]
+        if own:
+            raise DeployError(f"this machine has an install of its own ({', '.join(own)}): a node that joins uses "
+                              "the first node's stores. Join from a fresh machine, or uninstall here first "
+                              "(confmeet uninstall)")
     names = options.components if options.components is not None else (
-        previous.components if previous else list(COMPONENTS))
+        previous.components if previous else ["coturn"] if joining else list(COMPONENTS))
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise DeployError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    if joining and any(n in SHARED_STORES for n in names):
+        raise DeployError(f"a node that joins uses the install's stores: leave "
+                          f"{', '.join(n for n in names if n in SHARED_STORES)} out of --components (coturn, for "
+                          "this node's TURN, is what a joining node runs)")
+    cluster_address = options.cluster_address if options.cluster_address is not None else (
+        previous.cluster_address if previous else "")
+    if cluster_address:
+        try:
+            address = ipaddress.ip_address(cluster_address)
+        except ValueError:
+            raise DeployError(f"--cluster-address {cluster_address!r} is not an IP address: give this machine's "
+                              "address on the network its nodes share (e.g. 10.0.0.11)") from None
+        if address.is_loopback or address.is_unspecified:
+            raise DeployError(f"--cluster-address {cluster_address}: the other nodes cannot reach it; give this "
+                              "machine's address on the network its nodes share (e.g. 10.0.0.11)")
+        if mode == "native" and not joining:
+            raise DeployError("--cluster-address needs --mode containers: Debian's PostgreSQL and Redis listen "
+                              "where their own configuration says")
     for name in names:  # an exporter needs its store and the Prometheus that scrapes it
         store = COMPONENTS[name].exports
         missing = [n for n in (store, "prometheus") if store and n not in names]
@@ -335,21 +373,29 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         asr_model=options.asr_model or (previous.asr_model if previous else ""),
         retention_days=options.retention_days or (previous.retention_days if previous else DEFAULT_RETENTION_DAYS),
         alerts=alerts,
-        tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2])
+        tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2], cluster_address=cluster_address,
+        node_name=options.node_name or (previous.node_name if previous else ""),
+        joined=options.joined or (previous.joined if previous else ""),
+        shared=options.shared if options.shared is not None else (previous.shared if previous else {}))
 
 
 # ---------------------------------------------------------------------- the settings file
 def _values(component: Component, record: InstallRecord, layout: Layout) -> dict[str, str]:
     port = record.ports[component.name]
-    values = {"port": str(port), "bind": LOOPBACK, "password": record.secrets[component.name],
+    values = {"port": str(port), "bind": _bind(component.name, record), "password": record.secrets[component.name],
               "public_host": record.public_host, "config_dir": str(layout.config_dir),
               "model_repository": str(layout.model_repository),
               "retention": f"{record.retention_days}d", "retention_hours": str(record.retention_days * 24)}
     values.update({f"{name}_port": str(port + offset) for name, offset in component.extra_ports.items()})
     if component.exports:
         values.update(store_port=str(record.ports[component.exports]),
-                      store_password=record.secrets[component.exports])
+                      store_password=record.secrets[component.exports], store_bind=_bind(component.exports, record))
     return values
+
+
+def _bind(name: str, record: InstallRecord) -> str:
+    """Where a component listens: a shared store on the cluster address, all else on loopback."""
+    return record.cluster_address if record.cluster_address and name in SHARED_STORES else LOOPBACK
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -418,10 +464,21 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
                 for n in record.components if n != "coturn" and COMPONENTS[n].setting}
     values.update(urls)
     values.update(record.alerts)
+    if record.shared:  # a joining node: the install's secrets, stores and settings, as the first node has them
+        from ..settings import NODE_SETTINGS
+
+        values.update({k: v for k, v in record.shared.items() if k not in NODE_SETTINGS and k not in urls})
     if "coturn" in record.components:
         values["ice_servers"] = turn_urls(record, layout)
     if record.public_ips:
         values["announced_addresses"] = list(record.public_ips)
+    if record.node_name:
+        values["node_name"] = record.node_name
+    if record.cluster_address:
+        host = f"[{record.cluster_address}]" if ":" in record.cluster_address else record.cluster_address
+        values["node_url"] = f"https://{host}:{record.appliance_port}"
+    if (record.cluster_address or record.joined) and record.tls_generated:
+        values["node_ca_file"] = str(layout.tls_dir / "ca.pem")  # every node's certificate is the install CA's
     return values
 
 
@@ -429,6 +486,7 @@ def embedded_settings(record: InstallRecord) -> dict[str, str]:
     """Settings no deployed component serves, and what the appliance uses instead."""
     served = set(native_urls(record)) | ({"ice_servers"} if "coturn" in record.components else set()) \
         if record.mode == "native" else {COMPONENTS[n].setting for n in record.components}
+    served |= set(record.shared)
     return {setting: text for setting, text in EMBEDDED.items() if setting not in served}
 
 

@@ -141,6 +141,11 @@ def certificate_expiry(path: Path) -> dt.datetime:
     return load_certificate(path).not_valid_after_utc
 
 
+def certificate_fingerprint(path: Path) -> str:
+    """SHA-256 of the (first) certificate in ``path``, hex: what a joining node pins (machine/join.py)."""
+    return load_certificate(path).fingerprint(hashes.SHA256()).hex()
+
+
 def certificate_names(path: Path) -> list[str]:
     """The DNS names and IP addresses the certificate is valid for."""
     try:

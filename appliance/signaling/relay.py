@@ -76,6 +76,7 @@ async def relay(conn: Connection, cluster: Cluster, token: str) -> None:
         return
     try:
         async with connect(ws_url(url, token), open_timeout=CONNECT_SECONDS, max_size=MAX_FRAME,
+                           ssl=cluster.tls if url.startswith("https://") else None,
                            ping_interval=PING_SECONDS, ping_timeout=PING_SECONDS,
                            additional_headers={CLIENT_HEADER: relayed_for(cluster.secret, conn.address, token)}
                            ) as upstream:
