@@ -218,6 +218,12 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
     plan.add("appliance", "systemd unit", f"{layout.unit_dir / units.APPLIANCE_UNIT}\nruns "
              f"{release.program(layout.opt_dir, layout.root)} as user confmeet",
              "install, enable" + (", start" if systemd_running(layout) else ""))
+    if record.gateway:
+        from appliance.machine.gateway import SITE_FILE
+
+        plan.add("gateway", "nginx", f"{layout.root / SITE_FILE}: listens on {record.gateway}, passes HTTP and the "
+                 f"WebSocket to every live node\n{layout.unit_dir / units.GATEWAY_UNIT} keeps it to the registry",
+                 "install")
     url = settings_for(record, layout)["public_url"]
     plan.add("appliance", "listens on", f"{record.listen}:{record.appliance_port} ({url})", "")
     return plan
@@ -340,6 +346,7 @@ class Installer:
         self.install_release()
         self.check_stores()
         self.install_unit()
+        self.install_gateway()
 
     def adopt_ca(self) -> None:
         """The install's CA instead of one of this machine's own, so that every node trusts every
@@ -601,6 +608,53 @@ class Installer:
             self.done["appliance unit"] = "installed (no systemctl here: enable it by hand)"
 
 
+    def install_gateway(self) -> None:
+        """The gateway (--gateway): nginx's site, this node first (the follower adds the others as
+        their leases appear), and the unit that follows the registry; an earlier one goes when
+        --gateway \"\" takes it away."""
+        from appliance.machine.gateway import SITE_FILE, node_address, site_config, upstream
+
+        record, layout = self.record, self.layout
+        site, unit = layout.root / SITE_FILE, layout.unit_dir / units.GATEWAY_UNIT
+        systemctl_root = None if layout.is_host else layout.root
+        if not record.gateway:
+            if unit.exists():
+                if systemd_running(layout):
+                    units.systemctl("stop", units.GATEWAY_UNIT)
+                if shutil.which("systemctl"):
+                    units.systemctl("disable", units.GATEWAY_UNIT, root=systemctl_root)
+                unit.unlink()
+                site.unlink(missing_ok=True)
+                self.done["gateway"] = "removed"
+            return
+        if layout.is_host and not shutil.which("nginx"):
+            raise DeployError("--gateway needs nginx: apt-get install nginx, then run install again")
+        settings = settings_for(record, layout)
+        from appliance.machine.ports import loopback_for
+
+        host = loopback_for(record.listen)
+        own = node_address(settings.get("node_url") or f"https://{f'[{host}]' if ':' in host else host}:"
+                           f"{record.appliance_port}")
+        if not site.exists():
+            site.parent.mkdir(parents=True, exist_ok=True)
+            write_file(site, site_config([own], record.gateway, tls_cert=record.tls_cert, tls_key=record.tls_key,
+                                         upstream=upstream(settings.get("node_ca_file", ""), record.public_host)),
+                       0o644, self.journal, str(site))
+        config = "/etc/confmeet/confmeet.toml" if layout.is_host else str(layout.config_file)
+        text = units.render_gateway_unit(str(release.program(layout.opt_dir, layout.root)), config,
+                                         "/" + SITE_FILE if layout.is_host else str(site), record.gateway,
+                                         record.tls_cert, record.tls_key)
+        self.done["gateway"] = f"nginx site {site} ({record.gateway}); unit {units.GATEWAY_UNIT} " + \
+            write_file(unit, text, 0o644, self.journal, str(unit))
+        if shutil.which("systemctl"):
+            units.systemctl("enable", units.GATEWAY_UNIT, root=systemctl_root)
+            if systemd_running(layout):
+                units.systemctl("daemon-reload")
+                units.systemctl("reload-or-restart", "nginx.service")
+                units.systemctl("restart", units.GATEWAY_UNIT)
+                self.done["gateway"] += ", started"
+
+
 COTURN_CONTAINER_GID = 65534  # nogroup, coturn's group in the official image
 
 
@@ -710,6 +764,9 @@ def install(
                                                            "for --join.")] = None,
     node_name: Annotated[Optional[str], typer.Option(help="This node's name among the install's nodes "
                                                           "(default: the host name).")] = None,
+    gateway: Annotated[Optional[str], typer.Option(help="Run the gateway in front of the nodes here: nginx "
+                                                        "listening on PORT or ADDRESS:PORT, passing to every live "
+                                                        "node (\"\" removes it).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the components to answer.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (needs --yes or "
                                                          "--dry-run).")] = False,
@@ -729,7 +786,7 @@ def install(
         retention_days=retention,
         alerts={k: v for k, v in (("alerts_webhook_url", alerts_webhook), ("alerts_email", alerts_email),
                                   ("alerts_smarthost", alerts_smarthost)) if v is not None},
-        cluster_address=cluster_address, node_name=node_name)
+        cluster_address=cluster_address, node_name=node_name, gateway=gateway)
     if (join is None) != (join_token is None):
         fail("give --join URL and --join-token TOKEN together (both from 'confmeet node invite' on a node of the "
              "install)")
@@ -918,6 +975,8 @@ def uninstall(
         for name in record.components:
             table.add_row(f"unit {NATIVE_UNITS[name]}", "disable (the package stays installed)")
     table.add_row(f"unit {units.APPLIANCE_UNIT}", "disable, remove")
+    if record.gateway:
+        table.add_row(f"unit {units.GATEWAY_UNIT} and its nginx site", "disable, remove")
     for path in (layout.config_dir, layout.data_dir):
         table.add_row(str(path), "delete" if purge else "keep")
     console.print(table)
@@ -929,7 +988,18 @@ def uninstall(
             if systemd_running(layout):
                 units.systemctl("stop", units.APPLIANCE_UNIT)
             units.systemctl("disable", units.APPLIANCE_UNIT, root=systemctl_root)
-        for path in (layout.unit_dir / units.APPLIANCE_UNIT, layout.unit_dir / units.PRIVILEGED_PORT_DROPIN):
+        if (layout.unit_dir / units.GATEWAY_UNIT).exists():
+            from appliance.machine.gateway import SITE_FILE
+
+            if systemd_running(layout):
+                units.systemctl("stop", units.GATEWAY_UNIT)
+            if shutil.which("systemctl"):
+                units.systemctl("disable", units.GATEWAY_UNIT, root=systemctl_root)
+            (layout.root / SITE_FILE).unlink(missing_ok=True)
+            if systemd_running(layout):
+                units.systemctl("reload-or-restart", "nginx.service")
+        for path in (layout.unit_dir / units.APPLIANCE_UNIT, layout.unit_dir / units.PRIVILEGED_PORT_DROPIN,
+                     layout.unit_dir / units.GATEWAY_UNIT):
             path.unlink(missing_ok=True)
         if engine is not None:
             for container in engine.installed():

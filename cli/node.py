@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shlex
+import subprocess
 import time
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from .options import ConfigOpt, DataDirOpt, console, fail, settings_from
+from .options import MUST_FIX, ConfigOpt, DataDirOpt, console, err, fail, settings_from
 
 node_app = typer.Typer(help="See, add and drain the nodes of a several-node install.", no_args_is_help=True)
 
@@ -108,20 +111,96 @@ def node_undrain(
 
 @node_app.command("gateway")
 def node_gateway(
-    nodes: Annotated[list[str], typer.Argument(help="Every node's address as host:port (its 'host' and 'port').")],
+    nodes: Annotated[Optional[list[str]], typer.Argument(
+        help="Every node's address as host:port (its 'host' and 'port'); none: the live nodes of the registry.",
+        show_default=False)] = None,
     listen: Annotated[str, typer.Option(help="Where the gateway listens (nginx's 'listen': a port, or address:port).")] = "80",
     tls_cert: Annotated[str, typer.Option(help="Certificate file for HTTPS (then listen on 443).")] = "",
     tls_key: Annotated[str, typer.Option(help="Its private key file.")] = "",
+    follow: Annotated[Optional[Path], typer.Option(
+        help="Keep this file (in nginx's conf.d) the gateway's site for the live nodes: rewrite it when they "
+             "change, check it and reload nginx.", show_default=False)] = None,
+    once: Annotated[bool, typer.Option("--once", help="With --follow: bring the file up to date once and stop.")] = False,
+    interval: Annotated[float, typer.Option(help="With --follow: seconds between looks at the registry.")] = 2.0,
+    nginx: Annotated[str, typer.Option(help="The nginx command that checks (-t) and reloads (-s reload) it.")] = "nginx",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Print an nginx.conf for the gateway in front of the nodes (save it as /etc/nginx/nginx.conf)."""
+    """Print an nginx.conf for the gateway in front of the nodes (save it as /etc/nginx/nginx.conf),
+    or with --follow keep nginx's site for the live nodes (what `confmeet install --gateway` runs)."""
     from appliance.machine.gateway import nginx_config
 
     if bool(tls_cert) != bool(tls_key):
         fail("give both --tls-cert and --tls-key, or neither")
-    bad = [n for n in nodes if ":" not in n or not n.rsplit(":", 1)[1].isdigit()]
-    if bad:
-        fail(f"a node's address is host:port (e.g. 10.0.0.11:8800), not {', '.join(map(repr, bad))}")
-    print(nginx_config(nodes, listen, user="www-data", tls_cert=tls_cert, tls_key=tls_key), end="")
+    if follow is not None:
+        if nodes:
+            fail("--follow takes the nodes from the registry: give no addresses")
+        _follow(follow, listen, tls_cert, tls_key, once, interval, shlex.split(nginx), config, data_dir)
+        return
+    upstream = None
+    if not nodes:
+        nodes, upstream = _live_addresses(config, data_dir)
+    try:
+        print(nginx_config(nodes, listen, user="www-data", tls_cert=tls_cert, tls_key=tls_key, upstream=upstream),
+              end="")
+    except ValueError as exc:
+        fail(f"{exc} (e.g. 10.0.0.11:8800)")
+
+
+def _live_addresses(config: Any, data_dir: Any) -> tuple[list[str], Any]:
+    """The live nodes' HOST:PORT, and how to reach them (Upstream when they serve https)."""
+    from urllib.parse import urlsplit
+
+    from appliance.cluster import list_nodes
+    from appliance.machine.gateway import node_address, upstream
+
+    settings = settings_from(config, data_dir=data_dir)
+    live = [n for n in _run(config, data_dir, list_nodes) if n.alive]
+    addresses = []
+    for n in live:
+        try:
+            addresses.append(node_address(n.url))
+        except ValueError as exc:
+            err.print(f"[yellow]warning:[/] node {n.name} left out: {exc}")
+    https = bool(live) and all(n.url.startswith("https://") for n in live)
+    tls = upstream(settings.node_ca_file, urlsplit(settings.base_url).hostname or "") if https else None
+    return addresses, tls
+
+
+def _follow(path: Path, listen: str, tls_cert: str, tls_key: str, once: bool, interval: float, nginx: list[str],
+            config: Any, data_dir: Any) -> None:
+    from appliance.fsutil import write_atomically
+    from appliance.machine.gateway import site_config
+
+    while True:
+        nodes, upstream = _live_addresses(config, data_dir)
+        problem = ""
+        if not nodes:
+            problem = "no node is live: the site keeps the nodes it names"
+        else:
+            text = site_config(nodes, listen, tls_cert=tls_cert, tls_key=tls_key, upstream=upstream)
+            before = path.read_text() if path.exists() else None
+            if text != before:
+                write_atomically(path, text.encode(), 0o644)
+                checked = subprocess.run([*nginx, "-t"], capture_output=True, text=True)
+                reloaded = checked.returncode == 0 and subprocess.run(
+                    [*nginx, "-s", "reload"], capture_output=True, text=True).returncode == 0
+                if reloaded:
+                    console.print(f"gateway: {len(nodes)} node(s): {', '.join(nodes)}; nginx reloaded")
+                else:
+                    if before is None:
+                        path.unlink()
+                    else:
+                        write_atomically(path, before.encode(), 0o644)
+                    problem = f"nginx refused the site for {', '.join(nodes)}: {checked.stderr.strip()[-500:]}; " \
+                              "the previous one is kept"
+        if problem:
+            err.print(f"[yellow]gateway:[/] {problem}")
+        if once:
+            if problem:
+                raise typer.Exit(MUST_FIX)
+            return
+        time.sleep(interval)
 
 
 SHARED_URLS = ("database", "bus", "documents", "objects", "inference")

@@ -17,6 +17,7 @@ import json
 import re
 import ssl
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -144,8 +145,9 @@ def test_install_join_makes_a_node_of_the_same_install(first: Appliance, tmp_pat
     assert refused.returncode == 2 and "leave redis out of --components" in refused.stderr, show(refused)
     assert not (root / "etc/confmeet").exists()
 
+    gateway = f"127.0.0.1:{free_port()}"
     done = confmeet(*common, "--join", first.url, "--join-token", token, "--node-name", "n2",
-                    "--wheelhouse", wheelhouse)
+                    "--gateway", gateway, "--wheelhouse", wheelhouse)
     assert done.returncode == 0, show(done)
     settings = settings_of(root)
     assert settings["secret_key"] == first.secret_key and settings["bus"] == BUS
@@ -158,6 +160,11 @@ def test_install_join_makes_a_node_of_the_same_install(first: Appliance, tmp_pat
     assert record["components"] == ["coturn"] and record["joined"] == first.url and record["node_name"] == "n2"
     ca = Path(str(first.verify))
     assert (root / "etc/confmeet/tls/ca.pem").read_text() == ca.read_text()
+    # The gateway: nginx's site (this node until the follower adds the others) and its unit, enabled.
+    site = root / "etc/nginx/conf.d/confmeet-gateway.conf"
+    assert f"listen {gateway} ssl;" in site.read_text()
+    assert f"proxy_ssl_trusted_certificate {root}/etc/confmeet/tls/ca.pem;" in site.read_text()
+    assert (root / "etc/systemd/system/multi-user.target.wants/confmeet-gateway.service").is_symlink()
 
     # A second install converges without a token: it keeps what it was handed.
     again = confmeet(*common, "--wheelhouse", wheelhouse)
@@ -183,6 +190,13 @@ def test_install_join_makes_a_node_of_the_same_install(first: Appliance, tmp_pat
                 time.sleep(0.3)
         nodes = {n["name"]: n for n in json.loads(first.cli("node", "list", "--json").stdout)}
         assert nodes["n2"]["alive"] and nodes["n2"]["url"] == url, nodes
+        # What the gateway's unit runs, from the release, with this node's settings: both nodes in the site.
+        follow = subprocess.run([str(program), "node", "gateway", "--follow", str(site), "--once", "--listen", gateway,
+                                 "--config", str(root / "etc/confmeet/confmeet.toml"), "--nginx", "true"],
+                                capture_output=True, text=True, env=ADMIN_ENV, timeout=60)
+        assert follow.returncode == 0, follow.stderr
+        assert f"server {first.url.removeprefix('https://')} " in site.read_text()
+        assert f"server 127.0.0.1:{port} " in site.read_text()
         # The first node's account signs in here, and its tokens are good here (one database, one secret).
         tokens = first.login(*ADA)
         r = httpx.get(f"{url}/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"},
@@ -245,8 +259,72 @@ def test_the_first_nodes_shared_stores_listen_on_its_cluster_address(tmp_path: P
                              ("node1.example", "not an IP address")):
         with pytest.raises(DeployError, match=message):
             resolve(InstallOptions(root=tmp_path, cluster_address=address), None, "containers")
+    with pytest.raises(DeployError, match="the appliance listens on port 443 too"):
+        resolve(InstallOptions(root=tmp_path, gateway="443"), None, "containers")
+    with pytest.raises(DeployError, match="give the port the gateway listens on"):
+        resolve(InstallOptions(root=tmp_path, gateway="443; include /etc/passwd"), None, "containers")
     with pytest.raises(DeployError, match="needs --mode containers"):
         resolve(InstallOptions(root=tmp_path, cluster_address="10.0.0.11"), None, "native")
     # A machine with stores of its own does not join (its settings would name two installs' stores).
     with pytest.raises(DeployError, match="has an install of its own"):
         resolve(InstallOptions(root=tmp_path, joined="https://10.0.0.11:443", shared={}), record, "containers")
+
+
+def test_the_gateway_follows_the_live_nodes_and_reaches_them_over_tls(first: Appliance, tmp_path: Path) -> None:
+    """`confmeet node gateway --follow` (what confmeet-gateway.service runs) writes nginx's site
+    from the registry, has nginx check and reload it, and nginx then passes HTTPS to the node over
+    TLS checked against the install's CA; an address in the registry that is not HOST:PORT is left
+    out rather than written into nginx's configuration."""
+    ca, cert, key = (str(first.verify), str(Path(str(first.verify)).parent / "cert.pem"),
+                     str(Path(str(first.verify)).parent / "key.pem"))
+    prefix, sites = tmp_path / "nginx", tmp_path / "nginx/conf.d"
+    sites.mkdir(parents=True)
+    main = prefix / "nginx.conf"
+    main.write_text(f"pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\nevents {{}}\nhttp {{\n"
+                    f"  access_log {prefix}/access.log;\n  client_body_temp_path {prefix}/body;\n"
+                    f"  proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n"
+                    f"  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n"
+                    f"  include {sites}/*.conf;\n}}\n")
+    nginx = ["nginx", "-c", str(main), "-p", str(prefix)]
+    started = subprocess.run(nginx, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    site, port = sites / "confmeet-gateway.conf", free_port()
+    evil = "confmeet:node:evil"
+    bus = redis.Redis.from_url(BUS)
+    try:
+        bus.hset(evil, mapping={"url": "https://x;include /etc/passwd;:1", "meetings": 0, "participants": 0,
+                                "started": 0, "seen": 0})
+        bus.expire(evil, 60)
+        bus.sadd("confmeet:nodes", "evil")
+
+        def follow() -> subprocess.CompletedProcess:
+            return first.cli("node", "gateway", "--follow", str(site), "--once", "--listen", f"127.0.0.1:{port}",
+                             "--tls-cert", cert, "--tls-key", key, "--nginx", " ".join(nginx))
+
+        done = follow()
+        assert done.returncode == 0, done.stderr
+        assert "node evil left out" in done.stderr and "passwd" not in site.read_text()
+        assert f"server {first.url.removeprefix('https://')} " in site.read_text()
+        assert "nginx reloaded" in done.stdout
+        r = httpx.get(f"https://127.0.0.1:{port}/readyz", verify=ca, timeout=10)
+        assert r.status_code == 200, r.text
+        again = follow()  # nothing changed: nothing written, nginx left alone
+        assert again.returncode == 0 and "reloaded" not in again.stdout, again.stdout + again.stderr
+    finally:
+        bus.delete(evil)
+        bus.srem("confmeet:nodes", "evil")
+        subprocess.run([*nginx, "-s", "quit"], capture_output=True)
+
+
+def test_the_gateway_unit_verifies_and_runs_the_follower(tmp_path: Path) -> None:
+    from appliance.machine import units
+
+    unit = tmp_path / units.GATEWAY_UNIT
+    unit.write_text(units.render_gateway_unit(str(Path(sys.executable).parent / "confmeet"),
+                                              "/etc/confmeet/confmeet.toml", "/etc/nginx/conf.d/confmeet-gateway.conf",
+                                              "443", "/etc/confmeet/tls/cert.pem", "/etc/confmeet/tls/key.pem"))
+    assert re.search(r"^ExecStart=\S+/confmeet node gateway --follow /etc/nginx/conf.d/confmeet-gateway.conf "
+                     r"--listen 443 --tls-cert \S+ --tls-key \S+ --config /etc/confmeet/confmeet.toml$",
+                     unit.read_text(), re.MULTILINE)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -206,6 +207,7 @@ class InstallRecord:
     node_name: str = ""
     joined: str = ""
     shared: dict[str, Any] = field(default_factory=dict)
+    gateway: str = ""  # where this machine's nginx gateway in front of the nodes listens ("": none)
     version: str = __version__
     installed_at: str = ""
     format: int = RECORD_FORMAT
@@ -253,6 +255,7 @@ class InstallOptions:
     node_name: str | None = None
     joined: str | None = None  # --join URL, with ``shared`` what that node handed over
     shared: dict[str, Any] | None = None
+    gateway: str | None = None  # "" takes the gateway away
 
 
 def default_docker_url() -> str:
@@ -292,6 +295,7 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         if mode == "native" and not joining:
             raise DeployError("--cluster-address needs --mode containers: Debian's PostgreSQL and Redis listen "
                               "where their own configuration says")
+    gateway = options.gateway if options.gateway is not None else (previous.gateway if previous else "")
     for name in names:  # an exporter needs its store and the Prometheus that scrapes it
         store = COMPONENTS[name].exports
         missing = [n for n in (store, "prometheus") if store and n not in names]
@@ -376,7 +380,21 @@ def resolve(options: InstallOptions, previous: InstallRecord | None, mode: Mode)
         tls_cert=tls[0], tls_key=tls[1], tls_generated=tls[2], cluster_address=cluster_address,
         node_name=options.node_name or (previous.node_name if previous else ""),
         joined=options.joined or (previous.joined if previous else ""),
-        shared=options.shared if options.shared is not None else (previous.shared if previous else {}))
+        shared=options.shared if options.shared is not None else (previous.shared if previous else {}),
+        gateway=_gateway_listen(gateway, ports["appliance"]))
+
+
+def _gateway_listen(listen: str, appliance_port: int) -> str:
+    """--gateway as nginx's ``listen`` takes it: PORT, ADDRESS:PORT or [IPv6]:PORT."""
+    if not listen:
+        return ""
+    match = re.fullmatch(r"(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+):)?([0-9]{1,5})", listen)
+    if match is None or not 0 < int(match.group(2)) <= 65535:
+        raise DeployError(f"--gateway {listen!r}: give the port the gateway listens on (443), or ADDRESS:PORT")
+    if int(match.group(2)) == appliance_port:
+        raise DeployError(f"--gateway {listen}: the appliance listens on port {appliance_port} too; move the "
+                          "appliance (--port appliance=8443) so that the gateway can take the public port")
+    return listen
 
 
 # ---------------------------------------------------------------------- the settings file
@@ -477,7 +495,7 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
     if record.cluster_address:
         host = f"[{record.cluster_address}]" if ":" in record.cluster_address else record.cluster_address
         values["node_url"] = f"https://{host}:{record.appliance_port}"
-    if (record.cluster_address or record.joined) and record.tls_generated:
+    if (record.cluster_address or record.joined or record.gateway) and record.tls_generated:
         values["node_ca_file"] = str(layout.tls_dir / "ca.pem")  # every node's certificate is the install CA's
     return values
 

@@ -22,6 +22,7 @@ SYSTEMD_DIR = next((d for d in (Path(__file__).resolve().parents[2] / "systemd",
                                 Path(sys.prefix) / "share/confmeet/systemd") if d.is_dir()),
                    Path(__file__).resolve().parents[2] / "systemd")
 APPLIANCE_UNIT = "confmeet.service"
+GATEWAY_UNIT = "confmeet-gateway.service"
 PRIVILEGED_PORT_DROPIN = "confmeet.service.d/privileged-port.conf"
 SYSUSERS = "confmeet.sysusers"
 TURNSERVER_TEMPLATE = "turnserver.conf.in"
@@ -51,8 +52,21 @@ def render_appliance_unit(confmeet_bin: str = CONFMEET_BIN, config: str = CONFIG
                           systemd_dir: Path | None = None) -> str:
     """confmeet.service (from ``systemd_dir``, default this release's) with ExecStart running
     ``confmeet_bin serve --config config``."""
-    exec_start = f"ExecStart={_quote(confmeet_bin)} serve --config {_quote(config)}"
-    source = shipped(APPLIANCE_UNIT, systemd_dir)
+    return _render(APPLIANCE_UNIT, [confmeet_bin, "serve", "--config", config], systemd_dir)
+
+
+def render_gateway_unit(confmeet_bin: str, config: str, site: str, listen: str, tls_cert: str, tls_key: str,
+                        systemd_dir: Path | None = None) -> str:
+    """confmeet-gateway.service with ExecStart following the registry into nginx's ``site`` file."""
+    return _render(GATEWAY_UNIT, [confmeet_bin, "node", "gateway", "--follow", site, "--listen", listen,
+                                  *(["--tls-cert", tls_cert, "--tls-key", tls_key] if tls_cert else []),
+                                  "--config", config], systemd_dir)
+
+
+def _render(unit: str, argv: list[str], systemd_dir: Path | None) -> str:
+    """A shipped unit with its one ExecStart= line running ``argv``."""
+    exec_start = "ExecStart=" + " ".join(_quote(word) for word in argv)
+    source = shipped(unit, systemd_dir)
     text, count = re.subn(r"^ExecStart=.*$", lambda _: exec_start, source.read_text(), flags=re.MULTILINE)
     if count != 1:
         raise UnitError(f"{source} must have exactly one ExecStart= line")
