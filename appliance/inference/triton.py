@@ -56,7 +56,8 @@ class TritonInference(Inference):
         if not parts.hostname:
             raise ValueError(f"inference URL {url!r}: use triton://HOST:PORT (Triton's HTTP port)")
         self.url = url
-        self.address = f"{parts.hostname}:{parts.port or 8000}"
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
+        self.address = f"{host}:{parts.port or 8000}"
         self.vad_timeout = vad_timeout
         self.asr_timeout = asr_timeout
         self._client: aioclient.InferenceServerClient | None = None

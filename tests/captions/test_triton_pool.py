@@ -190,8 +190,8 @@ def test_a_malformed_list_of_servers_is_refused(tmp_path: Path, servers: str, me
 
 def test_a_list_of_servers_is_a_pool(tmp_path: Path) -> None:
     settings = load_settings(None, env={"CONFMEET_DATA_DIR": str(tmp_path),
-                                        "CONFMEET_INFERENCE": "triton://h1:8001, h2,10.0.0.3:8001"})
+                                        "CONFMEET_INFERENCE": "triton://h1:8001, h2,10.0.0.3:8001,[fd00::3]"})
     pool = open_inference(settings.inference, tmp_path)
     assert isinstance(pool, TritonPool)
-    assert [m.address for m in pool.members] == ["h1:8001", "h2:8000", "10.0.0.3:8001"]
+    assert [m.address for m in pool.members] == ["h1:8001", "h2:8000", "10.0.0.3:8001", "[fd00::3]:8000"]
     assert not isinstance(open_inference("triton://h1:8001", tmp_path), TritonPool)
