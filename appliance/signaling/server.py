@@ -301,14 +301,15 @@ class Signaling:
         principal = conn.principal
         if not isinstance(ref, str) or not 1 <= len(ref) <= 64:
             raise SignalingError("bad_message", "'meeting' must be the meeting's join code or id")
+        found = None  # the meeting and the person's role in it, looked up once
         if self.cluster is not None:
             try:
-                found, role_now = await self.meetings.find_for_join(principal, ref)
+                found = await self.meetings.find_for_join(principal, ref)
             except NotFound:
                 raise SignalingError("not_found", "no such meeting") from None
-            await self._place(found.id)
+            await self._place(found[0].id)
             if resume is not None:  # a seat not held here, of a meeting placed here now
-                return await self._reclaim(conn, resume, found, role_now)
+                return await self._reclaim(conn, resume, *found)
         name = message.get("name", principal.name)
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
             raise SignalingError("bad_message", "'name' must be 1 to 100 characters")
@@ -319,7 +320,7 @@ class Signaling:
 
         with conn.trace.step("signaling.entry"):
             try:
-                meeting, role = await self.meetings.find_for_join(principal, ref)
+                meeting, role = found or await self.meetings.find_for_join(principal, ref)
                 role = await self.meetings.check_entry(meeting, principal, role, password, self.throttle,
                                                        conn.address)
             except NotFound:
