@@ -607,7 +607,6 @@ class Installer:
         else:
             self.done["appliance unit"] = "installed (no systemctl here: enable it by hand)"
 
-
     def install_gateway(self) -> None:
         """The gateway (--gateway): nginx's site, this node first (the follower adds the others as
         their leases appear), and the unit that follows the registry; an earlier one goes when
