@@ -228,6 +228,43 @@ async def test_a_node_stopped_on_purpose_hands_its_seats_over(nodes: list[Applia
                                                            "CONFMEET_NODE_NAME")})
 
 
+async def test_a_seat_of_a_dead_node_is_not_taken_over_once_its_meeting_ended(nodes: list[Appliance]) -> None:
+    """The host ends the meeting while its node is dead: the seat's resume on another node is
+    refused as a join would be (meeting_ended, the socket closed with 4010), not taken over."""
+    meeting = new_meeting(nodes[0], "ended while its node was dead")
+    ada = await joined(nodes[0], "ada", meeting["code"], (90, 90, 0))
+    clients = [ada]
+    try:
+        node = owner(meeting["id"])
+        index = next(i for i, a in enumerate(nodes) if a.env["CONFMEET_NODE_NAME"] == node)
+        dead = nodes[index]
+        dead.proc.kill()
+        dead.proc.wait()
+        live = nodes[index - 1]
+        deadline = time.monotonic() + 10
+        while node_list(live)[node]["alive"]:
+            assert time.monotonic() < deadline, "the killed node's lease did not lapse"
+            time.sleep(0.3)
+        token = live.login(*USERS["ada"])["access_token"]
+        ended = httpx.post(f"{live.url}/api/v1/meetings/{meeting['id']}/end", headers={"Authorization": f"Bearer {token}"})
+        assert ended.status_code == 200, ended.text
+        back = Participant(live.url, token)
+        await back.connect()
+        clients.append(back)
+        reply = await back.request({"type": "join", "meeting": meeting["code"], "resume": ada.joined["session"]})
+        assert reply.get("code") == "meeting_ended", reply
+        await back.wait_until(lambda: back.signaling.close_code is not None, 5)
+        assert back.signaling.close_code == 4010
+    finally:
+        for client in clients:
+            await client.close()
+        if nodes[index].proc.poll() is not None:  # back for the tests after this one
+            nodes[index] = start_appliance(dead.data_dir, node_name=node, **{
+                k.removeprefix("CONFMEET_").lower(): v for k, v in dead.env.items()
+                if k.startswith("CONFMEET_") and k not in ("CONFMEET_DATA_DIR", "CONFMEET_PORT", "CONFMEET_CONFIG",
+                                                           "CONFMEET_NODE_NAME")})
+
+
 def test_the_gateway_configuration_is_one_nginx_accepts_and_bad_input_is_refused(tmp_path: Path) -> None:
     env = appliance_env(tmp_path, 8800)
 

@@ -30,7 +30,7 @@ from .. import logs
 from ..accounts import ACCOUNTS_CHANNEL, Accounts, Principal
 from ..cluster import Cluster, NoNode
 from ..display_names import name_problem
-from ..errors import DomainError, NotFound
+from ..errors import Conflict, DomainError, NotFound
 from ..meetings import Meetings, channel
 from ..settings import Settings
 from ..stores.bus import EventBus
@@ -434,8 +434,11 @@ class Signaling:
         record says the seat is still held by a node whose lease has lapsed; the client connects
         its media afresh (``media_reset`` in the reply). Its role: the one the meeting's roles
         give now (``role_now``, a promotion since included), else the one it joined with.
-        Anything else: ``session_expired``."""
+        A meeting that ended meanwhile (its host ended it while the node was dead) gives
+        ``meeting_ended``, as a join does. Anything else: ``session_expired``."""
         assert self.cluster is not None
+        if meeting.status == "ended":
+            raise Conflict("this meeting has ended", code="meeting_ended")
         claim = self._session_claim(session)
         if (claim is None or claim[1] != meeting.id or claim[2] != conn.principal.id
                 or claim[0] in self.seats or claim[0] in self._reclaiming):
