@@ -73,8 +73,11 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     inference = open_inference(settings.inference, settings.model_repository_path)
     recordings = Recordings(settings, stores.db, stores.objects)
     sfu = await start_sfu(settings)
+    # A node's meetings: those with seats, and those with only knocks in the lobby (their placement
+    # must hold until a host comes to let them in, on this node).
     cluster = (Cluster(settings.bus, settings.node, settings.internal_url, settings.secret_key,
-                       lambda: signaling.meetings_in_progress(), settings.node_ca_file)
+                       lambda: {**dict.fromkeys(lobby.waiting, []), **signaling.meetings_in_progress()},
+                       settings.node_ca_file)
                if stores.bus.kind == "redis" else None)
     signaling = Signaling(settings, sfu, accounts, meetings, stores.db, stores.bus, throttle, cluster)
     room = signaling.room

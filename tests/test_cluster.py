@@ -265,6 +265,29 @@ async def test_a_seat_of_a_dead_node_is_not_taken_over_once_its_meeting_ended(no
                                                            "CONFMEET_NODE_NAME")})
 
 
+async def test_a_meeting_with_only_its_lobby_keeps_its_node(nodes: list[Appliance]) -> None:
+    """Someone knocks before the host comes: the meeting is placed with the knock, and its node
+    keeps the placement alive with its heartbeat (else it would lapse after 30 s and the host be
+    seated on another node than the one holding the knock)."""
+    token = nodes[0].login(*USERS["ada"])["access_token"]
+    r = httpx.post(f"{nodes[0].url}/api/v1/meetings", json={"title": "lobby first", "lobby": True},
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    meeting = r.json()
+    grace = Participant(nodes[0].url, nodes[0].login(*USERS["grace"])["access_token"])
+    await grace.connect()
+    try:
+        assert (await grace.join(meeting["code"], "Grace"))["type"] == "waiting"
+        key = f"confmeet:meeting:{meeting['id']}"
+        bus = redis.Redis.from_url(BUS)
+        before = bus.pttl(key)
+        assert before > 0, before
+        await asyncio.sleep(2.5)  # over two heartbeats
+        assert bus.pttl(key) > before - 1000, (before, bus.pttl(key))  # renewed, not running down
+    finally:
+        await grace.close()
+
+
 def test_the_gateway_configuration_is_one_nginx_accepts_and_bad_input_is_refused(tmp_path: Path) -> None:
     env = appliance_env(tmp_path, 8800)
 
