@@ -6,9 +6,10 @@ rule, and none reports a loss as a success:
   alive (this node's only: several nodes share the database, appliance/cluster.py);
 - recordings under way (this node's): every track file finished up to its last complete frame, the recording
   stored as interrupted (recording/service.py); pending recording uploads and exports resumed;
-- transcription jobs queued, running or interrupted: resumed from their last utterance, or failed
-  with the reason (captions/files.py);
-- partial writes in the object store (temporary files, incomplete multipart uploads): removed;
+- transcription jobs queued, running or interrupted (this node's, and those of nodes that died):
+  resumed from their last utterance, or failed with the reason (captions/files.py);
+- partial writes in the object store (temporary files, incomplete multipart uploads): removed; with
+  several nodes sharing a bucket, only uploads begun over an hour ago (another node's may be under way);
 - archives a backup left half-written in the default backup directory: removed.
 
 The instance lock comes first: one appliance per data directory, so that a second start (by
@@ -19,12 +20,14 @@ touched every ``HEARTBEAT_S`` while the appliance runs, which dates the death of
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from pathlib import Path
 
 from .backup.location import DirectoryLocation, default_location
 from .instance import InstanceLock
 from .captions.files import FileJobs
+from .cluster import read_nodes
 from .recording.service import Recordings
 from .settings import Settings
 from .stores import Stores
@@ -36,6 +39,9 @@ log = logging.getLogger("confmeet.reconcile")
 # their exports (recording/), transcription inputs (captions/files.py). Backups that run beside
 # the appliance and write into its bucket use other keys, and clean up after themselves.
 APPLIANCE_KEYS = ("meetings/", "recordings/", "ai/")
+# With several nodes an upload in the shared bucket may be another node's, under way: only those
+# begun this long ago are taken for a dead process's (S3 does not say which node began one).
+OTHER_NODES_UPLOADS = dt.timedelta(hours=1)
 
 
 async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, recordings: Recordings,
@@ -46,10 +52,13 @@ async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, reco
     repaired["participants closed"] = await stores.db.run(lambda: Participant.update(left_at=left_at).where(
         Participant.left_at.is_null(), (Participant.node == settings.node) | Participant.node.is_null()).execute())
     repaired |= await recordings.recover()
-    repaired |= await file_jobs.resume()
+    # Several nodes share the stores: another node's jobs and uploads may be under way.
+    alive = {n.name for n in await read_nodes(settings.bus) if n.alive} if stores.bus.kind == "redis" else None
+    repaired |= await file_jobs.resume(alive)
+    begun_before = dt.datetime.now(dt.UTC) - OTHER_NODES_UPLOADS if alive is not None else None
     partial = 0
     for prefix in APPLIANCE_KEYS:
-        partial += await stores.objects.remove_partial_writes(prefix)
+        partial += await stores.objects.remove_partial_writes(prefix, begun_before)
     repaired["partial object writes removed"] = partial
     backups = DirectoryLocation(Path(default_location(settings)))
     repaired["partial backup archives removed"] = len(await asyncio.to_thread(backups.remove_partials))

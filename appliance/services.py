@@ -92,6 +92,7 @@ async def open_services(settings: Settings, instance: InstanceLock) -> Services:
     signaling.use(e2ee)
     signaling.use(Breakouts(room, stores.documents, stores.db, chat, throttle))
     return Services(settings, instance, stores, accounts, meetings, throttle, inference,
-                    FileJobs(inference, stores.documents, stores.objects), recordings, sfu, signaling, chat, captions,
+                    FileJobs(inference, stores.documents, stores.objects, node=settings.node), recordings, sfu,
+                    signaling, chat, captions,
                     Monitor(settings, stores, inference, captions),
                     Oidc(settings, settings.secret_key) if settings.oidc_issuer else None, cluster)

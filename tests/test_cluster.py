@@ -320,3 +320,50 @@ def test_a_relayed_clients_address_is_believed_only_when_signed_by_the_install()
     assert relayed_client("install secret", forged, "token-a") is None
     assert relayed_client("install secret", "198.51.100.7", "token-a") is None  # no signature
     assert relayed_client("install secret", "", "token-a") is None
+
+
+async def test_a_node_restarting_resumes_its_own_jobs_and_dead_nodes_not_live_ones(tmp_path: Path) -> None:
+    """Transcription jobs carry the node that runs them: a node's start-up repairs take its own
+    and those of nodes that died, and leave a live node's job and the input it is storing alone."""
+    from appliance.captions.files import INPUTS, JOBS, FileJobs
+    from appliance.stores.documents import open_documents
+    from appliance.stores.objects import open_objects
+
+    documents, objects = open_documents(f"sqlite:///{tmp_path / 'docs.db'}"), open_objects(f"file://{tmp_path / 'o'}")
+    await documents.open()
+    await objects.open()
+    try:
+        for job_id, node in (("mine", "n1"), ("dead", "n3"), ("live", "n2"), ("old", "")):
+            await documents.insert(JOBS, {"_id": job_id, "status": "running", "node": node, "attempts": 1,
+                                          "created_at": time.time()})
+        await objects.put(INPUTS + "being-stored", b"a job's input stored just before its job")
+        jobs = FileJobs(None, documents, objects, node="n1")  # type: ignore[arg-type]  (no job gets to run)
+        counts = await jobs.resume(alive={"n1", "n2"})
+        status = {job_id: (await documents.get(JOBS, job_id))["status"] for job_id in ("mine", "dead", "live", "old")}
+        # Their inputs are gone (never stored here): taken, they fail saying so; the live node's is untouched.
+        assert status == {"mine": "failed", "dead": "failed", "live": "running", "old": "failed"}, status
+        assert counts["transcriptions failed"] == 3
+        assert [i.key async for i in objects.list(INPUTS)] == [INPUTS + "being-stored"]
+        await jobs.resume()  # one node: every input no job needs goes
+        assert [i.key async for i in objects.list(INPUTS)] == []
+    finally:
+        await documents.close()
+        await objects.close()
+
+
+async def test_nodes_sharing_a_bucket_leave_a_recent_upload_alone(s3_url: str) -> None:
+    """S3 does not say which node began a multipart upload: a node's start-up aborts only those
+    begun before the time it is given (an hour ago with several nodes), a lone node's all."""
+    import datetime as dt
+
+    from appliance.stores.objects import open_objects
+
+    store = open_objects(s3_url)
+    await store.open()
+    try:
+        store._client._create_multipart_upload(store.bucket, store.prefix + "meetings/m/f", {})
+        hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        assert await store.remove_partial_writes("meetings/", begun_before=hour_ago) == 0
+        assert await store.remove_partial_writes("meetings/") == 1
+    finally:
+        await store.close()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -64,8 +65,12 @@ class FileJobs:
     ``MAX_ATTEMPTS`` times. The input is deleted once the job is done or failed.
     """
 
-    def __init__(self, inference: Inference, documents: DocumentStore, objects: ObjectStore, limit: int = 8) -> None:
+    def __init__(self, inference: Inference, documents: DocumentStore, objects: ObjectStore, limit: int = 8,
+                 node: str = "") -> None:
+        """``node``: this node's name, kept in each job it runs, so that the nodes of an install
+        resume only their own jobs and those of nodes that died."""
         self.inference = inference
+        self.node = node
         self.documents = documents
         self.objects = objects
         self.limit = limit
@@ -81,7 +86,8 @@ class FileJobs:
         job = {"_id": uuid.uuid4().hex, "kind": "transcription", "owner": owner, "name": name,
                "status": "queued", "progress": 0.0, "language": language,
                "duration": round(audio.size / SAMPLE_RATE, 3), "segments": [], "text": "", "error": "",
-               "created_at": round(time.time(), 3), "finished_at": 0.0, "attempts": 1, "transcribed_until": 0.0}
+               "created_at": round(time.time(), 3), "finished_at": 0.0, "attempts": 1, "transcribed_until": 0.0,
+               "node": self.node}
         await self.objects.put(input_key(job["_id"]), data)
         await self.documents.insert(JOBS, job)
         self._start(job, audio)
@@ -90,27 +96,33 @@ class FileJobs:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self.documents.get(JOBS, job_id)
 
-    async def resume(self) -> dict[str, int]:
+    async def resume(self, alive: set[str] | None = None) -> dict[str, int]:
         """At start-up (reconcile.py): continue or fail every job a stopped appliance left
-        unfinished, and delete inputs no job needs (a stop between storing one and its job). Counts."""
+        unfinished, and delete inputs no job needs (a stop between storing one and its job). Counts.
+        ``alive``: with several nodes, the names of the live ones: a job another live node runs is
+        its own; inputs younger than an hour are left (a job being stored on another node)."""
         jobs = await self.documents.find(JOBS, {"status": {"$in": list(UNFINISHED)}}, sort=[("created_at", 1)])
         counts = {"transcriptions resumed": 0, "transcriptions failed": 0}
         for job in jobs:
+            if alive is not None and job.get("node") not in ("", None, self.node) and job["node"] in alive:
+                continue
             attempts = job.get("attempts", 1)
             if attempts >= MAX_ATTEMPTS:
                 reason = f"the appliance stopped during this transcription {attempts} times; it is not tried again"
             elif await self.objects.stat(input_key(job["_id"])) is None:
                 reason = "the appliance stopped during this transcription and its audio was not kept; send it again"
             else:
-                await self.documents.update(JOBS, job["_id"], {"status": "queued", "attempts": attempts + 1})
-                self._start({**job, "attempts": attempts + 1}, None)
+                await self.documents.update(JOBS, job["_id"], {"status": "queued", "attempts": attempts + 1,
+                                                               "node": self.node})
+                self._start({**job, "attempts": attempts + 1, "node": self.node}, None)
                 counts["transcriptions resumed"] += 1
                 continue
             await self._fail(job["_id"], reason)
             counts["transcriptions failed"] += 1
         needed = {job["_id"] for job in jobs}
+        stored_before = datetime.now(UTC) - (timedelta(hours=1) if alive is not None else timedelta(0))
         async for info in self.objects.list(INPUTS):
-            if info.key.removeprefix(INPUTS) not in needed:
+            if info.key.removeprefix(INPUTS) not in needed and info.modified < stored_before:
                 await self.objects.delete(info.key)
         return counts
 

@@ -195,11 +195,12 @@ class ObjectStore(ABC):
         None when the store has no such URLs (the appliance then serves the object itself)."""
 
     @abstractmethod
-    async def remove_partial_writes(self, prefix: str = "") -> int:
+    async def remove_partial_writes(self, prefix: str = "", begun_before: datetime | None = None) -> int:
         """Remove what puts of keys under ``prefix`` left when their process died: never visible
-        to readers, they only take space. S3 aborts the multipart uploads begun before this call;
-        the file store removes the temporary files no process is writing any more (they carry no
-        key, so whatever the prefix). Returns how many were removed."""
+        to readers, they only take space. S3 aborts the multipart uploads begun before
+        ``begun_before`` (default: this call; nodes sharing the bucket give an earlier time, since
+        another node may be writing); the file store removes the temporary files no process is
+        writing any more (they carry no key, so whatever the prefix). Returns how many were removed."""
 
 
 class FileObjects(ObjectStore):
@@ -346,8 +347,8 @@ class FileObjects(ObjectStore):
         check_key(key)
         return None
 
-    async def remove_partial_writes(self, prefix: str = "") -> int:
-        check_prefix(prefix)
+    async def remove_partial_writes(self, prefix: str = "", begun_before: datetime | None = None) -> int:
+        check_prefix(prefix)  # a writer's lock tells a live write, whenever it began
         return len(await asyncio.to_thread(remove_abandoned, self._tmp.glob("*")))
 
 
@@ -525,15 +526,15 @@ class S3Objects(ObjectStore):
         uploads = await asyncio.to_thread(lambda: list(self._uploads(self.prefix + check_prefix(prefix))))
         return [(name.removeprefix(self.prefix), begun) for name, _, begun in uploads]
 
-    def _remove_partial_writes(self, prefix: str) -> int:
-        now = datetime.now(UTC)
-        doomed = [(name, upload) for name, upload, begun in self._uploads(self.prefix + prefix) if begun < now]
+    def _remove_partial_writes(self, prefix: str, begun_before: datetime | None) -> int:
+        cutoff = begun_before or datetime.now(UTC)
+        doomed = [(name, upload) for name, upload, begun in self._uploads(self.prefix + prefix) if begun < cutoff]
         for name, upload in doomed:
             self._client._abort_multipart_upload(self.bucket, name, upload)
         return len(doomed)
 
-    async def remove_partial_writes(self, prefix: str = "") -> int:
-        return await asyncio.to_thread(self._remove_partial_writes, check_prefix(prefix))
+    async def remove_partial_writes(self, prefix: str = "", begun_before: datetime | None = None) -> int:
+        return await asyncio.to_thread(self._remove_partial_writes, check_prefix(prefix), begun_before)
 
 
 def open_objects(url: str) -> ObjectStore:
