@@ -204,9 +204,10 @@ def build_plan(record: InstallRecord, layout: Layout, engine: Engine | None, bun
         if "coturn" in record.components and plan.native_units.get("coturn"):
             plan.add("coturn", "coturn settings", f"{layout.root / 'etc/turnserver.conf'} (0640, group turnserver)",
                      "write")
-        plan.add("host", "left out", "MongoDB, MinIO, Triton (no Debian packages)",
-                 "documents, objects and inference stay embedded")
-    for setting, text in embedded_settings(record).items():
+        if not record.joined:
+            plan.add("host", "left out", "MongoDB, MinIO, Triton (no Debian packages)",
+                     "documents, objects and inference stay embedded")
+    for setting, text in ({} if record.joined else embedded_settings(record)).items():  # a joiner's: the install's
         if setting == "documents" and record.mode == "containers":
             text += " (no MongoDB: the document store has no PostgreSQL implementation yet)"
         plan.add("appliance", setting, text, "embedded")
@@ -789,6 +790,13 @@ def install(
     if (join is None) != (join_token is None):
         fail("give --join URL and --join-token TOKEN together (both from 'confmeet node invite' on a node of the "
              "install)")
+    if join_token is not None:
+        from appliance.machine.join import JoinError, parse_invitation
+
+        try:
+            parse_invitation(join_token)
+        except JoinError as exc:
+            fail(str(exc))
     installer: Installer | None = None
     join_ca = ("", "")
     try:

@@ -116,6 +116,10 @@ def test_a_single_node_or_an_expired_token_lets_nobody_join(first: Appliance, tm
     time.sleep(1.6)
     with pytest.raises(JoinError, match="unknown, used or expired"):
         fetch_shared(first.url, token, "n4")
+    mangled = confmeet("install", "--yes", "--root", str(tmp_path / "root"), "--join", first.url,
+                       "--join-token", token[:-1])  # a character short: refused before anything else
+    assert mangled.returncode == 2 and "SECRET.FINGERPRINT" in mangled.stderr, show(mangled)
+    assert not (tmp_path / "root").exists()
     files = tls.ensure_certificates(tmp_path / "tls", ["127.0.0.1"])
     alone = start_appliance(tmp_path / "alone", ca=files.ca_cert, tls_cert=str(files.cert), tls_key=str(files.key))
     try:
