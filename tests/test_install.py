@@ -542,6 +542,38 @@ def test_a_failed_install_takes_back_the_release_it_made(tmp_path: Path, monkeyp
     assert sorted(p.name for p in release.releases_dir(layout.opt_dir).iterdir()) == ["1.0.0"]
 
 
+def test_a_release_of_the_trees_version_is_kept_without_building_a_wheel(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every install run again (to converge) keeps the release: it builds no wheel of the source
+    tree for it (6 s each on 2 cores); another version of the tree does."""
+    from appliance import __version__
+    from appliance.machine import release
+
+    opt_dir = tmp_path / "opt/confmeet"
+    existing = release.releases_dir(opt_dir) / __version__
+    (existing / "bin").mkdir(parents=True)
+    (existing / "bin/confmeet").write_text("")
+    monkeypatch.setattr(release, "release_version", lambda target: target.name)
+    built: list[Path] = []
+
+    def build_wheel(tree: Path, out_dir: Path, log) -> Path:
+        built.append(tree)
+        wheel = out_dir / "confmeet-9.0.0-py3-none-any.whl"
+        wheel.write_text("")
+        return wheel
+
+    monkeypatch.setattr(release, "build_wheel", build_wheel)
+    assert release.install_release(opt_dir, release.Source("tree", str(PROJECT))) == (existing, "kept")
+    assert built == []
+    other = tmp_path / "other-tree"
+    (other / "appliance").mkdir(parents=True)
+    (other / "appliance/__init__.py").write_text('__version__ = "9.0.0"\n')
+    monkeypatch.setattr(release, "python_problem", lambda python: ("no python here", "stop"))
+    with pytest.raises(release.ReleaseError, match="no python here"):
+        release.install_release(opt_dir, release.Source("tree", str(other)))
+    assert built == [other]
+
+
 @pytest.mark.docker
 def test_dry_run_changes_nothing(clean_engine: dockerd.Engine, tmp_path: Path) -> None:
     root = tmp_path / "root"

@@ -145,6 +145,11 @@ def install_release(opt_dir: Path, source: Source, wheelhouse: Path | None = Non
                     python: Path = SYSTEM_PYTHON, log: Log = lambda message: None) -> tuple[Path, str]:
     """Make the release for ``source`` under ``opt_dir/releases/`` (kept when that version is
     already there); returns (its directory, "kept" or "created")."""
+    if source.kind == "tree":  # a release of the tree's version is kept: no wheel to build for it
+        version = tree_version(Path(source.where))
+        target = releases_dir(opt_dir) / (version or "")
+        if version and release_version(target) == version and (target / "bin/confmeet").exists():
+            return target, "kept"
     with tempfile.TemporaryDirectory(prefix="confmeet-release-") as tmp:
         requirement = source.where
         if source.kind == "tree":
@@ -176,6 +181,15 @@ def install_release(opt_dir: Path, source: Source, wheelhouse: Path | None = Non
             raise ReleaseError(f"{requirement} did not install confmeet {version}")
         subprocess.run(["chmod", "-R", "go-w", str(target)], check=True)
         return target, "created"
+
+
+def tree_version(tree: Path) -> str | None:
+    """The version a source tree's wheel would have (its ``appliance/__init__.py``)."""
+    try:
+        found = re.search(r'^__version__ = "([^"]+)"', (tree / "appliance/__init__.py").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def _version_of(requirement: str) -> str | None:
