@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,7 +268,11 @@ def test_upgrade_migrates_goes_back_by_itself_and_rolls_back(machine: Machine, t
     schema = machine.schema()
     machine.add_user("before@example.com")
 
-    # An upgrade with a migration: backup, migrate, switch, start; the new version answers.
+    # An upgrade with a migration: backup, migrate, switch, start; the new version answers. (The
+    # broken release's wheel builds meanwhile.)
+    building = ThreadPoolExecutor(1)
+    broken_wheel = building.submit(build_wheel, work, "99.0.2", migration=True, broken=True)
+    building.shutdown(wait=False)
     newer = build_wheel(work, "99.0.1", migration=True)
     done = machine.confmeet("upgrade", str(newer), "--wheelhouse", WHEELHOUSE, "--yes", "--json")
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
@@ -284,7 +289,7 @@ def test_upgrade_migrates_goes_back_by_itself_and_rolls_back(machine: Machine, t
     machine.add_user("after@example.com")
 
     # A release that does not come up: the upgrade goes back by itself and removes it.
-    broken = build_wheel(work, "99.0.2", migration=True, broken=True)
+    broken = broken_wheel.result()
     done = machine.confmeet("upgrade", str(broken), "--wheelhouse", WHEELHOUSE, "--yes", "--timeout", "60")
     assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
     assert "confmeet 99.0.2 did not come up" in done.stderr and "broken on purpose" in done.stderr, done.stderr
