@@ -339,8 +339,7 @@ def accuracy(beams: list[int], bitrates: list[int]) -> None:
     from opencc import OpenCC
 
     from appliance.inference.models import load_model
-    from captions.conftest import MANDARIN, character_error_rate, mandarin_audio
-    from captions.test_captions_browser import HELD_OUT
+    from captions.conftest import HELD_OUT, MANDARIN, character_error_rate, mandarin_audio
 
     simplified = OpenCC("t2s")
     with tempfile.TemporaryDirectory(prefix="captions-accuracy-") as tmp:

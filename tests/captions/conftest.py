@@ -24,6 +24,16 @@ SCRIPT = [
     "Today we will review the budget for the new office and the hiring plan.",
     "Please send your comments to the project manager before Friday afternoon.",
 ]
+HELD_OUT = [  # sentences no setting of the captions was tuned on
+    "Thank you all for coming to the quarterly review this afternoon.",
+    "The marketing team finished the new campaign ahead of schedule.",
+    "We should update the customer database before the end of the week.",
+    "Could you share the latest version of the document with everyone?",
+    "The training session for new employees starts on Monday morning.",
+    "Our office will be closed during the holidays in December.",
+    "Please remember to book the meeting room for tomorrow afternoon.",
+    "The team agreed to postpone the launch until the testing is complete.",
+]
 
 
 def speak(sentences: list[str], path: Path, pause_ms: int = 700) -> Path:
@@ -68,8 +78,10 @@ def script_audio(script_wav: Path) -> np.ndarray:
     return decode_file(script_wav.read_bytes(), 600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    """One tritonserver for the captions tests (a test that kills it starts it again, on the same
+    port, before it ends)."""
     server = start_triton(model_repository, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
