@@ -60,6 +60,14 @@ async def joined(app: Appliance, who: str, code: str, rgb: tuple[int, int, int])
     return client
 
 
+def restarted(node: Appliance) -> Appliance:
+    """A node that stopped, started again on its data directory with its settings (on a new port)."""
+    return start_appliance(node.data_dir, node_name=node.env["CONFMEET_NODE_NAME"], **{
+        k.removeprefix("CONFMEET_").lower(): v for k, v in node.env.items()
+        if k.startswith("CONFMEET_") and k not in ("CONFMEET_DATA_DIR", "CONFMEET_PORT", "CONFMEET_CONFIG",
+                                                   "CONFMEET_NODE_NAME")})
+
+
 def owner(meeting_id: str) -> str:
     return redis.Redis.from_url(BUS).get(f"confmeet:meeting:{meeting_id}").decode()
 
@@ -222,10 +230,7 @@ async def test_a_node_stopped_on_purpose_hands_its_seats_over(nodes: list[Applia
         for client in clients:
             await client.close()
         if nodes[index].proc.poll() is not None:  # back for the tests after this one
-            nodes[index] = start_appliance(stopping.data_dir, node_name=node, **{
-                k.removeprefix("CONFMEET_").lower(): v for k, v in stopping.env.items()
-                if k.startswith("CONFMEET_") and k not in ("CONFMEET_DATA_DIR", "CONFMEET_PORT", "CONFMEET_CONFIG",
-                                                           "CONFMEET_NODE_NAME")})
+            nodes[index] = restarted(stopping)
 
 
 async def test_a_seat_of_a_dead_node_is_not_taken_over_once_its_meeting_ended(nodes: list[Appliance]) -> None:
@@ -259,10 +264,7 @@ async def test_a_seat_of_a_dead_node_is_not_taken_over_once_its_meeting_ended(no
         for client in clients:
             await client.close()
         if nodes[index].proc.poll() is not None:  # back for the tests after this one
-            nodes[index] = start_appliance(dead.data_dir, node_name=node, **{
-                k.removeprefix("CONFMEET_").lower(): v for k, v in dead.env.items()
-                if k.startswith("CONFMEET_") and k not in ("CONFMEET_DATA_DIR", "CONFMEET_PORT", "CONFMEET_CONFIG",
-                                                           "CONFMEET_NODE_NAME")})
+            nodes[index] = restarted(dead)
 
 
 async def test_a_meeting_with_only_its_lobby_keeps_its_node(nodes: list[Appliance]) -> None:
