@@ -247,6 +247,8 @@ def test_the_first_nodes_shared_stores_listen_on_its_cluster_address(tmp_path: P
         assert "@10.0.0.11:" in settings[setting] or "//10.0.0.11:" in settings[setting], (setting, settings[setting])
     assert settings["node_url"] == "https://10.0.0.11:443" and settings["node_name"] == "n1"
     assert settings["node_ca_file"] == str(layout.tls_dir / "ca.pem")
+    assert settings["forwarded_proxies"] == 1  # behind the gateway: limits count clients, not the gateway
+    assert "forwarded_proxies" not in settings_for(resolve(InstallOptions(root=tmp_path), None, "containers"), layout)
     for name in COMPONENTS:
         spec = container_spec(name, record, layout, gpu=False)
         words = " ".join([*spec.command, *spec.environment.values(), *spec.healthcheck])

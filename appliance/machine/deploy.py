@@ -495,6 +495,10 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
     if record.cluster_address:
         host = f"[{record.cluster_address}]" if ":" in record.cluster_address else record.cluster_address
         values["node_url"] = f"https://{host}:{record.appliance_port}"
+    if record.cluster_address or record.joined or record.gateway:
+        # Behind the gateway: each request's X-Forwarded-For names the client, so that per-address
+        # limits count people, not the gateway (every sign-in failure would lock everyone out).
+        values["forwarded_proxies"] = 1
     if (record.cluster_address or record.joined or record.gateway) and record.tls_generated:
         values["node_ca_file"] = str(layout.tls_dir / "ca.pem")  # every node's certificate is the install CA's
     return values
