@@ -207,8 +207,7 @@ class Settings:
         if self.node_url:
             return self.node_url.rstrip("/")
         host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host_port(host, self.port)}"
 
     def effective(self, mask_secrets: bool = True) -> dict[str, Any]:
         """The settings as an operator sees them: embedded defaults spelled out, secrets masked."""
@@ -357,6 +356,11 @@ def shared_settings(settings: Settings) -> dict[str, Any]:
     return shared
 
 
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as a URL or an nginx upstream writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 TRITON_FORM = "triton://HOST:PORT, or several servers as one pool: triton://HOST1:PORT,HOST2:PORT"
 
 
@@ -385,7 +389,7 @@ def triton_addresses(url: str) -> list[str]:
         host = parts.hostname or ""
         if not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+", host):
             raise ValueError(f"{which}, {server!r}, is not HOST:PORT; use {TRITON_FORM}")
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = host_port(host, port)
         if address in addresses:
             raise ValueError(f"{address} is listed twice; name each server once")
         addresses.append(address)

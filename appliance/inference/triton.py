@@ -19,6 +19,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from ..settings import host_port
 from .base import (FINAL_WINDOW, INTERIM_WINDOW, VAD_CHUNK, VAD_STATE, Health, Inference, InferenceError,
                    InferenceUnavailable, Transcript, check_audio)
 from .metrics import measured
@@ -56,8 +57,7 @@ class TritonInference(Inference):
         if not parts.hostname:
             raise ValueError(f"inference URL {url!r}: use triton://HOST:PORT (Triton's HTTP port)")
         self.url = url
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
-        self.address = f"{host}:{parts.port or 8000}"
+        self.address = host_port(parts.hostname, parts.port or 8000)
         self.vad_timeout = vad_timeout
         self.asr_timeout = asr_timeout
         self._client: aioclient.InferenceServerClient | None = None

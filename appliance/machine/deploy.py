@@ -37,6 +37,7 @@ import requests
 
 from .. import __version__
 from ..fsutil import write_atomically
+from ..settings import NODE_SETTINGS, host_port
 from . import observability, units
 from .images import BUNDLES_DIR
 
@@ -483,8 +484,6 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
     values.update(urls)
     values.update(record.alerts)
     if record.shared:  # a joining node: the install's secrets, stores and settings, as the first node has them
-        from ..settings import NODE_SETTINGS
-
         values.update({k: v for k, v in record.shared.items() if k not in NODE_SETTINGS and k not in urls})
     if "coturn" in record.components:
         values["ice_servers"] = turn_urls(record, layout)
@@ -493,14 +492,13 @@ def settings_for(record: InstallRecord, layout: Layout) -> dict[str, Any]:
     if record.node_name:
         values["node_name"] = record.node_name
     if record.cluster_address:
-        host = f"[{record.cluster_address}]" if ":" in record.cluster_address else record.cluster_address
-        values["node_url"] = f"https://{host}:{record.appliance_port}"
-    if record.cluster_address or record.joined or record.gateway:
-        # Behind the gateway: each request's X-Forwarded-For names the client, so that per-address
-        # limits count people, not the gateway (every sign-in failure would lock everyone out).
+        values["node_url"] = f"https://{host_port(record.cluster_address, record.appliance_port)}"
+    if record.cluster_address or record.joined or record.gateway:  # a node of several, behind the gateway
+        # Each request's X-Forwarded-For names the client, so that per-address limits count people,
+        # not the gateway (every sign-in failure would lock everyone out).
         values["forwarded_proxies"] = 1
-    if (record.cluster_address or record.joined or record.gateway) and record.tls_generated:
-        values["node_ca_file"] = str(layout.tls_dir / "ca.pem")  # every node's certificate is the install CA's
+        if record.tls_generated:
+            values["node_ca_file"] = str(layout.tls_dir / "ca.pem")  # every node's certificate is the install CA's
     return values
 
 

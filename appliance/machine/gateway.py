@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..settings import host_port
+
 FAIL_SECONDS = 5  # a node that failed is not tried again for this long
 SITE_FILE = "etc/nginx/conf.d/confmeet-gateway.conf"  # under the install's root
 # What may stand in an upstream line: registry data must not be able to write nginx directives.
@@ -48,12 +50,11 @@ def upstream(ca: str, public_host: str) -> Upstream:
 def node_address(url: str) -> str:
     """HOST:PORT of a node's URL (as the registry holds it); ValueError when it is not one."""
     parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError(f"node URL {url!r} has no valid port") from None
-    address = f"{host}:{port}"
+    address = host_port(parts.hostname or "", port)
     if parts.scheme not in ("http", "https") or not ADDRESS.match(address):
         raise ValueError(f"node URL {url!r} is not http(s)://HOST:PORT")
     return address
