@@ -616,25 +616,18 @@ class Installer:
 
         record, layout = self.record, self.layout
         site, unit = layout.root / SITE_FILE, layout.unit_dir / units.GATEWAY_UNIT
-        systemctl_root = None if layout.is_host else layout.root
         if not record.gateway:
-            if unit.exists():
-                if systemd_running(layout):
-                    units.systemctl("stop", units.GATEWAY_UNIT)
-                if shutil.which("systemctl"):
-                    units.systemctl("disable", units.GATEWAY_UNIT, root=systemctl_root)
-                unit.unlink()
-                site.unlink(missing_ok=True)
+            if remove_gateway(layout):
                 self.done["gateway"] = "removed"
             return
         if layout.is_host and not shutil.which("nginx"):
             raise DeployError("--gateway needs nginx: apt-get install nginx, then run install again")
         settings = settings_for(record, layout)
         from appliance.machine.ports import loopback_for
+        from appliance.settings import host_port
 
-        host = loopback_for(record.listen)
-        own = node_address(settings.get("node_url") or f"https://{f'[{host}]' if ':' in host else host}:"
-                           f"{record.appliance_port}")
+        own = node_address(settings.get("node_url") or
+                           f"https://{host_port(loopback_for(record.listen), record.appliance_port)}")
         if not site.exists():
             site.parent.mkdir(parents=True, exist_ok=True)
             write_file(site, site_config([own], record.gateway, tls_cert=record.tls_cert, tls_key=record.tls_key,
@@ -647,12 +640,32 @@ class Installer:
         self.done["gateway"] = f"nginx site {site} ({record.gateway}); unit {units.GATEWAY_UNIT} " + \
             write_file(unit, text, 0o644, self.journal, str(unit))
         if shutil.which("systemctl"):
-            units.systemctl("enable", units.GATEWAY_UNIT, root=systemctl_root)
+            units.systemctl("enable", units.GATEWAY_UNIT, root=None if layout.is_host else layout.root)
             if systemd_running(layout):
                 units.systemctl("daemon-reload")
                 units.systemctl("reload-or-restart", "nginx.service")
                 units.systemctl("restart", units.GATEWAY_UNIT)
                 self.done["gateway"] += ", started"
+
+
+def remove_gateway(layout: Layout) -> bool:
+    """Stop, disable and remove the gateway's unit and its nginx site (nginx reloaded without it,
+    when systemd runs); whether there was one."""
+    from appliance.machine.gateway import SITE_FILE
+
+    unit = layout.unit_dir / units.GATEWAY_UNIT
+    if not unit.exists():
+        return False
+    running = systemd_running(layout)
+    if running:
+        units.systemctl("stop", units.GATEWAY_UNIT)
+    if shutil.which("systemctl"):
+        units.systemctl("disable", units.GATEWAY_UNIT, root=None if layout.is_host else layout.root)
+    unit.unlink()
+    (layout.root / SITE_FILE).unlink(missing_ok=True)
+    if running:
+        units.systemctl("reload-or-restart", "nginx.service")
+    return True
 
 
 COTURN_CONTAINER_GID = 65534  # nogroup, coturn's group in the official image
@@ -995,18 +1008,8 @@ def uninstall(
             if systemd_running(layout):
                 units.systemctl("stop", units.APPLIANCE_UNIT)
             units.systemctl("disable", units.APPLIANCE_UNIT, root=systemctl_root)
-        if (layout.unit_dir / units.GATEWAY_UNIT).exists():
-            from appliance.machine.gateway import SITE_FILE
-
-            if systemd_running(layout):
-                units.systemctl("stop", units.GATEWAY_UNIT)
-            if shutil.which("systemctl"):
-                units.systemctl("disable", units.GATEWAY_UNIT, root=systemctl_root)
-            (layout.root / SITE_FILE).unlink(missing_ok=True)
-            if systemd_running(layout):
-                units.systemctl("reload-or-restart", "nginx.service")
-        for path in (layout.unit_dir / units.APPLIANCE_UNIT, layout.unit_dir / units.PRIVILEGED_PORT_DROPIN,
-                     layout.unit_dir / units.GATEWAY_UNIT):
+        remove_gateway(layout)
+        for path in (layout.unit_dir / units.APPLIANCE_UNIT, layout.unit_dir / units.PRIVILEGED_PORT_DROPIN):
             path.unlink(missing_ok=True)
         if engine is not None:
             for container in engine.installed():

@@ -219,6 +219,10 @@ def test_install_join_makes_a_node_of_the_same_install(first: Appliance, tmp_pat
         stop(n2)
         log.close()
     assert "Traceback" not in (tmp_path / "n2.log").read_text()
+    # --gateway "" takes the gateway away: its site and its unit.
+    removed = confmeet(*common, "--gateway", "", "--wheelhouse", wheelhouse)
+    assert removed.returncode == 0, show(removed)
+    assert not site.exists() and not (root / "etc/systemd/system/confmeet-gateway.service").exists()
 
 
 async def join_through(url: str, ca: Path, token: str, meeting: dict) -> tuple[dict, bytes | None]:
