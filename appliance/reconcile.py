@@ -40,7 +40,8 @@ log = logging.getLogger("confmeet.reconcile")
 # the appliance and write into its bucket use other keys, and clean up after themselves.
 APPLIANCE_KEYS = ("meetings/", "recordings/", "ai/")
 # With several nodes an upload in the shared bucket may be another node's, under way: only those
-# begun this long ago are taken for a dead process's (S3 does not say which node began one).
+# begun this long ago are taken for a dead process's (S3 does not say which node began one), and
+# only transcription inputs stored this long ago for a stop's leftovers.
 OTHER_NODES_UPLOADS = dt.timedelta(hours=1)
 
 
@@ -54,8 +55,8 @@ async def reconcile(settings: Settings, stores: Stores, lock: InstanceLock, reco
     repaired |= await recordings.recover()
     # Several nodes share the stores: another node's jobs and uploads may be under way.
     alive = {n.name for n in await read_nodes(settings.bus) if n.alive} if stores.bus.kind == "redis" else None
-    repaired |= await file_jobs.resume(alive)
     begun_before = dt.datetime.now(dt.UTC) - OTHER_NODES_UPLOADS if alive is not None else None
+    repaired |= await file_jobs.resume(alive, begun_before)
     partial = 0
     for prefix in APPLIANCE_KEYS:
         partial += await stores.objects.remove_partial_writes(prefix, begun_before)

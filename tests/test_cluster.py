@@ -9,6 +9,7 @@ loopback, one machine; the gateway and Chromium: tests/e2e/test_cluster_ui.py.)"
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import subprocess
 import time
@@ -340,7 +341,7 @@ async def test_a_node_restarting_resumes_its_own_jobs_and_dead_nodes_not_live_on
                                           "created_at": time.time()})
         await objects.put(INPUTS + "being-stored", b"a job's input stored just before its job")
         jobs = FileJobs(None, documents, objects, node="n1")  # type: ignore[arg-type]  (no job gets to run)
-        counts = await jobs.resume(alive={"n1", "n2"})
+        counts = await jobs.resume(alive={"n1", "n2"}, stored_before=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
         status = {job_id: (await documents.get(JOBS, job_id))["status"] for job_id in ("mine", "dead", "live", "old")}
         # Their inputs are gone (never stored here): taken, they fail saying so; the live node's is untouched.
         assert status == {"mine": "failed", "dead": "failed", "live": "running", "old": "failed"}, status
@@ -356,8 +357,6 @@ async def test_a_node_restarting_resumes_its_own_jobs_and_dead_nodes_not_live_on
 async def test_nodes_sharing_a_bucket_leave_a_recent_upload_alone(s3_url: str) -> None:
     """S3 does not say which node began a multipart upload: a node's start-up aborts only those
     begun before the time it is given (an hour ago with several nodes), a lone node's all."""
-    import datetime as dt
-
     from appliance.stores.objects import open_objects
 
     store = open_objects(s3_url)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -96,11 +96,12 @@ class FileJobs:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self.documents.get(JOBS, job_id)
 
-    async def resume(self, alive: set[str] | None = None) -> dict[str, int]:
+    async def resume(self, alive: set[str] | None = None, stored_before: datetime | None = None) -> dict[str, int]:
         """At start-up (reconcile.py): continue or fail every job a stopped appliance left
-        unfinished, and delete inputs no job needs (a stop between storing one and its job). Counts.
-        ``alive``: with several nodes, the names of the live ones: a job another live node runs is
-        its own; inputs younger than an hour are left (a job being stored on another node)."""
+        unfinished, and delete inputs no job needs (a stop between storing one and its job) stored
+        before ``stored_before`` (default: now). Counts. ``alive``: with several nodes, the names of
+        the live ones: a job another live node runs is its own (and an input stored lately may be
+        one another node is storing its job for: the caller gives an earlier ``stored_before``)."""
         jobs = await self.documents.find(JOBS, {"status": {"$in": list(UNFINISHED)}}, sort=[("created_at", 1)])
         counts = {"transcriptions resumed": 0, "transcriptions failed": 0}
         for job in jobs:
@@ -120,9 +121,9 @@ class FileJobs:
             await self._fail(job["_id"], reason)
             counts["transcriptions failed"] += 1
         needed = {job["_id"] for job in jobs}
-        stored_before = datetime.now(UTC) - (timedelta(hours=1) if alive is not None else timedelta(0))
+        cutoff = stored_before or datetime.now(UTC)
         async for info in self.objects.list(INPUTS):
-            if info.key.removeprefix(INPUTS) not in needed and info.modified < stored_before:
+            if info.key.removeprefix(INPUTS) not in needed and info.modified < cutoff:
                 await self.objects.delete(info.key)
         return counts
 
