@@ -21,19 +21,19 @@ from .options import MUST_FIX, ConfigOpt, DataDirOpt, console, err, fail, settin
 node_app = typer.Typer(help="See, add and drain the nodes of a several-node install.", no_args_is_help=True)
 
 
-def _redis(config: Any, data_dir: Any) -> Any:
+def _redis(settings: Any) -> Any:
     import redis.asyncio as aioredis
 
-    settings = settings_from(config, data_dir=data_dir)
     if not settings.bus.startswith(("redis://", "rediss://")):
         fail(f"this install is one node: its bus is {settings.bus!r}. Several nodes share a Redis bus "
              "(set 'bus' to its redis:// URL on every node).")
     return aioredis.from_url(settings.bus, socket_connect_timeout=5)
 
 
-def _run(config: Any, data_dir: Any, work: Any) -> Any:
+def _run(settings: Any, work: Any) -> Any:
+    """``work(redis)`` on the Redis the nodes share (the settings' bus)."""
     async def go() -> Any:
-        redis = _redis(config, data_dir)
+        redis = _redis(settings)
         try:
             return await work(redis)
         finally:
@@ -54,7 +54,7 @@ def node_list(
     """Every node that has registered: alive or not, drained or not, and its load."""
     from appliance.cluster import list_nodes
 
-    nodes = _run(config, data_dir, list_nodes)
+    nodes = _run(settings_from(config, data_dir=data_dir), list_nodes)
     if as_json:
         print(json.dumps([n.view() for n in nodes], indent=2))
         return
@@ -83,7 +83,7 @@ def _set_drained(name: str, drained: bool, config: Any, data_dir: Any) -> None:
         await (redis.sadd if drained else redis.srem)(DRAINED, name)
         return True
 
-    if not _run(config, data_dir, work):
+    if not _run(settings_from(config, data_dir=data_dir), work):
         fail(f"no node named {name!r} has registered; `confmeet node list` shows the nodes")
 
 
@@ -135,11 +135,12 @@ def node_gateway(
     if follow is not None:
         if nodes:
             fail("--follow takes the nodes from the registry: give no addresses")
-        _follow(follow, listen, tls_cert, tls_key, once, interval, shlex.split(nginx), config, data_dir)
+        _follow(follow, listen, tls_cert, tls_key, once, interval, shlex.split(nginx),
+                settings_from(config, data_dir=data_dir))
         return
     upstream = None
     if not nodes:
-        nodes, upstream = _live_addresses(config, data_dir)
+        nodes, upstream = _live_addresses(settings_from(config, data_dir=data_dir))
     try:
         print(nginx_config(nodes, listen, user="www-data", tls_cert=tls_cert, tls_key=tls_key, upstream=upstream),
               end="")
@@ -147,15 +148,14 @@ def node_gateway(
         fail(f"{exc} (e.g. 10.0.0.11:8800)")
 
 
-def _live_addresses(config: Any, data_dir: Any) -> tuple[list[str], Any]:
+def _live_addresses(settings: Any) -> tuple[list[str], Any]:
     """The live nodes' HOST:PORT, and how to reach them (Upstream when they serve https)."""
     from urllib.parse import urlsplit
 
     from appliance.cluster import list_nodes
     from appliance.machine.gateway import node_address, upstream
 
-    settings = settings_from(config, data_dir=data_dir)
-    live = [n for n in _run(config, data_dir, list_nodes) if n.alive]
+    live = [n for n in _run(settings, list_nodes) if n.alive]
     addresses = []
     for n in live:
         try:
@@ -168,12 +168,12 @@ def _live_addresses(config: Any, data_dir: Any) -> tuple[list[str], Any]:
 
 
 def _follow(path: Path, listen: str, tls_cert: str, tls_key: str, once: bool, interval: float, nginx: list[str],
-            config: Any, data_dir: Any) -> None:
+            settings: Any) -> None:
     from appliance.fsutil import write_atomically
     from appliance.machine.gateway import site_config
 
     while True:
-        nodes, upstream = _live_addresses(config, data_dir)
+        nodes, upstream = _live_addresses(settings)
         problem = ""
         if not nodes:
             problem = "no node is live: the site keeps the nodes it names"
@@ -227,7 +227,7 @@ def node_invite(
         fail("this node serves plain http: a joining machine is handed the install's secrets over TLS only. "
              "Install it with 'confmeet install' (which makes a certificate) or set tls_cert and tls_key")
     url = settings.internal_url
-    token = _run(config, data_dir, lambda redis: issue_join_token(redis, int(hours * 3600)))
+    token = _run(settings, lambda redis: issue_join_token(redis, int(hours * 3600)))
     text = invitation(token, certificate_fingerprint(settings.tls_cert))
     loopback = [name for name in SHARED_URLS if (host := urlsplit(getattr(settings, name)).hostname)
                 and (host == "localhost" or host.startswith("127.") or host == "::1")]
